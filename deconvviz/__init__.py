@@ -1,0 +1,54 @@
+"""deconvviz: see what a convolutional network has learned, after Zeiler & Fergus (ECCV 2014).
+
+Public names are loaded lazily, so ``import deconvviz`` (and ``deconvviz --help``) stay fast and do not
+import torch or matplotlib until a name that needs them is used.
+
+Example:
+    >>> import deconvviz as dv
+    >>> net = dv.DeconvNet(model)  # doctest: +SKIP
+    >>> p = net.project(x, layer="features.29", top=9)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "DeconvNet": "deconvviz.deconvnet",
+    "Projection": "deconvviz.projection",
+    "Rule": "deconvviz.rules",
+    "register_rule": "deconvviz.rules",
+    "get_rule": "deconvviz.rules",
+    "DeconvVizError": "deconvviz.errors",
+    "UnsupportedOpError": "deconvviz.errors",
+    "TraceError": "deconvviz.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from deconvviz.deconvnet import DeconvNet as DeconvNet
+    from deconvviz.errors import DeconvVizError as DeconvVizError
+    from deconvviz.errors import TraceError as TraceError
+    from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
+    from deconvviz.projection import Projection as Projection
+    from deconvviz.rules import Rule as Rule
+    from deconvviz.rules import get_rule as get_rule
+    from deconvviz.rules import register_rule as register_rule
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deconvviz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
