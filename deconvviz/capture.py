@@ -1,0 +1,191 @@
+"""One forward pass over a traced graph that records what the mirrored deconvnet needs.
+
+The pass runs the graph node by node instead of the model's own ``forward``: nothing is attached to the
+caller's model (no hooks to leave behind), in-place ops cannot overwrite what was captured, and the run
+stops at the deepest requested layer. For every node on a signal path it keeps the argument *shapes*
+(not the activations), the weights and constants the op used, and whatever the op's rule saved (the
+max-pooling switches); for the requested layers it keeps the activations themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, fx, nn
+
+from deconvviz.graph import Graph
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Shape, dtype and device of a forward tensor whose value the mirror does not keep."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, tensor: Tensor) -> TensorMeta:
+        """Describe ``tensor``."""
+        return cls(tensor.shape, tensor.dtype, tensor.device)
+
+
+@dataclass
+class Call:
+    """One forward op as the capture pass is about to run it.
+
+    Attributes:
+        fn: what to call: the module, the function, or the bound tensor method.
+        args: positional arguments, with real tensors.
+        kwargs: keyword arguments, with real tensors.
+        module: the module for ``call_module`` nodes, else None.
+        name: the node's qualified name.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    module: nn.Module | None
+    name: str
+
+    def run(self) -> Any:
+        """Run the op as the model would."""
+        return self.fn(*self.args, **self.kwargs)
+
+
+class ForwardRule(Protocol):
+    """The forward half of a mirror rule (see :class:`deconvviz.rules.Rule`)."""
+
+    def forward(self, call: Call) -> tuple[Any, Any]:  # pragma: no cover - protocol
+        """Run the op; return ``(output, saved)``."""
+        ...
+
+
+@dataclass
+class NodeRecord:
+    """What the mirror needs to undo one forward op.
+
+    Attributes:
+        args: positional arguments with signal-carrying tensors replaced by :class:`TensorMeta`.
+        kwargs: keyword arguments, likewise.
+        inputs: the :class:`TensorMeta` entries of ``args``/``kwargs``, in order.
+        input_nodes: the node that produced each entry of ``inputs``.
+        output: the op's output shape.
+        saved: what the rule's ``forward`` saved.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inputs: list[TensorMeta]
+    input_nodes: list[fx.Node]
+    output: TensorMeta
+    saved: Any
+
+
+@dataclass
+class Capture:
+    """The result of a capture pass.
+
+    Attributes:
+        activations: output of every requested node, by node.
+        records: per signal-carrying node, what its mirror needs (empty when recording was off).
+        batch: size of the batch that was run.
+        input_shape: shape of that batch.
+    """
+
+    activations: dict[fx.Node, Tensor]
+    records: dict[fx.Node, NodeRecord]
+    batch: int
+    input_shape: tuple[int, ...]
+
+
+def run(
+    graph: Graph,
+    x: Tensor,
+    targets: Sequence[fx.Node],
+    rules: Mapping[fx.Node, ForwardRule] | None = None,
+) -> Capture:
+    """Run the graph on ``x`` up to ``targets`` and record what the mirror needs.
+
+    Args:
+        graph: the traced model.
+        x: the input batch.
+        targets: nodes whose outputs to keep; the run stops once they are computed.
+        rules: rule per signal-carrying node; when given, each such node runs through its rule's ``forward``
+            and a :class:`NodeRecord` is kept. Without rules the pass just computes activations.
+
+    Returns:
+        The :class:`Capture`.
+    """
+    order = graph.ancestors(targets)
+    keep = set(targets)
+    last_use: dict[fx.Node, fx.Node] = {}
+    for node in order:
+        for arg in node.all_input_nodes:
+            last_use[arg] = node
+    release: dict[fx.Node, list[fx.Node]] = {}
+    for arg, user in last_use.items():
+        if arg not in keep:
+            release.setdefault(user, []).append(arg)
+
+    env: dict[fx.Node, Any] = {}
+    records: dict[fx.Node, NodeRecord] = {}
+    carries = graph.carries
+    for node in order:
+        if node.op == "placeholder":
+            env[node] = x if node is graph.input else (node.args[0] if node.args else None)
+        elif node.op == "get_attr":
+            env[node] = graph.attribute(node)
+        elif node.op in ("call_module", "call_function", "call_method"):
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            module = graph.module(node)
+            call = Call(_callable(node, module, args), tuple(args), dict(kwargs), module, graph.names[node])
+            if call.fn is not module and node.op == "call_method":
+                call.args = call.args[1:]  # the bound method already holds ``self``
+            rule = rules.get(node) if rules is not None and node in carries else None
+            if rule is None:
+                env[node] = call.run()
+            else:
+                output, saved = rule.forward(call)
+                env[node] = output
+                records[node] = _record(node, env, carries, output, saved)
+        for done in release.get(node, ()):
+            env.pop(done, None)
+
+    activations = {node: env[node] for node in targets}
+    return Capture(activations=activations, records=records, batch=int(x.shape[0]), input_shape=tuple(x.shape))
+
+
+def _callable(node: fx.Node, module: nn.Module | None, args: Any) -> Callable[..., Any]:
+    if module is not None:
+        return module
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))
+    return node.target  # type: ignore[return-value]
+
+
+def _record(node: fx.Node, env: dict[fx.Node, Any], carries: set[fx.Node], output: Any, saved: Any) -> NodeRecord:
+    inputs: list[TensorMeta] = []
+    input_nodes: list[fx.Node] = []
+
+    def describe(arg: fx.Node) -> Any:
+        value = env[arg]
+        if arg in carries and isinstance(value, Tensor):
+            meta = TensorMeta.of(value)
+            inputs.append(meta)
+            input_nodes.append(arg)
+            return meta
+        return value
+
+    args = fx.node.map_arg(node.args, describe)
+    kwargs = fx.node.map_arg(node.kwargs, describe)
+    out = (
+        TensorMeta.of(output)
+        if isinstance(output, Tensor)
+        else TensorMeta(torch.Size(), torch.float32, torch.device("cpu"))
+    )
+    return NodeRecord(tuple(args), dict(kwargs), inputs, input_nodes, out, saved)
