@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny seeded networks and a check that a model comes back unchanged."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyVGG(nn.Module):
+    """conv-relu-conv-relu-pool twice, then a small classifier: VGG's shape at toy size."""
+
+    def __init__(self, channels: int = 4, classes: int = 5) -> None:
+        super().__init__()
+        c = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(2 * c * 4, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def make_tiny_vgg(seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVGG:
+    """A seeded TinyVGG in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    model = TinyVGG()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    return model.eval().to(dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_vgg() -> TinyVGG:
+    return make_tiny_vgg()
+
+
+@pytest.fixture
+def image_16() -> torch.Tensor:
+    return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@dataclass
+class ModelState:
+    """Everything about a model that deconvviz promises to leave as it found it."""
+
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    training: dict[str, bool]
+    requires_grad: dict[str, bool]
+    inplace: dict[str, bool]
+    hooks: dict[str, tuple[int, int, int, int]]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelState:
+        return cls(
+            params={k: v.detach().clone() for k, v in model.named_parameters()},
+            buffers={k: v.detach().clone() for k, v in model.named_buffers()},
+            training={k: m.training for k, m in model.named_modules()},
+            requires_grad={k: v.requires_grad for k, v in model.named_parameters()},
+            inplace={k: bool(getattr(m, "inplace", False)) for k, m in model.named_modules()},
+            hooks={
+                k: (
+                    len(m._forward_hooks),
+                    len(m._forward_pre_hooks),
+                    len(m._backward_hooks),
+                    len(getattr(m, "_backward_pre_hooks", {})),
+                )
+                for k, m in model.named_modules()
+            },
+        )
+
+    def assert_same(self, model: nn.Module) -> None:
+        now = ModelState.of(model)
+        assert now.training == self.training, "training flags changed"
+        assert now.requires_grad == self.requires_grad, "requires_grad changed"
+        assert now.inplace == self.inplace, "in-place flags changed"
+        assert now.hooks == self.hooks, "hooks left behind"
+        for k, v in self.params.items():
+            assert torch.equal(now.params[k], v), f"parameter {k} changed"
+        for k, v in self.buffers.items():
+            assert torch.equal(now.buffers[k], v), f"buffer {k} changed"
+
+
+@pytest.fixture
+def unchanged() -> Callable[[nn.Module], ModelState]:
+    """``state = unchanged(model)`` ... ``state.assert_same(model)``."""
+    return ModelState.of
+
+
+def deepcopy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
