@@ -38,8 +38,8 @@ class Call:
     """One forward op as the capture pass is about to run it.
 
     Attributes:
-        fn: what to call: the module, the function, or the bound tensor method.
-        args: positional arguments, with real tensors.
+        fn: what to call: the module, the function, or (for a tensor method) a function taking ``self`` first.
+        args: positional arguments, with real tensors (for a tensor method, ``self`` comes first).
         kwargs: keyword arguments, with real tensors.
         module: the module for ``call_module`` nodes, else None.
         name: the node's qualified name.
@@ -143,9 +143,7 @@ def run(
             args = fx.node.map_arg(node.args, env.__getitem__)
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             module = graph.module(node)
-            call = Call(_callable(node, module, args), tuple(args), dict(kwargs), module, graph.names[node])
-            if call.fn is not module and node.op == "call_method":
-                call.args = call.args[1:]  # the bound method already holds ``self``
+            call = Call(_callable(node, module), tuple(args), dict(kwargs), module, graph.names[node])
             rule = rules.get(node) if rules is not None and node in carries else None
             if rule is None:
                 env[node] = call.run()
@@ -160,11 +158,16 @@ def run(
     return Capture(activations=activations, records=records, batch=int(x.shape[0]), input_shape=tuple(x.shape))
 
 
-def _callable(node: fx.Node, module: nn.Module | None, args: Any) -> Callable[..., Any]:
+def _callable(node: fx.Node, module: nn.Module | None) -> Callable[..., Any]:
     if module is not None:
         return module
     if node.op == "call_method":
-        return getattr(args[0], str(node.target))
+        name = str(node.target)
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self, name)(*args, **kwargs)
+
+        return method
     return node.target  # type: ignore[return-value]
 
 

@@ -593,6 +593,26 @@ class ReshapeRule(Rule):
         return [signal.reshape(ctx.input_shape(0))]
 
 
+class GetItemRule(Rule):
+    """Basic indexing (``x[:, :3]``, ``x[..., 1:]``) mirrors to writing the signal back into a zero tensor."""
+
+    @override
+    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
+        source, index = ctx.args[0], ctx.args[1]
+        if not isinstance(source, TensorMeta):
+            raise ctx.unsupported("indexing into something other than a tensor")
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(part is None or isinstance(part, Tensor | list) for part in parts):
+            raise ctx.unsupported("advanced indexing (tensors, lists or None in the index)")
+        leading = parts[0] if parts else slice(None)
+        keeps_batch = leading is Ellipsis or (isinstance(leading, slice) and leading == slice(None))
+        if not keeps_batch:
+            raise ctx.unsupported("indexing that selects along the batch dimension")
+        out = signal.new_zeros(ctx.input_shape(0))
+        out[index] = signal
+        return [out]
+
+
 class IdentityRule(Rule):
     """Ops that are the identity at inference (dropout, ``Identity``, ``contiguous``) pass the signal on."""
 
@@ -657,5 +677,6 @@ _register_all(
     ],
     IdentityRule(),
 )
+_register_all([operator.getitem], GetItemRule())
 _register_all([torch.mean, "mean"], MeanRule())
 _register_all([torch.sum, "sum"], MeanRule(average=False))
