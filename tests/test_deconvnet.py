@@ -1,0 +1,405 @@
+"""DeconvNet: values worked out by hand, equivalences between code paths, manners toward the model, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from conftest import make_tiny_vgg
+from reference import deconv_reference, relative_error, unit_seeds
+from torch import nn
+from torchvision.models.feature_extraction import get_graph_node_names
+
+import deconvviz as dv
+from deconvviz import rules
+from deconvviz.deconvnet import SeedError
+from deconvviz.graph import LayerNotFoundError
+
+
+@pytest.fixture
+def restore_rules():
+    """Put the rule registry back as it was after a test that registers rules."""
+    saved = dict(rules._REGISTRY)
+    yield
+    rules._REGISTRY.clear()
+    rules._REGISTRY.update(saved)
+    rules._VERSION[0] += 1
+
+
+# ------------------------------------------------------------------------------------------ worked by hand
+
+
+class HandNet(nn.Module):
+    """1 channel: conv 2x2 (no bias) -> ReLU -> max-pool 2x2 stride 2 on a 5x5 input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 2, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2, 2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[[[1.0, -1.0], [0.0, 2.0]]]]))
+
+    def forward(self, x):
+        return self.pool(self.relu(self.conv(x)))
+
+
+HAND_INPUT = torch.tensor(
+    [
+        [1.0, 0.0, 2.0, 1.0, 0.0],
+        [0.0, 3.0, 0.0, 0.0, 1.0],
+        [1.0, 0.0, 1.0, 2.0, 0.0],
+        [0.0, 1.0, 0.0, 1.0, 3.0],
+        [2.0, 0.0, 1.0, 0.0, 1.0],
+    ]
+).view(1, 1, 5, 5)
+
+
+def test_hand_worked_projection() -> None:
+    # conv[i, j] = x[i, j] - x[i, j+1] + 2 x[i+1, j+1]:
+    #   row 0:  1-0+6=7   0-2+0=-2  2-1+0=1   1-0+2=3
+    #   row 1:  0-3+0=-3  3-0+2=5   0-0+4=4   0-1+0=-1
+    #   row 2:  1-0+2=3   0-1+0=-1  1-2+2=1   2-0+6=8
+    #   row 3:  0-1+0=-1  1-0+2=3   0-1+0=-1  1-3+2=0
+    # ReLU, then 2x2 pooling: top-left window {7,0,0,5} -> 7 at (0,0); top-right {1,3,4,0} -> 4 at (1,2);
+    # bottom-left {3,0,0,3} -> 3 at (2,0) (first maximum); bottom-right {1,8,0,0} -> 8 at (2,3).
+    net = dv.DeconvNet(HandNet().eval())
+    activation = net.activations(HAND_INPUT, ["pool"])["pool"]
+    assert activation.flatten().tolist() == [7.0, 4.0, 3.0, 8.0]
+
+    p = net.project(HAND_INPUT, layer="pool", channel=0)  # the strongest unit: 8 at pool (1, 1)
+    assert p.positions == ((1, 1),)
+    assert p.activations.tolist() == [8.0]
+    # Unpooled to conv (2, 3), rectified (8 > 0), then the transposed 2x2 filter puts 8 * w at rows 2-3, cols 3-4.
+    expected = torch.zeros(1, 1, 5, 5)
+    expected[0, 0, 2:4, 3:5] = 8.0 * torch.tensor([[1.0, -1.0], [0.0, 2.0]])
+    assert torch.equal(p.image, expected)
+
+    whole = net.project(HAND_INPUT, layer="pool", channel=0, mode="map")
+    expected = torch.zeros(1, 1, 5, 5)
+    for value, (r, c) in [(7.0, (0, 0)), (4.0, (1, 2)), (3.0, (2, 0)), (8.0, (2, 3))]:
+        expected[0, 0, r : r + 2, c : c + 2] += value * torch.tensor([[1.0, -1.0], [0.0, 2.0]])
+    assert torch.equal(whole.image, expected)
+
+
+class OverlapNet(nn.Module):
+    """Identity 1x1 conv -> ReLU -> 3x3 max-pool with stride 2: neighbouring windows overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(3, 2)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+
+    def forward(self, x):
+        return self.pool(self.relu(self.conv(x)))
+
+
+def test_overlapping_windows_sum_where_they_share_an_argmax() -> None:
+    # A 5x5 input whose maximum 9 sits in the centre: all four 3x3 windows (stride 2) pick it.
+    x = torch.ones(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 9.0
+    net = dv.DeconvNet(OverlapNet().eval())
+    p = net.project(x, layer="pool", channel=0, mode="map")
+    expected = torch.zeros(1, 1, 5, 5)
+    expected[0, 0, 2, 2] = 4 * 9.0  # four pooled values, each 9, all routed to the same input location
+    assert torch.equal(p.image, expected)
+
+    # An overwriting unpool (F.max_unpool2d) keeps only one of the four: the sum is what makes the difference.
+    _, switches = F.max_pool2d(x, 3, 2, return_indices=True)
+    overwritten = F.max_unpool2d(torch.full((1, 1, 2, 2), 9.0), switches, 3, 2, output_size=(5, 5))
+    assert overwritten[0, 0, 2, 2] == 9.0
+    assert not torch.equal(p.image, overwritten)
+
+
+def test_overlapping_pool_on_alexnet_differs_from_an_overwriting_unpool(restore_rules) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(weights=None).eval().double()
+    x = torch.randn(1, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    layer = "features.5"  # after the second 3x3/2 pooling
+    summed = dv.DeconvNet(model).project(x, layer=layer, top=4, mode="map")
+
+    class OverwriteUnpool(rules.MaxPool2dRule):
+        def mirror(self, ctx, signal):
+            size = ctx.inputs[0].shape[-2:]
+            return [F.max_unpool2d(signal, ctx.per_seed(ctx.saved), 3, 2, output_size=size)]
+
+    dv.register_rule(nn.MaxPool2d, OverwriteUnpool())
+    overwritten = dv.DeconvNet(model).project(x, layer=layer, channel=list(summed.channels), mode="map")
+    assert relative_error(overwritten.image, summed.image) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- code paths
+
+
+def test_batched_equals_one_by_one_and_chunking_changes_nothing(image_16) -> None:
+    model = make_tiny_vgg(dtype=torch.float64)
+    x = image_16.double()
+    net = dv.DeconvNet(model)
+    for layer in ["features.3", "features.7", "classifier.1"]:
+        batched = net.project(x, layer=layer, channel=[0, 2, 1, 3])
+        for i, c in enumerate(batched.channels):
+            single = net.project(x, layer=layer, channel=c)
+            assert relative_error(batched.image[i], single.image[0]) <= 1e-12
+            assert batched.positions[i] == single.positions[0]
+        chunked = dv.DeconvNet(model, max_batch=3).project(x, layer=layer, channel=[0, 2, 1, 3])
+        assert relative_error(chunked.image, batched.image) <= 1e-12
+
+
+def test_top_k_picks_the_strongest_channels_in_order(tiny_vgg, image_16) -> None:
+    net = dv.DeconvNet(tiny_vgg)
+    activation = net.activations(image_16, ["features.6"])["features.6"][0]
+    strength = activation.flatten(1).amax(1)
+    p = net.project(image_16, layer="features.6", top=3)
+    assert list(p.channels) == strength.argsort(descending=True)[:3].tolist()
+    assert torch.equal(p.activations, strength[list(p.channels)])
+    assert p.image.shape == (3, 3, 16, 16)
+
+
+def test_whole_map_is_the_sum_of_its_units_where_the_mirror_is_linear() -> None:
+    # Down from the first pooling of AlexNet the signal stays non-negative, so the ReLU mirror is the identity
+    # and the deconvnet is linear: projecting a map equals summing the projections of its units.
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(weights=None).eval().double()
+    x = torch.randn(1, 3, 80, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    net = dv.DeconvNet(model)
+    activation = net.activations(x, ["features.2"])["features.2"]
+    channel = int(activation[0].flatten(1).amax(1).argmax())
+    whole = net.project(x, layer="features.2", channel=channel, mode="map")
+    rows, cols = activation.shape[-2:]
+    units = torch.stack(
+        [
+            net.project(x, layer="features.2", channel=channel, position=(r, c)).image[0]
+            for r in range(rows)
+            for c in range(cols)
+        ]
+    )
+    assert relative_error(whole.image[0], units.sum(0)) <= 1e-12
+
+
+def test_whole_map_is_the_sum_of_its_units_for_every_linear_rule(restore_rules) -> None:
+    # With ReLU mirrored as the identity, the whole mirror is linear at any depth: this checks the other
+    # rules (transposed convs, unpooling, batch norm, residual adds, concatenation) for linearity.
+    dv.register_rule(nn.ReLU, rules.IdentityRule())
+    torch.manual_seed(0)
+    for builder, layer in [
+        (torchvision.models.resnet18, "layer2.0.relu_1"),
+        (torchvision.models.squeezenet1_1, "features.4.cat"),
+    ]:
+        model = builder(weights=None).eval().double()
+        x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+        net = dv.DeconvNet(model)
+        activation = net.activations(x, [layer])[layer]
+        whole = net.project(x, layer=layer, channel=1, mode="map")
+        rows, cols = activation.shape[-2:]
+        total = sum(
+            net.project(x, layer=layer, channel=1, position=(r, c)).image[0] for r in range(rows) for c in range(cols)
+        )
+        assert relative_error(whole.image[0], total) <= 1e-10, layer
+
+
+def test_project_units_uses_each_images_own_switches(tiny_vgg) -> None:
+    generator = torch.Generator().manual_seed(7)
+    batch = torch.randn(2, 3, 16, 16, generator=generator)
+    net = dv.DeconvNet(tiny_vgg)
+    first = net.project(batch[:1], layer="features.7", channel=[1, 5])
+    second = net.project(batch[1:], layer="features.7", channel=[2])
+    units = [(0, 1, *first.positions[0]), (1, 2, *second.positions[0]), (0, 5, *first.positions[1])]
+    projected = net.project_units(batch, "features.7", units)
+    assert relative_error(projected[0], first.image[0]) <= 1e-5
+    assert relative_error(projected[1], second.image[0]) <= 1e-5
+    assert relative_error(projected[2], first.image[1]) <= 1e-5
+
+
+def test_layers_are_torchvision_node_names_in_order() -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    layers = dv.DeconvNet(model).layers
+    expected = [name for name in get_graph_node_names(model)[1] if name != "x"]
+    assert layers == expected
+    vgg = torchvision.models.vgg16(weights=None).eval()
+    assert dv.DeconvNet(vgg).layers[:5] == ["features.0", "features.1", "features.2", "features.3", "features.4"]
+
+
+def test_aliases_resolve_like_node_names(tiny_vgg, image_16) -> None:
+    net = dv.DeconvNet(tiny_vgg, aliases={"conv2_1": "features.6"})
+    assert net.resolve("conv2_1") == "features.6"
+    by_alias = net.project(image_16, layer="conv2_1", channel=3)
+    by_name = net.project(image_16, layer="features.6", channel=3)
+    assert by_alias.layer == "conv2_1"
+    assert by_alias.node == "features.6"
+    assert torch.equal(by_alias.image, by_name.image)
+
+
+def test_works_in_inference_mode_without_autograd(tiny_vgg, image_16) -> None:
+    net = dv.DeconvNet(tiny_vgg)
+    with torch.inference_mode():
+        p = net.project(image_16, layer="features.7", top=2)
+    assert p.image.grad_fn is None
+    assert not p.image.requires_grad
+    outside = net.project(image_16, layer="features.7", top=2)
+    assert torch.equal(p.image, outside.image)
+
+
+def test_captured_activation_is_not_overwritten_by_an_in_place_relu(tiny_vgg, image_16) -> None:
+    # features.0 (a conv) feeds ReLU(inplace=True): its captured output must keep its negative values.
+    net = dv.DeconvNet(tiny_vgg)
+    captured = net.activations(image_16, ["features.0"])["features.0"]
+    with torch.no_grad():
+        direct = tiny_vgg.features[0](image_16)
+    assert torch.equal(captured, direct)
+    assert (direct < 0).any()
+    p = net.project(image_16, layer="features.0", channel=0, mode="map")
+    expected = deconv_reference(tiny_vgg, image_16, "features.0", unit_seeds(direct, [0], [None]))
+    assert relative_error(p.image, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_runs_in_the_models_dtype(dtype) -> None:
+    model = make_tiny_vgg(dtype=dtype)
+    p = dv.DeconvNet(model).project(torch.randn(1, 3, 16, 16), layer="features.7", top=2)
+    assert p.image.dtype == dtype
+    assert p.activations.dtype == dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(image_16) -> None:
+    cpu = make_tiny_vgg(dtype=torch.float64)
+    gpu = make_tiny_vgg(dtype=torch.float64).cuda()
+    a = dv.DeconvNet(cpu).project(image_16.double(), layer="features.7", top=4)
+    b = dv.DeconvNet(gpu).project(image_16.double().cuda(), layer="features.7", top=4)
+    assert b.image.device.type == "cpu"  # results come back as CPU tensors
+    assert torch.allclose(a.image, b.image, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------- manners and errors
+
+
+def test_model_unchanged_after_success_and_after_errors(unchanged, image_16) -> None:
+    model = make_tiny_vgg()
+    model.train()  # deconvviz runs in eval mode and must hand the training flag back
+    model.features[1].register_forward_hook(lambda *_: None)  # a user's own hook stays, and only it
+    state = unchanged(model)
+    net = dv.DeconvNet(model)
+    net.project(image_16, layer="features.7", top=3)
+    net.activations(image_16, ["features.3"])
+    state.assert_same(model)
+    for bad in [
+        dict(layer="features.77", channel=0),
+        dict(layer="features.7", channel=99),
+        dict(layer="features.7", channel=0, position=(50, 0)),
+    ]:
+        with pytest.raises(ValueError, match=r"unknown layer|out of range|outside"):
+            net.project(image_16, **bad)
+        state.assert_same(model)
+    with pytest.raises(SeedError):
+        net.project(torch.randn(2, 3, 16, 16), layer="features.7", channel=0)
+    state.assert_same(model)
+
+
+def test_eval_mode_is_used_even_for_a_model_in_training_mode(image_16) -> None:
+    model = make_tiny_vgg()
+    reference = dv.DeconvNet(model).project(image_16, layer="classifier.1", channel=2)
+    model.train()  # dropout would change the output in training mode
+    again = dv.DeconvNet(model).project(image_16, layer="classifier.1", channel=2)
+    assert torch.equal(reference.image, again.image)
+    assert model.training
+
+
+def test_unknown_layer_lists_close_names(tiny_vgg, image_16) -> None:
+    net = dv.DeconvNet(tiny_vgg, aliases={"conv1_1": "features.1"})
+    with pytest.raises(LayerNotFoundError, match=r"unknown layer 'features\.8'.*features\.") as info:
+        net.project(image_16, layer="features.8", channel=0)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="conv1_1"):
+        net.project(image_16, layer="conv1_2", channel=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(channel=8), r"channel 8 is out of range .* 8 channels \(0-7\)"),
+        (dict(channel=-1), "channel -1 is out of range"),
+        (dict(channel=[1, 40]), "channel 40 is out of range"),
+        (dict(top=9), "top must be between 1 and 8"),
+        (dict(top=0), "top must be between 1 and 8"),
+        (dict(channel=1, top=2), "either channel= or top="),
+        (dict(), "choose what to project"),
+        (dict(channel=0, position=(4, 0)), r"position \(4, 0\) is outside the 4x4 map"),
+        (dict(channel=0, mode="mean"), "mode must be 'max' or 'map'"),
+        (dict(channel=0, mode="map", position=(0, 0)), "cannot be combined"),
+    ],
+)
+def test_bad_seeds_are_value_errors(tiny_vgg, image_16, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", **kwargs)
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class WithSwish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.act = Swish()
+        self.conv2 = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        return self.conv2(self.act(self.conv(x)))
+
+
+def test_op_without_rule_names_the_op_and_how_to_register(unchanged, image_16, restore_rules) -> None:
+    model = WithSwish().eval()
+    state = unchanged(model)
+    net = dv.DeconvNet(model)
+    assert "conv" in net.layers
+    assert "conv2" not in net.layers
+    with pytest.raises(
+        dv.UnsupportedOpError, match=r"no mirror rule for function torch\.sigmoid at node 'act\.sigmoid'.*register_rule"
+    ):
+        net.project(image_16, layer="conv2", channel=0)
+    state.assert_same(model)
+
+    # Registering a rule for the module class makes it one opaque node, mirrored by that rule.
+    @dv.register_rule(Swish)
+    class PassThrough(dv.Rule):
+        def mirror(self, ctx, signal):
+            return [signal]
+
+    assert "act" in net.layers
+    assert "conv2" in net.layers
+    p = net.project(image_16, layer="conv2", channel=0)
+    assert p.image.shape == (1, 3, 16, 16)
+    state.assert_same(model)
+
+
+def test_untraceable_model_is_a_trace_error() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # control flow on a tensor value cannot be traced
+                return self.conv(x)
+            return x
+
+    with pytest.raises(dv.TraceError, match=r"cannot trace Branchy with torch\.fx") as info:
+        dv.DeconvNet(Branchy().eval())
+    assert "\n" not in str(info.value)
+
+
+def test_a_broken_custom_rule_is_reported(tiny_vgg, image_16, restore_rules) -> None:
+    class Wrong(dv.Rule):
+        def mirror(self, ctx, signal):
+            return [signal[..., :-1]]
+
+    dv.register_rule(nn.MaxPool2d, Wrong())
+    with pytest.raises(dv.UnsupportedOpError, match=r"returned shape .* expected"):
+        dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", channel=0)
