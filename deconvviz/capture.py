@@ -63,6 +63,10 @@ class ForwardRule(Protocol):
         """Run the op; return ``(output, saved)``."""
         ...
 
+    def run(self, call: Call) -> Any:  # pragma: no cover - protocol
+        """Run the op without saving anything for the mirror."""
+        ...
+
 
 @dataclass
 class NodeRecord:
@@ -107,6 +111,8 @@ def run(
     x: Tensor,
     targets: Sequence[fx.Node],
     rules: Mapping[fx.Node, ForwardRule] | None = None,
+    *,
+    record: bool = True,
 ) -> Capture:
     """Run the graph on ``x`` up to ``targets`` and record what the mirror needs.
 
@@ -114,8 +120,10 @@ def run(
         graph: the traced model.
         x: the input batch.
         targets: nodes whose outputs to keep; the run stops once they are computed.
-        rules: rule per signal-carrying node; when given, each such node runs through its rule's ``forward``
-            and a :class:`NodeRecord` is kept. Without rules the pass just computes activations.
+        rules: rule per signal-carrying node. Nodes with a rule run through it (out of place, so in-place ops in
+            the model cannot overwrite captured activations); nodes without one run as the model runs them.
+        record: keep a :class:`NodeRecord` (and the rule's saved state) per node for the mirror; off when only
+            activations are wanted.
 
     Returns:
         The :class:`Capture`.
@@ -147,6 +155,8 @@ def run(
             rule = rules.get(node) if rules is not None and node in carries else None
             if rule is None:
                 env[node] = call.run()
+            elif not record:
+                env[node] = rule.run(call)
             else:
                 output, saved = rule.forward(call)
                 env[node] = output

@@ -145,9 +145,9 @@ class DeconvNet:
                 raise self._missing_rule(graph, ancestor)
         return node
 
-    def _forward_rules(self, graph: Graph, node: fx.Node) -> dict[fx.Node, _rules.Rule]:
+    def _forward_rules(self, graph: Graph, nodes: Sequence[fx.Node]) -> dict[fx.Node, _rules.Rule]:
         found: dict[fx.Node, _rules.Rule] = {}
-        for ancestor in graph.ancestors([node]):
+        for ancestor in graph.ancestors(nodes):
             if ancestor in graph.carries and ancestor is not graph.input:
                 rule = self._rule(graph, ancestor)
                 if rule is not None:
@@ -183,7 +183,7 @@ class DeconvNet:
         x = self._input(x, single=False)
         nodes = [graph.node(name, self.aliases) for name in layers]
         with torch.inference_mode(), evaluating(self.model):
-            result = _capture.run(graph, x, nodes)
+            result = _capture.run(graph, x, nodes, self._forward_rules(graph, nodes), record=False)
         return {name: result.activations[node] for name, node in zip(layers, nodes, strict=True)}
 
     # ------------------------------------------------------------------------------------- projection
@@ -225,7 +225,7 @@ class DeconvNet:
         node = self._target(graph, layer)
         x = self._input(x, single=True)
         with torch.inference_mode(), evaluating(self.model):
-            cap = _capture.run(graph, x, [node], self._forward_rules(graph, node))
+            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node]))
             act = cap.activations[node]
             if not isinstance(act, Tensor) or act.dim() < 2:
                 raise SeedError(f"layer {layer!r} has no channel dimension to seed")
@@ -267,7 +267,7 @@ class DeconvNet:
         node = self._target(graph, layer)
         x = self._input(x, single=False)
         with torch.inference_mode(), evaluating(self.model):
-            cap = _capture.run(graph, x, [node], self._forward_rules(graph, node))
+            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node]))
             act = cap.activations[node]
             for unit in units:
                 _check_unit(act, unit, layer)

@@ -95,6 +95,10 @@ class Rule:
         """
         return call.run(), None
 
+    def run(self, call: Call) -> Any:
+        """Run the op when nothing is to be mirrored (activations only); defaults to :meth:`forward`'s output."""
+        return self.forward(call)[0]
+
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         """Map the signal at the op's output to one signal per entry of ``ctx.inputs`` (None for none)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement mirror()")
@@ -358,6 +362,10 @@ def unpool(signal: Tensor, switches: Tensor, input_size: Sequence[int]) -> Tenso
 
 class MaxPool2dRule(Rule):
     """Max-pooling records its switches during capture and mirrors to unpooling with them."""
+
+    @override
+    def run(self, call: Call) -> Any:
+        return call.run()  # no switches needed
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:

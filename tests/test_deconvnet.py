@@ -246,10 +246,10 @@ def test_works_in_inference_mode_without_autograd(tiny_vgg, image_16) -> None:
 def test_captured_activation_is_not_overwritten_by_an_in_place_relu(tiny_vgg, image_16) -> None:
     # features.0 (a conv) feeds ReLU(inplace=True): its captured output must keep its negative values.
     net = dv.DeconvNet(tiny_vgg)
-    captured = net.activations(image_16, ["features.0"])["features.0"]
+    captured = net.activations(image_16, ["features.0", "features.2"])  # the ReLU runs between the two
     with torch.no_grad():
         direct = tiny_vgg.features[0](image_16)
-    assert torch.equal(captured, direct)
+    assert torch.equal(captured["features.0"], direct)
     assert (direct < 0).any()
     p = net.project(image_16, layer="features.0", channel=0, mode="map")
     expected = deconv_reference(tiny_vgg, image_16, "features.0", unit_seeds(direct, [0], [None]))
