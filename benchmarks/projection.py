@@ -1,0 +1,99 @@
+"""Batched projection against a loop of single projections and a plain batched forward pass.
+
+VGG16 (random weights: speed does not depend on them), one image, seeds = the strongest activation of K
+channels of conv5_3 (``features.29``, after its ReLU). Measured side by side in one run:
+
+- batched ``project`` (one capture pass + one mirrored pass with K seeds in the batch dimension);
+- a loop of K single-channel ``project`` calls;
+- a forward pass with batch K through the same layers (``features[:30]``).
+
+Targets: batched <= 1.3x the batch-K forward pass, and >= 1.8x faster than the loop.
+
+Usage: ``python benchmarks/projection.py [--size 224] [--k 64] [--repeats 2] [--device cpu|cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+import deconvviz as dv
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(weights=None).eval().to(device)
+    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    layer = "features.29"
+    net = dv.DeconvNet(model, max_batch=args.k)
+    channels = list(range(args.k))
+    head = model.features[:30]
+    batch = x.expand(args.k, -1, -1, -1).contiguous()
+
+    def batched() -> object:
+        return net.project(x, layer=layer, channel=channels)
+
+    def loop() -> object:
+        return [net.project(x, layer=layer, channel=c) for c in channels]
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return head(batch)
+
+    # Same answers either way, checked before timing.
+    one = net.project(x, layer=layer, channel=channels[:4])
+    each = torch.cat([net.project(x, layer=layer, channel=c).image for c in channels[:4]])
+    scale = float(each.abs().max()) or 1.0
+    assert float((one.image - each).abs().max()) <= 1e-4 * scale, "batched and single projections differ"
+
+    print(
+        f"VGG16, {args.size}x{args.size}, K={args.k} seeds at conv5_3 ({layer}), device={device}, "
+        f"threads={torch.get_num_threads()}, torch {torch.__version__}, repeats={args.repeats} (median)"
+    )
+    t_forward = timed(forward, args.repeats, device)
+    t_batched = timed(batched, args.repeats, device)
+    t_loop = timed(loop, max(1, args.repeats // 2), device)
+    print(f"  forward pass, batch {args.k:<3d}       {t_forward:8.2f} s")
+    print(f"  batched project, K={args.k:<3d}        {t_batched:8.2f} s")
+    print(f"  loop of {args.k} single projects      {t_loop:8.2f} s")
+    ratio_forward = t_batched / t_forward
+    speedup = t_loop / t_batched
+    print(
+        f"  batched / forward   = {ratio_forward:.2f}x   (target <= 1.30x: {'met' if ratio_forward <= 1.3 else 'MISSED'})"
+    )
+    print(f"  loop / batched      = {speedup:.2f}x   (target >= 1.80x: {'met' if speedup >= 1.8 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
