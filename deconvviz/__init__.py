@@ -26,6 +26,10 @@ _EXPORTS: dict[str, str] = {
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
+    "ReceptiveField": "deconvviz.receptive",
+    "receptive_field": "deconvviz.receptive",
+    "receptive_fields": "deconvviz.receptive",
+    "register_geometry": "deconvviz.receptive",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -36,6 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
     from deconvviz.projection import Projection as Projection
+    from deconvviz.receptive import ReceptiveField as ReceptiveField
+    from deconvviz.receptive import receptive_field as receptive_field
+    from deconvviz.receptive import receptive_fields as receptive_fields
+    from deconvviz.receptive import register_geometry as register_geometry
     from deconvviz.rules import Rule as Rule
     from deconvviz.rules import get_rule as get_rule
     from deconvviz.rules import register_rule as register_rule
