@@ -113,6 +113,11 @@ class DeconvNet:
         )
 
     @property
+    def graph(self) -> Graph:
+        """The traced graph of the model (traced again if a rule registered since makes a module a leaf)."""
+        return self._current()
+
+    @property
     def layers(self) -> list[str]:
         """Qualified names of the layers that can be projected, from input to output."""
         graph = self._current()

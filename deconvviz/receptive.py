@@ -720,7 +720,7 @@ def receptive_fields(model: Any, layers: Sequence[str] | None = None) -> dict[st
         ReceptiveField(size=(196, 196), stride=(16, 16), offset=(-90, -90))
     """
     net = _as_net(model)
-    graph = net._current()
+    graph = net.graph
     if layers is None:
         names = net.layers
         nodes = [graph.node(n) for n in names]
