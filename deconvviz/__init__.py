@@ -26,6 +26,15 @@ _EXPORTS: dict[str, str] = {
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
+    "visualize": "deconvviz.api",
+    "render_images": "deconvviz.api",
+    "session": "deconvviz.api",
+    "Session": "deconvviz.api",
+    "default_layers": "deconvviz.api",
+    "layer_names": "deconvviz.api",
+    "RenderedImage": "deconvviz.api",
+    "RenderedLayer": "deconvviz.api",
+    "OutputError": "deconvviz.api",
     "ReceptiveField": "deconvviz.receptive",
     "receptive_field": "deconvviz.receptive",
     "receptive_fields": "deconvviz.receptive",
@@ -35,6 +44,15 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from deconvviz.api import OutputError as OutputError
+    from deconvviz.api import RenderedImage as RenderedImage
+    from deconvviz.api import RenderedLayer as RenderedLayer
+    from deconvviz.api import Session as Session
+    from deconvviz.api import default_layers as default_layers
+    from deconvviz.api import layer_names as layer_names
+    from deconvviz.api import render_images as render_images
+    from deconvviz.api import session as session
+    from deconvviz.api import visualize as visualize
     from deconvviz.deconvnet import DeconvNet as DeconvNet
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError

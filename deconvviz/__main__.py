@@ -1,0 +1,5 @@
+"""``python -m deconvviz``: the command line."""
+
+from deconvviz.cli import main
+
+main()

@@ -1,0 +1,758 @@
+"""One-call helpers over the engine: a projection for a notebook, a folder of pictures for a set of photos.
+
+:func:`visualize` loads a model by name (once per session), reads and preprocesses a picture, projects the
+chosen channels of one layer and returns the :class:`~deconvviz.projection.Projection` (which shows itself
+as a figure in Jupyter). :func:`render_images` does the same for several photos and layers and writes PNGs,
+one summary figure per layer and a ``manifest.json`` per photo, atomically: each photo's folder appears
+complete or not at all. The command line's ``render`` is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deconvviz.errors import DeconvVizError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image
+    from torch import Tensor
+
+    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.models import LoadedModel
+    from deconvviz.projection import Normalize, Projection
+
+MANIFEST = "manifest.json"
+OVERVIEW = "overview.png"
+MANIFEST_SCHEMA = 1
+DEFAULT_MODEL = "vgg16"
+DEFAULT_TOP = 9
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, what)``: called as work advances (``done`` of ``total`` steps)."""
+
+
+class OutputError(DeconvVizError, OSError):
+    """An output folder that cannot be written, or one that holds something deconvviz did not write."""
+
+
+class DeviceError(DeconvVizError, ValueError):
+    """A device name that is malformed or not available on this machine."""
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device to use: ``"auto"`` (or None) picks ``"cuda"`` when available, else ``"cpu"``.
+
+    Raises:
+        DeviceError: an unknown device, or CUDA asked for on a machine without it.
+    """
+    import torch
+
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif parsed.type not in ("cpu", "mps"):
+        raise DeviceError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    return name
+
+
+@dataclass
+class Session:
+    """A loaded model together with its deconvnet, ready to project pictures.
+
+    Attributes:
+        model: the loaded model (see :func:`deconvviz.load_model`).
+        net: the deconvnet attached to it.
+    """
+
+    model: LoadedModel
+    net: DeconvNet
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return str(getattr(self.model, "name", type(self.model.module).__name__))
+
+    @property
+    def channel_order(self) -> str:
+        """The colour order of the model's input channels (``"RGB"`` unless the preprocessing says otherwise)."""
+        return _channel_order(self.model)
+
+    def preprocess(self, image: str | os.PathLike[str] | Image | Tensor, *, full_image: bool = False) -> Tensor:
+        """A picture (path, PIL image, or an already preprocessed ``(1, C, H, W)`` tensor) as model input."""
+        import torch
+
+        if isinstance(image, torch.Tensor):
+            return image
+        if isinstance(image, str | os.PathLike):
+            from deconvviz.images import load_image
+
+            image = load_image(image)
+        return self.model.preprocess(image, full_image=full_image)
+
+
+_SESSIONS: OrderedDict[tuple[Any, ...], Session] = OrderedDict()
+_SESSIONS_LOCK = threading.Lock()
+_SESSIONS_KEPT = 2
+
+
+def session(
+    model: str | LoadedModel | Session = DEFAULT_MODEL, *, device: str | None = "auto", size: int | None = None
+) -> Session:
+    """A model and its deconvnet, loaded once: later calls with the same name, device and size reuse them.
+
+    Args:
+        model: a model name (``"vgg16"``, ``"resnet18:torchvision"``, ``"pkg.module:function"``, see
+            :func:`deconvviz.list_models`), an already loaded model, or a session.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; used when ``model`` is a name.
+        size: the side of the square pictures are resized and cropped to, instead of the model's own.
+
+    Returns:
+        The :class:`Session`.
+
+    Raises:
+        DeconvVizError: unknown model, weights that cannot be had, a bad device or size.
+    """
+    from deconvviz.deconvnet import DeconvNet
+
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DeconvVizError(f"size must be a positive number of pixels, got {size!r}")
+    if isinstance(model, Session):
+        if size is None or size == model.model.preprocessing.size:
+            return model
+        model = model.model
+    if not isinstance(model, str):
+        if size is not None and size != model.preprocessing.size:
+            before = model.preprocessing
+            resize = None if before.resize is not None and before.resize < size else before.resize
+            model = dataclasses.replace(model, preprocessing=dataclasses.replace(before, size=size, resize=resize))
+        return Session(model=model, net=DeconvNet(model))
+    from deconvviz import models as _models
+
+    resolved = resolve_device(device)
+    spec = next((s for s in _models.list_models() if s.name == model), None)
+    key = (model, resolved, size, id(spec))
+    with _SESSIONS_LOCK:
+        found = _SESSIONS.get(key)
+        if found is not None:
+            _SESSIONS.move_to_end(key)
+            return found
+    loaded = _models.load_model(model, device=resolved, size=size)
+    made = Session(model=loaded, net=DeconvNet(loaded))
+    with _SESSIONS_LOCK:
+        _SESSIONS[key] = made
+        while len(_SESSIONS) > _SESSIONS_KEPT:
+            _SESSIONS.popitem(last=False)
+    return made
+
+
+def _channel_order(model: Any) -> str:
+    order = getattr(getattr(model, "preprocessing", None), "channel_order", "RGB")
+    return order.upper() if isinstance(order, str) and sorted(order.upper()) == ["B", "G", "R"] else "RGB"
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+
+def _is_pool(net: DeconvNet, node: str) -> bool:
+    from torch import nn
+
+    module = dict(net.model.named_modules()).get(node)
+    pools = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    return isinstance(module, pools) or "pool" in node.rsplit(".", 1)[-1].lower()
+
+
+def layer_names(net: DeconvNet) -> list[str]:
+    """The layers worth offering by name, input to output: aliases if the model has them, else node names.
+
+    Only projectable layers are listed; an alias is listed once even when several aliases name one node.
+    """
+    projectable = net.layers
+    if not net.aliases:
+        return projectable
+    order = {name: i for i, name in enumerate(projectable)}
+    named = [(alias, node) for alias, node in net.aliases.items() if node in order]
+    seen: set[str] = set()
+    result = []
+    for alias, node in sorted(named, key=lambda pair: order[pair[1]]):
+        if node not in seen:
+            seen.add(node)
+            result.append(alias)
+    return result
+
+
+def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
+    """A sensible set of layers to look at: the last non-pooling layer at each resolution.
+
+    For VGG16 with its aliases this is ``conv1_2, conv2_2, conv3_3, conv4_3, conv5_3``, the five blocks'
+    last (rectified) convolutions; other models get the end of each of their stages.
+
+    Args:
+        net: the deconvnet.
+        x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
+        limit: the most layers returned (the deepest are kept).
+    """
+    candidates = [name for name in layer_names(net) if not _is_pool(net, net.resolve(name))]
+    if not candidates:
+        return layer_names(net)[-1:]
+    shapes = {name: tuple(act.shape) for name, act in net.activations(x, candidates).items()}
+    spatial = [name for name in candidates if len(shapes[name]) == 4]
+    if not spatial:
+        return candidates[-1:]
+    chosen: list[str] = []
+    for name, following in zip(spatial, [*spatial[1:], None], strict=True):
+        if following is None or shapes[following][2:] != shapes[name][2:]:
+            chosen.append(name)
+    return chosen[-limit:]
+
+
+def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor) -> list[str]:
+    """The layers to render: None -> :func:`default_layers`; ``"all"`` -> :func:`layer_names`; else as given.
+
+    Names may be node names or aliases; a comma-separated string is split.
+
+    Raises:
+        LayerNotFoundError: an unknown name (close names are suggested).
+    """
+    if layers is None:
+        return default_layers(net, x)
+    names = [layers] if isinstance(layers, str) else list(layers)
+    flat = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    if not flat:
+        return default_layers(net, x)
+    if any(name.lower() == "all" for name in flat):
+        return layer_names(net)
+    for name in flat:
+        net.resolve(name)
+    return list(dict.fromkeys(flat))
+
+
+# ------------------------------------------------------------------------------------------ notebook
+
+
+def receptive_boxes(net: DeconvNet, projection: Projection) -> tuple[tuple[int, int, int, int] | None, ...] | None:
+    """The input-space box of each seeded unit of a projection, or None when it cannot be worked out.
+
+    Whole-map seeds have no single box (None entries); layers whose units see the whole image, or whose
+    geometry is not known, give None.
+    """
+    from deconvviz.receptive import receptive_fields
+
+    if projection.input is None:
+        return None
+    size = (int(projection.input.shape[-2]), int(projection.input.shape[-1]))
+    try:
+        fields = receptive_fields(net, [projection.node])
+        field = fields[projection.node]
+    except (DeconvVizError, KeyError, ValueError):
+        return None
+    if field.whole_image:  # every unit sees everything: a box says nothing
+        return None
+    boxes: list[tuple[int, int, int, int] | None] = []
+    for position in projection.positions:
+        if position is None:
+            boxes.append(None)
+            continue
+        box = field.box(position[0], position[1], size)
+        boxes.append(tuple(int(v) for v in box))  # type: ignore[arg-type]
+    return tuple(boxes)
+
+
+def project(
+    current: Session,
+    x: Tensor,
+    layer: str,
+    *,
+    top: int | None = None,
+    channel: int | Sequence[int] | None = None,
+    mode: str = "max",
+    position: tuple[int, int] | None = None,
+    width: int | None = None,
+) -> Projection:
+    """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
+
+    Args:
+        current: the session.
+        x: ``(1, C, H, W)`` preprocessed picture.
+        layer: layer alias or node name.
+        top: the strongest channels to project, clamped to the layer's channel count.
+        channel: instead of ``top``, the channel(s) to project.
+        mode: ``"max"`` or ``"map"``.
+        position: ``(row, col)`` to seed instead of the strongest unit.
+        width: the layer's channel count, if already known (saves a forward pass when clamping ``top``).
+
+    Returns:
+        The :class:`~deconvviz.projection.Projection`.
+    """
+    if channel is None and top is None:
+        top = DEFAULT_TOP
+    if top is not None and channel is None and isinstance(top, int) and not isinstance(top, bool) and top > 0:
+        if width is None:
+            width = _widths(current.net, x, [layer])[layer]
+        if width:
+            top = min(top, width)
+    result = current.net.project(x, layer, channel, mode=mode, position=position, top=top)  # type: ignore[arg-type]
+    result = dataclasses.replace(result, channel_order=current.channel_order)
+    boxes = receptive_boxes(current.net, result)
+    return dataclasses.replace(result, boxes=boxes) if boxes is not None else result
+
+
+def _widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
+    """The channel count of each layer (0 for a layer without a channel dimension), from one forward pass."""
+    return {name: int(a.shape[1]) if a.dim() >= 2 else 0 for name, a in net.activations(x, layers).items()}
+
+
+def _check_channels(widths: dict[str, int], channels: Sequence[int]) -> None:
+    from deconvviz.deconvnet import SeedError
+
+    for layer, width in widths.items():
+        for c in channels:
+            if not 0 <= c < width:
+                raise SeedError(
+                    f"channel {c} is out of range for layer {layer!r}, which has {width} channels (0-{width - 1}); "
+                    "choose smaller channel numbers or other layers"
+                )
+
+
+def visualize(
+    image: str | os.PathLike[str] | Image | Tensor,
+    model: str | LoadedModel | Session = DEFAULT_MODEL,
+    layer: str | None = None,
+    *,
+    top: int | None = DEFAULT_TOP,
+    channel: int | Sequence[int] | None = None,
+    mode: str = "max",
+    position: tuple[int, int] | None = None,
+    device: str | None = "auto",
+    size: int | None = None,
+    full_image: bool = False,
+) -> Projection:
+    """Project a picture's strongest channels of one layer back to pixels, in one call.
+
+    The model is loaded once per session and kept for later calls. In Jupyter the returned projection
+    shows itself as a figure; ``p.figure()`` returns that figure, ``p.to_pil(i)`` one reconstruction,
+    ``p.save(folder)`` writes them all.
+
+    Args:
+        image: a picture file, a PIL image, or an already preprocessed ``(1, C, H, W)`` tensor.
+        model: a model name (see :func:`deconvviz.list_models`), a loaded model, or a :class:`Session`.
+        layer: layer alias or node name; default: the deepest of :func:`default_layers`
+            (``conv5_3`` for VGG16).
+        top: the number of strongest channels to project (clamped to the layer's channel count).
+        channel: instead of ``top``, the channel(s) to project.
+        mode: ``"max"`` (each channel's strongest unit) or ``"map"`` (its whole feature map).
+        position: ``(row, col)`` of the unit to seed in each channel, instead of the strongest.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` when ``model`` is a name.
+        size: resize and centre-crop the picture to ``size x size`` instead of the model's own size.
+        full_image: keep the whole picture instead of resizing and centre-cropping it to the model's size.
+
+    Returns:
+        The :class:`~deconvviz.projection.Projection`.
+
+    Raises:
+        DeconvVizError: bad picture, unknown model or layer, channel out of range (one-line messages).
+
+    Example:
+        >>> p = dv.visualize("examples/cat.jpg", model="vgg16", layer="conv5_3", top=9)  # doctest: +SKIP
+        >>> fig, axes = p.figure()  # doctest: +SKIP
+    """
+    current = session(model, device=device, size=size)
+    x = current.preprocess(image, full_image=full_image)
+    chosen = layer if layer is not None else default_layers(current.net, x)[-1]
+    if channel is not None:
+        top = None
+    return project(current, x, chosen, top=top, channel=channel, mode=mode, position=position)
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+@dataclass(frozen=True)
+class RenderedLayer:
+    """What was written for one layer of one picture.
+
+    Attributes:
+        layer: the layer as asked for.
+        node: its node name.
+        channels: the projected channels, in order.
+        activations: the seeded activation of each.
+        files: the reconstruction PNGs.
+        summary: the summary figure PNG.
+    """
+
+    layer: str
+    node: str
+    channels: tuple[int, ...]
+    activations: tuple[float, ...]
+    files: tuple[Path, ...]
+    summary: Path
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """What was written for one picture.
+
+    Attributes:
+        image: the source picture.
+        folder: the folder holding its results.
+        layers: one entry per layer.
+        overview: one figure with a row per layer (the input and the strongest reconstructions).
+        prediction: ``(label, probability)`` of the model's top class when the model classifies, else None.
+    """
+
+    image: Path
+    folder: Path
+    layers: tuple[RenderedLayer, ...]
+    overview: Path
+    prediction: tuple[str, float] | None = None
+
+    def summary(self) -> str:
+        """One line: the picture, where its results went, and the strongest unit found."""
+        count = sum(len(layer.channels) for layer in self.layers)
+        text = f"{self.image.name}: {len(self.layers)} layer(s), {count} reconstruction(s) -> {self.folder}"
+        deepest = self.layers[-1] if self.layers else None
+        if deepest is not None and deepest.channels:
+            text += f"; {deepest.layer} strongest ch {deepest.channels[0]} (a={deepest.activations[0]:.3g})"
+        if self.prediction is not None:
+            text += f"; predicted {self.prediction[0]!r} ({self.prediction[1]:.0%})"
+        return text
+
+
+def _is_result_folder(folder: Path) -> bool:
+    """Whether ``folder`` was written by :func:`render_images` (so it may be replaced)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("tool") == "deconvviz"
+
+
+def _targets(images: Sequence[Path], out: Path) -> list[Path]:
+    """One result folder per picture, named after it; repeated names get ``-2``, ``-3``, ..."""
+    used: dict[str, int] = {}
+    folders = []
+    for image in images:
+        stem = image.stem or "image"
+        used[stem] = used.get(stem, 0) + 1
+        folders.append(out / (stem if used[stem] == 1 else f"{stem}-{used[stem]}"))
+    for folder in folders:
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise OutputError(f"{str(folder)!r} exists and is not a folder; choose another --out")
+        if folder.is_dir() and any(folder.iterdir()) and not _is_result_folder(folder):
+            raise OutputError(
+                f"{str(folder)!r} already exists and was not written by deconvviz; choose another --out or move it away"
+            )
+    return folders
+
+
+def _prediction(current: Session, x: Tensor) -> tuple[str, float] | None:
+    if not getattr(current.model, "labels", None):
+        return None
+    try:
+        best = current.model.classify(x, top=1)[0]
+    except DeconvVizError:  # an output that does not match the class names: no prediction to report
+        return None
+    return best.label, best.probability
+
+
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import torch
+    import torchvision
+
+    from deconvviz import __version__
+
+    return {
+        "deconvviz": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _manifest(
+    current: Session,
+    image: Path,
+    x: Tensor,
+    rendered: list[RenderedLayer],
+    projections: list[Projection],
+    arguments: dict[str, Any],
+    prediction: tuple[str, float] | None,
+    folder: Path,
+) -> dict[str, Any]:
+    return {
+        "tool": "deconvviz",
+        "schema": MANIFEST_SCHEMA,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "image": str(image),
+        "model": current.name,
+        "weights": str(getattr(current.model, "weights", "")),
+        "input_shape": list(x.shape),
+        "arguments": arguments,
+        "prediction": None if prediction is None else {"label": prediction[0], "probability": prediction[1]},
+        "overview": OVERVIEW,
+        "layers": [
+            {
+                "layer": layer.layer,
+                "node": layer.node,
+                "mode": projection.mode,
+                "channels": list(layer.channels),
+                "activations": list(layer.activations),
+                "positions": [None if p is None else list(p) for p in projection.positions],
+                "boxes": None
+                if projection.boxes is None
+                else [None if b is None else list(b) for b in projection.boxes],
+                "files": [str(f.relative_to(folder)) for f in layer.files],
+                "summary": str(layer.summary.relative_to(folder)),
+            }
+            for layer, projection in zip(rendered, projections, strict=True)
+        ],
+    }
+
+
+def _render_one(
+    current: Session,
+    image: Path,
+    x: Tensor,
+    layers: Sequence[str],
+    staging: Path,
+    final: Path,
+    options: dict[str, Any],
+    widths: dict[str, int],
+    step: Callable[[str], None],
+) -> tuple[RenderedImage, dict[str, Any]]:
+    from deconvviz import render as _render
+
+    staging.mkdir()
+    picture = getattr(current.model, "to_image", None)  # the model's inverse preprocessing, if it has one
+    rendered: list[RenderedLayer] = []
+    projections: list[Projection] = []
+    normalize: Normalize = options["normalize"]
+    for layer in layers:
+        result = project(
+            current,
+            x,
+            layer,
+            top=options["top"],
+            channel=options["channels"],
+            mode=options["mode"],
+            width=widths[layer],
+        )
+        folder = staging / _render.safe_name(layer)
+        folder.mkdir()
+        base = None
+        if options["overlay"] and result.input is not None:
+            import numpy as np
+
+            base = np.asarray(_render.input_to_pil(result.input, picture, result.channel_order))
+        files = []
+        for i, name in enumerate(_render.projection_filenames(result)):
+            rgb = result.rgb(i, normalize)
+            if base is not None and base.shape == rgb.shape:
+                rgb = _render.overlay(rgb, base)
+            files.append(_render.save_image(rgb, folder / name))
+        name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
+        fig, _ = result.figure(
+            normalize=normalize, overlay_input=options["overlay"], box=options["box"], title=f"{image.name}: {name}"
+        )
+        summary = _render.save_figure(fig, staging / f"{_render.safe_name(layer)}.png")
+        rendered.append(
+            RenderedLayer(
+                layer=result.layer,
+                node=result.node,
+                channels=result.channels,
+                activations=tuple(float(a) for a in result.activations),
+                files=tuple(final / f.relative_to(staging) for f in files),
+                summary=final / summary.relative_to(staging),
+            )
+        )
+        projections.append(result)
+        step(f"{image.name} {layer}")
+    if result_input := (projections[0].input_pil() if projections else None):
+        _render.save_image(result_input, staging / "input.png")
+    fig, _ = _render.layers_figure(
+        projections, normalize=normalize, overlay_input=options["overlay"], box=options["box"], title=image.name
+    )
+    overview = _render.save_figure(fig, staging / OVERVIEW)
+    prediction = _prediction(current, x)
+    manifest = _manifest(current, image, x, rendered, projections, options, prediction, final)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    done = RenderedImage(
+        image=image,
+        folder=final,
+        layers=tuple(rendered),
+        overview=final / overview.relative_to(staging),
+        prediction=prediction,
+    )
+    return done, manifest
+
+
+def render_images(
+    images: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    model: str | LoadedModel | Session = DEFAULT_MODEL,
+    layers: str | Sequence[str] | None = None,
+    top: int | None = DEFAULT_TOP,
+    channels: Sequence[int] | None = None,
+    mode: str = "max",
+    device: str | None = "auto",
+    size: int | None = None,
+    full_image: bool = False,
+    normalize: Normalize = "contrast",
+    overlay: bool = False,
+    box: bool = False,
+    progress: Progress | None = None,
+) -> list[RenderedImage]:
+    """Render the reconstructions of several layers for several pictures into folders.
+
+    Each picture gets ``out/<name>/`` with ``input.png``, one summary figure per layer (``<layer>.png``:
+    the input and the reconstructions, labelled with channel and activation), one PNG per reconstruction
+    (``<layer>/<rank>_ch<channel>.png``), ``overview.png`` (a row per layer) and ``manifest.json``.
+    Everything is written into a temporary folder inside ``out`` and moved into place only when every
+    picture is done, so a failure leaves no partial results. A result folder written earlier by deconvviz
+    is replaced; any other existing folder of that name is refused.
+
+    Args:
+        images: picture files.
+        out: the folder that receives one result folder per picture (created if missing).
+        model: a model name, a loaded model or a :class:`Session`.
+        layers: layer names or aliases, ``"all"``, or None for :func:`default_layers`.
+        top: the number of strongest channels per layer (clamped to each layer's channel count).
+        channels: instead of ``top``, these channels in every layer.
+        mode: ``"max"`` or ``"map"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        size: resize and centre-crop pictures to ``size x size`` instead of the model's own size.
+        full_image: keep each whole picture instead of resizing and centre-cropping it.
+        normalize: ``"contrast"`` (the paper's) or ``"minmax"``.
+        overlay: draw reconstructions over the input picture.
+        box: outline the receptive field of each seeded unit in the summary figures.
+        progress: called after each layer of each picture (see :data:`Progress`).
+
+    Returns:
+        One :class:`RenderedImage` per picture.
+
+    Raises:
+        ImageError: a missing or unreadable picture (checked before any work).
+        OutputError: ``out`` cannot be written, or holds a folder deconvviz did not write.
+        DeconvVizError: unknown model or layer, channel out of range, ...
+    """
+    from deconvviz.images import load_image
+
+    if not images:
+        raise OutputError("no images given; pass at least one picture file")
+    if channels is not None and not list(channels):
+        channels = None
+    if mode not in ("max", "map"):
+        raise DeconvVizError(f"mode must be 'max' or 'map', got {mode!r}")
+    paths = [Path(image) for image in images]
+    pictures = [load_image(path) for path in paths]  # every picture is checked before anything is written
+    out_path = Path(out)
+    finals = _targets(paths, out_path)
+    current = session(model, device=device, size=size)
+    inputs = [current.preprocess(picture, full_image=full_image) for picture in pictures]
+    chosen = choose_layers(current.net, layers, inputs[0])
+    widths = _widths(current.net, inputs[0], chosen)
+    if channels is not None:
+        _check_channels(widths, [int(c) for c in channels])
+    options: dict[str, Any] = {
+        "model": current.name,
+        "layers": chosen,
+        "top": None if channels is not None else top,
+        "channels": None if channels is None else [int(c) for c in channels],
+        "mode": mode,
+        "size": size,
+        "full_image": full_image,
+        "normalize": normalize,
+        "overlay": overlay,
+        "box": box,
+    }
+    total = len(paths) * len(chosen)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    created = not out_path.exists()
+    try:
+        out_path.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".deconvviz-", dir=out_path))
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to output folder {str(out_path)!r} ({exc.strerror or exc}); choose another --out"
+        ) from exc
+    try:
+        if progress is not None:
+            progress(0, total, "starting")
+        results = []
+        for index, (path, x, final) in enumerate(zip(paths, inputs, finals, strict=True)):
+            result, _ = _render_one(current, path, x, chosen, staging / str(index), final, options, widths, step)
+            results.append(result)
+        _move_into_place(staging, finals)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            _remove_empty(out_path)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+def _move_into_place(staging: Path, finals: Sequence[Path]) -> None:
+    """Rename each finished folder into place; an earlier result of the same name is swapped out first.
+
+    If a rename fails, the folders moved so far are put back, so ``out`` is as it was before.
+    """
+    old = staging / "replaced"
+    old.mkdir()
+    moved: list[tuple[int, bool]] = []
+    try:
+        for index, final in enumerate(finals):
+            had = final.exists()
+            if had:
+                final.replace(old / str(index))
+            moved.append((index, had))
+            (staging / str(index)).replace(final)
+    except OSError:
+        for index, had in reversed(moved):
+            final = finals[index]
+            if final.exists() and not (staging / str(index)).exists():
+                final.replace(staging / str(index))
+            if had:
+                (old / str(index)).replace(final)
+        raise
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,320 @@
+"""The ``deconvviz`` command line: a thin typer app over the public Python API.
+
+Only typer and the lazily loaded :mod:`deconvviz` package are imported up front, so ``deconvviz --help`` and
+``deconvviz --version`` answer without loading torch or matplotlib; each command imports what it needs.
+Errors a user can cause are printed as one line on stderr with exit status 2 (``--debug`` shows the
+traceback instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import deconvviz
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="deconvviz",
+    help=(
+        "See what a convolutional network has learned: project its activations back to pixels with the "
+        "deconvnet of Zeiler & Fergus (2014)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Mode(StrEnum):
+    """What to seed in each chosen channel."""
+
+    max = "max"
+    map = "map"
+
+
+class Normalize(StrEnum):
+    """How reconstructions are made displayable."""
+
+    contrast = "contrast"
+    minmax = "minmax"
+
+
+class _State:
+    debug = False
+
+
+_state = _State()
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line
+
+
+@contextlib.contextmanager
+def _reported(debug: bool) -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+    from deconvviz.errors import DeconvVizError
+
+    debug = debug or _state.debug
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was left half-written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (DeconvVizError, ValueError, OSError) as exc:
+        if debug:
+            raise
+        _err(f"error: {_first_line(exc)}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except RuntimeError as exc:  # torch's own failures (out of memory, ...): not the user's input
+        if debug:
+            raise
+        _err(f"error: {_first_line(exc)} (run `deconvviz --debug ...` for the traceback)")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deconvviz {deconvviz.__version__}")
+        raise typer.Exit()
+
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """See what a convolutional network has learned (Zeiler & Fergus deconvnet projections)."""
+    _state.debug = debug
+
+
+def _console(stderr: bool = False) -> Any:
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # On a terminal rich fits tables to its width; piped output keeps one row per line for grep and friends.
+    width = None if stream.isatty() else 240
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+
+@app.command("models")
+def models_command(debug: DebugOption = False) -> None:
+    """List the registered models, where their weights come from, and whether they load offline now."""
+    with _reported(debug):
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("name", "input", "weights", "offline", "description"):
+            table.add_column(column)
+        for spec in deconvviz.list_models():
+            offline = "yes" if spec.available_offline() else "no"
+            table.add_row(spec.name, str(spec.input_size), spec.weights_source, offline, spec.description)
+        _console().print(table)
+        typer.echo(
+            "\nAlso: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
+            "or package.module:function for your own model."
+        )
+
+
+@app.command("layers")
+def layers_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
+    ] = "vgg16",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    debug: DebugOption = False,
+) -> None:
+    """List every projectable layer: alias, node name, output shape and receptive-field size."""
+    with _reported(debug):
+        import torch
+        from rich.table import Table
+
+        current = deconvviz.session(model, device=device)
+        net = current.net
+        size = int(getattr(current.model, "input_size", 224))
+        x = torch.zeros(1, 3, size, size)
+        nodes = net.layers
+        shapes = {name: tuple(a.shape) for name, a in net.activations(x, nodes).items()}
+        fields = _fields(net, nodes)
+        aliases: dict[str, list[str]] = {}
+        for alias, node in net.aliases.items():
+            aliases.setdefault(node, []).append(alias)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("alias", "node", "output", "receptive field"):
+            table.add_column(column)
+        for node in nodes:
+            table.add_row(", ".join(aliases.get(node, [])), node, "x".join(map(str, shapes[node][1:])), fields[node])
+        typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
+        _console().print(table)
+
+
+def _fields(net: Any, nodes: list[str]) -> dict[str, str]:
+    """The receptive-field size of each layer as text; '?' where it cannot be worked out."""
+    from deconvviz.errors import DeconvVizError
+
+    def text(field: Any) -> str:
+        return "whole image" if field.whole_image else f"{field.size[0]}x{field.size[1]} /{field.stride[0]}"
+
+    try:
+        return {name: text(field) for name, field in deconvviz.receptive_fields(net, nodes).items()}
+    except DeconvVizError:
+        found = {}
+        for name in nodes:
+            try:
+                found[name] = text(deconvviz.receptive_fields(net, [name])[name])
+            except DeconvVizError:
+                found[name] = "?"
+        return found
+
+
+@app.command("render")
+def render_command(
+    ctx: typer.Context,
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
+        ),
+    ] = "vgg16",
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Layer alias or node name; repeat or comma-separate for several; `all` for every named layer. "
+            "Default: the last layer of each stage (conv1_2 ... conv5_3 for VGG16).",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", "-k", min=1, help="Project the K channels with the strongest activations.")
+    ] = 9,
+    channel: Annotated[
+        list[int] | None,
+        typer.Option("--channel", "-c", min=0, help="Project this channel (repeat for several) instead of --top."),
+    ] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="max: each channel's strongest unit; map: its whole feature map.")
+    ] = Mode.max,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for the results; each picture gets OUT/<picture name>/."),
+    ] = Path("deconvviz-out"),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    size: Annotated[
+        int | None,
+        typer.Option(min=8, help="Resize and centre-crop pictures to N x N pixels (default: the model's size)."),
+    ] = None,
+    full_image: Annotated[
+        bool, typer.Option("--full-image", help="Keep each whole picture (no crop) instead of --size.")
+    ] = False,
+    normalize: Annotated[
+        Normalize, typer.Option(help="contrast: the paper's (grey is zero); minmax: a plain stretch.")
+    ] = Normalize.contrast,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Draw each reconstruction over the picture.")] = False,
+    box: Annotated[
+        bool, typer.Option("--box", help="Outline the receptive field of each seeded unit in the summaries.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Project each picture's strongest activations back to pixels, layer by layer, and write PNGs.
+
+    For every picture and layer: one PNG per reconstruction and one summary figure (the picture and the
+    reconstructions, labelled with channel and activation), plus manifest.json. A folder is only moved into
+    place when complete; an earlier result folder of the same name is replaced.
+    """
+    with _reported(debug):
+        source = ctx.get_parameter_source("top")
+        if channel and getattr(source, "name", None) == "COMMANDLINE":
+            raise _usage("give either --top or --channel, not both")
+        if size is not None and full_image:
+            raise _usage("give either --size or --full-image, not both")
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("loading the model", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=what)
+
+            results = deconvviz.render_images(
+                images,
+                out,
+                model=model,
+                layers=layer,
+                top=None if channel else top,
+                channels=channel or None,
+                mode=mode.value,
+                device=device,
+                size=size,
+                full_image=full_image,
+                normalize=normalize.value,
+                overlay=overlay,
+                box=box,
+                progress=progress,
+            )
+        typer.echo(f"wrote {len(results)} result folder(s) under {out}")
+        for result in results:
+            typer.echo(result.summary())
+
+
+class _UsageError(ValueError):
+    """Options that contradict each other."""
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def main() -> None:
+    """Run the command line (the ``deconvviz`` entry point)."""
+    app(prog_name="deconvviz")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
