@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
+    "top_k": "deconvviz.search",
+    "TopKResult": "deconvviz.search",
     "visualize": "deconvviz.api",
     "render_images": "deconvviz.api",
     "session": "deconvviz.api",
@@ -65,6 +67,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.rules import Rule as Rule
     from deconvviz.rules import get_rule as get_rule
     from deconvviz.rules import register_rule as register_rule
+    from deconvviz.search import TopKResult as TopKResult
+    from deconvviz.search import top_k as top_k
 
 
 def __getattr__(name: str) -> Any:

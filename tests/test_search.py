@@ -1,0 +1,200 @@
+"""Top-k search over a folder: equals brute force, deterministic, tolerant of bad files, flat in memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyVGG, make_tiny_vgg
+from PIL import Image
+from reference import relative_error
+
+import deconvviz as dv
+from deconvviz.search import SearchError, TopKTracker, find_images, top_k
+
+
+@dataclass
+class Stand:
+    """The parts of a loaded model that the search uses: module, aliases, preprocessing, inverse."""
+
+    module: TinyVGG
+    side: int = 16
+    name: str = "tiny"
+    layers: dict[str, str] = field(
+        default_factory=lambda: {"conv1": "features.1", "conv2": "features.6", "pool2": "features.7"}
+    )
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        small = image.convert("RGB").resize((self.side, self.side), Image.BILINEAR)
+        array = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0 - 0.5)
+        return array.permute(2, 0, 1)[None]
+
+    def to_image(self, x: torch.Tensor) -> Image.Image:
+        x = x[0] if x.dim() == 4 else x
+        array = ((x.permute(1, 2, 0) + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        return Image.fromarray(array)
+
+
+def _write_images(folder: Path, count: int, side: int = 16, seed: int = 0) -> list[Path]:
+    generator = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        sub = folder / ("a" if i % 3 else "b")  # a nested folder: the scan is recursive
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img{i:03d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(generator.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    _write_images(root, 13)
+    (root / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image, not scanned")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stand() -> Stand:
+    return Stand(make_tiny_vgg())
+
+
+def _brute_force(stand: Stand, folder: Path, layer: str, k: int) -> dict[int, list[tuple[float, str, tuple[int, int]]]]:
+    net = dv.DeconvNet(stand.module, aliases=stand.layers)
+    per_channel: dict[int, list[tuple[float, str, tuple[int, int]]]] = {}
+    for path in find_images(folder):
+        try:
+            x = stand.preprocess(Image.open(path))
+        except OSError:
+            continue
+        act = net.activations(x, [layer])[layer][0]
+        width = act.shape[-1]
+        for channel in range(act.shape[0]):
+            flat = act[channel].flatten()
+            where = int(flat.argmax())
+            per_channel.setdefault(channel, []).append(
+                (float(flat[where]), path.relative_to(folder).as_posix(), divmod(where, width))
+            )
+    # Strongest first; ties keep scan order (Python's sort is stable).
+    return {c: sorted(hits, key=lambda h: -h[0])[:k] for c, hits in per_channel.items()}
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_equals_brute_force(stand, folder, batch_size) -> None:
+    result = top_k(stand, folder, layers=["conv2", "pool2"], k=4, batch_size=batch_size)
+    for layer in ["conv2", "pool2"]:
+        expected = _brute_force(stand, folder, layer, 4)
+        assert result.channels(layer) == sorted(expected)
+        for channel, hits in expected.items():
+            got = [(h.value, h.image, h.position) for h in result.hits[layer][channel]]
+            assert [g[1:] for g in got] == [e[1:] for e in hits], (layer, channel)
+            assert np.allclose([g[0] for g in got], [e[0] for e in hits], rtol=1e-6)
+
+
+def test_deterministic_and_counts_unreadable_files(stand, folder) -> None:
+    first = top_k(stand, folder, layers=["conv1"], k=3, channels=2)
+    second = top_k(stand, folder, layers=["conv1"], k=3, channels=2, batch_size=5)
+    assert first.to_dict() == second.to_dict()
+    assert len(first.images) == 15  # 13 pictures + 2 bad files with image suffixes; notes.txt is not one
+    assert sorted(image for image, _ in first.skipped) == ["broken.jpg", "empty.png"]
+    assert all(error and "\n" not in error for _, error in first.skipped)
+    assert first.channels("conv1") == [0, 1]
+
+
+def test_crops_are_the_projection_inside_the_receptive_field(stand, folder) -> None:
+    result = top_k(stand, folder, layers=["conv2"], k=2, channels=[3])
+    net = dv.DeconvNet(stand.module, aliases=stand.layers)
+    field_ = dv.receptive_field(net, "conv2")
+    for hit in result.hits["conv2"][3]:
+        x = stand.preprocess(Image.open(folder / hit.image))
+        full = net.project(x, layer="conv2", channel=3, position=hit.position).image[0]
+        top, left, bottom, right = hit.box
+        assert hit.box == field_.box(*hit.position, x.shape)
+        assert relative_error(hit.reconstruction, full[:, top:bottom, left:right]) <= 1e-5
+        outside = full.clone()
+        outside[:, top:bottom, left:right] = 0
+        assert outside.abs().max() == 0  # nothing of the projection is lost by cropping
+        assert torch.equal(hit.patch, x[0, :, top:bottom, left:right])
+
+
+def test_figure_has_the_papers_layout_and_save_writes_everything(stand, folder, tmp_path) -> None:
+    result = top_k(stand, folder, layers=["conv2"], k=9, channels=2)
+    fig, axes = result.figure("conv2", 1)
+    assert axes.shape == (3, 6)  # 3x3 reconstructions beside 3x3 patches
+    assert sum(1 for ax in axes.flat if ax.images) == 18
+    out = result.save(tmp_path / "grids")
+    assert sorted(p.name for p in out.glob("*.png")) == ["conv2_ch0000.png", "conv2_ch0001.png"]
+    manifest = json.loads((out / "topk.json").read_text())
+    assert manifest["layers"][0]["node"] == "features.6"
+    assert len(manifest["layers"][0]["channels"]["1"]) == 9
+
+
+def test_fewer_images_than_k(stand, tmp_path) -> None:
+    _write_images(tmp_path, 2)
+    result = top_k(stand, tmp_path, layers=["conv1"], k=9, channels=1)
+    assert len(result.hits["conv1"][0]) == 2
+    result.figure("conv1", 0)
+
+
+def test_bad_folders_and_choices(stand, tmp_path) -> None:
+    with pytest.raises(SearchError, match="folder not found"):
+        top_k(stand, tmp_path / "missing")
+    with pytest.raises(SearchError, match="no images in"):
+        top_k(stand, tmp_path)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(SearchError, match="could be read"):
+        top_k(stand, tmp_path, layers=["conv1"])
+    _write_images(tmp_path, 1)
+    with pytest.raises(ValueError, match="unknown layer 'conv9'"):
+        top_k(stand, tmp_path, layers=["conv9"])
+    with pytest.raises(SearchError, match="channel 99 is out of range"):
+        top_k(stand, tmp_path, layers=["conv1"], channels=[99])
+    with pytest.raises(SearchError, match="k must be at least 1"):
+        top_k(stand, tmp_path, layers=["conv1"], k=0)
+
+
+def test_tracker_keeps_the_earlier_image_on_ties() -> None:
+    tracker = TopKTracker(channels=1, k=2)
+    tracker.update(torch.tensor([[[1.0, 5.0]], [[5.0, 0.0]]]), torch.tensor([0, 1]))
+    tracker.update(torch.tensor([[[5.0, 2.0]]]), torch.tensor([2]))
+    assert tracker.images.tolist() == [[0, 1]]
+    assert tracker.positions.tolist() == [[1, 0]]
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    sys.path.insert(0, {tests!r})
+    from test_search import Stand
+    from conftest import make_tiny_vgg
+    from deconvviz.search import top_k
+    stand = Stand(make_tiny_vgg(), side=192)
+    top_k(stand, sys.argv[1], layers=["conv1", "conv2"], k=9, channels=2, batch_size=8)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """
+)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_in_the_number_of_images(tmp_path) -> None:
+    # Each 192x192 image's conv1 + conv2 activations take ~880 kB: keeping them for 4N = 320 images instead of
+    # N = 80 would add ~210 MB, far above 10 % of the process's own footprint (torch alone is ~0.5 GB).
+    small, large = tmp_path / "n", tmp_path / "4n"
+    _write_images(small, 80, side=96)
+    _write_images(large, 320, side=96, seed=1)
+    script = _MEMORY_SCRIPT.format(tests=str(Path(__file__).parent))
+    peaks = []
+    for folder in (small, large):
+        done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, check=True)
+        peaks.append(int(done.stdout.strip().splitlines()[-1]))
+    assert peaks[1] <= peaks[0] * 1.10, f"peak RSS {peaks[0]} kB for N images, {peaks[1]} kB for 4N"
