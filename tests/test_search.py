@@ -129,7 +129,7 @@ def test_crops_are_the_projection_inside_the_receptive_field(stand, folder) -> N
 
 def test_figure_has_the_papers_layout_and_save_writes_everything(stand, folder, tmp_path) -> None:
     result = top_k(stand, folder, layers=["conv2"], k=9, channels=2)
-    fig, axes = result.figure("conv2", 1)
+    _fig, axes = result.figure("conv2", 1)
     assert axes.shape == (3, 6)  # 3x3 reconstructions beside 3x3 patches
     assert sum(1 for ax in axes.flat if ax.images) == 18
     out = result.save(tmp_path / "grids")
