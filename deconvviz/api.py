@@ -578,7 +578,11 @@ def _render_one(
             files.append(_render.save_image(rgb, folder / name))
         name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
         fig, _ = result.figure(
-            normalize=normalize, overlay_input=options["overlay"], box=options["box"], title=f"{image.name}: {name}"
+            normalize=normalize,
+            overlay_input=options["overlay"],
+            box=options["box"],
+            crop_to_field=options["crop"],
+            title=f"{image.name}: {name}",
         )
         summary = _render.save_figure(fig, staging / f"{_render.safe_name(layer)}.png")
         rendered.append(
@@ -595,9 +599,7 @@ def _render_one(
         step(f"{image.name} {layer}")
     if result_input := (projections[0].input_pil() if projections else None):
         _render.save_image(result_input, staging / "input.png")
-    fig, _ = _render.layers_figure(
-        projections, normalize=normalize, overlay_input=options["overlay"], box=options["box"], title=image.name
-    )
+    fig, _ = _render.layers_figure(projections, normalize=normalize, crop_to_field=True, title=image.name)
     overview = _render.save_figure(fig, staging / OVERVIEW)
     prediction = _prediction(current, x)
     manifest = _manifest(current, image, x, rendered, projections, options, prediction, final)
@@ -627,13 +629,15 @@ def render_images(
     normalize: Normalize = "contrast",
     overlay: bool = False,
     box: bool = False,
+    crop: bool = False,
     progress: Progress | None = None,
 ) -> list[RenderedImage]:
     """Render the reconstructions of several layers for several pictures into folders.
 
     Each picture gets ``out/<name>/`` with ``input.png``, one summary figure per layer (``<layer>.png``:
     the input and the reconstructions, labelled with channel and activation), one PNG per reconstruction
-    (``<layer>/<rank>_ch<channel>.png``), ``overview.png`` (a row per layer) and ``manifest.json``.
+    (``<layer>/<rank>_ch<channel>.png``), ``overview.png`` (per layer, the strongest reconstructions cut
+    to their receptive fields above the image patches, as in the paper's Fig. 2) and ``manifest.json``.
     Everything is written into a temporary folder inside ``out`` and moved into place only when every
     picture is done, so a failure leaves no partial results. A result folder written earlier by deconvviz
     is replaced; any other existing folder of that name is refused.
@@ -652,6 +656,8 @@ def render_images(
         normalize: ``"contrast"`` (the paper's) or ``"minmax"``.
         overlay: draw reconstructions over the input picture.
         box: outline the receptive field of each seeded unit in the summary figures.
+        crop: in the summary figures, show each reconstruction cropped to its receptive field above the image
+            patch its unit saw (``overview.png`` always does).
         progress: called after each layer of each picture (see :data:`Progress`).
 
     Returns:
@@ -691,6 +697,7 @@ def render_images(
         "normalize": normalize,
         "overlay": overlay,
         "box": box,
+        "crop": crop,
     }
     total = len(paths) * len(chosen)
     done = 0

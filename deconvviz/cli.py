@@ -249,6 +249,12 @@ def render_command(
     box: Annotated[
         bool, typer.Option("--box", help="Outline the receptive field of each seeded unit in the summaries.")
     ] = False,
+    crop: Annotated[
+        bool,
+        typer.Option(
+            "--crop", help="Summaries show each reconstruction cut to its receptive field above the image patch."
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Project each picture's strongest activations back to pixels, layer by layer, and write PNGs.
@@ -296,6 +302,7 @@ def render_command(
                 normalize=normalize.value,
                 overlay=overlay,
                 box=box,
+                crop=crop,
                 progress=progress,
             )
         typer.echo(f"wrote {len(results)} result folder(s) under {out}")

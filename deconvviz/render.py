@@ -171,6 +171,36 @@ def _label(projection: Projection, i: int) -> str:
     return text
 
 
+def _box(projection: Projection, i: int) -> Box | None:
+    boxes = projection.boxes
+    if boxes is None or i >= len(boxes) or boxes[i] is None:
+        return None
+    top, left, bottom, right = boxes[i]  # type: ignore[misc]
+    return None if bottom <= top or right <= left else (top, left, bottom, right)
+
+
+def crop(picture: np.ndarray, box: Box | None) -> np.ndarray:
+    """The part of an ``(H, W, ...)`` picture inside ``box`` (the whole picture when ``box`` is None)."""
+    if box is None:
+        return picture
+    top, left, bottom, right = box
+    return picture[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)]
+
+
+def _panel(projection: Projection, i: int, normalize: Normalize, base: np.ndarray | None, overlay_input: bool) -> Any:
+    rgb = projection.rgb(i, normalize)
+    if overlay_input and base is not None and base.shape == rgb.shape:
+        rgb = overlay(rgb, base)
+    return rgb
+
+
+def _blank(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def projection_figure(
     projection: Projection,
     *,
@@ -179,6 +209,7 @@ def projection_figure(
     size: float = 2.2,
     overlay_input: bool = False,
     box: bool = False,
+    crop_to_field: bool = False,
     title: str | None = None,
 ) -> tuple[Figure, Any]:
     """The input beside every reconstruction, each titled with its channel and activation.
@@ -191,10 +222,14 @@ def projection_figure(
         overlay_input: draw each reconstruction over a dimmed copy of the input (see :func:`overlay`).
         box: outline the receptive field of each seeded unit, when the projection knows it
             (``Projection.boxes``, filled in by :func:`deconvviz.visualize` and the CLI).
+        crop_to_field: show each reconstruction cropped to its unit's receptive field, above the image patch
+            the unit saw, as in the paper's Fig. 2 (when the boxes are known; the input panel then outlines
+            every box).
         title: the figure's title; default: the layer (and its node name when it differs).
 
     Returns:
-        ``(figure, axes)``, axes a 2-D array; the figure is not shown.
+        ``(figure, axes)``, axes a 2-D array (in crop mode, rows alternate reconstructions and patches); the
+        figure is not shown.
 
     Raises:
         RenderError: a bad option.
@@ -204,35 +239,136 @@ def projection_figure(
     _check_normalize(normalize)
     if columns < 1:
         raise RenderError(f"columns must be at least 1, got {columns}")
+    cropping = crop_to_field and projection.boxes is not None
     picture = projection.input_pil()
-    count = len(projection) + (1 if picture is not None else 0)
+    base = np.asarray(picture) if picture is not None else None
+    count = len(projection) + (1 if base is not None else 0)
     columns = max(1, min(columns, count))
     rows = -(-count // columns)
-    fig = Figure(figsize=(size * columns, size * rows + 0.45), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
+    per_cell = 2 if cropping else 1
+    height = size * rows * per_cell * (0.8 if cropping else 1.0)
+    fig = Figure(figsize=(size * columns, height + 0.45), layout="constrained")
+    axes = fig.subplots(rows * per_cell, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    flat = list(axes.flat)
-    base: np.ndarray | None = None
-    if picture is not None:
-        base = np.asarray(picture)
-        flat[0].imshow(base)
-        flat[0].set_title("input", fontsize=9)
-        flat = flat[1:]
-    boxes = projection.boxes if box else None
-    for i, ax in enumerate(flat[: len(projection)]):
-        rgb = projection.rgb(i, normalize)
-        if overlay_input and base is not None and base.shape == rgb.shape:
-            rgb = overlay(rgb, base)
-        ax.imshow(rgb)
-        if boxes is not None and i < len(boxes) and boxes[i] is not None:
-            _draw_box(ax, boxes[i])  # type: ignore[arg-type]
+    cells = [(r * per_cell, c) for r in range(rows) for c in range(columns)]
+    if base is not None:
+        row, col = cells.pop(0)
+        axes[row, col].imshow(base)
+        axes[row, col].set_title("input", fontsize=9)
+        if cropping:
+            for i in range(len(projection)):
+                found = _box(projection, i)
+                if found is not None:
+                    _draw_box(axes[row, col], found)
+    for i, (row, col) in enumerate(cells[: len(projection)]):
+        rgb = _panel(projection, i, normalize, base, overlay_input)
+        found = _box(projection, i)
+        ax = axes[row, col]
+        if cropping:
+            ax.imshow(crop(rgb, found))
+            if base is not None:
+                axes[row + 1, col].imshow(crop(base, found))
+        else:
+            ax.imshow(rgb)
+            if box and found is not None:
+                _draw_box(ax, found)
         ax.set_title(_label(projection, i), fontsize=8)
     if title is None:
         title = projection.layer if projection.layer == projection.node else f"{projection.layer} ({projection.node})"
         if projection.mode == "map":
             title += ", whole feature maps"
     fig.suptitle(title, fontsize=10)
+    return fig, axes
+
+
+def layers_figure(
+    projections: Sequence[Projection],
+    *,
+    per_layer: int = 6,
+    normalize: Normalize = "contrast",
+    size: float = 1.8,
+    overlay_input: bool = False,
+    box: bool = False,
+    crop_to_field: bool = False,
+    title: str | None = None,
+) -> tuple[Figure, Any]:
+    """One row per layer: the input, then that layer's first ``per_layer`` reconstructions (strongest first).
+
+    Args:
+        projections: one projection per layer, of one picture, shallow to deep.
+        per_layer: reconstructions shown per row.
+        normalize: ``"contrast"`` (the paper's) or ``"minmax"``.
+        size: panel size in inches.
+        overlay_input: draw each reconstruction over a dimmed copy of the input.
+        box: outline each seeded unit's receptive field, when known.
+        crop_to_field: each layer gets two rows, the reconstructions cropped to their units' receptive fields
+            above the image patches those units saw (the paper's Fig. 2 layout); the input panel outlines the
+            boxes. Layers without known boxes are shown whole.
+        title: the figure's title.
+
+    Returns:
+        ``(figure, axes)``, axes of shape ``(rows, per_layer + 1)`` with one row per layer, or two in crop
+        mode; the figure is not shown.
+
+    Raises:
+        RenderError: no projections, or a bad option.
+    """
+    from matplotlib.figure import Figure
+
+    _check_normalize(normalize)
+    if not projections:
+        raise RenderError("layers_figure needs at least one projection")
+    if per_layer < 1:
+        raise RenderError(f"per_layer must be at least 1, got {per_layer}")
+    columns = 1 + min(per_layer, max(len(p) for p in projections))
+    per_row = 2 if crop_to_field else 1
+    rows = len(projections) * per_row
+    fig = Figure(
+        figsize=(size * columns + 0.6, size * rows * (0.85 if crop_to_field else 1.0) + 0.4), layout="constrained"
+    )
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        _blank(ax)
+    for index, projection in enumerate(projections):
+        top = axes[index * per_row]
+        below = axes[index * per_row + 1] if crop_to_field else None
+        cropping = crop_to_field and projection.boxes is not None
+        picture = projection.input_pil()
+        base = np.asarray(picture) if picture is not None else None
+        if base is not None:
+            top[0].imshow(base)
+        top[0].set_ylabel(projection.layer, fontsize=10)
+        shown = min(len(projection), columns - 1)
+        if below is not None:
+            below[0].axis("off")
+            if cropping and base is not None:
+                for i in range(shown):
+                    found = _box(projection, i)
+                    if found is not None:
+                        _draw_box(top[0], found)
+        for i, ax in enumerate(top[1:]):
+            if i >= shown:
+                ax.axis("off")
+                if below is not None:
+                    below[i + 1].axis("off")
+                continue
+            rgb = _panel(projection, i, normalize, base, overlay_input)
+            found = _box(projection, i)
+            ax.set_title(f"ch {projection.channels[i]}", fontsize=7, pad=2)
+            if cropping:
+                ax.imshow(crop(rgb, found))
+            else:
+                ax.imshow(rgb)
+                if box and found is not None:
+                    _draw_box(ax, found)
+            if below is not None:
+                if cropping and base is not None:
+                    below[i + 1].imshow(crop(base, found))
+                else:
+                    below[i + 1].axis("off")
+    if title is not None:
+        fig.suptitle(title, fontsize=11)
     return fig, axes
 
 

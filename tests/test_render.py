@@ -218,3 +218,39 @@ def test_safe_name_keeps_layer_names_readable() -> None:
     assert render.safe_name("features.29") == "features.29"
     assert render.safe_name("layer4/1 relu") == "layer4_1_relu"
     assert render.safe_name("..") == "layer"
+
+
+def test_crop_cuts_pictures_to_boxes() -> None:
+    picture = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    assert np.array_equal(render.crop(picture, (1, 2, 4, 5)), picture[1:4, 2:5])
+    assert np.array_equal(render.crop(picture, None), picture)
+
+
+def test_crop_mode_shows_each_field_above_its_image_patch(projection: dv.Projection) -> None:
+    boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), (2, 3, 9, 9), (4, 4, 12, 10)))
+    _, axes = boxed.figure(crop_to_field=True, columns=4)
+    assert axes.shape == (2, 4)  # reconstructions above, patches below
+    base = np.asarray(boxed.input_pil())
+    for i, (top, left, bottom, right) in enumerate(boxed.boxes or ()):
+        shown = np.asarray(axes[0, i + 1].get_images()[0].get_array())
+        assert np.array_equal(shown, boxed.rgb(i)[top:bottom, left:right])
+        patch = np.asarray(axes[1, i + 1].get_images()[0].get_array())
+        assert np.array_equal(patch, base[top:bottom, left:right])
+    assert len(axes[0, 0].patches) == 3  # the input outlines every field
+
+
+def test_layers_figure_has_a_row_per_layer(projection: dv.Projection, tiny_vgg: torch.nn.Module) -> None:
+    x = projection.input
+    assert x is not None
+    shallow = dv.DeconvNet(tiny_vgg).project(x, "features.1", top=4)
+    _, axes = render.layers_figure([shallow, projection], per_layer=3)
+    assert axes.shape == (2, 4)
+    assert [row[0].get_ylabel() for row in axes] == ["features.1", "features.6"]
+    assert np.array_equal(np.asarray(axes[1, 2].get_images()[0].get_array()), projection.rgb(1))
+    boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), (2, 3, 9, 9), (4, 4, 12, 10)))
+    _, axes = render.layers_figure([shallow, boxed], per_layer=3, crop_to_field=True)
+    assert axes.shape == (4, 4)
+    assert np.asarray(axes[2, 1].get_images()[0].get_array()).shape == (5, 6, 3)  # cropped
+    assert np.asarray(axes[0, 1].get_images()[0].get_array()).shape == (16, 16, 3)  # no boxes: whole
+    with pytest.raises(RenderError):
+        render.layers_figure([])
