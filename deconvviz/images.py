@@ -1,0 +1,98 @@
+"""Read pictures from disk as RGB PIL images, with a one-line error for anything that is not one.
+
+Transparent pixels are laid over white (a logo on a transparent background stays a logo on white rather
+than on whatever colour the hidden pixels happen to hold), EXIF orientation is applied so that a phone
+photo stands the way it was taken, and 16-bit or floating-point greyscale is brought to 8 bits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deconvviz.errors import DeconvVizError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+"""File suffixes (lower case) that deconvviz treats as pictures when it looks through a folder."""
+
+
+class ImageError(DeconvVizError, ValueError):
+    """A path that does not lead to a readable picture."""
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Read a picture file as an RGB image.
+
+    Args:
+        path: a picture file (JPEG, PNG, WebP, BMP, TIFF, ... anything Pillow reads).
+
+    Returns:
+        An RGB ``PIL.Image.Image`` held in memory (the file is closed).
+
+    Raises:
+        ImageError: the path is missing, a folder, unreadable, or not a picture Pillow can decode;
+            the message names the path and the problem.
+
+    Example:
+        >>> img = load_image("examples/cat.jpg")  # doctest: +SKIP
+        >>> img.mode, img.size  # doctest: +SKIP
+        ('RGB', (451, 300))
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"image file not found: {str(p)!r}; check the path")
+    if p.is_dir():
+        raise ImageError(f"{str(p)!r} is a folder, not an image file; pass one picture file")
+    try:
+        with Image.open(p) as opened:
+            opened.load()
+            image = as_rgb(ImageOps.exif_transpose(opened) or opened)
+    except PermissionError as exc:
+        raise ImageError(f"cannot read image {str(p)!r}: permission denied") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            f"{str(p)!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {str(p)!r} is too large to open safely ({_first_line(exc)})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as any of these
+        raise ImageError(f"image {str(p)!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
+    return image
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as RGB: transparent pixels over white, 16-bit and float greyscale down to 8 bits.
+
+    An RGB image is returned as it is (not copied).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Greyscale with more than 8 bits (16-bit PNG/TIFF, float TIFF) as an 8-bit ``L`` image."""
+    import numpy as np  # only here, so that importing this module stays light
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        # floats are taken as 0..1 when they fit there, else as 0..255
+        values = values * 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else values
+    elif np.max(values, initial=0.0) > 255.0:
+        values = values / 257.0  # 65535 -> 255
+    values = np.nan_to_num(values, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
