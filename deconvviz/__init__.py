@@ -28,6 +28,15 @@ _EXPORTS: dict[str, str] = {
     "TraceError": "deconvviz.errors",
     "top_k": "deconvviz.search",
     "TopKResult": "deconvviz.search",
+    "load_model": "deconvviz.models",
+    "register_model": "deconvviz.models",
+    "list_models": "deconvviz.models",
+    "ModelSpec": "deconvviz.models",
+    "LoadedModel": "deconvviz.models",
+    "Preprocessing": "deconvviz.models",
+    "WeightsUnavailableError": "deconvviz.weights",
+    "load_image": "deconvviz.images",
+    "ImageError": "deconvviz.images",
     "visualize": "deconvviz.api",
     "render_images": "deconvviz.api",
     "session": "deconvviz.api",
@@ -59,6 +68,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
+    from deconvviz.images import ImageError as ImageError
+    from deconvviz.images import load_image as load_image
+    from deconvviz.models import LoadedModel as LoadedModel
+    from deconvviz.models import ModelSpec as ModelSpec
+    from deconvviz.models import Preprocessing as Preprocessing
+    from deconvviz.models import list_models as list_models
+    from deconvviz.models import load_model as load_model
+    from deconvviz.models import register_model as register_model
     from deconvviz.projection import Projection as Projection
     from deconvviz.receptive import ReceptiveField as ReceptiveField
     from deconvviz.receptive import receptive_field as receptive_field
@@ -69,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.rules import register_rule as register_rule
     from deconvviz.search import TopKResult as TopKResult
     from deconvviz.search import top_k as top_k
+    from deconvviz.weights import WeightsUnavailableError as WeightsUnavailableError
 
 
 def __getattr__(name: str) -> Any:
