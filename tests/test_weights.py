@@ -391,6 +391,14 @@ def test_offline_with_empty_cache_is_a_clear_error(cache: Path, offline: None, s
     assert files_in(cache) == []
 
 
+def test_without_pip_the_error_says_so(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(W, "_pip_available", lambda: False)
+    with pytest.raises(WeightsUnavailableError, match="pip is not installed") as info:
+        W.OXFORD_VGG16.load()
+    assert "\n" not in str(info.value)
+    assert files_in(cache) == []
+
+
 def test_pinned_sources() -> None:
     for source in (W.OXFORD_VGG16, W.DEEPSCALE_SQUEEZENET1_1):
         assert len(source.sha256) == 64
