@@ -275,13 +275,15 @@ def render_command(
         matplotlib.use("Agg")
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        console = _console(stderr=True)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=_console(stderr=True),
+            console=console,
             transient=True,
+            disable=not console.is_terminal,
         ) as bar:
             task = bar.add_task("loading the model", total=None)
 

