@@ -1,0 +1,446 @@
+"""A static HTML report over a folder of images: the paper's top-k grids for chosen layers and channels.
+
+The report is a self-contained folder that opens from disk in any browser, no server needed::
+
+    report/
+      index.html              model, weights, data set, layers (links), images (links), skipped files
+      layers/<layer>.html     one card per channel: top-k reconstructions beside their image patches,
+                              each with its activation and source image
+      layers/<layer>/*.png    the cropped reconstructions and patches
+      sources/*.jpg           every source image as the model saw it (preprocessed), linked from the cards
+      images/<name>.html      (per-image mode) the render command's per-layer reconstructions of one image
+      images/<name>/...       their PNGs
+      manifest.json           schema version, library versions, arguments, per-image errors, every hit
+
+It is written into a temporary sibling folder and renamed into place when complete: an interrupted run
+leaves no half report, and an existing report is only replaced when asked (``overwrite=True``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deconvviz.errors import DeconvVizError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.api import Session
+    from deconvviz.search import TopKResult
+
+SCHEMA_VERSION = 1
+PAPER_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")
+"""Default layers where the model has these aliases (VGG16): one per block from the second on."""
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; stages: ``"scan"``, ``"project"``, ``"write"``, ``"images"``."""
+
+
+class ReportError(DeconvVizError, ValueError):
+    """An output folder or option that the report cannot be written with."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """A finished report.
+
+    Attributes:
+        path: the report folder.
+        index: its ``index.html``.
+        images: images scanned (readable or not).
+        skipped: images that could not be read.
+        layers: layers in the report.
+        channels: channel cards written, over all layers.
+        pages: HTML pages written.
+    """
+
+    path: Path
+    index: Path
+    images: int
+    skipped: int
+    layers: tuple[str, ...]
+    channels: int
+    pages: int
+
+    def summary(self) -> str:
+        """One line with the counts and where the report is."""
+        return (
+            f"report of {self.images} image(s) ({self.skipped} skipped), {len(self.layers)} layer(s), "
+            f"{self.channels} channel(s), {self.pages} page(s): {self.index}"
+        )
+
+
+def build_report(
+    folder: str | Path,
+    out: str | Path = "report",
+    *,
+    model: Any = "vgg16",
+    layers: str | Sequence[str] | None = None,
+    channels: int | Sequence[int] | None = 16,
+    k: int = 9,
+    device: str | None = "auto",
+    per_image: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 8,
+    normalize: str = "contrast",
+    progress: Progress | None = None,
+) -> Report:
+    """Scan ``folder`` and write the HTML report to ``out``.
+
+    Args:
+        folder: images, scanned recursively (unreadable files are skipped and listed).
+        out: the report folder to create.
+        model: a registered model name, a loaded model, or a session.
+        layers: names or aliases (a list or a comma-separated string), ``"all"``, or None for the paper's layers
+            (``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has them, else one layer per resolution).
+        channels: the first ``n`` channels of every layer, a list of channels, or None for all of them.
+        k: activations shown per channel.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        per_image: also render every image's per-layer reconstructions (as the render command does).
+        overwrite: replace an existing report folder.
+        batch_size: images per forward pass.
+        normalize: ``"contrast"`` (the paper's) or ``"minmax"``.
+        progress: called as work advances.
+
+    Returns:
+        The :class:`Report`.
+
+    Raises:
+        ReportError: ``out`` exists (without ``overwrite``) or cannot be written.
+        SearchError: a missing or empty folder, or no readable image.
+        DeconvVizError: unknown model or layer, channel out of range, ...
+    """
+    from deconvviz.api import session
+    from deconvviz.search import find_images, top_k
+
+    target = Path(out)
+    _check_target(target, overwrite)
+    paths = find_images(folder)  # a missing or empty folder fails before any model is loaded
+    current = session(model, device=device)
+    chosen = _report_layers(current, layers, paths)
+    arguments = {
+        "folder": str(folder),
+        "model": current.name,
+        "layers": chosen,
+        "channels": channels if channels is None or isinstance(channels, int) else list(channels),
+        "k": k,
+        "per_image": per_image,
+        "batch_size": batch_size,
+        "normalize": normalize,
+    }
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        _permissions_like_mkdir(staging)
+    except OSError as exc:
+        raise ReportError(
+            f"cannot write the report next to {str(target)!r} ({exc.strerror or exc}); choose another --out"
+        ) from exc
+    try:
+        result = top_k(
+            current.model, folder, layers=chosen, k=k, channels=channels, batch_size=batch_size, progress=progress
+        )
+        writer = _Writer(staging, result, current, normalize, progress)
+        cards = writer.layer_pages()
+        image_pages = writer.image_pages(paths, chosen) if per_image else []
+        writer.index(image_pages)
+        writer.manifest(arguments, image_pages)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Report(
+        path=target,
+        index=target / "index.html",
+        images=len(result.images),
+        skipped=len(result.skipped),
+        layers=result.layers,
+        channels=cards,
+        pages=1 + len(result.layers) + len(image_pages),
+    )
+
+
+def _permissions_like_mkdir(folder: Path) -> None:
+    """``mkdtemp`` makes a private folder; a report is an ordinary one (mode 0777 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ReportError(f"{str(target)!r} exists and is not a folder; choose another --out")
+    if target.exists() and not overwrite:
+        raise ReportError(f"output folder {str(target)!r} already exists; pass --overwrite to replace it")
+    if target.exists() and any(target.iterdir()) and not (target / "manifest.json").is_file():
+        raise ReportError(
+            f"{str(target)!r} holds files that are not a deconvviz report; refusing to replace it, choose another --out"
+        )
+
+
+def _report_layers(current: Session, layers: str | Sequence[str] | None, paths: Sequence[Path]) -> list[str]:
+    from deconvviz.api import choose_layers, default_layers
+    from deconvviz.images import load_image
+
+    if layers is None and all(name in current.net.aliases for name in PAPER_LAYERS):
+        return list(PAPER_LAYERS)
+    sample = None
+    for path in paths:  # the first readable image tells the default layers' sizes
+        try:
+            sample = current.preprocess(load_image(path))
+            break
+        except (DeconvVizError, OSError):
+            continue
+    if sample is None:
+        from deconvviz.search import SearchError
+
+        raise SearchError(f"none of the {len(paths)} image files could be read")
+    if layers is None:
+        return default_layers(current.net, sample)[-4:]
+    return choose_layers(current.net, layers, sample)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished report into place, swapping out an older one (restored if the rename fails)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        target.replace(old)
+    try:
+        staging.replace(target)
+    except OSError:
+        if old is not None:
+            old.replace(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------------- pages
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "_"
+
+
+_STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f5f5f7}
+header{background:#1d1d1f;color:#f5f5f7;padding:14px 24px}header a{color:#9cf}
+main{padding:16px 24px;max-width:1400px}h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}
+table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
+.cards{display:flex;flex-wrap:wrap;gap:14px}
+.card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
+.card h3{font-size:13px;margin:0 0 6px}.pair{display:flex;gap:10px}
+.grid{display:grid;gap:3px}.cell{width:var(--cell);text-align:center;font-size:10px;color:#555}
+.cell img{width:var(--cell);height:var(--cell);object-fit:contain;background:#808080;display:block}
+.cell a{color:#555;text-decoration:none;display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.figs img{max-width:100%;background:#fff;margin:6px 0;border-radius:4px}.muted{color:#777}
+ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thumbs img{height:96px;display:block}
+"""
+
+
+def _page(title: str, body: str, root: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+        f"<a href='{root}index.html'>report index</a></header><main>{body}</main></body></html>\n"
+    )
+
+
+class _Writer:
+    """Writes the pictures and pages of one report into its staging folder."""
+
+    def __init__(
+        self, root: Path, result: TopKResult, current: Session, normalize: str, progress: Progress | None
+    ) -> None:
+        self.root = root
+        self.result = result
+        self.current = current
+        self.normalize = normalize
+        self.progress = progress
+        self.sources: dict[str, str] = {}  # image (relative to the data set) -> page-relative file under sources/
+        self.layer_files: dict[str, str] = {}
+
+    def _source(self, image: str) -> str:
+        """The preprocessed view of a source image, written once under ``sources/``."""
+        found = self.sources.get(image)
+        if found is not None:
+            return found
+        from deconvviz.images import load_image
+
+        (self.root / "sources").mkdir(exist_ok=True)
+        name = f"sources/{len(self.sources):05d}_{_slug(Path(image).stem)[:40]}.jpg"
+        picture = self.current.model.to_image(self.current.preprocess(load_image(Path(self.result.folder) / image)))
+        picture.convert("RGB").save(self.root / name, quality=88)
+        self.sources[image] = name
+        return name
+
+    def layer_pages(self) -> int:
+        """One page per layer; returns the number of channel cards."""
+        from PIL import Image
+
+        result = self.result
+        (self.root / "layers").mkdir()
+        total = sum(len(result.hits[layer]) for layer in result.layers)
+        done = cards = 0
+        for layer, node in zip(result.layers, result.nodes, strict=True):
+            slug = _slug(layer)
+            folder = self.root / "layers" / slug
+            folder.mkdir()
+            sections = []
+            side = 1
+            while side * side < result.k:
+                side += 1
+            for channel, hits in result.hits[layer].items():
+                recon_cells, patch_cells = [], []
+                for rank, hit in enumerate(hits):
+                    stem = f"ch{channel:04d}_{rank}"
+                    Image.fromarray(result.reconstruction_rgb(layer, channel, rank, self.normalize)).save(
+                        folder / f"{stem}_rec.png"
+                    )
+                    result.patch_pil(layer, channel, rank).convert("RGB").save(folder / f"{stem}_patch.png")
+                    source = self._source(hit.image)
+                    label = html.escape(hit.image)
+                    recon_cells.append(
+                        f"<div class='cell'><img src='{slug}/{stem}_rec.png' alt='reconstruction {rank + 1}'>"
+                        f"{hit.value:.3g}</div>"
+                    )
+                    patch_cells.append(
+                        f"<div class='cell'><a href='../{source}' title='{label}'>"
+                        f"<img src='{slug}/{stem}_patch.png' alt='patch from {label}'>{label}</a></div>"
+                    )
+                grid = f"grid-template-columns:repeat({side},var(--cell))"
+                sections.append(
+                    f"<div class='card' id='ch{channel}' style='--cell:72px'><h3>channel {channel}</h3>"
+                    "<div class='pair'>"
+                    f"<div class='grid' style='{grid}'>{''.join(recon_cells)}</div>"
+                    f"<div class='grid' style='{grid}'>{''.join(patch_cells)}</div></div></div>"
+                )
+                cards += 1
+                done += 1
+                if self.progress is not None:
+                    self.progress("write", done, total)
+            title = f"{layer} ({node})" if layer != node else layer
+            intro = (
+                f"<p class='muted'>For each channel: its top {result.k} activations over {len(result.images)} "
+                "images, each projected to pixels by the deconvnet (left, labelled with the activation) beside the "
+                "image patch it came from (right; click for the whole image). Patches are the units' receptive "
+                "fields, clipped to the image.</p>"
+            )
+            page = _page(
+                f"{self.current.name}: {title}", intro + f"<div class='cards'>{''.join(sections)}</div>", "../"
+            )
+            (self.root / "layers" / f"{slug}.html").write_text(page, encoding="utf-8")
+            self.layer_files[layer] = f"layers/{slug}.html"
+        return cards
+
+    def image_pages(self, paths: Sequence[Path], layers: Sequence[str]) -> list[tuple[str, str]]:
+        """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
+        from deconvviz.api import render_images
+        from deconvviz.images import load_image
+
+        readable = []
+        for path in paths:
+            try:
+                load_image(path)
+            except (DeconvVizError, OSError):
+                continue
+            readable.append(path)
+
+        def step(done: int, total: int, what: str) -> None:
+            if self.progress is not None:
+                self.progress("images", done, total)
+
+        rendered = render_images(
+            readable,
+            self.root / "images",
+            model=self.current,
+            layers=list(layers),
+            normalize=self.normalize,  # type: ignore[arg-type]
+            progress=step,
+        )
+        pages = []
+        base = Path(self.result.folder)
+        for item in rendered:
+            folder = item.folder.name
+            name = item.image.relative_to(base).as_posix() if item.image.is_relative_to(base) else item.image.name
+            figures = [f"<h2>all layers</h2><img src='{folder}/{item.overview.name}' alt='overview'>"]
+            for layer in item.layers:
+                summary = layer.summary.relative_to(item.folder).as_posix()
+                name_html = html.escape(layer.layer)
+                figures.append(f"<h2>{name_html}</h2><img src='{folder}/{summary}' alt='{name_html}'>")
+            prediction = ""
+            if item.prediction is not None:
+                prediction = f"<p>predicted: <b>{html.escape(item.prediction[0])}</b> ({item.prediction[1]:.0%})</p>"
+            body = prediction + f"<div class='figs'>{''.join(figures)}</div>"
+            page = f"images/{folder}.html"
+            (self.root / page).write_text(_page(f"{self.current.name}: {name}", body, "../"), encoding="utf-8")
+            pages.append((name, page))
+        return pages
+
+    def index(self, image_pages: Sequence[tuple[str, str]]) -> None:
+        """The report's front page."""
+        result = self.result
+        model = self.current.model
+        rows = "".join(
+            f"<tr><td><a href='{self.layer_files[layer]}'>{html.escape(layer)}</a></td><td>{html.escape(node)}</td>"
+            f"<td>{len(result.hits[layer])}</td></tr>"
+            for layer, node in zip(result.layers, result.nodes, strict=True)
+        )
+        parts = [
+            "<h2>model</h2><table>"
+            f"<tr><th>name</th><td>{html.escape(self.current.name)}</td></tr>"
+            f"<tr><th>weights</th><td>{html.escape(str(getattr(model, 'weights', '')))}</td></tr></table>",
+            "<h2>data set</h2><table>"
+            f"<tr><th>folder</th><td>{html.escape(result.folder)}</td></tr>"
+            f"<tr><th>images</th><td>{len(result.images)}</td></tr>"
+            f"<tr><th>skipped</th><td>{len(result.skipped)}</td></tr>"
+            f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
+            f"<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels</th></tr>{rows}</table>",
+        ]
+        if image_pages:
+            items = "".join(f"<li><a href='{page}'>{html.escape(name)}</a></li>" for name, page in image_pages)
+            parts.append(f"<h2>images</h2><ul>{items}</ul>")
+        if result.skipped:
+            items = "".join(
+                f"<li>{html.escape(image)}: <span class='muted'>{html.escape(error)}</span></li>"
+                for image, error in result.skipped
+            )
+            parts.append(f"<h2>skipped files</h2><ul>{items}</ul>")
+        created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        parts.append(f"<p class='muted'>made with deconvviz on {created}</p>")
+        (self.root / "index.html").write_text(
+            _page(f"deconvviz report: {self.current.name}", "".join(parts), ""), encoding="utf-8"
+        )
+
+    def manifest(self, arguments: dict[str, Any], image_pages: Sequence[tuple[str, str]]) -> None:
+        """``manifest.json``: what was run, with what, and what came out."""
+        from deconvviz.api import _versions
+
+        data = {
+            "tool": "deconvviz",
+            "kind": "report",
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "arguments": arguments,
+            "model": self.current.name,
+            "weights": str(getattr(self.current.model, "weights", "")),
+            "pages": {
+                "index": "index.html",
+                "layers": self.layer_files,
+                "images": {name: page for name, page in image_pages},
+            },
+            "sources": self.sources,
+            "errors": [{"image": image, "error": error} for image, error in self.result.skipped],
+            "topk": self.result.to_dict(),
+        }
+        (self.root / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,232 @@
+"""The HTML report: what it contains, that every picture and link resolves, and that it is written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+from conftest import make_tiny_vgg
+from PIL import Image
+
+import deconvviz as dv
+from deconvviz.report import ReportError, build_report
+
+MODEL = "tiny-report"
+ALIASES = {"conv1": "features.1", "conv2": "features.3", "conv3": "features.6", "pool2": "features.7"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model() -> None:
+    dv.register_model(
+        dv.ModelSpec(
+            name=MODEL,
+            builder=make_tiny_vgg,
+            preprocessing=dv.Preprocessing(size=32),
+            aliases=ALIASES,
+            labels=[f"class {i}" for i in range(5)],
+        ),
+        replace=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        sub = folder / ("nested" if i % 2 else ".")
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8)).save(sub / f"photo {i}.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reports") / "report"
+    build_report(photos, out, model=MODEL, layers="conv2,conv3", channels=3, k=4, per_image=True, device="cpu")
+    return out
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img" and found.get("src"):
+            self.images.append(str(found["src"]))
+        if tag == "a" and found.get("href"):
+            self.links.append(str(found["href"]))
+
+
+def _refs(page: Path) -> _Refs:
+    parser = _Refs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def test_report_contents_and_manifest(report: Path) -> None:
+    manifest = json.loads((report / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert {"deconvviz", "torch", "torchvision"} <= set(manifest["versions"])
+    assert manifest["arguments"]["layers"] == ["conv2", "conv3"]
+    assert manifest["arguments"]["k"] == 4
+    assert manifest["errors"] == [{"image": "corrupt.jpg", "error": manifest["errors"][0]["error"]}]
+    assert "corrupt.jpg" in manifest["errors"][0]["error"]
+    assert sorted(manifest["pages"]["layers"]) == ["conv2", "conv3"]
+    assert len(manifest["pages"]["images"]) == 6
+    layers = {entry["layer"]: entry for entry in manifest["topk"]["layers"]}
+    assert layers["conv3"]["node"] == "features.6"
+    assert sorted(layers["conv3"]["channels"]) == ["0", "1", "2"]
+    assert all(len(hits) == 4 for hits in layers["conv3"]["channels"].values())
+
+    pictures = sorted(p.name for p in (report / "layers" / "conv3").glob("*.png"))
+    assert len(pictures) == 3 * 4 * 2  # channels x k x (reconstruction, patch)
+    index = (report / "index.html").read_text()
+    assert "tiny-report" in index
+    assert "corrupt.jpg" in index
+    assert oct((report).stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_every_picture_and_link_resolves_on_disk(report: Path) -> None:
+    pages = [report / "index.html"]
+    seen: set[Path] = set()
+    while pages:
+        page = pages.pop()
+        if page in seen:
+            continue
+        seen.add(page)
+        refs = _refs(page)
+        for ref in refs.images + refs.links:
+            target = (page.parent / unquote(urlparse(ref).path)).resolve()
+            assert target.is_file(), f"{page.relative_to(report)} -> {ref} does not exist"
+            assert report.resolve() in target.parents, f"{ref} leaves the report folder"
+            if target.suffix == ".html":
+                pages.append(target)
+        for ref in refs.images:
+            with Image.open(page.parent / unquote(ref)) as picture:
+                assert picture.width > 0
+    assert len(seen) == 1 + 2 + 6  # index, two layer pages, six image pages
+
+
+def test_existing_folder_needs_overwrite_and_foreign_folders_are_kept(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    build_report(photos, out, model=MODEL, layers="conv1", channels=1, k=2, device="cpu")
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    with pytest.raises(ReportError, match="already exists; pass --overwrite"):
+        build_report(photos, out, model=MODEL, layers="conv1", channels=1, k=2, device="cpu")
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    build_report(photos, out, model=MODEL, layers="conv2", channels=2, k=2, device="cpu", overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["arguments"]["layers"] == ["conv2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging or old copies left
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(ReportError, match="not a deconvviz report"):
+        build_report(photos, foreign, model=MODEL, layers="conv1", channels=1, k=2, device="cpu", overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_interrupted_run_leaves_nothing(photos: Path, tmp_path: Path) -> None:
+    def interrupt(stage: str, done: int, total: int) -> None:
+        if stage == "write":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_report(photos, tmp_path / "report", model=MODEL, layers="conv1", channels=2, k=2, progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs(photos: Path, tmp_path: Path) -> None:
+    with pytest.raises(dv.DeconvVizError, match="folder not found"):
+        build_report(tmp_path / "nowhere", tmp_path / "r", model=MODEL)
+    with pytest.raises(ValueError, match="unknown layer 'conv7'"):
+        build_report(photos, tmp_path / "r", model=MODEL, layers="conv7")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ReportError, match="is not a folder"):
+        build_report(photos, tmp_path / "file", model=MODEL)
+    with pytest.raises(ReportError, match="cannot write the report"):  # its parent is a file: even root fails
+        build_report(photos, tmp_path / "file" / "report", model=MODEL, layers="conv1", channels=1, k=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(photos: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ReportError, match="cannot write the report"):
+            build_report(photos, locked / "report", model=MODEL, layers="conv1", channels=1, k=1)
+    finally:
+        locked.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------------------- in a browser
+
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+_CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    if not (_CHROMIUM and _CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = Options()
+    options.binary_location = _CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(_CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+_IMAGES = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+_LINKS = "return Array.from(document.links).map(a => a.href)"
+
+
+@pytest.mark.browser
+def test_report_opens_in_a_browser_from_disk(report: Path, browser, tmp_path: Path) -> None:
+    layer_page = report / "layers" / "conv3.html"
+    for page in (report / "index.html", layer_page):
+        browser.get(page.as_uri())
+        images = browser.execute_script(_IMAGES)
+        assert all(complete and width > 0 for _, complete, width in images), [i for i in images if not i[2]]
+        for href in browser.execute_script(_LINKS):
+            assert Path(unquote(urlparse(href).path)).is_file(), f"broken link {href} on {page.name}"
+    assert len(browser.execute_script(_IMAGES)) == 3 * 4 * 2
+    browser.get((report / "index.html").as_uri())
+    browser.find_element("link text", "conv3").click()  # a real click follows the link to the layer page
+    assert Path(unquote(urlparse(browser.current_url).path)) == layer_page.resolve()
+    assert browser.save_screenshot(str(tmp_path / "layer.png"))
