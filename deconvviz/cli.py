@@ -312,6 +312,114 @@ def render_command(
             typer.echo(result.summary())
 
 
+def _parse_channels(text: str) -> int | list[int] | None:
+    """``--channels``: ``N`` (the first N), ``all``, or a comma-separated list of channel indices."""
+    value = text.strip().lower()
+    if value == "all":
+        return None
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise _usage(f"--channels takes a count (16), a list (0,5,7) or 'all'; got {text!r}")
+    numbers = [int(part) for part in parts]
+    if len(numbers) == 1 and "," not in value:
+        if numbers[0] < 1:
+            raise _usage("--channels must be at least 1")
+        return numbers[0]
+    return numbers
+
+
+@app.command("report")
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="A folder of pictures, scanned recursively.", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
+        ),
+    ] = "vgg16",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            "-l",
+            help="Comma-separated aliases or node names, or `all`. Default: conv2_2,conv3_3,conv4_3,conv5_3 "
+            "where the model has them, else one layer per resolution.",
+            show_default=False,
+        ),
+    ] = None,
+    channels: Annotated[
+        str, typer.Option("--channels", "-c", help="The first N channels of each layer, a list (0,5,7), or `all`.")
+    ] = "16",
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The report folder to create.")] = Path("report"),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    per_image: Annotated[
+        bool, typer.Option("--per-image", help="Also render every picture's per-layer reconstructions.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report folder.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 8,
+    normalize: Annotated[
+        Normalize, typer.Option(help="contrast: the paper's (grey is zero); minmax: a plain stretch.")
+    ] = Normalize.contrast,
+    debug: DebugOption = False,
+) -> None:
+    """Build a static HTML report over a folder: for each layer and channel, the strongest activations across the
+    pictures, each projected to pixels beside the image patch it came from (the paper's Fig. 2).
+
+    The report opens from disk in a browser (OUT/index.html) and comes with its PNGs and manifest.json. It is
+    written into a temporary folder and renamed into place when complete.
+    """
+    with _reported(debug):
+        chosen_channels = _parse_channels(channels)
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from deconvviz.report import build_report
+
+        console = _console(stderr=True)
+        labels = {
+            "scan": "scanning pictures",
+            "project": "projecting top activations",
+            "write": "writing layer pages",
+            "images": "rendering each picture",
+        }
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            report = build_report(
+                folder,
+                out,
+                model=model,
+                layers=layers,
+                channels=chosen_channels,
+                k=top,
+                device=device,
+                per_image=per_image,
+                overwrite=overwrite,
+                batch_size=batch_size,
+                normalize=normalize.value,
+                progress=progress,
+            )
+        typer.echo(report.summary())
+
+
 class _UsageError(ValueError):
     """Options that contradict each other."""
 

@@ -230,3 +230,60 @@ def test_report_opens_in_a_browser_from_disk(report: Path, browser, tmp_path: Pa
     browser.find_element("link text", "conv3").click()  # a real click follows the link to the layer page
     assert Path(unquote(urlparse(browser.current_url).path)) == layer_page.resolve()
     assert browser.save_screenshot(str(tmp_path / "layer.png"))
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def test_report_command(photos: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "web"
+    args = ["report", str(photos), "--model", MODEL, "--layers", "conv1,pool2", "--channels", "0,2", "--top", "3"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1].endswith(str(out / "index.html"))
+    assert "7 image(s) (1 skipped), 2 layer(s), 4 channel(s)" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arguments"]["channels"] == [0, 2]
+    assert manifest["arguments"]["layers"] == ["conv1", "pool2"]
+
+    again = runner.invoke(app, [*args, "--out", str(out)])
+    assert again.exit_code == 2
+    assert again.stderr.strip() == f"error: output folder {str(out)!r} already exists; pass --overwrite to replace it"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--channels", "many"], "--channels takes a count"),
+        (["--channels", "0"], "--channels must be at least 1"),
+        (["--layers", "conv9"], "unknown layer 'conv9'"),
+        (["--model", "nosuchnet"], "nosuchnet"),
+    ],
+)
+def test_report_command_bad_input(photos: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(photos), "--out", str(tmp_path / "r"), "--device", "cpu", *extra])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_command_missing_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: folder not found: {str(tmp_path / 'none')!r}"
