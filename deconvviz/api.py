@@ -315,7 +315,6 @@ def project(
         if width:
             top = min(top, width)
     result = current.net.project(x, layer, channel, mode=mode, position=position, top=top)  # type: ignore[arg-type]
-    result = dataclasses.replace(result, channel_order=current.channel_order)
     boxes = receptive_boxes(current.net, result)
     return dataclasses.replace(result, boxes=boxes) if boxes is not None else result
 

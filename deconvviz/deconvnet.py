@@ -39,6 +39,7 @@ class DeconvNet:
             whose layer aliases and image conversion are then used). It is never modified: training flags are
             restored after each call and no hooks are attached.
         aliases: extra layer names, alias -> qualified node name (``{"conv5_3": "features.29"}``).
+            A loaded model also brings its colour order (``preprocessing.channel_order``) for display.
         max_batch: most seeds mirrored at once; more are done in chunks of this size to bound memory.
 
     Raises:
@@ -53,17 +54,23 @@ class DeconvNet:
 
     def __init__(self, model: Any, *, aliases: Mapping[str, str] | None = None, max_batch: int = 64) -> None:
         to_image: Callable[[Tensor], Any] | None = None
+        channel_order = "RGB"
         if not isinstance(model, nn.Module) and isinstance(getattr(model, "module", None), nn.Module):
             loaded = model
             model = loaded.module
             aliases = {**dict(getattr(loaded, "layers", {}) or {}), **dict(aliases or {})}
             to_image = getattr(loaded, "to_image", None)
+            order = getattr(getattr(loaded, "preprocessing", None), "channel_order", "RGB")
+            channel_order = (
+                order.upper() if isinstance(order, str) and sorted(order.upper()) == ["B", "G", "R"] else "RGB"
+            )
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model: nn.Module = model
         self.aliases: dict[str, str] = dict(aliases or {})
         self.max_batch = max_batch
         self._to_image = to_image
+        self.channel_order = channel_order
         self._graph: Graph | None = None
         self._graph_version = -1
         self._leaf_types: frozenset[type] = frozenset()
@@ -251,6 +258,7 @@ class DeconvNet:
             mode=mode,
             input=x.detach().cpu(),
             to_image=self._to_image,
+            channel_order=self.channel_order,
         )
 
     def project_units(self, x: Tensor, layer: str, units: Sequence[Unit]) -> Tensor:

@@ -403,3 +403,22 @@ def test_a_broken_custom_rule_is_reported(tiny_vgg, image_16, restore_rules) -> 
     dv.register_rule(nn.MaxPool2d, Wrong())
     with pytest.raises(dv.UnsupportedOpError, match=r"returned shape .* expected"):
         dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", channel=0)
+
+
+def test_a_loaded_model_brings_aliases_image_conversion_and_colour_order(tiny_vgg, image_16) -> None:
+    from types import SimpleNamespace
+
+    def to_image(x):
+        return "picture"
+
+    loaded = SimpleNamespace(
+        module=tiny_vgg,
+        layers={"conv1": "features.1"},
+        to_image=to_image,
+        preprocessing=SimpleNamespace(channel_order="bgr"),
+    )
+    p = dv.DeconvNet(loaded).project(image_16, layer="conv1", channel=0)
+    assert p.node == "features.1"
+    assert p.channel_order == "BGR"
+    assert p.to_image is to_image
+    assert dv.DeconvNet(tiny_vgg).project(image_16, layer="features.1", channel=0).channel_order == "RGB"
