@@ -278,7 +278,36 @@ def _safe(name: str) -> str:
 # ------------------------------------------------------------------------------------------------- top_k
 
 
-def top_k(
+@dataclass
+class ScanResult:
+    """The first half of a top-k search: the folder streamed through the model, strongest hits tracked.
+
+    Attributes:
+        loaded: the loaded model.
+        net: its deconvnet.
+        root: the scanned folder.
+        paths: every image file found, in scan order.
+        names: those paths relative to ``root``.
+        layers: the layers as asked for.
+        nodes: their node names.
+        trackers: per layer, the kept hits of its selected channels.
+        selected: per layer, the selected channels (tracker row ``i`` is channel ``selected[layer][i]``).
+        skipped: ``(image, error)`` for every unreadable file.
+    """
+
+    loaded: Any
+    net: DeconvNet
+    root: Path
+    paths: list[Path]
+    names: list[str]
+    layers: list[str]
+    nodes: list[str]
+    trackers: dict[str, TopKTracker]
+    selected: dict[str, list[int]]
+    skipped: list[tuple[str, str]]
+
+
+def scan(
     model: Any,
     folder: str | Path,
     layers: Sequence[str] | None = None,
@@ -289,27 +318,10 @@ def top_k(
     device: str | torch.device | None = None,
     workers: int = 0,
     progress: Progress | None = None,
-) -> TopKResult:
-    """Find the ``k`` strongest activations of each channel across a folder and project each one.
+) -> ScanResult:
+    """Stream a folder through the model and keep each channel's ``k`` strongest activations (no projection).
 
-    Args:
-        model: a registered model name (``"vgg16"``) or a loaded model (:func:`deconvviz.load_model`).
-        folder: a folder of images, scanned recursively (jpg, png, webp, bmp, tiff). Unreadable files are
-            skipped and listed in the result.
-        layers: layer names or aliases; default: every aliased layer of the model.
-        k: activations kept per channel (9 in the paper).
-        channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
-        batch_size: images per forward pass.
-        device: where to run (default: where the model is).
-        workers: DataLoader worker processes that read and preprocess images.
-        progress: called as ``progress(stage, done, total)`` while scanning and projecting.
-
-    Returns:
-        A :class:`TopKResult`.
-
-    Raises:
-        SearchError: missing/empty folder, no readable image, bad ``k`` or channels.
-        LayerNotFoundError: an unknown layer.
+    Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
     from deconvviz.deconvnet import DeconvNet
 
@@ -342,28 +354,70 @@ def top_k(
         done += len(indices) + len(bad)
         if batch is not None:
             acts = net.activations(batch, chosen_layers)
+            index = torch.tensor(indices)
             for layer in chosen_layers:
                 act = acts[layer]
                 if layer not in trackers:
                     selected[layer] = _select_channels(channels, act.shape[1], layer)
                     trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:])
-                index = torch.tensor(indices)
                 trackers[layer].update(act[:, selected[layer]], index)
         if progress is not None:
             progress("scan", done, len(paths))
     if not trackers:
         raise SearchError(f"none of the {len(paths)} image files in {str(root)!r} could be read")
+    return ScanResult(loaded, net, root, paths, names, chosen_layers, nodes, trackers, selected, skipped)
 
-    hits = _project_hits(net, loaded, paths, names, chosen_layers, trackers, selected, batch_size, progress)
+
+def top_k(
+    model: Any,
+    folder: str | Path,
+    layers: Sequence[str] | None = None,
+    k: int = 9,
+    channels: int | Sequence[int] | None = None,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> TopKResult:
+    """Find the ``k`` strongest activations of each channel across a folder and project each one.
+
+    Args:
+        model: a registered model name (``"vgg16"``) or a loaded model (:func:`deconvviz.load_model`).
+        folder: a folder of images, scanned recursively (jpg, png, webp, bmp, tiff). Unreadable files are
+            skipped and listed in the result.
+        layers: layer names or aliases; default: every aliased layer of the model.
+        k: activations kept per channel (9 in the paper).
+        channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
+        batch_size: images per forward pass.
+        device: where to run (default: where the model is).
+        workers: DataLoader worker processes that read and preprocess images.
+        progress: called as ``progress(stage, done, total)`` while scanning and projecting.
+
+    Returns:
+        A :class:`TopKResult`.
+
+    Raises:
+        SearchError: missing/empty folder, no readable image, bad ``k`` or channels.
+        LayerNotFoundError: an unknown layer.
+
+    Example:
+        >>> result = dv.top_k("vgg16", "photos/", layers=["conv5_3"], k=9, channels=16)  # doctest: +SKIP
+        >>> fig, axes = result.figure("conv5_3", 3)  # doctest: +SKIP
+    """
+    found = scan(
+        model, folder, layers, k, channels, batch_size=batch_size, device=device, workers=workers, progress=progress
+    )
+    loaded = found.loaded
     return TopKResult(
         model=str(getattr(loaded, "name", type(loaded.module).__name__)),
-        folder=str(root),
-        layers=tuple(chosen_layers),
-        nodes=tuple(nodes),
+        folder=str(found.root),
+        layers=tuple(found.layers),
+        nodes=tuple(found.nodes),
         k=k,
-        images=tuple(names),
-        skipped=tuple(skipped),
-        hits=hits,
+        images=tuple(found.names),
+        skipped=tuple(found.skipped),
+        hits=_project_hits(found, batch_size, progress),
         to_image=getattr(loaded, "to_image", None),
     )
 
@@ -399,27 +453,22 @@ def _select_channels(channels: int | Sequence[int] | None, count: int, layer: st
 
 
 def _project_hits(
-    net: DeconvNet,
-    loaded: Any,
-    paths: Sequence[Path],
-    names: Sequence[str],
-    layers: Sequence[str],
-    trackers: dict[str, TopKTracker],
-    selected: dict[str, list[int]],
-    batch_size: int,
-    progress: Progress | None,
+    found: ScanResult, batch_size: int, progress: Progress | None
 ) -> dict[str, dict[int, tuple[TopKHit, ...]]]:
     """Project every kept activation from its own image, batched over images, and crop it."""
     from deconvviz.images import load_image
     from deconvviz.receptive import receptive_fields
 
-    fields = receptive_fields(net)
+    net, loaded, paths, names = found.net, found.loaded, found.paths, found.names
+    layers, trackers, selected = found.layers, found.trackers, found.selected
+
+    fields = receptive_fields(net, layers)  # only these: geometry elsewhere in the model does not matter
     total = sum(int((trackers[layer].images >= 0).sum()) for layer in layers)
     done = 0
     result: dict[str, dict[int, tuple[TopKHit, ...]]] = {}
     for layer in layers:
         tracker = trackers[layer]
-        field_ = fields[net.resolve(layer)]
+        field_ = fields[layer]
         width = tracker.map_shape[1] if len(tracker.map_shape) == 2 else 1
         wanted: dict[int, list[tuple[int, int, int, int]]] = {}  # image -> (slot, channel, flat position, rank)
         for slot, channel in enumerate(selected[layer]):
@@ -458,4 +507,4 @@ def _project_hits(
     return result
 
 
-__all__ = ["SearchError", "TopKHit", "TopKResult", "TopKTracker", "find_images", "top_k"]
+__all__ = ["ScanResult", "SearchError", "TopKHit", "TopKResult", "TopKTracker", "find_images", "scan", "top_k"]
