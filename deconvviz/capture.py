@@ -43,6 +43,8 @@ class Call:
         kwargs: keyword arguments, with real tensors.
         module: the module for ``call_module`` nodes, else None.
         name: the node's qualified name.
+        reusable: True when the first argument is an intermediate tensor that nothing reads after this op, so
+            an element-wise op may overwrite it in place (saves memory traffic).
     """
 
     fn: Callable[..., Any]
@@ -50,6 +52,7 @@ class Call:
     kwargs: dict[str, Any]
     module: nn.Module | None
     name: str
+    reusable: bool = False
 
     def run(self) -> Any:
         """Run the op as the model would."""
@@ -113,6 +116,7 @@ def run(
     rules: Mapping[fx.Node, ForwardRule] | None = None,
     *,
     record: bool = True,
+    emit: Callable[[fx.Node, Tensor], None] | None = None,
 ) -> Capture:
     """Run the graph on ``x`` up to ``targets`` and record what the mirror needs.
 
@@ -124,12 +128,15 @@ def run(
             the model cannot overwrite captured activations); nodes without one run as the model runs them.
         record: keep a :class:`NodeRecord` (and the rule's saved state) per node for the mirror; off when only
             activations are wanted.
+        emit: instead of keeping the targets' outputs, hand each to ``emit(node, output)`` as soon as it is
+            computed (it is released afterwards, so memory holds only what later ops still need).
 
     Returns:
-        The :class:`Capture`.
+        The :class:`Capture` (with no activations when ``emit`` is given).
     """
     order = graph.ancestors(targets)
-    keep = set(targets)
+    protected = set(targets)
+    keep = set() if emit is not None else protected
     last_use: dict[fx.Node, fx.Node] = {}
     for node in order:
         for arg in node.all_input_nodes:
@@ -152,6 +159,7 @@ def run(
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             module = graph.module(node)
             call = Call(_callable(node, module), tuple(args), dict(kwargs), module, graph.names[node])
+            call.reusable = _reusable(node, env, last_use, protected)
             rule = rules.get(node) if rules is not None and node in carries else None
             if rule is None:
                 env[node] = call.run()
@@ -161,11 +169,38 @@ def run(
                 output, saved = rule.forward(call)
                 env[node] = output
                 records[node] = _record(node, env, carries, output, saved)
+            if emit is not None and node in protected:
+                emit(node, env[node])
         for done in release.get(node, ()):
             env.pop(done, None)
 
-    activations = {node: env[node] for node in targets}
+    activations = {node: env[node] for node in targets} if emit is None else {}
     return Capture(activations=activations, records=records, batch=int(x.shape[0]), input_shape=tuple(x.shape))
+
+
+def _reusable(
+    node: fx.Node, env: dict[fx.Node, Any], last_use: dict[fx.Node, fx.Node], protected: set[fx.Node]
+) -> bool:
+    """Whether ``node`` may overwrite its first argument: nothing can observe that tensor afterwards.
+
+    It must be an intermediate result (not the caller's input, not a parameter, not a requested layer), this
+    node must be its last user and use it once, and no other live value may share its storage (a view).
+    """
+    first = node.args[0] if node.args else None
+    if not isinstance(first, fx.Node) or first.op in ("placeholder", "get_attr") or first in protected:
+        return False
+    if last_use.get(first) is not node or node.all_input_nodes.count(first) != 1:
+        return False
+    if list(node.args).count(first) != 1 or first in node.kwargs.values():
+        return False
+    value = env.get(first)
+    if not isinstance(value, Tensor):
+        return False
+    storage = value.untyped_storage().data_ptr()
+    for other_node, other in env.items():
+        if other_node is not first and isinstance(other, Tensor) and other.untyped_storage().data_ptr() == storage:
+            return False
+    return True
 
 
 def _callable(node: fx.Node, module: nn.Module | None) -> Callable[..., Any]:

@@ -198,6 +198,32 @@ class DeconvNet:
             result = _capture.run(graph, x, nodes, self._forward_rules(graph, nodes), record=False)
         return {name: result.activations[node] for name, node in zip(layers, nodes, strict=True)}
 
+    def visit_activations(self, x: Tensor, layers: Sequence[str], visit: Callable[[str, Tensor], None]) -> None:
+        """Run ``x`` once and call ``visit(layer, activation)`` as soon as each layer is computed.
+
+        Unlike :meth:`activations`, nothing is kept: each activation is released once later ops are done with
+        it, so a scan over many layers holds little more than a plain forward pass. ``visit`` must not keep a
+        reference to the tensor for later use; copy what it needs.
+
+        Args:
+            x: ``(N, C, H, W)`` in the model's input space.
+            layers: layer names or aliases (each visited once, under the first name given for its node).
+            visit: called in execution order.
+        """
+        graph = self._current()
+        x = self._input(x, single=False)
+        nodes = [graph.node(name, self.aliases) for name in layers]
+        named: dict[fx.Node, list[str]] = {}
+        for name, node in zip(layers, nodes, strict=True):
+            named.setdefault(node, []).append(name)
+
+        def emit(node: fx.Node, value: Tensor) -> None:
+            for name in named[node]:
+                visit(name, value)
+
+        with torch.inference_mode(), evaluating(self.model):
+            _capture.run(graph, x, nodes, self._forward_rules(graph, nodes), record=False, emit=emit)
+
     # ------------------------------------------------------------------------------------- projection
 
     def project(

@@ -219,8 +219,10 @@ class ReLURule(Rule):
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:
-        # Always out of place: torchvision's ReLU(inplace=True) would overwrite a captured activation.
-        return torch.relu(_first_tensor_arg(call)), None
+        # The model's own ReLU(inplace=True) could overwrite a captured activation; only a tensor that nothing
+        # reads afterwards is rectified in place.
+        x = _first_tensor_arg(call)
+        return (torch.relu_(x) if call.reusable else torch.relu(x)), None
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

@@ -349,18 +349,27 @@ def scan(
     selected: dict[str, list[int]] = {}
     skipped: list[tuple[str, str]] = []
     done = 0
+
+    def track(layer: str, act: Tensor, index: Tensor) -> None:
+        if layer not in trackers:
+            selected[layer] = _select_channels(channels, act.shape[1], layer)
+            trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:])
+        chosen = selected[layer]
+        if len(chosen) != act.shape[1] or chosen != list(range(act.shape[1])):  # no copy when all are kept
+            act = act.index_select(1, torch.tensor(chosen, device=act.device))
+        trackers[layer].update(act, index)
+
     for indices, batch, bad in loader:
         skipped.extend((names[i], error) for i, error in bad)
         done += len(indices) + len(bad)
         if batch is not None:
-            acts = net.activations(batch, chosen_layers)
             index = torch.tensor(indices)
-            for layer in chosen_layers:
-                act = acts[layer]
-                if layer not in trackers:
-                    selected[layer] = _select_channels(channels, act.shape[1], layer)
-                    trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:])
-                trackers[layer].update(act[:, selected[layer]], index)
+
+            def visit(layer: str, act: Tensor, index: Tensor = index) -> None:
+                track(layer, act, index)
+
+            # Each layer is folded into its tracker as soon as it is computed, then released.
+            net.visit_activations(batch, chosen_layers, visit)
         if progress is not None:
             progress("scan", done, len(paths))
     if not trackers:

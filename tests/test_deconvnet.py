@@ -422,3 +422,41 @@ def test_a_loaded_model_brings_aliases_image_conversion_and_colour_order(tiny_vg
     assert p.channel_order == "BGR"
     assert p.to_image is to_image
     assert dv.DeconvNet(tiny_vgg).project(image_16, layer="features.1", channel=0).channel_order == "RGB"
+
+
+class SharedStorage(nn.Module):
+    """A ReLU whose input is still alive through a view: rectifying in place would corrupt the view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        a = self.conv(x)
+        view = a.flatten(1)  # shares a's storage
+        return torch.cat([self.relu(a).flatten(1), view], dim=1)
+
+
+def test_in_place_rectification_never_touches_a_tensor_that_is_still_read(image_16) -> None:
+    torch.manual_seed(0)
+    model = SharedStorage().eval()
+    with torch.no_grad():
+        conv = model.conv(image_16)
+        expected = torch.cat([torch.relu(conv).flatten(1), conv.flatten(1)], dim=1)
+    net = dv.DeconvNet(model)
+    got = net.activations(image_16, ["cat"])["cat"]
+    assert torch.equal(got, expected)
+    assert (got[:, got.shape[1] // 2 :] < 0).any()  # the view kept its negative values
+    assert torch.equal(image_16, image_16.clone())  # and the caller's input is never rectified
+
+
+def test_visit_activations_sees_every_layer_once_in_order(tiny_vgg, image_16) -> None:
+    net = dv.DeconvNet(tiny_vgg, aliases={"conv1": "features.1"})
+    layers = ["features.6", "conv1", "features.0", "classifier.1"]
+    kept = net.activations(image_16, layers)
+    seen: list[tuple[str, torch.Tensor]] = []
+    net.visit_activations(image_16, layers, lambda name, act: seen.append((name, act.clone())))
+    assert [name for name, _ in seen] == ["features.0", "conv1", "features.6", "classifier.1"]
+    for name, act in seen:
+        assert torch.equal(act, kept[name]), name
