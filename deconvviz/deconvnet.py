@@ -40,7 +40,10 @@ class DeconvNet:
             restored after each call and no hooks are attached.
         aliases: extra layer names, alias -> qualified node name (``{"conv5_3": "features.29"}``).
             A loaded model also brings its colour order (``preprocessing.channel_order``) for display.
-        max_batch: most seeds mirrored at once; more are done in chunks of this size to bound memory.
+        max_batch: most seeds mirrored together in one batched pass (all seeds always share one capture pass).
+            None picks per device: 64 on a GPU, where wide batches keep it busy; 1 on a CPU, where large
+            transposed convolutions are memory-bound (per-seed cost grows with the batch) and a single seed's
+            pass only filters its receptive-field cone, which makes one seed at a time the fastest schedule.
 
     Raises:
         TraceError: the model cannot be traced.
@@ -52,7 +55,7 @@ class DeconvNet:
         torch.Size([9, 3, 224, 224])
     """
 
-    def __init__(self, model: Any, *, aliases: Mapping[str, str] | None = None, max_batch: int = 64) -> None:
+    def __init__(self, model: Any, *, aliases: Mapping[str, str] | None = None, max_batch: int | None = None) -> None:
         to_image: Callable[[Tensor], Any] | None = None
         channel_order = "RGB"
         if not isinstance(model, nn.Module) and isinstance(getattr(model, "module", None), nn.Module):
@@ -64,7 +67,7 @@ class DeconvNet:
             channel_order = (
                 order.upper() if isinstance(order, str) and sorted(order.upper()) == ["B", "G", "R"] else "RGB"
             )
-        if max_batch < 1:
+        if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model: nn.Module = model
         self.aliases: dict[str, str] = dict(aliases or {})
@@ -78,6 +81,12 @@ class DeconvNet:
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.layers)} projectable layers)"
+
+    def _chunk(self, device: torch.device) -> int:
+        """Seeds per mirrored pass on ``device`` (see ``max_batch``)."""
+        if self.max_batch is not None:
+            return self.max_batch
+        return 64 if device.type == "cuda" else 1
 
     # ------------------------------------------------------------------------------------------ graph
 
@@ -269,9 +278,10 @@ class DeconvNet:
                 raise SeedError(f"layer {layer!r} has no channel dimension to seed")
             channels = _channels(act, channel, top, layer)
             units, values = _units(act, channels, mode, position, layer)
+            chunk = self._chunk(act.device)
             images = [
-                self._mirror_chunk(graph, cap, node, act, units[i : i + self.max_batch], mode)
-                for i in range(0, len(units), self.max_batch)
+                self._mirror_chunk(graph, cap, node, act, units[i : i + chunk], mode)
+                for i in range(0, len(units), chunk)
             ]
             image = torch.cat(images).detach().cpu()
         return Projection(
@@ -310,9 +320,10 @@ class DeconvNet:
             act = cap.activations[node]
             for unit in units:
                 _check_unit(act, unit, layer)
+            chunk = self._chunk(act.device)
             chunks = [
-                self._mirror_chunk(graph, cap, node, act, list(units[i : i + self.max_batch]), "max")
-                for i in range(0, len(units), self.max_batch)
+                self._mirror_chunk(graph, cap, node, act, list(units[i : i + chunk]), "max")
+                for i in range(0, len(units), chunk)
             ]
             if not chunks:
                 return x.new_zeros((0, *x.shape[1:]))

@@ -9,6 +9,7 @@ from reference import deconv_reference, relative_error, unit_seeds
 from torch import nn
 
 import deconvviz as dv
+from deconvviz import rules
 
 TOLERANCE = 1e-10  # float64 throughout
 
@@ -139,3 +140,53 @@ def test_float32_matches_float64_reference() -> None:
     activation = dv.DeconvNet(model.double()).activations(x.double(), ["avg"])["avg"]
     expected = deconv_reference(model.double(), x.double(), "avg", unit_seeds(activation, [0, 1, 2, 3], p.positions))
     assert relative_error(p.image, expected) <= 1e-5
+
+
+GEOMETRIES = [
+    dict(kernel=3, stride=1, padding=1, dilation=1, groups=1, size=(9, 9)),
+    dict(kernel=3, stride=2, padding=1, dilation=1, groups=2, size=(10, 9)),
+    dict(kernel=5, stride=3, padding="valid", dilation=1, groups=1, size=(17, 14)),
+    dict(kernel=4, stride=1, padding="same", dilation=1, groups=1, size=(8, 11)),
+    dict(kernel=3, stride=2, padding=2, dilation=2, groups=1, size=(13, 13)),
+    dict(kernel=11, stride=4, padding=2, dilation=1, groups=1, size=(31, 35)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("where", ["top-left", "bottom-right", "middle", "everywhere", "nowhere"])
+def test_cropped_transposed_convolution_equals_the_full_one(monkeypatch, geometry, where) -> None:
+    # Filtering only the non-zero box of a sparse signal must give exactly the full transposed convolution.
+    g = dict(geometry)
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.randn(6, 4 // g["groups"], g["kernel"], g["kernel"], generator=generator, dtype=torch.float64)
+    x = torch.zeros(1, 4, *g["size"], dtype=torch.float64)
+    out_shape = F.conv2d(
+        x, weight, stride=g["stride"], padding=g["padding"], dilation=g["dilation"], groups=g["groups"]
+    ).shape
+    signal = torch.zeros(2, *out_shape[1:], dtype=torch.float64)
+    rows, cols = out_shape[2], out_shape[3]
+    box = {
+        "top-left": (slice(0, 2), slice(0, 1)),
+        "bottom-right": (slice(rows - 1, rows), slice(cols - 2, cols)),
+        "middle": (slice(rows // 2, rows // 2 + 1), slice(cols // 2, cols // 2 + 1)),
+        "everywhere": (slice(0, rows), slice(0, cols)),
+        "nowhere": (slice(0, 0), slice(0, 0)),
+    }[where]
+    patch = signal[:, :, box[0], box[1]]
+    signal[:, :, box[0], box[1]] = torch.randn(patch.shape, generator=generator, dtype=torch.float64)
+    args = (signal, weight, g["size"], g["stride"], g["padding"], g["dilation"], g["groups"])
+    monkeypatch.setattr(rules, "_CROP_BELOW", 0.0)  # never crop
+    full = rules.conv2d_transpose(*args)
+    monkeypatch.setattr(rules, "_CROP_BELOW", 1.0)  # always crop
+    cropped = rules.conv2d_transpose(*args)
+    assert full.shape == cropped.shape == (2, 4, *g["size"])
+    assert torch.allclose(cropped, full, rtol=1e-12, atol=1e-12)
+    # and both are the adjoint of the convolution: <conv(x), s> == <x, convT(s)>
+    probe = torch.randn(1, 4, *g["size"], generator=generator, dtype=torch.float64)
+    forward = F.conv2d(
+        probe, weight, stride=g["stride"], padding=g["padding"], dilation=g["dilation"], groups=g["groups"]
+    )
+    assert torch.allclose(
+        (forward * signal).sum(dim=(1, 2, 3)), (probe * cropped).sum(dim=(1, 2, 3)), rtol=1e-10, atol=1e-10
+    )
