@@ -35,6 +35,7 @@ test: lint typecheck
 
 bench: venv
 	$(PY) benchmarks/projection.py
+	$(PY) benchmarks/scan.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

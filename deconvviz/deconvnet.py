@@ -3,7 +3,8 @@
 Projection of an activation back to pixel space: capture one forward pass (activations, max-pooling
 switches, shapes), keep the chosen activation(s) as the seed with every other activation of the layer set
 to zero, and walk the graph backwards applying each op's mirror rule (unpool with the switches, rectify,
-filter with the transposed weights). Seeds are batched: one capture, one mirrored pass for all of them.
+filter with the transposed weights). All seeds share one capture pass; they go down the mirror in batches
+sized for the device (see ``DeconvNet``'s ``max_batch`` and docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -226,6 +226,11 @@ def _move_into_place(staging: Path, target: Path) -> None:
 # -------------------------------------------------------------------------------------------------- pages
 
 
+def _number(value: float) -> str:
+    """An activation for a label: ``3,701`` or ``0.482`` (three significant digits below 1000)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "_"
 
@@ -311,7 +316,7 @@ class _Writer:
                     label = html.escape(hit.image)
                     recon_cells.append(
                         f"<div class='cell'><img src='{slug}/{stem}_rec.png' alt='reconstruction {rank + 1}'>"
-                        f"{hit.value:.3g}</div>"
+                        f"{_number(hit.value)}</div>"
                     )
                     patch_cells.append(
                         f"<div class='cell'><a href='../{source}' title='{label}'>"
