@@ -93,7 +93,7 @@ class DeconvNet:
 
     def _current(self) -> Graph:
         """The traced graph, traced again if a rule was registered for a module class since."""
-        version = _rules.registry_version()
+        version = _rules.RULES.version
         if self._graph is not None and version == self._graph_version:
             return self._graph
         leaf_types = frozenset(_rules.leaf_types())
@@ -105,27 +105,12 @@ class DeconvNet:
         return self._graph
 
     def _rule(self, graph: Graph, node: fx.Node) -> _rules.Rule | None:
-        module = graph.module(node)
-        if module is not None:
-            return _rules.get_rule(type(module))
-        return _rules.get_rule(node.target)
+        return _rules.RULES.for_node(node, graph.module(node))
 
     def _missing_rule(self, graph: Graph, node: fx.Node) -> UnsupportedOpError:
-        module = graph.module(node)
-        name = graph.names[node]
-        if module is not None:
-            op, key = (
-                f"module {type(module).__name__}",
-                f"{type(module).__module__}.{type(module).__qualname__}",
-            )
-        elif node.op == "call_method":
-            op, key = f"tensor method .{node.target}()", repr(node.target)
-        else:
-            fn = node.target
-            qual = f"{getattr(fn, '__module__', None) or 'builtins'}.{getattr(fn, '__name__', fn)}"
-            op, key = f"function {qual}", qual
+        op, key = graph.describe(node)
         return UnsupportedOpError(
-            f"no mirror rule for {op} at node {name!r}; register one with "
+            f"no mirror rule for {op} at node {graph.names[node]!r}; register one with "
             f"deconvviz.register_rule({key}, rule) (see deconvviz.Rule)"
         )
 

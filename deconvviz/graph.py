@@ -103,6 +103,23 @@ class Graph:
             "(`deconvviz layers` or `DeconvNet.layers` lists every layer)"
         )
 
+    def describe(self, node: fx.Node) -> tuple[str, str]:
+        """How to name a node's op in a message, and how to spell its registry key in code.
+
+        Returns:
+            ``("module Swish", "mypkg.Swish")``, ``("function torch.sigmoid", "torch.sigmoid")`` or
+            ``("tensor method .view()", "'view'")``.
+        """
+        module = self.module(node)
+        if module is not None:
+            cls = type(module)
+            return f"module {cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"
+        if node.op == "call_method":
+            return f"tensor method .{node.target}()", repr(node.target)
+        fn = node.target
+        qual = f"{getattr(fn, '__module__', None) or 'builtins'}.{getattr(fn, '__name__', fn)}"
+        return f"function {qual}", qual
+
     def ancestors(self, targets: Iterable[fx.Node]) -> list[fx.Node]:
         """The nodes needed to compute ``targets`` (themselves included), in execution order."""
         needed: set[fx.Node] = set()

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from deconvviz.errors import DeconvVizError, UnsupportedOpError
+from deconvviz.registry import OpKey, OpRegistry
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.deconvnet import DeconvNet
@@ -331,9 +332,10 @@ class GeometryContext:
 Geometry = Callable[[GeometryContext], ReceptiveField]
 """Maps an op's context (with its inputs' fields) to the field of its output."""
 
-GeometryKey = type | Callable[..., Any] | str
+GeometryKey = OpKey
 
-_REGISTRY: dict[Any, Geometry] = {}
+GEOMETRIES: OpRegistry[Geometry] = OpRegistry("geometry")
+"""Every op's receptive-field geometry."""
 
 
 def register_geometry(target: GeometryKey, geometry: Geometry | None = None) -> Any:
@@ -370,27 +372,13 @@ def register_geometry(target: GeometryKey, geometry: Geometry | None = None) -> 
         return decorator
     if not callable(geometry):
         raise TypeError(f"a geometry must be a function GeometryContext -> ReceptiveField, got {geometry!r}")
-    if not isinstance(target, type | str) and not callable(target):
-        raise TypeError(f"a geometry target must be a module class, a function or a method name, got {target!r}")
-    _REGISTRY[target] = geometry
+    GEOMETRIES.register(target, geometry)
     return geometry
 
 
 def get_geometry(target: GeometryKey) -> Geometry | None:
     """The geometry registered for ``target``; for a module class, the nearest registered base class's."""
-    if isinstance(target, type):
-        for cls in target.__mro__:
-            found = _REGISTRY.get(cls)
-            if found is not None:
-                return found
-        return None
-    try:
-        return _REGISTRY.get(target)
-    except TypeError:  # unhashable target
-        return None
-
-
-# ------------------------------------------------------------------------------------ built-in geometries
+    return GEOMETRIES.get(target)
 
 
 def pointwise(ctx: GeometryContext) -> ReceptiveField:
@@ -637,19 +625,6 @@ _register_all(
 # --------------------------------------------------------------------------------------------- graph walk
 
 
-def _describe(graph: Graph, node: fx.Node) -> tuple[str, str]:
-    """How to name an op in a message, and how to spell its registry key."""
-    module = graph.module(node)
-    if module is not None:
-        cls = type(module)
-        return f"module {cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"
-    if node.op == "call_method":
-        return f"tensor method .{node.target}()", repr(node.target)
-    fn = node.target
-    qual = f"{getattr(fn, '__module__', None) or 'builtins'}.{getattr(fn, '__name__', fn)}"
-    return f"function {qual}", qual
-
-
 def _fields(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, ReceptiveField]:
     """The receptive field of every image-dependent node needed for ``targets``."""
     fields: dict[fx.Node, ReceptiveField] = {graph.input: ReceptiveField.identity()}
@@ -658,9 +633,9 @@ def _fields(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, Receptive
             continue
         name = graph.names[node]
         module = graph.module(node)
-        geometry = get_geometry(type(module) if module is not None else node.target)
+        geometry = GEOMETRIES.for_node(node, module)
         if geometry is None:
-            op, key = _describe(graph, node)
+            op, key = graph.describe(node)
             raise UnknownGeometryError(
                 f"no receptive-field geometry for {op} at node {name!r}; register one with "
                 f"deconvviz.register_geometry({key}, geometry), e.g. deconvviz.receptive.pointwise for "

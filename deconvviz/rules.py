@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,9 @@ from typing_extensions import override
 
 from deconvviz.capture import Call, TensorMeta
 from deconvviz.errors import UnsupportedOpError
+from deconvviz.registry import OpKey, OpRegistry
 
-RuleKey = type | Callable[..., Any] | str
+RuleKey = OpKey
 
 
 @dataclass
@@ -106,8 +107,8 @@ class Rule:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[Any, Rule] = {}
-_VERSION = [0]  # bumped on every registration, so cached traces know to look again
+RULES: OpRegistry[Rule] = OpRegistry("mirror rule")
+"""Every mirror rule, by op."""
 
 
 def register_rule(target: RuleKey, rule: Rule | type[Rule] | None = None) -> Any:
@@ -140,44 +141,22 @@ def register_rule(target: RuleKey, rule: Rule | type[Rule] | None = None) -> Any
     instance = rule() if isinstance(rule, type) else rule
     if not isinstance(instance, Rule):
         raise TypeError(f"a mirror rule must be a deconvviz.Rule, got {type(instance).__name__}")
-    if not isinstance(target, type | str) and not callable(target):
-        raise TypeError(f"a rule target must be a module class, a function or a method name, got {target!r}")
-    _REGISTRY[target] = instance
-    _VERSION[0] += 1
+    RULES.register(target, instance)
     return rule
 
 
 def get_rule(target: RuleKey) -> Rule | None:
     """The rule registered for ``target``; for a module class, the nearest registered base class's."""
-    if isinstance(target, type):
-        for cls in target.__mro__:
-            found = _REGISTRY.get(cls)
-            if found is not None:
-                return found
-        return None
-    try:
-        return _REGISTRY.get(target)
-    except TypeError:  # unhashable target
-        return None
-
-
-def registry_version() -> int:
-    """A number that changes whenever a rule is registered."""
-    return _VERSION[0]
+    return RULES.get(target)
 
 
 def leaf_types() -> list[type[nn.Module]]:
     """Module classes with a rule that torch.fx would otherwise trace through (not from ``torch.nn``)."""
     return [
         key
-        for key in _REGISTRY
+        for key, _ in RULES.items()
         if isinstance(key, type) and issubclass(key, nn.Module) and not key.__module__.startswith("torch.nn")
     ]
-
-
-def registered() -> Iterator[tuple[Any, Rule]]:
-    """Every (target, rule) pair in the registry."""
-    return iter(list(_REGISTRY.items()))
 
 
 def _register_all(targets: Sequence[RuleKey], rule: Rule) -> None:

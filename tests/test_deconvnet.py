@@ -20,11 +20,9 @@ from deconvviz.graph import LayerNotFoundError
 @pytest.fixture
 def restore_rules():
     """Put the rule registry back as it was after a test that registers rules."""
-    saved = dict(rules._REGISTRY)
+    saved = rules.RULES.snapshot()
     yield
-    rules._REGISTRY.clear()
-    rules._REGISTRY.update(saved)
-    rules._VERSION[0] += 1
+    rules.RULES.restore(saved)
 
 
 # ------------------------------------------------------------------------------------------ worked by hand

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -273,8 +274,10 @@ class WithUnknownOp(nn.Module):
 
 
 @pytest.fixture
-def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(receptive, "_REGISTRY", dict(receptive._REGISTRY))
+def clean_registry() -> Iterator[None]:
+    saved = receptive.GEOMETRIES.snapshot()
+    yield
+    receptive.GEOMETRIES.restore(saved)
 
 
 def test_unknown_op_is_a_clear_error_and_can_be_registered(clean_registry: None) -> None:
