@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from deconvviz import signatures
 from deconvviz.errors import DeconvVizError, UnsupportedOpError
 from deconvviz.registry import OpKey, OpRegistry
 
@@ -414,18 +415,6 @@ def _single(ctx: GeometryContext) -> ReceptiveField:
     return ctx.inputs[0]
 
 
-def _conv2d_signature(
-    input: Any,
-    weight: Any,
-    bias: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-) -> None:
-    """Signature of ``torch.nn.functional.conv2d``."""
-
-
 def _conv2d(ctx: GeometryContext) -> ReceptiveField:
     module = ctx.module
     if isinstance(module, nn.Conv2d):
@@ -447,7 +436,7 @@ def _conv2d(ctx: GeometryContext) -> ReceptiveField:
                     "its window; register a geometry for it with deconvviz.register_geometry"
                 )
         return _single(ctx).through(module.kernel_size, module.stride, pad, module.dilation)
-    a = ctx.bind(_conv2d_signature)
+    a = ctx.bind(signatures.conv2d)
     weight = a["weight"]
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         raise ctx.unsupported(
@@ -457,44 +446,20 @@ def _conv2d(ctx: GeometryContext) -> ReceptiveField:
     return _single(ctx).through(tuple(weight.shape[-2:]), a["stride"], a["padding"], a["dilation"])
 
 
-def _max_pool2d_signature(
-    input: Any,
-    kernel_size: Any,
-    stride: Any = None,
-    padding: Any = 0,
-    dilation: Any = 1,
-    ceil_mode: bool = False,
-    return_indices: bool = False,
-) -> None:
-    """Signature of ``torch.nn.functional.max_pool2d``."""
-
-
 def _max_pool2d(ctx: GeometryContext) -> ReceptiveField:
     # ceil_mode only adds a last window that overhangs the input; the box is clipped to the image anyway.
     module = ctx.module
     if isinstance(module, nn.MaxPool2d):
         return _single(ctx).through(module.kernel_size, module.stride, module.padding, module.dilation)
-    a = ctx.bind(_max_pool2d_signature)
+    a = ctx.bind(signatures.max_pool2d)
     return _single(ctx).through(a["kernel_size"], a["stride"], a["padding"], a["dilation"])
-
-
-def _avg_pool2d_signature(
-    input: Any,
-    kernel_size: Any,
-    stride: Any = None,
-    padding: Any = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
-) -> None:
-    """Signature of ``torch.nn.functional.avg_pool2d``."""
 
 
 def _avg_pool2d(ctx: GeometryContext) -> ReceptiveField:
     module = ctx.module
     if isinstance(module, nn.AvgPool2d):
         return _single(ctx).through(module.kernel_size, module.stride, module.padding)
-    a = ctx.bind(_avg_pool2d_signature)
+    a = ctx.bind(signatures.avg_pool2d)
     return _single(ctx).through(a["kernel_size"], a["stride"], a["padding"])
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from deconvviz import signatures
 from deconvviz.capture import Call, TensorMeta
 from deconvviz.errors import UnsupportedOpError
 from deconvviz.registry import OpKey, OpRegistry
@@ -208,18 +209,6 @@ class ReLURule(Rule):
         return [torch.relu(signal)]
 
 
-def _conv2d_signature(
-    input: Any,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-) -> None:
-    """Signature of ``torch.nn.functional.conv2d``."""
-
-
 class Conv2dRule(Rule):
     """A convolution mirrors to the transposed convolution with the same weights and no bias.
 
@@ -238,7 +227,7 @@ class Conv2dRule(Rule):
             weight, stride, dilation, groups = module.weight, module.stride, module.dilation, module.groups
             padding: Any = module.padding
         else:
-            a = ctx.bind(_conv2d_signature)
+            a = ctx.bind(signatures.conv2d)
             weight, stride, dilation, groups = a["weight"], a["stride"], a["dilation"], a["groups"]
             padding = a["padding"]
         if not isinstance(weight, Tensor):
@@ -339,18 +328,6 @@ def conv2d_transpose(
     return full[..., pads[0][0] : pads[0][0] + height, pads[1][0] : pads[1][0] + width]
 
 
-def _max_pool2d_signature(
-    input: Any,
-    kernel_size: Any,
-    stride: Any = None,
-    padding: Any = 0,
-    dilation: Any = 1,
-    ceil_mode: bool = False,
-    return_indices: bool = False,
-) -> None:
-    """Signature of ``torch.nn.functional.max_pool2d``."""
-
-
 def unpool(signal: Tensor, switches: Tensor, input_size: Sequence[int]) -> Tensor:
     """Undo max-pooling: send each pooled value to its recorded argmax, **summing** where windows overlap.
 
@@ -398,7 +375,7 @@ class MaxPool2dRule(Rule):
                 return_indices=True,
             )
             return out, switches
-        bound = inspect.signature(_max_pool2d_signature).bind(*call.args, **call.kwargs)
+        bound = inspect.signature(signatures.max_pool2d).bind(*call.args, **call.kwargs)
         bound.apply_defaults()
         a = dict(bound.arguments)
         if a["return_indices"]:
@@ -465,18 +442,6 @@ class AdaptiveAvgPool2dRule(Rule):
         return [rows.t() @ signal @ cols]
 
 
-def _avg_pool2d_signature(
-    input: Any,
-    kernel_size: Any,
-    stride: Any = None,
-    padding: Any = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
-) -> None:
-    """Signature of ``torch.nn.functional.avg_pool2d``."""
-
-
 class AvgPool2dRule(Rule):
     """Average pooling mirrors to its adjoint: each output spreads evenly over its window."""
 
@@ -491,7 +456,7 @@ class AvgPool2dRule(Rule):
                 module.divisor_override,
             )
         else:
-            a = ctx.bind(_avg_pool2d_signature)
+            a = ctx.bind(signatures.avg_pool2d)
             kernel, stride, padding = a["kernel_size"], a["stride"], a["padding"]
             ceil_mode, include_pad, divisor = a["ceil_mode"], a["count_include_pad"], a["divisor_override"]
         kernel = _pair(kernel)
@@ -588,16 +553,12 @@ class BatchNormRule(Rule):
         return [signal * scale.view(shape)]
 
 
-def _linear_signature(input: Any, weight: Tensor, bias: Tensor | None = None) -> None:
-    """Signature of ``torch.nn.functional.linear``."""
-
-
 class LinearRule(Rule):
     """A fully connected layer mirrors to multiplication by its transposed weight (no bias)."""
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
-        weight = ctx.module.weight if isinstance(ctx.module, nn.Linear) else ctx.bind(_linear_signature)["weight"]
+        weight = ctx.module.weight if isinstance(ctx.module, nn.Linear) else ctx.bind(signatures.linear)["weight"]
         if not isinstance(weight, Tensor):
             raise ctx.unsupported("the layer's weight depends on the input")
         return [signal @ weight.to(signal.dtype)]

@@ -47,6 +47,33 @@ def make_tiny_vgg(seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyVGG:
     return model.eval().to(dtype)
 
 
+TINY_ALIASES = {
+    "conv1": "features.1",
+    "conv2": "features.3",
+    "pool1": "features.4",
+    "conv3": "features.6",
+    "pool2": "features.7",
+}
+"""Paper-style names for TinyVGG's layers, as a registered tiny model carries them."""
+
+
+def register_tiny_model(name: str, *, channel_order: str = "RGB", labels: bool = True) -> None:
+    """Register a seeded TinyVGG under ``name`` (32 px input, :data:`TINY_ALIASES`), replacing an earlier one."""
+    import deconvviz as dv
+
+    dv.register_model(
+        dv.ModelSpec(
+            name=name,
+            builder=make_tiny_vgg,
+            preprocessing=dv.Preprocessing(size=32, channel_order=channel_order),
+            aliases=TINY_ALIASES,
+            labels=[f"class {i}" for i in range(5)] if labels else None,
+            description="a tiny seeded VGG-shaped net",
+        ),
+        replace=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_vgg() -> TinyVGG:
     return make_tiny_vgg()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vgg
+from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
@@ -18,27 +18,13 @@ from deconvviz import api
 
 MODEL = "tiny-api"
 BGR_MODEL = "tiny-api-bgr"
-ALIASES = {
-    "conv1": "features.1",
-    "conv2": "features.3",
-    "pool1": "features.4",
-    "conv3": "features.6",
-    "pool2": "features.7",
-}
+ALIASES = TINY_ALIASES
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models() -> None:
-    for name, order in ((MODEL, "RGB"), (BGR_MODEL, "BGR")):
-        dv.register_model(
-            dv.ModelSpec(
-                name=name,
-                builder=make_tiny_vgg,
-                preprocessing=dv.Preprocessing(size=32, channel_order=order),
-                aliases=ALIASES,
-            ),
-            replace=True,
-        )
+    register_tiny_model(MODEL, labels=False)
+    register_tiny_model(BGR_MODEL, channel_order="BGR", labels=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_vgg
+from conftest import TINY_ALIASES, register_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -16,29 +16,13 @@ import deconvviz as dv
 from deconvviz.cli import app
 
 MODEL = "tiny-cli"
-ALIASES = {
-    "conv1": "features.1",
-    "conv2": "features.3",
-    "pool1": "features.4",
-    "conv3": "features.6",
-    "pool2": "features.7",
-}
+ALIASES = TINY_ALIASES
 CHANNELS = {"conv1": 4, "conv2": 4, "pool1": 4, "conv3": 8, "pool2": 8}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model() -> None:
-    dv.register_model(
-        dv.ModelSpec(
-            name=MODEL,
-            builder=make_tiny_vgg,
-            preprocessing=dv.Preprocessing(size=32),
-            aliases=ALIASES,
-            labels=[f"class {i}" for i in range(5)],
-            description="a tiny seeded VGG-shaped net",
-        ),
-        replace=True,
-    )
+    register_tiny_model(MODEL)
 
 
 @pytest.fixture(scope="module")

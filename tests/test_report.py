@@ -11,28 +11,18 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-from conftest import make_tiny_vgg
+from conftest import register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
 from deconvviz.report import ReportError, build_report
 
 MODEL = "tiny-report"
-ALIASES = {"conv1": "features.1", "conv2": "features.3", "conv3": "features.6", "pool2": "features.7"}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model() -> None:
-    dv.register_model(
-        dv.ModelSpec(
-            name=MODEL,
-            builder=make_tiny_vgg,
-            preprocessing=dv.Preprocessing(size=32),
-            aliases=ALIASES,
-            labels=[f"class {i}" for i in range(5)],
-        ),
-        replace=True,
-    )
+    register_tiny_model(MODEL)
 
 
 @pytest.fixture(scope="module")
