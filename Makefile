@@ -11,12 +11,14 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(PY):
+# Stamp files, so that an interrupted install is resumed rather than taken as done.
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	touch $@
 
-$(VENV)/.installed: $(PY) pyproject.toml
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
