@@ -100,6 +100,14 @@ def _version(value: bool) -> None:
 
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
+    ),
+]
 
 
 @app.callback()
@@ -202,14 +210,7 @@ def render_command(
         list[Path],
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
-        ),
-    ] = "vgg16",
+    model: ModelOption = "vgg16",
     layer: Annotated[
         list[str] | None,
         typer.Option(
@@ -330,15 +331,10 @@ def _parse_channels(text: str) -> int | list[int] | None:
 
 @app.command("report")
 def report_command(
-    folder: Annotated[Path, typer.Argument(help="A folder of pictures, scanned recursively.", show_default=False)],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
-        ),
-    ] = "vgg16",
+    folder: Annotated[
+        Path, typer.Argument(metavar="FOLDER", help="A folder of pictures, scanned recursively.", show_default=False)
+    ],
+    model: ModelOption = "vgg16",
     layers: Annotated[
         str | None,
         typer.Option(
