@@ -416,9 +416,7 @@ def _units(
             raise SeedError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
         flat = torch.full((len(channels),), row * width + col, dtype=torch.long, device=act.device)
         values = planes.gather(1, flat[:, None])[:, 0]
-    elif mode == "map":
-        values, flat = planes.max(dim=1)
-    else:
+    else:  # the strongest unit of each channel (for mode="map", where its value labels the map)
         values, flat = planes.max(dim=1)
     units = [(0, int(c), int(f) // width, int(f) % width) for c, f in zip(channels, flat.tolist(), strict=True)]
     return units, values
