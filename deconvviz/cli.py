@@ -133,6 +133,29 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
+def _progress_bars(transient: bool) -> Any:
+    """Rich progress bars on stderr (off when it is not a terminal), for work that draws with matplotlib.
+
+    Figures are drawn with the Agg backend: the command line never opens a window.
+    """
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=transient,
+        disable=not console.is_terminal,
+    )
+
+
 @app.command("models")
 def models_command(debug: DebugOption = False) -> None:
     """List the registered models, where their weights come from, and whether they load offline now."""
@@ -270,22 +293,7 @@ def render_command(
             raise _usage("give either --top or --channel, not both")
         if size is not None and full_image:
             raise _usage("give either --size or --full-image, not both")
-        os.environ.setdefault("MPLBACKEND", "Agg")
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        console = _console(stderr=True)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        ) as bar:
+        with _progress_bars(transient=True) as bar:
             task = bar.add_task("loading the model", total=None)
 
             def progress(done: int, total: int, what: str) -> None:
@@ -369,29 +377,15 @@ def report_command(
     """
     with _reported(debug):
         chosen_channels = _parse_channels(channels)
-        os.environ.setdefault("MPLBACKEND", "Agg")
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from deconvviz.report import build_report
 
-        console = _console(stderr=True)
         labels = {
             "scan": "scanning pictures",
             "project": "projecting top activations",
             "write": "writing layer pages",
             "images": "rendering each picture",
         }
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as bar:
+        with _progress_bars(transient=False) as bar:
             tasks: dict[str, Any] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
