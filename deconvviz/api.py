@@ -477,7 +477,8 @@ def _prediction(current: Session, x: Tensor) -> tuple[str, float] | None:
     return best.label, best.probability
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of deconvviz, torch, torchvision, matplotlib and Python, for manifests."""
     import matplotlib
     import torch
     import torchvision
@@ -507,7 +508,7 @@ def _manifest(
         "tool": "deconvviz",
         "schema": MANIFEST_SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": library_versions(),
         "image": str(image),
         "model": current.name,
         "weights": str(getattr(current.model, "weights", "")),

@@ -301,9 +301,7 @@ class _Writer:
             folder = self.root / "layers" / slug
             folder.mkdir()
             sections = []
-            side = 1
-            while side * side < result.k:
-                side += 1
+            side = result.grid_side
             for channel, hits in result.hits[layer].items():
                 recon_cells, patch_cells = [], []
                 for rank, hit in enumerate(hits):
@@ -350,15 +348,10 @@ class _Writer:
     def image_pages(self, paths: Sequence[Path], layers: Sequence[str]) -> list[tuple[str, str]]:
         """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
         from deconvviz.api import render_images
-        from deconvviz.images import load_image
 
-        readable = []
-        for path in paths:
-            try:
-                load_image(path)
-            except (DeconvVizError, OSError):
-                continue
-            readable.append(path)
+        base = Path(self.result.folder)
+        skipped = {image for image, _ in self.result.skipped}  # the scan already read every file
+        readable = [path for path in paths if path.relative_to(base).as_posix() not in skipped]
 
         def step(done: int, total: int, what: str) -> None:
             if self.progress is not None:
@@ -373,7 +366,6 @@ class _Writer:
             progress=step,
         )
         pages = []
-        base = Path(self.result.folder)
         for item in rendered:
             folder = item.folder.name
             name = item.image.relative_to(base).as_posix() if item.image.is_relative_to(base) else item.image.name
@@ -428,14 +420,14 @@ class _Writer:
 
     def manifest(self, arguments: dict[str, Any], image_pages: Sequence[tuple[str, str]]) -> None:
         """``manifest.json``: what was run, with what, and what came out."""
-        from deconvviz.api import _versions
+        from deconvviz.api import library_versions
 
         data = {
             "tool": "deconvviz",
             "kind": "report",
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": _versions(),
+            "versions": library_versions(),
             "arguments": arguments,
             "model": self.current.name,
             "weights": str(getattr(self.current.model, "weights", "")),

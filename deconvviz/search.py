@@ -175,6 +175,11 @@ class TopKResult:
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def grid_side(self) -> int:
+        """Columns of the square-ish grid that shows ``k`` hits (3 for the paper's 9)."""
+        return max(1, math.ceil(math.sqrt(self.k)))
+
     def channels(self, layer: str) -> list[int]:
         """The channels kept for ``layer``."""
         return list(self._layer(layer))
@@ -211,7 +216,7 @@ class TopKResult:
         from matplotlib.figure import Figure
 
         hits = self._hits(layer, channel)
-        side = max(1, math.ceil(math.sqrt(self.k)))
+        side = self.grid_side
         rows = max(1, math.ceil(self.k / side))
         fig = Figure(figsize=(size * 2 * side + 0.3, size * rows + 0.5))
         axes = fig.subplots(
