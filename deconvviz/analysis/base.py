@@ -1,0 +1,240 @@
+"""The shape every analysis result shares: a frozen dataclass with a figure, a saved folder and a manifest.
+
+An analysis (occlusion, correspondence, invariance, evolution, sanity) is a function that takes a model, its
+input(s) and options and returns a result. Results are data: detached CPU tensors, numbers and metadata.
+They know how to draw themselves only through a plotting function imported when ``figure()`` is called, so
+importing a result never imports matplotlib.
+
+A result class subclasses :class:`AnalysisResult` (as a frozen dataclass) and provides:
+
+* ``kind``: a class variable naming the analysis (``"occlusion"``), written into the manifest;
+* ``figure(**kwargs) -> (Figure, Axes)``: the analysis' picture, returned and never shown;
+* ``_files() -> dict[str, bytes]``: the files of its result folder other than ``manifest.json``
+  (figures, CSV, JSON), by relative path;
+* ``_manifest() -> dict``: what the manifest says about this result beyond the common keys.
+
+and inherits ``save(directory)`` (one folder, written atomically, with ``manifest.json``), ``manifest()`` and
+``_repr_png_`` (inline display in notebooks).
+
+Example:
+    >>> @dataclass(frozen=True)  # doctest: +SKIP
+    ... class MyResult(AnalysisResult):
+    ...     kind: ClassVar[str] = "mine"
+    ...     scores: Tensor
+    ...     def figure(self, **kwargs): ...
+    ...     def _files(self): return {"scores.csv": b"..."}
+    ...     def _manifest(self): return {"scores": self.scores.tolist()}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from deconvviz.errors import DeconvVizError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+MANIFEST = "manifest.json"
+"""File name of the manifest in every result folder."""
+
+MANIFEST_SCHEMA = 1
+"""Version of the manifest's layout; raised when keys change meaning."""
+
+
+class AnalysisError(DeconvVizError, ValueError):
+    """Bad input to an analysis (an option out of range, a box outside an image, an unknown class)."""
+
+
+class ResultFolderError(DeconvVizError, OSError):
+    """A result folder that cannot be written where it was asked for."""
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Base of the analysis results (see the module docstring for what a subclass provides)."""
+
+    kind: ClassVar[str] = "analysis"
+
+    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:  # pragma: no cover - every result overrides it
+        """The result's figure, returned and never shown.
+
+        Returns:
+            ``(figure, axes)``.
+        """
+        raise NotImplementedError
+
+    def _files(self) -> dict[str, bytes]:  # pragma: no cover - every result overrides it
+        """The files of the result folder other than the manifest, by relative path."""
+        raise NotImplementedError
+
+    def _manifest(self) -> dict[str, Any]:
+        """What the manifest says about this result beyond the common keys."""
+        return {}
+
+    def manifest(self, arguments: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The manifest of the result folder: tool, schema, kind, creation time, library versions, arguments.
+
+        Args:
+            arguments: how the analysis was asked for (CLI options, function arguments), kept for the record.
+
+        Returns:
+            A JSON-serialisable dict.
+        """
+        from deconvviz.api import library_versions
+
+        return {
+            "tool": "deconvviz",
+            "schema": MANIFEST_SCHEMA,
+            "kind": self.kind,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": library_versions(),
+            "arguments": _jsonable(dict(arguments or {})),
+            **_jsonable(self._manifest()),
+        }
+
+    def save(self, directory: str | os.PathLike[str], *, arguments: Mapping[str, Any] | None = None) -> Path:
+        """Write the result into the folder ``directory``, atomically, with a ``manifest.json``.
+
+        The files are written into a temporary sibling that is renamed into place when complete, so the folder
+        either holds the whole result or is left as it was. An earlier deconvviz result folder of the same
+        name is replaced; any other existing, non-empty folder is an error.
+
+        Args:
+            directory: the result folder to create.
+            arguments: recorded in the manifest (see :meth:`manifest`).
+
+        Returns:
+            The folder's path.
+
+        Raises:
+            ResultFolderError: ``directory`` exists and is not a deconvviz result folder, or cannot be written.
+        """
+        files = dict(self._files())
+        files[MANIFEST] = (json.dumps(self.manifest(arguments), indent=2) + "\n").encode("utf-8")
+        return write_result_folder(Path(directory), files)
+
+    def _repr_png_(self) -> bytes:
+        import matplotlib.pyplot as plt
+
+        from deconvviz.render import figure_png
+
+        fig, _ = self.figure()
+        try:
+            return figure_png(fig)
+        finally:
+            plt.close(fig)
+
+
+def figure_bytes(fig: Figure, dpi: float = 100) -> bytes:
+    """A figure as PNG bytes; the figure is closed afterwards (for ``_files``)."""
+    import matplotlib.pyplot as plt
+
+    from deconvviz.render import figure_png
+
+    try:
+        return figure_png(fig, dpi)
+    finally:
+        plt.close(fig)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and tensors / NumPy scalars as Python numbers or lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return _jsonable(tolist())
+    return value
+
+
+def is_result_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a manifest written by deconvviz (so it may be replaced)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("tool") == "deconvviz"
+
+
+def check_result_folder(folder: Path) -> None:
+    """Raise :class:`ResultFolderError` now if ``folder`` could not take a result (before any work is done)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ResultFolderError(f"{str(folder)!r} exists and is not a folder; choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not is_result_folder(folder):
+        raise ResultFolderError(
+            f"{str(folder)!r} already exists and was not written by deconvviz; choose another --out or move it away"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_result_folder(folder: Path, files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (relative path -> bytes) as the folder ``folder``, atomically.
+
+    Raises:
+        ResultFolderError: see :meth:`AnalysisResult.save`.
+    """
+    check_result_folder(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise ResultFolderError(f"cannot write into {str(folder.parent)!r}: {exc.strerror or exc}") from None
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes folders private; give it the usual mode
+        for name, data in files.items():
+            relative = Path(name)
+            if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+                raise ResultFolderError(f"result file name {name!r} is not a path inside the result folder")
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        old: Path | None = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
+            folder.replace(old)
+        try:
+            staging.replace(folder)
+        except OSError:
+            if old is not None:
+                old.replace(folder)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ResultFolderError(f"cannot write {str(folder)!r}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_SCHEMA",
+    "AnalysisError",
+    "AnalysisResult",
+    "ResultFolderError",
+    "check_result_folder",
+    "figure_bytes",
+    "is_result_folder",
+    "write_result_folder",
+]
