@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 # never pulls another torch build. Override TORCH_SPEC for another platform or CUDA version.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# The edit-test loop: everything but real-size models, registry fetches and the browser.
+FAST := -m "not slow and not network and not browser"
 
-.PHONY: venv demo test lint typecheck bench clean
+.PHONY: venv demo test test-fast test-portable lint typecheck bench clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +36,15 @@ typecheck: venv
 
 test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
+
+# The fast tests again with the kernels of CPUs without AVX-512 (oneDNN) and without any vector extension
+# (ATen's own kernels), so that a test passing only on this CPU's kernels fails here too.
+test-portable: venv
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/projection.py

@@ -36,7 +36,11 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+@pytest.fixture(
+    scope="module",
+    # VGG16 in float64 takes most of this file's time: the complete suite runs it, the edit-test loop does not.
+    params=[pytest.param(name, marks=pytest.mark.slow) if name == "vgg16" else name for name in sorted(ARCHITECTURES)],
+)
 def architecture(request: pytest.FixtureRequest):
     builder, side, layers = ARCHITECTURES[request.param]
     torch.manual_seed(0)
