@@ -50,11 +50,19 @@ _EXPORTS: dict[str, str] = {
     "receptive_field": "deconvviz.receptive",
     "receptive_fields": "deconvviz.receptive",
     "register_geometry": "deconvviz.receptive",
+    "invariance": "deconvviz.analysis.invariance",
+    "InvarianceResult": "deconvviz.analysis.invariance",
+    "AnalysisError": "deconvviz.analysis.base",
+    "AnalysisResult": "deconvviz.analysis.base",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from deconvviz.analysis.base import AnalysisError as AnalysisError
+    from deconvviz.analysis.base import AnalysisResult as AnalysisResult
+    from deconvviz.analysis.invariance import InvarianceResult as InvarianceResult
+    from deconvviz.analysis.invariance import invariance as invariance
     from deconvviz.api import OutputError as OutputError
     from deconvviz.api import RenderedImage as RenderedImage
     from deconvviz.api import RenderedLayer as RenderedLayer

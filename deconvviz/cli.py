@@ -410,6 +410,124 @@ def report_command(
         typer.echo(report.summary())
 
 
+def _parse_range(text: str, name: str) -> tuple[float, float] | None:
+    """``START:END`` (``-60:60``), or ``off`` to skip the transformation."""
+    value = text.strip().lower()
+    if value in ("off", "none", "no"):
+        return None
+    parts = value.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, end = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise _usage(f"--{name} takes START:END (e.g. -60:60) or 'off'; got {text!r}") from None
+    return start, end
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an output folder that holds something deconvviz did not write."""
+    from deconvviz.analysis.base import check_result_folder
+
+    check_result_folder(out)
+
+
+class Distance(StrEnum):
+    """How invariance distances are normalised."""
+
+    unit = "unit"
+    relative = "relative"
+    none = "none"
+
+
+OutOption = Annotated[
+    Path, typer.Option("--out", "-o", help="The result folder (an earlier deconvviz result there is replaced).")
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")]
+
+
+@app.command("invariance")
+def invariance_command(
+    images: Annotated[
+        list[Path], typer.Argument(metavar="IMAGE", help="Picture files; one curve per picture.", show_default=False)
+    ],
+    model: ModelOption = "vgg16",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            "-l",
+            help="Comma-separated layers to compare, low to high. Default: the first of the model's default "
+            "layers and its output (e.g. conv1 and the class scores for squeezenet1_1).",
+            show_default=False,
+        ),
+    ] = None,
+    translate: Annotated[
+        str, typer.Option(help="Vertical translation START:END in pixels (positive moves down), or off.")
+    ] = "-60:60",
+    scale: Annotated[str, typer.Option(help="Scale START:END about the centre (1 = original), or off.")] = "0.5:1.7",
+    rotate: Annotated[str, typer.Option(help="Rotation START:END in degrees, counter-clockwise, or off.")] = "0:360",
+    steps: Annotated[int, typer.Option(min=2, help="Values per transformation, both ends included.")] = 13,
+    target: Annotated[
+        str | None,
+        typer.Option(help="The true class (index or name) for every picture. Default: each picture's top-1."),
+    ] = None,
+    normalize: Annotated[
+        Distance,
+        typer.Option(help="unit: distance between unit-length feature vectors; relative: / the original's length."),
+    ] = Distance.unit,
+    out: OutOption = Path("invariance"),
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Transformed images per forward pass.")] = 16,
+    debug: DebugOption = False,
+) -> None:
+    """Invariance curves (the paper's Fig. 5): feature distance to the original and class probability as each
+    picture is translated vertically, scaled and rotated about its centre (uncovered pixels: the mean colour).
+
+    Writes OUT/figure.png (rows: transformations; columns: a low layer, a high layer, the class probability
+    where the model classifies) and OUT/manifest.json with every value.
+    """
+    with _reported(debug):
+        ranges = {
+            "translate": _parse_range(translate, "translate"),
+            "scale": _parse_range(scale, "scale"),
+            "rotate": _parse_range(rotate, "rotate"),
+        }
+        _check_out(out)
+        with _progress_bars(transient=True) as bar:
+            task = bar.add_task("running transformed pictures", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = deconvviz.invariance(
+                images,
+                model,
+                layers=layers,
+                steps=steps,
+                target=int(target) if target is not None and target.strip().isdigit() else target,
+                normalize=normalize.value,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                translate=ranges["translate"],
+                scale=ranges["scale"],
+                rotate=ranges["rotate"],
+            )
+            arguments = {
+                "images": [str(i) for i in images],
+                "model": model,
+                "layers": list(result.layers),
+                **{k: None if v is None else list(v) for k, v in ranges.items()},
+                "steps": steps,
+                "target": target,
+                "normalize": normalize.value,
+            }
+            folder = result.save(out, arguments=arguments)
+        typer.echo(f"wrote {folder}/figure.png and manifest.json: {len(images)} picture(s), {steps} steps")
+        typer.echo(result.summary())
+
+
 class _UsageError(ValueError):
     """Options that contradict each other."""
 

@@ -1,0 +1,93 @@
+"""Figures of the analyses' results: built on :class:`matplotlib.figure.Figure`, returned, never shown.
+
+Each function takes a result and returns ``(figure, axes)``; results import this module only when their
+``figure()`` is called, so a result never needs matplotlib until it is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from deconvviz.analysis.invariance import InvarianceResult
+
+
+def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
+    """Pictures side by side on white."""
+    height = max(p.shape[0] for p in pictures)
+    width = sum(p.shape[1] for p in pictures) + gap * (len(pictures) - 1)
+    out = np.full((height, width, 3), 255, np.uint8)
+    left = 0
+    for p in pictures:
+        out[: p.shape[0], left : left + p.shape[1]] = p
+        left += p.shape[1] + gap
+    return out
+
+
+def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[Figure, Any]:
+    """Rows = transformations; columns = the first image transformed, distance per layer, class probability."""
+    from matplotlib.figure import Figure
+
+    with_examples = bool(result.examples)
+    columns = int(with_examples) + len(result.layers) + int(result.probabilities is not None)
+    rows = len(result.transforms)
+    widths = ([1.3] if with_examples else []) + [1.0] * (columns - int(with_examples))
+    fig = Figure(figsize=(size * sum(widths) + 0.6, size * 0.8 * rows + 0.9))
+    axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"width_ratios": widths})
+    from deconvviz.analysis.invariance import UNITS
+
+    colours = [f"C{i}" for i in range(len(result.images))]
+    for r, name in enumerate(result.transforms):
+        x = np.asarray(result.values[name])
+        c = 0
+        if with_examples:
+            ax = axes[r, 0]
+            pictures = result.examples.get(name, ())
+            if pictures:
+                ax.imshow(_strip(pictures) if len(pictures) < 4 else _grid(pictures))
+            ax.set_axis_off()
+            ax.set_title(f"{result.images[0]}: {name}", fontsize=8)
+            c = 1
+        for layer in result.layers:
+            ax = axes[r, c]
+            table = result.distances[name][layer].numpy()
+            for i, image in enumerate(result.images):
+                ax.plot(x, table[i], color=colours[i], marker=".", markersize=3, linewidth=1, label=image)
+            ax.set_title(f"{layer}: distance", fontsize=8)
+            ax.set_ylim(bottom=0)
+            c += 1
+        if result.probabilities is not None:
+            ax = axes[r, c]
+            table = result.probabilities[name].numpy()
+            for i, image in enumerate(result.images):
+                label = image if result.classes is None else f"{image} ({result.classes[i][1]})"
+                ax.plot(x, table[i], color=colours[i], marker=".", markersize=3, linewidth=1, label=label)
+            ax.set_ylim(0, 1.02)
+            ax.set_title("P(true class)", fontsize=8)
+        for ax in axes[r, int(with_examples) :]:
+            ax.set_xlabel(UNITS.get(name, name), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    legend_axis = axes[0, -1]
+    legend_axis.legend(fontsize=6, loc="best")
+    distance = {"unit": "between unit-length feature vectors", "relative": "relative to the original's length"}
+    fig.suptitle(
+        f"{result.model}: invariance (Euclidean distance {distance.get(result.normalize, 'unnormalised')})",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig, axes
+
+
+def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
+    from deconvviz.render import mosaic
+
+    same = all(p.shape == pictures[0].shape for p in pictures)
+    if not same:
+        return _strip(pictures)
+    return mosaic(list(pictures), columns=math.ceil(len(pictures) / 2))
