@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from deconvviz.deconvnet import DeconvNet
     from deconvviz.models import LoadedModel
-    from deconvviz.projection import Normalize, Projection
+    from deconvviz.projection import Projection
+    from deconvviz.viz import RenderOptions
 
 MANIFEST = "manifest.json"
 OVERVIEW = "overview.png"
@@ -501,6 +502,8 @@ def _manifest(
     rendered: list[RenderedLayer],
     projections: list[Projection],
     arguments: dict[str, Any],
+    look: RenderOptions,
+    views: list[list[list[int] | None]],
     prediction: tuple[str, float] | None,
     folder: Path,
 ) -> dict[str, Any]:
@@ -515,6 +518,7 @@ def _manifest(
         "input_shape": list(x.shape),
         "arguments": arguments,
         "prediction": None if prediction is None else {"label": prediction[0], "probability": prediction[1]},
+        "rendering": look.to_dict(),
         "overview": OVERVIEW,
         "layers": [
             {
@@ -528,9 +532,10 @@ def _manifest(
                 if projection.boxes is None
                 else [None if b is None else list(b) for b in projection.boxes],
                 "files": [str(f.relative_to(folder)) for f in layer.files],
+                "file_boxes": boxes,
                 "summary": str(layer.summary.relative_to(folder)),
             }
-            for layer, projection in zip(rendered, projections, strict=True)
+            for layer, projection, boxes in zip(rendered, projections, views, strict=True)
         ],
     }
 
@@ -543,16 +548,17 @@ def _render_one(
     staging: Path,
     final: Path,
     options: dict[str, Any],
+    look: RenderOptions,
     widths: dict[str, int],
     step: Callable[[str], None],
 ) -> tuple[RenderedImage, dict[str, Any]]:
     from deconvviz import render as _render
+    from deconvviz.viz.figures import base_picture
 
     staging.mkdir()
-    picture = getattr(current.model, "to_image", None)  # the model's inverse preprocessing, if it has one
     rendered: list[RenderedLayer] = []
     projections: list[Projection] = []
-    normalize: Normalize = options["normalize"]
+    views: list[list[list[int] | None]] = []
     for layer in layers:
         result = project(
             current,
@@ -565,25 +571,14 @@ def _render_one(
         )
         folder = staging / _render.safe_name(layer)
         folder.mkdir()
-        base = None
-        if options["overlay"] and result.input is not None:
-            import numpy as np
-
-            base = np.asarray(_render.input_to_pil(result.input, picture, result.channel_order))
-        files = []
+        base = base_picture(result) if look.overlay else None
+        files, boxes = [], []
         for i, name in enumerate(_render.projection_filenames(result)):
-            rgb = result.rgb(i, normalize)
-            if base is not None and base.shape == rgb.shape:
-                rgb = _render.overlay(rgb, base)
-            files.append(_render.save_image(rgb, folder / name))
+            picture, box = _render.view_file(result, i, look, base)
+            files.append(_render.save_image(picture, folder / name))
+            boxes.append(None if box is None else list(box))
         name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
-        fig, _ = result.figure(
-            normalize=normalize,
-            overlay_input=options["overlay"],
-            box=options["box"],
-            crop_to_field=options["crop"],
-            title=f"{image.name}: {name}",
-        )
+        fig, _ = result.figure(look, title=f"{image.name}: {name}")
         summary = _render.save_figure(fig, staging / f"{_render.safe_name(layer)}.png")
         rendered.append(
             RenderedLayer(
@@ -596,13 +591,14 @@ def _render_one(
             )
         )
         projections.append(result)
+        views.append(boxes)
         step(f"{image.name} {layer}")
     if result_input := (projections[0].input_pil() if projections else None):
         _render.save_image(result_input, staging / "input.png")
-    fig, _ = _render.layers_figure(projections, normalize=normalize, crop_to_field=True, title=image.name)
+    fig, _ = _render.layers_figure(projections, look, title=image.name)
     overview = _render.save_figure(fig, staging / OVERVIEW)
     prediction = _prediction(current, x)
-    manifest = _manifest(current, image, x, rendered, projections, options, prediction, final)
+    manifest = _manifest(current, image, x, rendered, projections, options, look, views, prediction, final)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     done = RenderedImage(
         image=image,
@@ -626,18 +622,17 @@ def render_images(
     device: str | None = "auto",
     size: int | None = None,
     full_image: bool = False,
-    normalize: Normalize = "contrast",
-    overlay: bool = False,
-    box: bool = False,
-    crop: bool = False,
+    options: RenderOptions | None = None,
     progress: Progress | None = None,
 ) -> list[RenderedImage]:
     """Render the reconstructions of several layers for several pictures into folders.
 
     Each picture gets ``out/<name>/`` with ``input.png``, one summary figure per layer (``<layer>.png``:
     the input and the reconstructions, labelled with channel and activation), one PNG per reconstruction
-    (``<layer>/<rank>_ch<channel>.png``), ``overview.png`` (per layer, the strongest reconstructions cut
-    to their receptive fields above the image patches, as in the paper's Fig. 2) and ``manifest.json``.
+    (``<layer>/<rank>_ch<channel>.png``; cut to the unit's receptive field when that is small, see
+    :class:`~deconvviz.viz.RenderOptions`), ``overview.png`` (a row per layer with the strongest
+    reconstructions, small fields above the image patches their units saw, as in the paper's Fig. 2) and
+    ``manifest.json`` (which also says how the pictures were scaled).
     Everything is written into a temporary folder inside ``out`` and moved into place only when every
     picture is done, so a failure leaves no partial results. A result folder written earlier by deconvviz
     is replaced; any other existing folder of that name is refused.
@@ -653,11 +648,8 @@ def render_images(
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         size: resize and centre-crop pictures to ``size x size`` instead of the model's own size.
         full_image: keep each whole picture instead of resizing and centre-cropping it.
-        normalize: ``"contrast"`` (the paper's) or ``"minmax"``.
-        overlay: draw reconstructions over the input picture.
-        box: outline the receptive field of each seeded unit in the summary figures.
-        crop: in the summary figures, show each reconstruction cropped to its receptive field above the image
-            patch its unit saw (``overview.png`` always does).
+        options: how pictures are drawn (:class:`~deconvviz.viz.RenderOptions`: display scaling, overlay,
+            boxes, cutting to receptive fields); default: robust scaling, small fields cut out.
         progress: called after each layer of each picture (see :data:`Progress`).
 
     Returns:
@@ -669,7 +661,9 @@ def render_images(
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
     from deconvviz.images import load_image
+    from deconvviz.viz import RenderOptions
 
+    look = RenderOptions.build(options)
     if not images:
         raise OutputError("no images given; pass at least one picture file")
     if channels is not None and not list(channels):
@@ -686,7 +680,7 @@ def render_images(
     widths = _widths(current.net, inputs[0], chosen)
     if channels is not None:
         _check_channels(widths, [int(c) for c in channels])
-    options: dict[str, Any] = {
+    arguments: dict[str, Any] = {
         "model": current.name,
         "layers": chosen,
         "top": None if channels is not None else top,
@@ -694,10 +688,10 @@ def render_images(
         "mode": mode,
         "size": size,
         "full_image": full_image,
-        "normalize": normalize,
-        "overlay": overlay,
-        "box": box,
-        "crop": crop,
+        "scale": look.scaling.name,
+        "overlay": look.overlay,
+        "box": look.box,
+        "crop": look.crop,
     }
     total = len(paths) * len(chosen)
     done = 0
@@ -721,7 +715,9 @@ def render_images(
             progress(0, total, "starting")
         results = []
         for index, (path, x, final) in enumerate(zip(paths, inputs, finals, strict=True)):
-            result, _ = _render_one(current, path, x, chosen, staging / str(index), final, options, widths, step)
+            result, _ = _render_one(
+                current, path, x, chosen, staging / str(index), final, arguments, look, widths, step
+            )
             results.append(result)
         _move_into_place(staging, finals)
     except BaseException:

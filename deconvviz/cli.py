@@ -44,11 +44,20 @@ class Mode(StrEnum):
     map = "map"
 
 
-class Normalize(StrEnum):
-    """How reconstructions are made displayable."""
+class Scale(StrEnum):
+    """How reconstructions are made displayable (see deconvviz.viz.scaling)."""
 
-    contrast = "contrast"
+    robust = "robust"
+    max = "max"
     minmax = "minmax"
+
+
+_SCALE_HELP = (
+    "Display scaling. robust: zero is grey, a high percentile of |value| over the reconstruction reaches "
+    "black/white (about 3% saturates); max: the paper's, the largest |value| reaches black/white; minmax: "
+    "a plain stretch."
+)
+ScaleOption = Annotated[Scale, typer.Option("--scale", "--normalize", help=_SCALE_HELP)]
 
 
 class _State:
@@ -266,19 +275,20 @@ def render_command(
     full_image: Annotated[
         bool, typer.Option("--full-image", help="Keep each whole picture (no crop) instead of --size.")
     ] = False,
-    normalize: Annotated[
-        Normalize, typer.Option(help="contrast: the paper's (grey is zero); minmax: a plain stretch.")
-    ] = Normalize.contrast,
+    scale: ScaleOption = Scale.robust,
     overlay: Annotated[bool, typer.Option("--overlay", help="Draw each reconstruction over the picture.")] = False,
     box: Annotated[
-        bool, typer.Option("--box", help="Outline the receptive field of each seeded unit in the summaries.")
+        bool, typer.Option("--box", help="Outline the receptive field of each seeded unit on full-size views.")
     ] = False,
     crop: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--crop", help="Summaries show each reconstruction cut to its receptive field above the image patch."
+            "--crop/--no-crop",
+            help="Cut every reconstruction to its unit's receptive field (shown above the image patch), or none. "
+            "Default: only where the field covers less than half the picture.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Project each picture's strongest activations back to pixels, layer by layer, and write PNGs.
@@ -293,6 +303,8 @@ def render_command(
             raise _usage("give either --top or --channel, not both")
         if size is not None and full_image:
             raise _usage("give either --size or --full-image, not both")
+        from deconvviz.viz import RenderOptions
+
         with _progress_bars(transient=True) as bar:
             task = bar.add_task("loading the model", total=None)
 
@@ -310,10 +322,7 @@ def render_command(
                 device=device,
                 size=size,
                 full_image=full_image,
-                normalize=normalize.value,
-                overlay=overlay,
-                box=box,
-                crop=crop,
+                options=RenderOptions(scale=scale.value, overlay=overlay, box=box, crop=crop),
                 progress=progress,
             )
         typer.echo(f"wrote {len(results)} result folder(s) under {out}")
@@ -364,9 +373,7 @@ def report_command(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report folder.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 8,
-    normalize: Annotated[
-        Normalize, typer.Option(help="contrast: the paper's (grey is zero); minmax: a plain stretch.")
-    ] = Normalize.contrast,
+    scale: ScaleOption = Scale.robust,
     debug: DebugOption = False,
 ) -> None:
     """Build a static HTML report over a folder: for each layer and channel, the strongest activations across the
@@ -404,7 +411,7 @@ def report_command(
                 per_image=per_image,
                 overwrite=overwrite,
                 batch_size=batch_size,
-                normalize=normalize.value,
+                scale=scale.value,
                 progress=progress,
             )
         typer.echo(report.summary())

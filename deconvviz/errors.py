@@ -17,3 +17,7 @@ class TraceError(DeconvVizError):
 
 class UnsupportedOpError(DeconvVizError):
     """An op on the path from the input to the requested layer has no mirror rule."""
+
+
+class RenderError(DeconvVizError, ValueError):
+    """A rendering option that does not fit what is drawn (bad scale, index, colour order, size)."""

@@ -1,20 +1,27 @@
-"""The result of a projection: reconstructions in input space plus what was seeded."""
+"""The result of a projection: reconstructions in input space plus what was seeded.
+
+A :class:`Projection` is data. Its picture methods (:meth:`~Projection.rgb`, :meth:`~Projection.figure`,
+``_repr_png_``, :meth:`~Projection.save`) hand over to :mod:`deconvviz.viz` and :mod:`deconvviz.render`,
+which take results; nothing here draws.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+from deconvviz.errors import RenderError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-Normalize = Literal["contrast", "minmax"]
+    from deconvviz.viz import RenderOptions, Scaling
 
 
 @dataclass(frozen=True)
@@ -28,16 +35,23 @@ class Projection:
         layer: the layer as it was asked for (alias or node name).
         node: the qualified node name of that layer.
         channels: the seeded channel of each reconstruction.
-        positions: the seeded ``(row, col)`` of each reconstruction; None for whole-map seeds and layers
-            without a spatial map.
+        positions: the seeded unit ``(row, col)`` in the layer's feature map, per reconstruction; None for
+            whole-map seeds and layers without a spatial map. Figures label it ``unit (row, col)``.
         activations: ``(K,)`` the seeded activation values (for ``mode="map"``, the map's maximum).
         mode: ``"max"`` (one unit per channel) or ``"map"`` (the whole feature map).
         input: ``(1, C, H, W)`` the image that was projected, in input space, on the CPU.
         to_image: converts an input-space tensor to a PIL image (the model's inverse preprocessing), if known.
         channel_order: the colour order of the model's input channels (``"RGB"`` or ``"BGR"``); pictures are
             always shown in RGB.
-        boxes: the input-space receptive field ``(top, left, bottom, right)`` of each seeded unit, if known
-            (None entries for whole-map seeds).
+        boxes: the input-space receptive field of each seeded unit, clipped to the image, if known (None
+            entries for whole-map seeds). Boxes are ``(top, left, bottom, right)``, bottom and right
+            exclusive: array order (``picture[top:bottom, left:right]``), *not* PIL's ``crop`` order;
+            :meth:`pil_box` gives PIL's ``(left, top, right, bottom)``.
+        inside: per seeded unit, whether its whole receptive field lies inside the image (False: it reaches
+            into the padding at the edge), if known.
+        prefer_inside: the units were chosen among those whose receptive field lies inside the image
+            (see :func:`deconvviz.visualize`).
+        label: what was projected, when it is not a channel of a layer (a class score: ``"class 281 tabby"``).
 
     Example:
         >>> p = dv.DeconvNet(model).project(x, "conv5_3", top=9)  # doctest: +SKIP
@@ -57,6 +71,9 @@ class Projection:
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
     channel_order: str = "RGB"
     boxes: tuple[tuple[int, int, int, int] | None, ...] | None = None
+    inside: tuple[bool | None, ...] | None = None
+    prefer_inside: bool = False
+    label: str | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -68,83 +85,85 @@ class Projection:
         )
 
     def _index(self, i: int) -> int:
-        from deconvviz.render import RenderError
-
         if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
             raise RenderError(f"reconstruction index {i!r} is out of range: this projection has {len(self)}")
         return i
 
-    def rgb(self, i: int = 0, normalize: Normalize = "contrast") -> np.ndarray:
-        """Reconstruction ``i`` as a displayable ``(H, W, 3)`` uint8 RGB array (see :func:`render.to_rgb`).
+    def pil_box(self, i: int = 0) -> tuple[int, int, int, int] | None:
+        """Seed ``i``'s receptive field in PIL's ``(left, top, right, bottom)`` order, for ``Image.crop``.
+
+        Returns:
+            The box, or None when it is not known (whole-map seeds, whole-image fields).
+        """
+        self._index(i)
+        if self.boxes is None or self.boxes[i] is None:
+            return None
+        top, left, bottom, right = self.boxes[i]  # type: ignore[misc]
+        return (left, top, right, bottom)
+
+    def rgb(self, i: int = 0, scale: str | Scaling | None = None) -> np.ndarray:
+        """Reconstruction ``i`` as a displayable ``(H, W, 3)`` uint8 RGB array (see :func:`deconvviz.viz.to_rgb`).
 
         Args:
             i: which reconstruction (0 is the first seed, for ``top=`` the strongest).
-            normalize: ``"contrast"`` (the paper's per-image contrast normalisation) or ``"minmax"``.
+            scale: ``"robust"`` (default), ``"max"`` (the paper's) or ``"minmax"``.
 
         Returns:
             ``(H, W, 3)`` uint8 array.
         """
-        from deconvviz.render import to_rgb
+        from deconvviz import viz
 
-        return to_rgb(self.image[self._index(i)], normalize=normalize, channel_order=self.channel_order)
+        return viz.to_rgb(self.image[self._index(i)], scale, channel_order=self.channel_order)
 
-    def to_pil(self, i: int = 0, normalize: Normalize = "contrast") -> Image:
+    def to_pil(self, i: int = 0, scale: str | Scaling | None = None) -> Image:
         """Reconstruction ``i`` as an RGB PIL image (see :meth:`rgb`)."""
         from PIL import Image as PILImage
 
-        return PILImage.fromarray(self.rgb(i, normalize))
+        return PILImage.fromarray(self.rgb(i, scale))
 
     def input_pil(self) -> Image | None:
         """The projected input image as an RGB PIL image, or None if it was not kept."""
-        from deconvviz.render import input_to_pil
+        from deconvviz import viz
 
         if self.input is None:
             return None
-        return input_to_pil(self.input, self.to_image, self.channel_order)
+        return viz.input_to_pil(self.input, self.to_image, self.channel_order)
 
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
+    def figure(self, options: RenderOptions | None = None, **kwargs: Any) -> tuple[Figure, Any]:
         """A matplotlib figure: the input beside every reconstruction, each labelled.
 
         Args:
-            **kwargs: options of :func:`deconvviz.render.projection_figure` (``normalize``, ``columns``,
-                ``overlay_input``, ``box``, ``title``, ...).
+            options: how to draw (:class:`deconvviz.viz.RenderOptions`).
+            **kwargs: options of :func:`deconvviz.viz.projection_figure` (``columns``, ``size``, ``title``)
+                and fields of ``RenderOptions`` to change (``scale``, ``overlay``, ``box``, ``crop``).
 
         Returns:
             ``(figure, axes)``; the figure is returned, never shown.
         """
-        from deconvviz.render import projection_figure
+        from deconvviz import viz
 
-        return projection_figure(self, **kwargs)
+        return viz.projection_figure(self, options, **kwargs)
 
     def _repr_png_(self) -> bytes:
-        from deconvviz.render import figure_png
+        from deconvviz import viz
 
         fig, _ = self.figure(box=self.boxes is not None)
-        return figure_png(fig)
+        return viz.figure_png(fig)
 
-    def save(
-        self,
-        directory: str | Path,
-        normalize: Normalize = "contrast",
-        *,
-        summary: bool = False,
-        overlay_input: bool = False,
-    ) -> list[Path]:
+    def save(self, directory: str | Path, options: RenderOptions | None = None, *, summary: bool = False) -> list[Path]:
         """Write one PNG per reconstruction into ``directory`` (created if missing); return their paths.
 
-        Files are named ``{layer}_{rank:02d}_ch{channel:04d}.png``; each is written atomically.
+        Files are named ``{layer}_{rank:02d}_ch{channel:04d}.png``; each is written atomically and shows the
+        reconstruction as figures do (see :func:`deconvviz.viz.view`).
 
         Args:
             directory: where to write.
-            normalize: ``"contrast"`` or ``"minmax"``.
+            options: how to draw (:class:`deconvviz.viz.RenderOptions`).
             summary: also write the summary figure as ``{layer}.png``.
-            overlay_input: draw the reconstructions over the input.
 
         Returns:
             The paths written.
         """
         from deconvviz.render import save_projection
 
-        return save_projection(
-            self, Path(directory), normalize, summary=summary, overlay_input=overlay_input, box=self.boxes is not None
-        )
+        return save_projection(self, Path(directory), options, summary=summary)

@@ -89,7 +89,7 @@ def build_report(
     per_image: bool = False,
     overwrite: bool = False,
     batch_size: int = 8,
-    normalize: str = "contrast",
+    scale: str = "robust",
     progress: Progress | None = None,
 ) -> Report:
     """Scan ``folder`` and write the HTML report to ``out``.
@@ -106,7 +106,8 @@ def build_report(
         per_image: also render every image's per-layer reconstructions (as the render command does).
         overwrite: replace an existing report folder.
         batch_size: images per forward pass.
-        normalize: ``"contrast"`` (the paper's) or ``"minmax"``.
+        scale: the display scaling: ``"robust"`` (default), ``"max"`` (the paper's) or ``"minmax"``
+            (see :mod:`deconvviz.viz.scaling`).
         progress: called as work advances.
 
     Returns:
@@ -119,7 +120,9 @@ def build_report(
     """
     from deconvviz.api import session
     from deconvviz.search import find_images, top_k
+    from deconvviz.viz import Scaling
 
+    scaling = Scaling.of(scale)  # a bad name fails before any work
     target = Path(out)
     _check_target(target, overwrite)
     paths = find_images(folder)  # a missing or empty folder fails before any model is loaded
@@ -133,7 +136,7 @@ def build_report(
         "k": k,
         "per_image": per_image,
         "batch_size": batch_size,
-        "normalize": normalize,
+        "scale": scaling.to_dict(),
     }
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,7 @@ def build_report(
         result = top_k(
             current.model, folder, layers=chosen, k=k, channels=channels, batch_size=batch_size, progress=progress
         )
-        writer = _Writer(staging, result, current, normalize, progress)
+        writer = _Writer(staging, result, current, scaling.name, progress)
         cards = writer.layer_pages()
         image_pages = writer.image_pages(paths, chosen) if per_image else []
         writer.index(image_pages)
@@ -263,13 +266,11 @@ def _page(title: str, body: str, root: str) -> str:
 class _Writer:
     """Writes the pictures and pages of one report into its staging folder."""
 
-    def __init__(
-        self, root: Path, result: TopKResult, current: Session, normalize: str, progress: Progress | None
-    ) -> None:
+    def __init__(self, root: Path, result: TopKResult, current: Session, scale: str, progress: Progress | None) -> None:
         self.root = root
         self.result = result
         self.current = current
-        self.normalize = normalize
+        self.scale = scale
         self.progress = progress
         self.sources: dict[str, str] = {}  # image (relative to the data set) -> page-relative file under sources/
         self.layer_files: dict[str, str] = {}
@@ -306,7 +307,7 @@ class _Writer:
                 recon_cells, patch_cells = [], []
                 for rank, hit in enumerate(hits):
                     stem = f"ch{channel:04d}_{rank}"
-                    Image.fromarray(result.reconstruction_rgb(layer, channel, rank, self.normalize)).save(
+                    Image.fromarray(result.reconstruction_rgb(layer, channel, rank, self.scale)).save(
                         folder / f"{stem}_rec.png"
                     )
                     result.patch_pil(layer, channel, rank).convert("RGB").save(folder / f"{stem}_patch.png")
@@ -357,12 +358,14 @@ class _Writer:
             if self.progress is not None:
                 self.progress("images", done, total)
 
+        from deconvviz.viz import RenderOptions
+
         rendered = render_images(
             readable,
             self.root / "images",
             model=self.current,
             layers=list(layers),
-            normalize=self.normalize,  # type: ignore[arg-type]
+            options=RenderOptions(scale=self.scale),
             progress=step,
         )
         pages = []

@@ -195,19 +195,19 @@ class TopKResult:
             raise SearchError(f"channel {channel} of {layer!r} was not searched; searched: {sorted(per_layer)}")
         return per_layer[channel]
 
-    def reconstruction_rgb(self, layer: str, channel: int, rank: int, normalize: str = "contrast") -> Any:
-        """A hit's cropped reconstruction as an ``(h, w, 3)`` uint8 array."""
-        from deconvviz.render import to_rgb
+    def reconstruction_rgb(self, layer: str, channel: int, rank: int, scale: str | None = None) -> Any:
+        """A hit's cropped reconstruction as an ``(h, w, 3)`` uint8 array (scaled as :func:`deconvviz.viz.to_rgb`)."""
+        from deconvviz.viz import to_rgb
 
-        return to_rgb(self._hits(layer, channel)[rank].reconstruction, normalize=normalize)  # type: ignore[arg-type]
+        return to_rgb(self._hits(layer, channel)[rank].reconstruction, scale)
 
     def patch_pil(self, layer: str, channel: int, rank: int) -> Image:
         """A hit's image patch as a PIL image."""
-        from deconvviz.render import input_to_pil
+        from deconvviz.viz import input_to_pil
 
         return input_to_pil(self._hits(layer, channel)[rank].patch, self.to_image)
 
-    def figure(self, layer: str, channel: int, *, normalize: str = "contrast", size: float = 1.3) -> tuple[Figure, Any]:
+    def figure(self, layer: str, channel: int, *, scale: str | None = None, size: float = 1.3) -> tuple[Figure, Any]:
         """The paper's layout for one channel: a grid of reconstructions beside a grid of the image patches.
 
         Returns:
@@ -226,7 +226,7 @@ class TopKResult:
             ax.axis("off")
         for rank, _hit in enumerate(hits):
             r, c = divmod(rank, side)
-            axes[r, c].imshow(self.reconstruction_rgb(layer, channel, rank, normalize))
+            axes[r, c].imshow(self.reconstruction_rgb(layer, channel, rank, scale))
             axes[r, side + 1 + c].imshow(self.patch_pil(layer, channel, rank))
         fig.suptitle(f"{layer} channel {channel}: top {len(hits)} of {len(self.images)} images", fontsize=9)
         fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.9)
@@ -258,15 +258,15 @@ class TopKResult:
             "skipped": [{"image": image, "error": error} for image, error in self.skipped],
         }
 
-    def save(self, directory: str | Path, *, normalize: str = "contrast") -> Path:
+    def save(self, directory: str | Path, *, scale: str | None = None) -> Path:
         """Write one figure per layer and channel (PNG) and ``topk.json`` into ``directory``; return it."""
-        from deconvviz.render import figure_png
+        from deconvviz.viz import figure_png
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for layer in self.layers:
             for channel in self.hits[layer]:
-                fig, _ = self.figure(layer, channel, normalize=normalize)
+                fig, _ = self.figure(layer, channel, scale=scale)
                 (out / f"{_safe(layer)}_ch{channel:04d}.png").write_bytes(figure_png(fig))
         (out / "topk.json").write_text(json.dumps(self.to_dict(), indent=2))
         return out

@@ -23,7 +23,7 @@ print(p)
 for channel, activation in zip(p.channels, p.activations.tolist(), strict=True):
     print(f"  conv5_3 channel {channel:3d}: activation {activation:.1f}")
 
-fig, _ = p.figure(crop_to_field=True)  # reconstructions cut to their receptive fields, above the image patches
+fig, _ = p.figure(crop=True)  # reconstructions cut to their receptive fields, above the image patches
 fig.savefig(OUT / "conv5_3.png")
 p.to_pil(0).save(OUT / "conv5_3_strongest.png")  # one reconstruction as a PIL image
 p.save(OUT / "conv5_3")  # every reconstruction as a PNG

@@ -68,12 +68,19 @@ def test_render_writes_every_reconstruction_and_one_figure_per_layer(
         folder = out / photo.stem
         summaries = sorted(p.name for p in folder.glob("*.png"))
         assert summaries == sorted([*(f"{layer}.png" for layer in layers), "input.png", "overview.png"])
-        for layer in layers:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for layer, entry in zip(layers, manifest["layers"], strict=True):
             files = sorted((folder / layer).glob("*.png"))
             assert len(files) == min(9, CHANNELS[layer])  # the 9 strongest, or every channel of a narrow layer
-            for f in files:
-                assert Image.open(f).size == (32, 32)
-        manifest = json.loads((folder / "manifest.json").read_text())
+            for name, box in zip(entry["files"], entry["file_boxes"], strict=True):
+                size = Image.open(folder / name).size
+                if box is None:  # a large field: the whole picture
+                    assert size == (32, 32)
+                else:  # a small field: cut to it, pixels repeated to at least 112 a side
+                    height, width = box[2] - box[0], box[3] - box[1]
+                    factor = -(-112 // min(height, width))
+                    assert size == (width * factor, height * factor)
+                    assert box == entry["boxes"][entry["files"].index(name)]
         assert manifest["tool"] == "deconvviz"
         assert manifest["model"] == MODEL
         assert [entry["layer"] for entry in manifest["layers"]] == layers
@@ -139,8 +146,10 @@ def test_size_and_full_image(runner: CliRunner, photos: list[Path], tmp_path: Pa
 
 def test_overlay_and_box_options_change_the_pictures(runner: CliRunner, photos: list[Path], tmp_path: Path) -> None:
     plain, fancy = tmp_path / "plain", tmp_path / "fancy"
-    assert render(runner, photos[0], "--out", plain, "-l", "conv3", "-k", "2")[0] == 0
-    assert render(runner, photos[0], "--out", fancy, "-l", "conv3", "-k", "2", "--overlay", "--box")[0] == 0
+    assert render(runner, photos[0], "--out", plain, "-l", "conv3", "-k", "2", "--no-crop")[0] == 0
+    assert (
+        render(runner, photos[0], "--out", fancy, "-l", "conv3", "-k", "2", "--overlay", "--box", "--no-crop")[0] == 0
+    )
     name = photos[0].stem
     a = np.asarray(Image.open(next((plain / name / "conv3").glob("01_*.png"))))
     b = np.asarray(Image.open(next((fancy / name / "conv3").glob("01_*.png"))))
@@ -153,6 +162,9 @@ def test_overlay_and_box_options_change_the_pictures(runner: CliRunner, photos: 
     plain_size = Image.open(plain / name / "conv3.png").size
     cropped_size = Image.open(cropped / name / "conv3.png").size
     assert cropped_size[1] > plain_size[1]  # a row of image patches under the reconstructions
+    auto = tmp_path / "auto"  # conv3's field is small next to the 32-pixel picture: cut out by default
+    assert render(runner, photos[0], "--out", auto, "-l", "conv3", "-k", "2")[0] == 0
+    assert Image.open(auto / name / "conv3.png").size == cropped_size
 
 
 def test_rerun_replaces_an_earlier_result(runner: CliRunner, photos: list[Path], tmp_path: Path) -> None:
@@ -365,7 +377,20 @@ def test_help_and_version(runner: CliRunner) -> None:
 def test_real_photo_with_the_offline_vgg16(runner: CliRunner, tmp_path: Path) -> None:
     photo = Path(__file__).resolve().parents[1] / "examples" / "cat.jpg"
     result = runner.invoke(
-        app, ["render", str(photo), "--out", str(tmp_path), "--device", "cpu", "-l", "conv1_2,conv5_3", "-k", "3"]
+        app,
+        [
+            "render",
+            str(photo),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-l",
+            "conv1_2,conv5_3",
+            "-k",
+            "3",
+            "--no-crop",
+        ],
     )
     assert result.exit_code == 0, result.stderr
     folder = tmp_path / "cat"

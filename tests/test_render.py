@@ -1,4 +1,4 @@
-"""Rendering: contrast normalisation, colour order, overlays, figures and files."""
+"""Rendering: the paper's max scaling, colour order, overlays, figures and files (robust scaling: test_viz)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ def projection(tiny_vgg: torch.nn.Module) -> dv.Projection:
     return dv.DeconvNet(tiny_vgg).project(x, "features.6", top=3)
 
 
-def test_contrast_centres_zero_on_grey_and_scales_by_largest_magnitude() -> None:
+def test_max_scale_centres_zero_on_grey_and_scales_by_largest_magnitude() -> None:
     image = torch.zeros(3, 2, 2)
     image[0, 0, 0] = 2.0  # the largest magnitude: white in the red channel
     image[1, 0, 1] = -1.0  # half of it, negative: a quarter of the way down from grey
     image[2, 1, 1] = -2.0  # the largest negative magnitude: black
-    rgb = render.to_rgb(image)
+    rgb = render.to_rgb(image, "max")
     assert rgb.dtype == np.uint8
+    assert np.array_equal(render.to_rgb(image, "contrast"), rgb)  # the scaling's earlier name
     assert rgb.shape == (2, 2, 3)
     assert rgb[1, 0].tolist() == [128, 128, 128]  # zero is mid-grey
     assert rgb[0, 0, 0] == 255
@@ -37,15 +38,15 @@ def test_contrast_centres_zero_on_grey_and_scales_by_largest_magnitude() -> None
     assert rgb[1, 1, 2] == 0
 
 
-def test_contrast_is_invariant_to_positive_scale_and_minmax_stretches() -> None:
+def test_max_scale_is_invariant_to_positive_scale_and_minmax_stretches() -> None:
     image = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0))
-    assert np.array_equal(render.to_rgb(image), render.to_rgb(image * 37.5))
+    assert np.array_equal(render.to_rgb(image, "max"), render.to_rgb(image * 37.5, "max"))
     stretched = render.to_rgb(image + 10.0, "minmax")
     assert stretched.min() == 0
     assert stretched.max() == 255
-    # contrast keeps zero at grey, so an offset changes the picture; minmax does not care about offsets
+    # max keeps zero at grey, so an offset changes the picture; minmax does not care about offsets
     assert np.array_equal(stretched, render.to_rgb(image, "minmax"))
-    assert not np.array_equal(render.to_rgb(image + 10.0), render.to_rgb(image))
+    assert not np.array_equal(render.to_rgb(image + 10.0, "max"), render.to_rgb(image, "max"))
 
 
 def test_blank_and_non_finite_reconstructions_are_grey_not_errors() -> None:
@@ -78,7 +79,7 @@ def test_single_and_many_channel_reconstructions_become_grey_pictures() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: render.to_rgb(torch.zeros(3, 2, 2), "loud"), "normalize must be"),  # type: ignore[arg-type]
+        (lambda: render.to_rgb(torch.zeros(3, 2, 2), "loud"), "scale must be one of robust, max, minmax"),
         (lambda: render.to_rgb(torch.zeros(1, 3, 2, 2)), "expected one image"),
         (lambda: render.to_rgb(torch.zeros(3, 2, 2), channel_order="RGX"), "channel_order"),
         (lambda: render.overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((3, 3, 3), np.uint8)), "overlay"),
@@ -138,18 +139,23 @@ def test_figure_has_the_input_and_every_reconstruction_labelled(projection: dv.P
 
 def test_figure_draws_receptive_field_boxes_when_known(projection: dv.Projection) -> None:
     boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), None, (2, 3, 9, 9)))
-    _, axes = boxed.figure(box=True)
+    _, axes = boxed.figure(box=True, crop=False)  # full-size views, each outlining its field
     patches = [len(ax.patches) for ax in axes.flat]
     assert patches[:4] == [0, 1, 0, 1]
     rect = axes.flat[1].patches[0]
     assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (-0.5, -0.5, 6, 5)
-    _, axes = boxed.figure()  # boxes only on request
+    _, axes = boxed.figure(crop=False)  # boxes only on request
     assert all(len(ax.patches) == 0 for ax in axes.flat)
+    _, axes = boxed.figure()  # by default small fields are cut out and outlined on the input instead
+    assert axes.shape == (2, 4)
+    assert len(axes[0, 0].patches) == 2
+    assert np.asarray(axes[0, 1].get_images()[0].get_array()).shape == (5, 6, 3)
+    assert np.asarray(axes[0, 2].get_images()[0].get_array()).shape == (16, 16, 3)  # no box: whole
 
 
 def test_figure_overlay_changes_the_panels(projection: dv.Projection) -> None:
     _, plain = projection.figure()
-    _, over = projection.figure(overlay_input=True)
+    _, over = projection.figure(overlay=True)
     a = np.asarray(plain.flat[1].get_images()[0].get_array())
     b = np.asarray(over.flat[1].get_images()[0].get_array())
     assert a.shape == b.shape
@@ -229,7 +235,7 @@ def test_crop_cuts_pictures_to_boxes() -> None:
 
 def test_crop_mode_shows_each_field_above_its_image_patch(projection: dv.Projection) -> None:
     boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), (2, 3, 9, 9), (4, 4, 12, 10)))
-    _, axes = boxed.figure(crop_to_field=True, columns=4)
+    _, axes = boxed.figure(crop=True, columns=4)
     assert axes.shape == (2, 4)  # reconstructions above, patches below
     base = np.asarray(boxed.input_pil())
     for i, (top, left, bottom, right) in enumerate(boxed.boxes or ()):
@@ -249,10 +255,12 @@ def test_layers_figure_has_a_row_per_layer(projection: dv.Projection, tiny_vgg: 
     assert [row[0].get_ylabel() for row in axes] == ["features.1", "features.6"]
     assert np.array_equal(np.asarray(axes[1, 2].get_images()[0].get_array()), projection.rgb(1))
     boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), (2, 3, 9, 9), (4, 4, 12, 10)))
-    _, axes = render.layers_figure([shallow, boxed], per_layer=3, crop_to_field=True)
-    assert axes.shape == (4, 4)
-    assert np.asarray(axes[2, 1].get_images()[0].get_array()).shape == (5, 6, 3)  # cropped
+    _, axes = render.layers_figure([shallow, boxed], per_layer=3, crop=True)
+    assert axes.shape == (3, 4)  # a layer without fields keeps one row: no patch row repeating the input
+    assert np.asarray(axes[1, 1].get_images()[0].get_array()).shape == (5, 6, 3)  # cropped
+    assert np.asarray(axes[2, 1].get_images()[0].get_array()).shape == (5, 6, 3)  # ... above its patch
     assert np.asarray(axes[0, 1].get_images()[0].get_array()).shape == (16, 16, 3)  # no boxes: whole
+    assert [row[0].get_ylabel() for row in axes] == ["features.1", "features.6", ""]
     with pytest.raises(RenderError):
         render.layers_figure([])
 

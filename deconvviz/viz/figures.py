@@ -1,0 +1,352 @@
+"""Figures of projections (built on :class:`matplotlib.figure.Figure`, returned, never shown).
+
+Every figure, file and notebook picture of a projection is drawn from one :class:`RenderOptions` (scaling,
+overlay, boxes, cropping), and every reconstruction shown goes through :func:`view`: the reconstruction at
+the chosen scaling, laid over the photo if asked, and cut to its unit's receptive field when that field is
+small (so a conv1 unit's 5x5 pixels are not one dot on a 224-pixel grey square).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deconvviz.errors import RenderError
+from deconvviz.viz.pictures import Box, crop, overlay
+from deconvviz.viz.scaling import Scaling
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from deconvviz.projection import Projection
+
+AUTO_CROP_SHARE = 0.5
+"""With ``crop=None`` a layer's reconstructions are cut to their units' receptive fields when those fields
+cover less than this share of the picture."""
+
+LABEL_KEY = "a: the seeded activation; unit (row, col): its place in the layer's feature map"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How projections are drawn: one object for every figure, file and notebook picture.
+
+    Attributes:
+        scale: the display scaling: ``"robust"`` (default), ``"max"`` (the paper's), ``"minmax"`` or a
+            :class:`~deconvviz.viz.Scaling` (see :mod:`deconvviz.viz.scaling`).
+        overlay: draw each reconstruction over a dimmed grey copy of the input.
+        box: outline each seeded unit's receptive field on full-size views.
+        crop: cut each reconstruction to its unit's receptive field and show the image patch that unit saw
+            (the paper's Fig. 2): True always (when the field is known), False never, None (default) when the
+            field covers less than half the picture.
+
+    Example:
+        >>> RenderOptions().scaling.name
+        'robust'
+        >>> RenderOptions.build(None, scale="max", crop=True).crop
+        True
+    """
+
+    scale: str | Scaling = "robust"
+    overlay: bool = False
+    box: bool = False
+    crop: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", Scaling.of(self.scale))
+
+    @property
+    def scaling(self) -> Scaling:
+        """The display scaling as a :class:`~deconvviz.viz.Scaling`."""
+        assert isinstance(self.scale, Scaling)
+        return self.scale
+
+    @classmethod
+    def build(cls, options: RenderOptions | None = None, **changes: Any) -> RenderOptions:
+        """``options`` (or the defaults) with some fields changed; unknown field names are an error.
+
+        Raises:
+            RenderError: a field that RenderOptions does not have.
+        """
+        base = options if options is not None else cls()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise RenderError(f"unknown rendering option {unknown[0]!r}; the options are {', '.join(sorted(fields))}")
+        return dataclasses.replace(base, **changes) if changes else base
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options for a manifest (the scaling with its description)."""
+        return {"scale": self.scaling.to_dict(), "overlay": self.overlay, "box": self.box, "crop": self.crop}
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+def field_box(projection: Projection, i: int) -> Box | None:
+    """Seed ``i``'s receptive field in the input (clipped), or None when unknown, whole-map or empty."""
+    boxes = projection.boxes
+    if boxes is None or i >= len(boxes) or boxes[i] is None:
+        return None
+    top, left, bottom, right = boxes[i]  # type: ignore[misc]
+    return None if bottom <= top or right <= left else (top, left, bottom, right)
+
+
+def _small_fields(projection: Projection) -> bool:
+    """Whether the projection's fields are small: the largest covers less than :data:`AUTO_CROP_SHARE`."""
+    height, width = (int(n) for n in projection.image.shape[-2:])
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in (field_box(projection, i) for i in range(len(projection))) if b]
+    return bool(areas) and max(areas) < AUTO_CROP_SHARE * height * width
+
+
+def view_box(projection: Projection, i: int, options: RenderOptions) -> Box | None:
+    """The box seed ``i`` is cut to under ``options`` (None: shown at full size).
+
+    With ``options.crop`` None the choice is made per projection, so one layer's pictures are all cut or all
+    whole: they are cut when even the largest of its seeds' (clipped) fields covers less than
+    :data:`AUTO_CROP_SHARE` of the picture.
+    """
+    box = field_box(projection, i)
+    if box is None or options.crop is False:
+        return None
+    if options.crop is None and not _small_fields(projection):
+        return None
+    return box
+
+
+def base_picture(projection: Projection) -> np.ndarray | None:
+    """The projected input as an ``(H, W, 3)`` uint8 array, or None when it was not kept."""
+    picture = projection.input_pil()
+    return None if picture is None else np.asarray(picture)
+
+
+def view(projection: Projection, i: int, options: RenderOptions, base: np.ndarray | None = None) -> np.ndarray:
+    """Reconstruction ``i`` as shown: scaled, over the photo if asked, cut to its field when that is small.
+
+    Args:
+        projection: the projection.
+        i: which reconstruction.
+        options: how to draw it.
+        base: the input picture (:func:`base_picture`), needed for ``options.overlay``.
+
+    Returns:
+        ``(h, w, 3)`` uint8.
+    """
+    rgb = projection.rgb(i, options.scaling)
+    if options.overlay and base is not None and base.shape == rgb.shape:
+        rgb = overlay(rgb, base)
+    return crop(rgb, view_box(projection, i, options))
+
+
+def label(projection: Projection, i: int) -> str:
+    """The title of reconstruction ``i``: channel, activation, and the seeded unit (row, col) if any.
+
+    A unit whose receptive field reaches past the picture's edge (into the padding) is marked ``edge``.
+    """
+    text = f"ch {projection.channels[i]}  a={float(projection.activations[i]):.3g}"
+    position = projection.positions[i] if i < len(projection.positions) else None
+    if position is not None:
+        text += f"\nunit ({position[0]}, {position[1]})"
+        inside = projection.inside
+        if inside is not None and i < len(inside) and inside[i] is False:
+            text += " edge"
+    return text
+
+
+def _draw_box(ax: Axes, box: Box, color: str = "#ffcc00") -> None:
+    from matplotlib.patches import Rectangle
+
+    top, left, bottom, right = box
+    # imshow puts pixel centres on integers, so the pixel edges sit half a unit outside.
+    ax.add_patch(
+        Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=color, linewidth=1.2)
+    )
+
+
+def _blank(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _show(ax: Axes, picture: np.ndarray) -> None:
+    # nearest: a cut-out of a few pixels stays a few sharp squares instead of a blur
+    ax.imshow(picture, interpolation="nearest")
+
+
+def _caption(fig: Figure, projection: Projection | None, options: RenderOptions) -> None:
+    text = f"grey = 0; {options.scaling.name} scale"
+    if projection is None or any(p is not None for p in projection.positions):
+        text = f"{LABEL_KEY}; {text}"
+    if projection is not None and projection.prefer_inside:
+        text += "; units chosen with their receptive field inside the picture"
+    fig.supxlabel(text, fontsize=7, color="#555555")
+
+
+def projection_figure(
+    projection: Projection,
+    options: RenderOptions | None = None,
+    *,
+    columns: int = 5,
+    size: float = 2.2,
+    title: str | None = None,
+    **changes: Any,
+) -> tuple[Figure, Any]:
+    """The input beside every reconstruction, each titled with its channel, activation and unit.
+
+    Reconstructions whose view is cut to the receptive field (see :class:`RenderOptions`) get the image
+    patch their unit saw below them, as in the paper's Fig. 2, and the input panel outlines those fields.
+
+    Args:
+        projection: what to draw.
+        options: how to draw it (default :class:`RenderOptions`).
+        columns: panels per row.
+        size: panel size in inches.
+        title: the figure's title; default: the layer (and its node name when it differs).
+        **changes: fields of :class:`RenderOptions` to change (``scale=``, ``overlay=``, ``box=``, ``crop=``).
+
+    Returns:
+        ``(figure, axes)``, axes a 2-D array (with cut-out views, rows alternate reconstructions and patches);
+        the figure is not shown.
+
+    Raises:
+        RenderError: a bad option.
+    """
+    from matplotlib.figure import Figure
+
+    options = RenderOptions.build(options, **changes)
+    if columns < 1:
+        raise RenderError(f"columns must be at least 1, got {columns}")
+    base = base_picture(projection)
+    cut = [view_box(projection, i, options) for i in range(len(projection))]
+    cropping = any(box is not None for box in cut)
+    count = len(projection) + (1 if base is not None else 0)
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    per_cell = 2 if cropping else 1
+    height = size * rows * per_cell * (0.8 if cropping else 1.0)
+    fig = Figure(figsize=(size * columns, height + 0.6), layout="constrained")
+    axes = fig.subplots(rows * per_cell, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    cells = [(r * per_cell, c) for r in range(rows) for c in range(columns)]
+    if base is not None:
+        row, col = cells.pop(0)
+        _show(axes[row, col], base)
+        axes[row, col].set_title("input", fontsize=9)
+        for box in cut:
+            if box is not None:
+                _draw_box(axes[row, col], box)
+    for i, (row, col) in enumerate(cells[: len(projection)]):
+        ax = axes[row, col]
+        _show(ax, view(projection, i, options, base))
+        box = cut[i]
+        if box is not None and base is not None:
+            _show(axes[row + 1, col], crop(base, box))
+        elif box is None and options.box:
+            found = field_box(projection, i)
+            if found is not None:
+                _draw_box(ax, found)
+        ax.set_title(label(projection, i), fontsize=8)
+    if title is None:
+        title = projection.layer if projection.layer == projection.node else f"{projection.layer} ({projection.node})"
+        if projection.mode == "map":
+            title += ", whole feature maps"
+    fig.suptitle(title, fontsize=10)
+    _caption(fig, projection, options)
+    return fig, axes
+
+
+def layers_figure(
+    projections: Sequence[Projection],
+    options: RenderOptions | None = None,
+    *,
+    per_layer: int = 6,
+    size: float = 1.8,
+    title: str | None = None,
+    **changes: Any,
+) -> tuple[Figure, Any]:
+    """One row per layer: the input, then that layer's first ``per_layer`` reconstructions (strongest first).
+
+    A layer whose views are cut to receptive fields gets a second row with the image patches its units saw
+    (the paper's Fig. 2 layout), and its input panel outlines the fields; whole-map or large-field layers get
+    one row (the input is already in the first column).
+
+    Args:
+        projections: one projection per layer, of one picture, shallow to deep.
+        options: how to draw them (default :class:`RenderOptions`).
+        per_layer: reconstructions shown per row.
+        size: panel size in inches.
+        title: the figure's title.
+        **changes: fields of :class:`RenderOptions` to change.
+
+    Returns:
+        ``(figure, axes)``, axes of shape ``(rows, per_layer + 1)``; the figure is not shown.
+
+    Raises:
+        RenderError: no projections, or a bad option.
+    """
+    from matplotlib.figure import Figure
+
+    options = RenderOptions.build(options, **changes)
+    if not projections:
+        raise RenderError("layers_figure needs at least one projection")
+    if per_layer < 1:
+        raise RenderError(f"per_layer must be at least 1, got {per_layer}")
+    columns = 1 + min(per_layer, max(len(p) for p in projections))
+    cuts = [[view_box(p, i, options) for i in range(min(len(p), columns - 1))] for p in projections]
+    doubled = [any(box is not None for box in cut) for cut in cuts]
+    ratios = [r for d in doubled for r in ((1.0, 1.0) if d else (1.0,))]
+    fig = Figure(figsize=(size * columns + 0.6, size * len(ratios) * 0.95 + 0.6), layout="constrained")
+    axes = fig.subplots(len(ratios), columns, squeeze=False, gridspec_kw={"height_ratios": ratios})
+    for ax in axes.flat:
+        _blank(ax)
+    row = 0
+    for projection, cut, twice in zip(projections, cuts, doubled, strict=True):
+        top = axes[row]
+        below = axes[row + 1] if twice else None
+        base = base_picture(projection)
+        if base is not None:
+            _show(top[0], base)
+            for box in cut:
+                if box is not None:
+                    _draw_box(top[0], box)
+        top[0].set_ylabel(projection.layer, fontsize=10)
+        if below is not None:
+            below[0].axis("off")
+        for i in range(columns - 1):
+            if i >= len(cut):
+                top[i + 1].axis("off")
+                if below is not None:
+                    below[i + 1].axis("off")
+                continue
+            _show(top[i + 1], view(projection, i, options, base))
+            top[i + 1].set_title(f"ch {projection.channels[i]}", fontsize=7, pad=2)
+            if cut[i] is None and options.box:
+                found = field_box(projection, i)
+                if found is not None:
+                    _draw_box(top[i + 1], found)
+            if below is not None:
+                if cut[i] is not None and base is not None:
+                    _show(below[i + 1], crop(base, cut[i]))
+                else:
+                    below[i + 1].axis("off")
+        row += 2 if twice else 1
+    if title is not None:
+        fig.suptitle(title, fontsize=11)
+    _caption(fig, None, options)
+    return fig, axes
+
+
+def figure_png(fig: Figure, dpi: float = 100) -> bytes:
+    """Encode a figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
