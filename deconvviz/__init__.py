@@ -23,6 +23,11 @@ _EXPORTS: dict[str, str] = {
     "Rule": "deconvviz.rules",
     "register_rule": "deconvviz.rules",
     "get_rule": "deconvviz.rules",
+    "RuleSet": "deconvviz.methods",
+    "MethodError": "deconvviz.methods",
+    "get_method": "deconvviz.methods",
+    "list_methods": "deconvviz.methods",
+    "register_method": "deconvviz.methods",
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
@@ -78,6 +83,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
     from deconvviz.images import ImageError as ImageError
     from deconvviz.images import load_image as load_image
+    from deconvviz.methods import MethodError as MethodError
+    from deconvviz.methods import RuleSet as RuleSet
+    from deconvviz.methods import get_method as get_method
+    from deconvviz.methods import list_methods as list_methods
+    from deconvviz.methods import register_method as register_method
     from deconvviz.models import LoadedModel as LoadedModel
     from deconvviz.models import ModelSpec as ModelSpec
     from deconvviz.models import Preprocessing as Preprocessing

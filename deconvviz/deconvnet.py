@@ -10,26 +10,23 @@ sized for the device (see ``DeconvNet``'s ``max_batch`` and docs/architecture.md
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from deconvviz import capture as _capture
-from deconvviz import rules as _rules
-from deconvviz.errors import DeconvVizError, UnsupportedOpError
-from deconvviz.graph import Graph, evaluating, trace
+from deconvviz.core import capture as _capture
+from deconvviz.core import seeds as _seeds
+from deconvviz.core import walk as _walk
+from deconvviz.core.graph import Graph, evaluating, trace
+from deconvviz.core.seeds import Mode, SeedError, Unit
+from deconvviz.errors import UnsupportedOpError
+from deconvviz.methods import RuleSet, get_method
+from deconvviz.ops.base import Rule
 from deconvviz.projection import Projection
 
-Mode = Literal["max", "map"]
-
-
-class SeedError(DeconvVizError, ValueError):
-    """A channel, position, mode or input that does not fit the layer being projected."""
-
-
-Unit = tuple[int, int, int, int]
-"""A single activation: ``(sample, channel, row, col)``; row and col are 0 for layers without a spatial map."""
+Method = str | RuleSet
+"""A reverse pass: a registered name (``"deconvnet"``, ``"guided"``, ``"gradient"``) or a :class:`RuleSet`."""
 
 
 class DeconvNet:
@@ -75,10 +72,9 @@ class DeconvNet:
         self.max_batch = max_batch
         self._to_image = to_image
         self.channel_order = channel_order
-        self._graph: Graph | None = None
-        self._graph_version = -1
-        self._leaf_types: frozenset[type] = frozenset()
-        self._current()
+        self._graphs: dict[frozenset[type], Graph] = {}
+        self._classes = sorted({type(m) for m in model.modules()}, key=lambda t: (t.__module__, t.__qualname__))
+        self._graph_for(get_method())
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.layers)} projectable layers)"
@@ -91,23 +87,17 @@ class DeconvNet:
 
     # ------------------------------------------------------------------------------------------ graph
 
-    def _current(self) -> Graph:
-        """The traced graph, traced again if a rule was registered for a module class since."""
-        version = _rules.RULES.version
-        if self._graph is not None and version == self._graph_version:
-            return self._graph
-        leaf_types = frozenset(_rules.leaf_types())
-        used = {type(m) for m in self.model.modules()}
-        if self._graph is None or (leaf_types & used) != (self._leaf_types & used):
-            self._graph = trace(self.model, sorted(leaf_types, key=lambda t: t.__qualname__))
-        self._leaf_types = leaf_types
-        self._graph_version = version
-        return self._graph
+    # ------------------------------------------------------------------------------------------ graph
 
-    def _rule(self, graph: Graph, node: fx.Node) -> _rules.Rule | None:
-        return _rules.RULES.for_node(node, graph.module(node))
+    def _graph_for(self, rules: RuleSet) -> Graph:
+        """The model traced with the leaves ``rules`` asks for (module classes it has rules for)."""
+        leaves = frozenset(c for c in self._classes if not c.__module__.startswith("torch.nn") and rules.is_leaf(c))
+        graph = self._graphs.get(leaves)
+        if graph is None:
+            graph = self._graphs[leaves] = trace(self.model, sorted(leaves, key=lambda t: t.__qualname__))
+        return graph
 
-    def _missing_rule(self, graph: Graph, node: fx.Node) -> UnsupportedOpError:
+    def _missing_rule(self, graph: Graph, node: fx.Node, rules: RuleSet) -> UnsupportedOpError:
         op, key = graph.describe(node)
         return UnsupportedOpError(
             f"no mirror rule for {op} at node {graph.names[node]!r}; register one with "
@@ -116,20 +106,25 @@ class DeconvNet:
 
     @property
     def graph(self) -> Graph:
-        """The traced graph of the model (traced again if a rule registered since makes a module a leaf)."""
-        return self._current()
+        """The traced graph of the model, as the default reverse pass traces it."""
+        return self._graph_for(get_method())
 
     @property
     def layers(self) -> list[str]:
         """Qualified names of the layers that can be projected, from input to output."""
-        graph = self._current()
+        return self.layers_for()
+
+    def layers_for(self, method: Method | None = None) -> list[str]:
+        """The layers that can be projected with ``method`` (by default the paper's deconvnet)."""
+        rules = get_method(method)
+        graph = self._graph_for(rules)
         ok: dict[fx.Node, bool] = {graph.input: True}
         names = []
         for node in graph.nodes:
             if node not in graph.carries or node is graph.input or node.op == "output":
                 continue
             parents = [a for a in node.all_input_nodes if a in graph.carries]
-            ok[node] = self._rule(graph, node) is not None and all(ok.get(a, False) for a in parents)
+            ok[node] = rules.for_node(node, graph.module(node)) is not None and all(ok.get(a, False) for a in parents)
             if ok[node]:
                 names.append(graph.names[node])
         return names
@@ -140,23 +135,24 @@ class DeconvNet:
         Raises:
             LayerNotFoundError: unknown name (the message lists close matches).
         """
-        graph = self._current()
+        graph = self.graph
         return graph.names[graph.node(layer, self.aliases)]
 
-    def _target(self, graph: Graph, layer: str) -> fx.Node:
+    def _target(self, graph: Graph, layer: str, rules: RuleSet) -> fx.Node:
         node = graph.node(layer, self.aliases)
         if node not in graph.carries or node is graph.input:
             raise SeedError(f"layer {layer!r} does not depend on the input image, so it cannot be projected")
         for ancestor in graph.ancestors([node]):
-            if ancestor in graph.carries and ancestor is not graph.input and self._rule(graph, ancestor) is None:
-                raise self._missing_rule(graph, ancestor)
+            if ancestor in graph.carries and ancestor is not graph.input:
+                if rules.for_node(ancestor, graph.module(ancestor)) is None:
+                    raise self._missing_rule(graph, ancestor, rules)
         return node
 
-    def _forward_rules(self, graph: Graph, nodes: Sequence[fx.Node]) -> dict[fx.Node, _rules.Rule]:
-        found: dict[fx.Node, _rules.Rule] = {}
+    def _forward_rules(self, graph: Graph, nodes: Sequence[fx.Node], rules: RuleSet) -> dict[fx.Node, Rule]:
+        found: dict[fx.Node, Rule] = {}
         for ancestor in graph.ancestors(nodes):
             if ancestor in graph.carries and ancestor is not graph.input:
-                rule = self._rule(graph, ancestor)
+                rule = rules.for_node(ancestor, graph.module(ancestor))
                 if rule is not None:
                     found[ancestor] = rule
         return found
@@ -186,11 +182,12 @@ class DeconvNet:
         Returns:
             ``{layer: tensor}`` on the model's device, keyed as given.
         """
-        graph = self._current()
+        rules = get_method()
+        graph = self._graph_for(rules)
         x = self._input(x, single=False)
         nodes = [graph.node(name, self.aliases) for name in layers]
         with torch.inference_mode(), evaluating(self.model):
-            result = _capture.run(graph, x, nodes, self._forward_rules(graph, nodes), record=False)
+            result = _capture.run(graph, x, nodes, self._forward_rules(graph, nodes, rules), record=False)
         return {name: result.activations[node] for name, node in zip(layers, nodes, strict=True)}
 
     def visit_activations(self, x: Tensor, layers: Sequence[str], visit: Callable[[str, Tensor], None]) -> None:
@@ -205,7 +202,8 @@ class DeconvNet:
             layers: layer names or aliases (each visited once, under the first name given for its node).
             visit: called in execution order.
         """
-        graph = self._current()
+        rules = get_method()
+        graph = self._graph_for(rules)
         x = self._input(x, single=False)
         nodes = [graph.node(name, self.aliases) for name in layers]
         named: dict[fx.Node, list[str]] = {}
@@ -217,7 +215,7 @@ class DeconvNet:
                 visit(name, value)
 
         with torch.inference_mode(), evaluating(self.model):
-            _capture.run(graph, x, nodes, self._forward_rules(graph, nodes), record=False, emit=emit)
+            _capture.run(graph, x, nodes, self._forward_rules(graph, nodes, rules), record=False, emit=emit)
 
     # ------------------------------------------------------------------------------------- projection
 
@@ -230,6 +228,7 @@ class DeconvNet:
         mode: Mode = "max",
         position: tuple[int, int] | None = None,
         top: int | None = None,
+        method: Method | None = None,
     ) -> Projection:
         """Project activations of one layer back to the input space.
 
@@ -241,6 +240,9 @@ class DeconvNet:
             mode: ``"max"`` seeds the strongest activation of each channel; ``"map"`` the whole feature map.
             position: ``(row, col)`` to seed that unit of each channel instead of the strongest.
             top: instead of ``channel``, the ``top`` channels with the strongest activations, strongest first.
+            method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
+                backpropagation), ``"gradient"`` (the unit's gradient times nothing else), another registered
+                name, or a :class:`~deconvviz.methods.RuleSet`.
 
         Returns:
             A :class:`Projection` with one reconstruction per seed.
@@ -248,25 +250,24 @@ class DeconvNet:
         Raises:
             LayerNotFoundError: unknown layer (close names are listed).
             SeedError: channel or position out of range, a bad mode, or a malformed input.
+            MethodError: an unknown method.
             UnsupportedOpError: an op between the input and the layer has no mirror rule.
         """
-        if mode not in ("max", "map"):
-            raise SeedError(f"mode must be 'max' or 'map', got {mode!r}")
-        if position is not None and mode == "map":
-            raise SeedError("position= seeds one unit; it cannot be combined with mode='map'")
-        graph = self._current()
-        node = self._target(graph, layer)
+        _seeds.check_mode(mode, position)
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        node = self._target(graph, layer, rules)
         x = self._input(x, single=True)
         with torch.inference_mode(), evaluating(self.model):
-            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node]))
+            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
             act = cap.activations[node]
             if not isinstance(act, Tensor) or act.dim() < 2:
                 raise SeedError(f"layer {layer!r} has no channel dimension to seed")
-            channels = _channels(act, channel, top, layer)
-            units, values = _units(act, channels, mode, position, layer)
+            channels = _seeds.channels(act, channel, top, layer)
+            units, values = _seeds.units(act, channels, mode, position, layer)
             chunk = self._chunk(act.device)
             images = [
-                self._mirror_chunk(graph, cap, node, act, units[i : i + chunk], mode)
+                self._mirror_units(graph, cap, node, act, units[i : i + chunk], mode, rules)
                 for i in range(0, len(units), chunk)
             ]
             image = torch.cat(images).detach().cpu()
@@ -281,9 +282,10 @@ class DeconvNet:
             input=x.detach().cpu(),
             to_image=self._to_image,
             channel_order=self.channel_order,
+            method=rules.name,
         )
 
-    def project_units(self, x: Tensor, layer: str, units: Sequence[Unit]) -> Tensor:
+    def project_units(self, x: Tensor, layer: str, units: Sequence[Unit], *, method: Method | None = None) -> Tensor:
         """Project single activations of a batch of images, each through its own image's switches.
 
         This is the batched primitive behind the top-k search: ``x`` holds N images, and every unit
@@ -294,28 +296,81 @@ class DeconvNet:
             x: ``(N, C, H, W)`` preprocessed images.
             layer: layer name or alias.
             units: the activations to project.
+            method: the reverse pass (see :meth:`project`).
 
         Returns:
             ``(len(units), C, H, W)`` reconstructions, detached, on the model's device.
         """
-        graph = self._current()
-        node = self._target(graph, layer)
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        node = self._target(graph, layer, rules)
         x = self._input(x, single=False)
         with torch.inference_mode(), evaluating(self.model):
-            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node]))
+            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
             act = cap.activations[node]
             for unit in units:
-                _check_unit(act, unit, layer)
+                _seeds.check_unit(act, unit, layer)
             chunk = self._chunk(act.device)
             chunks = [
-                self._mirror_chunk(graph, cap, node, act, list(units[i : i + chunk]), "max")
+                self._mirror_units(graph, cap, node, act, list(units[i : i + chunk]), "max", rules)
                 for i in range(0, len(units), chunk)
             ]
             if not chunks:
                 return x.new_zeros((0, *x.shape[1:]))
             return torch.cat(chunks).detach()
 
-    def _mirror_chunk(
+    def project_seeds(
+        self,
+        x: Tensor,
+        layer: str,
+        seeds: Tensor,
+        *,
+        sample: Sequence[int] | None = None,
+        method: Method | None = None,
+    ) -> Tensor:
+        """Project arbitrary seed tensors of one layer (a class score, a pattern of units) to the input space.
+
+        Args:
+            x: ``(N, C, H, W)`` preprocessed images.
+            layer: layer name or alias.
+            seeds: ``(K, *activation.shape[1:])``: the signal to start from, one per reconstruction (for the
+                paper's seeds, the activation's own value where chosen and zero elsewhere).
+            sample: for each seed, the image of ``x`` whose forward pass it goes down through (default: all 0).
+            method: the reverse pass (see :meth:`project`).
+
+        Returns:
+            ``(K, C, H, W)`` reconstructions, detached, on the model's device.
+
+        Raises:
+            SeedError: seeds whose shape does not match the layer, or a sample index out of range.
+        """
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        node = self._target(graph, layer, rules)
+        x = self._input(x, single=False)
+        with torch.inference_mode(), evaluating(self.model):
+            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
+            act = cap.activations[node]
+            if not isinstance(seeds, Tensor) or tuple(seeds.shape[1:]) != tuple(act.shape[1:]) or seeds.dim() < 1:
+                got = tuple(seeds.shape) if isinstance(seeds, Tensor) else type(seeds).__name__
+                raise SeedError(
+                    f"seeds for layer {layer!r} must be shaped (K, {', '.join(map(str, act.shape[1:]))}), got {got}"
+                )
+            rows = [0] * seeds.shape[0] if sample is None else [int(s) for s in sample]
+            if len(rows) != seeds.shape[0] or any(not 0 <= r < act.shape[0] for r in rows):
+                raise SeedError(f"sample must give one image index in 0..{act.shape[0] - 1} per seed, got {list(rows)}")
+            seeds = seeds.to(device=act.device, dtype=act.dtype)
+            chunk = self._chunk(act.device)
+            index = torch.tensor(rows, dtype=torch.long, device=act.device)
+            chunks = [
+                _walk.mirror(graph, cap, node, seeds[i : i + chunk], index[i : i + chunk], rules)
+                for i in range(0, seeds.shape[0], chunk)
+            ]
+            if not chunks:
+                return x.new_zeros((0, *x.shape[1:]))
+            return torch.cat(chunks).detach()
+
+    def _mirror_units(
         self,
         graph: Graph,
         cap: _capture.Capture,
@@ -323,122 +378,11 @@ class DeconvNet:
         act: Tensor,
         units: Sequence[Unit],
         mode: Mode,
+        rules: RuleSet,
     ) -> Tensor:
-        seeds = _seeds(act, units, mode)
+        seeds = _seeds.seed_tensor(act, units, mode)
         sample = torch.tensor([u[0] for u in units], dtype=torch.long, device=act.device)
-        return self._mirror(graph, cap, node, seeds, sample)
-
-    def _mirror(self, graph: Graph, cap: _capture.Capture, node: fx.Node, seeds: Tensor, sample: Tensor) -> Tensor:
-        """Walk from ``node`` back to the input, applying each op's mirror rule to the batched signal."""
-        order = [n for n in graph.ancestors([node]) if n in graph.carries]
-        signals: dict[fx.Node, Tensor] = {node: seeds}
-        result: Tensor | None = None
-        for current in reversed(order):
-            signal = signals.pop(current, None)
-            if signal is None:
-                continue
-            if current is graph.input:
-                result = signal
-                continue
-            record = cap.records[current]
-            rule = self._rule(graph, current)
-            assert rule is not None  # checked by _target
-            ctx = _rules.MirrorContext(
-                name=graph.names[current],
-                module=graph.module(current),
-                args=record.args,
-                kwargs=record.kwargs,
-                inputs=record.inputs,
-                output=record.output,
-                saved=record.saved,
-                sample=sample,
-                _capture_batch=cap.batch,
-            )
-            outputs = list(rule.mirror(ctx, signal))
-            if len(outputs) != len(record.inputs):
-                raise UnsupportedOpError(
-                    f"the mirror rule {type(rule).__name__} returned {len(outputs)} signals for node "
-                    f"{ctx.name!r}, which has {len(record.inputs)} input(s) that depend on the image"
-                )
-            for parent, meta, out in zip(record.input_nodes, record.inputs, outputs, strict=True):
-                if out is None:
-                    continue
-                expected = (signal.shape[0], *meta.shape[1:])
-                if tuple(out.shape) != expected:
-                    raise UnsupportedOpError(
-                        f"the mirror rule {type(rule).__name__} returned shape {tuple(out.shape)} for an "
-                        f"input of node {ctx.name!r}; expected {expected}"
-                    )
-                previous = signals.get(parent)
-                signals[parent] = out if previous is None else previous + out
-        if result is None:  # no path carried any signal (every seed was zero or blocked)
-            result = seeds.new_zeros((seeds.shape[0], *cap.input_shape[1:]))
-        return result
+        return _walk.mirror(graph, cap, node, seeds, sample, rules)
 
 
-def _channels(act: Tensor, channel: int | Sequence[int] | None, top: int | None, layer: str) -> list[int]:
-    count = act.shape[1]
-    if channel is not None and top is not None:
-        raise SeedError("give either channel= or top=, not both")
-    if top is not None:
-        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= count:
-            raise SeedError(f"top must be between 1 and {count} for layer {layer!r}, got {top!r}")
-        strength = act[0].reshape(count, -1).amax(dim=1)
-        # A stable sort keeps equal activations in channel order, so results are reproducible.
-        order = torch.sort(strength, descending=True, stable=True).indices[:top]
-        return [int(c) for c in order]
-    if channel is None:
-        raise SeedError("choose what to project: channel=<index or list> or top=<count>")
-    chosen = [channel] if isinstance(channel, int) else list(channel)
-    if not chosen:
-        raise SeedError("channel= is an empty list")
-    for c in chosen:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < count:
-            raise SeedError(
-                f"channel {c!r} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1})"
-            )
-    return chosen
-
-
-def _units(
-    act: Tensor, channels: Sequence[int], mode: Mode, position: tuple[int, int] | None, layer: str
-) -> tuple[list[Unit], Tensor]:
-    spatial = tuple(act.shape[2:])
-    if len(spatial) > 2:
-        raise SeedError(f"layer {layer!r} has {len(spatial)} spatial dimensions; deconvviz seeds 2-D maps")
-    height, width = ((*spatial, 1, 1))[:2] if spatial else (1, 1)
-    planes = act[0, list(channels)].reshape(len(channels), -1)
-    if position is not None:
-        if len(position) != 2 or not spatial:
-            raise SeedError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
-        row, col = int(position[0]), int(position[1])
-        if not (0 <= row < height and 0 <= col < width):
-            raise SeedError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
-        flat = torch.full((len(channels),), row * width + col, dtype=torch.long, device=act.device)
-        values = planes.gather(1, flat[:, None])[:, 0]
-    else:  # the strongest unit of each channel (for mode="map", where its value labels the map)
-        values, flat = planes.max(dim=1)
-    units = [(0, int(c), int(f) // width, int(f) % width) for c, f in zip(channels, flat.tolist(), strict=True)]
-    return units, values
-
-
-def _check_unit(act: Tensor, unit: Unit, layer: str) -> None:
-    sample, channel, row, col = unit
-    height, width = ((*tuple(act.shape[2:]), 1, 1))[:2]
-    if not (0 <= sample < act.shape[0] and 0 <= channel < act.shape[1] and 0 <= row < height and 0 <= col < width):
-        raise SeedError(f"unit {unit} is outside layer {layer!r} of shape {tuple(act.shape)}")
-
-
-def _seeds(act: Tensor, units: Sequence[Unit], mode: Mode) -> Tensor:
-    """Seed tensors: each unit's own activation (or its channel's whole map), zero everywhere else."""
-    count = len(units)
-    seeds = act.new_zeros((count, *act.shape[1:]))
-    flat = seeds.view(count, act.shape[1], -1)
-    source = act.reshape(act.shape[0], act.shape[1], -1)
-    for i, (sample, channel, row, col) in enumerate(units):
-        if mode == "map":
-            flat[i, channel] = source[sample, channel]
-        else:
-            index = row * (act.shape[3] if act.dim() == 4 else 1) + col
-            flat[i, channel, index] = source[sample, channel, index]
-    return seeds
+__all__ = ["DeconvNet", "Method", "Mode", "SeedError", "Unit"]

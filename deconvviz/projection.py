@@ -52,6 +52,7 @@ class Projection:
         prefer_inside: the units were chosen among those whose receptive field lies inside the image
             (see :func:`deconvviz.visualize`).
         label: what was projected, when it is not a channel of a layer (a class score: ``"class 281 tabby"``).
+        method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).
 
     Example:
         >>> p = dv.DeconvNet(model).project(x, "conv5_3", top=9)  # doctest: +SKIP
@@ -74,6 +75,7 @@ class Projection:
     inside: tuple[bool | None, ...] | None = None
     prefer_inside: bool = False
     label: str | None = None
+    method: str = "deconvnet"
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -81,7 +83,7 @@ class Projection:
     def __repr__(self) -> str:
         return (
             f"Projection(layer={self.layer!r}, node={self.node!r}, channels={list(self.channels)}, "
-            f"mode={self.mode!r}, image={tuple(self.image.shape)})"
+            f"mode={self.mode!r}, method={self.method!r}, image={tuple(self.image.shape)})"
         )
 
     def _index(self, i: int) -> int:

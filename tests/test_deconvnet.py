@@ -15,14 +15,15 @@ import deconvviz as dv
 from deconvviz import rules
 from deconvviz.deconvnet import SeedError
 from deconvviz.graph import LayerNotFoundError
+from deconvviz.ops.registry import OPS
 
 
 @pytest.fixture
 def restore_rules():
-    """Put the rule registry back as it was after a test that registers rules."""
-    saved = rules.RULES.snapshot()
+    """Put the op registry back as it was after a test that registers rules globally."""
+    saved = OPS.snapshot()
     yield
-    rules.RULES.restore(saved)
+    OPS.restore(saved)
 
 
 # ------------------------------------------------------------------------------------------ worked by hand
@@ -113,7 +114,7 @@ def test_overlapping_windows_sum_where_they_share_an_argmax() -> None:
     assert not torch.equal(p.image, overwritten)
 
 
-def test_overlapping_pool_on_alexnet_differs_from_an_overwriting_unpool(restore_rules) -> None:
+def test_overlapping_pool_on_alexnet_differs_from_an_overwriting_unpool() -> None:
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None).eval().double()
     x = torch.randn(1, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -125,8 +126,10 @@ def test_overlapping_pool_on_alexnet_differs_from_an_overwriting_unpool(restore_
             size = ctx.inputs[0].shape[-2:]
             return [F.max_unpool2d(signal, ctx.per_seed(ctx.saved), 3, 2, output_size=size)]
 
-    dv.register_rule(nn.MaxPool2d, OverwriteUnpool())
-    overwritten = dv.DeconvNet(model).project(x, layer=layer, channel=list(summed.channels), mode="map")
+    overwriting = dv.get_method("deconvnet").with_rules({nn.MaxPool2d: OverwriteUnpool()})
+    overwritten = dv.DeconvNet(model).project(
+        x, layer=layer, channel=list(summed.channels), mode="map", method=overwriting
+    )
     assert relative_error(overwritten.image, summed.image) > 1e-3
 
 
@@ -183,10 +186,10 @@ def test_whole_map_is_the_sum_of_its_units_where_the_mirror_is_linear() -> None:
     assert relative_error(whole.image[0], units.sum(0)) <= 1e-12
 
 
-def test_whole_map_is_the_sum_of_its_units_for_every_linear_rule(restore_rules) -> None:
+def test_whole_map_is_the_sum_of_its_units_for_every_linear_rule() -> None:
     # With ReLU mirrored as the identity, the whole mirror is linear at any depth: this checks the other
     # rules (transposed convs, unpooling, batch norm, residual adds, concatenation) for linearity.
-    dv.register_rule(nn.ReLU, rules.IdentityRule())
+    linear = dv.get_method().with_rules({nn.ReLU: rules.IdentityRule()}, name="linear")
     torch.manual_seed(0)
     for builder, layer in [
         (torchvision.models.resnet18, "layer2.0.relu_1"),
@@ -196,10 +199,12 @@ def test_whole_map_is_the_sum_of_its_units_for_every_linear_rule(restore_rules) 
         x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
         net = dv.DeconvNet(model)
         activation = net.activations(x, [layer])[layer]
-        whole = net.project(x, layer=layer, channel=1, mode="map")
+        whole = net.project(x, layer=layer, channel=1, mode="map", method=linear)
         rows, cols = activation.shape[-2:]
         total = sum(
-            net.project(x, layer=layer, channel=1, position=(r, c)).image[0] for r in range(rows) for c in range(cols)
+            net.project(x, layer=layer, channel=1, position=(r, c), method=linear).image[0]
+            for r in range(rows)
+            for c in range(cols)
         )
         assert relative_error(whole.image[0], total) <= 1e-10, layer
 
@@ -345,45 +350,66 @@ def test_bad_seeds_are_value_errors(tiny_vgg, image_16, kwargs, message) -> None
         dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", **kwargs)
 
 
-class Swish(nn.Module):
+class Erf(nn.Module):
+    """An activation written with an op deconvviz has no rule for."""
+
     def forward(self, x):
-        return x * torch.sigmoid(x)
+        return x + torch.erf(x)
 
 
-class WithSwish(nn.Module):
+class WithErf(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 3)
-        self.act = Swish()
+        self.act = Erf()
         self.conv2 = nn.Conv2d(2, 2, 1)
 
     def forward(self, x):
         return self.conv2(self.act(self.conv(x)))
 
 
-def test_op_without_rule_names_the_op_and_how_to_register(unchanged, image_16, restore_rules) -> None:
-    model = WithSwish().eval()
+class PassThrough(dv.Rule):
+    def mirror(self, ctx, signal):
+        return [signal]
+
+
+def test_op_without_rule_names_the_op_and_how_to_register(unchanged, image_16) -> None:
+    model = WithErf().eval()
     state = unchanged(model)
     net = dv.DeconvNet(model)
     assert "conv" in net.layers
     assert "conv2" not in net.layers
-    with pytest.raises(
-        dv.UnsupportedOpError, match=r"no mirror rule for function torch\.sigmoid at node 'act\.sigmoid'.*register_rule"
-    ):
-        net.project(image_16, layer="conv2", channel=0)
+    for method in dv.list_methods():
+        with pytest.raises(
+            dv.UnsupportedOpError, match=r"no mirror rule for function torch\.erf at node 'act\.erf'.*register_rule"
+        ) as info:
+            net.project(image_16, layer="conv2", channel=0, method=method)
+        assert "\n" not in str(info.value)
     state.assert_same(model)
 
-    # Registering a rule for the module class makes it one opaque node, mirrored by that rule.
-    @dv.register_rule(Swish)
-    class PassThrough(dv.Rule):
-        def mirror(self, ctx, signal):
-            return [signal]
-
-    assert "act" in net.layers
-    assert "conv2" in net.layers
-    p = net.project(image_16, layer="conv2", channel=0)
+    # A rule set with a rule for the module class makes it one opaque node, mirrored by that rule; the
+    # default rule set (and so the default trace) is not affected.
+    with_erf = dv.get_method().with_rules({Erf: PassThrough()}, name="erf-pass")
+    assert "act" in net.layers_for(with_erf)
+    assert "conv2" in net.layers_for(with_erf)
+    p = net.project(image_16, layer="conv2", channel=0, method=with_erf)
     assert p.image.shape == (1, 3, 16, 16)
+    assert p.method == "erf-pass"
+    assert "conv2" not in net.layers
     state.assert_same(model)
+
+
+def test_a_globally_registered_rule_joins_every_method(image_16, restore_rules) -> None:
+    net = dv.DeconvNet(WithErf().eval())
+
+    @dv.register_rule(Erf)
+    class Registered(PassThrough):
+        pass
+
+    for method in dv.list_methods():
+        assert "conv2" in net.layers_for(method)
+        assert net.project(image_16, layer="conv2", channel=0, method=method).image.shape == (1, 3, 16, 16)
+    assert isinstance(dv.get_rule(Erf, "guided"), Registered)
 
 
 def test_untraceable_model_is_a_trace_error() -> None:
@@ -402,14 +428,14 @@ def test_untraceable_model_is_a_trace_error() -> None:
     assert "\n" not in str(info.value)
 
 
-def test_a_broken_custom_rule_is_reported(tiny_vgg, image_16, restore_rules) -> None:
+def test_a_broken_custom_rule_is_reported(tiny_vgg, image_16) -> None:
     class Wrong(dv.Rule):
         def mirror(self, ctx, signal):
             return [signal[..., :-1]]
 
-    dv.register_rule(nn.MaxPool2d, Wrong())
+    broken = dv.get_method().with_rules({nn.MaxPool2d: Wrong()})
     with pytest.raises(dv.UnsupportedOpError, match=r"returned shape .* expected"):
-        dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", channel=0)
+        dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", channel=0, method=broken)
 
 
 def test_a_loaded_model_brings_aliases_image_conversion_and_colour_order(tiny_vgg, image_16) -> None:

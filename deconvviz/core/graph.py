@@ -1,0 +1,272 @@
+"""Trace a model with torch.fx and name its nodes the way torchvision does.
+
+Layer names are the qualified node names that ``torchvision.models.feature_extraction.get_graph_node_names``
+gives in eval mode (``features.29``, ``layer4.1.relu_1``, ``layer4.1.add``), so names a user finds in
+torchvision's documentation or tools work here unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import operator
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchvision
+from torch import fx, nn
+from torchvision.models.feature_extraction import NodePathTracer
+
+from deconvviz.errors import DeconvVizError, TraceError
+
+
+class LayerNotFoundError(DeconvVizError, ValueError):
+    """A layer name that is neither a node of the traced graph nor a known alias."""
+
+
+# Ops that read metadata off a tensor (its shape, its rank): no signal flows through them.
+_METADATA_METHODS = frozenset({"size", "dim", "numel", "ndimension", "nelement", "type", "get_device"})
+_METADATA_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({getattr, len, torch.numel})
+
+
+def _timm_helpers() -> tuple[list[type[nn.Module]], list[Callable[..., Any]]]:
+    """Timm's own lists of modules to keep opaque and functions to keep as calls, when timm is in use."""
+    if "timm" not in sys.modules:  # never imported here: timm is optional
+        return [], []
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # pragma: no cover - an old timm
+        return [], []
+    return list(timm_fx.get_notrace_modules()), list(timm_fx.get_notrace_functions())
+
+
+@dataclass
+class Graph:
+    """A traced model: its fx graph plus the lookups the rest of deconvviz needs.
+
+    Attributes:
+        model: the traced module (the caller's, not a copy).
+        graph: the fx graph.
+        names: qualified name of every node (torchvision's naming).
+        input: the placeholder node that receives the image batch.
+        carries: nodes whose value depends on the input through tensor ops (signal-carrying nodes).
+        opaque: qualified names of submodules that torch.fx could not trace into; each is one node.
+        containers: qualified name of every submodule traced through -> the node computing its output, so a
+            container's own name (``features.0`` for a ``Conv2dNormActivation``) still names a layer.
+    """
+
+    model: nn.Module
+    graph: fx.Graph
+    names: dict[fx.Node, str]
+    input: fx.Node
+    carries: set[fx.Node] = field(default_factory=set)
+    opaque: set[str] = field(default_factory=set)
+    containers: dict[str, fx.Node] = field(default_factory=dict)
+    _by_name: dict[str, fx.Node] = field(default_factory=dict, repr=False)
+    _modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {name: node for node, name in self.names.items()}
+        self._modules = dict(self.model.named_modules())
+        self.carries = _signal_nodes(self.graph, self.input)
+        for node, name in self.names.items():  # the last node inside a module computes its output
+            parts = name.split(".")
+            for i in range(1, len(parts)):
+                prefix = ".".join(parts[:i])
+                if prefix in self._modules and prefix not in self._by_name and node in self.carries:
+                    self.containers[prefix] = node
+
+    @property
+    def nodes(self) -> list[fx.Node]:
+        """All nodes in execution (topological) order."""
+        return list(self.graph.nodes)
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        """The submodule a ``call_module`` node calls, else None."""
+        if node.op != "call_module":
+            return None
+        return self._modules[str(node.target)]
+
+    def attribute(self, node: fx.Node) -> Any:
+        """The value a ``get_attr`` node reads (a parameter, buffer or constant)."""
+        value: Any = self.model
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return value
+
+    def node(self, name: str, aliases: dict[str, str] | None = None) -> fx.Node:
+        """Resolve a layer name or alias to its node.
+
+        Raises:
+            LayerNotFoundError: the name is unknown; the message lists the closest names.
+        """
+        aliases = aliases or {}
+        target = aliases.get(name, name)
+        found = self._by_name.get(target, self.containers.get(target))
+        if found is not None and found.op not in ("placeholder", "output"):
+            return found
+        candidates = [*aliases, *(n for n in self._by_name if n != self.names[self.input])]
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "none is close"
+        raise LayerNotFoundError(
+            f"unknown layer {name!r} for {type(self.model).__name__}: {hint} "
+            "(`deconvviz layers` or `DeconvNet.layers` lists every layer)"
+        )
+
+    def describe(self, node: fx.Node) -> tuple[str, str]:
+        """How to name a node's op in a message, and how to spell its registry key in code.
+
+        Returns:
+            ``("module Swish", "mypkg.Swish")``, ``("function torch.sigmoid", "torch.sigmoid")`` or
+            ``("tensor method .view()", "'view'")``.
+        """
+        module = self.module(node)
+        if module is not None:
+            cls = type(module)
+            return f"module {cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"
+        if node.op == "call_method":
+            return f"tensor method .{node.target}()", repr(node.target)
+        fn = node.target
+        qual = f"{getattr(fn, '__module__', None) or 'builtins'}.{getattr(fn, '__name__', fn)}"
+        return f"function {qual}", qual
+
+    def ancestors(self, targets: Iterable[fx.Node]) -> list[fx.Node]:
+        """The nodes needed to compute ``targets`` (themselves included), in execution order."""
+        needed: set[fx.Node] = set()
+        stack = list(targets)
+        while stack:
+            node = stack.pop()
+            if node in needed:
+                continue
+            needed.add(node)
+            stack.extend(node.all_input_nodes)
+        return [n for n in self.graph.nodes if n in needed]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore every submodule's own flag afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+def _signal_nodes(graph: fx.Graph, source: fx.Node) -> set[fx.Node]:
+    """Nodes whose value depends on ``source`` through ops that pass tensors on."""
+    carries = {source}
+    for node in graph.nodes:
+        if node is source or node.op in ("placeholder", "get_attr", "output"):
+            continue
+        if _is_metadata(node):
+            continue
+        if any(arg in carries for arg in node.all_input_nodes):
+            carries.add(node)
+    return carries
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    if node.op == "call_method" and node.target in _METADATA_METHODS:
+        return True
+    if node.op == "call_function" and node.target in _METADATA_FUNCTIONS:
+        return True
+    # getitem on something that carries no tensor signal (``x.shape[0]``) is metadata too; getitem on a
+    # tensor or a tuple of tensors is decided by its input, so it is not singled out here.
+    return node.op == "call_function" and node.target is operator.getitem and _is_metadata_source(node)
+
+
+def _is_metadata_source(node: fx.Node) -> bool:
+    first = node.args[0] if node.args else None
+    return isinstance(first, fx.Node) and _is_metadata(first)
+
+
+class _Tracer(NodePathTracer):
+    """torchvision's node naming, plus: a submodule that torch.fx cannot trace into becomes one opaque node."""
+
+    def __init__(self, leaf: Callable[[nn.Module], bool], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._leaf = leaf
+        self.opaque: set[str] = set()
+
+    def is_leaf_module(self, m: nn.Module, module_qualname: str) -> bool:
+        if module_qualname in self.opaque or self._leaf(m):
+            return True
+        return bool(super().is_leaf_module(m, module_qualname))
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        qualname = self.path_of_module(m)
+        if not qualname or self.is_leaf_module(m, qualname):
+            return super().call_module(m, forward, args, kwargs)
+        last = next(iter(reversed(self.graph.nodes)))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:  # data-dependent control flow and the like: keep the submodule whole
+            added = []
+            node = last.next
+            while node.op != "root":
+                added.append(node)
+                node = node.next
+            for node in reversed(added):
+                self.node_to_qualname.pop(node, None)
+                self.graph.erase_node(node)
+            self.opaque.add(qualname)
+            return super().call_module(m, forward, args, kwargs)
+
+
+def trace(model: nn.Module, leaf_types: Sequence[type[nn.Module]] = ()) -> Graph:
+    """Trace ``model`` symbolically, keeping torch.nn modules and ``leaf_types`` as single nodes.
+
+    Containers that only sequence other modules (torchvision's ``Conv2dNormActivation``, timm's blocks) are
+    traced through. A submodule that torch.fx cannot trace into (data-dependent control flow) is kept as one
+    opaque node; its mirror is worked out by autograd over that submodule alone (see
+    :mod:`deconvviz.ops.fallback`). When timm is in use, its published lists of modules and functions to
+    keep whole are honoured.
+
+    Args:
+        model: the network; it is not modified.
+        leaf_types: extra module classes to keep opaque (those with a mirror rule in the call's rule set).
+
+    Returns:
+        The traced :class:`Graph`.
+
+    Raises:
+        TraceError: torch.fx cannot trace the model, or it does not take exactly one tensor input.
+    """
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    timm_leaves, timm_functions = _timm_helpers()
+    exact = set(leaf_types)
+    published = tuple(timm_leaves)
+    tracer = _Tracer(
+        lambda m: type(m) in exact or isinstance(m, published),
+        autowrap_modules=(math, torchvision.ops),
+        autowrap_functions=tuple(timm_functions),
+    )
+    try:
+        # torchvision names nodes from the eval-mode graph; trace that one.
+        with evaluating(model):
+            graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many kinds of errors for untraceable code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(
+            f"cannot trace {type(model).__name__} with torch.fx ({first}); its own forward must be traceable "
+            "(move data-dependent code into a submodule, which is then mirrored whole, or register a mirror "
+            "rule for the model's class with deconvviz.register_rule)"
+        ) from exc
+
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    required = [n for n in placeholders if not n.args]  # args hold a placeholder's default value
+    if len(placeholders) == 0 or len(required) > 1:
+        raise TraceError(
+            f"{type(model).__name__}.forward must take exactly one tensor (the image batch); "
+            f"it takes {len(required)} required inputs"
+        )
+    names = {node: tracer.node_to_qualname.get(node, node.name) for node in graph.nodes}
+    return Graph(model=model, graph=graph, names=names, input=placeholders[0], opaque=set(tracer.opaque))

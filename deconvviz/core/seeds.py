@@ -1,0 +1,121 @@
+"""Seeds: which activations of a layer to project, and the seed tensors that start the reverse walk.
+
+A seed is the chosen activation's own value at the chosen location(s), zero everywhere else. ``mode="max"``
+seeds the strongest unit of each channel (or the unit at ``position``), ``mode="map"`` a channel's whole
+feature map; ``top=k`` picks the k channels with the strongest activations. Anything else (a class score, a
+hand-made pattern) can be projected as a seed tensor of the layer's shape with
+:meth:`deconvviz.DeconvNet.project_seeds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from deconvviz.errors import DeconvVizError
+
+Mode = Literal["max", "map"]
+
+
+class SeedError(DeconvVizError, ValueError):
+    """A channel, position, mode or input that does not fit the layer being projected."""
+
+
+Unit = tuple[int, int, int, int]
+"""A single activation: ``(sample, channel, row, col)``; row and col are 0 for layers without a spatial map."""
+
+
+def check_mode(mode: str, position: tuple[int, int] | None) -> None:
+    """Raise :class:`SeedError` for a mode other than max/map, or a position combined with ``mode="map"``."""
+    if mode not in ("max", "map"):
+        raise SeedError(f"mode must be 'max' or 'map', got {mode!r}")
+    if position is not None and mode == "map":
+        raise SeedError("position= seeds one unit; it cannot be combined with mode='map'")
+
+
+def channels(act: Tensor, channel: int | Sequence[int] | None, top: int | None, layer: str) -> list[int]:
+    """The channels to seed: those given (checked against the layer), or the ``top`` strongest, strongest first.
+
+    Args:
+        act: the layer's activation, ``(N, C, ...)``; ``top`` ranks channels of image 0.
+        channel: a channel index or a list of them.
+        top: how many of the strongest channels to take instead.
+        layer: the layer's name, for messages.
+
+    Raises:
+        SeedError: both or neither of ``channel`` and ``top``, or a channel out of range.
+    """
+    count = act.shape[1]
+    if channel is not None and top is not None:
+        raise SeedError("give either channel= or top=, not both")
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= count:
+            raise SeedError(f"top must be between 1 and {count} for layer {layer!r}, got {top!r}")
+        strength = act[0].reshape(count, -1).amax(dim=1)
+        # A stable sort keeps equal activations in channel order, so results are reproducible.
+        order = torch.sort(strength, descending=True, stable=True).indices[:top]
+        return [int(c) for c in order]
+    if channel is None:
+        raise SeedError("choose what to project: channel=<index or list> or top=<count>")
+    chosen = [channel] if isinstance(channel, int) else list(channel)
+    if not chosen:
+        raise SeedError("channel= is an empty list")
+    for c in chosen:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < count:
+            raise SeedError(
+                f"channel {c!r} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1})"
+            )
+    return chosen
+
+
+def units(
+    act: Tensor, channels: Sequence[int], mode: Mode, position: tuple[int, int] | None, layer: str
+) -> tuple[list[Unit], Tensor]:
+    """The unit to seed in each channel of image 0 (the strongest, or the one at ``position``) and its value.
+
+    Raises:
+        SeedError: a position outside the map, or a layer with more than two spatial dimensions.
+    """
+    spatial = tuple(act.shape[2:])
+    if len(spatial) > 2:
+        raise SeedError(f"layer {layer!r} has {len(spatial)} spatial dimensions; deconvviz seeds 2-D maps")
+    height, width = ((*spatial, 1, 1))[:2] if spatial else (1, 1)
+    planes = act[0, list(channels)].reshape(len(channels), -1)
+    if position is not None:
+        if len(position) != 2 or not spatial:
+            raise SeedError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
+        row, col = int(position[0]), int(position[1])
+        if not (0 <= row < height and 0 <= col < width):
+            raise SeedError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
+        flat = torch.full((len(channels),), row * width + col, dtype=torch.long, device=act.device)
+        values = planes.gather(1, flat[:, None])[:, 0]
+    else:  # the strongest unit of each channel (for mode="map", where its value labels the map)
+        values, flat = planes.max(dim=1)
+    units = [(0, int(c), int(f) // width, int(f) % width) for c, f in zip(channels, flat.tolist(), strict=True)]
+    return units, values
+
+
+def check_unit(act: Tensor, unit: Unit, layer: str) -> None:
+    """Raise :class:`SeedError` unless ``unit`` lies inside the activation ``act`` of ``layer``."""
+    sample, channel, row, col = unit
+    height, width = ((*tuple(act.shape[2:]), 1, 1))[:2]
+    if not (0 <= sample < act.shape[0] and 0 <= channel < act.shape[1] and 0 <= row < height and 0 <= col < width):
+        raise SeedError(f"unit {unit} is outside layer {layer!r} of shape {tuple(act.shape)}")
+
+
+def seed_tensor(act: Tensor, units: Sequence[Unit], mode: Mode) -> Tensor:
+    """Seed tensors: each unit's own activation (or its channel's whole map), zero everywhere else."""
+    count = len(units)
+    seeds = act.new_zeros((count, *act.shape[1:]))
+    flat = seeds.view(count, act.shape[1], -1)
+    source = act.reshape(act.shape[0], act.shape[1], -1)
+    for i, (sample, channel, row, col) in enumerate(units):
+        if mode == "map":
+            flat[i, channel] = source[sample, channel]
+        else:
+            index = row * (act.shape[3] if act.dim() == 4 else 1) + col
+            flat[i, channel, index] = source[sample, channel, index]
+    return seeds

@@ -1,0 +1,220 @@
+"""Mirror rules: how each forward op is run during capture and undone in the reverse pass.
+
+A rule has two halves. :meth:`Rule.forward` runs the op during the capture pass and may save what the
+mirror needs (max-pooling saves its switches, a rule that asks for them gets its inputs' forward values).
+:meth:`Rule.mirror` takes the signal arriving at the op's output and returns the signal for each of its
+inputs, following Zeiler & Fergus (2014, section 2.1): max-pooling is undone with the recorded switches,
+ReLU rectifies the signal, and a convolution is undone by the transposed convolution with the *same*
+weights (no bias). Linear ops (batch norm in eval mode, average pooling, reshapes, concatenation, addition)
+are undone by their exact adjoint.
+
+Rules are registered per op in :data:`deconvviz.ops.registry.OPS` and chosen per call as a rule set
+(:mod:`deconvviz.methods`). Register your own for a layer deconvviz does not know; a module class with a
+rule is traced as one opaque node:
+
+    >>> import deconvviz as dv
+    >>> class Swap(dv.Rule):
+    ...     def mirror(self, ctx, signal):
+    ...         return [signal]
+    >>> dv.register_rule(MyLayer, Swap())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deconvviz.core.capture import Call, TensorMeta
+from deconvviz.errors import UnsupportedOpError
+
+
+@dataclass
+class MirrorContext:
+    """What a rule's :meth:`Rule.mirror` knows about the forward op it undoes.
+
+    Attributes:
+        name: the node's qualified name.
+        module: the module for ``call_module`` nodes, else None.
+        args: the op's positional arguments; tensors that carry signal are replaced by :class:`TensorMeta`,
+            other tensors (weights, constants) are kept.
+        kwargs: keyword arguments, likewise.
+        inputs: the :class:`TensorMeta` of every signal-carrying tensor argument (a ``TupleMeta`` for a tuple
+            of them), in argument order; :meth:`Rule.mirror` returns one signal per entry (a list for a tuple).
+        output: shape of the op's output in the capture batch (a ``TupleMeta`` for a tuple of tensors).
+        saved: what :meth:`Rule.forward` saved, for the whole capture batch.
+        sample: for each seed in the mirrored batch, the row of the capture batch it came from.
+        values: the forward values of ``inputs`` (whole capture batch) when the rule asked for them with
+            :attr:`Rule.needs_inputs`, else empty; :meth:`value` picks the rows of the seeds.
+        op: what the node calls: the module, the function, or the tensor method's name.
+    """
+
+    name: str
+    module: nn.Module | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inputs: list[Any]  # TensorMeta, or TupleMeta for a tuple of tensors
+    output: Any  # likewise
+    saved: Any
+    sample: Tensor
+    _capture_batch: int = field(default=1, repr=False)
+    values: list[Tensor] = field(default_factory=list, repr=False)
+    op: Any = field(default=None, repr=False)
+
+    def vjp(self, signal: Tensor) -> list[Tensor | None]:
+        """The exact gradient of this op at the seeds' forward inputs (needs :attr:`Rule.needs_inputs`)."""
+        return local_vjp(self.op, self.args, self.kwargs, [self.value(i) for i in range(len(self.inputs))], signal)
+
+    def per_seed(self, tensor: Tensor) -> Tensor:
+        """Pick, for every seed, the row of a capture-batch tensor that seed belongs to."""
+        if self._capture_batch == 1:
+            return tensor.expand(self.sample.shape[0], *tensor.shape[1:])
+        return tensor.index_select(0, self.sample)
+
+    def value(self, i: int = 0) -> Tensor:
+        """The forward value of input ``i``, one row per seed (needs :attr:`Rule.needs_inputs`)."""
+        if not self.values:
+            raise self.unsupported("the rule reads its inputs' forward values but does not set needs_inputs")
+        return self.per_seed(self.values[i])
+
+    def input_shape(self, i: int = 0) -> tuple[int, ...]:
+        """Shape of input ``i`` for the mirrored batch (the seed count replaces the batch size)."""
+        return (self.sample.shape[0], *self.inputs[i].shape[1:])
+
+    def bind(self, signature: Callable[..., Any]) -> dict[str, Any]:
+        """Name the op's arguments by matching them to ``signature`` (defaults filled in)."""
+        bound = inspect.signature(signature).bind(*self.args, **self.kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        """An error for a case this op's rule cannot mirror, naming the node."""
+        return UnsupportedOpError(f"cannot mirror node {self.name!r}: {why}")
+
+
+class Rule:
+    """Base class of mirror rules; subclass it and override :meth:`mirror` (and :meth:`forward` if needed).
+
+    Attributes:
+        needs_inputs: the capture keeps the forward values of the op's signal-carrying inputs for
+            :meth:`mirror` (``ctx.value(i)``). Off by default, so a capture holds only what rules ask for.
+    """
+
+    needs_inputs: bool = False
+
+    def needs_values(self, carried: int) -> bool:
+        """Whether the capture keeps the values of this op's ``carried`` signal-carrying inputs."""
+        return self.needs_inputs
+
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        """Run the op during capture; return ``(output, saved)``.
+
+        The default runs the op unchanged and saves nothing. Override to record state the mirror needs,
+        or to avoid in-place updates that would corrupt captured activations.
+        """
+        return call.run(), None
+
+    def run(self, call: Call) -> Any:
+        """Run the op when nothing is to be mirrored (activations only); defaults to :meth:`forward`'s output."""
+        return self.forward(call)[0]
+
+    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
+        """Map the signal at the op's output to one signal per entry of ``ctx.inputs`` (None for none)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement mirror()")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """``3 -> (3, 3)``; a pair stays a pair."""
+    if isinstance(value, int):
+        return (value, value)
+    a, b = value
+    return (int(a), int(b))
+
+
+def first_tensor_arg(call: Call) -> Tensor:
+    """The op's first argument (its input tensor)."""
+    return call.args[0] if call.args else next(iter(call.kwargs.values()))
+
+
+def reduce_to(signal: Tensor, shape: Sequence[int]) -> Tensor:
+    """Sum a broadcast signal back to an operand's shape (the adjoint of broadcasting); batch dim kept."""
+    target = tuple(shape[1:])
+    extra = signal.dim() - 1 - len(target)
+    if extra > 0:
+        signal = signal.sum(dim=tuple(range(1, 1 + extra)))
+    dims = tuple(i + 1 for i, n in enumerate(target) if n == 1 and signal.shape[i + 1] != 1)
+    if dims:
+        signal = signal.sum(dim=dims, keepdim=True)
+    return signal
+
+
+def meta_of(value: Any) -> bool:
+    """Whether an argument of a mirrored op carries signal (is a :class:`TensorMeta`)."""
+    return isinstance(value, TensorMeta)
+
+
+def call_op(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """Call an op the way a graph node does: a module or function directly, a tensor method by its name."""
+    if isinstance(op, str):
+        first, *rest = args
+        return getattr(first, op)(*rest, **kwargs)
+    return op(*args, **kwargs)
+
+
+def fill_metas(structure: Any, values: Iterator[Any]) -> Any:
+    """``structure`` (args, nested tuples and lists) with each :class:`TensorMeta` replaced by the next value."""
+    if isinstance(structure, TensorMeta):
+        return next(values)
+    if isinstance(structure, tuple):
+        return tuple(fill_metas(s, values) for s in structure)
+    if isinstance(structure, list):
+        return [fill_metas(s, values) for s in structure]
+    if isinstance(structure, dict):
+        return {k: fill_metas(v, values) for k, v in structure.items()}
+    return structure
+
+
+def local_vjp(
+    op: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    values: Sequence[Tensor],
+    signal: Tensor,
+    *,
+    mode: Any = None,
+) -> list[Tensor | None]:
+    """The vector-Jacobian product of one op at the forward values ``values`` of its signal-carrying inputs.
+
+    ``args`` and ``kwargs`` are the op's arguments with those inputs as :class:`TensorMeta` (as a mirror rule
+    sees them); ``values`` stand in for them, in order. This is the exact gradient of the op alone, worked out
+    by autograd (which also runs under ``torch.inference_mode``, where the rest of the engine runs).
+
+    Args:
+        op: the module, function or tensor method name.
+        args: its positional arguments as a rule sees them.
+        kwargs: its keyword arguments likewise.
+        values: the forward values, one row per seed.
+        signal: the signal at the op's output.
+        mode: a context manager active while the op runs forward (a ``TorchFunctionMode`` that swaps rules).
+
+    Returns:
+        One signal per entry of ``values`` (None where the output does not depend on it).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        leaves = [v.detach().clone().requires_grad_(True) for v in values]
+        # the op sees copies of the leaves, so an in-place op inside it cannot touch a leaf
+        fresh = iter([leaf.clone() for leaf in leaves])
+        with mode if mode is not None else contextlib.nullcontext():
+            out = call_op(op, fill_metas(tuple(args), fresh), fill_metas(dict(kwargs), fresh))
+        if not isinstance(out, Tensor) or not out.requires_grad:
+            return [None] * len(leaves)
+        grads = torch.autograd.grad(out, leaves, signal.clone(), allow_unused=True)
+    return list(grads)

@@ -1,0 +1,145 @@
+"""Normalisation: eval batch norm is a per-channel scale; per-sample statistics are held or differentiated.
+
+Layer, group and instance norm compute their statistics from the sample itself. Under deconvnet and guided
+backpropagation those statistics are held at their forward values, like eval batch norm's running ones,
+so the op mirrors to a per-sample, per-element scale ``weight / sqrt(var + eps)``. Under the gradient the
+statistics are differentiated too (the op's exact vector-Jacobian product).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+from deconvviz.core.capture import Call
+from deconvviz.errors import UnsupportedOpError
+from deconvviz.ops.base import MirrorContext, Rule, first_tensor_arg
+from deconvviz.ops.geometry import pointwise
+from deconvviz.ops.registry import define
+
+
+def _batch_norm_scale(module: nn.Module, name: str) -> Tensor:
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.running_var is None:
+        raise UnsupportedOpError(
+            f"cannot mirror node {name!r}: batch norm without running statistics depends on the batch; "
+            "build it with track_running_stats=True"
+        )
+    scale = torch.rsqrt(module.running_var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight
+    return scale
+
+
+class BatchNormRule(Rule):
+    """Eval-mode batch norm is a per-channel affine map; it mirrors to the per-channel scale (no shift)."""
+
+    @override
+    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
+        assert ctx.module is not None
+        scale = _batch_norm_scale(ctx.module, ctx.name).to(signal.dtype)
+        shape = (1, -1) + (1,) * (signal.dim() - 2)
+        return [signal * scale.view(shape)]
+
+
+def _arguments(call: Call) -> dict[str, Any]:
+    """The normalisation's parameters, whether it is a module or a function call."""
+    module, args, kwargs = call.module, call.args, call.kwargs
+
+    def arg(i: int, name: str, default: Any = None) -> Any:
+        return args[i] if len(args) > i else kwargs.get(name, default)
+
+    if isinstance(module, nn.LayerNorm):
+        return {"kind": "layer", "shape": tuple(module.normalized_shape), "weight": module.weight, "eps": module.eps}
+    if isinstance(module, nn.GroupNorm):
+        return {"kind": "group", "groups": module.num_groups, "weight": module.weight, "eps": module.eps}
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        stats = not (module.track_running_stats and module.running_var is not None)
+        return {
+            "kind": "instance",
+            "weight": module.weight,
+            "eps": module.eps,
+            "input_stats": stats,
+            "running_var": module.running_var,
+        }
+    fn = call.fn
+    if fn is F.layer_norm:
+        shape = arg(1, "normalized_shape")
+        return {
+            "kind": "layer",
+            "shape": (shape,) if isinstance(shape, int) else tuple(shape),
+            "weight": arg(2, "weight"),
+            "eps": arg(4, "eps", 1e-5),
+        }
+    if fn is F.group_norm:
+        return {"kind": "group", "groups": arg(1, "num_groups"), "weight": arg(2, "weight"), "eps": arg(4, "eps", 1e-5)}
+    return {  # F.instance_norm
+        "kind": "instance",
+        "weight": arg(3, "weight"),
+        "eps": arg(7, "eps", 1e-5),
+        "input_stats": arg(5, "use_input_stats", True),
+        "running_var": arg(2, "running_var"),
+    }
+
+
+def held_scale(call: Call) -> Tensor:
+    """``weight / sqrt(var + eps)`` with the forward statistics of each sample, broadcastable to the input."""
+    x = first_tensor_arg(call)
+    a = _arguments(call)
+    weight, eps = a["weight"], a["eps"]
+    if a["kind"] == "layer":
+        dims = tuple(range(x.dim() - len(a["shape"]), x.dim()))
+        scale = torch.rsqrt(x.var(dim=dims, unbiased=False, keepdim=True) + eps)
+        return scale * weight if weight is not None else scale
+    channels = (1, -1) + (1,) * (x.dim() - 2)
+    if a["kind"] == "group":
+        grouped = x.reshape(x.shape[0], a["groups"], -1)
+        scale = torch.rsqrt(grouped.var(dim=2, unbiased=False) + eps)  # (N, G)
+        scale = scale.repeat_interleave(x.shape[1] // a["groups"], dim=1).reshape(x.shape[0], *channels[1:])
+    elif a["input_stats"]:
+        scale = torch.rsqrt(x.reshape(*x.shape[:2], -1).var(dim=2, unbiased=False) + eps)
+        scale = scale.reshape(*x.shape[:2], *(1,) * (x.dim() - 2))
+    else:
+        scale = torch.rsqrt(a["running_var"] + eps).reshape(channels)
+    return scale * weight.reshape(channels) if weight is not None else scale
+
+
+class SampleNormRule(Rule):
+    """Layer, group and instance norm: statistics held (deconvnet, guided) or differentiated (gradient).
+
+    Args:
+        hold: hold the statistics at their forward values (the op becomes a per-sample scale).
+    """
+
+    def __init__(self, hold: bool = True) -> None:
+        self.hold = hold
+        self.needs_inputs = not hold
+
+    @override
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        return call.run(), held_scale(call) if self.hold else None
+
+    @override
+    def run(self, call: Call) -> Any:
+        return call.run()
+
+    @override
+    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
+        if self.hold:
+            scale = ctx.per_seed(ctx.saved).to(signal.dtype)
+            return [signal * scale]
+        return ctx.vjp(signal)
+
+
+define([nn.BatchNorm1d, nn.BatchNorm2d], BatchNormRule())
+define(
+    [nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, F.layer_norm, F.group_norm, F.instance_norm],
+    SampleNormRule(),
+    methods={"gradient": SampleNormRule(hold=False)},
+    geometry=pointwise,
+)
+define([nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm], geometry=pointwise)

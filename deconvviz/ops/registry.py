@@ -1,0 +1,183 @@
+"""The op registry: per op, its mirror rule(s), its receptive-field geometry and whether it is a trace leaf.
+
+An op is keyed the way a traced graph names it: a module class (``nn.Conv2d``), a function (``torch.cat``,
+``operator.add``), or a tensor method name (``"view"``). A module class also finds the entry of its nearest
+registered base class, as long as it does not override ``forward`` (a subclass that computes something else,
+such as a convolution that pads itself, must not inherit its base's rule).
+
+Rules are stored per reverse pass: under ``"*"`` for a rule that every method shares (a convolution is
+undone by its transpose in all of them), or under a method's name where the methods differ (the
+activations). A rule set for one call (:class:`deconvviz.methods.RuleSet`) is read out of this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import fx, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.ops.base import Rule
+    from deconvviz.ops.geometry import Geometry
+
+OpKey = type | Callable[..., Any] | str
+
+ANY_METHOD = "*"
+"""The method key of a rule that every reverse pass uses."""
+
+
+@dataclass
+class OpEntry:
+    """Everything deconvviz knows about one op.
+
+    Attributes:
+        rules: mirror rule per method name (``"*"``: every method without a rule of its own).
+        geometry: how the op changes the receptive field, or None if unknown.
+        leaf: for a module class, whether it is kept as one opaque node of the trace even though torch.fx
+            could trace through it (True for a class with a rule of its own; None: decided by its rules).
+    """
+
+    rules: dict[str, Rule] = field(default_factory=dict)
+    geometry: Geometry | None = None
+    leaf: bool | None = None
+
+    def rule(self, method: str) -> Rule | None:
+        """The rule this op uses under ``method``."""
+        return self.rules.get(method, self.rules.get(ANY_METHOD))
+
+
+def check_key(target: Any, what: str) -> None:
+    """Raise TypeError unless ``target`` can key the registry."""
+    if not isinstance(target, type | str) and not callable(target):
+        raise TypeError(f"a {what} target must be a module class, a function or a method name, got {target!r}")
+
+
+def inherits(cls: type, base: type) -> bool:
+    """Whether ``cls`` may use what is registered for its base class ``base``: it computes the same thing."""
+    if cls is base:
+        return True
+    forward = getattr(cls, "forward", None)
+    return forward is None or forward is getattr(base, "forward", None)
+
+
+class OpTable:
+    """The registry of ops (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, OpEntry] = {}
+
+    def _entry(self, target: OpKey) -> OpEntry:
+        entry = self._entries.get(target)
+        if entry is None:
+            entry = self._entries[target] = OpEntry()
+        return entry
+
+    def set_rule(self, target: OpKey, rule: Rule, method: str = ANY_METHOD) -> None:
+        """Set the rule of ``target`` under ``method`` (``"*"``: for every method without its own)."""
+        check_key(target, "mirror rule")
+        self._entry(target).rules[method] = rule
+
+    def set_geometry(self, target: OpKey, geometry: Geometry) -> None:
+        """Set the receptive-field geometry of ``target``."""
+        check_key(target, "geometry")
+        self._entry(target).geometry = geometry
+
+    def set_leaf(self, target: type, leaf: bool) -> None:
+        """Keep module class ``target`` opaque in the trace (or not)."""
+        check_key(target, "leaf")
+        self._entry(target).leaf = leaf
+
+    def remove_rules(self, target: OpKey) -> None:
+        """Forget every rule of ``target`` (its geometry stays)."""
+        entry = self._entries.get(target)
+        if entry is not None:
+            entry.rules.clear()
+
+    def entry(self, target: Any) -> OpEntry | None:
+        """The entry of ``target``, exactly as registered (no lookup along base classes)."""
+        try:
+            return self._entries.get(target)
+        except TypeError:  # unhashable target
+            return None
+
+    def find(self, target: Any, has: Callable[[OpEntry], bool]) -> tuple[Any, OpEntry] | None:
+        """The nearest ``(key, entry)`` for ``target`` that satisfies ``has``, along a module class's bases."""
+        if isinstance(target, type):
+            for cls in target.__mro__:
+                found = self._entries.get(cls)
+                if found is not None and has(found):
+                    return (cls, found) if inherits(target, cls) else None
+            return None
+        found = self.entry(target)
+        return (target, found) if found is not None and has(found) else None
+
+    def geometry(self, target: Any) -> Geometry | None:
+        """The geometry for ``target`` (a module class: that of its nearest registered base)."""
+        hit = self.find(target, lambda e: e.geometry is not None)
+        return hit[1].geometry if hit is not None else None
+
+    def geometry_for_node(self, node: fx.Node, module: nn.Module | None) -> Geometry | None:
+        """The geometry for a graph node: by its module's class for ``call_module`` nodes, else by its target."""
+        return self.geometry(type(module) if module is not None else node.target)
+
+    def items(self) -> Iterator[tuple[Any, OpEntry]]:
+        """Every (key, entry) pair, in registration order."""
+        return iter(list(self._entries.items()))
+
+    def snapshot(self) -> dict[Any, OpEntry]:
+        """A deep enough copy of the table, for :meth:`restore`."""
+        return {k: OpEntry(dict(e.rules), e.geometry, e.leaf) for k, e in self._entries.items()}
+
+    def restore(self, entries: dict[Any, OpEntry]) -> None:
+        """Put back a table taken by :meth:`snapshot`."""
+        self._entries = {k: OpEntry(dict(e.rules), e.geometry, e.leaf) for k, e in entries.items()}
+
+
+OPS = OpTable()
+"""The one op registry of deconvviz."""
+
+
+class GeometryView:
+    """The geometries of :data:`OPS` seen as a registry of their own (``receptive.GEOMETRIES``)."""
+
+    what = "geometry"
+
+    def register(self, target: OpKey, geometry: Geometry) -> None:
+        """Set the geometry of ``target``."""
+        OPS.set_geometry(target, geometry)
+
+    def get(self, target: Any) -> Geometry | None:
+        """The geometry for ``target``."""
+        return OPS.geometry(target)
+
+    def for_node(self, node: fx.Node, module: nn.Module | None) -> Geometry | None:
+        """The geometry for a graph node."""
+        return OPS.geometry_for_node(node, module)
+
+    def snapshot(self) -> dict[Any, Geometry | None]:
+        """Every geometry, for :meth:`restore`."""
+        return {k: e.geometry for k, e in OPS.items()}
+
+    def restore(self, saved: dict[Any, Geometry | None]) -> None:
+        """Put back geometries taken by :meth:`snapshot` (and forget those registered since)."""
+        for key, entry in OPS.items():
+            entry.geometry = saved.get(key)
+
+
+def define(
+    targets: Iterator[OpKey] | list[OpKey] | tuple[OpKey, ...],
+    rule: Rule | None = None,
+    *,
+    methods: dict[str, Rule] | None = None,
+    geometry: Geometry | None = None,
+) -> None:
+    """Register an op family: one rule for every method and/or rules per method, and its geometry."""
+    for target in targets:
+        if rule is not None:
+            OPS.set_rule(target, rule)
+        for method, method_rule in (methods or {}).items():
+            OPS.set_rule(target, method_rule, method)
+        if geometry is not None:
+            OPS.set_geometry(target, geometry)
