@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "register_geometry": "deconvviz.receptive",
     "invariance": "deconvviz.analysis.invariance",
     "InvarianceResult": "deconvviz.analysis.invariance",
+    "evolution": "deconvviz.analysis.evolution",
+    "EvolutionResult": "deconvviz.analysis.evolution",
     "AnalysisError": "deconvviz.analysis.base",
     "AnalysisResult": "deconvviz.analysis.base",
 }
@@ -66,6 +68,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.base import AnalysisError as AnalysisError
     from deconvviz.analysis.base import AnalysisResult as AnalysisResult
+    from deconvviz.analysis.evolution import EvolutionResult as EvolutionResult
+    from deconvviz.analysis.evolution import evolution as evolution
     from deconvviz.analysis.invariance import InvarianceResult as InvarianceResult
     from deconvviz.analysis.invariance import invariance as invariance
     from deconvviz.api import OutputError as OutputError

@@ -535,6 +535,71 @@ def invariance_command(
         typer.echo(result.summary())
 
 
+@app.command("evolution")
+def evolution_command(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="CHECKPOINT", help="State dicts of one architecture, in training order.", show_default=False
+        ),
+    ],
+    data: Annotated[Path, typer.Option("--data", "-d", help="A folder of pictures, scanned recursively.")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="The layer to look at (alias or node name).")],
+    model: ModelOption = "vgg16",
+    channels: Annotated[
+        str, typer.Option("--channels", "-c", help="The first N channels, a list (0,5,7), or `all`; one row each.")
+    ] = "8",
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")] = 1,
+    size: Annotated[
+        int | None,
+        typer.Option(min=8, help="Resize and centre-crop pictures to N x N pixels (default: the model's size)."),
+    ] = None,
+    out: OutOption = Path("evolution"),
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 8,
+    debug: DebugOption = False,
+) -> None:
+    """Feature evolution over training (the paper's Fig. 4): for each checkpoint, each channel's strongest
+    activation across the pictures, projected to pixels and cut to its receptive field.
+
+    Writes OUT/figure.png (rows: channels; columns: checkpoints, labelled with their file names) and
+    OUT/manifest.json with every hit (value, picture, unit, box).
+    """
+    with _reported(debug):
+        chosen = _parse_channels(channels)
+        _check_out(out)
+        with _progress_bars(transient=True) as bar:
+            task = bar.add_task("scanning checkpoints", total=len(checkpoints))
+
+            def progress(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"scanned {name}")
+
+            result = deconvviz.evolution(
+                checkpoints,
+                data,
+                model,
+                layer=layer,
+                channels=chosen,
+                k=k,
+                batch_size=batch_size,
+                device=device,
+                size=size,
+                progress=progress,
+            )
+            arguments = {
+                "checkpoints": [str(c) for c in checkpoints],
+                "data": str(data),
+                "layer": layer,
+                "model": model,
+                "channels": channels,
+                "k": k,
+                "size": size,
+            }
+            folder = result.save(out, arguments=arguments)
+        typer.echo(f"wrote {folder}/figure.png and manifest.json")
+        typer.echo(result.summary())
+
+
 class _UsageError(ValueError):
     """Options that contradict each other."""
 

@@ -14,6 +14,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
+    from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
 
 
@@ -91,3 +92,44 @@ def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
     if not same:
         return _strip(pictures)
     return mosaic(list(pictures), columns=math.ceil(len(pictures) / 2))
+
+
+def evolution_figure(result: EvolutionResult, *, size: float = 1.1, normalize: str = "contrast") -> tuple[Figure, Any]:
+    """Rows = channels, columns = checkpoints; each cell the strongest activation's reconstruction(s)."""
+    from matplotlib.figure import Figure
+
+    from deconvviz.render import to_rgb
+
+    rows, columns = len(result.channels), len(result.checkpoints)
+    fig = Figure(figsize=(size * columns * max(1, min(result.k, 3)) + 0.9, size * rows + 0.7))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for c, name in enumerate(result.checkpoints):
+        for r, channel in enumerate(result.channels):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            hits = result.hits[name][channel]
+            if hits:
+                pictures = [to_rgb(h.reconstruction, normalize=normalize) for h in hits]  # type: ignore[arg-type]
+                ax.imshow(_strip(tuple(_pad(pictures))))
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"ch {channel}", fontsize=7)
+    fig.suptitle(f"{result.model}: {result.layer}, strongest activation per checkpoint", fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08, left=0.06, right=0.99, bottom=0.01, top=0.9)
+    return fig, axes
+
+
+def _pad(pictures: list[np.ndarray]) -> list[np.ndarray]:
+    """Pad pictures (crops clipped at the image border differ in size) to one size, on grey."""
+    height = max(p.shape[0] for p in pictures)
+    width = max(p.shape[1] for p in pictures)
+    out = []
+    for p in pictures:
+        canvas = np.full((height, width, 3), 128, np.uint8)
+        canvas[: p.shape[0], : p.shape[1]] = p
+        out.append(canvas)
+    return out
