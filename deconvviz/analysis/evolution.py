@@ -68,7 +68,8 @@ class EvolutionResult(AnalysisResult):
         """The paper's grid: rows = channels, columns = checkpoints (labelled with their names).
 
         Args:
-            **kwargs: ``size`` (inches per cell), ``normalize`` (``"contrast"`` or ``"minmax"``).
+            **kwargs: ``size`` (inches per cell), ``scale`` (``"robust"``, ``"max"`` or ``"minmax"``, see
+                :func:`deconvviz.viz.scaling.to_rgb`).
 
         Returns:
             ``(figure, axes)`` with axes of shape ``(channels, checkpoints)``; the figure is not shown.

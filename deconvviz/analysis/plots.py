@@ -94,11 +94,11 @@ def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
     return mosaic(list(pictures), columns=math.ceil(len(pictures) / 2))
 
 
-def evolution_figure(result: EvolutionResult, *, size: float = 1.1, normalize: str = "contrast") -> tuple[Figure, Any]:
+def evolution_figure(result: EvolutionResult, *, size: float = 1.1, scale: str | None = None) -> tuple[Figure, Any]:
     """Rows = channels, columns = checkpoints; each cell the strongest activation's reconstruction(s)."""
     from matplotlib.figure import Figure
 
-    from deconvviz.render import to_rgb
+    from deconvviz.viz.scaling import to_rgb
 
     rows, columns = len(result.channels), len(result.checkpoints)
     fig = Figure(figsize=(size * columns * max(1, min(result.k, 3)) + 0.9, size * rows + 0.7))
@@ -112,7 +112,7 @@ def evolution_figure(result: EvolutionResult, *, size: float = 1.1, normalize: s
                 spine.set_visible(False)
             hits = result.hits[name][channel]
             if hits:
-                pictures = [to_rgb(h.reconstruction, normalize=normalize) for h in hits]  # type: ignore[arg-type]
+                pictures = [to_rgb(h.reconstruction, scale) for h in hits]
                 ax.imshow(_strip(tuple(_pad(pictures))))
             if r == 0:
                 ax.set_title(name, fontsize=7)
