@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "register_geometry": "deconvviz.receptive",
     "invariance": "deconvviz.analysis.invariance",
     "InvarianceResult": "deconvviz.analysis.invariance",
+    "sanity": "deconvviz.analysis.sanity",
+    "SanityResult": "deconvviz.analysis.sanity",
     "evolution": "deconvviz.analysis.evolution",
     "EvolutionResult": "deconvviz.analysis.evolution",
     "AnalysisError": "deconvviz.analysis.base",
@@ -72,6 +74,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.evolution import evolution as evolution
     from deconvviz.analysis.invariance import InvarianceResult as InvarianceResult
     from deconvviz.analysis.invariance import invariance as invariance
+    from deconvviz.analysis.sanity import SanityResult as SanityResult
+    from deconvviz.analysis.sanity import sanity as sanity
     from deconvviz.api import OutputError as OutputError
     from deconvviz.api import RenderedImage as RenderedImage
     from deconvviz.api import RenderedLayer as RenderedLayer

@@ -600,6 +600,46 @@ def evolution_command(
         typer.echo(result.summary())
 
 
+@app.command("sanity")
+def sanity_command(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
+    model: ModelOption = "vgg16",
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
+    ] = None,
+    channel: Annotated[
+        int | None, typer.Option("--channel", "-c", min=0, help="The channel. Default: the strongest.")
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", help="A reverse pass (repeat for several). Default: deconvnet, guided, gradient."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    out: OutOption = Path("sanity"),
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Sanity check by cascading randomisation (Adebayo et al. 2018): on a copy of the model, randomise the
+    weights from the top layer down and project the same unit after each step with each reverse pass.
+
+    Writes OUT/figure.png (rows: reverse passes; columns: the reconstruction after each step, with its rank
+    correlation and SSIM to the trained model's) and OUT/manifest.json, and prints the scores once every layer
+    is random and the mean pairwise correlation between channels: near 1, the pictures show the image.
+    """
+    with _reported(debug):
+        _check_out(out)
+        with _progress_bars(transient=True) as bar:
+            bar.add_task("randomising and projecting", total=None)
+            result = deconvviz.sanity(
+                image, model, layer=layer, channel=channel, methods=method or None, seed=seed, device=device
+            )
+            arguments = {"image": str(image), "model": model, "layer": result.layer, "channel": result.channel}
+            folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
+        typer.echo(f"wrote {folder}/figure.png and manifest.json: {result.layer} channel {result.channel}")
+        typer.echo(result.summary())
+
+
 class _UsageError(ValueError):
     """Options that contradict each other."""
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
+    from deconvviz.analysis.sanity import SanityResult
 
 
 def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
@@ -133,3 +134,44 @@ def _pad(pictures: list[np.ndarray]) -> list[np.ndarray]:
         canvas[: p.shape[0], : p.shape[1]] = p
         out.append(canvas)
     return out
+
+
+def sanity_figure(result: SanityResult, *, size: float = 1.35, scale: str | None = None) -> tuple[Figure, Any]:
+    """Rows = reverse passes; columns = the input, then the reconstruction after each randomisation step."""
+    from matplotlib.figure import Figure
+
+    from deconvviz.viz.scaling import to_rgb
+
+    rows, steps = len(result.methods), len(result.steps)
+    fig = Figure(figsize=(size * (steps + 1) + 0.4, size * 1.25 * rows + 0.8))
+    axes = fig.subplots(rows, steps + 1, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for r, method in enumerate(result.methods):
+        ax = axes[r, 0]
+        if result.input is not None:
+            ax.imshow(result.input)
+        correlation = result.channel_correlation.get(method)
+        text = f"{method}" + ("" if correlation is None else f"\nchannels r={correlation:.2f}")
+        ax.set_ylabel(text, fontsize=7)
+        if r == 0:
+            ax.set_title("input", fontsize=7)
+        for s, step in enumerate(result.steps):
+            ax = axes[r, s + 1]
+            image = result.reconstructions[method][s]
+            if float(image.abs().max()) > 0:
+                ax.imshow(to_rgb(image, scale, result.channel_order))
+            else:
+                ax.imshow(np.full((*image.shape[-2:], 3), 128, np.uint8))
+            rho = float(result.spearman[method][s])
+            ssim = float(result.ssim[method][s])
+            text = "blank (no signal)" if math.isnan(rho) else f"rank r={rho:.2f} SSIM={ssim:.2f}"
+            ax.set_xlabel(text, fontsize=6)
+            if r == 0:
+                ax.set_title(step, fontsize=6)
+    fig.suptitle(
+        f"{result.model}: {result.layer} ch {result.channel}, cascading randomisation (top layer first)", fontsize=9
+    )
+    fig.subplots_adjust(wspace=0.05, hspace=0.35, left=0.06, right=0.99, bottom=0.04, top=0.88)
+    return fig, axes
