@@ -185,3 +185,20 @@ def test_cli_writes_and_refuses_in_one_line(photo: Path, tmp_path: Path) -> None
         assert len(lines) == 1
         assert message in lines[0]
         assert not bad.exists()
+
+
+@pytest.mark.slow
+def test_vgg16_conv5_3_cascade_over_all_thirteen_convolutions() -> None:
+    root = Path(__file__).resolve().parents[1]
+    model = dv.load_model("vgg16")
+    state = ModelState.of(model.module)
+    result = dv.sanity(root / "examples" / "cat.jpg", model, layer="conv5_3", methods=["deconvnet", "gradient"])
+    state.assert_same(model.module)
+    assert result.steps[:3] == ("trained", "conv5_3", "conv5_2")
+    assert result.steps[-1] == "conv1_1"
+    assert len(result.steps) == 14
+    for method in result.methods:
+        assert float(result.reconstructions[method][0].abs().max()) > 0
+        assert float(result.spearman[method][0]) == pytest.approx(1.0, abs=1e-9)
+    # Randomising conv5_3 alone already changes the exact gradient's picture.
+    assert float(result.ssim["gradient"][1]) < 0.99

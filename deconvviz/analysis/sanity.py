@@ -233,8 +233,13 @@ class SanityResult(AnalysisResult):
         for method in self.methods:
             rho, s = float(self.spearman[method][-1]), float(self.ssim[method][-1])
             r = self.channel_correlation.get(method, math.nan)
+            last = (
+                "blank (no signal reaches the input)"
+                if math.isnan(rho)
+                else f"rank correlation {rho:.2f}, SSIM {s:.2f}"
+            )
             lines.append(
-                f"{method}: all {len(self.steps) - 1} layers randomised: rank correlation {rho:.2f}, SSIM {s:.2f}; "
+                f"{method}: all {len(self.steps) - 1} layers randomised: {last}; "
                 f"channels' mean pairwise correlation {r:.2f}"
             )
         return "\n".join(lines)
