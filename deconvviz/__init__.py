@@ -63,6 +63,13 @@ _EXPORTS: dict[str, str] = {
     "EvolutionResult": "deconvviz.analysis.evolution",
     "AnalysisError": "deconvviz.analysis.base",
     "AnalysisResult": "deconvviz.analysis.base",
+    "occlusion": "deconvviz.analysis.occlusion",
+    "OcclusionResult": "deconvviz.analysis.occlusion",
+    "occlusion_jobs": "deconvviz.analysis.occlusion",
+    "check_result_folder": "deconvviz.analysis.base",
+    "correspondence": "deconvviz.analysis.correspondence",
+    "CorrespondenceResult": "deconvviz.analysis.correspondence",
+    "load_parts": "deconvviz.analysis.correspondence",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -76,6 +83,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.invariance import invariance as invariance
     from deconvviz.analysis.sanity import SanityResult as SanityResult
     from deconvviz.analysis.sanity import sanity as sanity
+    from deconvviz.analysis.base import check_result_folder as check_result_folder
+    from deconvviz.analysis.correspondence import CorrespondenceResult as CorrespondenceResult
+    from deconvviz.analysis.correspondence import correspondence as correspondence
+    from deconvviz.analysis.correspondence import load_parts as load_parts
+    from deconvviz.analysis.occlusion import OcclusionResult as OcclusionResult
+    from deconvviz.analysis.occlusion import occlusion as occlusion
+    from deconvviz.analysis.occlusion import occlusion_jobs as occlusion_jobs
     from deconvviz.api import OutputError as OutputError
     from deconvviz.api import RenderedImage as RenderedImage
     from deconvviz.api import RenderedLayer as RenderedLayer

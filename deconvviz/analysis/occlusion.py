@@ -1,0 +1,547 @@
+"""Occlusion sensitivity (Zeiler & Fergus, Fig. 7): what a classifier relies on, found by hiding parts.
+
+A grey square (the model's mean colour: zero in its normalised input space) is slid over the image. For every
+position the analysis records
+
+* (a) the total activation of the layer's strongest feature map (chosen on the unoccluded image),
+* (c) the probability of the correct class (given, or the unoccluded top-1), and
+* (d) the most probable class,
+
+and (b) projects that feature map's strongest unit back to pixels with the deconvnet. Models without a
+classifier head (the offline VGG16 conv base) get (a) and (b) and say why (c) and (d) are missing.
+
+Positions form a grid with one cell per ``stride`` pixels: the occluder is centred on each cell's centre and
+clipped to the image at the borders, so a map of ``ceil(H / stride)`` rows lies exactly over the image. The
+network is not re-run per position: :mod:`deconvviz.analysis.incremental` recomputes only what each occluder
+changes, for a batch of positions at once, with the same result as running every occluded copy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from matplotlib.figure import Figure
+    from PIL.Image import Image
+    from torch import Tensor
+
+    from deconvviz.api import Session
+    from deconvviz.projection import Projection
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: occluder positions done so far."""
+
+
+class OcclusionError(AnalysisError):
+    """Bad occlusion options: an occluder larger than the image, a stride of 0, an unknown class."""
+
+
+@dataclass(frozen=True)
+class OcclusionResult(AnalysisResult):
+    """The four panels of the paper's Fig. 7 for one image.
+
+    Attributes:
+        picture: ``(H, W, 3)`` uint8, the image as the model sees it (resized and cropped).
+        model: the model's name.
+        layer: the layer as asked for; ``node`` is its qualified node name.
+        node: the qualified node name.
+        channel: the strongest feature map of the layer on the unoccluded image.
+        size: the occluder's side in pixels.
+        stride: pixels between occluder positions.
+        rows: ``[top, bottom)`` of the occluder for each row of the grid (clipped to the image).
+        cols: ``[left, right)`` of the occluder for each column of the grid.
+        activation: ``(R, C)`` (a): the feature map's total activation per occluder position.
+        activation_unoccluded: that total without an occluder.
+        projection: (b): the feature map's strongest unit projected to pixels.
+        target: the class whose probability (c) shows, or None without a classifier.
+        target_label: its name.
+        probability: ``(R, C)`` (c): the target's probability per position, or None.
+        probability_unoccluded: the target's probability without an occluder, or None.
+        labels: ``(R, C)`` (d): the most probable class per position, or None.
+        label_names: class index -> name for the classes in ``labels`` (and the target).
+        missing: why (c) and (d) are absent, or None when they are present.
+        image: where the picture came from, if a file.
+    """
+
+    kind: ClassVar[str] = "occlusion"
+
+    picture: np.ndarray = field(repr=False)
+    model: str
+    layer: str
+    node: str
+    channel: int
+    size: int
+    stride: int
+    rows: tuple[tuple[int, int], ...]
+    cols: tuple[tuple[int, int], ...]
+    activation: Tensor = field(repr=False)
+    activation_unoccluded: float
+    projection: Projection | None = field(repr=False)
+    target: int | None = None
+    target_label: str | None = None
+    probability: Tensor | None = field(default=None, repr=False)
+    probability_unoccluded: float | None = None
+    labels: Tensor | None = field(default=None, repr=False)
+    label_names: dict[int, str] = field(default_factory=dict, repr=False)
+    missing: str | None = None
+    image: str | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of occluder positions."""
+        return (len(self.rows), len(self.cols))
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether panels (c) and (d) are present."""
+        return self.probability is not None
+
+    def legend(self) -> list[tuple[int, str, int]]:
+        """The classes of the label map (d) with how many positions each wins, most frequent first."""
+        if self.labels is None:
+            return []
+        values, counts = self.labels.flatten().unique(return_counts=True)
+        pairs = sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda p: (-p[1], p[0]))
+        return [(int(v), self.label_names.get(int(v), f"class {v}"), int(c)) for v, c in pairs]
+
+    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
+        """The picture and the four panels (a)-(d) in one row; see :func:`deconvviz.analysis.part_plots.occlusion_figure`.
+
+        Returns:
+            ``(figure, axes)``, returned and never shown.
+        """
+        from deconvviz.analysis.part_plots import occlusion_figure
+
+        return occlusion_figure(self, **kwargs)
+
+    def summary(self) -> str:
+        """One line: the image, the strongest map, and the target's probability range."""
+        name = Path(self.image).name if self.image else "image"
+        text = f"{name}: {self.layer} channel {self.channel}, total activation {self.activation_unoccluded:.4g}"
+        if self.probability is not None and self.target is not None:
+            low = float(self.probability.min())
+            text += f"; p({self.target_label}) {self.probability_unoccluded:.3f} unoccluded, {low:.3f} at the lowest"
+        elif self.missing:
+            text += f"; {self.missing}"
+        return text
+
+    def _files(self) -> dict[str, bytes]:
+        files = {
+            "occlusion.png": figure_bytes(self.figure()[0]),
+            "activation.csv": _grid_csv(self.activation.tolist()),
+        }
+        if self.projection is not None:
+            buffer = io.BytesIO()
+            self.projection.to_pil(0).save(buffer, format="png")
+            files["projection.png"] = buffer.getvalue()
+        if self.probability is not None and self.labels is not None:
+            files["probability.csv"] = _grid_csv(self.probability.tolist())
+            files["labels.csv"] = _grid_csv(self.labels.tolist())
+        return files
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "model": self.model,
+            "layer": self.layer,
+            "node": self.node,
+            "channel": self.channel,
+            "occluder": {"size": self.size, "stride": self.stride, "fill": "mean colour (0 in input space)"},
+            "grid": {"rows": [list(r) for r in self.rows], "cols": [list(c) for c in self.cols]},
+            "activation_unoccluded": self.activation_unoccluded,
+            "projection": None
+            if self.projection is None
+            else {
+                "position": None if not self.projection.positions else self.projection.positions[0],
+                "box": None if not self.projection.boxes else self.projection.boxes[0],
+            },
+            "target": self.target,
+            "target_label": self.target_label,
+            "probability_unoccluded": self.probability_unoccluded,
+            "legend": [{"class": c, "label": name, "positions": n} for c, name, n in self.legend()],
+            "missing": self.missing,
+            "files": {
+                "figure": "occlusion.png",
+                "activation": "activation.csv",
+                "projection": None if self.projection is None else "projection.png",
+                "probability": "probability.csv" if self.probability is not None else None,
+                "labels": "labels.csv" if self.labels is not None else None,
+            },
+        }
+
+
+def _grid_csv(rows: list[list[Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    return buffer.getvalue().encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------- geometry
+
+
+def occluder_grid(
+    height: int, width: int, size: int, stride: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The occluder's rows and columns per grid position: centred on each ``stride`` cell, clipped.
+
+    Args:
+        height: image height.
+        width: image width.
+        size: occluder side in pixels.
+        stride: pixels between positions.
+
+    Returns:
+        ``(rows, cols)``: ``[top, bottom)`` per grid row and ``[left, right)`` per grid column.
+
+    Raises:
+        OcclusionError: a size or stride that is not a positive integer, or an occluder larger than the image.
+    """
+    for name, value in (("size", size), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OcclusionError(f"the occluder {name} must be a positive number of pixels, got {value!r}")
+    if size > min(height, width):
+        raise OcclusionError(
+            f"the occluder ({size} px) is larger than the {height}x{width} image; choose --size {min(height, width)} "
+            "or less"
+        )
+
+    def spans(length: int) -> list[tuple[int, int]]:
+        out = []
+        for k in range(-(-length // stride)):
+            top = k * stride + stride // 2 - size // 2
+            out.append((max(0, top), min(length, top + size)))
+        return out
+
+    return spans(height), spans(width)
+
+
+# ---------------------------------------------------------------------------------------- analysis
+
+
+def occlusion(
+    image: str | os.PathLike[str] | Image | Tensor,
+    model: str | Any = "vgg16",
+    *,
+    layer: str | None = None,
+    size: int = 32,
+    stride: int = 8,
+    target: int | str | None = "auto",
+    batch_size: int | None = None,
+    device: str | None = "auto",
+    progress: Progress | None = None,
+) -> OcclusionResult:
+    """Slide a grey square over an image and record what the network does (the paper's Fig. 7).
+
+    Args:
+        image: a picture file, a PIL image, or a preprocessed ``(1, C, H, W)`` tensor in the model's input space.
+        model: a model name (see :func:`deconvviz.list_models`), a loaded model, or a session.
+        layer: the layer whose strongest feature map panel (a) follows; default: the model's deepest default
+            layer (``conv5_3`` for VGG16).
+        size: the occluder's side in pixels.
+        stride: pixels between occluder positions (the grid has ``ceil(H / stride)`` rows).
+        target: the correct class for panel (c): an index, an exact class name, or ``"auto"`` / None for the
+            unoccluded top-1.
+        batch_size: occluder positions per pass; default 16 on a CPU, 64 on a GPU.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
+        progress: called with ``(positions done, total)`` after each batch.
+
+    Returns:
+        The :class:`OcclusionResult`.
+
+    Raises:
+        OcclusionError: an occluder larger than the image, a stride or size below 1, an unknown class.
+        LayerNotFoundError: an unknown layer (close names are listed).
+        ImageError: a picture that cannot be read.
+
+    Example:
+        >>> result = dv.occlusion("examples/cat.jpg", model="squeezenet1_1")  # doctest: +SKIP
+        >>> fig, axes = result.figure()  # doctest: +SKIP
+        >>> result.save("out/occlusion/cat")  # doctest: +SKIP
+    """
+    from deconvviz.api import session
+
+    current = session(model, device=device)
+    x = current.preprocess(image)
+    job = prepare(current, x, layer=layer, size=size, stride=stride, target=target)
+    return job.run(batch_size=batch_size, progress=progress, image=_image_name(image))
+
+
+def occlusion_jobs(
+    images: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    model: str | Any = "vgg16",
+    *,
+    layer: str | None = None,
+    size: int = 32,
+    stride: int = 8,
+    target: int | str | None = "auto",
+    device: str | None = "auto",
+) -> Iterator[tuple[Path, Path, OcclusionJob]]:
+    """Occlusion sweeps for several pictures, one result folder each (``out/<picture name>``).
+
+    Every picture is read and every option checked (the output folders too) before the first job is handed
+    out, so bad input stops the run before anything is computed or written.
+
+    Yields:
+        ``(picture, folder, job)``; run the job with :meth:`OcclusionJob.run` and save it into ``folder``.
+
+    Raises:
+        OcclusionError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
+    """
+    from deconvviz.analysis.base import check_result_folder
+    from deconvviz.api import session
+
+    paths = [Path(image) for image in images]
+    if not paths:
+        raise OcclusionError("give at least one picture to occlude")
+    current = session(model, device=device)
+    inputs = [current.preprocess(path) for path in paths]
+    used: dict[str, int] = {}
+    folders = []
+    for path in paths:
+        stem = path.stem or "image"
+        used[stem] = used.get(stem, 0) + 1
+        folders.append(Path(out) / (stem if used[stem] == 1 else f"{stem}-{used[stem]}"))
+    for folder in folders:
+        check_result_folder(folder)
+    first = prepare(current, inputs[0], layer=layer, size=size, stride=stride, target=target)
+    for x in inputs[1:]:
+        occluder_grid(int(x.shape[-2]), int(x.shape[-1]), size, stride)
+    return _jobs(current, paths, folders, inputs, first, layer=first.layer, size=size, stride=stride, target=target)
+
+
+def _jobs(
+    current: Session,
+    paths: list[Path],
+    folders: list[Path],
+    inputs: list[Tensor],
+    first: OcclusionJob,
+    **options: Any,
+) -> Iterator[tuple[Path, Path, OcclusionJob]]:
+    ready = [first]
+    for path, folder, x in zip(paths, folders, inputs, strict=True):
+        # One set of unoccluded activations at a time: a job holds every layer's.
+        job = ready.pop() if ready else prepare(current, x, **options)
+        yield path, folder, job
+
+
+def _image_name(image: Any) -> str | None:
+    return os.fspath(image) if isinstance(image, str | os.PathLike) else None
+
+
+@dataclass
+class OcclusionJob:
+    """An occlusion sweep checked and set up (the unoccluded pass done), ready to :meth:`run`.
+
+    Made by :func:`prepare`, so that every option is checked for every image before any sweep starts.
+    """
+
+    current: Session
+    x: Tensor
+    layer: str
+    node: Any
+    output: Any
+    channel: int
+    rows: list[tuple[int, int]]
+    cols: list[tuple[int, int]]
+    size: int
+    stride: int
+    target: int | None
+    labels: list[str] | None
+    missing: str | None
+    engine: Any
+
+    def run(
+        self, *, batch_size: int | None = None, progress: Progress | None = None, image: str | None = None
+    ) -> OcclusionResult:
+        """Sweep the occluder over every position and assemble the result."""
+        import numpy as np
+        import torch
+
+        from deconvviz.api import project
+        from deconvviz.graph import evaluating
+        from deconvviz.render import input_to_pil
+
+        if batch_size is None:
+            batch_size = 64 if self.x.device.type == "cuda" else 16
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise OcclusionError(f"batch_size must be a positive integer, got {batch_size!r}")
+        grid = [(i, j) for i in range(len(self.rows)) for j in range(len(self.cols))]
+        totals: list[Tensor] = []
+        probs: list[Tensor] = []
+        winners: list[Tensor] = []
+        engine = self.engine
+        with torch.inference_mode(), evaluating(self.current.net.model):
+            for start in range(0, len(grid), batch_size):
+                chunk = grid[start : start + batch_size]
+                values = engine.run(chunk)
+                totals.append(engine.channel_totals(self.node, values[self.node], self.channel).double().cpu())
+                if self.output is not None and self.target is not None:
+                    p = engine.full(self.output, values[self.output], len(chunk)).double().softmax(1)
+                    probs.append(p[:, self.target].cpu())
+                    winners.append(p.argmax(1).cpu())
+                if progress is not None:
+                    progress(min(start + batch_size, len(grid)), len(grid))
+            unoccluded = engine.cached[self.node][0, self.channel].double().sum().item()
+            p0 = (
+                engine.cached[self.output].double().softmax(1)[0, self.target].item()
+                if self.output is not None and self.target is not None
+                else None
+            )
+        shape = (len(self.rows), len(self.cols))
+        projection = project(self.current, self.x, self.layer, channel=self.channel)
+        picture = np.asarray(
+            input_to_pil(self.x.detach().cpu(), self.current.model.to_image, self.current.channel_order)
+        )
+        label_map = torch.cat(winners).view(shape) if winners else None
+        names: dict[int, str] = {}
+        if label_map is not None:
+            for index in [*label_map.unique().tolist(), self.target]:
+                if index is not None:
+                    names[int(index)] = self.labels[int(index)] if self.labels else f"class {index}"
+        return OcclusionResult(
+            picture=picture,
+            model=self.current.name,
+            layer=self.layer,
+            node=self.current.net.graph.names[self.node],
+            channel=self.channel,
+            size=self.size,
+            stride=self.stride,
+            rows=tuple(self.rows),
+            cols=tuple(self.cols),
+            activation=torch.cat(totals).view(shape),
+            activation_unoccluded=float(unoccluded),
+            projection=projection,
+            target=self.target,
+            target_label=names.get(self.target) if self.target is not None else None,
+            probability=torch.cat(probs).view(shape) if probs else None,
+            probability_unoccluded=p0,
+            labels=label_map,
+            label_names=names,
+            missing=self.missing,
+            image=image,
+        )
+
+
+def prepare(
+    current: Session,
+    x: Tensor,
+    *,
+    layer: str | None = None,
+    size: int = 32,
+    stride: int = 8,
+    target: int | str | None = "auto",
+) -> OcclusionJob:
+    """Check the options against the model and image and run the unoccluded pass (see :func:`occlusion`).
+
+    Raises:
+        OcclusionError: see :func:`occlusion`.
+    """
+    import torch
+
+    from deconvviz.analysis.incremental import IncrementalOcclusion
+    from deconvviz.api import default_layers
+    from deconvviz.deconvnet import SeedError
+    from deconvviz.graph import evaluating
+
+    net = current.net
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise OcclusionError(f"expected one preprocessed image of shape (1, C, H, W), got {shape}")
+    reference = next(iter(net.model.parameters()), None)
+    if reference is not None and reference.is_floating_point():
+        x = x.to(device=reference.device, dtype=reference.dtype)
+    rows, cols = occluder_grid(int(x.shape[-2]), int(x.shape[-1]), size, stride)
+    if layer is None:
+        layer = default_layers(net, x)[-1]
+    graph = net.graph
+    node = graph.node(layer, net.aliases)
+    if node not in graph.carries or node is graph.input:
+        raise SeedError(f"layer {layer!r} does not depend on the input image; choose a convolutional layer")
+    outputs = [n for n in graph.nodes if n.op == "output"]
+    result = outputs[0].args[0] if outputs else None
+    output = result if isinstance(result, torch.fx.Node) and result in graph.carries else None
+    with torch.inference_mode(), evaluating(net.model):
+        targets = [node] if output is None else [node, output]
+        engine = IncrementalOcclusion(graph, x, targets, rows, cols)
+    act = engine.cached[node]
+    if not isinstance(act, torch.Tensor) or act.dim() != 4:
+        found = str(tuple(act.shape)) if isinstance(act, torch.Tensor) else type(act).__name__
+        raise SeedError(f"layer {layer!r} has no feature maps (output {found}); choose a convolutional layer")
+    channel = int(act[0].flatten(1).amax(1).argmax())
+    names = getattr(current.model, "labels", None)
+    labels = [str(n) for n in names] if names else None
+    missing: str | None = None
+    chosen: int | None = None
+    logits = engine.cached[output] if output is not None else None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+        ends = str(tuple(logits.shape)) if isinstance(logits, torch.Tensor) else "none"
+        missing = (
+            f"panels (c) and (d) need a classifier head, and {current.name} ends in a feature map (output {ends}); "
+            "use a model with one, e.g. --model squeezenet1_1"
+        )
+        output = None
+        if target not in (None, "auto"):
+            raise OcclusionError(f"--class {target} needs a classifier head, and {current.name} has none")
+    else:
+        chosen = _target_class(target, labels, int(logits.shape[1]), int(logits[0].argmax()))
+    return OcclusionJob(
+        current=current,
+        x=x,
+        layer=layer,
+        node=node,
+        output=output,
+        channel=channel,
+        rows=rows,
+        cols=cols,
+        size=size,
+        stride=stride,
+        target=chosen,
+        labels=labels,
+        missing=missing,
+        engine=engine,
+    )
+
+
+def _target_class(target: int | str | None, labels: Sequence[str] | None, classes: int, top1: int) -> int:
+    """The class index for panel (c): ``"auto"`` -> the unoccluded top-1, a number, or an exact class name."""
+    if target is None or (isinstance(target, str) and target.strip().lower() == "auto"):
+        return top1
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        target = int(target.strip())
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < classes:
+            raise OcclusionError(f"unknown class {target}: the model has classes 0..{classes - 1}")
+        return target
+    if isinstance(target, str) and labels:
+        matches = [i for i, name in enumerate(labels) if name.lower() == target.strip().lower()]
+        if matches:
+            return matches[0]
+        import difflib
+
+        close = difflib.get_close_matches(target, labels, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"give its index 0..{classes - 1}"
+        raise OcclusionError(f"unknown class {target!r}: {hint}")
+    raise OcclusionError(f"unknown class {target!r}: give a class index 0..{classes - 1} or 'auto'")
+
+
+__all__ = [
+    "OcclusionError",
+    "OcclusionJob",
+    "OcclusionResult",
+    "occluder_grid",
+    "occlusion",
+    "occlusion_jobs",
+    "prepare",
+]

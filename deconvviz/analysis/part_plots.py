@@ -1,0 +1,188 @@
+"""Figures of occlusion and correspondence results. Results call these from ``figure()``; they never show a figure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from deconvviz.analysis.correspondence import CorrespondenceResult
+    from deconvviz.analysis.occlusion import OcclusionResult
+
+_OTHER = (0.75, 0.75, 0.75, 1.0)
+
+
+def _extent(result: OcclusionResult) -> tuple[float, float, float, float]:
+    """Map cells span ``stride`` pixels each, starting at the image's top-left corner."""
+    rows, cols = result.grid
+    return (0.0, float(cols * result.stride), float(rows * result.stride), 0.0)
+
+
+def _image_axes(ax: Any, result: OcclusionResult) -> None:
+    height, width = result.picture.shape[:2]
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _colorbar(fig: Figure, ax: Any, image: Any) -> None:
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    bar.ax.tick_params(labelsize=7)
+
+
+def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int = 8) -> tuple[Figure, Any]:
+    """The image and the paper's four occlusion panels in one row.
+
+    (a) the strongest feature map's total activation per occluder position; (b) that map's strongest unit
+    projected to pixels (its receptive field outlined, with the unit's box also drawn on the image);
+    (c) the probability of the correct class per position; (d) the most probable class per position, with a
+    legend of the classes it shows. Without a classifier, (c) and (d) are replaced by a note saying why.
+
+    Args:
+        result: the occlusion result.
+        size: inches per panel.
+        legend: most classes named in (d)'s legend; the rest are grey.
+
+    Returns:
+        ``(figure, axes)``.
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    panels = 5 if result.has_classifier else 4
+    fig, axes = plt.subplots(1, panels, figsize=(size * panels + 1.2, size * 1.45), squeeze=False)
+    axes = axes[0]
+    extent = _extent(result)
+    box = None
+    if result.projection is not None and result.projection.boxes:
+        box = result.projection.boxes[0]
+
+    ax = axes[0]
+    ax.imshow(result.picture)
+    if box is not None:
+        top, left, bottom, right = box
+        ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="black", lw=1.5))
+    ax.set_title("input image", fontsize=9)
+    _image_axes(ax, result)
+
+    ax = axes[1]
+    im = ax.imshow(result.activation.numpy(), extent=extent, interpolation="nearest", cmap="viridis")
+    _image_axes(ax, result)
+    ax.set_title(f"(a) {result.layer} map {result.channel}:\ntotal activation", fontsize=9)
+    _colorbar(fig, ax, im)
+
+    ax = axes[2]
+    if result.projection is not None:
+        ax.imshow(result.projection.rgb(0))
+        if box is not None:
+            top, left, bottom, right = box
+            ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="black", lw=1.5))
+    _image_axes(ax, result)
+    ax.set_title(f"(b) projection of map {result.channel}'s\nstrongest unit", fontsize=9)
+
+    if result.has_classifier:
+        assert result.probability is not None
+        assert result.labels is not None
+        ax = axes[3]
+        im = ax.imshow(result.probability.numpy(), extent=extent, interpolation="nearest", cmap="magma", vmin=0)
+        _image_axes(ax, result)
+        ax.set_title(f"(c) p({_short(result.target_label)})", fontsize=9)
+        _colorbar(fig, ax, im)
+
+        ax = axes[4]
+        shown = result.legend()[:legend]
+        palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+        colours = {cls: palette(i % palette.N) for i, (cls, _, _) in enumerate(shown)}
+        labels = result.labels.numpy()
+        rgba = np.zeros((*labels.shape, 4))
+        for r in range(labels.shape[0]):
+            for c in range(labels.shape[1]):
+                rgba[r, c] = colours.get(int(labels[r, c]), _OTHER)
+        ax.imshow(rgba, extent=extent, interpolation="nearest")
+        _image_axes(ax, result)
+        ax.set_title("(d) most probable class", fontsize=9)
+        total = labels.size
+        handles = [
+            Patch(color=colours[cls], label=f"{_short(name)} ({count / total:.0%})") for cls, name, count in shown
+        ]
+        if len(result.legend()) > len(shown):
+            handles.append(Patch(color=_OTHER, label="other classes"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.04), fontsize=7, frameon=False, ncol=1)
+    else:
+        ax = axes[3]
+        ax.axis("off")
+        ax.text(
+            0.0,
+            0.5,
+            "(c), (d): no classifier\n\n" + _wrap(result.missing or "", 34),
+            fontsize=8,
+            va="center",
+            ha="left",
+            transform=ax.transAxes,
+        )
+    title = f"{result.model}: occluder {result.size} px, stride {result.stride}"
+    if result.target_label is not None:
+        title += f"; class {result.target} '{_short(result.target_label)}'"
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.80, bottom=0.02, wspace=0.3)
+    return fig, axes
+
+
+def _short(name: str | None, length: int = 28) -> str:
+    name = name or ""
+    return name if len(name) <= length else name[: length - 1] + "…"
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def correspondence_figure(result: CorrespondenceResult, *, size: float = 1.0) -> tuple[Figure, Any]:
+    """Mean Δ ± std per part and layer as grouped bars, with the random-box baseline hatched.
+
+    Args:
+        result: the correspondence result.
+        size: scale of the figure.
+
+    Returns:
+        ``(figure, axes)``.
+    """
+    rows = [*result.parts, "random"]
+    layers = list(result.layers)
+    fig, ax = plt.subplots(figsize=(size * (2.2 + 1.1 * len(layers) * len(rows) * 0.45), size * 3.4))
+    width = 0.8 / len(rows)
+    palette = plt.get_cmap("tab10")
+    for i, part in enumerate(rows):
+        means = [result.mean(part, layer) for layer in layers]
+        stds = [result.std(part, layer) for layer in layers]
+        positions = np.arange(len(layers)) + (i - (len(rows) - 1) / 2) * width
+        colour = (0.6, 0.6, 0.6, 1.0) if part == "random" else palette(i % 10)
+        ax.bar(
+            positions,
+            means,
+            width * 0.92,
+            yerr=stds,
+            capsize=3,
+            color=colour,
+            hatch="//" if part == "random" else None,
+            edgecolor="white" if part != "random" else "black",
+            label=part,
+        )
+    ax.set_xticks(np.arange(len(layers)), layers)
+    ax.set_ylabel("Δ (mean Hamming distance of sign(ε))", fontsize=9)
+    ax.set_title(
+        f"{result.model}: correspondence over {len(result.images)} images (lower = parts matched)", fontsize=10
+    )
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig, ax
+
+
+__all__ = ["correspondence_figure", "occlusion_figure"]

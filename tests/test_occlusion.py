@@ -1,0 +1,365 @@
+"""Occlusion: the incremental sweep equals naive re-inference; panels match a brute-force loop; bad input.
+
+Numerics are compared in float64, where a different summation order (a convolution run over a crop instead
+of the whole map) changes results by a few ulps: 1e-9 relative leaves a wide margin and still catches any
+wrong pixel, which changes values at the 1e-1 scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_tiny_vgg, register_tiny_model
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+import deconvviz as dv
+from deconvviz.analysis.incremental import IncrementalOcclusion, occluded_images, run_graph
+from deconvviz.analysis.occlusion import OcclusionError, occluder_grid
+from deconvviz.cli import app
+from deconvviz.graph import trace
+
+TOLERANCE = 1e-9
+
+
+def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * 0.4)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=generator, dtype=torch.float64) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=generator, dtype=torch.float64) + 0.5)
+    return model.eval()
+
+
+class Overlapping(nn.Module):
+    """Strided, dilated and padded convolutions, overlapping 3x3/2 max-pools (ceil mode), average pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 5, stride=2, padding=2)
+        self.pool1 = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=2, dilation=2)
+        self.pool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(6, 6, 3, padding="same")
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(F.relu(self.conv1(x)))
+        x = self.pool2(torch.relu(self.conv2(x)))
+        x = self.avg(F.relu(self.conv3(x)))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class Residual(nn.Module):
+    """ResNet-style blocks: batch norm, identity and strided 1x1 shortcuts, in-place ReLUs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+        self.a = nn.Sequential(
+            nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1)
+        )
+        self.b = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.down = nn.Conv2d(4, 8, 1, stride=2)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.relu(x + self.a(x))
+        x = self.relu(self.b(x) + self.down(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+class Fire(nn.Module):
+    def __init__(self, cin: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.e1 = nn.Conv2d(squeeze, expand, 1)
+        self.e3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.squeeze(x))
+        return torch.cat([F.relu(self.e1(x)), F.relu(self.e3(x))], 1)
+
+
+class Concat(nn.Module):
+    """SqueezeNet's shape: fire modules (channel concatenation), functional ops, a view sized by x.size(0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=2)
+        self.fire1 = Fire(6, 3, 4)
+        self.fire2 = Fire(8, 3, 4)
+        self.weight = nn.Parameter(torch.zeros(5, 8, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv(x)), 3, 2, ceil_mode=True)
+        x = self.fire2(self.fire1(x))
+        x = F.conv2d(x, self.weight, None, 1, 1)
+        return x.mean((2, 3)).view(x.size(0), -1)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "tiny_vgg": lambda: make_tiny_vgg(dtype=torch.float64),
+    "overlapping": lambda: seeded(Overlapping().double()),
+    "residual": lambda: seeded(Residual().double()),
+    "concat": lambda: seeded(Concat().double()),
+}
+
+# (image side, occluder size, stride): stride < size, stride = size, stride > size, an occluder as large as
+# the image; every grid has clipped occluders at the borders.
+SWEEPS = [(20, 6, 3), (20, 4, 4), (19, 3, 5), (13, 13, 4)]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("side", "size", "stride"), SWEEPS)
+def test_incremental_equals_naive_reinference_at_every_layer(name: str, side: int, size: int, stride: int) -> None:
+    model = MODELS[name]()
+    graph = trace(model)
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    nodes = [n for n in graph.nodes if n in graph.carries and n is not graph.input and n.op != "output"]
+    rows, cols = occluder_grid(side, side, size, stride)
+    grid = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
+    boxes = [(rows[i], cols[j]) for i, j in grid]
+    with torch.inference_mode():
+        engine = IncrementalOcclusion(graph, x, nodes, rows, cols)
+        naive = run_graph(graph, occluded_images(x, boxes), nodes)
+        direct = model(occluded_images(x, boxes))
+        assert any(p.kind == "window" for p in engine.plans.values())
+        for start in range(0, len(grid), 7):  # batches that do not divide the grid
+            chunk = grid[start : start + 7]
+            got = engine.run(chunk)
+            for node in nodes:
+                want = naive[node][start : start + len(chunk)]
+                full = engine.full(node, got[node], len(chunk))
+                assert full.shape == want.shape, node.name
+                assert relative(full, want) <= TOLERANCE, (name, node.name)
+            output = nodes[-1]
+            assert (
+                relative(engine.full(output, got[output], len(chunk)), direct[start : start + len(chunk)]) <= TOLERANCE
+            )
+
+
+def test_occluders_change_the_output_so_the_comparison_can_fail() -> None:
+    model = MODELS["residual"]()
+    graph = trace(model)
+    x = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rows, cols = occluder_grid(20, 20, 6, 3)
+    out = next(n for n in graph.nodes if n.op == "output").args[0]
+    with torch.inference_mode():
+        engine = IncrementalOcclusion(graph, x, [out], rows, cols)
+        values = engine.full(out, engine.run([(0, 0), (3, 3)])[out], 2)
+        assert relative(values[0], model(x)[0]) > 1e-3
+        assert relative(values[0], values[1]) > 1e-3
+
+
+def test_only_the_reached_region_is_recomputed() -> None:
+    model = make_tiny_vgg(dtype=torch.float64)
+    graph = trace(model)
+    x = torch.zeros(1, 3, 32, 32, dtype=torch.float64)
+    rows, cols = occluder_grid(32, 32, 4, 4)
+    with torch.inference_mode():
+        engine = IncrementalOcclusion(graph, x, [graph.node("features.3")], rows, cols)
+    # A 4-px occluder through two 3x3 convolutions reaches 4 + 2 + 2 = 8 rows of the 32.
+    assert engine.plans[graph.node("features.0")].size == (6, 6)
+    assert engine.plans[graph.node("features.3")].size == (8, 8)
+
+
+def test_occluder_grid_is_centred_on_cells_and_clipped() -> None:
+    rows, cols = occluder_grid(20, 16, 6, 4)
+    assert len(rows) == 5
+    assert len(cols) == 4
+    assert rows[0] == (0, 5)  # centre 2: rows -1..5, clipped
+    assert rows[2] == (7, 13)
+    assert rows[-1] == (15, 20)
+    assert cols[-1] == (11, 16)
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "message"),
+    [(33, 8, "larger than the 32x32 image"), (4, 0, "stride must be a positive"), (0, 4, "size must be a positive")],
+)
+def test_bad_occluder(size: int, stride: int, message: str) -> None:
+    with pytest.raises(OcclusionError, match=message):
+        occluder_grid(32, 32, size, stride)
+
+
+# ------------------------------------------------------------------------------------------ the analysis
+
+MODEL = "tiny-occlusion"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model() -> None:
+    register_tiny_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_panels_match_a_brute_force_loop(photo: Path) -> None:
+    session = dv.session(MODEL, device="cpu")
+    model = session.net.model.double()
+    try:
+        x = session.preprocess(photo).double()
+        result = dv.occlusion(x, model=session, layer="conv3", size=8, stride=4, batch_size=5)
+        rows, cols = occluder_grid(32, 32, 8, 4)
+        assert result.grid == (8, 8)
+        acts = dv.DeconvNet(model).activations(x, ["features.6"])["features.6"][0]
+        assert result.channel == int(acts.flatten(1).amax(1).argmax())
+        with torch.inference_mode():
+            top1 = int(model(x).argmax())
+        assert result.target == top1
+        assert result.target_label == f"class {top1}"
+        compared = 0
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                y = occluded_images(x, [(r, c)])
+                with torch.inference_mode():
+                    probs = model(y).softmax(1)[0]
+                    feature = dv.DeconvNet(model).activations(y, ["features.6"])["features.6"][0, result.channel]
+                assert abs(float(result.activation[i, j]) - float(feature.sum())) <= TOLERANCE * float(
+                    feature.abs().sum()
+                )
+                assert abs(float(result.probability[i, j]) - float(probs[top1])) <= TOLERANCE
+                first, second = probs.topk(2).values.tolist()
+                if first - second > 1e-6:  # a clear winner: rounding cannot flip it
+                    assert int(result.labels[i, j]) == int(probs.argmax())
+                    compared += 1
+        assert compared >= 0.9 * 64
+        assert result.projection is not None
+        assert result.projection.channels == (result.channel,)
+        assert {c for c, _, _ in result.legend()} == set(result.labels.unique().tolist())
+    finally:
+        model.float()
+
+
+def test_a_given_class_by_index_or_name(photo: Path) -> None:
+    by_index = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target=3)
+    by_name = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target="class 3")
+    assert by_index.target == by_name.target == 3
+    assert torch.equal(by_index.probability, by_name.probability)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"), [(5, "unknown class 5"), ("zebra", "unknown class 'zebra'"), (-1, "unknown class -1")]
+)
+def test_unknown_class(photo: Path, target: object, message: str) -> None:
+    with pytest.raises(OcclusionError, match=message):
+        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target=target)  # type: ignore[arg-type]
+
+
+def test_model_without_classifier_gets_a_and_b_and_says_why(photo: Path) -> None:
+    loaded = dv.load_model(MODEL, device="cpu")
+    headless = dv.session(dataclasses.replace(loaded, module=loaded.module.features, labels=None, layers={}))
+    result = dv.occlusion(photo, model=headless, layer="6", size=8, stride=8)
+    assert result.probability is None
+    assert result.labels is None
+    assert result.missing is not None
+    assert "classifier head" in result.missing
+    assert result.activation.shape == (4, 4)
+    _, axes = result.figure()
+    assert len(axes) == 4
+    assert "no classifier" in axes[3].texts[0].get_text()
+
+
+def test_save_writes_the_panels_and_manifest(photo: Path, tmp_path: Path) -> None:
+    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=4)
+    folder = result.save(tmp_path / "noise")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "activation.csv",
+        "labels.csv",
+        "manifest.json",
+        "occlusion.png",
+        "probability.csv",
+        "projection.png",
+    ]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["kind"] == "occlusion"
+    assert manifest["channel"] == result.channel
+    assert manifest["target"] == result.target
+    grid = np.loadtxt(folder / "probability.csv", delimiter=",")
+    assert np.allclose(grid, result.probability.numpy(), rtol=0, atol=1e-15)
+    assert result._repr_png_()[:4] == b"\x89PNG"
+
+
+def test_model_is_left_unchanged(photo: Path, unchanged: Callable[[nn.Module], object]) -> None:
+    session = dv.session(MODEL, device="cpu")
+    state = unchanged(session.net.model)
+    dv.occlusion(photo, model=session, size=8, stride=8)
+    with pytest.raises(OcclusionError):
+        dv.occlusion(photo, model=session, size=8, stride=8, target=99)
+    state.assert_same(session.net.model)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_writes_one_folder_per_image(photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "occlusion",
+            str(photo),
+            "--model",
+            MODEL,
+            "--device",
+            "cpu",
+            "--size",
+            "8",
+            "--stride",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (out / "noise" / "occlusion.png").is_file()
+    assert "noise.png" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--size", "64"], "larger than the 32x32 image"),
+        (["--stride", "0"], "stride"),
+        (["--class", "7"], "unknown class 7"),
+        (["--layer", "conv9"], "unknown layer 'conv9'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2_nothing_written(
+    photo: Path, tmp_path: Path, options: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["occlusion", str(photo), "--model", MODEL, "--device", "cpu", "--out", str(out), *options]
+    )
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
