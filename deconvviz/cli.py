@@ -457,83 +457,6 @@ DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cud
 def invariance_command(
     images: Annotated[
         list[Path], typer.Argument(metavar="IMAGE", help="Picture files; one curve per picture.", show_default=False)
-@app.command("occlusion")
-def occlusion_command(
-    images: Annotated[
-        list[Path],
-        typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
-    ],
-    model: ModelOption = "vgg16",
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="The layer whose strongest feature map is followed (panels a, b). Default: the model's deepest "
-            "default layer (conv5_3 for VGG16).",
-            show_default=False,
-        ),
-    ] = None,
-    size: Annotated[int, typer.Option("--size", help="Side of the grey occluder, in pixels.")] = 32,
-    stride: Annotated[int, typer.Option("--stride", help="Pixels between occluder positions.")] = 8,
-    target: Annotated[
-        str,
-        typer.Option(
-            "--class",
-            help="The correct class for panel (c): an index, an exact class name, or auto (the unoccluded top-1).",
-        ),
-    ] = "auto",
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for the results; each picture gets OUT/<picture name>/.")
-    ] = Path("deconvviz-occlusion"),
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Occluder positions per pass (default 16 on CPU, 64 on GPU).")
-    ] = None,
-    debug: DebugOption = False,
-) -> None:
-    """Slide a grey square over each picture (the paper's Fig. 7): (a) the strongest feature map's total
-    activation per position, (b) its strongest unit projected to pixels, (c) the correct class's probability,
-    (d) the most probable class.
-
-    Only the part of each layer that the occluder reaches is recomputed, so the sweep costs a fraction of
-    re-running the network per position, with the same result. Models without a classifier get (a) and (b).
-    Each picture's folder (occlusion.png, CSV grids, projection.png, manifest.json) appears only when complete.
-    """
-    with _reported(debug):
-        with _progress_bars(transient=True) as bar:
-            task = bar.add_task("loading the model", total=None)
-            jobs = deconvviz.occlusion_jobs(
-                images, out, model=model, layer=layer, size=size, stride=stride, target=target, device=device
-            )
-            written = []
-            for image, folder, job in jobs:
-
-                def progress(done: int, total: int, name: str = image.name) -> None:
-                    bar.update(task, completed=done, total=total, description=f"occluding {name}")
-
-                result = job.run(batch_size=batch_size, progress=progress, image=str(image))
-                arguments = {"model": model, "layer": layer, "size": size, "stride": stride, "class": target}
-                written.append((result.save(folder, arguments=arguments), result))
-        typer.echo(f"wrote {len(written)} result folder(s) under {out}")
-        for folder, result in written:
-            typer.echo(f"{folder}: {result.summary()}")
-
-
-@app.command("correspondence")
-def correspondence_command(
-    images: Annotated[
-        list[Path],
-        typer.Argument(metavar="IMAGE", help="Two or more pictures with the same named parts.", show_default=False),
-    ],
-    parts: Annotated[
-        Path,
-        typer.Option(
-            "--parts",
-            "-p",
-            help='JSON: {"images": {"dog1.jpg": {"right eye": [left, top, right, bottom], ...}, ...}} in image pixels.',
-            show_default=False,
-        ),
     ],
     model: ModelOption = "vgg16",
     layers: Annotated[
@@ -715,6 +638,90 @@ def sanity_command(
             folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
         typer.echo(f"wrote {folder}/figure.png and manifest.json: {result.layer} channel {result.channel}")
         typer.echo(result.summary())
+
+
+@app.command("occlusion")
+def occlusion_command(
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
+    ],
+    model: ModelOption = "vgg16",
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="The layer whose strongest feature map is followed (panels a, b). Default: the model's deepest "
+            "default layer (conv5_3 for VGG16).",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Side of the grey occluder, in pixels.")] = 32,
+    stride: Annotated[int, typer.Option("--stride", help="Pixels between occluder positions.")] = 8,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--class",
+            help="The correct class for panel (c): an index, an exact class name, or auto (the unoccluded top-1).",
+        ),
+    ] = "auto",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the results; each picture gets OUT/<picture name>/.")
+    ] = Path("deconvviz-occlusion"),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Occluder positions per pass (default 16 on CPU, 64 on GPU).")
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Slide a grey square over each picture (the paper's Fig. 7): (a) the strongest feature map's total
+    activation per position, (b) its strongest unit projected to pixels, (c) the correct class's probability,
+    (d) the most probable class.
+
+    Only the part of each layer that the occluder reaches is recomputed, so the sweep costs a fraction of
+    re-running the network per position, with the same result. Models without a classifier get (a) and (b).
+    Each picture's folder (occlusion.png, CSV grids, projection.png, manifest.json) appears only when complete.
+    """
+    with _reported(debug):
+        with _progress_bars(transient=True) as bar:
+            task = bar.add_task("loading the model", total=None)
+            jobs = deconvviz.occlusion_jobs(
+                images, out, model=model, layer=layer, size=size, stride=stride, target=target, device=device
+            )
+            written = []
+            for image, folder, job in jobs:
+
+                def progress(done: int, total: int, name: str = image.name) -> None:
+                    bar.update(task, completed=done, total=total, description=f"occluding {name}")
+
+                result = job.run(batch_size=batch_size, progress=progress, image=str(image))
+                arguments = {"model": model, "layer": layer, "size": size, "stride": stride, "class": target}
+                written.append((result.save(folder, arguments=arguments), result))
+        typer.echo(f"wrote {len(written)} result folder(s) under {out}")
+        for folder, result in written:
+            typer.echo(f"{folder}: {result.summary()}")
+
+
+@app.command("correspondence")
+def correspondence_command(
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE", help="Two or more pictures with the same named parts.", show_default=False),
+    ],
+    parts: Annotated[
+        Path,
+        typer.Option(
+            "--parts",
+            "-p",
+            help='JSON: {"images": {"dog1.jpg": {"right eye": [left, top, right, bottom], ...}, ...}} in image pixels.',
+            show_default=False,
+        ),
+    ],
+    model: ModelOption = "vgg16",
+    layers: Annotated[
+        str | None,
+        typer.Option(
             "--layers", "-l", help="Comma-separated aliases or node names. Default: the two deepest default layers."
         ),
     ] = None,
