@@ -77,19 +77,19 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.base import AnalysisError as AnalysisError
     from deconvviz.analysis.base import AnalysisResult as AnalysisResult
-    from deconvviz.analysis.evolution import EvolutionResult as EvolutionResult
-    from deconvviz.analysis.evolution import evolution as evolution
-    from deconvviz.analysis.invariance import InvarianceResult as InvarianceResult
-    from deconvviz.analysis.invariance import invariance as invariance
-    from deconvviz.analysis.sanity import SanityResult as SanityResult
-    from deconvviz.analysis.sanity import sanity as sanity
     from deconvviz.analysis.base import check_result_folder as check_result_folder
     from deconvviz.analysis.correspondence import CorrespondenceResult as CorrespondenceResult
     from deconvviz.analysis.correspondence import correspondence as correspondence
     from deconvviz.analysis.correspondence import load_parts as load_parts
+    from deconvviz.analysis.evolution import EvolutionResult as EvolutionResult
+    from deconvviz.analysis.evolution import evolution as evolution
+    from deconvviz.analysis.invariance import InvarianceResult as InvarianceResult
+    from deconvviz.analysis.invariance import invariance as invariance
     from deconvviz.analysis.occlusion import OcclusionResult as OcclusionResult
     from deconvviz.analysis.occlusion import occlusion as occlusion
     from deconvviz.analysis.occlusion import occlusion_jobs as occlusion_jobs
+    from deconvviz.analysis.sanity import SanityResult as SanityResult
+    from deconvviz.analysis.sanity import sanity as sanity
     from deconvviz.api import OutputError as OutputError
     from deconvviz.api import RenderedImage as RenderedImage
     from deconvviz.api import RenderedLayer as RenderedLayer

@@ -114,7 +114,7 @@ class OcclusionResult(AnalysisResult):
         return [(int(v), self.label_names.get(int(v), f"class {v}"), int(c)) for v, c in pairs]
 
     def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The picture and the four panels (a)-(d) in one row; see :func:`deconvviz.analysis.part_plots.occlusion_figure`.
+        """The picture and the four panels (a)-(d) in one row (see ``part_plots.occlusion_figure``).
 
         Returns:
             ``(figure, axes)``, returned and never shown.
