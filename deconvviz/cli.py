@@ -78,27 +78,28 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _reported(debug: bool) -> Iterator[None]:
-    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+def _reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit status 2 (``quiet``: no line)."""
     from deconvviz.errors import DeconvVizError
 
-    debug = debug or _state.debug
+    debug = (debug or _state.debug) and not quiet
+    say = (lambda message: None) if quiet else _err
     try:
         yield
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
-        _err("interrupted; nothing was left half-written")
+        say("interrupted; nothing was left half-written")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (DeconvVizError, ValueError, OSError) as exc:
         if debug:
             raise
-        _err(f"error: {_first_line(exc)}")
+        say(f"error: {_first_line(exc)}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except RuntimeError as exc:  # torch's own failures (out of memory, ...): not the user's input
         if debug:
             raise
-        _err(f"error: {_first_line(exc)} (run `deconvviz --debug ...` for the traceback)")
+        say(f"error: {_first_line(exc)} (run `deconvviz --debug ...` for the traceback)")
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -142,7 +143,7 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
-def _progress_bars(transient: bool) -> Any:
+def _progress_bars(transient: bool, enabled: bool = True) -> Any:
     """Rich progress bars on stderr (off when it is not a terminal), for work that draws with matplotlib.
 
     Figures are drawn with the Agg backend: the command line never opens a window.
@@ -161,7 +162,7 @@ def _progress_bars(transient: bool) -> Any:
         TimeElapsedColumn(),
         console=console,
         transient=transient,
-        disable=not console.is_terminal,
+        disable=not (enabled and console.is_terminal),
     )
 
 
@@ -349,7 +350,13 @@ def _parse_channels(text: str) -> int | list[int] | None:
 @app.command("report")
 def report_command(
     folder: Annotated[
-        Path, typer.Argument(metavar="FOLDER", help="A folder of pictures, scanned recursively.", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="IMAGES",
+            help="A folder of pictures, scanned recursively (ImageNet's class folders work as they are), or a text "
+            "file of picture paths, one per line.",
+            show_default=False,
+        ),
     ],
     model: ModelOption = "vgg16",
     layers: Annotated[
@@ -374,47 +381,120 @@ def report_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report folder.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 8,
     scale: ScaleOption = Scale.robust,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Scan only the first N pictures.", show_default=False)
+    ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option("--sample", min=1, help="Scan a random sample of N pictures (see --seed).", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="The seed of --sample.")] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Go on from the saved scan state of an interrupted run of the same command."),
+    ] = False,
+    save_every: Annotated[
+        float, typer.Option("--save-every", min=0, help="Seconds between two saves of the resumable scan state.")
+    ] = 60.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            help="Scan with N processes on this machine (torchrun; one per GPU with --device cuda). "
+            "For several machines, start `torchrun ... -m deconvviz report ...` on each.",
+        ),
+    ] = 1,
     debug: DebugOption = False,
 ) -> None:
     """Build a static HTML report over a folder: for each layer and channel, the strongest activations across the
     pictures, each projected to pixels beside the image patch it came from (the paper's Fig. 2).
 
     The report opens from disk in a browser (OUT/index.html) and comes with its PNGs and manifest.json. It is
-    written into a temporary folder and renamed into place when complete.
+    written into a temporary folder and renamed into place when complete. A long scan saves its state every
+    --save-every seconds; after a crash, Ctrl-C or a kill, the same command with --resume goes on from there.
     """
-    with _reported(debug):
-        chosen_channels = _parse_channels(channels)
-        from deconvviz.report import build_report
+    from deconvviz import distributed
 
-        labels = {
-            "scan": "scanning pictures",
-            "project": "projecting top activations",
-            "write": "writing layer pages",
-            "images": "rendering each picture",
-        }
-        with _progress_bars(transient=False) as bar:
-            tasks: dict[str, Any] = {}
+    if workers > 1 and not distributed.launched():
+        with _reported(debug):
+            from deconvviz.sources import image_source
 
-            def progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-                bar.update(tasks[stage], completed=done, total=total)
+            image_source(folder)  # a missing or empty folder gets its one line here, before any process starts
+        argv = ["report", str(folder), "--model", model, "--channels", channels, "--top", str(top)]
+        argv += ["--out", str(out), "--device", device, "--batch-size", str(batch_size)]
+        argv += ["--scale", scale.value, "--seed", str(seed), "--save-every", str(save_every)]
+        argv += ["--layers", layers] if layers is not None else []
+        argv += ["--limit", str(limit)] if limit is not None else []
+        argv += ["--sample", str(sample)] if sample is not None else []
+        flags = {"--per-image": per_image, "--overwrite": overwrite, "--resume": resume, "--debug": debug}
+        argv += [flag for flag, on in flags.items() if on]
+        raise typer.Exit(_torchrun(workers, argv))
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
+    try:
+        with _reported(debug, quiet=not lead):
+            chosen_channels = _parse_channels(channels)
+            from deconvviz.report import build_report, scan_state_folder
 
-            report = build_report(
-                folder,
-                out,
-                model=model,
-                layers=layers,
-                channels=chosen_channels,
-                k=top,
-                device=device,
-                per_image=per_image,
-                overwrite=overwrite,
-                batch_size=batch_size,
-                scale=scale.value,
-                progress=progress,
-            )
-        typer.echo(report.summary())
+            labels = {
+                "scan": "scanning pictures",
+                "project": "projecting top activations",
+                "write": "writing layer pages",
+                "images": "rendering each picture",
+            }
+            with _progress_bars(transient=False, enabled=lead) as bar:
+                tasks: dict[str, Any] = {}
+
+                def progress(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+
+                try:
+                    report = build_report(
+                        folder,
+                        out,
+                        model=model,
+                        layers=layers,
+                        channels=chosen_channels,
+                        k=top,
+                        device=device,
+                        per_image=per_image,
+                        overwrite=overwrite,
+                        batch_size=batch_size,
+                        scale=scale.value,
+                        progress=progress,
+                        limit=limit,
+                        sample=sample,
+                        seed=seed,
+                        resume=resume,
+                        save_every=save_every,
+                    )
+                except KeyboardInterrupt:
+                    state = scan_state_folder(out)
+                    if state.is_dir() and any(state.iterdir()):
+                        _err(f"interrupted; the scan so far is kept in {str(state)!r}: add --resume to go on")
+                        raise typer.Exit(EXIT_INTERRUPTED) from None
+                    raise
+        if lead:
+            typer.echo(report.summary())
+    finally:
+        distributed.shutdown()
+
+
+def _torchrun(workers: int, argv: list[str]) -> int:
+    """Run ``deconvviz <argv>`` in ``workers`` processes on this machine under torchrun; its exit status."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))  # share the cores out
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the processes of one machine talk over its loopback
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr", "127.0.0.1"]
+    command += [f"--nproc-per-node={workers}", "-m", "deconvviz", *argv]
+    return subprocess.call(command, env=env)
 
 
 def _parse_range(text: str, name: str) -> tuple[float, float] | None:

@@ -301,23 +301,41 @@ class DeconvNet:
         Returns:
             ``(len(units), C, H, W)`` reconstructions, detached, on the model's device.
         """
+        return self.project_units_at(x, {layer: units}, method=method)[layer]
+
+    def project_units_at(
+        self, x: Tensor, units: Mapping[str, Sequence[Unit]], *, method: Method | None = None
+    ) -> dict[str, Tensor]:
+        """:meth:`project_units` at several layers from one capture pass over ``x``.
+
+        Args:
+            x: ``(N, C, H, W)`` preprocessed images.
+            units: per layer name or alias, the activations ``(sample, channel, row, col)`` to project.
+            method: the reverse pass (see :meth:`project`).
+
+        Returns:
+            Per layer, ``(len(units[layer]), C, H, W)`` reconstructions, detached, on the model's device.
+        """
         rules = get_method(method)
         graph = self._graph_for(rules)
-        node = self._target(graph, layer, rules)
+        nodes = {layer: self._target(graph, layer, rules) for layer in units}
         x = self._input(x, single=False)
+        out: dict[str, Tensor] = {}
         with torch.inference_mode(), evaluating(self.model):
-            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-            act = cap.activations[node]
-            for unit in units:
-                _seeds.check_unit(act, unit, layer)
-            chunk = self._chunk(act.device)
-            chunks = [
-                self._mirror_units(graph, cap, node, act, list(units[i : i + chunk]), "max", rules)
-                for i in range(0, len(units), chunk)
-            ]
-            if not chunks:
-                return x.new_zeros((0, *x.shape[1:]))
-            return torch.cat(chunks).detach()
+            targets = list(dict.fromkeys(nodes.values()))
+            cap = _capture.run(graph, x, targets, self._forward_rules(graph, targets, rules))
+            for layer, node in nodes.items():
+                wanted = list(units[layer])
+                act = cap.activations[node]
+                for unit in wanted:
+                    _seeds.check_unit(act, unit, layer)
+                chunk = self._chunk(act.device)
+                chunks = [
+                    self._mirror_units(graph, cap, node, act, wanted[i : i + chunk], "max", rules)
+                    for i in range(0, len(wanted), chunk)
+                ]
+                out[layer] = torch.cat(chunks).detach() if chunks else x.new_zeros((0, *x.shape[1:]))
+        return out
 
     def project_seeds(
         self,

@@ -34,6 +34,7 @@ from deconvviz.errors import DeconvVizError
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
     from deconvviz.search import TopKResult
+    from deconvviz.sources import Data, ImageSource
 
 SCHEMA_VERSION = 1
 PAPER_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")
@@ -78,7 +79,7 @@ class Report:
 
 
 def build_report(
-    folder: str | Path,
+    folder: Data,
     out: str | Path = "report",
     *,
     model: Any = "vgg16",
@@ -91,24 +92,40 @@ def build_report(
     batch_size: int = 8,
     scale: str = "robust",
     progress: Progress | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    save_every: float = 60.0,
 ) -> Report:
     """Scan ``folder`` and write the HTML report to ``out``.
 
+    The scan's state is saved every ``save_every`` seconds next to the report's staging folder
+    (``.<out name>.scan/`` beside ``out``); after a crash, Ctrl-C or a kill the same call with ``resume=True``
+    goes on from there and writes exactly the report an uninterrupted run writes. Under ``torchrun`` every
+    process takes part in the scan and the projections and rank 0 writes the report.
+
     Args:
-        folder: images, scanned recursively (unreadable files are skipped and listed).
+        folder: the images: a folder (scanned recursively, e.g. ImageNet's class folders), a text file of image
+            paths, or a ``torch.utils.data.Dataset`` (unreadable images are skipped and listed).
         out: the report folder to create.
         model: a registered model name, a loaded model, or a session.
         layers: names or aliases (a list or a comma-separated string), ``"all"``, or None for the paper's layers
             (``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has them, else one layer per resolution).
         channels: the first ``n`` channels of every layer, a list of channels, or None for all of them.
         k: activations shown per channel.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (under torchrun, ``cuda`` is each process's own GPU).
         per_image: also render every image's per-layer reconstructions (as the render command does).
         overwrite: replace an existing report folder.
         batch_size: images per forward pass.
         scale: the display scaling: ``"robust"`` (default), ``"max"`` (the paper's) or ``"minmax"``
             (see :mod:`deconvviz.viz.scaling`).
         progress: called as work advances.
+        limit: report on the first ``limit`` images only.
+        sample: report on a random ``sample`` of the images, drawn with ``seed``.
+        seed: the seed of ``sample``.
+        resume: go on from the saved state of an interrupted run with the same arguments.
+        save_every: seconds between two saves of the scan state.
 
     Returns:
         The :class:`Report`.
@@ -116,20 +133,26 @@ def build_report(
     Raises:
         ReportError: ``out`` exists (without ``overwrite``) or cannot be written.
         SearchError: a missing or empty folder, or no readable image.
+        StateError: ``resume`` with the saved state of another scan.
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
-    from deconvviz.api import session
-    from deconvviz.search import find_images, top_k
+    from deconvviz import distributed
+    from deconvviz.api import resolve_device, session
+    from deconvviz.search import image_source, result_of, scan
     from deconvviz.viz import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     target = Path(out)
     _check_target(target, overwrite)
-    paths = find_images(folder)  # a missing or empty folder fails before any model is loaded
+    source = image_source(folder, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+    if per_image and source.paths is None:
+        raise ReportError("per-image pages need image files; a data set has none (leave out per_image)")
+    if isinstance(model, str):
+        device = distributed.rank_device(resolve_device(device))
     current = session(model, device=device)
-    chosen = _report_layers(current, layers, paths)
+    chosen = _report_layers(current, layers, source)
     arguments = {
-        "folder": str(folder),
+        "folder": source.description,
         "model": current.name,
         "layers": chosen,
         "channels": channels if channels is None or isinstance(channels, int) else list(channels),
@@ -137,28 +160,70 @@ def build_report(
         "per_image": per_image,
         "batch_size": batch_size,
         "scale": scaling.to_dict(),
+        "limit": limit,
+        "sample": sample,
+        "seed": seed,
     }
+    state = scan_state_folder(target)
+    ranks = distributed.setup(_model_device(current))
+    if ranks.rank == 0 and not resume:
+        shutil.rmtree(state, ignore_errors=True)  # an older run's state must not be mixed into this one
+    distributed.barrier(ranks)
+    found = scan(
+        current.model,
+        source,
+        layers=chosen,
+        k=k,
+        channels=channels,
+        batch_size=batch_size,
+        progress=progress,
+        state=state,
+        resume=resume,
+        save_every=save_every,
+    )
+    result = result_of(found, k, batch_size, progress)
+    if ranks.rank != 0:  # rank 0 writes the report; the others wait until it is in place
+        distributed.barrier(ranks)
+        return _summary(target, result, 1 + len(result.layers), sum(len(result.hits[x]) for x in result.layers))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         _permissions_like_mkdir(staging)
     except OSError as exc:
+        distributed.barrier(ranks)
         raise ReportError(
             f"cannot write the report next to {str(target)!r} ({exc.strerror or exc}); choose another --out"
         ) from exc
     try:
-        result = top_k(
-            current.model, folder, layers=chosen, k=k, channels=channels, batch_size=batch_size, progress=progress
-        )
         writer = _Writer(staging, result, current, scaling.name, progress)
         cards = writer.layer_pages()
-        image_pages = writer.image_pages(paths, chosen) if per_image else []
+        image_pages = writer.image_pages(source.paths or [], chosen) if per_image else []
         writer.index(image_pages)
         writer.manifest(arguments, image_pages)
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        distributed.barrier(ranks)
+    shutil.rmtree(state, ignore_errors=True)  # the report is complete: nothing left to resume
+    return _summary(target, result, 1 + len(result.layers) + len(image_pages), cards)
+
+
+def scan_state_folder(target: str | Path) -> Path:
+    """Where the resumable scan state of the report ``target`` is kept: ``.<name>.scan/`` beside it."""
+    path = Path(target)
+    return path.parent / f".{path.name}.scan"
+
+
+def _model_device(current: Session) -> Any:
+    import torch
+
+    reference = next(iter(current.model.module.parameters()), None)
+    return reference.device if reference is not None else torch.device("cpu")
+
+
+def _summary(target: Path, result: TopKResult, pages: int, cards: int) -> Report:
     return Report(
         path=target,
         index=target / "index.html",
@@ -166,7 +231,7 @@ def build_report(
         skipped=len(result.skipped),
         layers=result.layers,
         channels=cards,
-        pages=1 + len(result.layers) + len(image_pages),
+        pages=pages,
     )
 
 
@@ -188,23 +253,22 @@ def _check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def _report_layers(current: Session, layers: str | Sequence[str] | None, paths: Sequence[Path]) -> list[str]:
+def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
     from deconvviz.api import choose_layers, default_layers
-    from deconvviz.images import load_image
 
     if layers is None and all(name in current.net.aliases for name in PAPER_LAYERS):
         return list(PAPER_LAYERS)
     sample = None
-    for path in paths:  # the first readable image tells the default layers' sizes
+    for index in range(len(source)):  # the first readable image tells the default layers' sizes
         try:
-            sample = current.preprocess(load_image(path))
+            sample = source.prepare(index, current.preprocess)[None]
             break
         except (DeconvVizError, OSError):
             continue
     if sample is None:
         from deconvviz.search import SearchError
 
-        raise SearchError(f"none of the {len(paths)} image files could be read")
+        raise SearchError(f"none of the {len(source)} images could be read")
     if layers is None:
         return default_layers(current.net, sample)[-4:]
     return choose_layers(current.net, layers, sample)
@@ -280,11 +344,11 @@ class _Writer:
         found = self.sources.get(image)
         if found is not None:
             return found
-        from deconvviz.images import load_image
-
+        source = self.result.source
+        assert source is not None  # a report is built from a scan, which knows its images
         (self.root / "sources").mkdir(exist_ok=True)
         name = f"sources/{len(self.sources):05d}_{_slug(Path(image).stem)[:40]}.jpg"
-        picture = self.current.model.to_image(self.current.preprocess(load_image(Path(self.result.folder) / image)))
+        picture = self.current.model.to_image(source.prepare(source.index(image), self.current.preprocess)[None])
         picture.convert("RGB").save(self.root / name, quality=88)
         self.sources[image] = name
         return name
@@ -350,9 +414,10 @@ class _Writer:
         """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
         from deconvviz.api import render_images
 
-        base = Path(self.result.folder)
+        source = self.result.source
+        names = dict(zip(source.paths or [], source.names, strict=True)) if source is not None else {}
         skipped = {image for image, _ in self.result.skipped}  # the scan already read every file
-        readable = [path for path in paths if path.relative_to(base).as_posix() not in skipped]
+        readable = [path for path in paths if names.get(path, path.name) not in skipped]
 
         def step(done: int, total: int, what: str) -> None:
             if self.progress is not None:
@@ -371,7 +436,7 @@ class _Writer:
         pages = []
         for item in rendered:
             folder = item.folder.name
-            name = item.image.relative_to(base).as_posix() if item.image.is_relative_to(base) else item.image.name
+            name = names.get(item.image, item.image.name)
             figures = [f"<h2>all layers</h2><img src='{folder}/{item.overview.name}' alt='overview'>"]
             for layer in item.layers:
                 summary = layer.summary.relative_to(item.folder).as_posix()

@@ -6,14 +6,21 @@ so the ``k`` hits of a channel come from ``k`` different images, as in the paper
 one batch of activations plus ``k`` numbers per channel, whatever the folder's size.
 
 Each kept activation is then projected down from its own image (through that image's own pooling
-switches), batched across images, and both the reconstruction and the image are cropped to the unit's
-receptive field: the paper's reconstruction-beside-patch grids.
+switches), batched across images with one capture per image for all the layers it is needed at, and both
+the reconstruction and the image are cropped to the unit's receptive field: the paper's
+reconstruction-beside-patch grids.
+
+Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.sources`). A scan can
+save its state at intervals and resume from it (:mod:`deconvviz.scanstate`), and under ``torchrun`` it is
+spread over the processes (:mod:`deconvviz.distributed`): each scans its share of the batches, the top-k are
+merged with collectives, the projections are shared out and rank 0 gets the result.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from deconvviz.distributed import Ranks
 from deconvviz.errors import DeconvVizError
+from deconvviz.scanstate import tracker_state
+from deconvviz.sources import Data, ImageSource, SearchError, find_images, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -36,49 +46,22 @@ Progress = Callable[[str, int, int], None]
 SCHEMA_VERSION = 1
 
 
-class SearchError(DeconvVizError, ValueError):
-    """A folder, layer or channel choice that a top-k search cannot work with."""
-
-
-def find_images(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), in a stable order (sorted relative paths).
-
-    Raises:
-        SearchError: the folder does not exist, is not a folder, or holds no image files.
-    """
-    from deconvviz.images import IMAGE_SUFFIXES
-
-    root = Path(folder)
-    if not root.exists():
-        raise SearchError(f"folder not found: {str(root)!r}")
-    if not root.is_dir():
-        raise SearchError(f"not a folder: {str(root)!r} (give a folder of images)")
-    paths = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    if not paths:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise SearchError(f"no images in {str(root)!r} (looked recursively for {suffixes})")
-    return paths
-
-
 # ------------------------------------------------------------------------------------------------ scanning
 
 
 class _Images(torch.utils.data.Dataset):
-    """Images of a folder, preprocessed; an unreadable file yields its error instead of a tensor."""
+    """Images of a source, preprocessed; an unreadable one yields its error instead of a tensor."""
 
-    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Path], Tensor]) -> None:
-        self.paths = list(paths)
+    def __init__(self, source: ImageSource, preprocess: Callable[[Any], Tensor]) -> None:
+        self.source = source
         self.preprocess = preprocess
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
         try:
-            return index, self.preprocess(self.paths[index]), None
+            return index, self.source.prepare(index, self.preprocess), None
         except (DeconvVizError, OSError, ValueError) as exc:
             return index, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -95,33 +78,80 @@ def _collate(
 class TopKTracker:
     """Streaming top-k per channel: ``k`` best (value, image, position) triples, one hit per image.
 
-    Ties keep the earlier image, so a scan in a fixed order is deterministic.
+    Ties keep the earlier image, so a scan in a fixed order is deterministic; :meth:`merged` combines the
+    trackers of several shards with the same rule, so the result does not depend on how the images were split.
 
     Args:
         channels: number of tracked channels.
         k: how many activations to keep per channel.
         map_shape: spatial shape of the layer's maps (to turn flat positions into rows and columns).
+        device: where the kept hits live (the scan's device: the batches never leave it).
     """
 
-    def __init__(self, channels: int, k: int, map_shape: Sequence[int] = ()) -> None:
+    def __init__(
+        self, channels: int, k: int, map_shape: Sequence[int] = (), device: torch.device | str = "cpu"
+    ) -> None:
         self.k = k
         self.map_shape = tuple(int(n) for n in map_shape)
-        self.values = torch.full((channels, k), -math.inf, dtype=torch.float64)
-        self.images = torch.full((channels, k), -1, dtype=torch.long)
-        self.positions = torch.zeros((channels, k), dtype=torch.long)  # flat index into the map
+        self.values = torch.full((channels, k), -math.inf, dtype=torch.float64, device=device)
+        self.images = torch.full((channels, k), -1, dtype=torch.long, device=device)
+        self.positions = torch.zeros((channels, k), dtype=torch.long, device=device)  # flat index into the map
 
     def update(self, activations: Tensor, images: Tensor) -> None:
         """Offer a batch: ``activations`` ``(B, channels, ...)`` and the image index of each row ``(B,)``."""
         batch, channels = activations.shape[:2]
+        device = self.values.device
         flat = activations.detach().reshape(batch, channels, -1)
         best, where = flat.max(dim=2)  # per image and channel: its strongest unit
-        values = torch.cat([self.values, best.t().to("cpu", torch.float64)], dim=1)
-        image_ids = torch.cat([self.images, images.to("cpu").expand(channels, batch)], dim=1)
-        positions = torch.cat([self.positions, where.t().to("cpu")], dim=1)
+        values = torch.cat([self.values, best.t().to(device, torch.float64)], dim=1)
+        image_ids = torch.cat([self.images, images.to(device).expand(channels, batch)], dim=1)
+        positions = torch.cat([self.positions, where.t().to(device)], dim=1)
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : self.k]
         self.values = values.gather(1, order)
         self.images = image_ids.gather(1, order)
         self.positions = positions.gather(1, order)
+
+    @classmethod
+    def merged(cls, parts: Sequence[TopKTracker]) -> TopKTracker:
+        """One tracker from trackers of disjoint image sets: strongest first, the earlier image on ties.
+
+        That is the order a single scan over all the images in index order keeps, so a scan split over
+        several processes and merged equals the scan in one process, ties included.
+        """
+        first = parts[0]
+        values = torch.cat([p.values.to(first.values.device) for p in parts], dim=1)
+        images = torch.cat([p.images.to(first.values.device) for p in parts], dim=1)
+        positions = torch.cat([p.positions.to(first.values.device) for p in parts], dim=1)
+        # Sort by image first (empty slots, image -1, last), then stably by value: equal values stay by image.
+        key = torch.where(images < 0, torch.iinfo(torch.long).max, images)
+        by_image = torch.sort(key, dim=1, stable=True).indices
+        values, images, positions = (
+            values.gather(1, by_image),
+            images.gather(1, by_image),
+            positions.gather(1, by_image),
+        )
+        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : first.k]
+        out = cls(values.shape[0], first.k, first.map_shape, device=first.values.device)
+        out.values, out.images, out.positions = (
+            values.gather(1, order),
+            images.gather(1, order),
+            positions.gather(1, order),
+        )
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """The kept hits as saved in a scan state (CPU tensors)."""
+        return tracker_state(self.values, self.images, self.positions, self.map_shape)
+
+    @classmethod
+    def from_state(cls, saved: dict[str, Any], device: torch.device | str = "cpu") -> TopKTracker:
+        """A tracker from :meth:`state`."""
+        values = saved["values"]
+        out = cls(values.shape[0], values.shape[1], saved["map_shape"], device=device)
+        out.values = values.to(device, torch.float64)
+        out.images = saved["images"].to(device, torch.long)
+        out.positions = saved["positions"].to(device, torch.long)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -150,19 +180,20 @@ class TopKHit:
 
 @dataclass(frozen=True)
 class TopKResult:
-    """The top-k activations of the chosen channels of each layer across a folder, with projections.
+    """The top-k activations of the chosen channels of each layer across a data set, with projections.
 
     Attributes:
         model: name of the model.
-        folder: the scanned folder.
+        folder: where the images came from (the scanned folder, the list file, or the data set's class).
         layers: the layers as asked for (aliases or node names).
         nodes: the node name of each layer.
         k: hits kept per channel.
-        images: every image that was scanned, relative to ``folder``.
+        images: the name of every image that was scanned (relative to ``folder``, or ``#index`` in a data set).
         skipped: ``(image, error)`` for every file that could not be read.
         hits: ``hits[layer][channel]``: the hits of that channel, strongest first (fewer than ``k`` when the
             folder has fewer readable images).
         to_image: the model's input-space -> PIL conversion, for display.
+        source: the scanned images (to read an image again by its name).
     """
 
     model: str
@@ -174,6 +205,7 @@ class TopKResult:
     skipped: tuple[tuple[str, str], ...]
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
+    source: ImageSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def grid_side(self) -> int:
@@ -285,36 +317,77 @@ def _safe(name: str) -> str:
 
 @dataclass
 class ScanResult:
-    """The first half of a top-k search: the folder streamed through the model, strongest hits tracked.
+    """The first half of a top-k search: the images streamed through the model, strongest hits tracked.
+
+    Under torch.distributed the trackers and ``skipped`` are already merged over all processes.
 
     Attributes:
         loaded: the loaded model.
         net: its deconvnet.
-        root: the scanned folder.
-        paths: every image file found, in scan order.
-        names: those paths relative to ``root``.
+        source: the scanned images.
         layers: the layers as asked for.
         nodes: their node names.
         trackers: per layer, the kept hits of its selected channels.
         selected: per layer, the selected channels (tracker row ``i`` is channel ``selected[layer][i]``).
-        skipped: ``(image, error)`` for every unreadable file.
+        skipped: ``(image, error)`` for every unreadable image, in scan order.
+        resumed: images of this process's shard that were taken from a saved state instead of being read again.
+        ranks: this process's place among the scanning processes.
     """
 
     loaded: Any
     net: DeconvNet
-    root: Path
-    paths: list[Path]
-    names: list[str]
+    source: ImageSource
     layers: list[str]
     nodes: list[str]
     trackers: dict[str, TopKTracker]
     selected: dict[str, list[int]]
     skipped: list[tuple[str, str]]
+    resumed: int = 0
+    ranks: Ranks = field(default_factory=Ranks)
+
+    @property
+    def names(self) -> list[str]:
+        """The name of every image, in scan order."""
+        return self.source.names
+
+    @property
+    def paths(self) -> list[Path] | None:
+        """The image files, where the images are files."""
+        return self.source.paths
+
+
+def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
+    """This process's batches: batch ``b`` of the whole scan goes to rank ``b % world``.
+
+    Every batch holds the same images whatever the number of processes, so each image's activations are
+    computed exactly as in a one-process scan.
+    """
+    starts = range(ranks.rank * batch_size, count, ranks.world * batch_size)
+    return [list(range(start, min(start + batch_size, count))) for start in starts]
+
+
+def _fingerprint(
+    loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
+) -> dict[str, Any]:
+    from deconvviz.scanstate import parameters_digest
+
+    return {
+        "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
+        "weights": str(getattr(loaded, "weights", "")),
+        "parameters": parameters_digest(loaded.module),
+        "layers": list(nodes),
+        "k": k,
+        "channels": channels if channels is None or isinstance(channels, int) else list(channels),
+        "batch size": batch_size,
+        "images": f"{len(source)} from {source.description} ({source.digest()})",
+        "processes": ranks.world,
+        "rank": ranks.rank,
+    }
 
 
 def scan(
     model: Any,
-    folder: str | Path,
+    data: Data,
     layers: Sequence[str] | None = None,
     k: int = 9,
     channels: int | Sequence[int] | None = None,
@@ -323,68 +396,164 @@ def scan(
     device: str | torch.device | None = None,
     workers: int = 0,
     progress: Progress | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    state: str | Path | None = None,
+    resume: bool = False,
+    save_every: float = 60.0,
 ) -> ScanResult:
-    """Stream a folder through the model and keep each channel's ``k`` strongest activations (no projection).
+    """Stream the images through the model and keep each channel's ``k`` strongest activations (no projection).
 
     Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
+    from deconvviz import distributed
     from deconvviz.deconvnet import DeconvNet
+    from deconvviz.scanstate import ScanState, load_state, save_state, state_file
 
-    loaded = _loaded(model, device)
-    net = DeconvNet(loaded)
     if k < 1:
         raise SearchError(f"k must be at least 1, got {k}")
     if batch_size < 1:
         raise SearchError(f"batch_size must be at least 1, got {batch_size}")
+    if save_every < 0:
+        raise SearchError(f"save_every must be 0 or more seconds, got {save_every}")
+    source = image_source(data, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+    loaded = _loaded(model, device)
+    where = _device_of(loaded)
+    ranks = distributed.setup(where)
+    net = DeconvNet(loaded)
     chosen_layers = list(layers) if layers else list(loaded.layers) or net.layers
     nodes = [net.resolve(layer) for layer in chosen_layers]  # unknown names fail here, before any work
-    root = Path(folder)
-    paths = find_images(root)
-    names = [p.relative_to(root).as_posix() for p in paths]
+    mine = _batches(len(source), batch_size, ranks)
+    total = sum(len(b) for b in mine)
 
-    def prepare(path: Path) -> Tensor:
-        from deconvviz.images import load_image
-
-        return loaded.preprocess(load_image(path))[0].cpu()
-
-    loader = torch.utils.data.DataLoader(
-        _Images(paths, prepare), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate
-    )
     trackers: dict[str, TopKTracker] = {}
     selected: dict[str, list[int]] = {}
-    skipped: list[tuple[str, str]] = []
-    done = 0
+    skipped: list[tuple[int, str]] = []
+    start = 0
+    path = state_file(state, ranks.rank, ranks.world) if state is not None else None
+    fingerprint = _fingerprint(loaded, nodes, k, channels, batch_size, source, ranks) if path is not None else {}
+    if path is not None and resume:
+        saved = load_state(path, fingerprint)
+        if saved is not None:
+            trackers = {layer: TopKTracker.from_state(t, where) for layer, t in saved.trackers.items()}
+            selected, skipped, start = saved.selected, saved.skipped, saved.batches_done
+    resumed = sum(len(b) for b in mine[:start])
+
+    def save(done_batches: int) -> None:
+        assert path is not None
+        saved = ScanState(
+            fingerprint=fingerprint,
+            batches_done=done_batches,
+            trackers={layer: tracker.state() for layer, tracker in trackers.items()},
+            selected=selected,
+            skipped=skipped,
+            finished=done_batches == len(mine),
+        )
+        save_state(path, saved)
+
+    def prepare(image: Any) -> Tensor:
+        return loaded.preprocess(image)
 
     def track(layer: str, act: Tensor, index: Tensor) -> None:
         if layer not in trackers:
             selected[layer] = _select_channels(channels, act.shape[1], layer)
-            trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:])
+            trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:], device=act.device)
         chosen = selected[layer]
         if len(chosen) != act.shape[1] or chosen != list(range(act.shape[1])):  # no copy when all are kept
             act = act.index_select(1, torch.tensor(chosen, device=act.device))
         trackers[layer].update(act, index)
 
-    for indices, batch, bad in loader:
-        skipped.extend((names[i], error) for i, error in bad)
+    on_gpu = where.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        _Images(source, prepare),
+        batch_sampler=mine[start:],
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=on_gpu,  # page-locked batches: the copy to the GPU overlaps the next batch's reading
+    )
+    done, last_save, kept = resumed, time.monotonic(), start > 0
+    if progress is not None and done:
+        progress("scan", done, total)
+    for step, (indices, batch, bad) in enumerate(loader, start=start + 1):
+        skipped.extend(bad)
         done += len(indices) + len(bad)
         if batch is not None:
-            index = torch.tensor(indices)
+            index = torch.tensor(indices, device=where)
+            x = batch.to(where, non_blocking=on_gpu)
 
             def visit(layer: str, act: Tensor, index: Tensor = index) -> None:
                 track(layer, act, index)
 
             # Each layer is folded into its tracker as soon as it is computed, then released.
-            net.visit_activations(batch, chosen_layers, visit)
+            net.visit_activations(x, chosen_layers, visit)
+        # The first save comes after save_every seconds (a short scan leaves no state behind), then one every
+        # save_every seconds and one at the end, so that a crash while projecting need not scan again.
+        if path is not None and (time.monotonic() - last_save >= save_every or (step == len(mine) and kept)):
+            save(step)
+            kept, last_save = True, time.monotonic()
         if progress is not None:
-            progress("scan", done, len(paths))
+            progress("scan", done, total)
+    if ranks.spread:
+        trackers, selected, skipped = _merge_ranks(trackers, selected, skipped, chosen_layers, ranks, k)
     if not trackers:
-        raise SearchError(f"none of the {len(paths)} image files in {str(root)!r} could be read")
-    return ScanResult(loaded, net, root, paths, names, chosen_layers, nodes, trackers, selected, skipped)
+        raise SearchError(f"none of the {len(source)} images of {source.description!r} could be read")
+    names = source.names
+    return ScanResult(
+        loaded,
+        net,
+        source,
+        chosen_layers,
+        nodes,
+        trackers,
+        selected,
+        [(names[i], error) for i, error in sorted(skipped)],
+        resumed=resumed,
+        ranks=ranks,
+    )
+
+
+def _merge_ranks(
+    trackers: dict[str, TopKTracker],
+    selected: dict[str, list[int]],
+    skipped: list[tuple[int, str]],
+    layers: Sequence[str],
+    ranks: Ranks,
+    k: int,
+) -> tuple[dict[str, TopKTracker], dict[str, list[int]], list[tuple[int, str]]]:
+    """Every process's top-k merged into one, on every process (tensors through all_gather)."""
+    from deconvviz import distributed
+
+    # A process whose shard held no readable image has no tracker yet: it learns the shapes from the others.
+    shapes = {layer: (selected[layer], t.map_shape) for layer, t in trackers.items()}
+    known: dict[str, tuple[list[int], tuple[int, ...]]] = {}
+    for theirs in distributed.all_gather_objects(shapes, ranks):
+        for layer, shape in theirs.items():
+            known.setdefault(layer, shape)
+    merged: dict[str, TopKTracker] = {}
+    merged_selected: dict[str, list[int]] = {}
+    for layer in dict.fromkeys(layers):
+        if layer not in known:
+            continue
+        chosen, map_shape = known[layer]
+        own = trackers.get(layer) or TopKTracker(len(chosen), k, map_shape, device=ranks.device)
+        parts = []
+        values = distributed.all_gather(own.values, ranks)
+        images = distributed.all_gather(own.images, ranks)
+        positions = distributed.all_gather(own.positions, ranks)
+        for v, i, p in zip(values, images, positions, strict=True):
+            part = TopKTracker(len(chosen), k, map_shape, device=v.device)
+            part.values, part.images, part.positions = v, i, p
+            parts.append(part)
+        merged[layer] = TopKTracker.merged(parts)
+        merged_selected[layer] = list(chosen)
+    everything = [item for theirs in distributed.all_gather_objects(skipped, ranks) for item in theirs]
+    return merged, merged_selected, sorted(everything)
 
 
 def top_k(
     model: Any,
-    folder: str | Path,
+    data: Data,
     layers: Sequence[str] | None = None,
     k: int = 9,
     channels: int | Sequence[int] | None = None,
@@ -393,26 +562,48 @@ def top_k(
     device: str | torch.device | None = None,
     workers: int = 0,
     progress: Progress | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    state: str | Path | None = None,
+    resume: bool = False,
+    save_every: float = 60.0,
 ) -> TopKResult:
-    """Find the ``k`` strongest activations of each channel across a folder and project each one.
+    """Find the ``k`` strongest activations of each channel across a data set and project each one.
+
+    Under ``torchrun`` every process calls this with the same arguments: each scans its share of the batches
+    (batch ``b`` goes to rank ``b % world``), the top-k are merged with torch.distributed collectives (ties go
+    to the earlier image, exactly as in one process), and the projections are shared out by image. Rank 0
+    returns the whole result; the other ranks return it without hits (``hits`` maps each layer to ``{}``).
 
     Args:
         model: a registered model name (``"vgg16"``) or a loaded model (:func:`deconvviz.load_model`).
-        folder: a folder of images, scanned recursively (jpg, png, webp, bmp, tiff). Unreadable files are
-            skipped and listed in the result.
+        data: a folder of images, scanned recursively (jpg, png, webp, bmp, tiff; ImageNet's class folders
+            work as they are), a text file of image paths (one per line, relative to the file), or a
+            ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
+            Unreadable images are skipped and listed in the result.
         layers: layer names or aliases; default: every aliased layer of the model.
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
         batch_size: images per forward pass.
         device: where to run (default: where the model is).
         workers: DataLoader worker processes that read and preprocess images.
-        progress: called as ``progress(stage, done, total)`` while scanning and projecting.
+        progress: called as ``progress(stage, done, total)`` while scanning and projecting (this process's share).
+        limit: scan only the first ``limit`` images.
+        sample: scan a random ``sample`` of the images, drawn with ``seed`` (kept in their order).
+        seed: the seed of ``sample``.
+        state: a folder for the resumable scan state (one file per process), written once the scan has run
+            ``save_every`` seconds, then every ``save_every`` seconds and when it is done; None keeps no state.
+        resume: go on from the state saved in ``state`` (the result is exactly that of an uninterrupted run).
+            A state from other arguments or another model is refused.
+        save_every: seconds between two saves of the state (0: after every batch).
 
     Returns:
         A :class:`TopKResult`.
 
     Raises:
-        SearchError: missing/empty folder, no readable image, bad ``k`` or channels.
+        SearchError: missing/empty folder or list, no readable image, bad ``k``, channels, limit or sample.
+        StateError: ``resume`` with a state from another scan.
         LayerNotFoundError: an unknown layer.
 
     Example:
@@ -420,33 +611,59 @@ def top_k(
         >>> fig, axes = result.figure("conv5_3", 3)  # doctest: +SKIP
     """
     found = scan(
-        model, folder, layers, k, channels, batch_size=batch_size, device=device, workers=workers, progress=progress
+        model,
+        data,
+        layers,
+        k,
+        channels,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=progress,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        state=state,
+        resume=resume,
+        save_every=save_every,
     )
+    return result_of(found, k, batch_size, progress)
+
+
+def result_of(found: ScanResult, k: int, batch_size: int, progress: Progress | None = None) -> TopKResult:
+    """The :class:`TopKResult` of a finished scan: its kept hits projected (shared out over the processes)."""
     loaded = found.loaded
     return TopKResult(
         model=str(getattr(loaded, "name", type(loaded.module).__name__)),
-        folder=str(found.root),
+        folder=found.source.description,
         layers=tuple(found.layers),
         nodes=tuple(found.nodes),
         k=k,
         images=tuple(found.names),
         skipped=tuple(found.skipped),
-        hits=_project_hits(found, batch_size, progress),
+        hits=project_hits(found, batch_size, progress),
         to_image=getattr(loaded, "to_image", None),
+        source=found.source,
     )
 
 
+def _device_of(loaded: Any) -> torch.device:
+    reference = next(iter(loaded.module.parameters()), None)
+    return reference.device if reference is not None else torch.device("cpu")
+
+
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
+    from deconvviz import distributed
     from deconvviz.models import load_model
 
     if isinstance(model, str):
-        return load_model(model, device=device or "cpu")
+        return load_model(model, device=distributed.rank_device(str(device or "cpu")))
     if not hasattr(model, "preprocess") or not hasattr(model, "module"):
         raise SearchError(
             "top_k needs a model that knows its preprocessing: a registered name or deconvviz.load_model(...)"
         )
     if device is not None:
-        model.module.to(device)
+        model.module.to(distributed.rank_device(str(device)))
     return model
 
 
@@ -466,59 +683,90 @@ def _select_channels(channels: int | Sequence[int] | None, count: int, layer: st
     return chosen
 
 
-def _project_hits(
-    found: ScanResult, batch_size: int, progress: Progress | None
+_Want = tuple[str, int, int, int, int]  # (layer, tracker row, channel, flat position, rank)
+
+
+def project_hits(
+    found: ScanResult, batch_size: int, progress: Progress | None = None
 ) -> dict[str, dict[int, tuple[TopKHit, ...]]]:
-    """Project every kept activation from its own image, batched over images, and crop it."""
-    from deconvviz.images import load_image
+    """Project every kept activation from its own image, and crop it to the unit's receptive field.
+
+    The images holding kept hits are taken in index order in batches of ``batch_size``; each batch is
+    captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
+    rank ``b % world`` and rank 0 collects the hits (the other ranks get ``{}`` per layer).
+    """
+    from deconvviz import distributed
     from deconvviz.receptive import receptive_fields
 
-    net, loaded, paths, names = found.net, found.loaded, found.paths, found.names
-    layers, trackers, selected = found.layers, found.trackers, found.selected
-
+    net, loaded, source, ranks = found.net, found.loaded, found.source, found.ranks
+    layers, trackers, selected = list(dict.fromkeys(found.layers)), found.trackers, found.selected
     fields = receptive_fields(net, layers)  # only these: geometry elsewhere in the model does not matter
-    total = sum(int((trackers[layer].images >= 0).sum()) for layer in layers)
-    done = 0
-    result: dict[str, dict[int, tuple[TopKHit, ...]]] = {}
+    wanted: dict[int, list[_Want]] = {}  # image -> what to project from it
     for layer in layers:
         tracker = trackers[layer]
-        field_ = fields[layer]
-        width = tracker.map_shape[1] if len(tracker.map_shape) == 2 else 1
-        wanted: dict[int, list[tuple[int, int, int, int]]] = {}  # image -> (slot, channel, flat position, rank)
+        images, positions = tracker.images.to("cpu"), tracker.positions.to("cpu")
         for slot, channel in enumerate(selected[layer]):
             for rank in range(tracker.k):
-                image = int(tracker.images[slot, rank])
+                image = int(images[slot, rank])
                 if image >= 0:
-                    wanted.setdefault(image, []).append((slot, channel, int(tracker.positions[slot, rank]), rank))
-        per_channel: dict[int, dict[int, TopKHit]] = {c: {} for c in selected[layer]}
-        images = sorted(wanted)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            x = torch.stack([loaded.preprocess(load_image(paths[i]))[0] for i in chunk])
-            units, meta = [], []
-            for local, image in enumerate(chunk):
-                for slot, channel, flat, rank in wanted[image]:
-                    row, col = divmod(flat, width)
-                    units.append((local, channel, row, col))
-                    meta.append((image, slot, channel, rank, row, col))
-            projected = net.project_units(x, layer, units).cpu()
-            x_cpu = x.cpu()
-            for (image, slot, channel, rank, row, col), recon, unit in zip(meta, projected, units, strict=True):
-                local = unit[0]
-                top, left, bottom, right = field_.box(row, col, x_cpu.shape[-2:])
-                per_channel[channel][rank] = TopKHit(
-                    value=float(tracker.values[slot, rank]),
-                    image=names[image],
+                    wanted.setdefault(image, []).append((layer, slot, channel, int(positions[slot, rank]), rank))
+    ordered = sorted(wanted)
+    chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)][ranks.rank :: ranks.world]
+    total = sum(len(wanted[i]) for chunk in chunks for i in chunk)
+    where = _device_of(loaded)
+    on_gpu = where.type == "cuda"
+    values = {layer: trackers[layer].values.to("cpu") for layer in layers}
+    mine: dict[str, list[tuple[int, int, TopKHit]]] = {layer: [] for layer in layers}  # (channel, rank, hit)
+    done = 0
+    for chunk in chunks:
+        x_cpu = torch.stack([source.prepare(i, loaded.preprocess) for i in chunk])
+        x = (x_cpu.pin_memory() if on_gpu else x_cpu).to(where, non_blocking=on_gpu)
+        units: dict[str, list[tuple[int, int, int, int]]] = {}
+        meta: dict[str, list[tuple[int, int, int, int, int]]] = {}
+        for local, image in enumerate(chunk):
+            for layer, slot, channel, flat, rank in wanted[image]:
+                width = trackers[layer].map_shape[1] if len(trackers[layer].map_shape) == 2 else 1
+                row, col = divmod(flat, width)
+                units.setdefault(layer, []).append((local, channel, row, col))
+                meta.setdefault(layer, []).append((local, image, slot, channel, rank))
+        projected = net.project_units_at(x, units)  # one capture of these images for all their layers
+        for layer, recons in projected.items():
+            recons = recons.cpu()
+            for (local, image, slot, channel, rank), unit, recon in zip(meta[layer], units[layer], recons, strict=True):
+                row, col = unit[2], unit[3]
+                top, left, bottom, right = fields[layer].box(row, col, x_cpu.shape[-2:])
+                hit = TopKHit(
+                    value=float(values[layer][slot, rank]),
+                    image=source.names[image],
                     position=(row, col),
                     box=(top, left, bottom, right),
                     reconstruction=recon[:, top:bottom, left:right].clone(),
                     patch=x_cpu[local, :, top:bottom, left:right].clone(),
                 )
-            done += len(units)
-            if progress is not None:
-                progress("project", done, total)
-        result[layer] = {c: tuple(hits[r] for r in sorted(hits)) for c, hits in per_channel.items()}
+                mine[layer].append((channel, rank, hit))
+            done += len(units[layer])
+        if progress is not None:
+            progress("project", done, total)
+    result: dict[str, dict[int, tuple[TopKHit, ...]]] = {}
+    for layer in layers:  # one layer at a time: rank 0 never holds more than one layer's pixels twice over
+        gathered = distributed.gather_objects(mine.pop(layer), ranks)
+        per_channel: dict[int, dict[int, TopKHit]] = {c: {} for c in selected[layer]}
+        for part in gathered or []:
+            for channel, rank, hit in part:
+                per_channel[channel][rank] = hit
+        result[layer] = {c: tuple(h[r] for r in sorted(h)) for c, h in per_channel.items()} if gathered else {}
     return result
 
 
-__all__ = ["ScanResult", "SearchError", "TopKHit", "TopKResult", "TopKTracker", "find_images", "scan", "top_k"]
+__all__ = [
+    "ScanResult",
+    "SearchError",
+    "TopKHit",
+    "TopKResult",
+    "TopKTracker",
+    "find_images",
+    "project_hits",
+    "result_of",
+    "scan",
+    "top_k",
+]

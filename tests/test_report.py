@@ -276,4 +276,6 @@ def test_report_command_missing_folder(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["report", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: folder not found: {str(tmp_path / 'none')!r}"
+    assert result.stderr.strip() == (
+        f"error: folder not found: {str(tmp_path / 'none')!r} (give a folder of images or a text file of image paths)"
+    )

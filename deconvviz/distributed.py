@@ -1,0 +1,174 @@
+"""Scans spread over processes with ``torch.distributed``, as ``torchrun`` starts them.
+
+Under ``torchrun`` (one process per GPU, or several CPU processes; one or several machines through torchrun's
+rendezvous) every process scans its own deterministic shard of the images, the per-channel top-k are merged
+with collectives, the projections of the kept hits are shared out, and rank 0 writes the result. The process
+group is joined here from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...): NCCL when the
+scan runs on CUDA, gloo on the CPU. A caller that set up its own process group keeps it.
+
+Outside torchrun, everything here is the one-process case: rank 0 of 1, and the collectives return their input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_OWNED = False  # whether this module started the process group (and so should end it)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the group.
+
+    Attributes:
+        rank: this process's rank.
+        world: number of processes.
+        local_rank: its rank on this machine (picks its GPU).
+        device: where tensors handed to collectives live (the GPU for NCCL, else the CPU).
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def spread(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world > 1
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun as one of several (``WORLD_SIZE`` above 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (0 outside torchrun)."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def rank_device(device: str) -> str:
+    """The device of this process: under torchrun, ``cuda`` means the GPU of its local rank."""
+    if launched() and device == "cuda":
+        return f"cuda:{local_rank()}"
+    return device
+
+
+def setup(device: torch.device | str) -> Ranks:
+    """Join torchrun's process group (once per process) and say where this process stands.
+
+    Args:
+        device: where the scan runs; CUDA selects the NCCL backend and this process's GPU, anything else gloo.
+
+    Returns:
+        The :class:`Ranks` (rank 0 of 1 outside torchrun).
+    """
+    import torch.distributed as dist
+
+    global _OWNED
+    if not dist.is_available():
+        return Ranks()
+    device = torch.device(device)
+    if not dist.is_initialized():
+        if not launched():
+            return Ranks()
+        if device.type == "cuda":
+            torch.cuda.set_device(device.index if device.index is not None else local_rank())
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        _OWNED = True
+    backend = str(dist.get_backend()).lower()
+    if "nccl" in backend:
+        where = torch.device("cuda", torch.cuda.current_device())
+    else:
+        where = torch.device("cpu")
+    return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank(), device=where)
+
+
+def shutdown() -> None:
+    """Leave the process group, if :func:`setup` started it."""
+    import torch.distributed as dist
+
+    global _OWNED
+    if _OWNED and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED = False
+
+
+def all_gather(tensor: Tensor, ranks: Ranks) -> list[Tensor]:
+    """Every rank's ``tensor`` (same shape and dtype on all ranks), in rank order, on the collectives' device."""
+    if not ranks.spread:
+        return [tensor]
+    import torch.distributed as dist
+
+    local = tensor.to(ranks.device).contiguous()
+    out = [torch.empty_like(local) for _ in range(ranks.world)]
+    dist.all_gather(out, local)
+    return out
+
+
+def all_gather_objects(obj: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order."""
+    if not ranks.spread:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ranks.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_objects(obj: Any, ranks: Ranks, dst: int = 0) -> list[Any] | None:
+    """Every rank's picklable ``obj`` on rank ``dst`` (in rank order); None on the other ranks."""
+    if not ranks.spread:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * ranks.world if ranks.rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def broadcast_object(obj: Any, ranks: Ranks, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank."""
+    if not ranks.spread:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if ranks.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier(ranks: Ranks) -> None:
+    """Wait until every rank gets here."""
+    if ranks.spread:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+__all__ = [
+    "Ranks",
+    "all_gather",
+    "all_gather_objects",
+    "barrier",
+    "broadcast_object",
+    "gather_objects",
+    "launched",
+    "local_rank",
+    "rank_device",
+    "setup",
+    "shutdown",
+]
