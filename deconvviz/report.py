@@ -378,12 +378,13 @@ class _Writer:
                     source = self._source(hit.image)
                     label = html.escape(hit.image)
                     recon_cells.append(
-                        f"<div class='cell'><img src='{slug}/{stem}_rec.png' alt='reconstruction {rank + 1}'>"
+                        f"<div class='cell'><img loading='lazy' src='{slug}/{stem}_rec.png' "
+                        f"alt='reconstruction {rank + 1}'>"
                         f"{_number(hit.value)}</div>"
                     )
                     patch_cells.append(
                         f"<div class='cell'><a href='../{source}' title='{label}'>"
-                        f"<img src='{slug}/{stem}_patch.png' alt='patch from {label}'>{label}</a></div>"
+                        f"<img loading='lazy' src='{slug}/{stem}_patch.png' alt='patch from {label}'>{label}</a></div>"
                     )
                 grid = f"grid-template-columns:repeat({side},var(--cell))"
                 sections.append(
