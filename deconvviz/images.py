@@ -44,7 +44,10 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     if not p.exists():
         raise ImageError(f"image file not found: {str(p)!r}; check the path")
     if p.is_dir():
-        raise ImageError(f"{str(p)!r} is a folder, not an image file; pass one picture file")
+        raise ImageError(
+            f"{str(p)!r} is a folder, not an image file; pass picture files, or run `deconvviz report {p}` for a "
+            "report over a folder of pictures"
+        )
     try:
         with Image.open(p) as opened:
             opened.load()

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deconvviz.api import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,8 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.sources import Data, ImageSource
 
 SCHEMA_VERSION = 1
-PAPER_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")
-"""Default layers where the model has these aliases (VGG16): one per block from the second on."""
+PAPER_LAYERS = SCAN_LAYERS
+"""Default layers where the model has these aliases (VGG16): one per block from the second on (as top_k)."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages: ``"scan"``, ``"project"``, ``"write"``, ``"images"``."""
@@ -254,9 +255,9 @@ def _check_target(target: Path, overwrite: bool) -> None:
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-    from deconvviz.api import choose_layers, default_layers
+    from deconvviz.api import choose_layers, scan_layers
 
-    if layers is None and all(name in current.net.aliases for name in PAPER_LAYERS):
+    if layers is None and all(name in current.net.aliases for name in PAPER_LAYERS):  # no picture needed
         return list(PAPER_LAYERS)
     sample = None
     for index in range(len(source)):  # the first readable image tells the default layers' sizes
@@ -270,7 +271,7 @@ def _report_layers(current: Session, layers: str | Sequence[str] | None, source:
 
         raise SearchError(f"none of the {len(source)} images could be read")
     if layers is None:
-        return default_layers(current.net, sample)[-4:]
+        return scan_layers(current.net, sample)
     return choose_layers(current.net, layers, sample)
 
 

@@ -404,12 +404,13 @@ class TorchvisionSource(WeightSource):
     Attributes:
         arch: torchvision model name, e.g. ``"vgg16"``.
         weights: member of the model's weights enum, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``.
-        offline_alternative: a model name to suggest when the weights cannot be had.
+        offline_alternative: the model name(s) to suggest when the weights cannot be had, quoted as they
+            should appear in the message (``"'vgg16'"``).
     """
 
     arch: str
     weights: str = "DEFAULT"
-    offline_alternative: str = "vgg16"
+    offline_alternative: str = "'vgg16'"
 
     def enum(self) -> Any:
         """The torchvision weights enum member (``DEFAULT`` resolved to the actual one)."""
@@ -444,8 +445,8 @@ class TorchvisionSource(WeightSource):
         reason = _first_line(str(exc)) or type(exc).__name__
         return WeightsUnavailableError(
             f"torchvision weights {self.enum()} are not in torch's cache ({self.cached_file()}) and cannot be "
-            f"downloaded ({reason}); use {self.offline_alternative!r}, which loads offline from the package "
-            "registry, or copy the file into that folder"
+            f"downloaded ({reason}); use {self.offline_alternative} (loads offline from the package "
+            "registry), or copy the file into that folder"
         )
 
     def fetch(self) -> Path:

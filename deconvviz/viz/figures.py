@@ -149,6 +149,8 @@ def label(projection: Projection, i: int) -> str:
 
     A unit whose receptive field reaches past the picture's edge (into the padding) is marked ``edge``.
     """
+    if projection.label:
+        return f"{projection.label}\nscore={float(projection.activations[i]):.3g}"
     text = f"ch {projection.channels[i]}  a={float(projection.activations[i]):.3g}"
     position = projection.positions[i] if i < len(projection.positions) else None
     if position is not None:
@@ -257,7 +259,9 @@ def projection_figure(
         ax.set_title(label(projection, i), fontsize=8)
     if title is None:
         title = projection.layer if projection.layer == projection.node else f"{projection.layer} ({projection.node})"
-        if projection.mode == "map":
+        if projection.label:
+            title = f"{projection.label} (class score, projected from {projection.node})"
+        elif projection.mode == "map":
             title += ", whole feature maps"
     fig.suptitle(title, fontsize=10)
     _caption(fig, projection, options)
@@ -318,7 +322,7 @@ def layers_figure(
             for box in cut:
                 if box is not None:
                     _draw_box(top[0], box)
-        top[0].set_ylabel(projection.layer, fontsize=10)
+        top[0].set_ylabel("class" if projection.label else projection.layer, fontsize=10)
         if below is not None:
             below[0].axis("off")
         for i in range(columns - 1):
@@ -328,7 +332,8 @@ def layers_figure(
                     below[i + 1].axis("off")
                 continue
             _show(top[i + 1], view(projection, i, options, base))
-            top[i + 1].set_title(f"ch {projection.channels[i]}", fontsize=7, pad=2)
+            heading = projection.label or f"ch {projection.channels[i]}"
+            top[i + 1].set_title(heading, fontsize=7, pad=2)
             if cut[i] is None and options.box:
                 found = field_box(projection, i)
                 if found is not None:

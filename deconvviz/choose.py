@@ -1,0 +1,196 @@
+"""What to show: units whose receptive field lies inside the picture, and the class score of a classifier.
+
+A unit at the border of a feature map sees mostly padding (at VGG16's conv3_3, unit (1, 0) has two thirds of
+its 40x40 field outside the picture), so its reconstruction says little about the photo. For ``top=`` the
+helpers here rank each channel by its strongest unit whose *whole* field lies inside the picture (falling
+back to the strongest unit anywhere for a layer whose units all reach past the edge), and project those
+units, all from one capture pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from deconvviz.errors import DeconvVizError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.api import Session
+    from deconvviz.projection import Projection
+    from deconvviz.receptive import ReceptiveField
+
+
+class ClassError(DeconvVizError, ValueError):
+    """A class that cannot be projected: a model without a classifier, or an unknown class."""
+
+
+def inside_mask(field: ReceptiveField, map_shape: Sequence[int], image_size: Sequence[int]) -> Tensor | None:
+    """``(H, W)`` booleans: True where the unit's whole receptive field lies inside the picture.
+
+    Returns:
+        The mask, or None for a layer whose units see the whole image (every unit is "inside").
+    """
+    if field.whole_image or field.size is None or field.stride is None or field.offset is None:
+        return None
+    height, width = (int(n) for n in map_shape)
+    image_h, image_w = (int(n) for n in image_size[-2:])
+    tops = field.offset[0] + field.stride[0] * torch.arange(height)
+    lefts = field.offset[1] + field.stride[1] * torch.arange(width)
+    rows = (tops >= 0) & (tops + field.size[0] <= image_h)
+    cols = (lefts >= 0) & (lefts + field.size[1] <= image_w)
+    return rows[:, None] & cols[None, :]
+
+
+def inside_flags(
+    field: ReceptiveField, positions: Sequence[tuple[int, int] | None], image_size: Sequence[int]
+) -> tuple[bool | None, ...]:
+    """Per position, whether the unit's whole field lies inside the picture (None for whole-map seeds)."""
+    height, width = (int(n) for n in image_size[-2:])
+    flags: list[bool | None] = []
+    for position in positions:
+        if position is None:
+            flags.append(None)
+            continue
+        top, left, bottom, right = field.box(position[0], position[1], (height, width), clip=False)
+        flags.append(top >= 0 and left >= 0 and bottom <= height and right <= width)
+    return tuple(flags)
+
+
+def project_inside(
+    current: Session, x: Tensor, layer: str, channels: Sequence[int] | None, top: int | None
+) -> Projection | None:
+    """Project each channel's strongest unit among those whose field lies inside the picture.
+
+    Args:
+        current: the session.
+        x: ``(1, C, H, W)`` preprocessed picture.
+        layer: layer alias or node name.
+        channels: the channels to project, or None to take the ``top`` strongest (ranked by their strongest
+            inside unit).
+        top: how many channels when ``channels`` is None.
+
+    Returns:
+        The projection (``prefer_inside=True``), or None when the layer has no spatial map, its units see the
+        whole image, or none of its units lies wholly inside the picture (then the plain strongest units are
+        the honest choice).
+    """
+    from deconvviz.projection import Projection
+    from deconvviz.receptive import receptive_fields
+
+    net = current.net
+    node = net.resolve(layer)
+    act = net.activations(x, [layer])[layer]
+    if act.dim() != 4:
+        return None
+    try:
+        field = receptive_fields(net, [node])[node]
+    except (DeconvVizError, KeyError, ValueError):
+        return None
+    mask = inside_mask(field, act.shape[2:], x.shape)
+    if mask is None or not bool(mask.any()):
+        return None
+    planes = act[0].detach().to("cpu", torch.float64).masked_fill(~mask, float("-inf"))
+    values, flat = planes.reshape(planes.shape[0], -1).max(dim=1)
+    if channels is None:
+        count = min(int(top or 1), planes.shape[0])
+        # a stable sort keeps equal activations in channel order, so results are reproducible
+        chosen = [int(c) for c in torch.sort(values, descending=True, stable=True).indices[:count]]
+    else:
+        chosen = [int(c) for c in channels]
+    width = int(act.shape[3])
+    positions = [(int(flat[c]) // width, int(flat[c]) % width) for c in chosen]
+    units = [(0, c, row, col) for c, (row, col) in zip(chosen, positions, strict=True)]
+    image = net.project_units(x, layer, units).detach().cpu()
+    picked = torch.tensor(chosen, device=act.device)
+    seeded = act[0].reshape(act.shape[1], -1)[picked, flat.to(act.device)[picked]].detach().cpu()
+    return Projection(
+        image=image,
+        layer=layer,
+        node=node,
+        channels=tuple(chosen),
+        positions=tuple(positions),
+        activations=seeded,
+        mode="max",
+        input=x.detach().cpu(),
+        to_image=getattr(current.model, "to_image", None),
+        channel_order=current.channel_order,
+        prefer_inside=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ classes
+
+
+def _no_classifier(name: str) -> ClassError:
+    if name == "vgg16":
+        return ClassError(
+            "the offline vgg16 is VGG16's convolutional base only (no classifier, so no class scores); for a class "
+            "use --model squeezenet1_1 (offline) or vgg16:torchvision (needs the network once)"
+        )
+    return ClassError(
+        f"model {name!r} has no classifier with class names, so there is no class score to project; "
+        "use a classifier such as --model squeezenet1_1"
+    )
+
+
+def resolve_class(current: Session, x: Tensor, which: str | int | None = "auto") -> tuple[int, str]:
+    """The class to project: ``"auto"`` (or None) the top-1 prediction, a class index, or a class name.
+
+    A name matches case-insensitively, whole or as the only class name that contains it.
+
+    Returns:
+        ``(index, name)``.
+
+    Raises:
+        ClassError: the model has no classifier, or the class is out of range or unknown (close names listed).
+    """
+    labels = list(getattr(current.model, "labels", None) or [])
+    if not labels:
+        raise _no_classifier(current.name)
+    if which is None or (isinstance(which, str) and which.strip().lower() == "auto"):
+        best = current.model.classify(x, top=1)[0]
+        return int(best.class_index), str(best.label)
+    if isinstance(which, int) or (isinstance(which, str) and which.strip().isdigit()):
+        index = int(which)
+        if not 0 <= index < len(labels):
+            raise ClassError(
+                f"class {index} is out of range: {current.name!r} has {len(labels)} classes (0-{len(labels) - 1})"
+            )
+        return index, labels[index]
+    wanted = str(which).strip().lower()
+    lowered = [label.lower() for label in labels]
+    if wanted in lowered:
+        index = lowered.index(wanted)
+        return index, labels[index]
+    containing = [i for i, label in enumerate(lowered) if wanted in label]
+    if len(containing) == 1:
+        return containing[0], labels[containing[0]]
+    close = difflib.get_close_matches(wanted, lowered, n=3) or [lowered[i] for i in containing[:3]]
+    hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
+    several = f" ({len(containing)} class names contain it)" if len(containing) > 1 else ""
+    raise ClassError(f"unknown class {which!r} for {current.name!r}{several}{hint} (or give its index, or 'auto')")
+
+
+def project_class(current: Session, x: Tensor, which: str | int | None = "auto") -> Projection:
+    """Project a class score (the model's output for that class) back to pixels, labelled with its name.
+
+    Raises:
+        ClassError: see :func:`resolve_class`; also a model whose last layer does not give one score per class.
+    """
+    import dataclasses
+
+    index, name = resolve_class(current, x, which)
+    labels = current.model.labels or []
+    output = current.net.layers[-1]
+    scores = current.net.activations(x, [output])[output]
+    if scores.dim() != 2 or scores.shape[1] != len(labels):
+        raise ClassError(
+            f"the last layer {output!r} of {current.name!r} gives shape {tuple(scores.shape)}, not one score per "
+            f"class ({len(labels)}); project a layer instead"
+        )
+    projection = current.net.project(x, output, channel=index)
+    return dataclasses.replace(projection, label=f"class {index}: {name}")

@@ -1,0 +1,100 @@
+"""A layer's filters as an image grid: the paper's Fig. 2, layer 1 (the first convolution's learned filters).
+
+Filters of a layer that sees the image (3 colour channels, or 1) are pictures in their own right: each is
+shown as a small RGB patch, scaled on its own the paper's way (zero at mid-grey, its largest weight
+magnitude at black or white), pixels enlarged as sharp squares, in a grid in channel order (filter ``i``
+is output channel ``i``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from deconvviz.errors import RenderError
+from deconvviz.viz.pictures import enlarge, mosaic
+from deconvviz.viz.scaling import to_rgb
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from deconvviz.deconvnet import DeconvNet
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The weights of one convolution, ready to draw.
+
+    Attributes:
+        layer: the layer as asked for.
+        module: the qualified name of the ``nn.Conv2d`` whose weights these are.
+        weight: ``(out, in, kh, kw)`` weights, detached, on the CPU.
+        channel_order: the model's colour order, so filters are drawn in RGB.
+    """
+
+    layer: str
+    module: str
+    weight: Tensor
+    channel_order: str = "RGB"
+
+    def grid(self, *, columns: int | None = None, cell: int = 24) -> np.ndarray:
+        """All filters as one ``(H, W, 3)`` uint8 picture, ``columns`` per row (default: about square)."""
+        count = int(self.weight.shape[0])
+        columns = columns or math.ceil(math.sqrt(count))
+        tiles = [enlarge(to_rgb(w, "max", self.channel_order), cell) for w in self.weight]
+        return mosaic(tiles, columns, gap=2, fill=255)
+
+    def figure(self, *, columns: int | None = None, size: float = 7.0) -> tuple[Figure, Any]:
+        """The grid as a matplotlib figure, titled with the layer; returned, never shown."""
+        from matplotlib.figure import Figure
+
+        picture = self.grid(columns=columns)
+        height, width = picture.shape[:2]
+        fig = Figure(figsize=(size, size * height / width + 0.6), layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(picture, interpolation="nearest")
+        ax.axis("off")
+        out, inputs, kh, kw = (int(n) for n in self.weight.shape)
+        fig.suptitle(f"{self.layer} ({self.module}): {out} filters of {kh}x{kw}x{inputs}", fontsize=10)
+        fig.supxlabel(
+            "each filter scaled on its own: zero is mid-grey, its largest |weight| black or white", fontsize=7
+        )
+        return fig, ax
+
+
+def _conv_behind(net: DeconvNet, layer: str) -> tuple[str, nn.Conv2d]:
+    """The convolution that computes ``layer``, or the nearest one before it on a single-input path."""
+    graph = net.graph
+    node: Any = graph.node(layer, net.aliases)
+    seen = 0
+    while node is not None and seen < 64:
+        module = graph.module(node)
+        if isinstance(module, nn.Conv2d):
+            return str(node.target), module
+        inputs = [n for n in node.all_input_nodes if n in graph.carries]
+        node = inputs[0] if len(inputs) == 1 else None
+        seen += 1
+    raise RenderError(f"layer {layer!r} is not computed by a convolution (nor right after one); give a conv layer")
+
+
+def layer_filters(net: DeconvNet, layer: str) -> Filters:
+    """The filters of the convolution behind ``layer`` (``conv1_1`` names VGG16's first ReLU: its conv is used).
+
+    Raises:
+        LayerNotFoundError: an unknown layer.
+        RenderError: no convolution computes the layer, or its filters do not see the picture's colours
+            (more than 3 input channels: project such a layer with ``render`` instead).
+    """
+    name, conv = _conv_behind(net, layer)
+    weight = conv.weight.detach().to("cpu").float()
+    inputs = int(weight.shape[1])
+    if inputs not in (1, 3):
+        raise RenderError(
+            f"the filters of {layer!r} ({name}) see {inputs} feature maps, not the picture's colours, so they are "
+            "not pictures; draw a first-layer convolution (e.g. conv1_1) or project this layer with `render`"
+        )
+    return Filters(layer=layer, module=name, weight=weight, channel_order=net.channel_order)

@@ -1,0 +1,98 @@
+"""Units inside the picture, class scores, first-layer filters and one-line usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import register_tiny_model
+from PIL import Image
+from typer.testing import CliRunner
+
+import deconvviz as dv
+from deconvviz.choose import ClassError, inside_mask
+from deconvviz.cli import app
+
+MODEL = "tiny-choose"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_models() -> None:
+    register_tiny_model(MODEL)
+    register_tiny_model("tiny-base", labels=False)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_inside_mask_marks_units_whose_whole_field_is_in_the_picture() -> None:
+    field = dv.ReceptiveField(size=(5, 5), stride=(1, 1), offset=(-2, -2))  # a 5x5 field centred on its unit
+    mask = inside_mask(field, (8, 8), (8, 8))
+    assert mask is not None
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:6, 2:6] = True  # two pixels of margin on every side
+    assert torch.equal(mask, expected)
+    assert inside_mask(dv.ReceptiveField.whole(), (1, 1), (8, 8)) is None
+
+
+def test_top_prefers_units_inside_the_picture(photo: Path) -> None:
+    p = dv.visualize(photo, MODEL, "conv3", top=3, device="cpu")
+    assert p.prefer_inside
+    assert p.inside is not None
+    assert all(p.inside)
+    anywhere = dv.visualize(photo, MODEL, "conv3", top=3, device="cpu", inside=False)
+    assert not anywhere.prefer_inside
+    chosen = dv.visualize(photo, MODEL, "conv3", channel=[0, 1], device="cpu")
+    assert not chosen.prefer_inside  # off by default for chosen channels
+
+
+def test_render_manifest_records_the_choice(photo: Path, tmp_path: Path) -> None:
+    dv.render_images([photo], tmp_path, model=MODEL, layers=["conv3"], top=2, device="cpu")
+    entry = json.loads((tmp_path / "photo" / "manifest.json").read_text())["layers"][0]
+    assert entry["prefer_inside"] is True
+    assert entry["inside"] == [True, True]
+
+
+def test_class_scores_are_projected_with_their_name(photo: Path, tmp_path: Path) -> None:
+    p = dv.visualize(photo, MODEL, target_class="class 3", device="cpu")
+    assert p.label == "class 3: class 3"
+    assert p.channels == (3,)
+    auto = dv.visualize(photo, MODEL, target_class="auto", device="cpu")
+    assert auto.label is not None
+    with pytest.raises(ClassError, match="out of range"):
+        dv.visualize(photo, MODEL, target_class=9, device="cpu")
+    with pytest.raises(ClassError, match="no classifier"):
+        dv.visualize(photo, "tiny-base", target_class="auto", device="cpu")
+    result = CliRunner().invoke(
+        app, ["render", str(photo), "-m", MODEL, "-l", "conv3", "--class", "2", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "photo" / "class.png").is_file()
+
+
+def test_filters_command_draws_the_first_layer(tmp_path: Path) -> None:
+    out = tmp_path / "f.png"
+    result = CliRunner().invoke(app, ["filters", "-m", MODEL, "--layer", "conv1", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "4 filters of 3x3x3" in result.stdout
+    assert Image.open(out).size[0] > 100
+    bad = CliRunner().invoke(app, ["filters", "-m", MODEL, "--layer", "conv2", "-o", str(out)])
+    assert bad.exit_code == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert "not pictures" in bad.stderr
+
+
+def test_usage_errors_are_one_line(photo: Path) -> None:
+    result = CliRunner().invoke(app, ["render", str(photo), "--mode", "mean"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "--mode" in lines[0]
