@@ -45,12 +45,18 @@ def test_visualize_returns_a_projection_of_the_deepest_default_layer(photo: Path
     assert p.input is not None
     assert p.input.shape == (1, 3, 32, 32)
     assert p.channel_order == "RGB"
-    # the same projection as the engine gives for the same input
+    assert p.prefer_inside  # top= prefers units whose receptive field lies inside the picture
+    # with units anywhere, the same projection as the engine gives for the same input
+    anywhere = dv.visualize(photo, model=MODEL, device="cpu", inside=False)
     current = dv.session(MODEL, device="cpu")
     x = current.preprocess(photo)
     direct = dv.DeconvNet(make_tiny_vgg()).project(x, "features.6", top=8)
-    assert p.channels == direct.channels
-    torch.testing.assert_close(p.image, direct.image)
+    assert anywhere.channels == direct.channels
+    torch.testing.assert_close(anywhere.image, direct.image)
+    # inside: each unit is projected by the engine at the position chosen
+    assert p.positions[0] is not None
+    one = dv.DeconvNet(make_tiny_vgg()).project(x, "features.6", channel=p.channels[0], position=p.positions[0])
+    torch.testing.assert_close(p.image[:1], one.image)
 
 
 def test_visualize_options(photo: Path) -> None:
