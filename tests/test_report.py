@@ -203,6 +203,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
 
 
 _IMAGES = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+# Layer pages load their pictures lazily: a reader scrolls, so the test brings each picture into view first.
+_SCROLL = "Array.from(document.images).forEach(i => { i.loading = 'eager'; i.scrollIntoView(); })"
+
+
+def _loaded_images(browser) -> list:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script(_SCROLL)
+    WebDriverWait(browser, 20).until(lambda b: all(done for _, done, _ in b.execute_script(_IMAGES)))
+    return browser.execute_script(_IMAGES)
+
+
 _LINKS = "return Array.from(document.links).map(a => a.href)"
 
 
@@ -211,7 +223,7 @@ def test_report_opens_in_a_browser_from_disk(report: Path, browser, tmp_path: Pa
     layer_page = report / "layers" / "conv3.html"
     for page in (report / "index.html", layer_page):
         browser.get(page.as_uri())
-        images = browser.execute_script(_IMAGES)
+        images = _loaded_images(browser)
         assert all(complete and width > 0 for _, complete, width in images), [i for i in images if not i[2]]
         for href in browser.execute_script(_LINKS):
             assert Path(unquote(urlparse(href).path)).is_file(), f"broken link {href} on {page.name}"
