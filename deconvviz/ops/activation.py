@@ -67,39 +67,6 @@ def derivative(call: Call) -> Tensor:
     return grad
 
 
-class ReLURule(Rule):
-    """ReLU: deconvnet rectifies the signal (section 2.1), guided also masks it, the gradient only masks it.
-
-    Args:
-        method: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
-    """
-
-    def __init__(self, method: str = "deconvnet") -> None:
-        self.method = method
-
-    @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        # The model's own ReLU(inplace=True) could overwrite a captured activation; only a tensor that nothing
-        # reads afterwards is rectified in place.
-        x = first_tensor_arg(call)
-        mask = (x > 0) if self.method != "deconvnet" else None
-        return (torch.relu_(x) if call.reusable else torch.relu(x)), mask
-
-    @override
-    def run(self, call: Call) -> Any:
-        x = first_tensor_arg(call)
-        return torch.relu_(x) if call.reusable else torch.relu(x)
-
-    @override
-    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
-        if self.method == "deconvnet":
-            return [torch.relu(signal)]
-        mask = ctx.per_seed(ctx.saved)
-        if self.method == "guided":
-            return [torch.relu(signal) * mask]
-        return [signal * mask]
-
-
 class RectifierRule(Rule):
     """A rectifying activation other than ReLU: ``relu(g)``, ``relu(g) * f'(x)`` or ``g * f'(x)`` by method.
 
@@ -123,10 +90,31 @@ class RectifierRule(Rule):
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         if self.method == "deconvnet":
             return [torch.relu(signal)]
-        slope = ctx.per_seed(ctx.saved).to(signal.dtype)
+        slope = ctx.per_seed(ctx.saved).to(signal.dtype)  # f'(x), or ReLU's mask x > 0
         if self.method == "guided":
             return [torch.relu(signal) * slope]
         return [signal * slope]
+
+
+class ReLURule(RectifierRule):
+    """ReLU: deconvnet rectifies the signal (section 2.1), guided also masks it, the gradient only masks it.
+
+    Args:
+        method: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
+    """
+
+    @override
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        # The model's own ReLU(inplace=True) could overwrite a captured activation; only a tensor that nothing
+        # reads afterwards is rectified in place.
+        x = first_tensor_arg(call)
+        mask = (x > 0) if self.method != "deconvnet" else None
+        return (torch.relu_(x) if call.reusable else torch.relu(x)), mask
+
+    @override
+    def run(self, call: Call) -> Any:
+        x = first_tensor_arg(call)
+        return torch.relu_(x) if call.reusable else torch.relu(x)
 
 
 class GateRule(Rule):
