@@ -50,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     "layer_names": "deconvviz.api",
     "RenderedImage": "deconvviz.api",
     "RenderedLayer": "deconvviz.api",
-    "OutputError": "deconvviz.api",
+    "OutputError": "deconvviz.io",
     "ReceptiveField": "deconvviz.receptive",
     "receptive_field": "deconvviz.receptive",
     "receptive_fields": "deconvviz.receptive",
@@ -90,7 +90,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.occlusion import occlusion_jobs as occlusion_jobs
     from deconvviz.analysis.sanity import SanityResult as SanityResult
     from deconvviz.analysis.sanity import sanity as sanity
-    from deconvviz.api import OutputError as OutputError
     from deconvviz.api import RenderedImage as RenderedImage
     from deconvviz.api import RenderedLayer as RenderedLayer
     from deconvviz.api import Session as Session
@@ -105,6 +104,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
     from deconvviz.images import ImageError as ImageError
     from deconvviz.images import load_image as load_image
+    from deconvviz.io import OutputError as OutputError
     from deconvviz.methods import MethodError as MethodError
     from deconvviz.methods import RuleSet as RuleSet
     from deconvviz.methods import get_method as get_method

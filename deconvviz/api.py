@@ -13,8 +13,6 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.errors import DeconvVizError
+from deconvviz.io import NameMap, OutputError, check_target, stage_folders
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -42,10 +41,6 @@ DEFAULT_TOP = 9
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, what)``: called as work advances (``done`` of ``total`` steps)."""
-
-
-class OutputError(DeconvVizError, OSError):
-    """An output folder that cannot be written, or one that holds something deconvviz did not write."""
 
 
 class DeviceError(DeconvVizError, ValueError):
@@ -497,31 +492,10 @@ class RenderedImage:
         return text
 
 
-def _is_result_folder(folder: Path) -> bool:
-    """Whether ``folder`` was written by :func:`render_images` (so it may be replaced)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("tool") == "deconvviz"
-
-
 def _targets(images: Sequence[Path], out: Path) -> list[Path]:
-    """One result folder per picture, named after it; repeated names get ``-2``, ``-3``, ..."""
-    used: dict[str, int] = {}
-    folders = []
-    for image in images:
-        stem = image.stem or "image"
-        used[stem] = used.get(stem, 0) + 1
-        folders.append(out / (stem if used[stem] == 1 else f"{stem}-{used[stem]}"))
-    for folder in folders:
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise OutputError(f"{str(folder)!r} exists and is not a folder; choose another --out")
-        if folder.is_dir() and any(folder.iterdir()) and not _is_result_folder(folder):
-            raise OutputError(
-                f"{str(folder)!r} already exists and was not written by deconvviz; choose another --out or move it away"
-            )
-    return folders
+    """One result folder per picture, named after it: distinct over the run (repeats get ``-2``, ``-3``, ...)."""
+    names = NameMap()
+    return [out / names.add(image.stem) for image in images]
 
 
 def _prediction(current: Session, x: Tensor) -> tuple[str, float] | None:
@@ -614,7 +588,6 @@ def _render_one(
     from deconvviz import render as _render
     from deconvviz.viz.figures import base_picture
 
-    staging.mkdir()
     rendered: list[RenderedLayer] = []
     projections: list[Projection] = []
     views: list[list[list[int] | None]] = []
@@ -703,9 +676,11 @@ def render_images(
     :class:`~deconvviz.viz.RenderOptions`), ``overview.png`` (a row per layer with the strongest
     reconstructions, small fields above the image patches their units saw, as in the paper's Fig. 2) and
     ``manifest.json`` (which also says how the pictures were scaled).
-    Everything is written into a temporary folder inside ``out`` and moved into place only when every
-    picture is done, so a failure leaves no partial results. A result folder written earlier by deconvviz
-    is replaced; any other existing folder of that name is refused.
+    Each folder is staged next to its target and all are moved into place together only when every picture
+    is done (see :mod:`deconvviz.io.atomic`), so a failure leaves no partial results. Pictures with the same
+    name get distinct folders (``cat``, ``cat-2``, ...). A result folder written earlier by deconvviz is
+    replaced; any other folder of that name, there at the start or made while the run goes on, is left
+    alone and the run is refused.
 
     Args:
         images: picture files.
@@ -748,6 +723,8 @@ def render_images(
     pictures = [load_image(path) for path in paths]  # every picture is checked before anything is written
     out_path = Path(out)
     finals = _targets(paths, out_path)
+    for final in finals:  # a folder deconvviz did not write is refused before the model loads
+        check_target(final, replace=True)
     current = session(model, device=device, size=size)
     inputs = [current.preprocess(picture, full_image=full_image) for picture in pictures]
     chosen = choose_layers(current.net, layers, inputs[0])
@@ -782,60 +759,11 @@ def render_images(
         if progress is not None:
             progress(done, total, what)
 
-    created = not out_path.exists()
-    try:
-        out_path.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".deconvviz-", dir=out_path))
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to output folder {str(out_path)!r} ({exc.strerror or exc}); choose another --out"
-        ) from exc
-    try:
+    with stage_folders(finals, kind="render", replace=True) as stagings:
         if progress is not None:
             progress(0, total, "starting")
         results = []
-        for index, (path, x, final) in enumerate(zip(paths, inputs, finals, strict=True)):
-            result, _ = _render_one(
-                current, path, x, chosen, staging / str(index), final, arguments, look, widths, step
-            )
+        for path, x, staging, final in zip(paths, inputs, stagings, finals, strict=True):
+            result, _ = _render_one(current, path, x, chosen, staging, final, arguments, look, widths, step)
             results.append(result)
-        _move_into_place(staging, finals)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            _remove_empty(out_path)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     return results
-
-
-def _move_into_place(staging: Path, finals: Sequence[Path]) -> None:
-    """Rename each finished folder into place; an earlier result of the same name is swapped out first.
-
-    If a rename fails, the folders moved so far are put back, so ``out`` is as it was before.
-    """
-    old = staging / "replaced"
-    old.mkdir()
-    moved: list[tuple[int, bool]] = []
-    try:
-        for index, final in enumerate(finals):
-            had = final.exists()
-            if had:
-                final.replace(old / str(index))
-            moved.append((index, had))
-            (staging / str(index)).replace(final)
-    except OSError:
-        for index, had in reversed(moved):
-            final = finals[index]
-            if final.exists() and not (staging / str(index)).exists():
-                final.replace(staging / str(index))
-            if had:
-                (old / str(index)).replace(final)
-        raise
-
-
-def _remove_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

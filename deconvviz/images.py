@@ -8,6 +8,8 @@ photo stands the way it was taken, and 16-bit or floating-point greyscale is bro
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +22,10 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".
 
 class ImageError(DeconvVizError, ValueError):
     """A path that does not lead to a readable picture."""
+
+
+class LargeImageWarning(UserWarning):
+    """A picture so large that reading it takes a lot of memory (Pillow's decompression-bomb warning, in one line)."""
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -49,9 +55,19 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             "report over a folder of pictures"
         )
     try:
-        with Image.open(p) as opened:
-            opened.load()
-            image = as_rgb(ImageOps.exif_transpose(opened) or opened)
+        # Opened without blocking and checked to be a regular file before Pillow reads it: a FIFO or a device
+        # given as a picture is refused at once instead of waiting forever for data.
+        descriptor = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(descriptor, "rb") as handle:  # noqa: PTH123 - a file object over the descriptor checked above
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ImageError(f"{str(p)!r} is not a regular file (a pipe, socket or device); pass a picture file")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", Image.DecompressionBombWarning)
+                with Image.open(handle) as opened:
+                    opened.load()
+                    image = as_rgb(ImageOps.exif_transpose(opened) or opened)
+    except ImageError:
+        raise
     except PermissionError as exc:
         raise ImageError(f"cannot read image {str(p)!r}: permission denied") from exc
     except UnidentifiedImageError as exc:
@@ -62,6 +78,16 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageError(f"image {str(p)!r} is too large to open safely ({_first_line(exc)})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as any of these
         raise ImageError(f"image {str(p)!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            megapixels = image.width * image.height / 1e6
+            warnings.warn(
+                f"{str(p)!r} is a {megapixels:.0f}-megapixel picture; reading it takes a lot of memory",
+                LargeImageWarning,
+                stacklevel=2,
+            )
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return image
 
 

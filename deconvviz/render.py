@@ -9,14 +9,13 @@ this module names and writes the files. The names of :mod:`deconvviz.viz` that u
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deconvviz.errors import RenderError
+from deconvviz.io import clean_name, write_file
 from deconvviz.viz import (
     Box,
     RenderOptions,
@@ -65,30 +64,10 @@ __all__ = [
 ]
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling, so a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        Path(temporary).chmod(0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_figure(fig: Figure, path: str | Path, dpi: float = 100) -> Path:
     """Write a figure as a PNG (atomically); return the path."""
     path = Path(path)
-    _write_atomic(path, figure_png(fig, dpi))
+    write_file(path, figure_png(fig, dpi))
     return path
 
 
@@ -101,7 +80,7 @@ def save_image(picture: Image | np.ndarray, path: str | Path) -> Path:
     buffer = io.BytesIO()
     picture.save(buffer, format="png")
     path = Path(path)
-    _write_atomic(path, buffer.getvalue())
+    write_file(path, buffer.getvalue())
     return path
 
 
@@ -111,9 +90,8 @@ def projection_filenames(projection: Projection, prefix: str = "") -> list[str]:
 
 
 def safe_name(name: str) -> str:
-    """A layer name usable as a file name (path separators and odd characters replaced)."""
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-    return cleaned.strip(".") or "layer"
+    """A layer name usable as a file name (see :func:`deconvviz.io.clean_name`)."""
+    return clean_name(name, "layer")
 
 
 def view_file(

@@ -18,11 +18,7 @@ leaves no half report, and an existing report is only replaced when asked (``ove
 
 from __future__ import annotations
 
-import html
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from deconvviz.api import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
+from deconvviz.io import NameMap, check_target, clean_name, remove_owned, stage_folders, text, url
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
@@ -144,7 +141,7 @@ def build_report(
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     target = Path(out)
-    _check_target(target, overwrite)
+    check_target(target, replace=overwrite, error=ReportError)
     source = image_source(folder, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
     if per_image and source.paths is None:
         raise ReportError("per-image pages need image files; a data set has none (leave out per_image)")
@@ -168,7 +165,7 @@ def build_report(
     state = scan_state_folder(target)
     ranks = distributed.setup(_model_device(current))
     if ranks.rank == 0 and not resume:
-        shutil.rmtree(state, ignore_errors=True)  # an older run's state must not be mixed into this one
+        remove_owned(state)  # an older run's state must not be mixed into this one
     distributed.barrier(ranks)
     found = scan(
         current.model,
@@ -187,27 +184,15 @@ def build_report(
         distributed.barrier(ranks)
         return _summary(target, result, 1 + len(result.layers), sum(len(result.hits[x]) for x in result.layers))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        _permissions_like_mkdir(staging)
-    except OSError as exc:
-        distributed.barrier(ranks)
-        raise ReportError(
-            f"cannot write the report next to {str(target)!r} ({exc.strerror or exc}); choose another --out"
-        ) from exc
-    try:
-        writer = _Writer(staging, result, current, scaling.name, progress)
-        cards = writer.layer_pages()
-        image_pages = writer.image_pages(source.paths or [], chosen) if per_image else []
-        writer.index(image_pages)
-        writer.manifest(arguments, image_pages)
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with stage_folders([target], kind="report", replace=overwrite, error=ReportError, what="report") as (staging,):
+            writer = _Writer(staging, result, current, scaling.name, progress)
+            cards = writer.layer_pages()
+            image_pages = writer.image_pages(source.paths or [], chosen) if per_image else []
+            writer.index(image_pages)
+            writer.manifest(arguments, image_pages)
     finally:
         distributed.barrier(ranks)
-    shutil.rmtree(state, ignore_errors=True)  # the report is complete: nothing left to resume
+    remove_owned(state)  # the report is complete: nothing left to resume
     return _summary(target, result, 1 + len(result.layers) + len(image_pages), cards)
 
 
@@ -236,24 +221,6 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int) -> Report
     )
 
 
-def _permissions_like_mkdir(folder: Path) -> None:
-    """``mkdtemp`` makes a private folder; a report is an ordinary one (mode 0777 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-
-
-def _check_target(target: Path, overwrite: bool) -> None:
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise ReportError(f"{str(target)!r} exists and is not a folder; choose another --out")
-    if target.exists() and not overwrite:
-        raise ReportError(f"output folder {str(target)!r} already exists; pass --overwrite to replace it")
-    if target.exists() and any(target.iterdir()) and not (target / "manifest.json").is_file():
-        raise ReportError(
-            f"{str(target)!r} holds files that are not a deconvviz report; refusing to replace it, choose another --out"
-        )
-
-
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
     from deconvviz.api import choose_layers, scan_layers
 
@@ -275,32 +242,12 @@ def _report_layers(current: Session, layers: str | Sequence[str] | None, source:
     return choose_layers(current.net, layers, sample)
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished report into place, swapping out an older one (restored if the rename fails)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-        target.replace(old)
-    try:
-        staging.replace(target)
-    except OSError:
-        if old is not None:
-            old.replace(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # -------------------------------------------------------------------------------------------------- pages
 
 
 def _number(value: float) -> str:
     """An activation for a label: ``3,701`` or ``0.482`` (three significant digits below 1000)."""
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "_"
 
 
 _STYLE = """
@@ -322,9 +269,9 @@ ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thum
 def _page(title: str, body: str, root: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
-        f"<a href='{root}index.html'>report index</a></header><main>{body}</main></body></html>\n"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{text(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><header><h1>{text(title)}</h1>"
+        f"<a href='{url(root + 'index.html')}'>report index</a></header><main>{body}</main></body></html>\n"
     )
 
 
@@ -339,6 +286,7 @@ class _Writer:
         self.progress = progress
         self.sources: dict[str, str] = {}  # image (relative to the data set) -> page-relative file under sources/
         self.layer_files: dict[str, str] = {}
+        self.layer_names = NameMap(fallback="layer")  # one file name per layer, distinct over the report
 
     def _source(self, image: str) -> str:
         """The preprocessed view of a source image, written once under ``sources/``."""
@@ -348,7 +296,7 @@ class _Writer:
         source = self.result.source
         assert source is not None  # a report is built from a scan, which knows its images
         (self.root / "sources").mkdir(exist_ok=True)
-        name = f"sources/{len(self.sources):05d}_{_slug(Path(image).stem)[:40]}.jpg"
+        name = f"sources/{len(self.sources):05d}_{clean_name(Path(image).stem, 'image')[:40]}.jpg"
         picture = self.current.model.to_image(source.prepare(source.index(image), self.current.preprocess)[None])
         picture.convert("RGB").save(self.root / name, quality=88)
         self.sources[image] = name
@@ -363,7 +311,7 @@ class _Writer:
         total = sum(len(result.hits[layer]) for layer in result.layers)
         done = cards = 0
         for layer, node in zip(result.layers, result.nodes, strict=True):
-            slug = _slug(layer)
+            slug = self.layer_names.add(layer)
             folder = self.root / "layers" / slug
             folder.mkdir()
             sections = []
@@ -377,15 +325,16 @@ class _Writer:
                     )
                     result.patch_pil(layer, channel, rank).convert("RGB").save(folder / f"{stem}_patch.png")
                     source = self._source(hit.image)
-                    label = html.escape(hit.image)
+                    label = text(hit.image)
                     recon_cells.append(
-                        f"<div class='cell'><img loading='lazy' src='{slug}/{stem}_rec.png' "
+                        f"<div class='cell'><img loading='lazy' src='{url(f'{slug}/{stem}_rec.png')}' "
                         f"alt='reconstruction {rank + 1}'>"
                         f"{_number(hit.value)}</div>"
                     )
                     patch_cells.append(
-                        f"<div class='cell'><a href='../{source}' title='{label}'>"
-                        f"<img loading='lazy' src='{slug}/{stem}_patch.png' alt='patch from {label}'>{label}</a></div>"
+                        f"<div class='cell'><a href='{url('../' + source)}' title='{label}'>"
+                        f"<img loading='lazy' src='{url(f'{slug}/{stem}_patch.png')}' alt='patch from {label}'>"
+                        f"{label}</a></div>"
                     )
                 grid = f"grid-template-columns:repeat({side},var(--cell))"
                 sections.append(
@@ -439,14 +388,14 @@ class _Writer:
         for item in rendered:
             folder = item.folder.name
             name = names.get(item.image, item.image.name)
-            figures = [f"<h2>all layers</h2><img src='{folder}/{item.overview.name}' alt='overview'>"]
+            figures = [f"<h2>all layers</h2><img src='{url(f'{folder}/{item.overview.name}')}' alt='overview'>"]
             for layer in item.layers:
                 summary = layer.summary.relative_to(item.folder).as_posix()
-                name_html = html.escape(layer.layer)
-                figures.append(f"<h2>{name_html}</h2><img src='{folder}/{summary}' alt='{name_html}'>")
+                name_html = text(layer.layer)
+                figures.append(f"<h2>{name_html}</h2><img src='{url(f'{folder}/{summary}')}' alt='{name_html}'>")
             prediction = ""
             if item.prediction is not None:
-                prediction = f"<p>predicted: <b>{html.escape(item.prediction[0])}</b> ({item.prediction[1]:.0%})</p>"
+                prediction = f"<p>predicted: <b>{text(item.prediction[0])}</b> ({item.prediction[1]:.0%})</p>"
             body = prediction + f"<div class='figs'>{''.join(figures)}</div>"
             page = f"images/{folder}.html"
             (self.root / page).write_text(_page(f"{self.current.name}: {name}", body, "../"), encoding="utf-8")
@@ -458,28 +407,27 @@ class _Writer:
         result = self.result
         model = self.current.model
         rows = "".join(
-            f"<tr><td><a href='{self.layer_files[layer]}'>{html.escape(layer)}</a></td><td>{html.escape(node)}</td>"
+            f"<tr><td><a href='{url(self.layer_files[layer])}'>{text(layer)}</a></td><td>{text(node)}</td>"
             f"<td>{len(result.hits[layer])}</td></tr>"
             for layer, node in zip(result.layers, result.nodes, strict=True)
         )
         parts = [
             "<h2>model</h2><table>"
-            f"<tr><th>name</th><td>{html.escape(self.current.name)}</td></tr>"
-            f"<tr><th>weights</th><td>{html.escape(str(getattr(model, 'weights', '')))}</td></tr></table>",
+            f"<tr><th>name</th><td>{text(self.current.name)}</td></tr>"
+            f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr></table>",
             "<h2>data set</h2><table>"
-            f"<tr><th>folder</th><td>{html.escape(result.folder)}</td></tr>"
+            f"<tr><th>folder</th><td>{text(result.folder)}</td></tr>"
             f"<tr><th>images</th><td>{len(result.images)}</td></tr>"
             f"<tr><th>skipped</th><td>{len(result.skipped)}</td></tr>"
             f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
             f"<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels</th></tr>{rows}</table>",
         ]
         if image_pages:
-            items = "".join(f"<li><a href='{page}'>{html.escape(name)}</a></li>" for name, page in image_pages)
+            items = "".join(f"<li><a href='{url(page)}'>{text(name)}</a></li>" for name, page in image_pages)
             parts.append(f"<h2>images</h2><ul>{items}</ul>")
         if result.skipped:
             items = "".join(
-                f"<li>{html.escape(image)}: <span class='muted'>{html.escape(error)}</span></li>"
-                for image, error in result.skipped
+                f"<li>{text(image)}: <span class='muted'>{text(error)}</span></li>" for image, error in result.skipped
             )
             parts.append(f"<h2>skipped files</h2><ul>{items}</ul>")
         created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

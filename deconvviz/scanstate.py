@@ -12,7 +12,6 @@ size, the image list, the process's rank and the number of processes); a state f
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deconvviz.io import atomic_file, mark
 from deconvviz.sources import SearchError
 
 STATE_VERSION = 1
@@ -69,7 +69,7 @@ def state_file(folder: str | Path, rank: int, world: int) -> Path:
 def save_state(path: Path, state: ScanState) -> None:
     """Write ``state`` to ``path`` atomically (a reader sees the old state or the new one, never half of one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    mark(path.parent, "scan-state")  # deconvviz's own: removed when done, never scanned as pictures
     payload = {
         "version": STATE_VERSION,
         "fingerprint": state.fingerprint,
@@ -79,15 +79,8 @@ def save_state(path: Path, state: ScanState) -> None:
         "skipped": [list(item) for item in state.skipped],
         "finished": state.finished,
     }
-    try:
-        with temporary.open("wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, durable=True) as temporary, temporary.open("wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_state(path: Path, expected: dict[str, Any]) -> ScanState | None:

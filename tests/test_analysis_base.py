@@ -18,6 +18,7 @@ from deconvviz.analysis.base import (
     figure_bytes,
     write_result_folder,
 )
+from deconvviz.io import MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_result_is_frozen() -> None:
 
 def test_save_writes_files_and_manifest(tmp_path: Path) -> None:
     folder = Scores((1.0, 2.5)).save(tmp_path / "out", arguments={"size": (3, 4), "path": tmp_path})
-    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "scores.csv", "plot.png"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, MANIFEST, "scores.csv", "plot.png"])
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["tool"] == "deconvviz"
     assert manifest["kind"] == "scores"

@@ -128,7 +128,7 @@ def test_existing_folder_needs_overwrite_and_foreign_folders_are_kept(photos: Pa
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(ReportError, match="not a deconvviz report"):
+    with pytest.raises(ReportError, match="not written by deconvviz"):
         build_report(photos, foreign, model=MODEL, layers="conv1", channels=1, k=2, device="cpu", overwrite=True)
     assert (foreign / "thesis.tex").read_text() == "precious"
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 import deconvviz as dv
 from deconvviz.distributed import Ranks
+from deconvviz.io import MARKER
 from deconvviz.report import build_report, scan_state_folder
 from deconvviz.scanstate import StateError, load_state, state_file
 from deconvviz.search import SearchError, TopKTracker, _batches, result_of, scan, top_k
@@ -304,7 +305,7 @@ def test_an_interrupted_report_resumes_to_the_same_report(photos, tmp_path) -> N
     with pytest.raises(KeyboardInterrupt):
         build_report(photos, out, **arguments, save_every=0, progress=stop_when_projecting)  # type: ignore[arg-type]
     assert not out.exists()
-    assert sorted(p.name for p in scan_state_folder(out).iterdir()) == ["scan-0-of-1.state"]
+    assert sorted(p.name for p in scan_state_folder(out).iterdir()) == [MARKER, "scan-0-of-1.state"]
 
     stages: list[tuple[str, int, int]] = []
     build_report(photos, out, **arguments, resume=True, progress=lambda *a: stages.append(a))  # type: ignore[arg-type]

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.errors import DeconvVizError
+from deconvviz.io import MARKER, check_target, owned, stage_folders
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -104,9 +103,9 @@ class AnalysisResult:
     def save(self, directory: str | os.PathLike[str], *, arguments: Mapping[str, Any] | None = None) -> Path:
         """Write the result into the folder ``directory``, atomically, with a ``manifest.json``.
 
-        The files are written into a temporary sibling that is renamed into place when complete, so the folder
-        either holds the whole result or is left as it was. An earlier deconvviz result folder of the same
-        name is replaced; any other existing, non-empty folder is an error.
+        The files are staged in a sibling that takes the folder's place when complete, so the folder either
+        holds the whole result or is left as it was. An earlier deconvviz result folder of the same name is
+        replaced; any other non-empty folder, there at the start or made meanwhile, is left alone and refused.
 
         Args:
             directory: the result folder to create.
@@ -120,7 +119,7 @@ class AnalysisResult:
         """
         files = dict(self._files())
         files[MANIFEST] = (json.dumps(self.manifest(arguments), indent=2) + "\n").encode("utf-8")
-        return write_result_folder(Path(directory), files)
+        return write_result_folder(Path(directory), files, self.kind)
 
     def _repr_png_(self) -> bytes:
         import matplotlib.pyplot as plt
@@ -161,69 +160,30 @@ def _jsonable(value: Any) -> Any:
 
 
 def is_result_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a manifest written by deconvviz (so it may be replaced)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("tool") == "deconvviz"
+    """Whether ``folder`` was written by deconvviz (it holds the marker of :mod:`deconvviz.io`; it may be replaced)."""
+    return owned(folder)
 
 
 def check_result_folder(folder: Path) -> None:
     """Raise :class:`ResultFolderError` now if ``folder`` could not take a result (before any work is done)."""
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise ResultFolderError(f"{str(folder)!r} exists and is not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not is_result_folder(folder):
-        raise ResultFolderError(
-            f"{str(folder)!r} already exists and was not written by deconvviz; choose another --out or move it away"
-        )
+    check_target(folder, replace=True, error=ResultFolderError)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_result_folder(folder: Path, files: Mapping[str, bytes]) -> Path:
-    """Write ``files`` (relative path -> bytes) as the folder ``folder``, atomically.
+def write_result_folder(folder: Path, files: Mapping[str, bytes], kind: str = "analysis") -> Path:
+    """Write ``files`` (relative path -> bytes) as the folder ``folder``, atomically (see :mod:`deconvviz.io`).
 
     Raises:
         ResultFolderError: see :meth:`AnalysisResult.save`.
     """
-    check_result_folder(folder)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    except OSError as exc:
-        raise ResultFolderError(f"cannot write into {str(folder.parent)!r}: {exc.strerror or exc}") from None
-    try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes folders private; give it the usual mode
+    for name in files:
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts or relative.name == MARKER:
+            raise ResultFolderError(f"result file name {name!r} is not a path inside the result folder")
+    with stage_folders([folder], kind=kind, replace=True, error=ResultFolderError) as (staging,):
         for name, data in files.items():
-            relative = Path(name)
-            if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-                raise ResultFolderError(f"result file name {name!r} is not a path inside the result folder")
-            path = staging / relative
+            path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        old: Path | None = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
-            folder.replace(old)
-        try:
-            staging.replace(folder)
-        except OSError:
-            if old is not None:
-                old.replace(folder)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ResultFolderError(f"cannot write {str(folder)!r}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

@@ -1,0 +1,414 @@
+"""The one way deconvviz writes files and result folders: complete or not at all, and never over a stranger's.
+
+A **file** is written to a temporary sibling and renamed over its name when complete (:func:`write_file`,
+:func:`atomic_file`), so a reader sees the old file or the new one, never half of one.
+
+A **result folder** (a render result, a report, an analysis) is staged next to its target, in a hidden
+sibling ``.<name>.deconvviz-staging-<pid>-<token>`` that holds the ownership marker :data:`MARKER` from
+the start. When the caller has filled it, the target is checked again and the staging folder takes its place
+in one step: a new target by a rename that never replaces (``renameat2(RENAME_NOREPLACE)``), an earlier
+result by an atomic exchange (``renameat2(RENAME_EXCHANGE)``), after which the old result is removed.
+Where the system lacks ``renameat2`` a rename by way of a backup name does the same with a short window.
+
+Only a folder that holds the marker counts as deconvviz's own (a generic ``manifest.json`` does not): any
+other folder at a target, whether it was there at the start or appeared while the work went on, is never
+replaced or deleted, and the run ends with a one-line :class:`OutputError` instead. Staging folders left by
+a process that died (a kill, a power cut) are removed by the next run that writes next to them.
+
+Example:
+    >>> with stage_folders([Path("out/cat")], kind="render", replace=True) as (folder,):  # doctest: +SKIP
+    ...     (folder / "input.png").write_bytes(png)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from deconvviz.errors import DeconvVizError
+
+MARKER = ".deconvviz-result"
+"""The file that marks a folder as written by deconvviz; nothing else writes a file of that name."""
+
+STAGING = ".deconvviz-staging-"
+"""What the name of every staging folder holds: ``.<target name>.deconvviz-staging-<pid>-<token>``."""
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+class OutputError(DeconvVizError, OSError):
+    """An output path that cannot be written (not a folder, not writable, or a folder deconvviz did not write)."""
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike[str], *, durable: bool = False) -> Iterator[Path]:
+    """A temporary path next to ``target`` that replaces it when the block succeeds and is removed otherwise.
+
+    Args:
+        target: the file to write.
+        durable: flush the file to disk before the rename (for state that must survive a power cut).
+
+    Yields:
+        The temporary path to write (it exists, empty, with the usual permissions).
+    """
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:  # os.open honours the umask (mkstemp would make the file private to this user)
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield temporary
+        if durable:
+            with temporary.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; return the path."""
+    path = Path(path)
+    with atomic_file(path, durable=durable) as temporary:
+        temporary.write_bytes(data)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- folders
+
+
+def owned(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder that deconvviz wrote (it holds :data:`MARKER`)."""
+    marker = folder / MARKER
+    if folder.is_symlink() or marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "deconvviz"
+
+
+def check_target(target: Path, *, replace: bool, error: type[DeconvVizError] = OutputError) -> None:
+    """Refuse now, before any work, a target that the result could not take.
+
+    Args:
+        target: the result folder to be written.
+        replace: whether an earlier deconvviz result there may be replaced.
+        error: the exception class to raise.
+
+    Raises:
+        error: the target is a file or a link, holds files deconvviz did not write, or (without ``replace``)
+            exists at all.
+    """
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise error(f"{str(target)!r} exists and is not a folder; choose another --out")
+    if not target.exists():
+        return
+    if any(target.iterdir()) and not owned(target):
+        raise error(
+            f"{str(target)!r} already exists and was not written by deconvviz; refusing to touch it, "
+            "choose another --out or move it away"
+        )
+    if not replace:
+        raise error(f"output folder {str(target)!r} already exists; pass --overwrite to replace it")
+
+
+def mark(folder: Path, kind: str) -> None:
+    """Mark ``folder`` (made by deconvviz, e.g. a scan's state) as deconvviz's own, if it is not marked yet."""
+    if not owned(folder):
+        write_file(folder / MARKER, _marker(kind))
+
+
+def remove_owned(folder: Path) -> bool:
+    """Remove ``folder`` if deconvviz wrote it (it holds :data:`MARKER`); anything else is left alone."""
+    if not owned(folder):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def _marker(kind: str) -> bytes:
+    from deconvviz import __version__
+
+    data = {
+        "tool": "deconvviz",
+        "kind": kind,
+        "version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    return (json.dumps(data) + "\n").encode()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _stale(folder: Path) -> bool:
+    """Whether ``folder`` is a staging folder of a deconvviz process on this machine that is gone."""
+    _, _, rest = folder.name.partition(STAGING)
+    pid_text = rest.split("-", 1)[0]
+    if not pid_text.isdigit() or folder.is_symlink() or not folder.is_dir():
+        return False
+    if owned(folder):
+        try:
+            data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if data.get("host") != socket.gethostname():  # another machine's process: its life is not ours to judge
+            return False
+    elif any(folder.iterdir()):  # not ours: whatever it is, it stays
+        return False
+    return not _alive(int(pid_text))
+
+
+def clean_stale(parent: Path) -> list[Path]:
+    """Remove the staging folders in ``parent`` left by deconvviz processes that died; return them."""
+    removed: list[Path] = []
+    try:
+        entries = [entry for entry in parent.iterdir() if STAGING in entry.name and entry.name.startswith(".")]
+    except OSError:
+        return removed
+    for entry in entries:
+        if _stale(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool:
+    """``renameat2(source, target, flags)``; False where the system or the file system lacks it."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(source), None, str(target))
+
+
+def rename_new(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, which must not exist (``FileExistsError`` if it does, even if just made)."""
+    if _renameat2(source, target, _RENAME_NOREPLACE):
+        return
+    if os.path.lexists(target):  # without renameat2: check, then rename (a short window remains)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    source.rename(target)
+
+
+def exchange(first: Path, second: Path) -> None:
+    """Swap the two paths' contents in one step (by way of a backup name where ``renameat2`` is missing)."""
+    if _renameat2(first, second, _RENAME_EXCHANGE):
+        return
+    backup = second.with_name(f".{second.name}.deconvviz-swap-{os.getpid()}-{secrets.token_hex(4)}")
+    second.rename(backup)
+    try:
+        rename_new(first, second)
+    except BaseException:
+        backup.rename(second)
+        raise
+    backup.rename(first)
+
+
+@dataclass
+class _Stage:
+    target: Path
+    path: Path
+    replaced: bool = False  # after the commit: ``path`` holds the earlier result, swapped out
+    committed: bool = False
+
+
+@dataclass
+class _Transaction:
+    stages: list[_Stage]
+    replace: bool
+    error: type[DeconvVizError]
+    created: list[Path] = field(default_factory=list)  # parents this run made, deepest last
+
+    def commit(self) -> None:
+        try:
+            for stage in self.stages:
+                self._commit_one(stage)
+        except BaseException:
+            self._roll_back()
+            raise
+        for stage in self.stages:  # every result is in place: now the earlier ones can go
+            shutil.rmtree(stage.path, ignore_errors=True)
+
+    def _commit_one(self, stage: _Stage) -> None:
+        target = stage.target
+        appeared = f"{str(target)!r} appeared while deconvviz was writing it"
+        if os.path.lexists(target):
+            if not target.is_dir() or target.is_symlink() or (any(target.iterdir()) and not owned(target)):
+                raise self.error(f"{appeared} and was not written by deconvviz; left it alone, choose another --out")
+            if not self.replace:
+                raise self.error(f"{appeared}; left it alone, choose another --out or pass --overwrite")
+            exchange(stage.path, target)
+            stage.committed = stage.replaced = True
+            if any(stage.path.iterdir()) and not owned(stage.path):  # swapped in by someone at the last instant
+                exchange(stage.path, target)
+                stage.committed = stage.replaced = False
+                raise self.error(f"{appeared} and was not written by deconvviz; left it alone, choose another --out")
+            return
+        try:
+            rename_new(stage.path, target)
+        except FileExistsError:
+            raise self.error(f"{appeared}; left it alone, choose another --out") from None
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise self.error(f"{appeared}; left it alone, choose another --out") from None
+            raise
+        stage.committed = True
+
+    def _roll_back(self) -> None:
+        for stage in reversed(self.stages):
+            if not stage.committed:
+                continue
+            with contextlib.suppress(OSError):
+                if stage.replaced:
+                    exchange(stage.path, stage.target)  # the earlier result back, the new one to staging
+                else:
+                    rename_new(stage.target, stage.path)
+                stage.committed = False
+
+    def discard(self) -> None:
+        for stage in self.stages:
+            if not stage.committed:
+                shutil.rmtree(stage.path, ignore_errors=True)
+        for parent in reversed(self.created):
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only if still empty
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it made, outermost first."""
+    missing = []
+    for parent in [folder, *folder.parents]:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+@contextlib.contextmanager
+def stage_folders(
+    targets: Sequence[Path],
+    *,
+    kind: str,
+    replace: bool,
+    error: type[DeconvVizError] = OutputError,
+    what: str = "output folder",
+) -> Iterator[list[Path]]:
+    """Staging folders for ``targets``, moved into place together when the block ends without an exception.
+
+    Each target is checked before any work (see :func:`check_target`) and again at the end. Either every
+    target ends up holding its complete new result, or none changes (the ones already moved are put back).
+    On an exception, or a refusal at the end, nothing is left behind: no staging folder, and no parent
+    folder this call made.
+
+    Args:
+        targets: the result folders to write (distinct paths).
+        kind: what the results are (``"render"``, ``"report"``, an analysis's name), written in the marker.
+        replace: whether earlier deconvviz results at the targets may be replaced.
+        error: the exception class of refusals.
+        what: what a target is called in messages.
+
+    Yields:
+        One empty staging folder per target (holding only the marker), to fill.
+
+    Raises:
+        error: a target cannot take the result, at the start or at the end.
+    """
+    targets = [Path(t) for t in targets]
+    if len({os.path.abspath(t) for t in targets}) != len(targets):  # noqa: PTH100 - no symlink resolution wanted
+        raise ValueError("two results were given the same folder")
+    for target in targets:
+        check_target(target, replace=replace, error=error)
+    transaction = _Transaction(stages=[], replace=replace, error=error)
+    try:
+        for target in targets:
+            if not target.parent.is_dir():
+                transaction.created.extend(_make_parents(target.parent))
+        for parent in {t.parent for t in targets}:
+            clean_stale(parent)
+        marker = _marker(kind)
+        for target in targets:
+            path = target.with_name(f".{target.name[:100]}{STAGING}{os.getpid()}-{secrets.token_hex(4)}")
+            path.mkdir()
+            transaction.stages.append(_Stage(target=target, path=path))
+            (path / MARKER).write_bytes(marker)
+    except OSError as exc:
+        transaction.discard()
+        where = targets[len(transaction.stages)] if len(transaction.stages) < len(targets) else targets[-1]
+        raise error(f"cannot write the {what} {str(where)!r} ({exc.strerror or exc}); choose another --out") from None
+    except BaseException:
+        transaction.discard()
+        raise
+    try:
+        yield [stage.path for stage in transaction.stages]
+        try:
+            transaction.commit()
+        except OSError as exc:
+            if isinstance(exc, DeconvVizError):
+                raise
+            raise error(f"cannot move the result into place ({exc.strerror or exc}); choose another --out") from None
+    finally:
+        transaction.discard()
+
+
+__all__ = [
+    "MARKER",
+    "STAGING",
+    "OutputError",
+    "atomic_file",
+    "check_target",
+    "clean_stale",
+    "exchange",
+    "mark",
+    "owned",
+    "remove_owned",
+    "rename_new",
+    "stage_folders",
+    "umask",
+    "write_file",
+]

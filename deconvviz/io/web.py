@@ -1,0 +1,30 @@
+"""One escaping path for everything that goes into the report's HTML.
+
+Text and attribute values are escaped with every quote, so a value is inert inside single- or double-quoted
+attributes; a link is a relative path whose every component is percent-encoded, so a file name can neither
+end the attribute, nor start a scheme (``javascript:``), nor leave the report's folder.
+"""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import quote
+
+
+def text(value: object) -> str:
+    """``value`` as HTML text or an attribute value (``&``, ``<``, ``>``, ``"`` and ``'`` escaped)."""
+    return html.escape(str(value), quote=True)
+
+
+def url(path: str) -> str:
+    """A relative link to ``path`` (``/``-separated, ``..`` allowed) for an ``href`` or ``src`` attribute.
+
+    Example:
+        >>> url("images/x'><img src=x>.html")
+        'images/x%27%3E%3Cimg%20src%3Dx%3E.html'
+    """
+    parts = path.split("/")
+    return text("/".join(part if part in ("..", ".") else quote(part, safe="") for part in parts))
+
+
+__all__ = ["text", "url"]
