@@ -8,8 +8,10 @@ function or tensor method) is rewritten to a custom autograd function before the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,144 @@ def deconv_reference(model: nn.Module, x: Tensor, layer: str, seeds: Sequence[Te
     return torch.stack(grads)
 
 
+class _Rectify(torch.autograd.Function):
+    """A rectifying activation whose backward is deconvnet's ``relu(g)`` or guided's ``relu(g) * f'(x)``."""
+
+    @staticmethod
+    def forward(ctx, x, fn, guided):  # type: ignore[override]
+        ctx.fn, ctx.guided = fn, guided
+        ctx.save_for_backward(x)
+        return fn(x.detach().clone())
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        if not ctx.guided:
+            return grad.clamp(min=0), None, None
+        with torch.enable_grad():
+            leaf = x.detach().clone().requires_grad_(True)
+            (slope,) = torch.autograd.grad(ctx.fn(leaf).sum(), leaf)
+        return grad.clamp(min=0) * slope, None, None
+
+
+# Every rectifying activation the networks under test call, in the forms that reach ``__torch_function__``.
+_RECTIFIERS = {
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    Tensor.relu,
+    Tensor.relu_,
+    F.hardtanh,
+    F.hardtanh_,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.softplus,
+}
+_GATES = {torch.sigmoid, Tensor.sigmoid, F.sigmoid, F.hardsigmoid}
+
+
+def _layer_norm_held(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
+    mean = x.mean(dims, keepdim=True).detach()
+    var = x.var(dims, unbiased=False, keepdim=True).detach()
+    out = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def _group_norm_held(x, num_groups, weight=None, bias=None, eps=1e-5):
+    grouped = x.reshape(x.shape[0], num_groups, -1)
+    mean = grouped.mean(2, keepdim=True).detach()
+    var = grouped.var(2, unbiased=False, keepdim=True).detach()
+    out = ((grouped - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+class _SwapRules(torch.overrides.TorchFunctionMode):
+    """Rectifiers get the method's backward, gates are detached, per-sample norm statistics are detached."""
+
+    def __init__(self, guided: bool) -> None:
+        super().__init__()
+        self.guided = guided
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _RECTIFIERS:
+            kwargs.pop("inplace", None)
+            x, *rest = args
+            base = {F.relu_: F.relu, torch.relu_: torch.relu, Tensor.relu_: torch.relu, F.hardtanh_: F.hardtanh}
+            fn = base.get(func, func)
+            return _Rectify.apply(x, lambda t: fn(t, *rest, **kwargs), self.guided)
+        if func in _GATES:
+            return func(*args, **kwargs).detach()
+        if func is F.layer_norm:
+            return _layer_norm_held(*args, **kwargs)
+        if func is F.group_norm:
+            return _group_norm_held(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_to(model: nn.Module, x: Tensor, module: str, mode: Any) -> Tensor:
+    """The output of submodule ``module`` of a copy of ``model`` (a forward hook takes it and stops the run)."""
+    copy_ = copy.deepcopy(model).eval()
+    taken: list[Tensor] = []
+
+    def hook(_module, _inputs, output):
+        taken.append(output)
+        raise _Stop
+
+    copy_.get_submodule(module).register_forward_hook(hook)
+    with mode, contextlib.suppress(_Stop):
+        copy_(x)
+    (out,) = taken
+    return out
+
+
+def feature_map(model: nn.Module, x: Tensor, module: str) -> Tensor:
+    """The output of submodule ``module`` for ``x``, by running the model itself."""
+    with torch.no_grad():
+        return _run_to(model, x, module, contextlib.nullcontext())
+
+
+def method_reference(model: nn.Module, x: Tensor, module: str, seeds: Tensor, method: str) -> Tensor:
+    """Projections of ``seeds`` at the output of submodule ``module`` under ``method``, by autograd.
+
+    No tracing at all: a forward hook on a copy of the model takes the submodule's output and stops the run.
+    ``gradient`` is plain autograd; ``deconvnet`` and ``guided`` run the model with every rectifying
+    activation's backward swapped (``relu(g)``, ``relu(g) * f'(x)``), gates (sigmoid, hard sigmoid) detached
+    and layer/group norm statistics detached.
+
+    Returns:
+        ``(K, C, H, W)``.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    mode = contextlib.nullcontext() if method == "gradient" else _SwapRules(guided=method == "guided")
+    out = _run_to(model, x, module, mode)
+    grads = []
+    for seed in seeds:
+        (grad,) = torch.autograd.grad(out, x, grad_outputs=seed.unsqueeze(0).to(out.dtype), retain_graph=True)
+        grads.append(grad[0])
+    return torch.stack(grads)
+
+
 def unit_seeds(activation: Tensor, channels: Sequence[int], positions: Sequence[tuple[int, int] | None]) -> Tensor:
     """One seed per (channel, position): that unit's own activation, zero elsewhere (``activation`` is 1xCxHxW)."""
     seeds = torch.zeros((len(channels), *activation.shape[1:]), dtype=activation.dtype)
@@ -87,4 +227,4 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return float(diff / scale)
 
 
-__all__ = ["deconv_reference", "relative_error", "unit_seeds"]
+__all__ = ["deconv_reference", "feature_map", "method_reference", "relative_error", "unit_seeds"]
