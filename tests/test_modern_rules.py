@@ -1,0 +1,190 @@
+"""Mirror rules of modern CNN ops, checked against values worked out by hand on tiny inputs (float64).
+
+Each net applies one op to the image itself; seeding the whole map makes the seed the op's output, so the
+projection is the rule applied to that output, element by element: deconvnet ``relu(g)``, guided
+``relu(g) * f'(x)``, gradient ``g * f'(x)``, with ``f'`` written out here in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import deconvviz as dv
+
+X = torch.tensor([[[[-3.5, -1.5, -0.25, 0.5, 2.0, 7.0]]]], dtype=torch.float64)
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    return 1 / (1 + torch.exp(-x))
+
+
+def _phi(x: Tensor) -> Tensor:  # the standard normal density and distribution function
+    return torch.exp(-(x**2) / 2) / math.sqrt(2 * math.pi)
+
+
+def _cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+# name -> (forward as the net applies it, forward in closed form, derivative in closed form)
+ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "ReLU6": (nn.ReLU6(), lambda x: x.clamp(0, 6), lambda x: ((x > 0) & (x < 6)).double()),
+    "hardtanh_": (
+        lambda x: F.hardtanh(x, -1.0, 1.0, inplace=True),
+        lambda x: x.clamp(-1, 1),
+        lambda x: ((x > -1) & (x < 1)).double(),
+    ),
+    "LeakyReLU": (
+        nn.LeakyReLU(0.1),
+        lambda x: torch.where(x > 0, x, 0.1 * x),
+        lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, 0.1)),
+    ),
+    "ELU": (
+        nn.ELU(),
+        lambda x: torch.where(x > 0, x, torch.exp(x) - 1),
+        lambda x: torch.where(x > 0, 1.0, torch.exp(x)),
+    ),
+    "GELU": (nn.GELU(), lambda x: x * _cdf(x), lambda x: _cdf(x) + x * _phi(x)),
+    "silu": (
+        F.silu,
+        lambda x: x * _sigmoid(x),
+        lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
+    ),
+    "Hardswish": (
+        nn.Hardswish(inplace=True),
+        lambda x: x * (x + 3).clamp(0, 6) / 6,
+        lambda x: torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, (2 * x + 3) / 6)).double(),
+    ),
+    "Softplus": (nn.Softplus(), lambda x: torch.log1p(torch.exp(x)), _sigmoid),
+    "Mish": (
+        nn.Mish(),
+        lambda x: x * torch.tanh(torch.log1p(torch.exp(x))),
+        lambda x: (
+            torch.tanh(torch.log1p(torch.exp(x))) + x * _sigmoid(x) * (1 - torch.tanh(torch.log1p(torch.exp(x))) ** 2)
+        ),
+    ),
+}
+
+
+class Apply(nn.Module):
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn if isinstance(fn, nn.Module) else None
+        self._fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x * 1.0  # the op's input is an intermediate, as in a network
+        return self.fn(y) if self.fn is not None else self._fn(y)
+
+
+def _project(model: nn.Module, method: str) -> Tensor:
+    net = dv.DeconvNet(model)
+    layer = net.layers[-1]
+    return net.project(X.clone(), layer=layer, channel=0, mode="map", method=method).image[0]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_rectifiers_by_hand(name: str, unchanged) -> None:
+    module, forward, slope = ACTIVATIONS[name]
+    model = Apply(module).eval()
+    state = unchanged(model)
+    g = forward(X)  # the whole map seeds the activation itself
+    expected = {"deconvnet": g.clamp(min=0), "guided": g.clamp(min=0) * slope(X), "gradient": g * slope(X)}
+    for method, want in expected.items():
+        got = _project(model, method)
+        torch.testing.assert_close(got, want[0], rtol=1e-12, atol=1e-12, msg=f"{name} {method}")
+    state.assert_same(model)
+
+
+class Gate(nn.Module):
+    """``x * sigmoid(x)`` written out, and a squeeze-and-excitation scale ``x * hardsigmoid(mean(x))``."""
+
+    def __init__(self, squeeze: bool) -> None:
+        super().__init__()
+        self.squeeze = squeeze
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * 1.0
+        if self.squeeze:
+            return x * F.hardsigmoid(x.mean((2, 3), keepdim=True))
+        return x * torch.sigmoid(x)
+
+
+def test_gate_is_held_for_deconvnet_and_guided_and_differentiated_for_gradient() -> None:
+    s = _sigmoid(X)
+    g = X * s
+    held = g * s  # the signal goes back along the feature path only, scaled by the gate's forward value
+    for method in ("deconvnet", "guided"):
+        torch.testing.assert_close(_project(Gate(squeeze=False), method), held[0], rtol=1e-12, atol=1e-12)
+    exact = g * (s + X * s * (1 - s))
+    torch.testing.assert_close(_project(Gate(squeeze=False), "gradient"), exact[0], rtol=1e-12, atol=1e-12)
+
+
+def test_squeeze_excitation_scale_is_held_for_deconvnet_and_guided() -> None:
+    m = X.mean()  # -> 0.708333...; hardsigmoid = m / 6 + 1/2 inside (-3, 3)
+    h = m / 6 + 0.5
+    g = X * h
+    for method in ("deconvnet", "guided"):
+        torch.testing.assert_close(_project(Gate(squeeze=True), method), (g * h)[0], rtol=1e-12, atol=1e-12)
+    # the gradient adds the gate's own path: d/dx_i sum_j g_j x_j h(m) = g_i h + h'(m) sum_j g_j x_j / n, where
+    # h'(m) = 1/6; torch's hard-sigmoid backward uses the float32 value of 1/6 in every dtype
+    one_sixth = float(torch.tensor(1.0, dtype=torch.float32) / 6)
+    exact = g * h + one_sixth * (g * X).sum() / X.numel()
+    torch.testing.assert_close(_project(Gate(squeeze=True), "gradient"), exact[0], rtol=1e-12, atol=1e-12)
+
+
+class Norm(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.norm = nn.LayerNorm(6) if kind == "layer" else nn.GroupNorm(1, 1)
+        with torch.no_grad():
+            self.norm.weight.fill_(1.5)
+            self.norm.bias.fill_(-0.25)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x * 1.0)
+
+
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_per_sample_statistics_are_held_for_deconvnet_and_guided(kind: str) -> None:
+    model = Norm(kind).double().eval()
+    mean, var = X.mean(), X.var(unbiased=False)
+    sigma = torch.sqrt(var + 1e-5)
+    xhat = (X - mean) / sigma
+    g = 1.5 * xhat - 0.25
+    for method in ("deconvnet", "guided"):
+        torch.testing.assert_close(_project(model, method), (g * 1.5 / sigma)[0], rtol=1e-12, atol=1e-12)
+    # the exact vjp of a normalisation over all n elements: (w g - mean(w g) - xhat mean(w g xhat)) / sigma
+    wg = 1.5 * g
+    exact = (wg - wg.mean() - xhat * (wg * xhat).mean()) / sigma
+    torch.testing.assert_close(_project(model, "gradient"), exact[0], rtol=1e-10, atol=1e-12)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle over 2 groups of 3 channels."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * 1.0
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w)
+        x = torch.transpose(x, 1, 2).contiguous()
+        return x.view(n, c, h, w)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
+def test_channel_shuffle_sends_each_channel_back_where_it_came_from(method: str) -> None:
+    x = torch.arange(1.0, 7.0, dtype=torch.float64).reshape(1, 6, 1, 1)
+    net = dv.DeconvNet(Shuffle())
+    # the output's channels are the input's 0, 3, 1, 4, 2, 5: output channel 1 comes from input channel 3
+    for out_channel, in_channel in enumerate([0, 3, 1, 4, 2, 5]):
+        p = net.project(x, layer=net.layers[-1], channel=out_channel, method=method)
+        expected = torch.zeros(6, 1, 1, dtype=torch.float64)
+        expected[in_channel] = in_channel + 1.0
+        assert torch.equal(p.image[0], expected)
