@@ -38,6 +38,9 @@ OVERVIEW = "overview.png"
 MANIFEST_SCHEMA = 1
 DEFAULT_MODEL = "vgg16"
 DEFAULT_TOP = 9
+MAX_SIZE = 2048
+"""The largest ``size`` accepted: at 2048 px one of VGG16's first activations already takes 1 GB in float32, and
+the reverse pass holds one such tensor per reconstruction."""
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, what)``: called as work advances (``done`` of ``total`` steps)."""
@@ -136,6 +139,11 @@ def session(
 
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise DeconvVizError(f"size must be a positive number of pixels, got {size!r}")
+    if size is not None and size > MAX_SIZE:
+        raise DeconvVizError(
+            f"size {size} is more than {MAX_SIZE} pixels (memory grows with the square of the size); "
+            "choose a smaller --size"
+        )
     if isinstance(model, Session):
         if size is None or size == model.model.preprocessing.size:
             return model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -117,6 +118,10 @@ def _first_line(exc: BaseException) -> str:
     return line
 
 
+def _one_line_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    _err(f"warning: {_first_line(message) if isinstance(message, BaseException) else message}")
+
+
 @contextlib.contextmanager
 def _reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and exit status 2 (``quiet``: no line)."""
@@ -125,7 +130,10 @@ def _reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
     debug = (debug or _state.debug) and not quiet
     say = (lambda message: None) if quiet else _err
     try:
-        yield
+        with warnings.catch_warnings():  # a warning is one line too (``--debug``: Python's own form)
+            if not debug:
+                warnings.showwarning = _one_line_warning
+            yield
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ merged with collectives, the projections are shared out and rank 0 gets the resu
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import time
@@ -662,9 +664,16 @@ def _loaded(model: Any, device: str | torch.device | None) -> Any:
         raise SearchError(
             "top_k needs a model that knows its preprocessing: a registered name or deconvviz.load_model(...)"
         )
-    if device is not None:
-        model.module.to(distributed.rank_device(str(device)))
-    return model
+    if device is None:
+        return model
+    target = torch.device(distributed.rank_device(str(device)))
+    here, original = _device_of(model), model.module
+    if here.type == target.type and (target.index is None or here.index == target.index):
+        return model
+    if not dataclasses.is_dataclass(model) or isinstance(model, type):
+        raise SearchError(f"the model is on {here}, not {target}: move it there first or leave out device")
+    # The caller's model stays where it is: the scan runs on a copy on the device asked for.
+    return dataclasses.replace(model, module=copy.deepcopy(original).to(target), device=target)
 
 
 def _select_channels(channels: int | Sequence[int] | None, count: int, layer: str) -> list[int]:

@@ -1,0 +1,301 @@
+"""The one result writer, result names and HTML escaping (deconvviz.io)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from deconvviz.io import (
+    MARKER,
+    NameMap,
+    OutputError,
+    atomic_file,
+    clean_name,
+    owned,
+    stage_folders,
+    text,
+    url,
+    write_file,
+)
+from deconvviz.io import atomic as atomic_module
+
+
+@pytest.fixture(params=["renameat2", "fallback"])
+def renames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every writer test runs with the kernel's renameat2 and with the fallback used where it is missing."""
+    if request.param == "fallback":
+        monkeypatch.setattr(atomic_module, "_renameat2", lambda source, target, flags: False)
+    return str(request.param)
+
+
+def _write(target: Path, content: str, *, replace: bool = True) -> None:
+    with stage_folders([target], kind="test", replace=replace) as (folder,):
+        (folder / "result.txt").write_text(content)
+
+
+def _foreign(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "thesis.tex").write_text("precious")
+    return folder
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(done.stdout)
+
+
+def _siblings(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def test_write_file_replaces_whole_and_keeps_the_usual_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "a.bin"
+    write_file(path, b"one")
+    write_file(path, b"two", durable=True)
+    assert path.read_bytes() == b"two"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert _siblings(path.parent) == ["a.bin"]
+
+
+def test_a_failed_file_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(path) as temporary:  # noqa: PT012
+        temporary.write_text("half")
+        raise RuntimeError
+    assert path.read_text() == "old"
+    assert _siblings(tmp_path) == ["a.txt"]
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+
+def test_a_new_result_appears_whole_with_its_marker(tmp_path: Path, renames: str) -> None:
+    target = tmp_path / "deep" / "er" / "out"
+    _write(target, "one")
+    assert (target / "result.txt").read_text() == "one"
+    assert owned(target)
+    assert json.loads((target / MARKER).read_text())["kind"] == "test"
+    assert _siblings(target.parent) == ["out"]
+
+
+def test_an_earlier_result_is_replaced_only_when_asked(tmp_path: Path, renames: str) -> None:
+    target = tmp_path / "out"
+    _write(target, "one")
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        _write(target, "two", replace=False)
+    assert (target / "result.txt").read_text() == "one"
+    _write(target, "two")
+    assert (target / "result.txt").read_text() == "two"
+    assert _siblings(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("decoy", ["manifest", "symlinked marker", "marker of another tool"])
+def test_a_folder_deconvviz_did_not_write_is_never_replaced(tmp_path: Path, renames: str, decoy: str) -> None:
+    target = _foreign(tmp_path / "webapp")
+    if decoy == "manifest":  # a generic manifest.json, even one that says deconvviz, is no proof of ownership
+        (target / "manifest.json").write_text('{"tool": "deconvviz"}')
+    elif decoy == "symlinked marker":
+        (tmp_path / "elsewhere").write_text('{"tool": "deconvviz"}')
+        (target / MARKER).symlink_to(tmp_path / "elsewhere")
+    else:
+        (target / MARKER).write_text('{"tool": "other"}')
+    with pytest.raises(OutputError, match="not written by deconvviz"):
+        _write(target, "mine")
+    assert (target / "thesis.tex").read_text() == "precious"
+    assert "result.txt" not in _siblings(target)
+    assert len(_siblings(tmp_path)) == 1 + (decoy == "symlinked marker")
+
+
+def test_a_file_or_link_at_the_target_is_refused(tmp_path: Path, renames: str) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path)
+    for name in ("file", "link"):
+        with pytest.raises(OutputError, match="is not a folder"):
+            _write(tmp_path / name, "mine")
+    assert (tmp_path / "file").read_text() == "x"
+    assert (tmp_path / "link").is_symlink()
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_folder_that_appears_meanwhile_survives(tmp_path: Path, renames: str, earlier: bool) -> None:
+    target = tmp_path / "out"
+    if earlier:
+        _write(target, "one")
+    with pytest.raises(OutputError, match="appeared while deconvviz was writing it"):  # noqa: PT012
+        with stage_folders([target], kind="test", replace=True) as (folder,):
+            (folder / "result.txt").write_text("two")
+            if earlier:  # someone moves our old result away and puts their own folder there
+                target.rename(tmp_path / "moved")
+            _foreign(target)
+    assert (target / "thesis.tex").read_text() == "precious"
+    expected = sorted(["out", *(["moved"] if earlier else [])])
+    assert _siblings(tmp_path) == expected
+
+
+def test_a_result_that_appears_meanwhile_is_not_replaced_without_overwrite(tmp_path: Path, renames: str) -> None:
+    """Two runs without overwrite: the second refuses instead of replacing the first's result."""
+    target = tmp_path / "out"
+    with pytest.raises(OutputError, match="appeared while deconvviz"):  # noqa: PT012
+        with stage_folders([target], kind="test", replace=False) as (folder,):
+            (folder / "result.txt").write_text("second")
+            _write(target, "first", replace=False)
+    assert (target / "result.txt").read_text() == "first"
+    assert _siblings(tmp_path) == ["out"]
+
+
+def test_an_error_leaves_nothing_not_even_the_parents_it_made(tmp_path: Path, renames: str) -> None:
+    target = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(KeyboardInterrupt), stage_folders([target], kind="test", replace=True) as (folder,):  # noqa: PT012
+        (folder / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert _siblings(tmp_path) == []
+
+
+def test_several_results_move_in_together_or_not_at_all(tmp_path: Path, renames: str) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "old a")
+    with pytest.raises(OutputError, match="appeared"):  # noqa: PT012
+        with stage_folders([a, b], kind="test", replace=True) as (fa, fb):
+            (fa / "result.txt").write_text("new a")
+            (fb / "result.txt").write_text("new b")
+            _foreign(b)  # b cannot be written at the end: a must be put back as it was
+    assert (a / "result.txt").read_text() == "old a"
+    assert (b / "thesis.tex").read_text() == "precious"
+    assert _siblings(tmp_path) == ["a", "b"]
+
+
+def test_two_targets_of_one_name_are_refused(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ValueError, match="same folder"),
+        stage_folders([tmp_path / "a", tmp_path / "a"], kind="t", replace=True),
+    ):
+        pass
+
+
+def test_staging_left_by_a_dead_process_is_cleaned_and_nothing_else(tmp_path: Path) -> None:
+    dead, alive = _dead_pid(), os.getpid()
+    marker = json.dumps({"tool": "deconvviz", "host": socket.gethostname(), "pid": dead})
+    stale = tmp_path / f".out.deconvviz-staging-{dead}-0a0b"
+    live = tmp_path / f".out.deconvviz-staging-{alive}-0c0d"
+    empty = tmp_path / f".other.deconvviz-staging-{dead}-0e0f"  # killed before it wrote its marker
+    stranger = tmp_path / f".x.deconvviz-staging-{dead}-1111"  # looks like ours, holds someone's files
+    remote = tmp_path / f".y.deconvviz-staging-{dead}-2222"  # another machine's run on a shared disk
+    for folder in (stale, live, empty, stranger, remote):
+        folder.mkdir()
+    for folder in (stale, live):
+        (folder / MARKER).write_text(marker)
+        (folder / "half.png").write_bytes(b"x")
+    (stranger / "notes.txt").write_text("mine")
+    (remote / MARKER).write_text(json.dumps({"tool": "deconvviz", "host": "elsewhere", "pid": dead}))
+    _write(tmp_path / "out", "new")
+    assert not stale.exists()
+    assert not empty.exists()
+    assert live.exists()
+    assert (stranger / "notes.txt").exists()
+    assert remote.exists()
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+_HOSTILE = [
+    "..",
+    ".",
+    "...",
+    "",
+    "/",
+    "a/b",
+    "a\\b",
+    ".hidden",
+    "con",
+    "CON.txt",
+    "x'><img src=x>",
+    "\x00\x1f",
+    " ",
+    "é",
+    "e\u0301",
+]
+
+
+def test_names_are_safe_and_distinct_whatever_comes_in() -> None:
+    rng = random.Random(0)
+    alphabet = ["a", "A", "-", "2", ".", "/", "\\", "'", '"', "<", ">", " ", "\n", "é", "_", ":", "*", "?"]
+    inputs = [*_HOSTILE, "cat", "cat", "cat-2", "Cat", "cat-2", "cat_2"]
+    inputs += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(400)]
+    names = NameMap()
+    given = [names.add(text) for text in inputs]
+    assert len({n.casefold() for n in given}) == len(given)  # distinct, even on a case-insensitive disk
+    for name in given:
+        assert name not in (".", "..")
+        assert not name.startswith(".")
+        assert "/" not in name
+        assert "\\" not in name
+        assert "\x00" not in name
+        assert name == name.strip()
+        assert 0 < len(name) <= 80 + 5
+        assert name.split(".")[0].casefold() not in {"con", "prn", "aux", "nul"}
+        assert all(c.isalnum() or c in "-_." for c in name)
+
+
+def test_names_repeat_with_a_number_in_the_order_given() -> None:
+    names = NameMap()
+    assert [names.add(n) for n in ["cat", "cat", "cat-2", "photo 1", "photo_1"]] == [
+        "cat",
+        "cat-2",
+        "cat-2-2",
+        "photo_1",
+        "photo_1-2",
+    ]
+    assert clean_name("..", "image") == "image"
+    assert clean_name("layer4.1/relu") == "layer4.1_relu"
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.data: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.data.append(data)
+
+
+@pytest.mark.parametrize(
+    "name", [*_HOSTILE, "' onerror='alert(2).jpg", 'x"><script>alert(1)</script>', "javascript:alert(1)"]
+)
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_escaped_names_stay_inside_their_attribute_and_text(name: str, quote: str) -> None:
+    page = f"<a href={quote}{url('images/' + name + '.html')}{quote} title={quote}{text(name)}{quote}>{text(name)}</a>"
+    parser = _Tags()
+    parser.feed(page)
+    parser.close()
+    assert [tag for tag, _ in parser.tags] == ["a"]
+    attributes = dict(parser.tags[0][1])
+    assert sorted(attributes) == ["href", "title"]
+    assert attributes["title"] == name
+    assert "".join(parser.data) == name
+    from urllib.parse import unquote, urlsplit
+
+    link = urlsplit(str(attributes["href"]))
+    assert not link.scheme
+    assert not link.netloc
+    assert unquote(link.path) == "images/" + name + ".html"
