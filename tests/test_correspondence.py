@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import deconvviz as dv
 from deconvviz.analysis.correspondence import CorrespondenceResult, PartsError, map_box, sign_distances
 from deconvviz.cli import app
+from deconvviz.io import MARKER
 
 MODEL = "tiny-correspondence"
 
@@ -115,7 +116,9 @@ def test_delta_matches_a_direct_computation(photos: list[Path], tmp_path: Path) 
 def test_save_writes_table_csv_figure(photos: list[Path], tmp_path: Path) -> None:
     result = dv.correspondence(photos, parts_file(tmp_path, photos), model=MODEL, random=1, device="cpu")
     folder = result.save(tmp_path / "out")
-    assert sorted(p.name for p in folder.iterdir()) == ["correspondence.png", "delta.csv", "manifest.json", "table.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [MARKER, "correspondence.png", "delta.csv", "manifest.json", "table.txt"]
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["kind"] == "correspondence"
     assert set(manifest["delta"]) == {"eye", "nose", "random"}

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import deconvviz as dv
 from deconvviz.cli import app
+from deconvviz.io import MARKER
 
 MODEL = "tiny-evolution"
 LAYER = "conv3"
@@ -146,7 +147,7 @@ def test_cli_writes_the_grid(data, checkpoints, tmp_path: Path) -> None:
         *checkpoints, "--data", data, "--layer", LAYER, "--model", MODEL, "-c", "0,2", "-o", out
     )
     assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     assert "2 channel(s) x 3 checkpoint(s)" in stdout
     assert json.loads((out / "manifest.json").read_text())["channels"] == [0, 2]
 

@@ -17,6 +17,7 @@ import deconvviz as dv
 from deconvviz.analysis.base import ResultFolderError
 from deconvviz.analysis.invariance import feature_distance, sweep, transform
 from deconvviz.cli import app
+from deconvviz.io import MARKER
 
 LABELS = [f"class {i}" for i in range(5)]
 
@@ -208,7 +209,7 @@ def test_figure_manifest_and_inline_png(tiny64, pictures, tmp_path: Path) -> Non
     assert axes.shape == (3, 1 + 2 + 1)  # examples, two layers, probability
     assert result._repr_png_().startswith(b"\x89PNG")
     folder = result.save(tmp_path / "inv", arguments={"steps": 3})
-    assert sorted(p.name for p in folder.iterdir()) == ["figure.png", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["tool"] == "deconvviz"
     assert manifest["kind"] == "invariance"
@@ -260,7 +261,7 @@ def test_cli_writes_the_figure_and_manifest(photos, tmp_path: Path) -> None:
     args = ["invariance", *map(str, photos), "--model", MODEL, "--device", "cpu", "--steps", "3", "-o", str(out)]
     result = CliRunner().invoke(app, [*args, "--translate", "-4:4", "--rotate", "off"])
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["transforms"]) == ["translate", "scale"]
     assert manifest["transforms"]["translate"]["values"] == [-4.0, 0.0, 4.0]

@@ -26,6 +26,7 @@ from deconvviz.analysis.incremental import IncrementalOcclusion, occluded_images
 from deconvviz.analysis.occlusion import OcclusionError, occluder_grid
 from deconvviz.cli import app
 from deconvviz.graph import trace
+from deconvviz.io import MARKER
 
 TOLERANCE = 1e-9
 
@@ -291,6 +292,7 @@ def test_save_writes_the_panels_and_manifest(photo: Path, tmp_path: Path) -> Non
     folder = result.save(tmp_path / "noise")
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
+        MARKER,
         "activation.csv",
         "labels.csv",
         "manifest.json",

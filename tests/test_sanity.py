@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import deconvviz as dv
 from deconvviz.analysis.sanity import compare, mean_pairwise_correlation, randomise, spearman, ssim
 from deconvviz.cli import app
+from deconvviz.io import MARKER
 
 MODEL = "tiny-sanity"
 
@@ -175,7 +176,7 @@ def test_cli_writes_and_refuses_in_one_line(photo: Path, tmp_path: Path) -> None
     out = tmp_path / "s"
     result = CliRunner().invoke(app, ["sanity", str(photo), "--model", MODEL, "--layer", "conv3", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     assert "deconvnet: all 3 layers randomised" in result.stdout
     for args, message in ((["--method", "nope"], "nope"), (["--channel", "99"], "out of range")):
         bad = tmp_path / "bad"
