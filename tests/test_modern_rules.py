@@ -188,3 +188,42 @@ def test_channel_shuffle_sends_each_channel_back_where_it_came_from(method: str)
         expected = torch.zeros(6, 1, 1, dtype=torch.float64)
         expected[in_channel] = in_channel + 1.0
         assert torch.equal(p.image[0], expected)
+
+
+class FunctionalBatchNorm(nn.Module):
+    """Batch norm called as a function with running statistics, as fused norm-and-activation layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, -1.0], dtype=torch.float64))
+        self.register_buffer("var", torch.tensor([4.0, 0.25], dtype=torch.float64))
+        self.weight = nn.Parameter(torch.tensor([2.0, 3.0], dtype=torch.float64))
+        self.bias = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x * 1.0, self.mean, self.var, self.weight, self.bias, self.training, 0.1, 0.0)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
+def test_functional_batch_norm_is_its_per_channel_scale(method: str) -> None:
+    x = torch.tensor([[[[1.0, -3.0]], [[0.5, 2.0]]]], dtype=torch.float64)
+    net = dv.DeconvNet(FunctionalBatchNorm())
+    # output: channel 0 (x - 0.5) / 2 * 2 + 1 = [1.5, -2.5]; channel 1 (x + 1) / 0.5 * 3 - 2 = [7, 16]
+    # scale: weight / sqrt(var) = [1, 6]
+    p = net.project(x, layer=net.layers[-1], channel=[0, 1], mode="map", method=method)
+    assert torch.equal(p.image[0], torch.tensor([[[1.5, -2.5]], [[0.0, 0.0]]], dtype=torch.float64))
+    assert torch.equal(p.image[1], torch.tensor([[[0.0, 0.0]], [[42.0, 96.0]]], dtype=torch.float64))
+
+
+class BatchStatistics(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x * 1.0, None, None, training=True)
+
+
+def test_functional_batch_norm_with_batch_statistics_is_refused(unchanged) -> None:
+    model = BatchStatistics()
+    state = unchanged(model)
+    net = dv.DeconvNet(model)
+    with pytest.raises(dv.UnsupportedOpError, match="batch statistics"):
+        net.project(torch.ones(1, 2, 1, 2, dtype=torch.float64), layer=net.layers[-1], channel=0)
+    state.assert_same(model)

@@ -46,6 +46,24 @@ class BatchNormRule(Rule):
         return [signal * scale.view(shape)]
 
 
+class FunctionalBatchNormRule(Rule):
+    """``F.batch_norm`` with running statistics (inference): a per-channel scale, like the module's rule.
+
+    Containers that call the function themselves (timm's ``BatchNormAct2d``, a batch norm fused with its
+    activation) reach it when they are traced through.
+    """
+
+    @override
+    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
+        a = ctx.bind(F.batch_norm)
+        if a["training"] or a["running_var"] is None:
+            raise ctx.unsupported("batch norm with batch statistics depends on the batch; run it with running ones")
+        scale = torch.rsqrt(a["running_var"] + a["eps"])
+        if a["weight"] is not None:
+            scale = scale * a["weight"]
+        return [signal * scale.to(signal.dtype).view((1, -1) + (1,) * (signal.dim() - 2))]
+
+
 def _arguments(call: Call) -> dict[str, Any]:
     """The normalisation's parameters, whether it is a module or a function call."""
     module, args, kwargs = call.module, call.args, call.kwargs
@@ -136,6 +154,7 @@ class SampleNormRule(Rule):
 
 
 define([nn.BatchNorm1d, nn.BatchNorm2d], BatchNormRule())
+define([F.batch_norm], FunctionalBatchNormRule(), geometry=pointwise)
 define(
     [nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, F.layer_norm, F.group_norm, F.instance_norm],
     SampleNormRule(),
