@@ -38,10 +38,13 @@ def _timm_helpers() -> tuple[list[type[nn.Module]], list[Callable[..., Any]]]:
     if "timm" not in sys.modules:  # never imported here: timm is optional
         return [], []
     try:
-        from timm.layers import _fx as timm_fx
-    except ImportError:  # pragma: no cover - an old timm
-        return [], []
-    return list(timm_fx.get_notrace_modules()), list(timm_fx.get_notrace_functions())
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - a timm from before these were public
+        try:
+            from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+        except ImportError:
+            return [], []
+    return list(get_notrace_modules()), list(get_notrace_functions())
 
 
 @dataclass
