@@ -883,6 +883,14 @@ def occlusion_command(
             help="The correct class for panel (c): an index, an exact class name, or auto (the unoccluded top-1).",
         ),
     ] = "auto",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="The reverse pass that projects panel (b): deconvnet (the paper's), guided, gradient, or a "
+            "registered name.",
+        ),
+    ] = "deconvnet",
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the results; each picture gets OUT/<picture name>/.")
     ] = Path("deconvviz-occlusion"),
@@ -904,7 +912,15 @@ def occlusion_command(
         with _progress_bars(transient=True) as bar:
             task = bar.add_task("loading the model", total=None)
             jobs = deconvviz.occlusion_jobs(
-                images, out, model=model, layer=layer, size=size, stride=stride, target=target, device=device
+                images,
+                out,
+                model=model,
+                layer=layer,
+                size=size,
+                stride=stride,
+                target=target,
+                method=method,
+                device=device,
             )
             written = []
             for image, folder, job in jobs:
@@ -913,7 +929,14 @@ def occlusion_command(
                     bar.update(task, completed=done, total=total, description=f"occluding {name}")
 
                 result = job.run(batch_size=batch_size, progress=progress, image=str(image))
-                arguments = {"model": model, "layer": layer, "size": size, "stride": stride, "class": target}
+                arguments = {
+                    "model": model,
+                    "layer": layer,
+                    "size": size,
+                    "stride": stride,
+                    "class": target,
+                    "method": method,
+                }
                 written.append((result.save(folder, arguments=arguments), result))
         typer.echo(f"wrote {len(written)} result folder(s) under {out}")
         for folder, result in written:

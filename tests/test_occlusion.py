@@ -309,6 +309,33 @@ def test_save_writes_the_panels_and_manifest(photo: Path, tmp_path: Path) -> Non
     assert result._repr_png_()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("method", ["guided", "gradient"])
+def test_panel_b_uses_the_chosen_reverse_pass(photo: Path, tmp_path: Path, method: str) -> None:
+    session = dv.session(MODEL, device="cpu")
+    result = dv.occlusion(photo, model=session, layer="conv3", size=8, stride=8, method=method)
+    default = dv.occlusion(photo, model=session, layer="conv3", size=8, stride=8)
+    assert result.method == method
+    assert default.method == "deconvnet"
+    assert result.projection is not None
+    assert default.projection is not None
+    assert result.channel == default.channel
+    x = session.preprocess(photo)
+    want = session.net.project(x, "conv3", result.channel, method=method)
+    assert result.projection.method == method
+    assert torch.equal(result.projection.image, want.image)
+    assert result.projection.boxes is not None
+    assert result.projection.boxes == default.projection.boxes
+    assert not torch.allclose(result.projection.image, default.projection.image)  # the choice shows
+    assert torch.equal(result.activation, default.activation)  # panels (a), (c), (d) do not depend on it
+    manifest = json.loads((result.save(tmp_path / "noise") / "manifest.json").read_text())
+    assert manifest["method"] == method
+
+
+def test_unknown_method_fails_before_any_work(photo: Path) -> None:
+    with pytest.raises(dv.MethodError, match="unknown method 'nope'"):
+        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, method="nope")
+
+
 def test_model_is_left_unchanged(photo: Path, unchanged: Callable[[nn.Module], object]) -> None:
     session = dv.session(MODEL, device="cpu")
     state = unchanged(session.net.model)
@@ -343,6 +370,18 @@ def test_cli_writes_one_folder_per_image(photo: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert (out / "noise" / "occlusion.png").is_file()
     assert "noise.png" in result.stdout
+    manifest = json.loads((out / "noise" / "manifest.json").read_text())
+    assert manifest["method"] == "deconvnet"
+
+
+def test_cli_method_is_passed_to_panel_b_and_recorded(photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["occlusion", str(photo), "--model", MODEL, "--device", "cpu", "--size", "8", "--stride", "8"]
+    result = CliRunner().invoke(app, [*args, "--method", "guided", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "noise" / "manifest.json").read_text())
+    assert manifest["method"] == "guided"
+    assert manifest["arguments"]["method"] == "guided"
 
 
 @pytest.mark.parametrize(
@@ -352,6 +391,7 @@ def test_cli_writes_one_folder_per_image(photo: Path, tmp_path: Path) -> None:
         (["--stride", "0"], "stride"),
         (["--class", "7"], "unknown class 7"),
         (["--layer", "conv9"], "unknown layer 'conv9'"),
+        (["--method", "nope"], "unknown method 'nope'"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(

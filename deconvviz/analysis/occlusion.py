@@ -19,6 +19,7 @@ changes, for a batch of positions at once, with the same result as running every
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +63,8 @@ class OcclusionResult(AnalysisResult):
         activation: ``(R, C)`` (a): the feature map's total activation per occluder position.
         activation_unoccluded: that total without an occluder.
         projection: (b): the feature map's strongest unit projected to pixels.
+        method: the reverse pass that made (b): ``"deconvnet"`` (the paper's), ``"guided"``, ``"gradient"``, or
+            another registered name.
         target: the class whose probability (c) shows, or None without a classifier.
         target_label: its name.
         probability: ``(R, C)`` (c): the target's probability per position, or None.
@@ -94,6 +97,7 @@ class OcclusionResult(AnalysisResult):
     label_names: dict[int, str] = field(default_factory=dict, repr=False)
     missing: str | None = None
     image: str | None = None
+    method: str = "deconvnet"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -158,6 +162,7 @@ class OcclusionResult(AnalysisResult):
             "occluder": {"size": self.size, "stride": self.stride, "fill": "mean colour (0 in input space)"},
             "grid": {"rows": [list(r) for r in self.rows], "cols": [list(c) for c in self.cols]},
             "activation_unoccluded": self.activation_unoccluded,
+            "method": self.method,
             "projection": None
             if self.projection is None
             else {
@@ -237,6 +242,7 @@ def occlusion(
     size: int = 32,
     stride: int = 8,
     target: int | str | None = "auto",
+    method: str = "deconvnet",
     batch_size: int | None = None,
     device: str | None = "auto",
     progress: Progress | None = None,
@@ -252,6 +258,8 @@ def occlusion(
         stride: pixels between occluder positions (the grid has ``ceil(H / stride)`` rows).
         target: the correct class for panel (c): an index, an exact class name, or ``"auto"`` / None for the
             unoccluded top-1.
+        method: the reverse pass that projects panel (b): ``"deconvnet"`` (the paper's), ``"guided"`` (guided
+            backpropagation), ``"gradient"``, or another registered name (see :func:`deconvviz.list_methods`).
         batch_size: occluder positions per pass; default 16 on a CPU, 64 on a GPU.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
         progress: called with ``(positions done, total)`` after each batch.
@@ -261,6 +269,7 @@ def occlusion(
 
     Raises:
         OcclusionError: an occluder larger than the image, a stride or size below 1, an unknown class.
+        MethodError: an unknown reverse pass.
         LayerNotFoundError: an unknown layer (close names are listed).
         ImageError: a picture that cannot be read.
 
@@ -273,7 +282,7 @@ def occlusion(
 
     current = session(model, device=device)
     x = current.preprocess(image)
-    job = prepare(current, x, layer=layer, size=size, stride=stride, target=target)
+    job = prepare(current, x, layer=layer, size=size, stride=stride, target=target, method=method)
     return job.run(batch_size=batch_size, progress=progress, image=_image_name(image))
 
 
@@ -286,6 +295,7 @@ def occlusion_jobs(
     size: int = 32,
     stride: int = 8,
     target: int | str | None = "auto",
+    method: str = "deconvnet",
     device: str | None = "auto",
 ) -> Iterator[tuple[Path, Path, OcclusionJob]]:
     """Occlusion sweeps for several pictures, one result folder each (``out/<picture name>``).
@@ -297,7 +307,7 @@ def occlusion_jobs(
         ``(picture, folder, job)``; run the job with :meth:`OcclusionJob.run` and save it into ``folder``.
 
     Raises:
-        OcclusionError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
+        OcclusionError, MethodError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
     """
     from deconvviz.analysis.base import check_result_folder
     from deconvviz.api import session
@@ -315,10 +325,11 @@ def occlusion_jobs(
         folders.append(Path(out) / (stem if used[stem] == 1 else f"{stem}-{used[stem]}"))
     for folder in folders:
         check_result_folder(folder)
-    first = prepare(current, inputs[0], layer=layer, size=size, stride=stride, target=target)
+    first = prepare(current, inputs[0], layer=layer, size=size, stride=stride, target=target, method=method)
     for x in inputs[1:]:
         occluder_grid(int(x.shape[-2]), int(x.shape[-1]), size, stride)
-    return _jobs(current, paths, folders, inputs, first, layer=first.layer, size=size, stride=stride, target=target)
+    options = {"layer": first.layer, "size": size, "stride": stride, "target": target, "method": first.method}
+    return _jobs(current, paths, folders, inputs, first, **options)
 
 
 def _jobs(
@@ -361,6 +372,7 @@ class OcclusionJob:
     labels: list[str] | None
     missing: str | None
     engine: Any
+    method: str = "deconvnet"
 
     def run(
         self, *, batch_size: int | None = None, progress: Progress | None = None, image: str | None = None
@@ -369,7 +381,7 @@ class OcclusionJob:
         import numpy as np
         import torch
 
-        from deconvviz.api import project
+        from deconvviz.api import receptive_boxes
         from deconvviz.graph import evaluating
         from deconvviz.render import input_to_pil
 
@@ -400,7 +412,9 @@ class OcclusionJob:
                 else None
             )
         shape = (len(self.rows), len(self.cols))
-        projection = project(self.current, self.x, self.layer, channel=self.channel)
+        net = self.current.net
+        projection = net.project(self.x, self.layer, self.channel, method=self.method)
+        projection = dataclasses.replace(projection, boxes=receptive_boxes(net, projection))
         picture = np.asarray(
             input_to_pil(self.x.detach().cpu(), self.current.model.to_image, self.current.channel_order)
         )
@@ -431,6 +445,7 @@ class OcclusionJob:
             label_names=names,
             missing=self.missing,
             image=image,
+            method=projection.method,
         )
 
 
@@ -442,6 +457,7 @@ def prepare(
     size: int = 32,
     stride: int = 8,
     target: int | str | None = "auto",
+    method: str = "deconvnet",
 ) -> OcclusionJob:
     """Check the options against the model and image and run the unoccluded pass (see :func:`occlusion`).
 
@@ -454,7 +470,9 @@ def prepare(
     from deconvviz.api import default_layers
     from deconvviz.deconvnet import SeedError
     from deconvviz.graph import evaluating
+    from deconvviz.methods import get_method
 
+    get_method(method)  # an unknown reverse pass fails here, before any work
     net = current.net
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -511,6 +529,7 @@ def prepare(
         labels=labels,
         missing=missing,
         engine=engine,
+        method=method,
     )
 
 

@@ -82,7 +82,7 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
             top, left, bottom, right = box
             ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="black", lw=1.5))
     _image_axes(ax, result)
-    ax.set_title(f"(b) projection of map {result.channel}'s\nstrongest unit", fontsize=9)
+    ax.set_title(f"(b) map {result.channel}'s strongest unit,\nprojected ({result.method})", fontsize=9)
 
     if result.has_classifier:
         assert result.probability is not None
