@@ -336,6 +336,31 @@ def test_unknown_method_fails_before_any_work(photo: Path) -> None:
         dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, method="nope")
 
 
+def test_every_legend_label_of_panel_d_lies_inside_the_figure(photo: Path) -> None:
+    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=4)
+    labels = torch.arange(64).remainder(12).view(8, 8)  # 12 classes: 8 named, the rest "other classes"
+    names = {c: f"class {c} with a name as long as a dog breed's" for c in range(12)}
+    crowded = dataclasses.replace(result, labels=labels, label_names=names)
+    for shown in (result, crowded):
+        fig, axes = shown.figure()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        legend = axes[4].get_legend()
+        texts = [t.get_text() for t in legend.get_texts()]
+        want = min(len(shown.legend()), 8) + int(len(shown.legend()) > 8)
+        assert len(texts) == want
+        page = fig.bbox
+        for text in legend.get_texts():
+            box = text.get_window_extent(renderer)
+            assert page.x0 <= box.x0
+            assert box.x1 <= page.x1, text.get_text()
+            assert page.y0 <= box.y0
+            assert box.y1 <= page.y1, text.get_text()
+        panel = axes[4].get_window_extent(renderer)
+        assert legend.get_window_extent(renderer).x0 >= panel.x1  # beside (d), not over it
+    assert texts[-1] == "other classes"
+
+
 def test_model_is_left_unchanged(photo: Path, unchanged: Callable[[nn.Module], object]) -> None:
     session = dv.session(MODEL, device="cpu")
     state = unchanged(session.net.model)

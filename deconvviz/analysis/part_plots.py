@@ -41,7 +41,8 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     (a) the strongest feature map's total activation per occluder position; (b) that map's strongest unit
     projected to pixels (its receptive field outlined, with the unit's box also drawn on the image);
     (c) the probability of the correct class per position; (d) the most probable class per position, with a
-    legend of the classes it shows. Without a classifier, (c) and (d) are replaced by a note saying why.
+    legend of the classes it shows beside it, in a margin as wide as its longest label.
+    Without a classifier, (c) and (d) are replaced by a note saying why.
 
     Args:
         result: the occlusion result.
@@ -49,13 +50,21 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         legend: most classes named in (d)'s legend; the rest are grey.
 
     Returns:
-        ``(figure, axes)``.
+        ``(figure, axes)``: the image's and the panels' axes, in order.
     """
     from matplotlib.patches import Patch, Rectangle
 
     panels = 5 if result.has_classifier else 4
-    fig, axes = plt.subplots(1, panels, figsize=(size * panels + 1.2, size * 1.45), squeeze=False)
-    axes = axes[0]
+    shown = result.legend()[:legend]
+    total = int(result.labels.numel()) if result.labels is not None else 1
+    entries = [f"{_short(name)} ({count / total:.0%})" for _, name, count in shown]
+    if len(result.legend()) > len(shown):
+        entries.append("other classes")
+    # (d)'s legend gets a right margin of its own: 7-pt text is about 0.055 inch a character, plus the swatch.
+    key = (0.5 + 0.055 * max(len(e) for e in entries)) if entries else 0.0
+    width = size * panels + 1.2 + key
+    fig, grid = plt.subplots(1, panels, figsize=(width, size * 1.45), squeeze=False)
+    axes = grid[0]
     extent = _extent(result)
     box = None
     if result.projection is not None and result.projection.boxes:
@@ -94,7 +103,6 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         _colorbar(fig, ax, im)
 
         ax = axes[4]
-        shown = result.legend()[:legend]
         palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
         colours = {cls: palette(i % palette.N) for i, (cls, _, _) in enumerate(shown)}
         labels = result.labels.numpy()
@@ -105,13 +113,10 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         ax.imshow(rgba, extent=extent, interpolation="nearest")
         _image_axes(ax, result)
         ax.set_title("(d) most probable class", fontsize=9)
-        total = labels.size
-        handles = [
-            Patch(color=colours[cls], label=f"{_short(name)} ({count / total:.0%})") for cls, name, count in shown
-        ]
-        if len(result.legend()) > len(shown):
-            handles.append(Patch(color=_OTHER, label="other classes"))
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.04), fontsize=7, frameon=False, ncol=1)
+        handles = [Patch(color=colours[cls], label=entry) for (cls, _, _), entry in zip(shown, entries, strict=False)]
+        if len(entries) > len(shown):
+            handles.append(Patch(color=_OTHER, label=entries[-1]))
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.03, 0.5), fontsize=7, frameon=False)
     else:
         ax = axes[3]
         ax.axis("off")
@@ -128,7 +133,7 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     if result.target_label is not None:
         title += f"; class {result.target} '{_short(result.target_label)}'"
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.80, bottom=0.02, wspace=0.3)
+    fig.subplots_adjust(left=0.02, right=1 - (key + 0.1) / width, top=0.80, bottom=0.02, wspace=0.3)
     return fig, axes
 
 
