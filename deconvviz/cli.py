@@ -464,11 +464,17 @@ def _channel_list(values: list[str] | None) -> list[int]:
     return numbers
 
 
-def _parse_channels(text: str) -> int | list[int] | None:
-    """``--channels``: ``N`` (the first N), ``all``, or a comma-separated list of channel indices."""
+def _parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:
+    """``--channels``: ``N``, ``all``, or a comma-separated list of channel indices; with ``ranked`` (the report's)
+    also ``firstN`` and ``strongestN``."""
     value = text.strip().lower()
     if value == "all":
         return None
+    if ranked and value.startswith(("first", "strongest")):
+        number = value.removeprefix("first").removeprefix("strongest")
+        if not number.isdigit() or int(number) < 1:
+            raise _usage(f"--channels takes firstN or strongestN with N at least 1; got {text!r}")
+        return value
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts or not all(part.isdigit() for part in parts):
         raise _usage(f"--channels takes a count (16), a list (0,5,7) or 'all'; got {text!r}")
@@ -506,7 +512,11 @@ def report_command(
     channels: Annotated[
         str,
         typer.Option(
-            "--channels", "--channel", "-c", help="The first N channels of each layer, a list (0,5,7), or `all`."
+            "--channels",
+            "--channel",
+            "-c",
+            help="N: the N channels of each layer with the strongest activations over the data set, strongest first; "
+            "firstN: the first N by index; a list (0,5,7); or `all`.",
         ),
     ] = "16",
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,
@@ -571,7 +581,7 @@ def report_command(
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
     try:
         with _reported(debug, quiet=not lead):
-            chosen_channels = _parse_channels(channels)
+            chosen_channels = _parse_channels(channels, ranked=True)
             from deconvviz.report import build_report, scan_state_folder
 
             labels = {
@@ -784,6 +794,7 @@ def evolution_command(
     """
     with _reported(debug):
         chosen = _parse_channels(channels)
+        assert not isinstance(chosen, str)  # only the report's ranked form is a string
         _check_out(out)
         with _progress_bars(transient=True) as bar:
             task = bar.add_task("scanning checkpoints", total=len(checkpoints))

@@ -31,12 +31,15 @@ from deconvviz.io import NameMap, check_target, clean_name, remove_owned, stage_
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
-    from deconvviz.search import TopKResult
+    from deconvviz.search import TopKHit, TopKResult
     from deconvviz.sources import Data, ImageSource
 
 SCHEMA_VERSION = 1
 PAPER_LAYERS = SCAN_LAYERS
 """Default layers where the model has these aliases (VGG16): one per block from the second on (as top_k)."""
+
+THUMBNAILS = 8
+"""Channels per layer shown as thumbnails on the index page."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages: ``"scan"``, ``"project"``, ``"write"``, ``"images"``."""
@@ -82,7 +85,7 @@ def build_report(
     *,
     model: Any = "vgg16",
     layers: str | Sequence[str] | None = None,
-    channels: int | Sequence[int] | None = 16,
+    channels: int | str | Sequence[int] | None = 16,
     k: int = 9,
     device: str | None = "auto",
     per_image: bool = False,
@@ -110,7 +113,9 @@ def build_report(
         model: a registered model name, a loaded model, or a session.
         layers: names or aliases (a list or a comma-separated string), ``"all"``, or None for the paper's layers
             (``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has them, else one layer per resolution).
-        channels: the first ``n`` channels of every layer, a list of channels, or None for all of them.
+        channels: ``n`` (the default 16): the ``n`` channels of every layer whose strongest activation over the
+            data set is highest, strongest first; ``"first<n>"`` (``"first16"``): the first ``n`` channels by index;
+            a list of channels; or None (``"all"``) for all of them. The page states the choice.
         k: activations shown per channel.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (under torchrun, ``cuda`` is each process's own GPU).
         per_image: also render every image's per-layer reconstructions (as the render command does).
@@ -136,10 +141,11 @@ def build_report(
     """
     from deconvviz import distributed
     from deconvviz.api import resolve_device, session
-    from deconvviz.search import image_source, result_of, scan
+    from deconvviz.search import image_source, keep_strongest, result_of, scan
     from deconvviz.viz import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
+    scanned, strongest, ranking = _channel_choice(channels)
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
     source = image_source(folder, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
@@ -153,7 +159,8 @@ def build_report(
         "folder": source.description,
         "model": current.name,
         "layers": chosen,
-        "channels": channels if channels is None or isinstance(channels, int) else list(channels),
+        "channels": channels if channels is None or isinstance(channels, int | str) else list(channels),
+        "ranking": ranking,
         "k": k,
         "per_image": per_image,
         "batch_size": batch_size,
@@ -172,13 +179,15 @@ def build_report(
         source,
         layers=chosen,
         k=k,
-        channels=channels,
+        channels=scanned,
         batch_size=batch_size,
         progress=progress,
         state=state,
         resume=resume,
         save_every=save_every,
     )
+    if strongest is not None:
+        found = keep_strongest(found, strongest)
     result = result_of(found, k, batch_size, progress)
     if ranks.rank != 0:  # rank 0 writes the report; the others wait until it is in place
         distributed.barrier(ranks)
@@ -186,7 +195,7 @@ def build_report(
     try:
         with stage_folders([target], kind="report", replace=overwrite, error=ReportError, what="report") as (staging,):
             writer = _Writer(staging, result, current, scaling.name, progress)
-            cards = writer.layer_pages()
+            cards = writer.layer_pages(ranking)
             image_pages = writer.image_pages(source.paths or [], chosen) if per_image else []
             writer.index(image_pages)
             writer.manifest(arguments, image_pages)
@@ -194,6 +203,35 @@ def build_report(
         distributed.barrier(ranks)
     remove_owned(state)  # the report is complete: nothing left to resume
     return _summary(target, result, 1 + len(result.layers) + len(image_pages), cards)
+
+
+def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | list[int] | None, int | None, str]:
+    """``(channels to scan, how many strongest to keep, the sentence the pages state)``."""
+    if isinstance(channels, str):
+        spec = channels.strip().lower()
+        number = spec.removeprefix("first").removeprefix("strongest")
+        if spec == "all":
+            channels = None
+        elif spec != number and number.isdigit() and int(number) >= 1:
+            if spec.startswith("first"):
+                return int(number), None, f"Channels: the first {number} of each layer, by index."
+            channels = int(number)
+        else:
+            raise ReportError(
+                f"channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list; got {channels!r}"
+            )
+    if channels is None:
+        return None, None, "Channels: all of them, by index."
+    if isinstance(channels, bool) or (isinstance(channels, int) and channels < 1):
+        raise ReportError(f"channels must be at least 1, got {channels!r}")
+    if isinstance(channels, int):
+        return (
+            None,
+            channels,
+            f"Channels: the {channels} of each layer whose strongest activation over the data set is highest, "
+            "strongest first.",
+        )
+    return list(channels), None, "Channels: those chosen, in the order given."
 
 
 def scan_state_folder(target: str | Path) -> Path:
@@ -253,7 +291,7 @@ def _number(value: float) -> str:
 _STYLE = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f5f5f7}
 header{background:#1d1d1f;color:#f5f5f7;padding:14px 24px}header a{color:#9cf}
-main{padding:16px 24px;max-width:1400px}h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}
+main{padding:16px 24px}h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}
 table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
 .cards{display:flex;flex-wrap:wrap;gap:14px}
 .card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
@@ -263,6 +301,12 @@ table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bot
 .cell a{color:#555;text-decoration:none;display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .figs img{max-width:100%;background:#fff;margin:6px 0;border-radius:4px}.muted{color:#777}
 ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thumbs img{height:96px;display:block}
+.cell img,.hit img,.strip img{image-rendering:pixelated}
+.strip{white-space:nowrap}.strip img{width:56px;height:56px;object-fit:contain;background:#808080;margin-right:3px}
+.hits{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
+.hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
+.hit img{width:200px;height:200px;object-fit:contain;background:#808080;display:block}
+.hit p{margin:4px 0;flex-basis:100%}
 """
 
 
@@ -287,6 +331,7 @@ class _Writer:
         self.sources: dict[str, str] = {}  # image (relative to the data set) -> page-relative file under sources/
         self.layer_files: dict[str, str] = {}
         self.layer_names = NameMap(fallback="layer")  # one file name per layer, distinct over the report
+        self.thumbnails: dict[str, list[tuple[int, str, str]]] = {}  # layer -> (channel, picture, page)
 
     def _source(self, image: str) -> str:
         """The preprocessed view of a source image, written once under ``sources/``."""
@@ -302,57 +347,29 @@ class _Writer:
         self.sources[image] = name
         return name
 
-    def layer_pages(self) -> int:
-        """One page per layer; returns the number of channel cards."""
-        from PIL import Image
-
+    def layer_pages(self, ranking: str) -> int:
+        """One page per layer and one per channel; returns the number of channel cards."""
         result = self.result
         (self.root / "layers").mkdir()
         total = sum(len(result.hits[layer]) for layer in result.layers)
         done = cards = 0
         for layer, node in zip(result.layers, result.nodes, strict=True):
             slug = self.layer_names.add(layer)
-            folder = self.root / "layers" / slug
-            folder.mkdir()
+            (self.root / "layers" / slug).mkdir()
+            title = f"{layer} ({node})" if layer != node else layer
             sections = []
-            side = result.grid_side
             for channel, hits in result.hits[layer].items():
-                recon_cells, patch_cells = [], []
-                for rank, hit in enumerate(hits):
-                    stem = f"ch{channel:04d}_{rank}"
-                    Image.fromarray(result.reconstruction_rgb(layer, channel, rank, self.scale)).save(
-                        folder / f"{stem}_rec.png"
-                    )
-                    result.patch_pil(layer, channel, rank).convert("RGB").save(folder / f"{stem}_patch.png")
-                    source = self._source(hit.image)
-                    label = text(hit.image)
-                    recon_cells.append(
-                        f"<div class='cell'><img loading='lazy' src='{url(f'{slug}/{stem}_rec.png')}' "
-                        f"alt='reconstruction {rank + 1}'>"
-                        f"{_number(hit.value)}</div>"
-                    )
-                    patch_cells.append(
-                        f"<div class='cell'><a href='{url('../' + source)}' title='{label}'>"
-                        f"<img loading='lazy' src='{url(f'{slug}/{stem}_patch.png')}' alt='patch from {label}'>"
-                        f"{label}</a></div>"
-                    )
-                grid = f"grid-template-columns:repeat({side},var(--cell))"
-                sections.append(
-                    f"<div class='card' id='ch{channel}' style='--cell:72px'><h3>channel {channel}</h3>"
-                    "<div class='pair'>"
-                    f"<div class='grid' style='{grid}'>{''.join(recon_cells)}</div>"
-                    f"<div class='grid' style='{grid}'>{''.join(patch_cells)}</div></div></div>"
-                )
+                sections.append(self._channel(layer, title, slug, channel, hits))
                 cards += 1
                 done += 1
                 if self.progress is not None:
                     self.progress("write", done, total)
-            title = f"{layer} ({node})" if layer != node else layer
             intro = (
-                f"<p class='muted'>For each channel: its top {result.k} activations over {len(result.images)} "
-                "images, each projected to pixels by the deconvnet (left, labelled with the activation) beside the "
-                "image patch it came from (right; click for the whole image). Patches are the units' receptive "
-                "fields, clipped to the image.</p>"
+                f"<p class='muted'>{text(ranking)} For each channel: its strongest activations over "
+                f"{len(result.images)} images (up to {result.k}; an activation of 0 or less is no hit and is not "
+                "shown), each projected to pixels by the deconvnet (left, labelled with the activation) beside the "
+                "image patch it came from (right). Patches are the units' receptive fields, clipped to the image. "
+                "Click a channel's name or a picture for the channel's own page.</p>"
             )
             page = _page(
                 f"{self.current.name}: {title}", intro + f"<div class='cards'>{''.join(sections)}</div>", "../"
@@ -360,6 +377,70 @@ class _Writer:
             (self.root / "layers" / f"{slug}.html").write_text(page, encoding="utf-8")
             self.layer_files[layer] = f"layers/{slug}.html"
         return cards
+
+    def _channel(self, layer: str, title: str, slug: str, channel: int, hits: Sequence[TopKHit]) -> str:
+        """Write a channel's pictures and page; return its card for the layer page."""
+        from PIL import Image
+
+        result = self.result
+        page = f"{slug}/ch{channel:04d}.html"
+        real = [(rank, hit) for rank, hit in enumerate(hits) if hit.value > 0]
+        recon_cells, patch_cells, rows = [], [], []
+        for rank, hit in real:
+            stem = f"ch{channel:04d}_{rank}"
+            Image.fromarray(result.reconstruction_rgb(layer, channel, rank, self.scale)).save(
+                self.root / "layers" / slug / f"{stem}_rec.png"
+            )
+            result.patch_pil(layer, channel, rank).convert("RGB").save(
+                self.root / "layers" / slug / f"{stem}_patch.png"
+            )
+            source = self._source(hit.image)
+            label = text(hit.image)
+            link = url(page, f"hit{rank + 1}")
+            recon_cells.append(
+                f"<div class='cell'><a href='{link}'><img loading='lazy' src='{url(f'{slug}/{stem}_rec.png')}' "
+                f"alt='reconstruction {rank + 1}'></a>{_number(hit.value)}</div>"
+            )
+            patch_cells.append(
+                f"<div class='cell'><a href='{link}' title='{label}'>"
+                f"<img loading='lazy' src='{url(f'{slug}/{stem}_patch.png')}' alt='patch from {label}'>"
+                f"{label}</a></div>"
+            )
+            top, left, bottom, right = hit.box
+            rows.append(
+                f"<div class='hit' id='hit{rank + 1}'><a href='{url(f'{stem}_rec.png')}'>"
+                f"<img src='{url(f'{stem}_rec.png')}' alt='reconstruction {rank + 1}'></a>"
+                f"<a href='{url(f'{stem}_patch.png')}'>"
+                f"<img src='{url(f'{stem}_patch.png')}' alt='patch {rank + 1}'></a>"
+                f"<p><b>#{rank + 1}</b> activation {_number(hit.value)}<br>"
+                f"<a href='{url('../../' + source)}'>{label}</a><br>"
+                f"unit (row {hit.position[0]}, col {hit.position[1]}), receptive field rows {top}-{bottom}, "
+                f"columns {left}-{right} ({bottom - top} x {right - left} px)</p></div>"
+            )
+        count = f"{len(real)} hit{'s' if len(real) != 1 else ''} of {len(hits)} kept"
+        empty = "<p class='muted'>no image activates this channel above 0</p>" if not real else ""
+        body = (
+            f"<p class='muted'>{count}, over {len(result.images)} images; each reconstruction beside the patch "
+            f"it came from. <a href='{url(f'../{slug}.html', f'ch{channel}')}'>back to {text(layer)}</a></p>"
+            f"{empty}<div class='hits'>{''.join(rows)}</div>"
+        )
+        (self.root / "layers" / page).write_text(
+            _page(f"{self.current.name}: {title}, channel {channel}", body, "../../"), encoding="utf-8"
+        )
+        self.thumbnails.setdefault(layer, [])
+        if real:
+            self.thumbnails[layer].append(
+                (channel, f"layers/{slug}/ch{channel:04d}_{real[0][0]}_rec.png", f"layers/{page}")
+            )
+        side = min(result.grid_side, max(1, len(real)))
+        grid = f"grid-template-columns:repeat({side},var(--cell))"
+        return (
+            f"<div class='card' id='ch{channel}' style='--cell:108px'>"
+            f"<h3><a href='{url(page)}'>channel {channel}</a> <span class='muted'>{count}</span></h3>{empty}"
+            "<div class='pair'>"
+            f"<div class='grid' style='{grid}'>{''.join(recon_cells)}</div>"
+            f"<div class='grid' style='{grid}'>{''.join(patch_cells)}</div></div></div>"
+        )
 
     def image_pages(self, paths: Sequence[Path], layers: Sequence[str]) -> list[tuple[str, str]]:
         """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
@@ -408,7 +489,13 @@ class _Writer:
         model = self.current.model
         rows = "".join(
             f"<tr><td><a href='{url(self.layer_files[layer])}'>{text(layer)}</a></td><td>{text(node)}</td>"
-            f"<td>{len(result.hits[layer])}</td></tr>"
+            f"<td>{len(result.hits[layer])}</td><td class='strip'>"
+            + "".join(
+                f"<a href='{url(page)}' title='channel {channel}'>"
+                f"<img src='{url(picture)}' alt='channel {channel}'></a>"
+                for channel, picture, page in self.thumbnails.get(layer, [])[:THUMBNAILS]
+            )
+            + "</td></tr>"
             for layer, node in zip(result.layers, result.nodes, strict=True)
         )
         parts = [
@@ -420,7 +507,8 @@ class _Writer:
             f"<tr><th>images</th><td>{len(result.images)}</td></tr>"
             f"<tr><th>skipped</th><td>{len(result.skipped)}</td></tr>"
             f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
-            f"<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels</th></tr>{rows}</table>",
+            "<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels</th>"
+            f"<th>strongest channels' best hit (click for the channel)</th></tr>{rows}</table>",
         ]
         if image_pages:
             items = "".join(f"<li><a href='{url(page)}'>{text(name)}</a></li>" for name, page in image_pages)

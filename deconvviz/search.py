@@ -632,6 +632,27 @@ def top_k(
     return result_of(found, k, batch_size, progress)
 
 
+def keep_strongest(found: ScanResult, count: int) -> ScanResult:
+    """``found`` with only the ``count`` channels per layer whose strongest kept activation is highest.
+
+    Channels come strongest first; on equal values the lower channel index comes first. Every process of a
+    distributed scan holds the same merged trackers, so every process keeps the same channels.
+    """
+    trackers, selected = {}, {}
+    for layer, tracker in found.trackers.items():
+        best = tracker.values[:, 0].to("cpu")
+        order = sorted(range(len(best)), key=lambda row: (-float(best[row]), found.selected[layer][row]))[:count]
+        rows = torch.tensor(order, dtype=torch.long, device=tracker.values.device)
+        kept = TopKTracker(len(order), tracker.k, tracker.map_shape, device=tracker.values.device)
+        kept.values, kept.images, kept.positions = (
+            tracker.values.index_select(0, rows),
+            tracker.images.index_select(0, rows),
+            tracker.positions.index_select(0, rows),
+        )
+        trackers[layer], selected[layer] = kept, [found.selected[layer][row] for row in order]
+    return dataclasses.replace(found, trackers=trackers, selected=selected)
+
+
 def result_of(found: ScanResult, k: int, batch_size: int, progress: Progress | None = None) -> TopKResult:
     """The :class:`TopKResult` of a finished scan: its kept hits projected (shared out over the processes)."""
     loaded = found.loaded

@@ -16,6 +16,7 @@ from PIL import Image
 
 import deconvviz as dv
 from deconvviz.report import ReportError, build_report
+from deconvviz.search import scan
 
 MODEL = "tiny-report"
 
@@ -64,7 +65,7 @@ def _refs(page: Path) -> _Refs:
     return parser
 
 
-def test_report_contents_and_manifest(report: Path) -> None:
+def test_report_contents_and_manifest(report: Path, photos: Path) -> None:
     manifest = json.loads((report / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
     assert {"deconvviz", "torch", "torchvision"} <= set(manifest["versions"])
@@ -76,11 +77,22 @@ def test_report_contents_and_manifest(report: Path) -> None:
     assert len(manifest["pages"]["images"]) == 6
     layers = {entry["layer"]: entry for entry in manifest["topk"]["layers"]}
     assert layers["conv3"]["node"] == "features.6"
-    assert sorted(layers["conv3"]["channels"]) == ["0", "1", "2"]
     assert all(len(hits) == 4 for hits in layers["conv3"]["channels"].values())
 
-    pictures = sorted(p.name for p in (report / "layers" / "conv3").glob("*.png"))
-    assert len(pictures) == 3 * 4 * 2  # channels x k x (reconstruction, patch)
+    # The channels shown are the three whose strongest activation over the data set is highest (found here by an
+    # independent scan of every channel), strongest first; hits of 0 or less get no pictures.
+    found = scan(dv.load_model(MODEL, device="cpu"), photos, layers=["conv2", "conv3"], k=4, batch_size=3)
+    assert manifest["arguments"]["ranking"].startswith("Channels: the 3 of each layer whose strongest activation")
+    for layer in ("conv2", "conv3"):
+        best = found.trackers[layer].values[:, 0].tolist()
+        expected = sorted(range(len(best)), key=lambda c: (-best[c], c))[:3]
+        assert best[expected[2]] > max(b for c, b in enumerate(best) if c not in expected)  # no near-tie decides it
+        assert [int(c) for c in layers[layer]["channels"]] == expected
+        positive = sum(hit["value"] > 0 for hits in layers[layer]["channels"].values() for hit in hits)
+        pictures = sorted(p.name for p in (report / "layers" / layer).glob("*.png"))
+        assert len(pictures) == 2 * positive  # (reconstruction, patch) per real hit, none for the others
+        assert len(list((report / "layers" / layer).glob("ch*.html"))) == 3  # a page per channel
+    assert "4 hits of 4 kept" in (report / "layers" / "conv3.html").read_text()
     index = (report / "index.html").read_text()
     assert "tiny-report" in index
     assert "corrupt.jpg" in index
@@ -111,7 +123,7 @@ def test_every_picture_and_link_resolves_on_disk(report: Path) -> None:
         for ref in refs.images:
             with Image.open(page.parent / unquote(ref)) as picture:
                 assert picture.width > 0
-    assert len(seen) == 1 + 2 + 6  # index, two layer pages, six image pages
+    assert len(seen) == 1 + 2 + 2 * 3 + 6  # index, two layer pages, three channel pages each, six image pages
 
 
 def test_existing_folder_needs_overwrite_and_foreign_folders_are_kept(photos: Path, tmp_path: Path) -> None:
@@ -221,17 +233,26 @@ _LINKS = "return Array.from(document.links).map(a => a.href)"
 @pytest.mark.browser
 def test_report_opens_in_a_browser_from_disk(report: Path, browser, tmp_path: Path) -> None:
     layer_page = report / "layers" / "conv3.html"
-    for page in (report / "index.html", layer_page):
+    channel_pages = sorted((report / "layers" / "conv3").glob("ch*.html"))
+    assert len(channel_pages) == 3
+    for page in (report / "index.html", layer_page, *channel_pages):
         browser.get(page.as_uri())
         images = _loaded_images(browser)
         assert all(complete and width > 0 for _, complete, width in images), [i for i in images if not i[2]]
         for href in browser.execute_script(_LINKS):
             assert Path(unquote(urlparse(href).path)).is_file(), f"broken link {href} on {page.name}"
-    assert len(browser.execute_script(_IMAGES)) == 3 * 4 * 2
+        if page in channel_pages:  # every hit of the channel, large
+            hits = json.loads((report / "manifest.json").read_text())["topk"]["layers"]
+            channel = str(int(page.stem.removeprefix("ch")))
+            real = [h for h in next(x for x in hits if x["layer"] == "conv3")["channels"][channel] if h["value"] > 0]
+            assert len(browser.execute_script(_IMAGES)) == 2 * len(real)
     browser.get((report / "index.html").as_uri())
     browser.find_element("link text", "conv3").click()  # a real click follows the link to the layer page
     assert Path(unquote(urlparse(browser.current_url).path)) == layer_page.resolve()
     assert browser.save_screenshot(str(tmp_path / "layer.png"))
+    first = browser.find_element("css selector", ".card h3 a")
+    first.click()  # and on to the channel's own page
+    assert Path(unquote(urlparse(browser.current_url).path)) in {p.resolve() for p in channel_pages}
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -252,6 +273,12 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arguments"]["channels"] == [0, 2]
     assert manifest["arguments"]["layers"] == ["conv1", "pool2"]
+    first = runner.invoke(
+        app, [*args[:-4], "--channels", "first2", "--out", str(tmp_path / "first"), "--device", "cpu"]
+    )
+    assert first.exit_code == 0, first.output
+    shown = json.loads((tmp_path / "first" / "manifest.json").read_text())["topk"]["layers"][0]["channels"]
+    assert sorted(shown) == ["0", "1"]
 
     again = runner.invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 2

@@ -73,11 +73,12 @@ _ALLOWED = {
     "main": set(),
     "p": {"class"},
     "b": set(),
+    "br": set(),
     "div": {"class", "id", "style"},
     "img": {"src", "alt", "loading"},
     "table": set(),
     "tr": set(),
-    "td": set(),
+    "td": {"class"},
     "th": set(),
     "ul": {"class"},
     "li": set(),
@@ -116,7 +117,7 @@ def test_hostile_file_and_folder_names_cannot_change_the_reports_html(tmp_path: 
     _picture(photos / "plain.png", 4)
     out = tmp_path / "inj-rep"
     build_report(photos, out, **QUICK, per_image=True)  # type: ignore[arg-type]
-    assert _check_pages(out) == 1 + 1 + 4  # index, one layer page, four image pages
+    assert _check_pages(out) == 1 + 1 + 2 + 4  # index, one layer page, two channel pages, four image pages
     index = (out / "index.html").read_text(encoding="utf-8")
     assert "onerror=alert" not in index.replace("onerror=alert(3)&gt;", "")  # the name is shown only as text
     assert "<script>" not in "".join(p.read_text(encoding="utf-8") for p in out.rglob("*.html"))
@@ -189,7 +190,7 @@ def test_colliding_names_in_a_per_image_report(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["pages"]["images"]) == 6
     assert len(list((out / "images").glob("*.html"))) == 6
-    assert _check_pages(out) == 1 + 1 + 6
+    assert _check_pages(out) == 1 + 1 + 2 + 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "report"]  # nothing above the report
 
 

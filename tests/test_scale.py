@@ -324,7 +324,7 @@ def test_report_command_resume_messages(photos, tmp_path) -> None:
     from deconvviz.cli import app
 
     out = tmp_path / "r"
-    base = ["report", str(photos), "--model", MODEL, "--layers", "conv2", "--channels", "2", "--device", "cpu"]
+    base = ["report", str(photos), "--model", MODEL, "--layers", "conv2", "--channels", "first2", "--device", "cpu"]
     state = scan_state_folder(out)
     top_k(MODEL, photos, layers=["conv2"], k=9, channels=2, batch_size=8, state=state, save_every=0)
     result = CliRunner().invoke(app, [*base, "--top", "3", "--out", str(out), "--resume"])

@@ -16,15 +16,16 @@ def text(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def url(path: str) -> str:
-    """A relative link to ``path`` (``/``-separated, ``..`` allowed) for an ``href`` or ``src`` attribute.
+def url(path: str, fragment: str = "") -> str:
+    """A relative link to ``path`` (``/``-separated, ``..`` allowed), and to ``fragment`` in it, for an attribute.
 
     Example:
         >>> url("images/x'><img src=x>.html")
         'images/x%27%3E%3Cimg%20src%3Dx%3E.html'
     """
     parts = path.split("/")
-    return text("/".join(part if part in ("..", ".") else quote(part, safe="") for part in parts))
+    link = "/".join(part if part in ("..", ".") else quote(part, safe="") for part in parts)
+    return text(link + (f"#{quote(fragment, safe='')}" if fragment else ""))
 
 
 __all__ = ["text", "url"]
