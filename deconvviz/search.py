@@ -293,25 +293,28 @@ class TopKResult:
         }
 
     def save(self, directory: str | Path, *, scale: str | None = None) -> Path:
-        """Write one figure per layer and channel (PNG) and ``topk.json`` into ``directory``; return it."""
+        """Write one figure per layer and channel (PNG) and ``topk.json`` as the folder ``directory``; return it.
+
+        The folder is written as every result folder is (see :mod:`deconvviz.io`): whole or not at all, replacing
+        an earlier result but never a folder deconvviz did not write.
+        """
+        from deconvviz.io import NameMap, stage_folders
         from deconvviz.viz import figure_png
 
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        for layer in self.layers:
-            for channel in self.hits[layer]:
-                fig, _ = self.figure(layer, channel, scale=scale)
-                (out / f"{_safe(layer)}_ch{channel:04d}.png").write_bytes(figure_png(fig))
-        (out / "topk.json").write_text(json.dumps(self.to_dict(), indent=2))
+        names = NameMap(fallback="layer")
+        with stage_folders([out], kind="topk", replace=True) as (staging,):
+            for layer in self.layers:
+                stem = names.add(layer)
+                for channel in self.hits[layer]:
+                    fig, _ = self.figure(layer, channel, scale=scale)
+                    (staging / f"{stem}_ch{channel:04d}.png").write_bytes(figure_png(fig))
+            (staging / "topk.json").write_text(json.dumps(self.to_dict(), indent=2))
         return out
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{layer}: {len(self.hits[layer])} channels" for layer in self.layers)
         return f"TopKResult(model={self.model!r}, images={len(self.images)}, k={self.k}, {counts})"
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
 # ------------------------------------------------------------------------------------------------- top_k
