@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 # never pulls another torch build. Override TORCH_SPEC for another platform or CUDA version.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
-# The edit-test loop: everything but real-size models, registry fetches and the browser.
-FAST := -m "not slow and not network and not browser"
+# The edit-test loop: everything but real-size models, registry fetches and the browser, in JOBS processes of
+# one thread each (one per core).
+JOBS ?= 2
+FAST := -m "not slow and not network and not browser" -n $(JOBS)
 
 .PHONY: venv demo test test-fast test-portable lint typecheck bench clean
 
@@ -38,13 +40,13 @@ test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
 
 # The fast tests again with the kernels of CPUs without AVX-512 (oneDNN) and without any vector extension
 # (ATen's own kernels), so that a test passing only on this CPU's kernels fails here too.
 test-portable: venv
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
-	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/projection.py
