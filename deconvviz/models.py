@@ -25,6 +25,7 @@ import importlib.util
 import math
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,8 @@ from deconvviz.errors import DeconvVizError
 from deconvviz.images import ImageError, as_rgb, load_image
 from deconvviz.weights import (
     DEEPSCALE_SQUEEZENET1_1,
+    EFFICIENTNET_LITE0,
+    EFFICIENTNET_LITE0_STAGES,
     OXFORD_VGG16,
     CallableSource,
     CheckpointSource,
@@ -49,7 +52,10 @@ from deconvviz.weights import (
 
 __all__ = [
     "CAFFE_IMAGENET",
+    "EFFICIENTNET_IMAGENET",
+    "EFFICIENTNET_LITE0_ALIASES",
     "TORCHVISION_IMAGENET",
+    "EfficientNetLite0",
     "ImageLike",
     "LoadedModel",
     "ModelError",
@@ -433,6 +439,82 @@ class VGG16ConvBase(nn.Module):
         return self.features(x)
 
 
+def _same_padding(kernel: int, stride: int, size: int = 224) -> tuple[int, int, int, int]:
+    """TensorFlow's 'same' padding ``(left, right, top, bottom)`` for a square input of ``size`` pixels."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return (total // 2, total - total // 2, total // 2, total - total // 2)
+
+
+class _ConvBNAct(nn.Sequential):
+    """TensorFlow-padded convolution (no bias), batch norm (eps 1e-3) and, unless ``act`` is False, ReLU6."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, *, size: int, groups: int = 1, act: bool = True
+    ) -> None:
+        layers: dict[str, nn.Module] = {}
+        pad = _same_padding(kernel, stride, size)
+        if pad[0] == pad[1] and pad[2] == pad[3]:  # symmetric: the convolution pads itself
+            padding = pad[0]
+        else:
+            layers["pad"] = nn.ZeroPad2d(pad)
+            padding = 0
+        layers["conv"] = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False)
+        layers["bn"] = nn.BatchNorm2d(cout, eps=1e-3)
+        if act:
+            layers["act"] = nn.ReLU6(inplace=True)
+        super().__init__(OrderedDict(layers))
+
+
+class _InvertedResidual(nn.Module):
+    """MBConv without squeeze-and-excitation: 1x1 expansion, depthwise convolution, linear 1x1 projection."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int, size: int) -> None:
+        super().__init__()
+        mid = cin * expansion
+        self.expand = _ConvBNAct(cin, mid, size=size) if expansion != 1 else None
+        self.depthwise = _ConvBNAct(mid, mid, kernel, stride, size=size, groups=mid)
+        self.project = _ConvBNAct(mid, cout, size=math.ceil(size / stride), act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The block's output (plus its input when shapes allow)."""
+        y = self.expand(x) if self.expand is not None else x
+        y = self.project(self.depthwise(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (Tan & Le 2019, TensorFlow's mobile "Lite" variant): no squeeze-and-excitation, ReLU6.
+
+    ``features.0`` is the 3x3 stem, ``features.1`` ... ``features.7`` the seven inverted-residual stages
+    (:data:`~deconvviz.weights.EFFICIENTNET_LITE0_STAGES`), ``features.8`` the 1x1 head to 1280 channels; then
+    global average pooling and the 1000-class classifier. Convolutions are padded as TensorFlow's 'same'
+    padding pads a 224-pixel input (strided ones one pixel more at the bottom and right), as the weights were
+    trained; other input sizes run with the same padding.
+    """
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        size = 224
+        stages: list[nn.Module] = [_ConvBNAct(3, 32, 3, 2, size=size)]
+        size = math.ceil(size / 2)
+        for repeats, kernel, stride, expansion, cin, cout in EFFICIENTNET_LITE0_STAGES:
+            blocks = []
+            for i in range(repeats):
+                step = stride if i == 0 else 1
+                blocks.append(_InvertedResidual(cin if i == 0 else cout, cout, kernel, step, expansion, size))
+                size = math.ceil(size / step)
+            stages.append(nn.Sequential(*blocks))
+        stages.append(_ConvBNAct(320, 1280, size=size))
+        self.features = nn.Sequential(*stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class scores (logits) of an image batch."""
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 def _squeezenet1_1() -> nn.Module:
     import torchvision
 
@@ -461,6 +543,25 @@ SQUEEZENET1_1_ALIASES: dict[str, str] = {
     "conv10": "classifier.2",
 }
 """SqueezeNet 1.1 layer names -> torchvision node names (``fire9`` -> ``features.12.cat``)."""
+
+
+def _lite0_stage_outputs() -> dict[str, str]:
+    names = {"stage1": "features.0.act"}
+    for stage, (repeats, *_rest) in enumerate(EFFICIENTNET_LITE0_STAGES, start=1):
+        last = f"features.{stage}.{repeats - 1}"
+        names[f"stage{stage + 1}"] = f"{last}.add" if repeats > 1 else f"{last}.project.bn"
+    return {**names, "stage9": "features.8.act", "fc": "classifier.1"}
+
+
+EFFICIENTNET_LITE0_ALIASES: dict[str, str] = _lite0_stage_outputs()
+"""EfficientNet-Lite0's stages as the EfficientNet paper's Table 1 numbers them -> node names: ``stage1`` the
+3x3 stem (after ReLU6), ``stage2`` ... ``stage8`` the output of each stage's last inverted-residual block (its
+residual sum where it has one), ``stage9`` the 1x1 head (after ReLU6); ``fc`` the class scores."""
+
+EFFICIENTNET_IMAGENET = Preprocessing(
+    mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=1.0, size=224, resize=256, interpolation="bicubic"
+)
+"""TensorFlow's EfficientNet-Lite evaluation: 0..255 RGB minus 127, over 128; shorter side 256, centre crop 224."""
 
 ALEXNET_ALIASES: dict[str, str] = {
     "conv1": "features.1",
@@ -816,6 +917,18 @@ register_model(
         labels=_imagenet_categories,
         description="SqueezeNet 1.1 with the original DeepScale ImageNet weights and its 1000-class classifier; "
         "offline",
+    )
+)
+register_model(
+    ModelSpec(
+        name="efficientnet_lite0",
+        builder=EfficientNetLite0,
+        weights=EFFICIENTNET_LITE0,
+        preprocessing=EFFICIENTNET_IMAGENET,
+        aliases=EFFICIENTNET_LITE0_ALIASES,
+        labels=_imagenet_categories,
+        description="EfficientNet-Lite0 (depthwise inverted residuals, ReLU6) with TensorFlow's ImageNet "
+        "weights and 1000-class classifier; offline",
     )
 )
 for _arch in ("vgg16", "squeezenet1_1", "alexnet", "resnet18"):

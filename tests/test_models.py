@@ -277,6 +277,7 @@ def _alias_cases() -> list[tuple[str, Any, dict[str, str]]]:
         ("squeezenet1_1", lambda: torchvision.models.squeezenet1_1(weights=None), M.SQUEEZENET1_1_ALIASES),
         ("vgg16:torchvision", lambda: torchvision.models.vgg16(weights=None), M._TORCHVISION_ALIASES["vgg16"]),
         ("alexnet:torchvision", lambda: torchvision.models.alexnet(weights=None), M.ALEXNET_ALIASES),
+        ("efficientnet_lite0", M.EfficientNetLite0, M.EFFICIENTNET_LITE0_ALIASES),
     ]
 
 
