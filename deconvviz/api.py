@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.deconvnet import DeconvNet
+    from deconvviz.methods import RuleSet
     from deconvviz.models import LoadedModel
     from deconvviz.projection import Projection
     from deconvviz.viz import RenderOptions
@@ -324,6 +325,7 @@ def project(
     position: tuple[int, int] | None = None,
     width: int | None = None,
     inside: bool | None = None,
+    method: str | RuleSet | None = None,
 ) -> Projection:
     """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
 
@@ -339,6 +341,9 @@ def project(
         inside: seed each channel's strongest unit among those whose receptive field lies wholly inside the
             picture (and rank ``top`` by them), see :mod:`deconvviz.choose`. None: on for ``top``, off for
             chosen channels; never for ``position`` or ``mode="map"``.
+        method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
+            backpropagation), ``"gradient"``, another registered name or a rule set (see
+            :meth:`deconvviz.DeconvNet.project`).
 
     Returns:
         The :class:`~deconvviz.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
@@ -359,9 +364,17 @@ def project(
         if chosen is None or all(isinstance(c, int) and not isinstance(c, bool) for c in chosen):
             if chosen is not None:  # the same one-line error as the plain path's
                 _check_channels({layer: width or _widths(current.net, x, [layer])[layer]}, chosen)
-            result = project_inside(current, x, layer, chosen, top)
+            result = project_inside(current, x, layer, chosen, top, method=method)
     if result is None:
-        result = current.net.project(x, layer, channel, mode=mode, position=position, top=top)  # type: ignore[arg-type]
+        result = current.net.project(
+            x,
+            layer,
+            channel,
+            mode=mode,  # type: ignore[arg-type]
+            position=position,
+            top=top,
+            method=method,
+        )
     found = _geometry(current.net, result)
     if found is None:
         return result
@@ -399,6 +412,7 @@ def visualize(
     full_image: bool = False,
     inside: bool | None = None,
     target_class: str | int | None = None,
+    method: str | RuleSet | None = None,
 ) -> Projection:
     """Project a picture's strongest channels of one layer back to pixels, in one call.
 
@@ -422,13 +436,15 @@ def visualize(
             off for chosen channels; see :func:`project`).
         target_class: instead of a layer, project a class score of a classifier: ``"auto"`` (the top-1
             class), a class index or a class name (see :func:`deconvviz.choose.project_class`).
+        method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
+            backpropagation) or ``"gradient"`` (see ``docs/rules.md``), another registered name, or a rule set.
 
     Returns:
-        The :class:`~deconvviz.projection.Projection`.
+        The :class:`~deconvviz.projection.Projection` (``.method`` names the reverse pass).
 
     Raises:
         DeconvVizError: bad picture, unknown model or layer, channel out of range, a class for a model
-            without a classifier (one-line messages).
+            without a classifier, an unknown method (one-line messages).
 
     Example:
         >>> p = dv.visualize("examples/cat.jpg", model="vgg16", layer="conv5_3", top=9)  # doctest: +SKIP
@@ -439,11 +455,13 @@ def visualize(
     if target_class is not None:
         from deconvviz.choose import project_class
 
-        return project_class(current, x, target_class)
+        return project_class(current, x, target_class, method=method)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
     if channel is not None:
         top = None
-    return project(current, x, chosen, top=top, channel=channel, mode=mode, position=position, inside=inside)
+    return project(
+        current, x, chosen, top=top, channel=channel, mode=mode, position=position, inside=inside, method=method
+    )
 
 
 # ------------------------------------------------------------------------------------------ folders
@@ -604,7 +622,7 @@ def _render_one(
         if layer is None:  # the class score, after the layers
             from deconvviz.choose import project_class
 
-            result = project_class(current, x, options["class"])
+            result = project_class(current, x, options["class"], method=options["method"])
             layer = "class"
             name = result.label or layer
         else:
@@ -617,6 +635,7 @@ def _render_one(
                 mode=options["mode"],
                 width=widths[layer],
                 inside=options["inside"],
+                method=options["method"],
             )
             name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
         folder = staging / _render.safe_name(layer)
@@ -675,6 +694,7 @@ def render_images(
     inside: bool | None = None,
     target_class: str | int | None = None,
     progress: Progress | None = None,
+    method: str | None = None,
 ) -> list[RenderedImage]:
     """Render the reconstructions of several layers for several pictures into folders.
 
@@ -708,6 +728,8 @@ def render_images(
         target_class: also project a class score of a classifier (``"auto"`` for the top-1 class, an index or
             a name) into ``class/`` and ``class.png``.
         progress: called after each layer of each picture (see :data:`Progress`).
+        method: the reverse pass by its registered name: ``"deconvnet"`` (the default), ``"guided"`` or
+            ``"gradient"``; recorded in each manifest.
 
     Returns:
         One :class:`RenderedImage` per picture.
@@ -718,9 +740,11 @@ def render_images(
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
     from deconvviz.images import load_image
+    from deconvviz.methods import get_method
     from deconvviz.viz import RenderOptions
 
     look = RenderOptions.build(options)
+    rules = get_method(method)  # an unknown method fails before any work
     if not images:
         raise OutputError("no images given; pass at least one picture file")
     if channels is not None and not list(channels):
@@ -749,6 +773,7 @@ def render_images(
         "full_image": full_image,
         "inside": inside,
         "class": target_class,
+        "method": rules.name,
         "scale": look.scaling.name,
         "overlay": look.overlay,
         "box": look.box,

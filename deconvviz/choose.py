@@ -20,6 +20,7 @@ from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
+    from deconvviz.methods import RuleSet
     from deconvviz.projection import Projection
     from deconvviz.receptive import ReceptiveField
 
@@ -61,7 +62,13 @@ def inside_flags(
 
 
 def project_inside(
-    current: Session, x: Tensor, layer: str, channels: Sequence[int] | None, top: int | None
+    current: Session,
+    x: Tensor,
+    layer: str,
+    channels: Sequence[int] | None,
+    top: int | None,
+    *,
+    method: str | RuleSet | None = None,
 ) -> Projection | None:
     """Project each channel's strongest unit among those whose field lies inside the picture.
 
@@ -72,12 +79,15 @@ def project_inside(
         channels: the channels to project, or None to take the ``top`` strongest (ranked by their strongest
             inside unit).
         top: how many channels when ``channels`` is None.
+        method: the reverse pass (``"deconvnet"``, the default; ``"guided"``; ``"gradient"``; see
+            :meth:`deconvviz.DeconvNet.project`).
 
     Returns:
         The projection (``prefer_inside=True``), or None when the layer has no spatial map, its units see the
         whole image, or none of its units lies wholly inside the picture (then the plain strongest units are
         the honest choice).
     """
+    from deconvviz.methods import get_method
     from deconvviz.projection import Projection
     from deconvviz.receptive import receptive_fields
 
@@ -104,7 +114,7 @@ def project_inside(
     width = int(act.shape[3])
     positions = [(int(flat[c]) // width, int(flat[c]) % width) for c in chosen]
     units = [(0, c, row, col) for c, (row, col) in zip(chosen, positions, strict=True)]
-    image = net.project_units(x, layer, units).detach().cpu()
+    image = net.project_units(x, layer, units, method=method).detach().cpu()
     picked = torch.tensor(chosen, device=act.device)
     seeded = act[0].reshape(act.shape[1], -1)[picked, flat.to(act.device)[picked]].detach().cpu()
     return Projection(
@@ -119,6 +129,7 @@ def project_inside(
         to_image=getattr(current.model, "to_image", None),
         channel_order=current.channel_order,
         prefer_inside=True,
+        method=get_method(method).name,
     )
 
 
@@ -175,8 +186,12 @@ def resolve_class(current: Session, x: Tensor, which: str | int | None = "auto")
     raise ClassError(f"unknown class {which!r} for {current.name!r}{several}{hint} (or give its index, or 'auto')")
 
 
-def project_class(current: Session, x: Tensor, which: str | int | None = "auto") -> Projection:
+def project_class(
+    current: Session, x: Tensor, which: str | int | None = "auto", *, method: str | RuleSet | None = None
+) -> Projection:
     """Project a class score (the model's output for that class) back to pixels, labelled with its name.
+
+    ``method`` is the reverse pass, as for :meth:`deconvviz.DeconvNet.project`.
 
     Raises:
         ClassError: see :func:`resolve_class`; also a model whose last layer does not give one score per class.
@@ -192,5 +207,5 @@ def project_class(current: Session, x: Tensor, which: str | int | None = "auto")
             f"the last layer {output!r} of {current.name!r} gives shape {tuple(scores.shape)}, not one score per "
             f"class ({len(labels)}); project a layer instead"
         )
-    projection = current.net.project(x, output, channel=index)
+    projection = current.net.project(x, output, channel=index, method=method)
     return dataclasses.replace(projection, label=f"class {index}: {name}")

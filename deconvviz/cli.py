@@ -99,6 +99,14 @@ _SCALE_HELP = (
     "a plain stretch."
 )
 ScaleOption = Annotated[Scale, typer.Option("--scale", "--normalize", help=_SCALE_HELP)]
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="The reverse pass: deconvnet (Zeiler & Fergus, the paper's), guided (guided backpropagation), "
+        "gradient, or a registered name (docs/rules.md).",
+    ),
+]
 
 
 class _State:
@@ -404,6 +412,7 @@ def render_command(
             show_default=False,
         ),
     ] = None,
+    method: MethodOption = "deconvnet",
     debug: DebugOption = False,
 ) -> None:
     """Project each picture's strongest activations back to pixels, layer by layer, and write PNGs.
@@ -444,6 +453,7 @@ def render_command(
                 inside=inside,
                 target_class=target_class,
                 progress=progress,
+                method=method,
             )
         typer.echo(f"wrote {len(results)} result folder(s) under {out}")
         for result in results:
@@ -553,6 +563,7 @@ def report_command(
             "For several machines, start `torchrun ... -m deconvviz report ...` on each.",
         ),
     ] = 1,
+    method: MethodOption = "deconvnet",
     debug: DebugOption = False,
 ) -> None:
     """Build a static HTML report over a folder: for each layer and channel, the strongest activations across the
@@ -572,6 +583,7 @@ def report_command(
         argv = ["report", str(folder), "--model", model, "--channels", channels, "--top", str(top)]
         argv += ["--out", str(out), "--device", device, "--batch-size", str(batch_size)]
         argv += ["--scale", scale.value, "--seed", str(seed), "--save-every", str(save_every)]
+        argv += ["--method", method]
         argv += ["--layers", layers] if layers is not None else []
         argv += ["--limit", str(limit)] if limit is not None else []
         argv += ["--sample", str(sample)] if sample is not None else []
@@ -617,6 +629,7 @@ def report_command(
                         seed=seed,
                         resume=resume,
                         save_every=save_every,
+                        method=method,
                     )
                 except KeyboardInterrupt:
                     state = scan_state_folder(out)

@@ -98,6 +98,7 @@ def build_report(
     seed: int = 0,
     resume: bool = False,
     save_every: float = 60.0,
+    method: str | None = None,
 ) -> Report:
     """Scan ``folder`` and write the HTML report to ``out``.
 
@@ -129,6 +130,8 @@ def build_report(
         seed: the seed of ``sample``.
         resume: go on from the saved state of an interrupted run with the same arguments.
         save_every: seconds between two saves of the scan state.
+        method: the reverse pass that projects the hits, by its registered name: ``"deconvnet"`` (the default),
+            ``"guided"`` or ``"gradient"``; recorded in the manifest.
 
     Returns:
         The :class:`Report`.
@@ -141,10 +144,12 @@ def build_report(
     """
     from deconvviz import distributed
     from deconvviz.api import resolve_device, session
+    from deconvviz.methods import get_method
     from deconvviz.search import image_source, keep_strongest, result_of, scan
     from deconvviz.viz import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
+    method = get_method(method).name  # as does an unknown method
     scanned, strongest, ranking = _channel_choice(channels)
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
@@ -165,6 +170,7 @@ def build_report(
         "per_image": per_image,
         "batch_size": batch_size,
         "scale": scaling.to_dict(),
+        "method": method,
         "limit": limit,
         "sample": sample,
         "seed": seed,
@@ -188,7 +194,7 @@ def build_report(
     )
     if strongest is not None:
         found = keep_strongest(found, strongest)
-    result = result_of(found, k, batch_size, progress)
+    result = result_of(found, k, batch_size, progress, method=method)
     if ranks.rank != 0:  # rank 0 writes the report; the others wait until it is in place
         distributed.barrier(ranks)
         return _summary(target, result, 1 + len(result.layers), sum(len(result.hits[x]) for x in result.layers))
@@ -464,6 +470,7 @@ class _Writer:
             layers=list(layers),
             options=RenderOptions(scale=self.scale),
             progress=step,
+            method=self.result.method,
         )
         pages = []
         for item in rendered:

@@ -196,6 +196,7 @@ class TopKResult:
             folder has fewer readable images).
         to_image: the model's input-space -> PIL conversion, for display.
         source: the scanned images (to read an image again by its name).
+        method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).
     """
 
     model: str
@@ -208,6 +209,7 @@ class TopKResult:
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
     source: ImageSource | None = field(default=None, repr=False, compare=False)
+    method: str = "deconvnet"
 
     @property
     def grid_side(self) -> int:
@@ -274,6 +276,7 @@ class TopKResult:
             "model": self.model,
             "folder": self.folder,
             "k": self.k,
+            "method": self.method,
             "layers": [
                 {
                     "layer": layer,
@@ -573,6 +576,7 @@ def top_k(
     state: str | Path | None = None,
     resume: bool = False,
     save_every: float = 60.0,
+    method: str | None = None,
 ) -> TopKResult:
     """Find the ``k`` strongest activations of each channel across a data set and project each one.
 
@@ -602,12 +606,15 @@ def top_k(
         resume: go on from the state saved in ``state`` (the result is exactly that of an uninterrupted run).
             A state from other arguments or another model is refused.
         save_every: seconds between two saves of the state (0: after every batch).
+        method: the reverse pass that projects the hits, by its registered name: ``"deconvnet"`` (the default),
+            ``"guided"`` or ``"gradient"`` (see ``docs/rules.md``). The scan itself does not depend on it.
 
     Returns:
         A :class:`TopKResult`.
 
     Raises:
         SearchError: missing/empty folder or list, no readable image, bad ``k``, channels, limit or sample.
+        MethodError: an unknown method (before any work).
         StateError: ``resume`` with a state from another scan.
         LayerNotFoundError: an unknown layer.
 
@@ -615,6 +622,9 @@ def top_k(
         >>> result = dv.top_k("vgg16", "photos/", layers=["conv5_3"], k=9, channels=16)  # doctest: +SKIP
         >>> fig, axes = result.figure("conv5_3", 3)  # doctest: +SKIP
     """
+    from deconvviz.methods import get_method
+
+    method = get_method(method).name  # an unknown method fails before the scan
     found = scan(
         model,
         data,
@@ -632,7 +642,7 @@ def top_k(
         resume=resume,
         save_every=save_every,
     )
-    return result_of(found, k, batch_size, progress)
+    return result_of(found, k, batch_size, progress, method=method)
 
 
 def keep_strongest(found: ScanResult, count: int) -> ScanResult:
@@ -656,8 +666,12 @@ def keep_strongest(found: ScanResult, count: int) -> ScanResult:
     return dataclasses.replace(found, trackers=trackers, selected=selected)
 
 
-def result_of(found: ScanResult, k: int, batch_size: int, progress: Progress | None = None) -> TopKResult:
+def result_of(
+    found: ScanResult, k: int, batch_size: int, progress: Progress | None = None, *, method: str | None = None
+) -> TopKResult:
     """The :class:`TopKResult` of a finished scan: its kept hits projected (shared out over the processes)."""
+    from deconvviz.methods import get_method
+
     loaded = found.loaded
     return TopKResult(
         model=str(getattr(loaded, "name", type(loaded.module).__name__)),
@@ -667,9 +681,10 @@ def result_of(found: ScanResult, k: int, batch_size: int, progress: Progress | N
         k=k,
         images=tuple(found.names),
         skipped=tuple(found.skipped),
-        hits=project_hits(found, batch_size, progress),
+        hits=project_hits(found, batch_size, progress, method=method),
         to_image=getattr(loaded, "to_image", None),
         source=found.source,
+        method=get_method(method).name,
     )
 
 
@@ -720,9 +735,9 @@ _Want = tuple[str, int, int, int, int]  # (layer, tracker row, channel, flat pos
 
 
 def project_hits(
-    found: ScanResult, batch_size: int, progress: Progress | None = None
+    found: ScanResult, batch_size: int, progress: Progress | None = None, *, method: str | None = None
 ) -> dict[str, dict[int, tuple[TopKHit, ...]]]:
-    """Project every kept activation from its own image, and crop it to the unit's receptive field.
+    """Project every kept activation from its own image with ``method``, and crop it to the unit's receptive field.
 
     The images holding kept hits are taken in index order in batches of ``batch_size``; each batch is
     captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
@@ -762,7 +777,7 @@ def project_hits(
                 row, col = divmod(flat, width)
                 units.setdefault(layer, []).append((local, channel, row, col))
                 meta.setdefault(layer, []).append((local, image, slot, channel, rank))
-        projected = net.project_units_at(x, units)  # one capture of these images for all their layers
+        projected = net.project_units_at(x, units, method=method)  # one capture of these images for all their layers
         for layer, recons in projected.items():
             recons = recons.cpu()
             for (local, image, slot, channel, rank), unit, recon in zip(meta[layer], units[layer], recons, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,28 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     strongest = np.asarray(Image.open(out / "conv5_3_strongest.png")).astype(int)
     assert np.abs(strongest - 128).max() > 100
     assert "conv5_3 channel" in done.stdout
+
+
+@pytest.mark.parametrize("method", ["guided", "gradient"])
+def test_visualize_and_render_take_the_reverse_pass(photo: Path, tmp_path: Path, method: str) -> None:
+    current = dv.session(MODEL, device="cpu")
+    x = current.preprocess(photo)
+    net = dv.DeconvNet(make_tiny_vgg())
+    for inside in (False, True):
+        p = dv.visualize(photo, model=MODEL, device="cpu", layer="conv2", top=3, inside=inside, method=method)
+        assert p.method == method
+        units = dict(zip(p.channels, p.positions, strict=True))
+        for i, (channel, position) in enumerate(units.items()):
+            one = net.project(x, "features.3", channel=channel, position=position, method=method)
+            torch.testing.assert_close(p.image[i : i + 1], one.image)
+        plain = dv.visualize(photo, model=MODEL, device="cpu", layer="conv2", top=3, inside=inside)
+        assert plain.method == "deconvnet"
+        assert not torch.equal(plain.image, p.image)
+    (result,) = dv.render_images([photo], tmp_path, model=MODEL, device="cpu", layers=["conv2"], method=method)
+    manifest = json.loads((result.folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["arguments"]["method"] == method
+    with pytest.raises(ValueError, match="unknown method"):
+        dv.visualize(photo, model=MODEL, device="cpu", method="nope")
+    with pytest.raises(ValueError, match="unknown method"):
+        dv.render_images([photo], tmp_path / "none", model=MODEL, device="cpu", method="nope")
+    assert not (tmp_path / "none").exists()

@@ -417,3 +417,23 @@ def test_real_photo_with_the_offline_vgg16(runner: CliRunner, tmp_path: Path) ->
     assert min(spread["conv5_3"]) > 20 * max(spread["conv1_2"])
     for layer in ("conv1_2", "conv5_3"):
         assert Image.open(folder / f"{layer}.png").size[0] > 500
+
+
+def test_render_and_report_take_the_reverse_pass(runner: CliRunner, photos: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "render"
+    code, _, stderr = render(runner, photos[0], "--out", out, "--layer", "conv2", "--method", "guided")
+    assert code == 0, stderr
+    manifest = json.loads((out / photos[0].stem / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["arguments"]["method"] == "guided"
+    report = tmp_path / "report"
+    args = ["report", str(photos[0].parent), "--model", MODEL, "--device", "cpu", "-l", "conv2", "-c", "2"]
+    result = runner.invoke(app, [*args, "--top", "1", "--out", str(report), "--method", "gradient"])
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((report / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["arguments"]["method"] == "gradient"
+    assert manifest["topk"]["method"] == "gradient"
+    code, _, stderr = render(runner, photos[0], "--out", tmp_path / "bad", "--method", "nope")
+    assert code != 0
+    assert "unknown method 'nope'" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -210,3 +210,25 @@ def test_memory_stays_flat_in_the_number_of_images(tmp_path) -> None:
         done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, check=True)
         peaks.append(int(done.stdout.strip().splitlines()[-1]))
     assert peaks[1] <= peaks[0] * 1.10, f"peak RSS {peaks[0]} kB for N images, {peaks[1]} kB for 4N"
+
+
+def test_method_projects_the_hits_with_that_reverse_pass(stand, folder) -> None:
+    net = dv.DeconvNet(stand.module, aliases=stand.layers)
+    default = top_k(stand, folder, layers=["conv2"], k=2, channels=[3])
+    assert default.method == "deconvnet"
+    for method in ("guided", "gradient"):
+        result = top_k(stand, folder, layers=["conv2"], k=2, channels=[3], method=method)
+        assert result.method == method
+        assert result.to_dict()["method"] == method
+        for hit, plain in zip(result.hits["conv2"][3], default.hits["conv2"][3], strict=True):
+            assert (hit.image, hit.position) == (plain.image, plain.position)  # the scan does not depend on it
+            x = stand.preprocess(Image.open(folder / hit.image))
+            full = net.project(x, layer="conv2", channel=3, position=hit.position, method=method).image[0]
+            top, left, bottom, right = hit.box
+            assert relative_error(hit.reconstruction, full[:, top:bottom, left:right]) <= 1e-12
+        assert any(
+            not torch.equal(h.reconstruction, p.reconstruction)
+            for h, p in zip(result.hits["conv2"][3], default.hits["conv2"][3], strict=True)
+        )
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        top_k(stand, folder, layers=["conv2"], k=2, channels=[3], method="nope")
