@@ -197,7 +197,8 @@ def build_report(
     result = result_of(found, k, batch_size, progress, method=method)
     if ranks.rank != 0:  # rank 0 writes the report; the others wait until it is in place
         distributed.barrier(ranks)
-        return _summary(target, result, 1 + len(result.layers), sum(len(result.hits[x]) for x in result.layers))
+        cards = sum(len(result.hits[x]) for x in result.layers)
+        return _summary(target, result, 1 + len(result.layers) + cards, cards)
     try:
         with stage_folders([target], kind="report", replace=overwrite, error=ReportError, what="report") as (staging,):
             writer = _Writer(staging, result, current, scaling.name, progress)
@@ -208,7 +209,7 @@ def build_report(
     finally:
         distributed.barrier(ranks)
     remove_owned(state)  # the report is complete: nothing left to resume
-    return _summary(target, result, 1 + len(result.layers) + len(image_pages), cards)
+    return _summary(target, result, 1 + len(result.layers) + cards + len(image_pages), cards)
 
 
 def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | list[int] | None, int | None, str]:
@@ -307,7 +308,7 @@ table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bot
 .cell a{color:#555;text-decoration:none;display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .figs img{max-width:100%;background:#fff;margin:6px 0;border-radius:4px}.muted{color:#777}
 ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thumbs img{height:96px;display:block}
-.cell img,.hit img,.strip img{image-rendering:pixelated}
+.hit img{image-rendering:pixelated}
 .strip{white-space:nowrap}.strip img{width:56px;height:56px;object-fit:contain;background:#808080;margin-right:3px}
 .hits{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
 .hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
