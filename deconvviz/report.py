@@ -267,12 +267,13 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int) -> Report
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-    from deconvviz.api import choose_layers, scan_layers
+    from deconvviz.api import choose_layers
+    from deconvviz.search import default_scan_layers
 
-    if layers is None and all(name in current.net.aliases for name in PAPER_LAYERS):  # no picture needed
-        return list(PAPER_LAYERS)
+    if layers is None:
+        return default_scan_layers(current.net, source, current.preprocess)
     sample = None
-    for index in range(len(source)):  # the first readable image tells the default layers' sizes
+    for index in range(len(source)):  # the first readable image tells the layers' sizes
         try:
             sample = source.prepare(index, current.preprocess)[None]
             break
@@ -282,8 +283,6 @@ def _report_layers(current: Session, layers: str | Sequence[str] | None, source:
         from deconvviz.search import SearchError
 
         raise SearchError(f"none of the {len(source)} images could be read")
-    if layers is None:
-        return scan_layers(current.net, sample)
     return choose_layers(current.net, layers, sample)
 
 

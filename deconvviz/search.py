@@ -364,6 +364,28 @@ class ScanResult:
         return self.source.paths
 
 
+def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callable[[Any], Tensor]) -> list[str]:
+    """The layers a scan looks at when none are given: :func:`deconvviz.api.scan_layers` (as the report does).
+
+    Those are ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these aliases; else the first readable
+    image tells each layer's size and the deepest four of the default layers are taken.
+
+    Raises:
+        SearchError: no image of ``source`` can be read (only asked where the model has no such aliases).
+    """
+    from deconvviz.api import SCAN_LAYERS, scan_layers
+
+    if all(name in net.aliases for name in SCAN_LAYERS):  # no picture needed
+        return list(SCAN_LAYERS)
+    for index in range(len(source)):
+        try:
+            sample = source.prepare(index, preprocess)[None]
+        except (DeconvVizError, OSError):
+            continue
+        return scan_layers(net, sample)
+    raise SearchError(f"none of the {len(source)} images of {source.description!r} could be read")
+
+
 def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
     """This process's batches: batch ``b`` of the whole scan goes to rank ``b % world``.
 
@@ -430,7 +452,7 @@ def scan(
     where = _device_of(loaded)
     ranks = distributed.setup(where)
     net = DeconvNet(loaded)
-    chosen_layers = list(layers) if layers else list(loaded.layers) or net.layers
+    chosen_layers = list(layers) if layers else default_scan_layers(net, source, loaded.preprocess)
     nodes = [net.resolve(layer) for layer in chosen_layers]  # unknown names fail here, before any work
     mine = _batches(len(source), batch_size, ranks)
     total = sum(len(b) for b in mine)
@@ -591,7 +613,8 @@ def top_k(
             work as they are), a text file of image paths (one per line, relative to the file), or a
             ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
             Unreadable images are skipped and listed in the result.
-        layers: layer names or aliases; default: every aliased layer of the model.
+        layers: layer names or aliases; default: ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these
+            aliases (VGG16), else the deepest four of :func:`deconvviz.api.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
         batch_size: images per forward pass.

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-from conftest import register_tiny_model
+from conftest import TINY_ALIASES, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
@@ -318,3 +318,10 @@ def test_report_command_missing_folder(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"error: folder not found: {str(tmp_path / 'none')!r} (give a folder of images or a text file of image paths)"
     )
+
+
+def test_top_k_and_the_report_look_at_the_same_layers_by_default(photos: Path, tmp_path: Path) -> None:
+    found = dv.top_k(MODEL, photos, k=1, channels=1, device="cpu")
+    report = build_report(photos, tmp_path / "r", model=MODEL, channels=1, k=1, device="cpu")
+    assert found.layers == report.layers
+    assert len(found.layers) < len(TINY_ALIASES)  # the deepest of the default layers, not every aliased layer
