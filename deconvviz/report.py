@@ -18,7 +18,6 @@ leaves no half report, and an existing report is only replaced when asked (``ove
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -532,8 +531,13 @@ class _Writer:
         )
 
     def manifest(self, arguments: dict[str, Any], image_pages: Sequence[tuple[str, str]]) -> None:
-        """``manifest.json``: what was run, with what, and what came out."""
+        """``manifest.json``: what was run, with what, and what came out.
+
+        The hits are written as they are turned into JSON, a channel at a time, so a report of thousands of
+        channels never holds all their dicts at once; the text is that of ``json.dumps(..., indent=2)``.
+        """
         from deconvviz.api import library_versions
+        from deconvviz.search import iter_json
 
         data = {
             "tool": "deconvviz",
@@ -551,6 +555,9 @@ class _Writer:
             },
             "sources": self.sources,
             "errors": [{"image": image, "error": error} for image, error in self.result.skipped],
-            "topk": self.result.to_dict(),
+            "topk": self.result.to_dict(stream=True),
         }
-        (self.root / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        with (self.root / "manifest.json").open("w", encoding="utf-8") as out:
+            for piece in iter_json(data, indent=2):
+                out.write(piece)
+            out.write("\n")

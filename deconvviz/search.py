@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -269,30 +270,45 @@ class TopKResult:
         keep = [c for c in range(2 * side + 1) if c != side]
         return fig, axes[:, keep]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the pixels, JSON-ready."""
+    def to_dict(self, *, stream: bool = False) -> dict[str, Any]:
+        """Everything but the pixels, JSON-ready.
+
+        Args:
+            stream: give the large parts (the layers' hits, the images, the skipped ones) as :class:`Streamed`
+                arrays and objects, made one item at a time as :func:`iter_json` writes them, so that a report of
+                millions of hits never holds all their dicts at once. ``iter_json`` writes the same text for both.
+        """
+
+        def hits(layer: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+            for channel, kept in self.hits[layer].items():
+                yield (
+                    str(channel),
+                    [
+                        {"value": h.value, "image": h.image, "position": list(h.position), "box": list(h.box)}
+                        for h in kept
+                    ],
+                )
+
+        def layers() -> Iterator[dict[str, Any]]:
+            for layer, node in zip(self.layers, self.nodes, strict=True):
+                channels = Streamed(functools.partial(hits, layer), pairs=True)
+                yield {"layer": layer, "node": node, "channels": channels if stream else channels.materialize()}
+
+        def skipped() -> Iterator[dict[str, str]]:
+            return ({"image": image, "error": error} for image, error in self.skipped)
+
+        parts = {
+            "layers": Streamed(layers),
+            "images": Streamed(lambda: iter(self.images)),
+            "skipped": Streamed(skipped),
+        }
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "folder": self.folder,
             "k": self.k,
             "method": self.method,
-            "layers": [
-                {
-                    "layer": layer,
-                    "node": node,
-                    "channels": {
-                        str(channel): [
-                            {"value": h.value, "image": h.image, "position": list(h.position), "box": list(h.box)}
-                            for h in hits
-                        ]
-                        for channel, hits in self.hits[layer].items()
-                    },
-                }
-                for layer, node in zip(self.layers, self.nodes, strict=True)
-            ],
-            "images": list(self.images),
-            "skipped": [{"image": image, "error": error} for image, error in self.skipped],
+            **{name: part if stream else part.materialize() for name, part in parts.items()},
         }
 
     def save(self, directory: str | Path, *, scale: str | None = None) -> Path:
@@ -318,6 +334,78 @@ class TopKResult:
     def __repr__(self) -> str:
         counts = ", ".join(f"{layer}: {len(self.hits[layer])} channels" for layer in self.layers)
         return f"TopKResult(model={self.model!r}, images={len(self.images)}, k={self.k}, {counts})"
+
+
+# ------------------------------------------------------------------------------------------- streamed JSON
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A JSON array (or, with ``pairs``, an object) whose items are made one at a time while it is written.
+
+    Attributes:
+        items: makes the items afresh on each call: values, or ``(key, value)`` pairs for an object.
+        pairs: whether this is an object (``{key: value, ...}``) rather than an array.
+    """
+
+    items: Callable[[], Iterable[Any]]
+    pairs: bool = False
+
+    def materialize(self) -> list[Any] | dict[str, Any]:
+        """The whole array or object in memory, as :func:`json.dumps` takes it."""
+        return dict(self.items()) if self.pairs else list(self.items())
+
+
+def iter_json(value: Any, indent: int = 2, level: int = 0) -> Iterator[str]:
+    """The text of ``json.dumps(value, indent=indent)``, in pieces, with :class:`Streamed` parts made as they go.
+
+    Arrays and objects that hold no :class:`Streamed` part are written by :func:`json.dumps` itself; only those
+    holding one are walked here, with the same layout, so the text is the same byte for byte.
+
+    Args:
+        value: anything :func:`json.dumps` takes, where arrays and objects may be :class:`Streamed`.
+        indent: spaces per level.
+        level: the nesting level ``value`` sits at.
+    """
+    inner = "\n" + " " * (indent * (level + 1))
+    if isinstance(value, Streamed) or (isinstance(value, dict | list | tuple) and _holds_streamed(value)):
+        if isinstance(value, Streamed):
+            pairs, items = value.pairs, value.items()
+        elif isinstance(value, dict):
+            pairs, items = True, value.items()
+        else:
+            pairs, items = False, value
+        opening, closing = "{}" if pairs else "[]"
+        empty = True
+        for item in items:
+            yield (opening if empty else ",") + inner
+            empty = False
+            if pairs:
+                key, item = item
+                yield json.dumps(_key(key)) + ": "
+            yield from iter_json(item, indent, level + 1)
+        yield opening + closing if empty else "\n" + " " * (indent * level) + closing
+    else:
+        yield json.dumps(value, indent=indent).replace("\n", "\n" + " " * (indent * level))
+
+
+def _key(key: Any) -> str:
+    """An object key as :func:`json.dumps` writes it: strings as they are; numbers, booleans and None as JSON."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, int | float):
+        return json.dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _holds_streamed(value: Any) -> bool:
+    if isinstance(value, Streamed):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_streamed(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_streamed(v) for v in value)
+    return False
 
 
 # ------------------------------------------------------------------------------------------------- top_k
@@ -832,10 +920,12 @@ def project_hits(
 __all__ = [
     "ScanResult",
     "SearchError",
+    "Streamed",
     "TopKHit",
     "TopKResult",
     "TopKTracker",
     "find_images",
+    "iter_json",
     "project_hits",
     "result_of",
     "scan",
