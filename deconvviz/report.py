@@ -267,22 +267,11 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int) -> Report
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
     from deconvviz.api import choose_layers
-    from deconvviz.search import default_scan_layers
+    from deconvviz.search import default_scan_layers, first_readable
 
     if layers is None:
         return default_scan_layers(current.net, source, current.preprocess)
-    sample = None
-    for index in range(len(source)):  # the first readable image tells the layers' sizes
-        try:
-            sample = source.prepare(index, current.preprocess)[None]
-            break
-        except (DeconvVizError, OSError):
-            continue
-    if sample is None:
-        from deconvviz.search import SearchError
-
-        raise SearchError(f"none of the {len(source)} images could be read")
-    return choose_layers(current.net, layers, sample)
+    return choose_layers(current.net, layers, first_readable(source, current.preprocess))
 
 
 # -------------------------------------------------------------------------------------------------- pages

@@ -465,12 +465,20 @@ def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callabl
 
     if all(name in net.aliases for name in SCAN_LAYERS):  # no picture needed
         return list(SCAN_LAYERS)
+    return scan_layers(net, first_readable(source, preprocess))
+
+
+def first_readable(source: ImageSource, preprocess: Callable[[Any], Tensor]) -> Tensor:
+    """The first image of ``source`` that can be read, preprocessed, as a batch of one (to learn layer sizes).
+
+    Raises:
+        SearchError: no image can be read.
+    """
     for index in range(len(source)):
         try:
-            sample = source.prepare(index, preprocess)[None]
+            return source.prepare(index, preprocess)[None]
         except (DeconvVizError, OSError):
             continue
-        return scan_layers(net, sample)
     raise SearchError(f"none of the {len(source)} images of {source.description!r} could be read")
 
 
