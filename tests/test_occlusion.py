@@ -361,6 +361,14 @@ def test_every_legend_label_of_panel_d_lies_inside_the_figure(photo: Path) -> No
     assert texts[-1] == "other classes"
 
 
+def test_a_class_that_wins_few_positions_is_not_shown_as_none(photo: Path) -> None:
+    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=1)  # 32 x 32 = 1024 positions
+    labels = torch.zeros(32, 32, dtype=torch.long)
+    labels[0, 0] = 1
+    _, axes = dataclasses.replace(result, labels=labels, label_names={0: "dog", 1: "cat"}).figure()
+    assert [t.get_text() for t in axes[4].get_legend().get_texts()] == ["dog (>99%)", "cat (<1%)"]
+
+
 def test_model_is_left_unchanged(photo: Path, unchanged: Callable[[nn.Module], object]) -> None:
     session = dv.session(MODEL, device="cpu")
     state = unchanged(session.net.model)

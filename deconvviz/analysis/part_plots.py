@@ -57,7 +57,7 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     panels = 5 if result.has_classifier else 4
     shown = result.legend()[:legend]
     total = int(result.labels.numel()) if result.labels is not None else 1
-    entries = [f"{_short(name)} ({count / total:.0%})" for _, name, count in shown]
+    entries = [f"{_short(name)} ({_share(count, total)})" for _, name, count in shown]
     if len(result.legend()) > len(shown):
         entries.append("other classes")
     # (d)'s legend gets a right margin of its own: 7-pt text is about 0.055 inch a character, plus the swatch.
@@ -135,6 +135,16 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.02, right=1 - (key + 0.1) / width, top=0.80, bottom=0.02, wspace=0.3)
     return fig, axes
+
+
+def _share(count: int, total: int) -> str:
+    """A share of the positions as a percentage that never rounds a few positions away ("<1%", ">99%")."""
+    share = count / total
+    if 0 < share < 0.005:
+        return "<1%"
+    if 0.995 <= share < 1:
+        return ">99%"
+    return f"{share:.0%}"
 
 
 def _short(name: str | None, length: int = 28) -> str:
