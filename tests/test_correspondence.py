@@ -166,3 +166,22 @@ def test_cli_prints_the_table(photos: list[Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines()[0].split()[0] == "part"
     assert (out / "delta.csv").is_file()
+
+
+def test_the_shipped_parts_file_fits_its_photos() -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    parts = dv.load_parts(examples / "faces.json")
+    assert parts.names == ("right eye", "left eye", "nose")
+    assert len(parts.boxes) == 3
+    pre = dv.Preprocessing(size=224)
+    for name, boxes in parts.boxes.items():
+        width, height = Image.open(examples / name).size
+        for part, (left, top, right, bottom) in boxes.items():
+            assert 0 <= left < right <= width, (name, part)
+            assert 0 <= top < bottom <= height, (name, part)
+            mapped = map_box(boxes[part], (width, height), pre)
+            assert mapped[2] - mapped[0] == pytest.approx((right - left) * 224 / min(width, height), abs=2)
+            assert mapped[3] - mapped[1] == pytest.approx((bottom - top) * 224 / min(width, height), abs=2)
+        left_eye, right_eye = boxes["left eye"], boxes["right eye"]
+        assert right_eye[2] <= left_eye[0]  # the subject's right eye is on the left of the picture
+        assert boxes["nose"][1] > max(right_eye[1], left_eye[1])  # the nose lies below the eyes
