@@ -305,11 +305,13 @@ ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thum
 
 
 def _page(title: str, body: str, root: str) -> str:
+    """A whole page; ``root`` leads from it to the report's folder (``""``: the index, with no link to itself)."""
+    back = f"<a href='{url(root + 'index.html')}'>report index</a>" if root else ""
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{text(title)}</title>"
         f"<style>{_STYLE}</style></head><body><header><h1>{text(title)}</h1>"
-        f"<a href='{url(root + 'index.html')}'>report index</a></header><main>{body}</main></body></html>\n"
+        f"{back}</header><main>{body}</main></body></html>\n"
     )
 
 
