@@ -12,7 +12,11 @@ channels of conv5_3 (``features.29``, after its ReLU). Measured side by side in 
 
 Targets: batched <= 1.3x the batch-K forward pass, and >= 1.8x faster than the loop.
 
-Usage: ``python benchmarks/projection.py [--size 224] [--k 64] [--repeats 2] [--device cpu|cuda]``
+Then the same batched projection against the batch-K forward pass for two modern networks, at their last
+feature map (``features``): MobileNetV3-Large (depthwise convolutions, hard swish, squeeze-and-excitation
+gates) and ConvNeXt-Tiny (7x7 depthwise convolutions, LayerNorm, GELU), under each reverse pass.
+
+Usage: ``python benchmarks/projection.py [--size 224] [--k 64] [--repeats 2] [--device cpu|cuda] [--modern-only]``
 """
 
 from __future__ import annotations
@@ -52,9 +56,43 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modern-only", action="store_true", help="only the MobileNet and ConvNeXt rows")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if not args.modern_only:
+        vgg16(args, device)
+    modern(args, device)
 
+
+def modern(args: argparse.Namespace, device: torch.device) -> None:
+    """Batched projection of K seeds at the last feature map against a batch-K forward pass to it."""
+    print(f"modern networks, {args.size}x{args.size}, K={args.k} seeds at the last feature map, device={device}")
+    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    batch = x.expand(args.k, -1, -1, -1).contiguous()
+    channels = list(range(args.k))
+    for name in ("mobilenet_v3_large", "convnext_tiny"):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None).eval().to(device)
+        net = dv.DeconvNet(model)
+
+        def forward(model: torch.nn.Module = model) -> object:
+            with torch.inference_mode():
+                return model.features(batch)
+
+        t_forward = timed(forward, args.repeats, device)
+        print(f"  {name:<20s} forward pass, batch {args.k:<3d}      {t_forward:8.2f} s")
+        for method in ("deconvnet", "guided", "gradient"):
+
+            def batched(net: dv.DeconvNet = net, method: str = method) -> object:
+                return net.project(x, layer="features", channel=channels, method=method)
+
+            t_batched = timed(batched, args.repeats, device)
+            ratio = t_batched / t_forward
+            print(f"  {name:<20s} batched project, {method:<9s}  {t_batched:8.2f} s   {ratio:.2f}x the forward pass")
+
+
+def vgg16(args: argparse.Namespace, device: torch.device) -> None:
+    """VGG16's conv5_3: batched projection, one mirrored pass, a loop, and the batch-K forward pass."""
     torch.manual_seed(0)
     model = torchvision.models.vgg16(weights=None).eval().to(device)
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
