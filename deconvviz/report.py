@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from deconvviz.api import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
 from deconvviz.io import NameMap, check_target, clean_name, remove_owned, stage_folders, text, url
+from deconvviz.io.jsonstream import iter_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
@@ -528,7 +529,6 @@ class _Writer:
         channels never holds all their dicts at once; the text is that of ``json.dumps(..., indent=2)``.
         """
         from deconvviz.api import library_versions
-        from deconvviz.search import iter_json
 
         data = {
             "tool": "deconvviz",
@@ -549,6 +549,5 @@ class _Writer:
             "topk": self.result.to_dict(stream=True),
         }
         with (self.root / "manifest.json").open("w", encoding="utf-8") as out:
-            for piece in iter_json(data, indent=2):
-                out.write(piece)
+            out.writelines(iter_json(data, indent=2))
             out.write("\n")

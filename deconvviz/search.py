@@ -21,10 +21,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from deconvviz.distributed import Ranks
 from deconvviz.errors import DeconvVizError
+from deconvviz.io.jsonstream import Streamed, iter_json
 from deconvviz.scanstate import tracker_state
 from deconvviz.sources import Data, ImageSource, SearchError, find_images, image_source
 
@@ -328,84 +328,13 @@ class TopKResult:
                 for channel in self.hits[layer]:
                     fig, _ = self.figure(layer, channel, scale=scale)
                     (staging / f"{stem}_ch{channel:04d}.png").write_bytes(figure_png(fig))
-            (staging / "topk.json").write_text(json.dumps(self.to_dict(), indent=2))
+            with (staging / "topk.json").open("w", encoding="utf-8") as handle:
+                handle.writelines(iter_json(self.to_dict(stream=True), indent=2))
         return out
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{layer}: {len(self.hits[layer])} channels" for layer in self.layers)
         return f"TopKResult(model={self.model!r}, images={len(self.images)}, k={self.k}, {counts})"
-
-
-# ------------------------------------------------------------------------------------------- streamed JSON
-
-
-@dataclass(frozen=True)
-class Streamed:
-    """A JSON array (or, with ``pairs``, an object) whose items are made one at a time while it is written.
-
-    Attributes:
-        items: makes the items afresh on each call: values, or ``(key, value)`` pairs for an object.
-        pairs: whether this is an object (``{key: value, ...}``) rather than an array.
-    """
-
-    items: Callable[[], Iterable[Any]]
-    pairs: bool = False
-
-    def materialize(self) -> list[Any] | dict[str, Any]:
-        """The whole array or object in memory, as :func:`json.dumps` takes it."""
-        return dict(self.items()) if self.pairs else list(self.items())
-
-
-def iter_json(value: Any, indent: int = 2, level: int = 0) -> Iterator[str]:
-    """The text of ``json.dumps(value, indent=indent)``, in pieces, with :class:`Streamed` parts made as they go.
-
-    Arrays and objects that hold no :class:`Streamed` part are written by :func:`json.dumps` itself; only those
-    holding one are walked here, with the same layout, so the text is the same byte for byte.
-
-    Args:
-        value: anything :func:`json.dumps` takes, where arrays and objects may be :class:`Streamed`.
-        indent: spaces per level.
-        level: the nesting level ``value`` sits at.
-    """
-    inner = "\n" + " " * (indent * (level + 1))
-    if isinstance(value, Streamed) or (isinstance(value, dict | list | tuple) and _holds_streamed(value)):
-        if isinstance(value, Streamed):
-            pairs, items = value.pairs, value.items()
-        elif isinstance(value, dict):
-            pairs, items = True, value.items()
-        else:
-            pairs, items = False, value
-        opening, closing = "{}" if pairs else "[]"
-        empty = True
-        for item in items:
-            yield (opening if empty else ",") + inner
-            empty = False
-            if pairs:
-                key, item = item
-                yield json.dumps(_key(key)) + ": "
-            yield from iter_json(item, indent, level + 1)
-        yield opening + closing if empty else "\n" + " " * (indent * level) + closing
-    else:
-        yield json.dumps(value, indent=indent).replace("\n", "\n" + " " * (indent * level))
-
-
-def _key(key: Any) -> str:
-    """An object key as :func:`json.dumps` writes it: strings as they are; numbers, booleans and None as JSON."""
-    if isinstance(key, str):
-        return key
-    if key is None or isinstance(key, int | float):
-        return json.dumps(key)
-    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
-
-
-def _holds_streamed(value: Any) -> bool:
-    if isinstance(value, Streamed):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_streamed(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_holds_streamed(v) for v in value)
-    return False
 
 
 # ------------------------------------------------------------------------------------------------- top_k
