@@ -55,13 +55,6 @@ class OutputError(DeconvVizError, OSError):
 # ------------------------------------------------------------------------------------------------- files
 
 
-def umask() -> int:
-    """The process's file-creation mask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike[str], *, durable: bool = False) -> Iterator[Path]:
     """A temporary path next to ``target`` that replaces it when the block succeeds and is removed otherwise.
@@ -103,16 +96,21 @@ def write_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = Fal
 # ------------------------------------------------------------------------------------------------- folders
 
 
-def owned(folder: Path) -> bool:
-    """Whether ``folder`` is a real folder that deconvviz wrote (it holds :data:`MARKER`)."""
+def _marker_of(folder: Path) -> dict[str, object] | None:
+    """What the marker of ``folder`` says, where it is a real folder holding a real deconvviz marker."""
     marker = folder / MARKER
     if folder.is_symlink() or marker.is_symlink() or not marker.is_file():
-        return False
+        return None
     try:
         data = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("tool") == "deconvviz"
+        return None
+    return data if isinstance(data, dict) and data.get("tool") == "deconvviz" else None
+
+
+def owned(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder that deconvviz wrote (it holds :data:`MARKER`)."""
+    return _marker_of(folder) is not None
 
 
 def check_target(target: Path, *, replace: bool, error: type[DeconvVizError] = OutputError) -> None:
@@ -184,12 +182,9 @@ def _stale(folder: Path) -> bool:
     pid_text = rest.split("-", 1)[0]
     if not pid_text.isdigit() or folder.is_symlink() or not folder.is_dir():
         return False
-    if owned(folder):
-        try:
-            data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        if data.get("host") != socket.gethostname():  # another machine's process: its life is not ours to judge
+    marker = _marker_of(folder)
+    if marker is not None:
+        if marker.get("host") != socket.gethostname():  # another machine's process: its life is not ours to judge
             return False
     elif any(folder.iterdir()):  # not ours: whatever it is, it stays
         return False
@@ -409,6 +404,5 @@ __all__ = [
     "remove_owned",
     "rename_new",
     "stage_folders",
-    "umask",
     "write_file",
 ]
