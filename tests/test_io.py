@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -207,6 +208,108 @@ def test_staging_left_by_a_dead_process_is_cleaned_and_nothing_else(tmp_path: Pa
     assert live.exists()
     assert (stranger / "notes.txt").exists()
     assert remote.exists()
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs, no ``except OSError`` catches it."""
+
+
+class _KillAt:
+    """Wraps file system calls so that the call after ``step`` of them is killed."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.done = step, 0
+
+    def wrap(self, real: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: object, **kwargs: object) -> None:
+            if self.done == self.step:
+                raise _Killed
+            self.done += 1
+            real(*args, **kwargs)
+
+        return call
+
+
+def _result_tree(folder: Path, marker: str) -> None:
+    folder.mkdir()
+    (folder / MARKER).write_text(marker)
+    for sub in ("layers/conv1", "layers/conv2", "images"):
+        (folder / sub).mkdir(parents=True)
+        for i in range(3):
+            (folder / sub / f"ch{i}.html").write_text("x")
+    (folder / "index.html").write_text("x")
+
+
+def test_a_removal_cut_short_anywhere_leaves_a_folder_the_next_run_can_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier result is removed after the new one is in place; a kill at any step must not orphan it."""
+    dead = _dead_pid()
+    marker = json.dumps({"tool": "deconvviz", "host": socket.gethostname(), "pid": dead})
+    unlink, rmdir = os.unlink, os.rmdir
+    cut = 0
+    while True:
+        parent = tmp_path / f"try{cut}"
+        parent.mkdir()
+        folder = parent / f".out.deconvviz-staging-{dead}-0a0b"
+        _result_tree(folder, marker)
+        kill = _KillAt(cut)
+        monkeypatch.setattr(os, "unlink", kill.wrap(unlink))
+        monkeypatch.setattr(os, "rmdir", kill.wrap(rmdir))
+        try:
+            atomic_module._remove_marked(folder)
+            finished = True
+        except _Killed:
+            finished = False
+        finally:
+            monkeypatch.setattr(os, "unlink", unlink)
+            monkeypatch.setattr(os, "rmdir", rmdir)
+        if finished:
+            assert not folder.exists()
+            break
+        if folder.exists() and any(folder.iterdir()):
+            assert (folder / MARKER).read_text() == marker  # what is left is still known as ours
+        expected = [folder] if folder.exists() else []
+        assert atomic_module.clean_stale(parent) == expected
+        assert _siblings(parent) == []
+        cut += 1
+    assert cut > 10  # the kill really came at every step of a removal of many files
+
+
+def test_a_marker_cut_short_counts_as_nothing_written(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    cut = tmp_path / f".out.deconvviz-staging-{dead}-0a0b"  # killed between creating the marker and writing it
+    cut.mkdir()
+    (cut / MARKER).touch()
+    odd = tmp_path / f".odd.deconvviz-staging-{dead}-0c0d"  # an empty marker beside files is not ours to judge
+    odd.mkdir()
+    (odd / MARKER).touch()
+    (odd / "notes.txt").write_text("mine")
+    atomic_module.clean_stale(tmp_path)
+    assert not cut.exists()
+    assert (odd / "notes.txt").read_text() == "mine"
+
+
+def test_a_result_moved_aside_by_a_process_that_died_goes_back(tmp_path: Path) -> None:
+    """Without renameat2 an earlier result is moved to a swap name for a moment; a kill then must not lose it."""
+    dead = _dead_pid()
+    marker = json.dumps({"tool": "deconvviz", "host": socket.gethostname(), "pid": 1})
+    lost = tmp_path / f".cat.deconvviz-swap-{dead}-0a0b"  # killed before the new result took its name
+    _result_tree(lost, marker)
+    left = tmp_path / f".dog.deconvviz-swap-{dead}-0c0d"  # killed after: the new result is in place
+    _result_tree(left, marker)
+    _result_tree(tmp_path / "dog", marker)
+    live = tmp_path / f".eel.deconvviz-swap-{os.getpid()}-0e0f"  # a run still at work
+    _result_tree(live, marker)
+    stranger = tmp_path / f".fox.deconvviz-swap-{dead}-1111"
+    _foreign(stranger)
+    _write(tmp_path / "new", "x")
+    assert (tmp_path / "cat" / "index.html").exists()
+    assert owned(tmp_path / "cat")
+    assert not left.exists()
+    assert live.exists()
+    assert (stranger / "thesis.tex").exists()
+    assert _siblings(tmp_path) == sorted([live.name, stranger.name, "cat", "dog", "new"])
 
 
 # ------------------------------------------------------------------------------------------------ names

@@ -13,7 +13,9 @@ Where the system lacks ``renameat2`` a rename by way of a backup name does the s
 Only a folder that holds the marker counts as deconvviz's own (a generic ``manifest.json`` does not): any
 other folder at a target, whether it was there at the start or appeared while the work went on, is never
 replaced or deleted, and the run ends with a one-line :class:`OutputError` instead. Staging folders left by
-a process that died (a kill, a power cut) are removed by the next run that writes next to them.
+a process that died (a kill, a power cut) are removed by the next run that writes next to them. So that a
+kill at any instant leaves nothing that run could not recognise, the marker is written in one ``write`` call
+and a folder deconvviz removes loses its marker last.
 
 Example:
     >>> with stage_folders([Path("out/cat")], kind="render", replace=True) as (folder,):  # doctest: +SKIP
@@ -42,6 +44,9 @@ MARKER = ".deconvviz-result"
 
 STAGING = ".deconvviz-staging-"
 """What the name of every staging folder holds: ``.<target name>.deconvviz-staging-<pid>-<token>``."""
+
+SWAP = ".deconvviz-swap-"
+"""What the name of a swap folder holds: ``.<target name>.deconvviz-swap-<pid>-<token>``."""
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -148,8 +153,40 @@ def remove_owned(folder: Path) -> bool:
     """Remove ``folder`` if deconvviz wrote it (it holds :data:`MARKER`); anything else is left alone."""
     if not owned(folder):
         return False
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove_marked(folder)
     return True
+
+
+def _remove_marked(folder: Path) -> None:
+    """Remove a folder of deconvviz's own so that, cut short at any point, what is left is still known as ours.
+
+    Everything but the marker goes first, then the marker, then the (by then empty) folder: a kill midway
+    leaves a folder that still holds its marker, or an empty one, and the next run can finish the job.
+    """
+    try:
+        entries = [entry for entry in folder.iterdir() if entry.name != MARKER]
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    with contextlib.suppress(OSError):
+        (folder / MARKER).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _write_marker(folder: Path, marker: bytes) -> None:
+    """Write the marker into a new folder in one ``write`` call: a kill leaves it whole, or empty."""
+    descriptor = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        if os.write(descriptor, marker) != len(marker):
+            raise OSError(errno.EIO, "short write of the result marker", str(folder / MARKER))
+    finally:
+        os.close(descriptor)
 
 
 def _marker(kind: str) -> bytes:
@@ -176,33 +213,56 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stale(folder: Path) -> bool:
-    """Whether ``folder`` is a staging folder of a deconvviz process on this machine that is gone."""
-    _, _, rest = folder.name.partition(STAGING)
+def _holds_nothing(folder: Path) -> bool:
+    """Whether ``folder`` is empty, or holds only a marker cut short before it was written (an empty file)."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    only = entries[0]
+    return len(entries) == 1 and only.name == MARKER and not only.is_symlink() and only.stat().st_size == 0
+
+
+def _stale(folder: Path, infix: str) -> bool:
+    """Whether ``folder`` is a staging (or swap) folder of a deconvviz process on this machine that is gone."""
+    _, _, rest = folder.name.partition(infix)
     pid_text = rest.split("-", 1)[0]
     if not pid_text.isdigit() or folder.is_symlink() or not folder.is_dir():
         return False
-    marker = _marker_of(folder)
-    if marker is not None:
-        if marker.get("host") != socket.gethostname():  # another machine's process: its life is not ours to judge
+    try:
+        marker = _marker_of(folder)
+        if marker is not None:
+            if marker.get("host") != socket.gethostname():  # another machine's process: its life is not ours to judge
+                return False
+        elif not _holds_nothing(folder):  # not ours: whatever it is, it stays
             return False
-    elif any(folder.iterdir()):  # not ours: whatever it is, it stays
+    except OSError:
         return False
     return not _alive(int(pid_text))
 
 
 def clean_stale(parent: Path) -> list[Path]:
-    """Remove the staging folders in ``parent`` left by deconvviz processes that died; return them."""
-    removed: list[Path] = []
+    """Tidy what deconvviz processes that died left in ``parent``; return the folders removed or put back.
+
+    A staging folder is removed. A swap folder (an earlier result moved aside for a moment where ``renameat2``
+    is missing) goes back to its name if that is free, and is removed otherwise.
+    """
+    done: list[Path] = []
     try:
-        entries = [entry for entry in parent.iterdir() if STAGING in entry.name and entry.name.startswith(".")]
+        entries = [entry for entry in parent.iterdir() if entry.name.startswith(".")]
     except OSError:
-        return removed
+        return done
     for entry in entries:
-        if _stale(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
+        if STAGING in entry.name and _stale(entry, STAGING):
+            _remove_marked(entry)
+            done.append(entry)
+        elif SWAP in entry.name and _stale(entry, SWAP):
+            original = entry.with_name(entry.name[1:].partition(SWAP)[0])
+            try:
+                rename_new(entry, original)
+            except OSError:
+                _remove_marked(entry)
+            done.append(entry)
+    return done
 
 
 def _renameat2(source: Path, target: Path, flags: int) -> bool:
@@ -234,7 +294,7 @@ def exchange(first: Path, second: Path) -> None:
     """Swap the two paths' contents in one step (by way of a backup name where ``renameat2`` is missing)."""
     if _renameat2(first, second, _RENAME_EXCHANGE):
         return
-    backup = second.with_name(f".{second.name}.deconvviz-swap-{os.getpid()}-{secrets.token_hex(4)}")
+    backup = second.with_name(f".{second.name}{SWAP}{os.getpid()}-{secrets.token_hex(4)}")
     second.rename(backup)
     try:
         rename_new(first, second)
@@ -267,7 +327,7 @@ class _Transaction:
             self._roll_back()
             raise
         for stage in self.stages:  # every result is in place: now the earlier ones can go
-            shutil.rmtree(stage.path, ignore_errors=True)
+            _remove_marked(stage.path)
 
     def _commit_one(self, stage: _Stage) -> None:
         target = stage.target
@@ -308,7 +368,7 @@ class _Transaction:
     def discard(self) -> None:
         for stage in self.stages:
             if not stage.committed:
-                shutil.rmtree(stage.path, ignore_errors=True)
+                _remove_marked(stage.path)
         for parent in reversed(self.created):
             with contextlib.suppress(OSError):
                 parent.rmdir()  # only if still empty
@@ -371,7 +431,7 @@ def stage_folders(
             path = target.with_name(f".{target.name[:100]}{STAGING}{os.getpid()}-{secrets.token_hex(4)}")
             path.mkdir()
             transaction.stages.append(_Stage(target=target, path=path))
-            (path / MARKER).write_bytes(marker)
+            _write_marker(path, marker)
     except OSError as exc:
         transaction.discard()
         where = targets[len(transaction.stages)] if len(transaction.stages) < len(targets) else targets[-1]
