@@ -13,7 +13,8 @@ after their ReLUs) over a folder of photos. Rows, each measured side by side in 
 - **projection phase**: a whole report (``build_report``, the paper's four layers, the 16 strongest channels
   each, top 9) timed by stage through its ``progress`` callback: projections per second, and the share of the
   report's time spent projecting (scan, project, write).
-- **memory**: peak memory (max RSS) of a scan over N and over 4N photos, in fresh processes.
+- **memory**: peak memory (max RSS) of a scan over N and over 4N photos, in fresh processes; with
+  ``--processes`` above 1, also of each rank of a torchrun scan over N and over 4N photos.
 
 Targets: scan throughput >= 0.9x the plain forward pass; peak memory for 4N within 10 % of N.
 
@@ -286,6 +287,17 @@ def main() -> None:
             print(f"  peak RSS, N={n:<4d}   {peak_small / 1024:7.0f} MiB")
             print(f"  peak RSS, 4N={4 * n:<4d}  {peak_large / 1024:7.0f} MiB")
             print(f"  4N vs N         {growth:+7.1%}           (target within 10%: {verdict[abs(growth) <= 0.10]})")
+            if args.device == "cpu" and args.processes > 1:
+                n_proc = args.processes
+                script = root / "ranks.py"
+                script.write_text(_RANKS)
+                _, ranks_small = processes_rate(small, n_proc, args.batch_size, script)
+                _, ranks_large = processes_rate(large, n_proc, args.batch_size, script)
+                worst = max(large / small - 1 for small, large in zip(ranks_small, ranks_large, strict=True))
+                for label, rss in ((f"N={n}", ranks_small), (f"4N={4 * n}", ranks_large)):
+                    shown = ", ".join(f"{r / 1024:.0f}" for r in rss)
+                    print(f"  peak RSS per rank, {n_proc} processes, {label}: {shown} MiB")
+                print(f"  4N vs N per rank, worst  {worst:+7.1%}  (target within 10%: {verdict[abs(worst) <= 0.10]})")
 
 
 if __name__ == "__main__":
