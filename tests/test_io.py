@@ -290,6 +290,25 @@ def test_a_marker_cut_short_counts_as_nothing_written(tmp_path: Path) -> None:
     assert (odd / "notes.txt").read_text() == "mine"
 
 
+def test_temporaries_of_dead_processes_on_this_machine_are_cleared_and_nothing_else(tmp_path: Path) -> None:
+    dead, tag = _dead_pid(), atomic_module._host_tag()
+    temporary = atomic_module.TEMPORARY
+    stale = tmp_path / f".w.pt{temporary}{tag}-{dead}-0a0b0c0d0e0f"
+    stale.write_bytes(b"half")
+    stale_folder = tmp_path / f".fetch{temporary}{tag}-{dead}-0a0b0c0d0e0f"
+    (stale_folder / "sub").mkdir(parents=True)
+    live = tmp_path / atomic_module.temporary_name("w.pt")
+    live.write_bytes(b"being written")
+    remote = tmp_path / f".w.pt{temporary}0000ffff-{dead}-0a0b0c0d0e0f"
+    remote.write_bytes(b"another machine's")
+    plain = tmp_path / f".w.pt{temporary}notes"
+    plain.write_text("mine")
+    assert sorted(atomic_module.clean_stale_temporaries(tmp_path)) == sorted([stale, stale_folder])
+    assert _siblings(tmp_path) == sorted(p.name for p in (live, remote, plain))
+    with atomic_file(tmp_path / "x.bin") as path:  # the writer's temporaries have that name
+        assert path.name.startswith(f".x.bin{temporary}{tag}-{os.getpid()}-")
+
+
 def test_a_result_moved_aside_by_a_process_that_died_goes_back(tmp_path: Path) -> None:
     """Without renameat2 an earlier result is moved to a swap name for a moment; a kill then must not lose it."""
     dead = _dead_pid()

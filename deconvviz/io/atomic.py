@@ -1,7 +1,9 @@
 """The one way deconvviz writes files and result folders: complete or not at all, and never over a stranger's.
 
 A **file** is written to a temporary sibling and renamed over its name when complete (:func:`write_file`,
-:func:`atomic_file`), so a reader sees the old file or the new one, never half of one.
+:func:`atomic_file`), so a reader sees the old file or the new one, never half of one. The temporary's name
+says which machine and process wrote it, so that one left by a process that died can be told apart and
+removed (:func:`clean_stale_temporaries`; the weights cache and the scan state do so).
 
 A **result folder** (a render result, a report, an analysis) is staged next to its target, in a hidden
 sibling ``.<name>.deconvviz-staging-<pid>-<token>`` that holds the ownership marker :data:`MARKER` from
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -44,6 +47,9 @@ MARKER = ".deconvviz-result"
 
 STAGING = ".deconvviz-staging-"
 """What the name of every staging folder holds: ``.<target name>.deconvviz-staging-<pid>-<token>``."""
+
+TEMPORARY = ".deconvviz-tmp-"
+"""What the name of every temporary file (or fetch folder) holds; see :func:`temporary_name`."""
 
 SWAP = ".deconvviz-swap-"
 """What the name of a swap folder holds: ``.<target name>.deconvviz-swap-<pid>-<token>``."""
@@ -74,7 +80,7 @@ def atomic_file(target: str | os.PathLike[str], *, durable: bool = False) -> Ite
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        temporary = path.with_name(temporary_name(path.name))
         try:  # os.open honours the umask (mkstemp would make the file private to this user)
             os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break
@@ -96,6 +102,43 @@ def write_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = Fal
     with atomic_file(path, durable=durable) as temporary:
         temporary.write_bytes(data)
     return path
+
+
+def _host_tag() -> str:
+    """A short tag of this machine's name, so that files on a shared disk tell whose they are."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_name(name: str) -> str:
+    """A hidden name for a temporary sibling of ``name``: ``.<name>.deconvviz-tmp-<host tag>-<pid>-<token>``."""
+    return f".{name[:100]}{TEMPORARY}{_host_tag()}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries (see :func:`temporary_name`) in ``folder`` of processes on this machine that died.
+
+    A kill (or the kernel's out-of-memory killer) in the middle of a large write, such as converted weights,
+    would otherwise leave the half-written file behind for good. Return what was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = [entry for entry in folder.iterdir() if entry.name.startswith(".") and TEMPORARY in entry.name]
+    except OSError:
+        return removed
+    for entry in entries:
+        tag, _, rest = entry.name.rpartition(TEMPORARY)[2].partition("-")
+        pid_text = rest.partition("-")[0]
+        if tag != _host_tag() or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------- folders
@@ -458,11 +501,13 @@ __all__ = [
     "atomic_file",
     "check_target",
     "clean_stale",
+    "clean_stale_temporaries",
     "exchange",
     "mark",
     "owned",
     "remove_owned",
     "rename_new",
     "stage_folders",
+    "temporary_name",
     "write_file",
 ]
