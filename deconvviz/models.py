@@ -48,6 +48,7 @@ from deconvviz.weights import (
     TorchvisionSource,
     WeightSource,
     WeightsUnavailableError,
+    WheelSource,
 )
 
 __all__ = [
@@ -667,7 +668,11 @@ def torchvision_spec(arch: str, weights: str = "DEFAULT", name: str | None = Non
         interpolation=str(getattr(transform.interpolation, "value", "bilinear")),
     )
     categories = enum.meta.get("categories")
-    alternative = repr(arch) if arch in ("vgg16", "squeezenet1_1") else "'vgg16' or 'squeezenet1_1'"
+    offline = [repr(spec.name) for spec in list_models() if isinstance(spec.weights, WheelSource)]
+    if repr(arch) in offline:
+        alternative = repr(arch)
+    else:
+        alternative = " or ".join([", ".join(offline[:-1]), offline[-1]] if len(offline) > 1 else offline)
     return ModelSpec(
         name=name or (f"{arch}:torchvision" if weights == "DEFAULT" else f"{arch}:torchvision:{weights}"),
         builder=lambda: torchvision.models.get_model(arch, weights=None),

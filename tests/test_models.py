@@ -467,7 +467,11 @@ def test_torchvision_weights_from_torch_cache_without_network(torch_home: Path) 
 
 
 @pytest.mark.parametrize(
-    ("name", "alternative"), [("vgg16:torchvision", "'vgg16'"), ("resnet18:torchvision", "'vgg16' or")]
+    ("name", "alternative"),
+    [
+        ("vgg16:torchvision", "use 'vgg16' (loads offline"),
+        ("resnet18:torchvision", "use 'vgg16', 'squeezenet1_1' or 'efficientnet_lite0' (loads offline"),
+    ],
 )
 def test_torchvision_weights_offline_and_not_cached(torch_home: Path, name: str, alternative: str) -> None:
     with pytest.raises(WeightsUnavailableError, match="not in torch's cache") as info:
