@@ -19,7 +19,7 @@ leaves no half report, and an existing report is only replaced when asked (``ove
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,9 @@ PAPER_LAYERS = SCAN_LAYERS
 THUMBNAILS = 8
 """Channels per layer shown as thumbnails on the index page."""
 
+SILENT_LISTED = 24
+"""Silent channels listed by number on a layer page (the manifest lists them all)."""
+
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages: ``"scan"``, ``"project"``, ``"write"``, ``"images"``."""
 
@@ -61,6 +64,8 @@ class Report:
         layers: layers in the report.
         channels: channel cards written, over all layers.
         pages: HTML pages written.
+        scanned: per layer, how many channels were scanned.
+        silent: per layer, the scanned channels that never fired on the images (no activation above 0).
     """
 
     path: Path
@@ -70,6 +75,8 @@ class Report:
     layers: tuple[str, ...]
     channels: int
     pages: int
+    scanned: dict[str, int] = field(default_factory=dict)
+    silent: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line with the counts and where the report is."""
@@ -145,7 +152,7 @@ def build_report(
     from deconvviz import distributed
     from deconvviz.api import resolve_device, session
     from deconvviz.methods import get_method
-    from deconvviz.search import image_source, keep_strongest, result_of, scan
+    from deconvviz.search import image_source, keep_strongest, result_of, scan, silent_channels
     from deconvviz.viz import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
@@ -192,16 +199,19 @@ def build_report(
         resume=resume,
         save_every=save_every,
     )
+    census = _Census(
+        scanned={layer: len(found.selected[layer]) for layer in found.layers}, silent=silent_channels(found)
+    )
     if strongest is not None:
         found = keep_strongest(found, strongest)
     result = result_of(found, k, batch_size, progress, method=method)
     if ranks.rank != 0:  # rank 0 writes the report; the others wait until it is in place
         distributed.barrier(ranks)
         cards = sum(len(result.hits[x]) for x in result.layers)
-        return _summary(target, result, 1 + len(result.layers) + cards, cards)
+        return _summary(target, result, 1 + len(result.layers) + cards, cards, census)
     try:
         with stage_folders([target], kind="report", replace=overwrite, error=ReportError, what="report") as (staging,):
-            writer = _Writer(staging, result, current, scaling.name, progress)
+            writer = _Writer(staging, result, current, scaling.name, progress, census)
             cards = writer.layer_pages(ranking)
             image_pages = writer.image_pages(source.paths or [], chosen) if per_image else []
             writer.index(image_pages)
@@ -209,7 +219,7 @@ def build_report(
     finally:
         distributed.barrier(ranks)
     remove_owned(state)  # the report is complete: nothing left to resume
-    return _summary(target, result, 1 + len(result.layers) + cards + len(image_pages), cards)
+    return _summary(target, result, 1 + len(result.layers) + cards + len(image_pages), cards, census)
 
 
 def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | list[int] | None, int | None, str]:
@@ -254,7 +264,32 @@ def _model_device(current: Session) -> Any:
     return reference.device if reference is not None else torch.device("cpu")
 
 
-def _summary(target: Path, result: TopKResult, pages: int, cards: int) -> Report:
+@dataclass(frozen=True)
+class _Census:
+    """Per layer: how many channels were scanned, and which of them never fired on the images."""
+
+    scanned: dict[str, int]
+    silent: dict[str, list[int]]
+
+    def fired(self, layer: str) -> int:
+        return self.scanned[layer] - len(self.silent[layer])
+
+    def sentence(self, layer: str, images: int) -> str:
+        """What the layer page says of it."""
+        silent, scanned = self.silent[layer], self.scanned[layer]
+        if not silent:
+            return f"All {scanned} channels scanned fired on these {images} images."
+        listed = ", ".join(str(c) for c in silent[:SILENT_LISTED]) + (", ..." if len(silent) > SILENT_LISTED else "")
+        return (
+            f"{self.fired(layer)} of the {scanned} channels scanned fired on these {images} images; "
+            f"{len(silent)} never did (no activation above 0 anywhere: {listed}; the manifest lists them all)."
+        )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {layer: {"scanned": n, "silent": self.silent[layer]} for layer, n in self.scanned.items()}
+
+
+def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _Census) -> Report:
     return Report(
         path=target,
         index=target / "index.html",
@@ -263,6 +298,8 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int) -> Report
         layers=result.layers,
         channels=cards,
         pages=pages,
+        scanned=dict(census.scanned),
+        silent={layer: tuple(channels) for layer, channels in census.silent.items()},
     )
 
 
@@ -319,8 +356,11 @@ def _page(title: str, body: str, root: str) -> str:
 class _Writer:
     """Writes the pictures and pages of one report into its staging folder."""
 
-    def __init__(self, root: Path, result: TopKResult, current: Session, scale: str, progress: Progress | None) -> None:
+    def __init__(
+        self, root: Path, result: TopKResult, current: Session, scale: str, progress: Progress | None, census: _Census
+    ) -> None:
         self.root = root
+        self.census = census
         self.result = result
         self.current = current
         self.scale = scale
@@ -361,9 +401,11 @@ class _Writer:
                 done += 1
                 if self.progress is not None:
                     self.progress("write", done, total)
+            readable = len(result.images) - len(result.skipped)
             intro = (
+                f"<p class='census'>{text(self.census.sentence(layer, readable))}</p>"
                 f"<p class='muted'>{text(ranking)} For each channel: its strongest activations over "
-                f"{len(result.images)} images (up to {result.k}; an activation of 0 or less is no hit and is not "
+                f"{readable} images (up to {result.k}; an activation of 0 or less is no hit and is not "
                 "shown), each projected to pixels by the deconvnet (left, labelled with the activation) beside the "
                 "image patch it came from (right). Patches are the units' receptive fields, clipped to the image. "
                 "Click a channel's name or a picture for the channel's own page.</p>"
@@ -487,7 +529,8 @@ class _Writer:
         model = self.current.model
         rows = "".join(
             f"<tr><td><a href='{url(self.layer_files[layer])}'>{text(layer)}</a></td><td>{text(node)}</td>"
-            f"<td>{len(result.hits[layer])}</td><td class='strip'>"
+            f"<td>{len(result.hits[layer])}</td><td>{self.census.fired(layer)} / {self.census.scanned[layer]}</td>"
+            "<td class='strip'>"
             + "".join(
                 f"<a href='{url(page)}' title='channel {channel}'>"
                 f"<img src='{url(picture)}' alt='channel {channel}'></a>"
@@ -505,7 +548,8 @@ class _Writer:
             f"<tr><th>images</th><td>{len(result.images)}</td></tr>"
             f"<tr><th>skipped</th><td>{len(result.skipped)}</td></tr>"
             f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
-            "<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels</th>"
+            "<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels shown</th>"
+            "<th>fired / scanned</th>"
             f"<th>strongest channels' best hit (click for the channel)</th></tr>{rows}</table>",
         ]
         if image_pages:
@@ -546,6 +590,7 @@ class _Writer:
             },
             "sources": self.sources,
             "errors": [{"image": image, "error": error} for image, error in self.result.skipped],
+            "channels": self.census.to_dict(),
             "topk": self.result.to_dict(stream=True),
         }
         with (self.root / "manifest.json").open("w", encoding="utf-8") as out:

@@ -693,6 +693,19 @@ def top_k(
     return result_of(found, k, batch_size, progress, method=method)
 
 
+def silent_channels(found: ScanResult) -> dict[str, list[int]]:
+    """Per layer, the scanned channels that never fired on the data set: no activation above 0 anywhere.
+
+    A channel silent over a large data set is a "dead" feature for it. Under torch.distributed every process
+    holds the same merged trackers, so every process finds the same channels.
+    """
+    silent = {}
+    for layer, tracker in found.trackers.items():
+        best = tracker.values[:, 0].to("cpu").tolist()
+        silent[layer] = sorted(found.selected[layer][row] for row, value in enumerate(best) if not value > 0)
+    return silent
+
+
 def keep_strongest(found: ScanResult, count: int) -> ScanResult:
     """``found`` with only the ``count`` channels per layer whose strongest kept activation is highest.
 

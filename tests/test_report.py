@@ -11,7 +11,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-from conftest import TINY_ALIASES, register_tiny_model
+import torch
+from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
@@ -325,3 +326,45 @@ def test_top_k_and_the_report_look_at_the_same_layers_by_default(photos: Path, t
     report = build_report(photos, tmp_path / "r", model=MODEL, channels=1, k=1, device="cpu")
     assert found.layers == report.layers
     assert len(found.layers) < len(TINY_ALIASES)  # the deepest of the default layers, not every aliased layer
+
+
+def _tiny_with_dead_channels() -> torch.nn.Module:
+    model = make_tiny_vgg()
+    with torch.no_grad():
+        model.features[5].bias[[1, 5]] = -1e3  # conv3's channels 1 and 5 can never fire
+    return model
+
+
+def test_the_report_counts_the_channels_that_never_fire(photos: Path, tmp_path: Path) -> None:
+    dv.register_model(
+        dv.ModelSpec(
+            name="tiny-dead",
+            builder=_tiny_with_dead_channels,
+            preprocessing=dv.Preprocessing(size=32),
+            aliases=TINY_ALIASES,
+            description="a tiny net with two dead channels",
+        ),
+        replace=True,
+    )
+    out = tmp_path / "r"
+    summary = build_report(photos, out, model="tiny-dead", layers="conv2,conv3", channels=3, k=2, device="cpu")
+    manifest = json.loads((out / "manifest.json").read_text())
+    found = scan(dv.load_model("tiny-dead", device="cpu"), photos, layers=["conv2", "conv3"], k=2, batch_size=3)
+    for layer in ("conv2", "conv3"):
+        best = found.trackers[layer].values[:, 0].tolist()
+        silent = [channel for channel, value in enumerate(best) if value <= 0]  # independent of the report's code
+        assert summary.scanned[layer] == len(best)
+        assert summary.silent[layer] == tuple(silent)
+        assert manifest["channels"][layer] == {"scanned": len(best), "silent": silent}
+        assert f"<td>{len(best) - len(silent)} / {len(best)}</td>" in (out / "index.html").read_text()
+    assert {1, 5} <= set(summary.silent["conv3"])
+    page = (out / "layers" / "conv3.html").read_text()
+    assert f"{8 - len(summary.silent['conv3'])} of the 8 channels scanned fired on these 6 images" in page
+    assert ", ".join(map(str, summary.silent["conv3"])) in page
+    assert summary.silent["conv2"] == ()  # with this seed every conv2 channel fires somewhere
+    assert "All 4 channels scanned fired on these 6 images." in (out / "layers" / "conv2.html").read_text()
+
+    # with channels chosen by hand, only those are counted
+    chosen = build_report(photos, tmp_path / "c", model="tiny-dead", layers="conv3", channels=[0, 1], k=2)
+    assert chosen.scanned == {"conv3": 2}
+    assert chosen.silent == {"conv3": (1,)}
