@@ -28,6 +28,7 @@ from deconvviz.api import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
 from deconvviz.io import NameMap, check_target, clean_name, remove_owned, stage_folders, text, url
 from deconvviz.io.jsonstream import iter_json
+from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
@@ -315,11 +316,6 @@ def _report_layers(current: Session, layers: str | Sequence[str] | None, source:
 # -------------------------------------------------------------------------------------------------- pages
 
 
-def _number(value: float) -> str:
-    """An activation for a label: ``3,701`` or ``0.482`` (three significant digits below 1000)."""
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-
-
 _STYLE = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f5f5f7}
 header{background:#1d1d1f;color:#f5f5f7;padding:14px 24px}header a{color:#9cf}
@@ -438,7 +434,7 @@ class _Writer:
             link = url(page, f"hit{rank + 1}")
             recon_cells.append(
                 f"<div class='cell'><a href='{link}'><img loading='lazy' src='{url(f'{slug}/{stem}_rec.png')}' "
-                f"alt='reconstruction {rank + 1}'></a>{_number(hit.value)}</div>"
+                f"alt='reconstruction {rank + 1}'></a>{activation_text(hit.value)}</div>"
             )
             patch_cells.append(
                 f"<div class='cell'><a href='{link}' title='{label}'>"
@@ -451,7 +447,7 @@ class _Writer:
                 f"<img src='{url(f'{stem}_rec.png')}' alt='reconstruction {rank + 1}'></a>"
                 f"<a href='{url(f'{stem}_patch.png')}'>"
                 f"<img src='{url(f'{stem}_patch.png')}' alt='patch {rank + 1}'></a>"
-                f"<p><b>#{rank + 1}</b> activation {_number(hit.value)}<br>"
+                f"<p><b>#{rank + 1}</b> activation {activation_text(hit.value)}<br>"
                 f"<a href='{url('../../' + source)}'>{label}</a><br>"
                 f"unit (row {hit.position[0]}, col {hit.position[1]}), receptive field rows {top}-{bottom}, "
                 f"columns {left}-{right} ({bottom - top} x {right - left} px)</p></div>"

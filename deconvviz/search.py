@@ -270,6 +270,12 @@ class TopKResult:
         keep = [c for c in range(2 * side + 1) if c != side]
         return fig, axes[:, keep]
 
+    def _repr_html_(self) -> str:
+        """An overview for notebooks: per layer, each channel's strongest hit above the patch it came from."""
+        from deconvviz.viz.html import topk_overview
+
+        return topk_overview(self)
+
     def to_dict(self, *, stream: bool = False) -> dict[str, Any]:
         """Everything but the pixels, JSON-ready.
 

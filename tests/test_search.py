@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import json
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +236,45 @@ def test_method_projects_the_hits_with_that_reverse_pass(stand, folder) -> None:
         )
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         top_k(stand, folder, layers=["conv2"], k=2, channels=[3], method="nope")
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[dict[str, str | None]] = []
+        self.words: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.words.append(data)
+
+
+def test_a_result_shows_its_strongest_hits_in_a_notebook(stand, folder, monkeypatch) -> None:
+    from deconvviz.viz import html as html_module
+
+    monkeypatch.setattr(html_module, "OVERVIEW_CHANNELS", 3)
+    result = top_k(stand, folder, layers=["conv1", "conv2"], k=3, channels=None)
+    result = dataclasses.replace(result, folder="<script>alert(1)</script>")
+    page = _Page()
+    page.feed(result._repr_html_())
+    assert "script" not in page.tags  # names are text, never markup
+    assert "<script>alert(1)</script>" in "".join(page.words)
+    expected = []
+    for layer in ("conv1", "conv2"):
+        for channel in list(result.hits[layer])[:3]:
+            best = result.hits[layer][channel][0]
+            if best.value > 0:
+                expected += [tuple(best.reconstruction.shape[1:]), tuple(best.patch.shape[1:])]
+    assert len(page.images) == len(expected) > 0
+    for attributes, (height, width) in zip(page.images, expected, strict=True):
+        data = str(attributes["src"]).removeprefix("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(data))) as picture:
+            assert picture.size == (width, height)  # the crop itself, at its own size (these are small)
+    words = " ".join(page.words)
+    assert f"and {len(result.hits['conv2']) - 3} more" in words  # conv2 has 8 channels
+    assert "and 1 more" in words  # conv1 has 4

@@ -163,3 +163,17 @@ def test_default_scaling_of_real_vgg16_reconstructions_is_readable_at_every_dept
             assert clipped.mean() <= 0.05, f"{layer} unit {i}: {clipped.mean():.1%} of its support saturates"
         spreads[layer] = float(np.median(per_unit))
     assert all(spread >= 60 for spread in spreads.values()), spreads
+
+
+def test_pictures_embedded_in_an_overview_are_shrunk_to_the_thumbnail_size_only_when_larger() -> None:
+    import base64
+    import io
+
+    from deconvviz.viz.html import THUMBNAIL, activation_text, png_data_uri
+
+    for size, expected in (((300, 200), (THUMBNAIL, 96)), ((20, 10), (20, 10)), ((2000, 3), (THUMBNAIL, 1))):
+        uri = png_data_uri(Image.new("RGB", size, (10, 200, 30)))
+        with Image.open(io.BytesIO(base64.b64decode(uri.removeprefix("data:image/png;base64,")))) as picture:
+            assert picture.size == expected
+            assert picture.getpixel((0, 0)) == (10, 200, 30)
+    assert [activation_text(v) for v in (3701.4, 0.48213, -1234.5, 56.25)] == ["3,701", "0.482", "-1,234", "56.2"]

@@ -8,6 +8,8 @@ themselves; their picture methods hand over to this package, which takes results
 - :mod:`deconvviz.viz.pictures`: the input for display, overlays, crops, enlargements, mosaics.
 - :mod:`deconvviz.viz.figures`: :class:`RenderOptions` and the figures of projections.
 - :mod:`deconvviz.viz.filters`: a layer's filters as an image grid (the paper's Fig. 2, layer 1).
+- :mod:`deconvviz.viz.html`: results as HTML (a top-k search's inline overview in notebooks) and activations
+  as labels.
 """
 
 from __future__ import annotations
