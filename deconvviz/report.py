@@ -81,9 +81,11 @@ class Report:
 
     def summary(self) -> str:
         """One line with the counts and where the report is."""
+        silent, scanned = sum(map(len, self.silent.values())), sum(self.scanned.values())
+        never = f"; {silent:,} of {scanned:,} channels scanned never fired" if silent else ""
         return (
             f"report of {self.images} image(s) ({self.skipped} skipped), {len(self.layers)} layer(s), "
-            f"{self.channels} channel(s), {self.pages} page(s): {self.index}"
+            f"{self.channels} channel(s), {self.pages} page(s){never}: {self.index}"
         )
 
 

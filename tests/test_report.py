@@ -358,6 +358,8 @@ def test_the_report_counts_the_channels_that_never_fire(photos: Path, tmp_path: 
         assert manifest["channels"][layer] == {"scanned": len(best), "silent": silent}
         assert f"<td>{len(best) - len(silent)} / {len(best)}</td>" in (out / "index.html").read_text()
     assert {1, 5} <= set(summary.silent["conv3"])
+    silent = len(summary.silent["conv3"])
+    assert f"; {silent} of 12 channels scanned never fired: {out / 'index.html'}" in summary.summary()
     page = (out / "layers" / "conv3.html").read_text()
     assert f"{8 - len(summary.silent['conv3'])} of the 8 channels scanned fired on these 6 images" in page
     assert ", ".join(map(str, summary.silent["conv3"])) in page
