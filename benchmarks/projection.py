@@ -16,7 +16,12 @@ Then the same batched projection against the batch-K forward pass for two modern
 feature map (``features``): MobileNetV3-Large (depthwise convolutions, hard swish, squeeze-and-excitation
 gates) and ConvNeXt-Tiny (7x7 depthwise convolutions, LayerNorm, GELU), under each reverse pass.
 
-Usage: ``python benchmarks/projection.py [--size 224] [--k 64] [--repeats 2] [--device cpu|cuda] [--modern-only]``
+Last, when timm is installed, timm's EfficientNet-B0 (its batch norms fused with their SiLU and kept whole):
+the fused batch norm's own rule against the autograd fallback forced on the same modules, under each
+reverse pass; ratio and largest difference.
+
+Usage: ``python benchmarks/projection.py [--size 224] [--k 64] [--repeats 2] [--device cpu|cuda] [--modern-only]
+[--timm-only]``
 """
 
 from __future__ import annotations
@@ -56,12 +61,58 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--modern-only", action="store_true", help="only the MobileNet and ConvNeXt rows")
+    parser.add_argument("--modern-only", action="store_true", help="only the MobileNet, ConvNeXt and timm rows")
+    parser.add_argument("--timm-only", action="store_true", help="only the timm fused batch norm row")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if not args.modern_only:
+    if not args.modern_only and not args.timm_only:
         vgg16(args, device)
-    modern(args, device)
+    if not args.timm_only:
+        modern(args, device)
+    fused(args, device)
+
+
+def fused(args: argparse.Namespace, device: torch.device) -> None:
+    """timm's EfficientNet-B0 keeps its batch norms fused with their SiLU whole: their rule against autograd.
+
+    Skipped without timm (a test extra). Both runs project the same K seeds at the last feature map
+    (``conv_head``) under each reverse pass, once with the fused batch norms' own rule and once with the
+    autograd fallback forced on them; they alternate, and their outputs are compared.
+    """
+    try:
+        import timm
+        from timm.layers import BatchNormAct2d
+    except ImportError:
+        print("timm is not installed: no fused batch norm row (pip install timm)")
+        return
+    from deconvviz.ops.fallback import FallbackRule
+
+    print(f"timm efficientnet_b0, {args.size}x{args.size}, K={args.k} seeds at conv_head, device={device}")
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", pretrained=False).eval().to(device)
+    net = dv.DeconvNet(model)
+    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    channels = list(range(args.k))
+    for method in ("deconvnet", "guided", "gradient"):
+        forced = dv.get_method(method).with_rules({BatchNormAct2d: FallbackRule(method)}, name=f"{method}-autograd")
+
+        def own(method: str = method) -> torch.Tensor:
+            return net.project(x, layer="conv_head", channel=channels, method=method).image
+
+        def autograd(forced: dv.RuleSet = forced) -> torch.Tensor:
+            return net.project(x, layer="conv_head", channel=channels, method=forced).image
+
+        scale = float(own().abs().max())
+        difference = float((own() - autograd()).abs().max()) / scale if scale else 0.0
+        t_own, t_autograd = [], []
+        for _ in range(args.repeats):
+            t_own.append(timed(own, 1, device))
+            t_autograd.append(timed(autograd, 1, device))
+        a, b = statistics.median(t_own), statistics.median(t_autograd)
+        print(
+            f"  {method:<9s} fused rule {a:7.2f} s   autograd fallback {b:7.2f} s   {b / a:.2f}x faster   "
+            f"max difference {difference:.1e} of the largest value"
+        )
 
 
 def modern(args: argparse.Namespace, device: torch.device) -> None:

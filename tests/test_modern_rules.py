@@ -227,3 +227,85 @@ def test_functional_batch_norm_with_batch_statistics_is_refused(unchanged) -> No
     with pytest.raises(dv.UnsupportedOpError, match="batch statistics"):
         net.project(torch.ones(1, 2, 1, 2, dtype=torch.float64), layer=net.layers[-1], channel=0)
     state.assert_same(model)
+
+
+class FusedNorm(nn.BatchNorm2d):
+    """A batch norm fused with its activation, as timm's ``BatchNormAct2d``: ``act(drop(bn(x)))``."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__(channels)
+        self.drop, self.act = nn.Identity(), act
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self.act(self.drop(x))
+
+
+class TwistedNorm(FusedNorm):
+    """Holds a batch norm and an activation but computes something else with them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) * 2
+
+
+def _fused_net(act: nn.Module, norm: type[FusedNorm] = FusedNorm) -> nn.Sequential:
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), norm(6, act), nn.Conv2d(6, 6, 3, padding=1), norm(6, nn.Identity())
+    )
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, FusedNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(-1.5, 1.5)  # negative scales too
+                module.bias.uniform_(-0.5, 0.5)
+    return net.eval().double()
+
+
+@pytest.mark.parametrize(
+    "act", [nn.SiLU(), nn.ReLU(inplace=True), nn.Hardswish(), nn.GELU(), nn.Tanh()], ids=lambda a: type(a).__name__
+)
+def test_a_fused_batch_norm_kept_whole_mirrors_as_its_parts(act: nn.Module, monkeypatch, unchanged) -> None:
+    from reference import method_reference, relative_error
+
+    from deconvviz.core import graph as graph_module
+    from deconvviz.methods import get_method
+    from deconvviz.ops.norm import NormActRule
+
+    net = _fused_net(act)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    state = unchanged(net)
+    whole = {}
+    for kept in (True, False):  # kept whole, as timm asks for its own, and traced through
+        monkeypatch.setattr(graph_module, "_timm_helpers", lambda kept=kept: ([FusedNorm] if kept else [], []))
+        deconv = dv.DeconvNet(net)
+        nodes = [n for n in deconv.graph.nodes if n.op == "call_module"]
+        if kept:
+            assert [type(get_method().for_node(n, deconv.graph.module(n))).__name__ for n in nodes[1::2]] == [
+                "NormActRule",
+                "NormActRule",
+            ]
+            assert isinstance(get_method("guided").for_node(nodes[1], net[1]), NormActRule)
+        for method in ("deconvnet", "guided", "gradient"):
+            p = deconv.project(x, "3", channel=[0, 5], mode="map", method=method)
+            whole[kept, method] = p.image
+            seeds = torch.zeros(2, 6, 8, 8, dtype=torch.float64)
+            activation = net(x)
+            seeds[0, 0], seeds[1, 5] = activation[0, 0], activation[0, 5]
+            expected = method_reference(net, x, "3", seeds, method)
+            assert relative_error(p.image, expected) <= 1e-12, (method, kept)
+    for method in ("deconvnet", "guided", "gradient"):
+        assert relative_error(whole[True, method], whole[False, method]) <= 1e-12
+    state.assert_same(net)
+
+
+def test_a_fused_batch_norm_that_computes_something_else_is_refused(monkeypatch) -> None:
+    from deconvviz.core import graph as graph_module
+
+    monkeypatch.setattr(graph_module, "_timm_helpers", lambda: ([TwistedNorm], []))
+    net = _fused_net(nn.SiLU(), TwistedNorm)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    refusal = r"node '1': TwistedNorm .* does not compute act\(drop\(bn\(x\)\)\)"
+    with pytest.raises(dv.UnsupportedOpError, match=refusal):
+        dv.DeconvNet(net).project(x, "3", top=1)

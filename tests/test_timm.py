@@ -76,11 +76,18 @@ def test_timms_published_modules_stay_whole() -> None:
     model = timm.create_model("tf_efficientnet_b0", pretrained=False).eval()
     with pytest.raises(torch.fx.proxy.TraceError):
         torch.fx.symbolic_trace(model)
-    fallback = _fallback_modules(dv.DeconvNet(model))
-    # timm lists its 'same'-padding convolution and its fused batch norm + activation as modules to keep whole
+    net = dv.DeconvNet(model)
+    fallback = _fallback_modules(net)
+    # timm lists its 'same'-padding convolution and its fused batch norm + activation as modules to keep whole;
+    # the convolution goes through the autograd fallback, the fused batch norm gets the rule of its parts
     assert fallback["conv_stem"] == "Conv2dSame"
-    assert fallback["bn1"] == "BatchNormAct2d"
     assert timm.layers.is_notrace_module(type(model.conv_stem))
+    assert timm.layers.is_notrace_module(type(model.bn1))
+    assert "bn1" in net.layers
+    assert "bn1" not in fallback
+    for method in METHODS:
+        node = next(n for n in net.graph.nodes if net.graph.names[n] == "bn1")
+        assert type(get_method(method).for_node(node, model.bn1)).__name__ == "NormActRule"
 
 
 @pytest.mark.slow

@@ -26,8 +26,10 @@ from typing import Any
 from torch import fx, nn
 
 from deconvviz.errors import DeconvVizError
+from deconvviz.ops.activation import GateRule, RectifierRule, SmoothRule
 from deconvviz.ops.base import Rule
 from deconvviz.ops.fallback import FallbackRule
+from deconvviz.ops.norm import NormActRule, fused_parts
 from deconvviz.ops.registry import OPS, OpKey, inherits
 
 DEFAULT_METHOD = "deconvnet"
@@ -117,7 +119,29 @@ class RuleSet(Mapping[Any, Rule]):
         """
         if module is None:
             return self.rule(node.target)
-        return self.rule(type(module)) or self._fallback
+        return self.rule(type(module)) or self._fused(module) or self._fallback
+
+    def _fused(self, module: nn.Module) -> Rule | None:
+        """The rule of a batch norm fused with an element-wise activation (:class:`NormActRule`), if it is one."""
+        act = fused_parts(module)
+        if act is None:
+            return None
+        key = ("fused", type(module), type(act))
+        if key in self._cache:
+            return self._cache[key]
+        found: Rule | None = None
+        if isinstance(act, nn.Identity):
+            found = NormActRule(None, saves=False)
+        else:
+            rule = self.rule(type(act))
+            if isinstance(rule, RectifierRule | GateRule | SmoothRule):
+                saves = not (
+                    (isinstance(rule, RectifierRule) and rule.method == "deconvnet")
+                    or (isinstance(rule, GateRule) and rule.hold)
+                )
+                found = NormActRule(rule, saves=saves)
+        self._cache[key] = found
+        return found
 
     def is_leaf(self, cls: type) -> bool:
         """Whether module class ``cls`` is kept as one opaque node when a call uses this set.

@@ -8,6 +8,8 @@ statistics are differentiated too (the op's exact vector-Jacobian product).
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +64,88 @@ class FunctionalBatchNormRule(Rule):
         if a["weight"] is not None:
             scale = scale * a["weight"]
         return [signal * scale.to(signal.dtype).view((1, -1) + (1,) * (signal.dim() - 2))]
+
+
+_FUSED_CHECKED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+"""Fused batch norms found to compute ``act(drop(bn(x)))`` (each module checked once, the first time it runs)."""
+
+
+class NormActRule(Rule):
+    """A batch norm fused with its activation, kept whole (timm's ``BatchNormAct2d``: ``act(drop(bn(x)))``).
+
+    It mirrors as its parts would, in one step: the activation's own rule (the method's), then the batch
+    norm's per-channel scale; ``drop`` is the identity at inference. :class:`~deconvviz.methods.RuleSet` gives
+    it to a batch norm module with ``act`` and ``drop`` submodules and no rule of its own, when the activation
+    has an element-wise rule in the set (or is ``nn.Identity``); anything else gets the autograd fallback. The
+    module's own output is what the capture keeps; the first time a module runs, that output is checked
+    against ``act(drop(bn(x)))`` and a module that computes something else is refused.
+
+    Args:
+        act: the activation's rule, or None for ``nn.Identity``.
+        saves: whether ``act`` saves anything for its mirror (``f'(x)`` or a mask) under this method.
+    """
+
+    def __init__(self, act: Rule | None, *, saves: bool) -> None:
+        self.act, self.saves = act, saves
+
+    @override
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        module = call.module
+        assert module is not None
+        out = call.run()
+        checked = module in _FUSED_CHECKED
+        if checked and not self.saves:
+            return out, None
+        act, drop = fused_parts(module), getattr(module, "drop", None)
+        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+        assert act is not None
+        assert isinstance(drop, nn.Module)
+        x = first_tensor_arg(call)
+        z = F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps)
+        z = drop(z)
+        if self.act is None:
+            mine, saved = z, None
+        else:
+            step = Call(fn=act, args=(z,), kwargs={}, module=act, name=f"{call.name}.act", reusable=True)
+            mine, saved = self.act.forward(step)
+        if not checked:
+            if mine.shape != out.shape or not torch.allclose(mine, out, rtol=1e-4, atol=1e-5 * float(out.abs().max())):
+                raise UnsupportedOpError(
+                    f"cannot mirror node {call.name!r}: {type(module).__name__} holds a batch norm and an activation "
+                    "but does not compute act(drop(bn(x))); register a mirror rule for it with deconvviz.register_rule"
+                )
+            _FUSED_CHECKED.add(module)
+        return out, saved
+
+    @override
+    def run(self, call: Call) -> Any:
+        return call.run()
+
+    @override
+    def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
+        assert ctx.module is not None
+        if self.act is not None:
+            part = fused_parts(ctx.module)
+            act = dataclasses.replace(ctx, module=part, name=f"{ctx.name}.act", op=part)
+            (signal_in,) = self.act.mirror(act, signal)
+            if signal_in is None:
+                return [None]
+            signal = signal_in
+        scale = _batch_norm_scale(ctx.module, ctx.name).to(signal.dtype)
+        return [signal * scale.view((1, -1) + (1,) * (signal.dim() - 2))]
+
+
+def fused_parts(module: nn.Module) -> nn.Module | None:
+    """The activation of a batch norm fused with one (``act`` and ``drop`` submodules), else None.
+
+    Only a ``drop`` that is the identity at inference (``nn.Identity``, dropout) qualifies.
+    """
+    act, drop = getattr(module, "act", None), getattr(module, "drop", None)
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not isinstance(act, nn.Module):
+        return None
+    if not isinstance(drop, nn.Identity | nn.modules.dropout._DropoutNd):
+        return None
+    return act
 
 
 def _arguments(call: Call) -> dict[str, Any]:
