@@ -237,7 +237,8 @@ class FusedNorm(nn.BatchNorm2d):
         self.drop, self.act = nn.Identity(), act
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        batch = self.training or self.running_var is None  # no running statistics: the batch's own
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, batch, 0.0, self.eps)
         return self.act(self.drop(x))
 
 
@@ -309,3 +310,14 @@ def test_a_fused_batch_norm_that_computes_something_else_is_refused(monkeypatch)
     refusal = r"node '1': TwistedNorm .* does not compute act\(drop\(bn\(x\)\)\)"
     with pytest.raises(dv.UnsupportedOpError, match=refusal):
         dv.DeconvNet(net).project(x, "3", top=1)
+
+
+def test_a_fused_batch_norm_with_batch_statistics_is_refused(monkeypatch) -> None:
+    from deconvviz.core import graph as graph_module
+
+    monkeypatch.setattr(graph_module, "_timm_helpers", lambda: ([FusedNorm], []))
+    net = _fused_net(nn.SiLU())
+    net[1].running_mean = net[1].running_var = None
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(dv.UnsupportedOpError, match="batch norm without running statistics depends on the batch"):
+        dv.DeconvNet(net).project(x, "3", top=1, method="guided")

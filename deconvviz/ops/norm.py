@@ -100,6 +100,7 @@ class NormActRule(Rule):
         assert isinstance(module, nn.modules.batchnorm._BatchNorm)
         assert act is not None
         assert isinstance(drop, nn.Module)
+        _batch_norm_scale(module, call.name)  # refuses batch statistics in one line
         x = first_tensor_arg(call)
         z = F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps)
         z = drop(z)
