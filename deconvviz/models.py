@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import importlib
 import importlib.util
 import math
@@ -248,6 +249,8 @@ class ModelSpec:
         aliases: short layer names -> qualified node names (``{"conv5_3": "features.29"}``).
         labels: class names (or a function returning them), None when the model has no classifier.
         description: one line for listings.
+        sized: ``builder`` takes the input size, ``builder(size=N)``, for an architecture whose layers depend on
+            it (TensorFlow's 'same' padding); :func:`load_model` builds it for the preprocessing's size.
 
     Example:
         >>> spec = ModelSpec(name="tiny", builder=lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
@@ -256,12 +259,13 @@ class ModelSpec:
     """
 
     name: str
-    builder: Callable[[], nn.Module]
+    builder: Callable[..., nn.Module]
     weights: WeightSource | Callable[[], Mapping[str, Tensor]] | None = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     aliases: Mapping[str, str] = field(default_factory=dict)
     labels: Sequence[str] | Callable[[], Sequence[str]] | None = None
     description: str = ""
+    sized: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -490,13 +494,17 @@ class EfficientNetLite0(nn.Module):
     ``features.0`` is the 3x3 stem, ``features.1`` ... ``features.7`` the seven inverted-residual stages
     (:data:`~deconvviz.weights.EFFICIENTNET_LITE0_STAGES`), ``features.8`` the 1x1 head to 1280 channels; then
     global average pooling and the 1000-class classifier. Convolutions are padded as TensorFlow's 'same'
-    padding pads a 224-pixel input (strided ones one pixel more at the bottom and right), as the weights were
-    trained; other input sizes run with the same padding.
+    padding pads an input of ``size`` pixels (at 224, strided ones one pixel more at the bottom and right), as
+    the weights were trained; :func:`load_model` builds it for the preprocessing's size, so ``--size 300`` pads
+    as TensorFlow would at 300. An input of another size runs with these pads.
+
+    Args:
+        classes: classifier outputs.
+        size: the side of the square input the padding is worked out for.
     """
 
-    def __init__(self, classes: int = 1000) -> None:
+    def __init__(self, classes: int = 1000, size: int = 224) -> None:
         super().__init__()
-        size = 224
         stages: list[nn.Module] = [_ConvBNAct(3, 32, 3, 2, size=size)]
         size = math.ceil(size / 2)
         for repeats, kernel, stride, expansion, cin, cout in EFFICIENTNET_LITE0_STAGES:
@@ -830,11 +838,12 @@ def load_model(
     target = _device(device)
     preprocessing = _override(spec.preprocessing, mean, std, scale, size, resize, channel_order)
     source = CheckpointSource(Path(checkpoint).expanduser()) if checkpoint is not None else spec.source
+    builder = functools.partial(spec.builder, size=preprocessing.size) if spec.sized else spec.builder
     if source is None:
-        module = spec.builder()
+        module = builder()
         weights = "none loaded (built-in initialisation)"
     else:
-        module, weights = source.build(spec.builder)
+        module, weights = source.build(builder)
     if not isinstance(module, nn.Module):
         raise ModelError(f"the builder of model {spec.name!r} returned {type(module).__name__}, not an nn.Module")
     try:
@@ -932,6 +941,7 @@ register_model(
         preprocessing=EFFICIENTNET_IMAGENET,
         aliases=EFFICIENTNET_LITE0_ALIASES,
         labels=_imagenet_categories,
+        sized=True,
         description="EfficientNet-Lite0 (depthwise inverted residuals, ReLU6) with TensorFlow's ImageNet "
         "weights and 1000-class classifier; offline",
     )

@@ -4,6 +4,7 @@ the real registry wheel classifying the example photos."""
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,47 @@ def test_tensorflow_same_padding_by_hand() -> None:
     assert model.features[3][0].depthwise.pad.padding == (1, 2, 1, 2)
     assert model.features[4][1].depthwise.conv.padding == (1, 1)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def _strided_sizes(model: torch.nn.Module, side: int) -> list[tuple[int, int, int]]:
+    """``(input side, stride, output side)`` of every convolution block, for a ``side`` x ``side`` input."""
+    seen: list[tuple[int, int, int]] = []
+
+    def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        seen.append((inputs[0].shape[-1], module.conv.stride[0], output.shape[-1]))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, M._ConvBNAct)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, side, side))
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("side", [224, 225, 240, 300])
+def test_built_for_its_input_size_every_block_gives_tensorflows_output_size(side: int) -> None:
+    # TensorFlow's 'same' padding makes every convolution's output ceil(n / stride), whatever n is
+    seen = _strided_sizes(M.EfficientNetLite0(size=side), side)
+    assert len(seen) > 40
+    assert all(out == math.ceil(n / stride) for n, stride, out in seen), seen
+    if side != 224:  # the pads worked out for 224 do not fit: the check above can fail
+        fixed = _strided_sizes(M.EfficientNetLite0(), side)
+        assert any(out != math.ceil(n / stride) for n, stride, out in fixed)
+
+
+def test_load_model_builds_a_sized_architecture_for_the_preprocessing_size() -> None:
+    made: list[int] = []
+
+    def build(size: int) -> torch.nn.Module:
+        made.append(size)
+        return M.EfficientNetLite0(classes=3, size=size)
+
+    spec = dv.ModelSpec(name="sized", builder=build, preprocessing=M.EFFICIENTNET_IMAGENET, sized=True)
+    assert dv.load_model(spec).preprocessing.size == 224
+    loaded = dv.load_model(spec, size=240)
+    assert made == [224, 240]
+    assert loaded.preprocessing.size == 240
+    assert loaded.module.features[0].pad.padding == M._same_padding(3, 2, 240)
 
 
 def test_spec_aliases_and_preprocessing() -> None:
