@@ -87,8 +87,6 @@ class DeconvNet:
 
     # ------------------------------------------------------------------------------------------ graph
 
-    # ------------------------------------------------------------------------------------------ graph
-
     def _graph_for(self, rules: RuleSet) -> Graph:
         """The model traced with the leaves ``rules`` asks for (module classes it has rules for)."""
         leaves = frozenset(c for c in self._classes if not c.__module__.startswith("torch.nn") and rules.is_leaf(c))

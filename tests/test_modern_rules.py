@@ -288,6 +288,8 @@ def test_a_fused_batch_norm_kept_whole_mirrors_as_its_parts(act: nn.Module, monk
                 "NormActRule",
             ]
             assert isinstance(get_method("guided").for_node(nodes[1], net[1]), NormActRule)
+        field = dv.receptive_field(deconv, "3")  # two 3x3 convolutions; the fused norms change nothing
+        assert (field.size, field.stride, field.offset) == ((5, 5), (1, 1), (-2, -2))
         for method in ("deconvnet", "guided", "gradient"):
             p = deconv.project(x, "3", channel=[0, 5], mode="map", method=method)
             whole[kept, method] = p.image

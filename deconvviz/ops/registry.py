@@ -119,8 +119,20 @@ class OpTable:
         return hit[1].geometry if hit is not None else None
 
     def geometry_for_node(self, node: fx.Node, module: nn.Module | None) -> Geometry | None:
-        """The geometry for a graph node: by its module's class for ``call_module`` nodes, else by its target."""
-        return self.geometry(type(module) if module is not None else node.target)
+        """The geometry for a graph node: by its module's class for ``call_module`` nodes, else by its target.
+
+        A batch norm fused with its activation and kept whole (see :class:`deconvviz.ops.norm.NormActRule`)
+        has its activation's geometry: both parts work element by element.
+        """
+        found = self.geometry(type(module) if module is not None else node.target)
+        if found is None and module is not None:
+            from deconvviz.ops.geometry import pointwise
+            from deconvviz.ops.norm import fused_parts
+
+            act = fused_parts(module)
+            if act is not None:
+                found = pointwise if isinstance(act, nn.Identity) else self.geometry(type(act))
+        return found
 
     def items(self) -> Iterator[tuple[Any, OpEntry]]:
         """Every (key, entry) pair, in registration order."""
