@@ -73,6 +73,7 @@ def test_the_root_shim_and_python_m_run_the_same_app() -> None:
         assert done.stdout.strip() == f"deconvviz {deconvviz.__version__}"
 
 
+@pytest.mark.slow  # a fresh interpreter per public name: some 4 s
 def test_public_names_resolve_lazily() -> None:
     code = (
         "import sys, deconvviz as dv\n"

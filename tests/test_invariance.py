@@ -203,6 +203,7 @@ def test_a_model_without_class_scores_has_no_probabilities() -> None:
     assert axes.shape == (1, 1 + len(result.layers))
 
 
+@pytest.mark.slow  # draws and encodes the whole figure twice: some 5 s
 def test_figure_manifest_and_inline_png(tiny64, pictures, tmp_path: Path) -> None:
     result = dv.invariance(pictures, tiny64, steps=3)
     _fig, axes = result.figure()

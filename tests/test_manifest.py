@@ -134,6 +134,7 @@ class _Sink:
         self.size += len(text)
 
 
+@pytest.mark.slow  # builds and writes 18,000 hits twice: some 5 s
 def test_a_large_result_streams_in_a_fraction_of_the_memory_of_its_dict() -> None:
     result = _big_result()
     streamed, whole = _Sink(), _Sink()

@@ -179,6 +179,7 @@ def test_colliding_names_give_one_result_folder_per_picture(tmp_path: Path) -> N
     assert images == {str(p) for p in pictures}  # each picture's own result, none overwritten by another
 
 
+@pytest.mark.slow  # a whole report with a page per picture: some 3 s
 def test_colliding_names_in_a_per_image_report(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     for i, name in enumerate(["a/cat.png", "b/cat.png", "cat-2.png", "..png", "...png", "c/..png"]):
@@ -244,6 +245,7 @@ def test_of_two_reports_without_overwrite_the_second_refuses(tmp_path: Path) -> 
 # ------------------------------------------------------------------------------------- 6. own output
 
 
+@pytest.mark.slow  # two whole reports: some 3 s
 def test_a_report_inside_its_input_folder_never_scans_itself(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     for i in range(3):
