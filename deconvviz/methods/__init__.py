@@ -123,9 +123,10 @@ class RuleSet(Mapping[Any, Rule]):
 
     def _fused(self, module: nn.Module) -> Rule | None:
         """The rule of a batch norm fused with an element-wise activation (:class:`NormActRule`), if it is one."""
-        act = fused_parts(module)
-        if act is None:
+        parts = fused_parts(module)
+        if parts is None:
             return None
+        act = parts[0]
         key = ("fused", type(module), type(act))
         if key in self._cache:
             return self._cache[key]

@@ -96,10 +96,10 @@ class NormActRule(Rule):
         checked = module in _FUSED_CHECKED
         if checked and not self.saves:
             return out, None
-        act, drop = fused_parts(module), getattr(module, "drop", None)
+        parts = fused_parts(module)
+        assert parts is not None  # the rule set gives this rule only to such modules
         assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-        assert act is not None
-        assert isinstance(drop, nn.Module)
+        act, drop = parts
         _batch_norm_scale(module, call.name)  # refuses batch statistics in one line
         x = first_tensor_arg(call)
         z = F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps)
@@ -126,8 +126,9 @@ class NormActRule(Rule):
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         assert ctx.module is not None
         if self.act is not None:
-            part = fused_parts(ctx.module)
-            act = dataclasses.replace(ctx, module=part, name=f"{ctx.name}.act", op=part)
+            parts = fused_parts(ctx.module)
+            assert parts is not None
+            act = dataclasses.replace(ctx, module=parts[0], name=f"{ctx.name}.act", op=parts[0])
             (signal_in,) = self.act.mirror(act, signal)
             if signal_in is None:
                 return [None]
@@ -136,8 +137,8 @@ class NormActRule(Rule):
         return [signal * scale.view((1, -1) + (1,) * (signal.dim() - 2))]
 
 
-def fused_parts(module: nn.Module) -> nn.Module | None:
-    """The activation of a batch norm fused with one (``act`` and ``drop`` submodules), else None.
+def fused_parts(module: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """``(act, drop)`` of a batch norm fused with an activation (``act`` and ``drop`` submodules), else None.
 
     Only a ``drop`` that is the identity at inference (``nn.Identity``, dropout) qualifies.
     """
@@ -146,7 +147,7 @@ def fused_parts(module: nn.Module) -> nn.Module | None:
         return None
     if not isinstance(drop, nn.Identity | nn.modules.dropout._DropoutNd):
         return None
-    return act
+    return act, drop
 
 
 def _arguments(call: Call) -> dict[str, Any]:

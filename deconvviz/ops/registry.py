@@ -129,8 +129,9 @@ class OpTable:
             from deconvviz.ops.geometry import pointwise
             from deconvviz.ops.norm import fused_parts
 
-            act = fused_parts(module)
-            if act is not None:
+            parts = fused_parts(module)
+            if parts is not None:
+                act = parts[0]
                 found = pointwise if isinstance(act, nn.Identity) else self.geometry(type(act))
         return found
 
