@@ -399,11 +399,10 @@ class _Writer:
                 done += 1
                 if self.progress is not None:
                     self.progress("write", done, total)
-            readable = len(result.images) - len(result.skipped)
             intro = (
-                f"<p class='census'>{text(self.census.sentence(layer, readable))}</p>"
+                f"<p class='census'>{text(self.census.sentence(layer, result.readable))}</p>"
                 f"<p class='muted'>{text(ranking)} For each channel: its strongest activations over "
-                f"{readable} images (up to {result.k}; an activation of 0 or less is no hit and is not "
+                f"{result.readable} images (up to {result.k}; an activation of 0 or less is no hit and is not "
                 "shown), each projected to pixels by the deconvnet (left, labelled with the activation) beside the "
                 "image patch it came from (right). Patches are the units' receptive fields, clipped to the image. "
                 "Click a channel's name or a picture for the channel's own page.</p>"

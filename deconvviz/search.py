@@ -213,6 +213,11 @@ class TopKResult:
     method: str = "deconvnet"
 
     @property
+    def readable(self) -> int:
+        """How many of the scanned images could be read (``images`` less ``skipped``)."""
+        return len(self.images) - len(self.skipped)
+
+    @property
     def grid_side(self) -> int:
         """Columns of the square-ish grid that shows ``k`` hits (3 for the paper's 9)."""
         return max(1, math.ceil(math.sqrt(self.k)))

@@ -62,9 +62,8 @@ def topk_overview(result: TopKResult) -> str:
         if len(channels) > OVERVIEW_CHANNELS:
             cells.append(f"<td style='font-size:80%'>and {len(channels) - OVERVIEW_CHANNELS} more</td>")
         rows.append(f"<tr><th style='text-align:left'>{text(layer)}</th>{''.join(cells)}</tr>")
-    readable = len(result.images) - len(result.skipped)
     head = (
-        f"<p><b>top {result.k}</b> over {readable} images of {text(result.folder)} · {text(result.model)} · "
+        f"<p><b>top {result.k}</b> over {result.readable} images of {text(result.folder)} · {text(result.model)} · "
         f"{text(result.method)}: each channel's strongest hit, its reconstruction above the image patch it came "
         "from. <code>.figure(layer, channel)</code> draws a channel's whole grid.</p>"
     )
