@@ -1,7 +1,7 @@
 """One-call helpers over the engine: a projection for a notebook, a folder of pictures for a set of photos.
 
 :func:`visualize` loads a model by name (once per session), reads and preprocesses a picture, projects the
-chosen channels of one layer and returns the :class:`~deconvviz.projection.Projection` (which shows itself
+chosen channels of one layer and returns the :class:`~deconvviz.core.projection.Projection` (which shows itself
 as a figure in Jupyter). :func:`render_images` does the same for several photos and layers and writes PNGs,
 one summary figure per layer and a ``manifest.json`` per photo, atomically: each photo's folder appears
 complete or not at all. The command line's ``render`` is a thin layer over it.
@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import NameMap, OutputError, check_target, stage_folders
+from deconvviz.io.atomic import OutputError, check_target, stage_folders
+from deconvviz.io.names import NameMap
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
     from torch import Tensor
 
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.core.projection import Projection
     from deconvviz.methods import RuleSet
-    from deconvviz.models import LoadedModel
-    from deconvviz.projection import Projection
-    from deconvviz.viz import RenderOptions
+    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.viz.figures import RenderOptions
 
 MANIFEST = "manifest.json"
 OVERVIEW = "overview.png"
@@ -108,7 +109,7 @@ class Session:
         if isinstance(image, torch.Tensor):
             return image
         if isinstance(image, str | os.PathLike):
-            from deconvviz.images import load_image
+            from deconvviz.io.images import load_image
 
             image = load_image(image)
         return self.model.preprocess(image, full_image=full_image)
@@ -136,7 +137,7 @@ def session(
     Raises:
         DeconvVizError: unknown model, weights that cannot be had, a bad device or size.
     """
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise DeconvVizError(f"size must be a positive number of pixels, got {size!r}")
@@ -155,7 +156,7 @@ def session(
             resize = None if before.resize is not None and before.resize < size else before.resize
             model = dataclasses.replace(model, preprocessing=dataclasses.replace(before, size=size, resize=resize))
         return Session(model=model, net=DeconvNet(model))
-    from deconvviz import models as _models
+    from deconvviz.models import zoo as _models
 
     resolved = resolve_device(device)
     spec = next((s for s in _models.list_models() if s.name == model), None)
@@ -291,8 +292,8 @@ def _geometry(
     net: DeconvNet, projection: Projection
 ) -> tuple[tuple[tuple[int, int, int, int] | None, ...], tuple[bool | None, ...]] | None:
     """Each seeded unit's clipped box and whether its whole field lies inside the picture."""
-    from deconvviz.choose import inside_flags
-    from deconvviz.receptive import receptive_fields
+    from deconvviz.core.choose import inside_flags
+    from deconvviz.core.receptive import receptive_fields
 
     if projection.input is None:
         return None
@@ -339,16 +340,16 @@ def project(
         position: ``(row, col)`` to seed instead of the strongest unit.
         width: the layer's channel count, if already known (saves a forward pass when clamping ``top``).
         inside: seed each channel's strongest unit among those whose receptive field lies wholly inside the
-            picture (and rank ``top`` by them), see :mod:`deconvviz.choose`. None: on for ``top``, off for
+            picture (and rank ``top`` by them), see :mod:`deconvviz.core.choose`. None: on for ``top``, off for
             chosen channels; never for ``position`` or ``mode="map"``.
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation), ``"gradient"``, another registered name or a rule set (see
             :meth:`deconvviz.DeconvNet.project`).
 
     Returns:
-        The :class:`~deconvviz.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
+        The :class:`~deconvviz.core.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
     """
-    from deconvviz.choose import project_inside
+    from deconvviz.core.choose import project_inside
 
     if channel is None and top is None:
         top = DEFAULT_TOP
@@ -387,7 +388,7 @@ def _widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
 
 
 def _check_channels(widths: dict[str, int], channels: Sequence[int]) -> None:
-    from deconvviz.deconvnet import SeedError
+    from deconvviz.core.deconvnet import SeedError
 
     for layer, width in widths.items():
         for c in channels:
@@ -435,12 +436,12 @@ def visualize(
         inside: prefer units whose receptive field lies wholly inside the picture (None: on for ``top``,
             off for chosen channels; see :func:`project`).
         target_class: instead of a layer, project a class score of a classifier: ``"auto"`` (the top-1
-            class), a class index or a class name (see :func:`deconvviz.choose.project_class`).
+            class), a class index or a class name (see :func:`deconvviz.core.choose.project_class`).
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation) or ``"gradient"`` (see ``docs/rules.md``), another registered name, or a rule set.
 
     Returns:
-        The :class:`~deconvviz.projection.Projection` (``.method`` names the reverse pass).
+        The :class:`~deconvviz.core.projection.Projection` (``.method`` names the reverse pass).
 
     Raises:
         DeconvVizError: bad picture, unknown model or layer, channel out of range, a class for a model
@@ -453,7 +454,7 @@ def visualize(
     current = session(model, device=device, size=size)
     x = current.preprocess(image, full_image=full_image)
     if target_class is not None:
-        from deconvviz.choose import project_class
+        from deconvviz.core.choose import project_class
 
         return project_class(current, x, target_class, method=method)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
@@ -611,7 +612,7 @@ def _render_one(
     widths: dict[str, int],
     step: Callable[[str], None],
 ) -> tuple[RenderedImage, dict[str, Any]]:
-    from deconvviz import render as _render
+    from deconvviz.viz import render as _render
     from deconvviz.viz.figures import base_picture
 
     rendered: list[RenderedLayer] = []
@@ -620,7 +621,7 @@ def _render_one(
     targets: list[str | None] = [*layers, *([None] if options.get("class") is not None else [])]
     for layer in targets:
         if layer is None:  # the class score, after the layers
-            from deconvviz.choose import project_class
+            from deconvviz.core.choose import project_class
 
             result = project_class(current, x, options["class"], method=options["method"])
             layer = "class"
@@ -739,9 +740,9 @@ def render_images(
         OutputError: ``out`` cannot be written, or holds a folder deconvviz did not write.
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
-    from deconvviz.images import load_image
+    from deconvviz.io.images import load_image
     from deconvviz.methods import get_method
-    from deconvviz.viz import RenderOptions
+    from deconvviz.viz.figures import RenderOptions
 
     look = RenderOptions.build(options)
     rules = get_method(method)  # an unknown method fails before any work
@@ -780,7 +781,7 @@ def render_images(
         "crop": look.crop,
     }
     if target_class is not None:  # a model without a classifier, or an unknown class, fails before any work
-        from deconvviz.choose import resolve_class
+        from deconvviz.core.choose import resolve_class
 
         resolve_class(current, inputs[0], target_class)
     total = len(paths) * (len(chosen) + (1 if target_class is not None else 0))

@@ -14,8 +14,8 @@ import torch
 from conftest import register_tiny_model
 from PIL import Image
 
-from deconvviz.report import build_report
-from deconvviz.search import Streamed, TopKHit, TopKResult, iter_json, top_k
+from deconvviz.analysis.topk.search import Streamed, TopKHit, TopKResult, iter_json, top_k
+from deconvviz.viz.report import build_report
 
 MODEL = "tiny-manifest"
 

@@ -19,12 +19,12 @@ from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.distributed import Ranks
-from deconvviz.io import MARKER
-from deconvviz.report import build_report, scan_state_folder
-from deconvviz.scanstate import StateError, load_state, state_file
-from deconvviz.search import SearchError, TopKTracker, _batches, result_of, scan, top_k
-from deconvviz.sources import image_source
+from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.search import SearchError, TopKTracker, _batches, result_of, scan, top_k
+from deconvviz.analysis.topk.state import StateError, load_state, state_file
+from deconvviz.io.atomic import MARKER
+from deconvviz.io.sources import image_source
+from deconvviz.viz.report import build_report, scan_state_folder
 
 MODEL = "tiny-scale"
 TESTS = Path(__file__).resolve().parent

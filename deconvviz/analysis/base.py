@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import MARKER, check_target, owned, stage_folders
+from deconvviz.io.atomic import MARKER, check_target, owned, stage_folders
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -124,7 +124,7 @@ class AnalysisResult:
     def _repr_png_(self) -> bytes:
         import matplotlib.pyplot as plt
 
-        from deconvviz.render import figure_png
+        from deconvviz.viz.render import figure_png
 
         fig, _ = self.figure()
         try:
@@ -137,7 +137,7 @@ def figure_bytes(fig: Figure, dpi: float = 100) -> bytes:
     """A figure as PNG bytes; the figure is closed afterwards (for ``_files``)."""
     import matplotlib.pyplot as plt
 
-    from deconvviz.render import figure_png
+    from deconvviz.viz.render import figure_png
 
     try:
         return figure_png(fig, dpi)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.api import Session
-    from deconvviz.models import Preprocessing
+    from deconvviz.models.zoo import Preprocessing
 
 Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in pixels; right and bottom exclusive."""
@@ -283,7 +283,7 @@ class CorrespondenceResult(AnalysisResult):
         Returns:
             ``(figure, axes)``, returned and never shown.
         """
-        from deconvviz.analysis.part_plots import correspondence_figure
+        from deconvviz.viz.part_plots import correspondence_figure
 
         return correspondence_figure(self, **kwargs)
 
@@ -354,8 +354,8 @@ def correspondence(
     import torch
 
     from deconvviz.api import choose_layers, session
-    from deconvviz.graph import evaluating
-    from deconvviz.images import load_image
+    from deconvviz.core.graph import evaluating
+    from deconvviz.io.images import load_image
 
     if len(images) < 2:
         raise AnalysisError(f"correspondence compares images pairwise; give at least two, got {len(images)}")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
     from deconvviz.api import Session
-    from deconvviz.models import LoadedModel
+    from deconvviz.models.zoo import LoadedModel
 
 TRANSFORMS = ("translate", "scale", "rotate")
 """The transformations of the paper's Fig. 5, in its row order."""
@@ -189,7 +189,7 @@ class InvarianceResult(AnalysisResult):
         Returns:
             ``(figure, axes)``, axes of shape ``(transforms, columns)``; the figure is not shown.
         """
-        from deconvviz.analysis.plots import invariance_figure
+        from deconvviz.viz.plots import invariance_figure
 
         return invariance_figure(self, **kwargs)
 
@@ -502,7 +502,7 @@ def _examples(
     """A few transformed versions of ``x`` per transformation, as small RGB arrays for the figure."""
     import numpy as np
 
-    from deconvviz.render import input_to_pil
+    from deconvviz.viz.render import input_to_pil
 
     if count < 1:
         return {}

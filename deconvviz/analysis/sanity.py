@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from deconvviz.api import Session
-    from deconvviz.models import LoadedModel
+    from deconvviz.models.zoo import LoadedModel
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -185,7 +185,7 @@ class SanityResult(AnalysisResult):
         Returns:
             ``(figure, axes)`` with axes of shape ``(methods, steps + 1)``; the figure is not shown.
         """
-        from deconvviz.analysis.plots import sanity_figure
+        from deconvviz.viz.plots import sanity_figure
 
         return sanity_figure(self, **kwargs)
 
@@ -312,7 +312,7 @@ def sanity(
         >>> print(r.summary())  # doctest: +SKIP
     """
     from deconvviz.api import default_layers, session
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
     from deconvviz.methods import PRESETS, get_method
 
     chosen = list(PRESETS) if methods is None else [methods] if isinstance(methods, str) else list(methods)
@@ -379,7 +379,7 @@ def sanity(
     try:
         import numpy as np
 
-        from deconvviz.render import input_to_pil
+        from deconvviz.viz.render import input_to_pil
 
         picture = np.asarray(
             input_to_pil(x.detach().cpu(), getattr(current.model, "to_image", None), current.channel_order)

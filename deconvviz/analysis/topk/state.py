@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deconvviz.io import atomic_file, clean_stale_temporaries, mark
-from deconvviz.sources import SearchError
+from deconvviz.io.atomic import atomic_file, clean_stale_temporaries, mark
+from deconvviz.io.sources import SearchError
 
 STATE_VERSION = 1
 

@@ -10,9 +10,9 @@ switches), batched across images with one capture per image for all the layers i
 the reconstruction and the image are cropped to the unit's receptive field: the paper's
 reconstruction-beside-patch grids.
 
-Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.sources`). A scan can
-save its state at intervals and resume from it (:mod:`deconvviz.scanstate`), and under ``torchrun`` it is
-spread over the processes (:mod:`deconvviz.distributed`): each scans its share of the batches, the top-k are
+Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.io.sources`). A scan can
+save its state at intervals and resume from it (:mod:`deconvviz.analysis.topk.state`), and under ``torchrun`` it is
+spread over the processes (:mod:`.distributed`): each scans its share of the batches, the top-k are
 merged with collectives, the projections are shared out and rank 0 gets the result.
 """
 
@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from deconvviz.distributed import Ranks
+from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.state import tracker_state
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.jsonstream import Streamed, iter_json
-from deconvviz.scanstate import tracker_state
-from deconvviz.sources import Data, ImageSource, SearchError, find_images, image_source
+from deconvviz.io.sources import Data, ImageSource, SearchError, find_images, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages are ``"scan"`` and ``"project"``."""
@@ -239,13 +239,13 @@ class TopKResult:
 
     def reconstruction_rgb(self, layer: str, channel: int, rank: int, scale: str | None = None) -> Any:
         """A hit's cropped reconstruction as an ``(h, w, 3)`` uint8 array (scaled as :func:`deconvviz.viz.to_rgb`)."""
-        from deconvviz.viz import to_rgb
+        from deconvviz.viz.scaling import to_rgb
 
         return to_rgb(self._hits(layer, channel)[rank].reconstruction, scale)
 
     def patch_pil(self, layer: str, channel: int, rank: int) -> Image:
         """A hit's image patch as a PIL image."""
-        from deconvviz.viz import input_to_pil
+        from deconvviz.viz.pictures import input_to_pil
 
         return input_to_pil(self._hits(layer, channel)[rank].patch, self.to_image)
 
@@ -328,8 +328,9 @@ class TopKResult:
         The folder is written as every result folder is (see :mod:`deconvviz.io`): whole or not at all, replacing
         an earlier result but never a folder deconvviz did not write.
         """
-        from deconvviz.io import NameMap, stage_folders
-        from deconvviz.viz import figure_png
+        from deconvviz.io.atomic import stage_folders
+        from deconvviz.io.names import NameMap
+        from deconvviz.viz.figures import figure_png
 
         out = Path(directory)
         names = NameMap(fallback="layer")
@@ -435,7 +436,7 @@ def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
 def _fingerprint(
     loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
 ) -> dict[str, Any]:
-    from deconvviz.scanstate import parameters_digest
+    from deconvviz.analysis.topk.state import parameters_digest
 
     return {
         "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
@@ -473,9 +474,9 @@ def scan(
 
     Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
-    from deconvviz import distributed
-    from deconvviz.deconvnet import DeconvNet
-    from deconvviz.scanstate import ScanState, load_state, save_state, state_file
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.analysis.topk.state import ScanState, load_state, save_state, state_file
+    from deconvviz.core.deconvnet import DeconvNet
 
     if k < 1:
         raise SearchError(f"k must be at least 1, got {k}")
@@ -588,7 +589,7 @@ def _merge_ranks(
     k: int,
 ) -> tuple[dict[str, TopKTracker], dict[str, list[int]], list[tuple[int, str]]]:
     """Every process's top-k merged into one, on every process (tensors through all_gather)."""
-    from deconvviz import distributed
+    from deconvviz.analysis.topk import distributed
 
     # A process whose shard held no readable image has no tracker yet: it learns the shapes from the others.
     shapes = {layer: (selected[layer], t.map_shape) for layer, t in trackers.items()}
@@ -766,8 +767,8 @@ def _device_of(loaded: Any) -> torch.device:
 
 
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
-    from deconvviz import distributed
-    from deconvviz.models import load_model
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.models.zoo import load_model
 
     if isinstance(model, str):
         return load_model(model, device=distributed.rank_device(str(device or "cpu")))
@@ -815,8 +816,8 @@ def project_hits(
     captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
     rank ``b % world`` and rank 0 collects the hits (the other ranks get ``{}`` per layer).
     """
-    from deconvviz import distributed
-    from deconvviz.receptive import receptive_fields
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.core.receptive import receptive_fields
 
     net, loaded, source, ranks = found.net, found.loaded, found.source, found.ranks
     layers, trackers, selected = list(dict.fromkeys(found.layers)), found.trackers, found.selected

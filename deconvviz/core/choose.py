@@ -20,9 +20,9 @@ from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.api import Session
+    from deconvviz.core.projection import Projection
     from deconvviz.methods import RuleSet
-    from deconvviz.projection import Projection
-    from deconvviz.receptive import ReceptiveField
+    from deconvviz.ops.geometry import ReceptiveField
 
 
 class ClassError(DeconvVizError, ValueError):
@@ -87,9 +87,9 @@ def project_inside(
         whole image, or none of its units lies wholly inside the picture (then the plain strongest units are
         the honest choice).
     """
+    from deconvviz.core.projection import Projection
+    from deconvviz.core.receptive import receptive_fields
     from deconvviz.methods import get_method
-    from deconvviz.projection import Projection
-    from deconvviz.receptive import receptive_fields
 
     net = current.net
     node = net.resolve(layer)

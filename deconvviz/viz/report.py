@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from deconvviz.api import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import NameMap, check_target, clean_name, remove_owned, stage_folders, text, url
+from deconvviz.io.atomic import check_target, remove_owned, stage_folders
 from deconvviz.io.jsonstream import iter_json
+from deconvviz.io.names import NameMap, clean_name
+from deconvviz.io.web import text, url
 from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.analysis.topk.search import TopKHit, TopKResult
     from deconvviz.api import Session
-    from deconvviz.search import TopKHit, TopKResult
-    from deconvviz.sources import Data, ImageSource
+    from deconvviz.io.sources import Data, ImageSource
 
 SCHEMA_VERSION = 1
 PAPER_LAYERS = SCAN_LAYERS
@@ -152,11 +154,11 @@ def build_report(
         StateError: ``resume`` with the saved state of another scan.
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
-    from deconvviz import distributed
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.analysis.topk.search import image_source, keep_strongest, result_of, scan, silent_channels
     from deconvviz.api import resolve_device, session
     from deconvviz.methods import get_method
-    from deconvviz.search import image_source, keep_strongest, result_of, scan, silent_channels
-    from deconvviz.viz import Scaling
+    from deconvviz.viz.scaling import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
@@ -307,8 +309,8 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
+    from deconvviz.analysis.topk.search import default_scan_layers, first_readable
     from deconvviz.api import choose_layers
-    from deconvviz.search import default_scan_layers, first_readable
 
     if layers is None:
         return default_scan_layers(current.net, source, current.preprocess)
@@ -491,7 +493,7 @@ class _Writer:
             if self.progress is not None:
                 self.progress("images", done, total)
 
-        from deconvviz.viz import RenderOptions
+        from deconvviz.viz.figures import RenderOptions
 
         rendered = render_images(
             readable,
