@@ -180,7 +180,8 @@ def test_the_report_manifest_is_the_json_of_its_contents(tmp_path: Path) -> None
 def test_every_manifest_starts_with_one_header_and_reads_back(tmp_path: Path) -> None:
     head = header("report")
     assert list(head)[:4] == ["tool", "kind", "schema_version", "created"]
-    assert head["tool"] == "deconvviz" and head["schema_version"] == 1
+    assert head["tool"] == "deconvviz"
+    assert head["schema_version"] == 1
     assert {"deconvviz", "torch", "torchvision", "matplotlib", "python"} <= set(head["versions"])
     assert list(header(stamped=False)) == ["tool", "schema_version"]
     folder = tmp_path / "result"
@@ -193,7 +194,9 @@ def test_a_manifest_of_the_earlier_release_reads_with_its_schema_version(tmp_pat
     old = tmp_path / "manifest.json"
     old.write_text(json.dumps({"tool": "deconvviz", "schema": 1, "image": "cat.jpg"}))
     data = read_manifest(old)
-    assert data["schema_version"] == 1 and "schema" not in data and data["image"] == "cat.jpg"
+    assert data["schema_version"] == 1
+    assert "schema" not in data
+    assert data["image"] == "cat.jpg"
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,8 @@ def test_a_state_written_with_the_earlier_version_key_still_resumes(photos, tmp_
         scan(MODEL, photos, **arguments, state=state, save_every=0, progress=stopping)  # type: ignore[arg-type]
     saved = state_file(state, 0, 1)
     payload = torch.load(saved, weights_only=True)
-    assert payload["schema_version"] == 1 and payload["tool"] == "deconvviz"
+    assert payload["schema_version"] == 1
+    assert payload["tool"] == "deconvviz"
     # the earlier release wrote {"version": 1, ...} and none of the header's keys
     old = {key: value for key, value in payload.items() if key not in ("tool", "kind", "schema_version")}
     torch.save({"version": 1, **old}, saved)
