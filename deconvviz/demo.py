@@ -16,7 +16,8 @@ from pathlib import Path
 import typer
 
 import deconvviz
-from deconvviz.cli import _reported, app
+from deconvviz.cli import app
+from deconvviz.cli.options import reported
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
-        with _reported(debug=False):
+        with reported(debug=False):
             photos = _photos(args.images)
             typer.echo(f"loading {args.model} (the first run fetches and caches its weights) ...")
             current = deconvviz.session(args.model, device=args.device)
