@@ -34,7 +34,7 @@ from deconvviz.io.web import text, url
 from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.analysis.topk.search import TopKHit, TopKResult
+    from deconvviz.analysis.topk.result import TopKHit, TopKResult
     from deconvviz.io.sources import Data, ImageSource
     from deconvviz.models.session import Session
 
@@ -155,7 +155,8 @@ def build_report(
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
     from deconvviz.analysis.topk import distributed
-    from deconvviz.analysis.topk.search import image_source, keep_strongest, result_of, scan, silent_channels
+    from deconvviz.analysis.topk.scan import keep_strongest, result_of, scan, silent_channels
+    from deconvviz.io.sources import image_source
     from deconvviz.methods import get_method
     from deconvviz.models.session import resolve_device, session
     from deconvviz.viz.scaling import Scaling
@@ -309,7 +310,7 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-    from deconvviz.analysis.topk.search import default_scan_layers, first_readable
+    from deconvviz.analysis.topk.scan import default_scan_layers, first_readable
     from deconvviz.core.layers import choose_layers
 
     if layers is None:
