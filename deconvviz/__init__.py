@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "DeconvNet": "deconvviz.deconvnet",
     "Projection": "deconvviz.projection",
+    "ProjectionSteps": "deconvviz.core.steps",
+    "Step": "deconvviz.core.steps",
     "Rule": "deconvviz.rules",
     "register_rule": "deconvviz.rules",
     "get_rule": "deconvviz.rules",
@@ -98,6 +100,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.api import render_images as render_images
     from deconvviz.api import session as session
     from deconvviz.api import visualize as visualize
+    from deconvviz.core.steps import ProjectionSteps as ProjectionSteps
+    from deconvviz.core.steps import Step as Step
     from deconvviz.deconvnet import DeconvNet as DeconvNet
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
     from torch import Tensor
 
+    from deconvviz.core.steps import StepsChoice
     from deconvviz.deconvnet import DeconvNet
     from deconvviz.methods import RuleSet
     from deconvviz.models import LoadedModel
@@ -326,6 +327,7 @@ def project(
     width: int | None = None,
     inside: bool | None = None,
     method: str | RuleSet | None = None,
+    steps: StepsChoice = False,
 ) -> Projection:
     """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
 
@@ -344,6 +346,7 @@ def project(
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation), ``"gradient"``, another registered name or a rule set (see
             :meth:`deconvviz.DeconvNet.project`).
+        steps: keep the signal after every mirrored op (see :meth:`deconvviz.DeconvNet.project`).
 
     Returns:
         The :class:`~deconvviz.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
@@ -365,6 +368,8 @@ def project(
             if chosen is not None:  # the same one-line error as the plain path's
                 _check_channels({layer: width or _widths(current.net, x, [layer])[layer]}, chosen)
             result = project_inside(current, x, layer, chosen, top, method=method)
+            if result is not None and steps is not False:
+                result = _with_steps(current, x, result, steps)
     if result is None:
         result = current.net.project(
             x,
@@ -374,11 +379,27 @@ def project(
             position=position,
             top=top,
             method=method,
+            steps=steps,
         )
     found = _geometry(current.net, result)
     if found is None:
         return result
     return dataclasses.replace(result, boxes=found[0], inside=found[1])
+
+
+def _with_steps(current: Session, x: Tensor, result: Projection, steps: StepsChoice) -> Projection:
+    """``result`` (units chosen one by one) with the steps of the seeds ``steps`` picks, one projection each."""
+    from deconvviz.core.steps import chosen_seeds, join_steps
+
+    parts = []
+    for i in chosen_seeds(steps, len(result)):
+        position = result.positions[i]
+        one = current.net.project(
+            x, result.layer, result.channels[i], position=position, method=result.method, steps=True
+        )
+        assert one.steps is not None
+        parts.append((i, one.steps))
+    return dataclasses.replace(result, steps=join_steps(result, parts))
 
 
 def _widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
@@ -413,6 +434,7 @@ def visualize(
     inside: bool | None = None,
     target_class: str | int | None = None,
     method: str | RuleSet | None = None,
+    steps: StepsChoice = False,
 ) -> Projection:
     """Project a picture's strongest channels of one layer back to pixels, in one call.
 
@@ -438,6 +460,9 @@ def visualize(
             class), a class index or a class name (see :func:`deconvviz.choose.project_class`).
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation) or ``"gradient"`` (see ``docs/rules.md``), another registered name, or a rule set.
+        steps: also keep the signal after every mirrored op, seed to pixels, in ``.steps`` (True: the first
+            seed's; ``"all"`` or seed indices for more; see :meth:`deconvviz.DeconvNet.project`). Not for
+            ``target_class``.
 
     Returns:
         The :class:`~deconvviz.projection.Projection` (``.method`` names the reverse pass).
@@ -455,12 +480,23 @@ def visualize(
     if target_class is not None:
         from deconvviz.choose import project_class
 
+        if steps is not False:
+            raise DeconvVizError("steps are kept for a layer's channels, not for a class score; give a layer instead")
         return project_class(current, x, target_class, method=method)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
     if channel is not None:
         top = None
     return project(
-        current, x, chosen, top=top, channel=channel, mode=mode, position=position, inside=inside, method=method
+        current,
+        x,
+        chosen,
+        top=top,
+        channel=channel,
+        mode=mode,
+        position=position,
+        inside=inside,
+        method=method,
+        steps=steps,
     )
 
 
