@@ -188,17 +188,21 @@ class ProjectionSteps:
 
         return steps_figure(self, **kwargs)
 
-    def save(self, directory: str | Path, *, arguments: dict[str, Any] | None = None) -> Path:
+    def save(self, directory: str | Path, *, arguments: dict[str, Any] | None = None, **options: Any) -> Path:
         """Write the figure, one PNG per step and a manifest into the folder ``directory``, atomically.
 
-        See :func:`deconvviz.viz.steps.save_steps`.
+        Args:
+            directory: the result folder (an earlier deconvviz result there is replaced).
+            arguments: how the steps were asked for, recorded in the manifest.
+            **options: ``seed``, ``scale``, ``channels``, ``columns`` (see
+                :func:`deconvviz.viz.steps.save_steps`).
 
         Returns:
             The folder's path.
         """
         from deconvviz.viz.steps import save_steps
 
-        return save_steps(self, Path(directory), arguments=arguments)
+        return save_steps(self, Path(directory), arguments=arguments, **options)
 
     def _repr_png_(self) -> bytes:
         from deconvviz import viz

@@ -38,6 +38,8 @@ PERCENTILE = 99.5
 """The percentile of ``|value|`` over a map's non-zero entries that reaches full colour (a few hot spots saturate)."""
 DETAIL = 8
 """Side of the detail window of an unpooling column, in positions of the unpooled map."""
+COLUMNS = 9
+"""Steps per band of a saved figure (VGG16's conv3_3 has 17 steps: two bands)."""
 RECTIFYING = ("rectify", "rectify + mask", "mask")
 """Step kinds that cut part of the signal: their detail shows what was cut."""
 
@@ -350,10 +352,13 @@ class StepsFolder(AnalysisResult):
     steps: ProjectionSteps
     seed: int = 0
     scale: str | None = None
+    channels: int = 0
+    columns: int | None = COLUMNS
 
     def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
         """The steps figure (see :func:`steps_figure`)."""
-        return steps_figure(self.steps, seed=self.seed, scale=self.scale, **kwargs)
+        options = {"seed": self.seed, "scale": self.scale, "channels": self.channels, "columns": self.columns}
+        return steps_figure(self.steps, **{**options, **kwargs})
 
     def _pictures(self) -> list[tuple[np.ndarray, int, float | None]]:
         out: list[tuple[np.ndarray, int, float | None]] = []
@@ -395,6 +400,8 @@ def save_steps(
     *,
     seed: int = 0,
     scale: str | None = None,
+    channels: int = 0,
+    columns: int | None = COLUMNS,
     arguments: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``steps`` (one kept seed) as a result folder, atomically (see :class:`StepsFolder`).
@@ -404,6 +411,8 @@ def save_steps(
         directory: the folder to create (an earlier deconvviz result there is replaced).
         seed: which kept seed.
         scale: the display scaling of the reconstruction.
+        channels: also draw each step's strongest ``channels`` channels in the figure.
+        columns: steps per band of the figure.
         arguments: how the steps were asked for, recorded in the manifest.
 
     Returns:
@@ -414,7 +423,7 @@ def save_steps(
     """
     if not 0 <= seed < len(steps.seeds):
         raise RenderError(f"seed {seed} is out of range: the steps of {len(steps.seeds)} seed(s) were kept")
-    return StepsFolder(steps, seed, scale).save(directory, arguments=arguments)
+    return StepsFolder(steps, seed, scale, channels, columns).save(directory, arguments=arguments)
 
 
 __all__ = ["StepsFolder", "colour", "limit", "plane", "save_steps", "step_file", "steps_figure", "strongest_channels"]
