@@ -233,7 +233,10 @@ def node_signals(
     found: dict[str, list[Tensor]] = {n: [] for n in wanted}
     for seed in seeds:
         grads = torch.autograd.grad(
-            outs[layer], [targets[n] for n in wanted], seed.unsqueeze(0).to(x.dtype), retain_graph=True,
+            outs[layer],
+            [targets[n] for n in wanted],
+            seed.unsqueeze(0).to(x.dtype),
+            retain_graph=True,
             allow_unused=True,
         )
         for n, g in zip(wanted, grads, strict=True):

@@ -85,7 +85,8 @@ def test_every_step_is_the_vector_jacobian_product_at_its_node(net_case, method:
     net = dv.DeconvNet(model)
     p = net.project(x, layer, channel=[0, 2, 3], method=method, steps="all")
     steps = p.steps
-    assert steps is not None and steps.seeds == (0, 1, 2)
+    assert steps is not None
+    assert steps.seeds == (0, 1, 2)
     activation = net.activations(x, [layer])[layer]
     seeds = unit_seeds(activation, list(p.channels), list(p.positions))
     expected = node_signals(model, x, layer, [s.node for s in steps], seeds, method)
@@ -103,7 +104,9 @@ def test_steps_run_from_the_seed_to_the_input_and_end_at_the_image(net_case) -> 
     p = net.project(x, layer, channel=[1, 4], steps="all")
     steps = p.steps
     assert steps is not None
-    assert steps[0].kind == "seed" and steps[0].node == steps.node and steps[0].ops == ()
+    assert steps[0].kind == "seed"
+    assert steps[0].node == steps.node
+    assert steps[0].ops == ()
     assert steps[-1].node == "x"
     assert torch.equal(steps[-1].signal, p.image)  # exactly, not approximately
     assert [s.index for s in steps] == list(range(len(steps)))
@@ -123,16 +126,21 @@ def test_kinds_name_the_mirrored_ops() -> None:
     by_node = {s.node: s for s in p.steps}
     assert by_node["head"].kinds == ("rectify",)  # made by undoing relu3
     assert by_node["reshape_1"].kinds == ("transposed convolution",)
-    assert by_node["reshape"].kinds == ("reshape",) and by_node["reshape"].shape == (5, 16)
+    assert by_node["reshape"].kinds == ("reshape",)
+    assert by_node["reshape"].shape == (5, 16)
     assert by_node["cat"].kinds == ("unpool",)
-    assert by_node["left"].kinds == ("concat split",) and by_node["right"].ops == ("cat",)
+    assert by_node["left"].kinds == ("concat split",)
+    assert by_node["right"].ops == ("cat",)
     assert by_node["relu2"].kinds == ("add",)
     assert by_node["bn"].kinds == ("rectify",)
     assert by_node["stem"].kinds == ("norm",)
     # the sum feeds both convolutions, the pooled map the inner branch and the skip: their signals are summed
-    assert by_node["add"].kind == "sum" and by_node["add"].kinds == ("transposed convolution",) * 2
-    assert by_node["pool"].kind == "sum" and set(by_node["pool"].kinds) == {"transposed convolution", "add"}
-    assert p.steps.before(by_node["pool"]) is None and p.steps.before(by_node["relu"]) is by_node["pool"]
+    assert by_node["add"].kind == "sum"
+    assert by_node["add"].kinds == ("transposed convolution",) * 2
+    assert by_node["pool"].kind == "sum"
+    assert set(by_node["pool"].kinds) == {"transposed convolution", "add"}
+    assert p.steps.before(by_node["pool"]) is None
+    assert p.steps.before(by_node["relu"]) is by_node["pool"]
     guided = dv.DeconvNet(model).project(x, "relu3", channel=1, steps=True, method="gradient")
     assert guided.steps is not None
     assert {s.node: s for s in guided.steps}["head"].kinds == ("mask",)
@@ -148,16 +156,20 @@ def test_unpooling_steps_are_zero_off_the_switches(net_case) -> None:
     unpooled = [s for s in p.steps if s.kind == "unpool"]
     assert len(unpooled) == 2
     for step in unpooled:
-        assert step.switches is not None and step.switches.shape[:2] == (2, step.shape[0])
+        assert step.switches is not None
+        assert step.switches.shape[:2] == (2, step.shape[0])
         before = p.steps.before(step)
-        assert before is not None and step.switches.shape[2:] == before.shape[1:]
+        assert before is not None
+        assert step.switches.shape[2:] == before.shape[1:]
         for i in range(2):
             mask = step.switch_mask(i)
-            assert mask is not None and mask.shape == step.shape
+            assert mask is not None
+            assert mask.shape == step.shape
             assert torch.all(step.signal[i][~mask] == 0)
             # every pooled value went to its switch: the unpooled signal sums to the pooled one, per channel
             torch.testing.assert_close(step.signal[i].sum((1, 2)), before.signal[i].sum((1, 2)))
-            assert bool(mask.any()) and not bool(mask.all())
+            assert bool(mask.any())
+            assert not bool(mask.all())
 
 
 def test_by_default_one_seed_is_kept_and_the_normal_path_is_unchanged(tiny_vgg, image_16, unchanged) -> None:
@@ -167,11 +179,15 @@ def test_by_default_one_seed_is_kept_and_the_normal_path_is_unchanged(tiny_vgg, 
     assert plain.steps is None
     p = net.project(image_16, "conv3", channel=[0, 1, 2], steps=True)
     assert torch.equal(p.image, plain.image)
-    assert p.steps is not None and p.steps.seeds == (0,) and all(s.signal.shape[0] == 1 for s in p.steps)
+    assert p.steps is not None
+    assert p.steps.seeds == (0,)
+    assert all(s.signal.shape[0] == 1 for s in p.steps)
     assert all(s.signal.device.type == "cpu" for s in p.steps)
-    assert p.steps[0].alias == "conv3" and p.steps.name_of("features.6") == "conv3"
+    assert p.steps[0].alias == "conv3"
+    assert p.steps.name_of("features.6") == "conv3"
     picked = net.project(image_16, "conv3", channel=[0, 1, 2], steps=[2])
-    assert picked.steps is not None and picked.steps.seeds == (2,)
+    assert picked.steps is not None
+    assert picked.steps.seeds == (2,)
     assert torch.equal(picked.steps[-1].signal, plain.image[2:])
     state.assert_same(tiny_vgg)
 
@@ -180,7 +196,8 @@ def test_batched_and_one_by_one_steps_agree(image_16) -> None:
     model = make_tiny_vgg()
     one = dv.DeconvNet(model, max_batch=1).project(image_16, "features.6", channel=[0, 5, 7], steps="all")
     two = dv.DeconvNet(model, max_batch=2).project(image_16, "features.6", channel=[0, 5, 7], steps="all")
-    assert one.steps is not None and two.steps is not None
+    assert one.steps is not None
+    assert two.steps is not None
     assert [s.node for s in one.steps] == [s.node for s in two.steps]
     for a, b in zip(one.steps, two.steps, strict=True):
         torch.testing.assert_close(a.signal, b.signal)
@@ -196,7 +213,7 @@ def test_a_bad_steps_choice_is_a_seed_error(tiny_vgg, image_16, bad) -> None:
 def test_the_figure_draws_every_step(tiny_vgg, image_16) -> None:
     p = dv.DeconvNet(tiny_vgg, aliases=TINY_ALIASES).project(image_16, "conv3", channel=2, steps=True)
     assert p.steps is not None
-    fig, axes = p.steps.figure(channels=2, columns=4)
+    _fig, axes = p.steps.figure(channels=2, columns=4)
     count = len(p.steps)
     bands = -(-count // 4)
     assert axes.shape == (bands * 4, 4)  # per band: sums, two channel rows, details
@@ -216,13 +233,16 @@ def test_saved_folder_has_the_figure_a_picture_per_step_and_a_manifest(tiny_vgg,
     assert p.steps is not None
     folder = p.steps.save(tmp_path / "out", arguments={"channel": 2})
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["kind"] == "steps" and manifest["arguments"] == {"channel": 2}
+    assert manifest["kind"] == "steps"
+    assert manifest["arguments"] == {"channel": 2}
     entries = manifest["steps"]["steps"]
-    assert len(entries) == len(p.steps) and (folder / "figure.png").is_file()
+    assert len(entries) == len(p.steps)
+    assert (folder / "figure.png").is_file()
     for entry, step in zip(entries, p.steps, strict=True):
         picture = Image.open(folder / entry["file"])
         assert picture.size[0] == step.shape[-1] * entry["enlarged"]
-        assert entry["kind"] == step.kind and entry["shape"] == list(step.shape)
+        assert entry["kind"] == step.kind
+        assert entry["shape"] == list(step.shape)
     assert entries[-1]["picture"] == "reconstruction"
 
 
@@ -248,9 +268,11 @@ def test_cli_writes_the_figure_the_steps_and_a_manifest(photo: Path, tmp_path: P
     out = tmp_path / "out"
     code, stdout, stderr = steps_cli(photo, "--layer", "conv3", "--channel", "5", "--out", out, "--show-channels", "2")
     assert code == 0, stderr
-    assert "conv3 channel 5" in stdout and "unpool" in stdout
+    assert "conv3 channel 5" in stdout
+    assert "unpool" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["arguments"]["channel"] == 5 and manifest["steps"]["channels"] == [5]
+    assert manifest["arguments"]["channel"] == 5
+    assert manifest["steps"]["channels"] == [5]
     files = sorted(str(p.relative_to(out)) for p in (out / "steps").glob("*.png"))
     assert files == sorted(entry["file"] for entry in manifest["steps"]["steps"])
     assert (out / "figure.png").is_file()
@@ -274,7 +296,8 @@ def test_cli_bad_input_is_one_line(photo: Path, tmp_path: Path, args: list[str],
     code, stdout, stderr = steps_cli(*filled, "--out", out)
     assert code == 2
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
     assert "Traceback" not in stdout + stderr
     for needle in needles:
         assert needle in lines[0]
