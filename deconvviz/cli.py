@@ -923,9 +923,13 @@ def steps_command(
                 "scale": scale.value,
             }
             folder = steps.save(out, scale=scale.value, channels=show_channels, arguments=arguments)
+        counts: dict[str, int] = {}
+        for step in steps:
+            counts[step.kind] = counts.get(step.kind, 0) + 1
+        made = ", ".join(f"{n} {kind}" for kind, n in counts.items())
         typer.echo(
             f"wrote {folder}/figure.png, {len(steps)} step pictures and manifest.json: {result.layer} channel "
-            f"{result.channels[0]}, {' -> '.join(s.kind for s in steps)}"
+            f"{result.channels[0]} ({made})"
         )
 
 

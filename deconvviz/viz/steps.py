@@ -198,8 +198,8 @@ def _draw_cut_detail(ax: Axes, before: Step, step: Step, i: int, crop: Any) -> N
     kept = before.signal[i].detach().to(torch.float64)
     removed = (kept - step.signal[i].detach().to(torch.float64)).abs().sum()
     share = float(removed / kept.abs().sum()) if float(kept.abs().sum()) > 0 else 0.0
-    ax.imshow(colour(cut, limit(plane(before.signal[i]))), interpolation="nearest")
-    ax.set_title(f"what was cut\n{share:.0%} of |signal|", fontsize=6.5)
+    ax.imshow(colour(cut), interpolation="nearest")
+    ax.set_title(f"what was cut\n{share:.0%} of |signal|" if share else "what was cut\nnothing", fontsize=6.5)
 
 
 def steps_figure(
