@@ -31,7 +31,7 @@ from deconvviz.methods import RuleSet
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from deconvviz.projection import Projection
+    from deconvviz.core.projection import Projection
 
 StepsChoice = bool | int | str | Sequence[int]
 """Which seeds' steps to keep: False (none), True (the first seed), an index, a list of indices, or ``"all"``."""
@@ -205,10 +205,9 @@ class ProjectionSteps:
         return save_steps(self, Path(directory), arguments=arguments, **options)
 
     def _repr_png_(self) -> bytes:
-        from deconvviz import viz
+        from deconvviz.viz.results import png_of
 
-        fig, _ = self.figure()
-        return viz.figure_png(fig)
+        return png_of(self.figure()[0])
 
 
 def chosen_seeds(steps: StepsChoice, count: int) -> list[int]:
