@@ -302,3 +302,19 @@ def test_cli_bad_input_is_one_line(photo: Path, tmp_path: Path, args: list[str],
     for needle in needles:
         assert needle in lines[0]
     assert not out.exists()
+
+
+def test_visualize_keeps_the_steps_of_units_chosen_inside_the_picture(photo: Path) -> None:
+    p = dv.visualize(photo, MODEL, "conv3", top=3, steps="all", device="cpu")
+    assert p.prefer_inside  # units chosen one by one, inside the picture: each seed's steps from its own walk
+    assert p.steps is not None
+    assert p.steps.seeds == (0, 1, 2)
+    assert p.steps.channels == p.channels
+    assert p.steps.positions == p.positions
+    assert torch.equal(p.steps[-1].signal, p.image)
+    first = dv.visualize(photo, MODEL, "conv3", top=3, steps=True, device="cpu")
+    assert first.steps is not None
+    assert first.steps.seeds == (0,)
+    torch.testing.assert_close(first.steps[3].signal, p.steps[3].signal[:1])
+    with pytest.raises(dv.DeconvVizError, match="class score"):
+        dv.visualize(photo, MODEL, target_class="auto", steps=True, device="cpu")
