@@ -155,7 +155,8 @@ def build_report(
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
     from deconvviz.analysis.topk import distributed
-    from deconvviz.analysis.topk.scan import keep_strongest, result_of, scan, silent_channels
+    from deconvviz.analysis.topk.options import ScanOptions
+    from deconvviz.analysis.topk.scan import keep_strongest, result_of, run_scan, silent_channels
     from deconvviz.io.sources import image_source
     from deconvviz.methods import get_method
     from deconvviz.models.session import resolve_device, session
@@ -164,9 +165,13 @@ def build_report(
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
     scanned, strongest, ranking = _channel_choice(channels)
+    options = ScanOptions.of(
+        k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
+    )
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
-    source = image_source(folder, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+    # bad input fails before the model loads
+    source = image_source(folder, limit=options.limit, sample=options.sample, seed=options.seed)
     if per_image and source.paths is None:
         raise ReportError("per-image pages need image files; a data set has none (leave out per_image)")
     if isinstance(model, str):
@@ -193,18 +198,9 @@ def build_report(
     if ranks.rank == 0 and not resume:
         remove_owned(state)  # an older run's state must not be mixed into this one
     distributed.barrier(ranks)
-    found = scan(
-        current.model,
-        source,
-        layers=chosen,
-        k=k,
-        channels=scanned,
-        batch_size=batch_size,
-        progress=progress,
-        state=state,
-        resume=resume,
-        save_every=save_every,
-    )
+    # the source already holds the chosen images: the scan takes them all
+    scanning = options.but(layers=tuple(chosen), channels=scanned, limit=None, sample=None)
+    found = run_scan(current.model, source, scanning, progress=progress, state=state)
     census = _Census(
         scanned={layer: len(found.selected[layer]) for layer in found.layers}, silent=silent_channels(found)
     )

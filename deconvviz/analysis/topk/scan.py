@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.options import ScanOptions
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
 from deconvviz.analysis.topk.tracker import TopKTracker
 from deconvviz.errors import DeconvVizError
@@ -199,17 +200,38 @@ def scan(
 
     Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
+    options = ScanOptions.of(
+        layers,
+        k=k,
+        channels=channels,
+        batch_size=batch_size,
+        workers=workers,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        resume=resume,
+        save_every=save_every,
+    )
+    return run_scan(model, data, options, device=device, progress=progress, state=state)
+
+
+def run_scan(
+    model: Any,
+    data: Data,
+    options: ScanOptions,
+    *,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    state: str | Path | None = None,
+) -> ScanResult:
+    """:func:`scan` with its options in one object (:class:`~deconvviz.analysis.topk.options.ScanOptions`)."""
     from deconvviz.analysis.topk import distributed
     from deconvviz.analysis.topk.state import ScanState, load_state, save_state, state_file
     from deconvviz.core.deconvnet import DeconvNet
 
-    if k < 1:
-        raise SearchError(f"k must be at least 1, got {k}")
-    if batch_size < 1:
-        raise SearchError(f"batch_size must be at least 1, got {batch_size}")
-    if save_every < 0:
-        raise SearchError(f"save_every must be 0 or more seconds, got {save_every}")
-    source = image_source(data, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+    layers, k, channels, batch_size = options.layers, options.k, options.channels, options.batch_size
+    # bad input fails before the model loads
+    source = image_source(data, limit=options.limit, sample=options.sample, seed=options.seed)
     loaded = _loaded(model, device)
     where = _device_of(loaded)
     ranks = distributed.setup(where)
@@ -225,7 +247,7 @@ def scan(
     start = 0
     path = state_file(state, ranks.rank, ranks.world) if state is not None else None
     fingerprint = _fingerprint(loaded, nodes, k, channels, batch_size, source, ranks) if path is not None else {}
-    if path is not None and resume:
+    if path is not None and options.resume:
         saved = load_state(path, fingerprint)
         if saved is not None:
             trackers = {layer: TopKTracker.from_state(t, where) for layer, t in saved.trackers.items()}
@@ -260,7 +282,7 @@ def scan(
     loader = torch.utils.data.DataLoader(
         _Images(source, prepare),
         batch_sampler=mine[start:],
-        num_workers=workers,
+        num_workers=options.workers,
         collate_fn=_collate,
         pin_memory=on_gpu,  # page-locked batches: the copy to the GPU overlaps the next batch's reading
     )
@@ -281,7 +303,7 @@ def scan(
             net.visit_activations(x, chosen_layers, visit)
         # The first save comes after save_every seconds (a short scan leaves no state behind), then one every
         # save_every seconds and one at the end, so that a crash while projecting need not scan again.
-        if path is not None and (time.monotonic() - last_save >= save_every or (step == len(mine) and kept)):
+        if path is not None and (time.monotonic() - last_save >= options.save_every or (step == len(mine) and kept)):
             save(step)
             kept, last_save = True, time.monotonic()
         if progress is not None:
@@ -410,24 +432,20 @@ def top_k(
     from deconvviz.methods import get_method
 
     method = get_method(method).name  # an unknown method fails before the scan
-    found = scan(
-        model,
-        data,
+    options = ScanOptions.of(
         layers,
-        k,
-        channels,
+        k=k,
+        channels=channels,
         batch_size=batch_size,
-        device=device,
         workers=workers,
-        progress=progress,
         limit=limit,
         sample=sample,
         seed=seed,
-        state=state,
         resume=resume,
         save_every=save_every,
     )
-    return result_of(found, k, batch_size, progress, method=method)
+    found = run_scan(model, data, options, device=device, progress=progress, state=state)
+    return result_of(found, options.k, options.batch_size, progress, method=method)
 
 
 def silent_channels(found: ScanResult) -> dict[str, list[int]]:
@@ -608,6 +626,7 @@ __all__ = [
     "ScanResult",
     "project_hits",
     "result_of",
+    "run_scan",
     "scan",
     "top_k",
 ]
