@@ -6,7 +6,8 @@ its node once every op that reads that node has been mirrored, which is exactly 
 the seed at that node under the method's rules. Its first step is the seed itself; its last is the signal at the
 input, the reconstruction. Each step names the op(s) whose mirror made it (for a chain, the op just above) and
 what that op does (``"unpool"``, ``"rectify"``, ``"transposed convolution"``, ...); an unpooling step also keeps
-the switches it was unpooled with.
+the switches it was unpooled with. A node whose output is a tuple of tensors (``split``, ``chunk``) has no step
+of its own: its pieces' signals go on to the op that made the tuple.
 
 Memory: the steps of a VGG16 projection at ``conv3_3`` take about 80 MB per seed in float32, so by default only
 the first seed's steps are kept; ask for more with ``steps="all"`` or a list of seed indices. They are copied to
