@@ -430,3 +430,56 @@ def test_every_picture_in_docs_is_shown(site: Path) -> None:
     shown = {Path(unquote(urlsplit(v).path)).name for p in site.rglob("*.html") for _, _, v in _parse(p).refs}
     pictures = {p.name for p in DOCS.glob("*.png")}
     assert pictures <= shown, f"pictures in docs/ that no page shows: {sorted(pictures - shown)}"
+
+
+# ------------------------------------------------------------------------------------------- in a browser
+
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+_CHROMEDRIVER = shutil.which("chromedriver")
+_IMAGES = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    if not (_CHROMIUM and _CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = Options()
+    options.binary_location = _CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(_CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_site_opens_from_disk_in_a_browser(site: Path, browser) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pages = sorted(p for p in site.glob("*.html") if p.name != "404.html")
+    for page in pages:
+        browser.get(page.as_uri())
+        browser.execute_script("Array.from(document.images).forEach(i => { i.loading = 'eager'; })")
+        WebDriverWait(browser, 20).until(lambda b: all(done for _, done, _ in b.execute_script(_IMAGES)))
+        blank = [src for src, _, width in browser.execute_script(_IMAGES) if not width]
+        assert not blank, f"{page.name}: pictures that do not load: {blank}"
+    # A reader's path: from the front page through the navigation to the reference and one entry in it.
+    browser.get((site / "index.html").as_uri())
+    browser.find_element("link text", "API reference").click()
+    assert Path(unquote(urlsplit(browser.current_url).path)).name == "reference.html"
+    assert browser.find_element("id", "deconvviz.DeconvNet").is_displayed()
