@@ -21,7 +21,7 @@ from PIL import Image
 from reference import relative_error
 
 import deconvviz as dv
-from deconvviz.search import SearchError, TopKTracker, find_images, top_k
+from deconvviz.analysis.topk.search import SearchError, TopKTracker, find_images, top_k
 
 
 @dataclass
@@ -193,7 +193,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_search import Stand
     from conftest import make_tiny_vgg
-    from deconvviz.search import top_k
+    from deconvviz.analysis.topk.search import top_k
     stand = Stand(make_tiny_vgg(), side=192)
     top_k(stand, sys.argv[1], layers=["conv1", "conv2"], k=9, channels=2, batch_size=8)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

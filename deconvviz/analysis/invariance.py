@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.api import Session
-    from deconvviz.models import LoadedModel
+    from deconvviz.models.session import Session
+    from deconvviz.models.zoo import LoadedModel
 
 TRANSFORMS = ("translate", "scale", "rotate")
 """The transformations of the paper's Fig. 5, in its row order."""
@@ -189,7 +189,7 @@ class InvarianceResult(AnalysisResult):
         Returns:
             ``(figure, axes)``, axes of shape ``(transforms, columns)``; the figure is not shown.
         """
-        from deconvviz.analysis.plots import invariance_figure
+        from deconvviz.viz.plots import invariance_figure
 
         return invariance_figure(self, **kwargs)
 
@@ -301,9 +301,9 @@ def invariance(
 
     Args:
         images: picture files, PIL images or preprocessed ``(1, C, H, W)`` tensors.
-        model: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
+        model: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
         layers: the layers compared (names or aliases, low to high); default: the first of
-            :func:`~deconvviz.api.default_layers` and the model's output (``conv1_2`` and pool5 for VGG16's conv
+            :func:`~deconvviz.core.layers.default_layers` and the model's output (``conv1_2`` and pool5 for VGG16's conv
             base; ``conv1`` and the 1000 class scores for SqueezeNet), like the paper's layers 1 and 7.
         translate: ``(start, end)`` vertical translation in pixels (positive moves the content down), or None
             to skip it.
@@ -332,7 +332,8 @@ def invariance(
         >>> r.distances["rotate"]["conv1"].shape  # doctest: +SKIP
         torch.Size([2, 13])
     """
-    from deconvviz.api import choose_layers, default_layers, session
+    from deconvviz.core.layers import choose_layers, default_layers
+    from deconvviz.models.session import session
 
     if normalize not in _DISTANCES:
         raise AnalysisError(f"normalize must be one of {', '.join(_DISTANCES)}, got {normalize!r}")
@@ -502,7 +503,7 @@ def _examples(
     """A few transformed versions of ``x`` per transformation, as small RGB arrays for the figure."""
     import numpy as np
 
-    from deconvviz.render import input_to_pil
+    from deconvviz.viz.render import input_to_pil
 
     if count < 1:
         return {}

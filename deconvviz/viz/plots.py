@@ -87,7 +87,7 @@ def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[F
 
 
 def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
-    from deconvviz.render import mosaic
+    from deconvviz.viz.render import mosaic
 
     same = all(p.shape == pictures[0].shape for p in pictures)
     if not same:

@@ -10,9 +10,9 @@ switches), batched across images with one capture per image for all the layers i
 the reconstruction and the image are cropped to the unit's receptive field: the paper's
 reconstruction-beside-patch grids.
 
-Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.sources`). A scan can
-save its state at intervals and resume from it (:mod:`deconvviz.scanstate`), and under ``torchrun`` it is
-spread over the processes (:mod:`deconvviz.distributed`): each scans its share of the batches, the top-k are
+Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.io.sources`). A scan can
+save its state at intervals and resume from it (:mod:`deconvviz.analysis.topk.state`), and under ``torchrun`` it is
+spread over the processes (:mod:`.distributed`): each scans its share of the batches, the top-k are
 merged with collectives, the projections are shared out and rank 0 gets the result.
 """
 
@@ -31,22 +31,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from deconvviz.distributed import Ranks
+from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.state import tracker_state
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.jsonstream import Streamed, iter_json
-from deconvviz.scanstate import tracker_state
-from deconvviz.sources import Data, ImageSource, SearchError, find_images, image_source
+from deconvviz.io.manifest import header
+from deconvviz.io.sources import Data, ImageSource, SearchError, find_images, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages are ``"scan"`` and ``"project"``."""
-
-SCHEMA_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ scanning
@@ -239,13 +238,13 @@ class TopKResult:
 
     def reconstruction_rgb(self, layer: str, channel: int, rank: int, scale: str | None = None) -> Any:
         """A hit's cropped reconstruction as an ``(h, w, 3)`` uint8 array (scaled as :func:`deconvviz.viz.to_rgb`)."""
-        from deconvviz.viz import to_rgb
+        from deconvviz.viz.scaling import to_rgb
 
         return to_rgb(self._hits(layer, channel)[rank].reconstruction, scale)
 
     def patch_pil(self, layer: str, channel: int, rank: int) -> Image:
         """A hit's image patch as a PIL image."""
-        from deconvviz.viz import input_to_pil
+        from deconvviz.viz.pictures import input_to_pil
 
         return input_to_pil(self._hits(layer, channel)[rank].patch, self.to_image)
 
@@ -314,7 +313,7 @@ class TopKResult:
             "skipped": Streamed(skipped),
         }
         return {
-            "schema_version": SCHEMA_VERSION,
+            **header("topk", stamped=False),
             "model": self.model,
             "folder": self.folder,
             "k": self.k,
@@ -328,8 +327,9 @@ class TopKResult:
         The folder is written as every result folder is (see :mod:`deconvviz.io`): whole or not at all, replacing
         an earlier result but never a folder deconvviz did not write.
         """
-        from deconvviz.io import NameMap, stage_folders
-        from deconvviz.viz import figure_png
+        from deconvviz.io.atomic import stage_folders
+        from deconvviz.io.names import NameMap
+        from deconvviz.viz.figures import figure_png
 
         out = Path(directory)
         names = NameMap(fallback="layer")
@@ -393,7 +393,7 @@ class ScanResult:
 
 
 def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callable[[Any], Tensor]) -> list[str]:
-    """The layers a scan looks at when none are given: :func:`deconvviz.api.scan_layers` (as the report does).
+    """The layers a scan looks at when none are given: :func:`deconvviz.core.layers.scan_layers` (as the report does).
 
     Those are ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these aliases; else the first readable
     image tells each layer's size and the deepest four of the default layers are taken.
@@ -401,7 +401,7 @@ def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callabl
     Raises:
         SearchError: no image of ``source`` can be read (only asked where the model has no such aliases).
     """
-    from deconvviz.api import SCAN_LAYERS, scan_layers
+    from deconvviz.core.layers import SCAN_LAYERS, scan_layers
 
     if all(name in net.aliases for name in SCAN_LAYERS):  # no picture needed
         return list(SCAN_LAYERS)
@@ -435,7 +435,7 @@ def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
 def _fingerprint(
     loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
 ) -> dict[str, Any]:
-    from deconvviz.scanstate import parameters_digest
+    from deconvviz.analysis.topk.state import parameters_digest
 
     return {
         "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
@@ -473,9 +473,9 @@ def scan(
 
     Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
-    from deconvviz import distributed
-    from deconvviz.deconvnet import DeconvNet
-    from deconvviz.scanstate import ScanState, load_state, save_state, state_file
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.analysis.topk.state import ScanState, load_state, save_state, state_file
+    from deconvviz.core.deconvnet import DeconvNet
 
     if k < 1:
         raise SearchError(f"k must be at least 1, got {k}")
@@ -588,7 +588,7 @@ def _merge_ranks(
     k: int,
 ) -> tuple[dict[str, TopKTracker], dict[str, list[int]], list[tuple[int, str]]]:
     """Every process's top-k merged into one, on every process (tensors through all_gather)."""
-    from deconvviz import distributed
+    from deconvviz.analysis.topk import distributed
 
     # A process whose shard held no readable image has no tracker yet: it learns the shapes from the others.
     shapes = {layer: (selected[layer], t.map_shape) for layer, t in trackers.items()}
@@ -650,7 +650,7 @@ def top_k(
             ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
             Unreadable images are skipped and listed in the result.
         layers: layer names or aliases; default: ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these
-            aliases (VGG16), else the deepest four of :func:`deconvviz.api.default_layers` (as the report).
+            aliases (VGG16), else the deepest four of :func:`deconvviz.core.layers.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
         batch_size: images per forward pass.
@@ -766,8 +766,8 @@ def _device_of(loaded: Any) -> torch.device:
 
 
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
-    from deconvviz import distributed
-    from deconvviz.models import load_model
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.models.zoo import load_model
 
     if isinstance(model, str):
         return load_model(model, device=distributed.rank_device(str(device or "cpu")))
@@ -815,8 +815,8 @@ def project_hits(
     captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
     rank ``b % world`` and rank 0 collects the hits (the other ranks get ``{}`` per layer).
     """
-    from deconvviz import distributed
-    from deconvviz.receptive import receptive_fields
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.core.receptive import receptive_fields
 
     net, loaded, source, ranks = found.net, found.loaded, found.source, found.ranks
     layers, trackers, selected = list(dict.fromkeys(found.layers)), found.trackers, found.selected
