@@ -51,10 +51,10 @@ test-portable: venv
 # The documentation site, from docs/ and the docstrings, into site/; --strict turns a broken link, a missing
 # page or a docstring reference that does not resolve into an error. (The dev extra includes the docs extra.)
 docs: venv
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 docs-serve: venv
-	$(PY) -m mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 bench: venv
 	$(PY) benchmarks/projection.py
