@@ -97,6 +97,16 @@ def test_every_page_with_python_is_run() -> None:
     assert {"README.md", "docs/python.md", "docs/topk.md", "docs/models.md"} <= with_python
 
 
+def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 200, "the README is the front page; the manual's pages hold the rest"
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t for t in targets if not urlsplit(t).scheme]
+    assert any(t.startswith("docs/") for t in local)
+    missing = [t for t in local if not (ROOT / unquote(urlsplit(t).path)).exists()]
+    assert not missing, f"links in the README to files that do not exist: {missing}"
+
+
 # ------------------------------------------------------------------------------------- stand-in models
 
 # VGG16's layout (node names features.0 ... features.30, so its aliases hold) at a fraction of its widths.
