@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -94,7 +95,7 @@ def test_the_block_reader_finds_blocks_and_skip_marks(tmp_path: Path) -> None:
 def test_every_page_with_python_is_run() -> None:
     # The pages the runner below covers: a page whose blocks all went missing would be a silent pass.
     with_python = {_page_id(p) for p in PAGES if _runs_python(p)}
-    assert {"README.md", "docs/python.md", "docs/topk.md", "docs/models.md"} <= with_python
+    assert {"README.md", "docs/python.md", "docs/topk.md", "docs/models.md", "docs/evolution.md"} <= with_python
 
 
 def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
@@ -187,6 +188,16 @@ def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     for alias, name in (("photo", "cat"), ("a", "coffee"), ("b", "rocket")):
         shutil.copy(work / f"{name}.jpg", work / f"{alias}.jpg")
     (work / "examples").symlink_to(examples, target_is_directory=True)
+    # What examples/digits_evolution.py writes, at a glance's size: pictures and two checkpoints.
+    digits = work / "out" / "digits"
+    (digits / "images").mkdir(parents=True)
+    (digits / "checkpoints").mkdir()
+    for picture in (work / "photos").iterdir():
+        Image.open(picture).resize((32, 32)).save(digits / "images" / f"{picture.stem}.png")
+    build_digits_cnn = runpy.run_path(str(examples / "digits_evolution.py"))["build"]
+    for epoch in (1, 4):
+        torch.manual_seed(epoch)
+        torch.save(build_digits_cnn().state_dict(), digits / "checkpoints" / f"epoch{epoch:02d}.pt")
     (work / "mynets.py").write_text(MYNETS)
     monkeypatch.chdir(work)
     monkeypatch.syspath_prepend(str(work))
