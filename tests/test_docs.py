@@ -108,6 +108,37 @@ def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
     assert not missing, f"links in the README to files that do not exist: {missing}"
 
 
+def _resolve(dotted: str) -> object:
+    """The object a dotted name such as ``deconvviz.viz.to_rgb`` names, importing modules on the way."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(dotted)
+
+
+def test_every_name_the_text_mentions_exists() -> None:
+    # Names in the prose (`dv.top_k`, `deconvviz.viz.to_rgb`) are not run by the examples: look each one up.
+    mentioned = {
+        (page, match.group(1), match.group(2).rstrip("."))
+        for page in PAGES
+        for match in re.finditer(r"\b(dv|deconvviz)\.([A-Za-z_][\w.]*)", page.read_text(encoding="utf-8"))
+    }
+    assert len(mentioned) > 20
+    missing = []
+    for page, prefix, name in sorted(mentioned):
+        try:
+            _resolve(f"deconvviz.{name}")
+        except (ImportError, AttributeError):
+            missing.append(f"{_page_id(page)}: {prefix}.{name}")
+    assert not missing, "names that do not exist: " + ", ".join(missing)
+
+
 # ------------------------------------------------------------------------------------- stand-in models
 
 # VGG16's layout (node names features.0 ... features.30, so its aliases hold) at a fraction of its widths.
