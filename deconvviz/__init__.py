@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "TraceError": "deconvviz.errors",
     "top_k": "deconvviz.analysis.topk.scan",
     "TopKResult": "deconvviz.analysis.topk.result",
+    "build_report": "deconvviz.viz.report",
+    "Report": "deconvviz.viz.report",
     "load_model": "deconvviz.models.zoo",
     "register_model": "deconvviz.models.zoo",
     "list_models": "deconvviz.models.zoo",
@@ -131,6 +133,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.viz.folders import RenderedImage as RenderedImage
     from deconvviz.viz.folders import RenderedLayer as RenderedLayer
     from deconvviz.viz.folders import render_images as render_images
+    from deconvviz.viz.report import Report as Report
+    from deconvviz.viz.report import build_report as build_report
 
 
 def __getattr__(name: str) -> Any:
