@@ -196,6 +196,26 @@ def test_streaming_top_k_equals_the_cpu_brute_force(device: torch.device, folder
                 assert relative_error(hit.reconstruction, full[:, top:bottom, left:right]) <= TOLERANCE
 
 
+def test_loader_workers_read_pictures_on_the_host(device: torch.device, folder: Path) -> None:
+    # A loaded model's preprocess puts a picture on its device; the scan's DataLoader workers (forked processes,
+    # where CUDA cannot start) must prepare pictures on the host instead, and the batch crosses to the device once.
+    dv.register_model(
+        dv.ModelSpec(name="tiny-workers", builder=make_tiny_vgg, preprocessing=dv.Preprocessing(size=32)),
+        replace=True,
+    )
+    loaded = dv.load_model("tiny-workers", device=str(device))
+    from deconvviz.search import host_preprocess
+
+    picture = Image.open(next(iter(sorted(folder.rglob("*.png")))))
+    assert host_preprocess(loaded)(picture).device.type == "cpu"
+    assert loaded.preprocess(picture).device.type == device.type
+    arguments = {"layers": ["features.3", "features.7"], "k": 2, "channels": 3, "batch_size": 3}
+    read_here = dv.top_k(loaded, folder, **arguments)  # type: ignore[arg-type]
+    read_by_workers = dv.top_k(loaded, folder, workers=2, **arguments)  # type: ignore[arg-type]
+    assert read_by_workers.to_dict() == read_here.to_dict()
+    assert len(read_here.skipped) == 1  # broken.jpg
+
+
 # ------------------------------------------------------------------------------------------------ occlusion
 
 
