@@ -28,6 +28,8 @@ from PIL import Image
 from reference import method_reference, relative_error
 from test_occlusion import MODELS as OCCLUSION_MODELS
 from test_occlusion import seeded
+from test_rules import CASES as RULE_CASES
+from test_rules import _seeded as rule_seeded
 from test_search import Stand, _brute_force, _write_images
 from torch import nn
 
@@ -99,6 +101,16 @@ NETS: dict[str, tuple[Callable[[], nn.Module], int, str, str]] = {
 }
 
 
+# The nets of the rule tests too (conv variants, functional forms, every pool, branches): one op family each.
+ENGINE_NETS: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    **{name: (builder, side) for name, (builder, side, _, _) in NETS.items()},
+    **{
+        f"rules-{case}": (lambda cls=cls: rule_seeded(cls().double()), side)
+        for case, (cls, side, _) in RULE_CASES.items()
+    },
+}
+
+
 def _input(side: int, seed: int = 3) -> torch.Tensor:
     return torch.randn(1, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
@@ -110,10 +122,11 @@ def _on(model: nn.Module, device: torch.device) -> nn.Module:
 # ------------------------------------------------------------------------------------------------ engine
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", sorted(ENGINE_NETS))
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 def test_every_layer_projects_as_on_the_cpu(device: torch.device, name: str, method: str) -> None:
-    builder, side, _, _ = NETS[name]
+    builder, side = ENGINE_NETS[name]
     cpu = builder()
     x = _input(side)  # left on the CPU: the engine moves it to the model's device
     here, there = dv.DeconvNet(cpu), dv.DeconvNet(_on(cpu, device))
@@ -306,11 +319,13 @@ _SCAN = textwrap.dedent(
 )
 
 
-def _run_scan(command: list[str], out: Path, env: dict[str, str]) -> tuple[dict[str, object] | None, str]:
+def _run_scan(
+    command: list[str], out: Path, env: dict[str, str], timeout: int = 240
+) -> tuple[dict[str, object] | None, str]:
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, "timed out after 240 s"
+        return None, f"timed out after {timeout} s"
     if done.returncode != 0 or not out.exists():
         tail = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
         return None, (tail[-1] if tail else done.stderr.strip()[-300:]).strip()
@@ -347,8 +362,8 @@ def test_two_processes_on_one_device_give_the_one_process_hits(
         "127.0.0.1",
         "--nproc-per-node=2",
     ]
-    two, why = _run_scan(
-        [*run, str(script), str(folder), where, str(tmp_path / "two.json")], tmp_path / "two.json", env
+    two, why = _run_scan(  # NCCL on CUDA: a bounded wait, in case two ranks on one GPU hang rather than fail
+        [*run, str(script), str(folder), where, str(tmp_path / "two.json")], tmp_path / "two.json", env, timeout=120
     )
     note = ""
     if two is None and where == "cuda":  # NCCL refuses two processes on one GPU: the same scan over gloo
