@@ -82,9 +82,11 @@ class CheckError(Exception):
 
 
 def require_device(device: str) -> None:
-    """Fail in one line when ``device`` is CUDA and torch sees none."""
-    import torch
-
+    """Fail in one line when this python has no torch, or ``device`` is CUDA and torch sees none."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise CheckError(f"{sys.executable} cannot import torch ({exc}): run it with a python that has torch") from exc
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         built = torch.version.cuda or "none"
         raise CheckError(
@@ -791,16 +793,25 @@ def correctness(s: Settings, out: Path, log: Callable[[str], None]) -> tuple[lis
     last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     if not xml.exists():
         raise CheckError(f"pytest wrote no results ({last}); see {out / 'correctness.log'}")
+    if done.returncode not in (0, 1):
+        raise CheckError(f"pytest stopped with exit status {done.returncode} ({last}); see {out / 'correctness.log'}")
+    return parse_junit(xml), last
+
+
+def parse_junit(xml: Path) -> list[Check]:
+    """Outcomes of a pytest JUnit XML file, by test function (parameters pooled), with recorded properties."""
     checks: dict[str, Check] = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
         name = case.get("name", "")
         function = name.split("[")[0]
         check = checks.setdefault(function, Check(function, TESTS.get(function, function)))
         check.seconds += float(case.get("time", 0) or 0)
-        if case.find("failure") is not None or case.find("error") is not None:
+        bad = case.find("failure")
+        if bad is None:
+            bad = case.find("error")
+        if bad is not None:
             check.failed += 1
-            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
-            message = (bad.get("message", "") if bad is not None else "").splitlines()
+            message = (bad.get("message", "") or "failed").splitlines()
             check.failures.append(f"{name}: {message[0][:200] if message else 'failed'}")
         elif case.find("skipped") is not None:
             check.skipped += 1
@@ -810,9 +821,7 @@ def correctness(s: Settings, out: Path, log: Callable[[str], None]) -> tuple[lis
             note = f"{prop.get('name')}: {prop.get('value')}"
             if note not in check.notes:
                 check.notes.append(note)
-    if done.returncode not in (0, 1):
-        raise CheckError(f"pytest stopped with exit status {done.returncode} ({last}); see {out / 'correctness.log'}")
-    return list(checks.values()), last
+    return list(checks.values())
 
 
 # ------------------------------------------------------------------------------------------------ output
