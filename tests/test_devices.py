@@ -229,6 +229,27 @@ def test_loader_workers_read_pictures_on_the_host(device: torch.device, folder: 
     assert len(read_here.skipped) == 1  # broken.jpg
 
 
+def test_a_scans_pictures_can_go_to_workers_started_by_spawn(folder: Path, tmp_path: Path) -> None:
+    # Python 3.14 starts DataLoader workers by forkserver on Linux (spawn elsewhere): what they get is pickled.
+    import pickle
+
+    from deconvviz.search import _Images, host_preprocess
+    from deconvviz.sources import image_source
+
+    dv.register_model(dv.ModelSpec(name="tiny-pickled", builder=make_tiny_vgg), replace=True)
+    prepare = host_preprocess(dv.load_model("tiny-pickled"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(p) for p in sorted(folder.rglob("*.png"))))
+    sources = [image_source(folder), image_source(folder, sample=4, seed=1), image_source(listing)]
+    for source in sources:
+        again = pickle.loads(pickle.dumps(_Images(source, prepare)))
+        assert again.source.names == source.names
+        index, x, error = again[1]
+        assert index == 1
+        assert error is None
+        assert torch.equal(x, source.prepare(1, prepare))
+
+
 # ------------------------------------------------------------------------------------------------ occlusion
 
 
