@@ -33,7 +33,7 @@ device is not there (one line on stderr).
 
 Usage: ``python benchmarks/gpu_check.py --device cuda --out out/gpu-check`` or
 ``python benchmarks/gpu_check.py --device cpu --tiny --out out/gpu-check-cpu``
-(``--skip-correctness``, ``--skip-speed``, ``--repeats N``, ``--workers N``).
+(``--skip-correctness``, ``--skip-speed``, ``--repeats N``, ``--workers N``, ``--time-limit SECONDS``).
 """
 
 from __future__ import annotations
@@ -731,8 +731,8 @@ def report(net: Net, folder: Path, out: Path, s: Settings) -> list[Row]:
     return rows
 
 
-def speed(s: Settings, out: Path, log: Callable[[str], None]) -> list[Row]:
-    """Every speed row; a row that fails is kept with its error."""
+def speed(s: Settings, out: Path, log: Callable[[str], None], deadline: float = float("inf")) -> list[Row]:
+    """Every speed row; a row that fails is kept with its error, rows not started by ``deadline`` are skipped."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = Path(tmp)
@@ -748,6 +748,9 @@ def speed(s: Settings, out: Path, log: Callable[[str], None]) -> list[Row]:
             jobs.append((f"{net.name} occlusion", lambda net=net: occlusion(net, s)))
         jobs.append((f"{nets[0].name} report", lambda: report(nets[0], few, root / "reports", s)))
         for label, job in jobs:
+            if time.perf_counter() > deadline:
+                rows.append(Row(label.split(" ")[-1], label, error="not measured: the run reached --time-limit"))
+                continue
             log(label)
             began = time.perf_counter()
             try:
@@ -892,6 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/gpu-check"), help="folder for the table and JSON")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs of each side (default 3; tiny 1)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the scan and its baseline")
+    parser.add_argument(
+        "--time-limit", type=float, default=450, help="seconds after which no further speed row is started"
+    )
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
@@ -926,7 +932,7 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"correctness: no test ran ({summary})")
     if not args.skip_speed:
         log("speed: side by side")
-        rows = speed(s, out, log)
+        rows = speed(s, out, log, deadline=began + args.time_limit)
         problems += [f"{r.what}: {r.error}" for r in rows if r.error]
     text = table(info, checks, rows, clock)
     record = {

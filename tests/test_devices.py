@@ -302,6 +302,7 @@ def test_occlusion_result_equals_the_cpus(device: torch.device, folder: Path) ->
         x = loaded.preprocess(picture).cpu().double()  # a CPU tensor: occlusion moves it to the model
         results[where] = dv.occlusion(x, model=loaded, layer="conv3", size=8, stride=4, batch_size=7)
     a, b = results["cpu"], results[str(device)]
+    assert b.activation.device.type == "cpu"  # results hold host tensors, whatever the device
     assert (a.channel, a.target, a.grid) == (b.channel, b.target, b.grid)
     assert relative_error(b.activation, a.activation) <= TOLERANCE
     assert relative_error(b.probability, a.probability) <= TOLERANCE
