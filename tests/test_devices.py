@@ -314,6 +314,32 @@ def test_occlusion_result_equals_the_cpus(device: torch.device, folder: Path) ->
 
 # ------------------------------------------------------------------------------------------------ torchrun
 
+
+def test_ranks_share_the_gpus_in_turn_and_the_backend_can_be_chosen(monkeypatch) -> None:
+    from deconvviz import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for rank, gpu in ((0, "cuda:0"), (1, "cuda:1"), (2, "cuda:0")):  # three processes on two GPUs
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert distributed.rank_device("cuda") == gpu
+    assert distributed.rank_device("cpu") == "cpu"
+    assert distributed.rank_device("cuda:1") == "cuda:1"  # a GPU named by the caller is kept
+
+    monkeypatch.delenv(distributed.BACKEND_VARIABLE, raising=False)
+    assert distributed.backend_for("cuda:0") == "nccl"
+    assert distributed.backend_for("cpu") == "gloo"
+    monkeypatch.setenv(distributed.BACKEND_VARIABLE, " Gloo ")
+    assert distributed.backend_for("cuda:0") == "gloo"
+    monkeypatch.setenv(distributed.BACKEND_VARIABLE, "nccl")
+    with pytest.raises(ValueError, match="DECONVVIZ_DIST_BACKEND=nccl needs the scan on CUDA, not on cpu: use gloo"):
+        distributed.backend_for("cpu")
+    monkeypatch.setenv(distributed.BACKEND_VARIABLE, "mpi")
+    with pytest.raises(ValueError, match="DECONVVIZ_DIST_BACKEND='mpi' is not a backend: use nccl or gloo"):
+        distributed.backend_for("cuda")
+
+
 _SCAN = textwrap.dedent(
     """
     import json, sys
