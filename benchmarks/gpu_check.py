@@ -442,7 +442,7 @@ def forward_and_scan(net: Net, folder: Path, s: Settings) -> list[Row]:
     import torch
 
     import deconvviz as dv
-    from deconvviz.search import host_preprocess, scan
+    from deconvviz.analysis.topk.scan import host_preprocess, scan
 
     device = torch.device(s.device)
     paths = sorted(folder.glob("*.jpg"))
@@ -612,9 +612,9 @@ def occlusion(net: Net, s: Settings) -> Row:
     """Occluder positions per second: incremental re-inference against naive re-inference of the classifier."""
     import torch
 
-    from deconvviz.analysis.incremental import IncrementalOcclusion, occluded_images
     from deconvviz.analysis.occlusion import occluder_grid
     from deconvviz.core.graph import trace
+    from deconvviz.core.incremental import IncrementalOcclusion, occluded_images
 
     device = torch.device(s.device)
     model = net.classifier
@@ -671,7 +671,7 @@ def report(net: Net, folder: Path, out: Path, s: Settings) -> list[Row]:
     import torch
 
     import deconvviz as dv
-    from deconvviz.report import build_report
+    from deconvviz.viz.report import build_report
 
     device = torch.device(s.device)
     clock = Busy(device)

@@ -298,8 +298,8 @@ def filters_command(
     """
     with _reported(debug):
         with _progress_bars(transient=True):
-            from deconvviz.render import safe_name, save_figure
             from deconvviz.viz.filters import layer_filters
+            from deconvviz.viz.render import safe_name, save_figure
 
             current = deconvviz.session(model, device="cpu")
             found = layer_filters(current.net, layer)
@@ -430,7 +430,7 @@ def render_command(
             raise _usage("give either --top or --channels, not both")
         if size is not None and full_image:
             raise _usage("give either --size or --full-image, not both")
-        from deconvviz.viz import RenderOptions
+        from deconvviz.viz.figures import RenderOptions
 
         with _progress_bars(transient=True) as bar:
             task = bar.add_task("loading the model", total=None)
@@ -570,11 +570,11 @@ def report_command(
     written into a temporary folder and renamed into place when complete. A long scan saves its state every
     --save-every seconds; after a crash, Ctrl-C or a kill, the same command with --resume goes on from there.
     """
-    from deconvviz import distributed
+    from deconvviz.analysis.topk import distributed
 
     if workers > 1 and not distributed.launched():
         with _reported(debug):
-            from deconvviz.sources import image_source
+            from deconvviz.io.sources import image_source
 
             image_source(folder)  # a missing or empty folder gets its one line here, before any process starts
         argv = ["report", str(folder), "--model", model, "--channels", channels, "--top", str(top)]
@@ -591,7 +591,7 @@ def report_command(
     try:
         with _reported(debug, quiet=not lead):
             chosen_channels = _parse_channels(channels, ranked=True)
-            from deconvviz.report import build_report, scan_state_folder
+            from deconvviz.viz.report import build_report, scan_state_folder
 
             labels = {
                 "scan": "scanning pictures",

@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _photos(folder: Path) -> list[Path]:
-    from deconvviz.images import IMAGE_SUFFIXES
+    from deconvviz.io.images import IMAGE_SUFFIXES
 
     if not folder.is_dir():
         raise FileNotFoundError(f"no example folder at {str(folder)!r}; pass --images FOLDER")

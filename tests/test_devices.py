@@ -217,7 +217,7 @@ def test_loader_workers_read_pictures_on_the_host(device: torch.device, folder: 
         replace=True,
     )
     loaded = dv.load_model("tiny-workers", device=str(device))
-    from deconvviz.search import host_preprocess
+    from deconvviz.analysis.topk.scan import host_preprocess
 
     picture = Image.open(next(iter(sorted(folder.rglob("*.png")))))
     assert host_preprocess(loaded)(picture).device.type == "cpu"
@@ -233,8 +233,8 @@ def test_a_scans_pictures_can_go_to_workers_started_by_spawn(folder: Path, tmp_p
     # Python 3.14 starts DataLoader workers by forkserver on Linux (spawn elsewhere): what they get is pickled.
     import pickle
 
-    from deconvviz.search import _Images, host_preprocess
-    from deconvviz.sources import image_source
+    from deconvviz.analysis.topk.scan import _Images, host_preprocess
+    from deconvviz.io.sources import image_source
 
     dv.register_model(dv.ModelSpec(name="tiny-pickled", builder=make_tiny_vgg), replace=True)
     prepare = host_preprocess(dv.load_model("tiny-pickled"))
@@ -255,9 +255,9 @@ def test_a_scans_pictures_can_go_to_workers_started_by_spawn(folder: Path, tmp_p
 
 @pytest.mark.parametrize("name", sorted(OCCLUSION_MODELS))
 def test_incremental_occlusion_equals_naive_reinference(device: torch.device, name: str) -> None:
-    from deconvviz.analysis.incremental import IncrementalOcclusion, occluded_images, run_graph
     from deconvviz.analysis.occlusion import occluder_grid
     from deconvviz.core.graph import trace
+    from deconvviz.core.incremental import IncrementalOcclusion, occluded_images, run_graph
 
     cpu = OCCLUSION_MODELS[name]()
     model = _on(cpu, device)
@@ -316,7 +316,7 @@ def test_occlusion_result_equals_the_cpus(device: torch.device, folder: Path) ->
 
 
 def test_ranks_share_the_gpus_in_turn_and_the_backend_can_be_chosen(monkeypatch) -> None:
-    from deconvviz import distributed
+    from deconvviz.analysis.topk import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -347,8 +347,8 @@ _SCAN = textwrap.dedent(
     import torch
     from conftest import TINY_ALIASES, make_tiny_vgg
     import deconvviz as dv
-    from deconvviz import distributed
-    from deconvviz.search import project_hits, scan
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.analysis.topk.scan import project_hits, scan
 
     dv.register_model(dv.ModelSpec(name="tiny-ranks", builder=lambda: make_tiny_vgg(dtype=torch.float64),
                                    preprocessing=dv.Preprocessing(size=32), aliases=TINY_ALIASES), replace=True)
