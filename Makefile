@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 FAST := -m "not slow and not network and not browser" -n $(JOBS)
 
-.PHONY: venv demo test test-fast test-portable lint typecheck bench docs docs-serve clean
+.PHONY: venv demo test test-fast test-portable lint typecheck bench docs docs-serve gpu-check gpu-check-cpu clean
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,17 @@ docs-serve: venv
 bench: venv
 	$(PY) benchmarks/projection.py
 	$(PY) benchmarks/scan.py
+
+# The prepared check on a CUDA machine (docs/gpu.md): the system's python3 and its own torch, nothing installed,
+# this checkout on the path; the table and raw JSON go to OUT. Without a GPU it stops in one line.
+GPU_PYTHON ?= python3
+OUT ?=
+gpu-check:
+	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) benchmarks/gpu_check.py --device cuda --out "$(or $(OUT),out/gpu-check)"
+
+# The same check at toy size on the CPU, with the project's environment (seconds; CI runs it).
+gpu-check-cpu: venv
+	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu_check.py --device cpu --tiny --out "$(or $(OUT),out/gpu-check-cpu)"
 
 clean:
 	rm -rf out site .pytest_cache .mypy_cache .ruff_cache

@@ -268,8 +268,7 @@ def run_scan(
         )
         save_state(path, saved)
 
-    def prepare(image: Any) -> Tensor:
-        return loaded.preprocess(image)
+    prepare = host_preprocess(loaded)
 
     def track(layer: str, act: Tensor, index: Tensor) -> None:
         if layer not in trackers:
@@ -531,6 +530,19 @@ def result_of(
     )
 
 
+def host_preprocess(loaded: Any) -> Callable[[Any], Tensor]:
+    """The model's preprocessing, leaving each picture on the host.
+
+    A loaded model's ``preprocess`` puts the picture on the model's device; the scan instead reads pictures on
+    the host (in DataLoader workers, which must not touch CUDA) and moves each batch to the device once, whole.
+    """
+    from deconvviz.models.zoo import LoadedModel
+
+    if isinstance(loaded, LoadedModel):
+        return loaded.preprocessing
+    return loaded.preprocess
+
+
 def _device_of(loaded: Any) -> torch.device:
     reference = next(iter(loaded.module.parameters()), None)
     return reference.device if reference is not None else torch.device("cpu")
@@ -606,11 +618,12 @@ def project_hits(
     total = sum(len(wanted[i]) for chunk in chunks for i in chunk)
     where = _device_of(loaded)
     on_gpu = where.type == "cuda"
+    prepare = host_preprocess(loaded)
     values = {layer: trackers[layer].values.to("cpu") for layer in layers}
     mine: dict[str, list[tuple[int, int, TopKHit]]] = {layer: [] for layer in layers}  # (channel, rank, hit)
     done = 0
     for chunk in chunks:
-        x_cpu = torch.stack([source.prepare(i, loaded.preprocess) for i in chunk])
+        x_cpu = torch.stack([source.prepare(i, prepare) for i in chunk])
         x = (x_cpu.pin_memory() if on_gpu else x_cpu).to(where, non_blocking=on_gpu)
         units: dict[str, list[tuple[int, int, int, int]]] = {}
         meta: dict[str, list[tuple[int, int, int, int, int]]] = {}
@@ -651,6 +664,7 @@ def project_hits(
 
 __all__ = [
     "ScanResult",
+    "host_preprocess",
     "project_hits",
     "result_of",
     "run_scan",
