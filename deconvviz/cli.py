@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 import deconvviz
+from deconvviz.explore.command import explore_command
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -1025,6 +1026,9 @@ class _UsageError(ValueError):
 
 def _usage(message: str) -> _UsageError:
     return _UsageError(message)
+
+
+app.command("explore")(explore_command)
 
 
 def main() -> None:
