@@ -15,3 +15,25 @@ Example:
     >>> ex = dv.explore("vgg16", "photos/")  # doctest: +SKIP
     >>> ex.stop()  # doctest: +SKIP
 """
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+
+class _Package(types.ModuleType):
+    """This package, callable as :func:`deconvviz.explore.server.explore`.
+
+    ``deconvviz.explore`` names both this package and the notebook helper ``dv.explore``; once the package is
+    imported (the command line imports it), Python binds the name to the package, so the package answers the call.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from deconvviz.explore.server import explore
+
+        return explore(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Package
