@@ -444,7 +444,6 @@ class DeconvNet:
         return _walk.mirror(graph, cap, node, seeds, sample, rules)
 
 
-
 class Captured:
     """One picture's forward pass up to one layer, kept so that many units can be projected from it.
 

@@ -97,7 +97,9 @@ def _decode(handle: BinaryIO, label: str) -> Image.Image:
                 opened.load()
                 image = as_rgb(ImageOps.exif_transpose(opened) or opened)
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{label!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file") from exc
+        raise ImageError(
+            f"{label!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
+        ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image {label!r} is too large to open safely ({_first_line(exc)})") from exc
     except PermissionError:

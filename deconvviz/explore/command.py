@@ -56,7 +56,11 @@ def explore_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     token: Annotated[
         str | None,
-        typer.Option("--token", help="The secret every request must carry (default: a random one per launch).", show_default=False),
+        typer.Option(
+            "--token",
+            help="The secret every request must carry (default: a random one per launch).",
+            show_default=False,
+        ),
     ] = None,
     cache: Annotated[
         int | None,
@@ -67,13 +71,13 @@ def explore_command(
             show_default=False,
         ),
     ] = None,
-    upload_limit: Annotated[
-        int, typer.Option("--upload-limit", min=1, help="The largest upload, in MiB.")
-    ] = 32,
+    upload_limit: Annotated[int, typer.Option("--upload-limit", min=1, help="The largest upload, in MiB.")] = 32,
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False,
 ) -> None:
-    """Start a local page to explore a network: pick a picture and a layer, see every channel's activation map,
-    click a channel or a unit to see what it responds to, projected to pixels, and its top 9 over the folder.
+    """Explore a network in the browser: click any channel or unit and see what it responds to, live.
+
+    Pick a picture and a layer, see every channel's activation map, click a channel or a unit to see it projected
+    to pixels beside its receptive field, and its top 9 over the folder.
 
     Prints one line, `deconvviz explore: http://127.0.0.1:PORT/?token=TOKEN`, then serves until Ctrl-C.
     """

@@ -27,6 +27,7 @@ from deconvviz.explore.worker import ModelWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
+
     from deconvviz.api import Session
     from deconvviz.deconvnet import Captured
     from deconvviz.search import ScanResult
@@ -268,7 +269,7 @@ class Explorer:
     # -------------------------------------------------------------------------------------------- layers
 
     def layers(self) -> list[dict[str, Any]]:
-        """(On the model worker.) Every projectable layer, input to output: ``{"name", "node", "shape", "receptive_field"}``.
+        """Every projectable layer, input to output: ``{"name", "node", "shape", "receptive_field"}`` (on the worker).
 
         ``name`` is the layer's first alias (else its node name); ``shape`` is its output for the model's input
         size without the batch dimension; ``receptive_field`` is ``{"size", "stride", "whole_image"}`` (None
@@ -308,7 +309,9 @@ class Explorer:
                     "whole_image": bool(field_.whole_image),
                 }
             )
-            out.append({"name": names.get(node, node), "node": node, "shape": shapes[node], "receptive_field": described})
+            out.append(
+                {"name": names.get(node, node), "node": node, "shape": shapes[node], "receptive_field": described}
+            )
         return out
 
     def _field(self, node: str) -> Any:
@@ -380,10 +383,10 @@ class Explorer:
         return self.cache.find(lambda key: key[0] == image and key[1] == node)
 
     def activation_png(self, image: str, layer: str, channel: int, captured: Captured | None = None) -> bytes:
-        """Channel ``channel``'s activation map as a heat map PNG, one pixel per unit (black: 0 or less, scaled
-        to the layer's largest activation on this picture).
+        """Channel ``channel``'s activation map as a heat map PNG, one pixel per unit.
 
-        ``captured`` (from :meth:`cached`) saves the model worker: reading a kept activation runs no model.
+        Black is 0 or less; the layer's largest activation on this picture is the brightest. ``captured`` (from
+        :meth:`cached`) saves the model worker: reading a kept activation runs no model.
         """
         import numpy as np
         from PIL import Image as PILImage
@@ -600,9 +603,11 @@ def _read_report(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         topk = data["topk"]
-        topk["layers"], topk["folder"]  # noqa: B018 - both must be there
+        topk["layers"], topk["folder"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ExploreError(f"{str(manifest)!r} is not a deconvviz report manifest ({exc}); give a report folder") from exc
+        raise ExploreError(
+            f"{str(manifest)!r} is not a deconvviz report manifest ({exc}); give a report folder"
+        ) from exc
     return dict(topk)
 
 
