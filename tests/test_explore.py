@@ -652,3 +652,11 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
     finally:
         driver.quit()
         server.stop()
+
+
+def test_the_demo_prints_the_command_that_explores_its_photos(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deconvviz.demo import EXAMPLES, explore_command
+
+    monkeypatch.chdir(ROOT)
+    assert explore_command(EXAMPLES, "vgg16") == "deconvviz explore examples"
+    assert explore_command(EXAMPLES, "squeezenet1_1") == "deconvviz explore examples --model squeezenet1_1"

@@ -53,6 +53,14 @@
     return { body, response };
   }
 
+  function number(value) {
+    // Activations: whole numbers from 100 up, three significant digits below.
+    const size = Math.abs(value);
+    if (size >= 100) return String(Math.round(value));
+    if (size >= 1) return value.toPrecision(3);
+    return size === 0 ? "0" : value.toPrecision(2);
+  }
+
   function showError(message) {
     const el = $("error");
     el.textContent = message || "";
@@ -250,7 +258,7 @@
     drawMarker(body.position);
     const where = body.position ? " unit (" + body.position.join(", ") + ")" : "";
     const box = body.box ? "  field rows " + body.box[0] + "-" + body.box[2] + ", cols " + body.box[1] + "-" + body.box[3] : "";
-    $("unit").textContent = state.layer + " ch " + body.channel + where + "  a=" + body.activation.toPrecision(4) + box + "  (" + state.method + ", " + state.scale + ")";
+    $("unit").textContent = state.layer + " ch " + body.channel + where + "  a=" + number(body.activation) + box + "  (" + state.method + ", " + state.scale + ")";
     $("projection-caption").textContent = state.method + " projection";
     loadTopk();
   }
@@ -300,13 +308,13 @@
       const a = document.createElement("a");
       a.href = "?channel=" + item.channel;
       a.dataset.channel = String(item.channel);
-      a.title = "channel " + item.channel + ", peak " + item.peak.toPrecision(4) + (item.position ? " at (" + item.position.join(", ") + ")" : "");
+      a.title = "channel " + item.channel + ", peak " + number(item.peak) + (item.position ? " at (" + item.position.join(", ") + ")" : "");
       const img = document.createElement("img");
       img.loading = "lazy";
       img.alt = "channel " + item.channel;
       img.src = api("/api/activations.png", { image: state.image, layer: state.layer, channel: item.channel }, false);
       const label = document.createElement("div");
-      label.textContent = item.channel + " · " + item.peak.toPrecision(3);
+      label.textContent = item.channel + " · " + number(item.peak);
       a.append(img, label);
       a.addEventListener("click", (event) => {
         event.preventDefault();
@@ -357,7 +365,7 @@
       rec.className = patch.className = "crop";
       pair.append(rec, patch);
       const label = document.createElement("div");
-      label.textContent = "a=" + hit.value.toPrecision(3) + " " + hit.name;
+      label.textContent = "a=" + number(hit.value) + " " + hit.name;
       a.append(pair, label);
       a.title = hit.name + ", unit (" + hit.position.join(", ") + ")";
       if (hit.image) {
