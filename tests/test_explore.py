@@ -660,3 +660,24 @@ def test_the_demo_prints_the_command_that_explores_its_photos(monkeypatch: pytes
     monkeypatch.chdir(ROOT)
     assert explore_command(EXAMPLES, "vgg16") == "deconvviz explore examples"
     assert explore_command(EXAMPLES, "squeezenet1_1") == "deconvviz explore examples --model squeezenet1_1"
+
+
+def test_hosts_allowed_when_listening_on_every_interface() -> None:
+    settings = Settings(host="0.0.0.0", port=9000)
+    assert settings.allowed_host("192.168.1.20:9000")
+    assert settings.allowed_host("localhost:9000")
+    assert not settings.allowed_host("attacker.example:9000")  # a DNS name could be rebound: only addresses
+    assert not settings.allowed_host("192.168.1.20:9001")
+
+
+def test_another_host_than_loopback_is_warned_about_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    result = CliRunner().invoke(app, ["explore", "--host", "0.0.0.0", "--model", "no-such-model", "--no-browser"])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2
+    assert len(lines) == 2
+    assert lines[0].startswith("warning: listening on 0.0.0.0")
+    assert "no-such-model" in lines[1]

@@ -39,6 +39,8 @@ UPLOAD_LIMIT = 32 << 20
 """The largest upload accepted by default, in bytes."""
 THUMBNAIL_MAX = 512
 """The largest thumbnail side a request may ask for."""
+THUMBNAILS_KEPT = 16 << 20
+"""Bytes of thumbnail PNGs kept, so that paging through the strip decodes each picture once."""
 
 
 class ExploreError(DeconvVizError, ValueError):
@@ -163,6 +165,7 @@ class Explorer:
         self.net = self.session.net
         self.upload_limit = int(upload_limit)
         self.cache = ByteCache(default_cache_bytes() if cache_bytes is None else int(cache_bytes))
+        self.thumbnails = ByteCache(THUMBNAILS_KEPT)
         self.worker = ModelWorker(max_pending=max_pending)
         self._uploads = Path(tempfile.mkdtemp(prefix="deconvviz-explore-"))
         self._lock = threading.Lock()
@@ -254,9 +257,14 @@ class Explorer:
 
         if not 8 <= size <= THUMBNAIL_MAX:
             raise ExploreError(f"size must be between 8 and {THUMBNAIL_MAX} pixels, got {size}")
-        picture = self.load(image)
-        picture.thumbnail((size, size), PILImage.Resampling.BILINEAR)
-        return _png(picture)
+        key = (image, size)
+        found = self.thumbnails.get(key)
+        if found is None:
+            picture = self.load(image)
+            picture.thumbnail((size, size), PILImage.Resampling.BILINEAR)
+            found = _png(picture)
+            self.thumbnails.put(key, found, len(found))
+        return found
 
     def input_png(self, image: str) -> bytes:
         """A PNG of the picture as the model sees it (resized and cropped)."""
@@ -543,6 +551,7 @@ class Explorer:
         self.worker.stop()  # drops waiting requests, so a scan waiting for them goes on to its stop
         self.scanner.join()
         self.cache.clear()
+        self.thumbnails.clear()
         shutil.rmtree(self._uploads, ignore_errors=True)
 
     def __enter__(self) -> Explorer:
