@@ -19,6 +19,7 @@ Usage: ``python benchmarks/explore.py [--pictures 8] [--device cpu|cuda] [--thre
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import statistics
 import tempfile
@@ -32,7 +33,7 @@ from PIL import Image
 import deconvviz as dv
 from deconvviz.explore.engine import Explorer
 from deconvviz.explore.server import Server
-from deconvviz.models import CAFFE_IMAGENET, VGG16_ALIASES, VGG16ConvBase
+from deconvviz.models.zoo import CAFFE_IMAGENET, VGG16_ALIASES, VGG16ConvBase
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -86,8 +87,11 @@ def main() -> None:
         sync()
         return time.perf_counter() - start
 
-    print(f"VGG16 (random weights), 224 px, {args.pictures} pictures per layer, torch threads {torch.get_num_threads()}")
-    print(f"{'layer':8} {'first (HTTP)':>13} {'project':>9} {'second (HTTP)':>14} {'mirror':>8}  first/project  second/first")
+    print(
+        f"VGG16 (random weights), 224 px, {args.pictures} pictures per layer, torch threads {torch.get_num_threads()}"
+    )
+    columns = ("first (HTTP)", "project", "second (HTTP)", "mirror")
+    print(f"{'layer':8} {columns[0]:>13} {columns[1]:>9} {columns[2]:>14} {columns[3]:>8}  first/project  second/first")
     for layer in ("conv3_3", "conv5_3"):
         first, project, second, mirror = [], [], [], []
         ids = explorer.order
@@ -96,11 +100,12 @@ def main() -> None:
             explorer.cache.clear()
             x = explorer.session.preprocess(explorer.load(image))
             a, b = 3, 11
-            first.append(timed(lambda: get(f"/api/projection.png?image={image}&layer={layer}&channel={a}")))
-            second.append(timed(lambda: get(f"/api/projection.png?image={image}&layer={layer}&channel={b}")))
-            project.append(timed(lambda: net.project(x, layer, channel=a)))
+            url = f"/api/projection.png?image={image}&layer={layer}&channel="
+            first.append(timed(functools.partial(get, url + str(a))))
+            second.append(timed(functools.partial(get, url + str(b))))
+            project.append(timed(functools.partial(net.project, x, layer, channel=a)))
             captured = net.capture(x, layer)
-            mirror.append(timed(lambda: captured.project(b)))
+            mirror.append(timed(functools.partial(captured.project, b)))
         f, p, s, m = (statistics.median(v) for v in (first, project, second, mirror))
         print(
             f"{layer:8} {f * 1e3:10.0f} ms {p * 1e3:6.0f} ms {s * 1e3:11.0f} ms {m * 1e3:5.0f} ms  "

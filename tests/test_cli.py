@@ -276,7 +276,7 @@ def test_existing_folder_not_written_by_deconvviz_is_left_alone(
 def test_failure_while_writing_leaves_nothing_behind(
     runner: CliRunner, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deconvviz import render as render_module
+    from deconvviz.viz import render as render_module
 
     assert render(runner, photos[1], "--out", tmp_path, "-l", "conv1")[0] == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

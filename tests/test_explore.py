@@ -236,9 +236,9 @@ def test_topk_are_the_strongest_over_the_folder(client: TestClient, explorer: Ex
 def test_a_second_launch_reuses_the_saved_scan(
     explorer: Explorer, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deconvviz.explore.engine import _Scanner
+    from deconvviz.explore.topk import Scanner
 
-    monkeypatch.setattr(_Scanner, "SAVE_EVERY", 0.0)  # a scan this short is saved only when told to save at once
+    monkeypatch.setattr(Scanner, "SAVE_EVERY", 0.0)  # a scan this short is saved only when told to save at once
     with Explorer(MODEL, photos, device="cpu", state_root=tmp_path) as first:
         assert first.scanner.wait(60)
         assert first.scanner.state == "done"
@@ -252,7 +252,7 @@ def test_a_second_launch_reuses_the_saved_scan(
 
 
 def test_topk_from_a_report(photos: Path, tmp_path: Path) -> None:
-    from deconvviz.report import build_report
+    from deconvviz.viz.report import build_report
 
     build_report(photos, tmp_path / "report", model=MODEL, layers="conv3", channels=2, k=3, device="cpu")
     manifest = json.loads((tmp_path / "report" / "manifest.json").read_text())
@@ -655,7 +655,7 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
 
 
 def test_the_demo_prints_the_command_that_explores_its_photos(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deconvviz.demo import EXAMPLES, explore_command
+    from deconvviz.cli.demo import EXAMPLES, explore_command
 
     monkeypatch.chdir(ROOT)
     assert explore_command(EXAMPLES, "vgg16") == "deconvviz explore examples"

@@ -15,8 +15,8 @@ import torchvision
 from torch import nn
 
 import deconvviz as dv
-from deconvviz import receptive
-from deconvviz.receptive import ReceptiveField, ReceptiveFieldError, UnknownGeometryError
+from deconvviz.ops import geometry
+from deconvviz.ops.geometry import ReceptiveField, ReceptiveFieldError, UnknownGeometryError
 
 
 def _seeded(module: nn.Module, seed: int = 0) -> None:
@@ -275,9 +275,9 @@ class WithUnknownOp(nn.Module):
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    saved = receptive.GEOMETRIES.snapshot()
+    saved = geometry.GEOMETRIES.snapshot()
     yield
-    receptive.GEOMETRIES.restore(saved)
+    geometry.GEOMETRIES.restore(saved)
 
 
 def test_unknown_op_is_a_clear_error_and_can_be_registered(clean_registry: None) -> None:
@@ -289,7 +289,7 @@ def test_unknown_op_is_a_clear_error_and_can_be_registered(clean_registry: None)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, dv.DeconvVizError)
 
-    dv.register_geometry(blur, receptive.window(3, stride=1, padding=1))
+    dv.register_geometry(blur, geometry.window(3, stride=1, padding=1))
     fields = dv.receptive_fields(model, ["blur", "relu"])
     assert fields["blur"] == ReceptiveField(size=(7, 7), stride=(2, 2), offset=(-2, -2))
     assert fields["relu"] == fields["blur"]
@@ -299,7 +299,7 @@ def test_a_geometry_can_be_registered_with_a_decorator(clean_registry: None) -> 
     seen = []
 
     @dv.register_geometry(blur)
-    def geometry(ctx: receptive.GeometryContext) -> ReceptiveField:
+    def geometry(ctx: geometry.GeometryContext) -> ReceptiveField:
         seen.append(ctx.name)
         return ctx.inputs[0].through(3, 1, 1)
 

@@ -28,8 +28,8 @@ from deconvviz.ops.geometry import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.core.deconvnet import DeconvNet
     from deconvviz.core.graph import Graph
-    from deconvviz.deconvnet import DeconvNet
 
 
 def fields_of(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, ReceptiveField]:
@@ -45,8 +45,8 @@ def fields_of(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, Recepti
             op, key = graph.describe(node)
             raise UnknownGeometryError(
                 f"no receptive-field geometry for {op} at node {name!r}; register one with "
-                f"deconvviz.register_geometry({key}, geometry), e.g. deconvviz.receptive.pointwise for "
-                "element-wise ops or deconvviz.receptive.window(kernel, stride, padding) for sliding windows"
+                f"deconvviz.register_geometry({key}, geometry), e.g. deconvviz.ops.geometry.pointwise for "
+                "element-wise ops or deconvviz.ops.geometry.window(kernel, stride, padding) for sliding windows"
             )
 
         def value(arg: fx.Node) -> Any:
@@ -74,7 +74,7 @@ def fields_of(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, Recepti
 
 
 def _as_net(model: Any) -> DeconvNet:
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
     return model if isinstance(model, DeconvNet) else DeconvNet(model)
 

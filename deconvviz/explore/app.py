@@ -336,7 +336,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return JSONResponse(await on_model(request, lambda: explorer.unit(image, layer, channel, position, method)))
 
     async def projection(request: Request) -> Response:
-        from deconvviz.viz import Scaling
+        from deconvviz.viz.scaling import Scaling
 
         image, layer, channel = unit_arguments(request)
         position = parse_position(query(request, "position"))

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from deconvviz.cli.options import DebugOption, DeviceOption, ModelOption, err, reported
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 8765
 """The port tried first when none is given (a fixed port keeps permalinks valid from one launch to the next)."""
@@ -22,14 +24,7 @@ def explore_command(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
-        ),
-    ] = "vgg16",
+    model: ModelOption = "vgg16",
     checkpoint: Annotated[
         Path | None,
         typer.Option("--checkpoint", help="A state dict file to load into the model instead of its own weights."),
@@ -53,7 +48,7 @@ def explore_command(
         str, typer.Option("--host", help="The address to listen on; 127.0.0.1 keeps the explorer to this machine.")
     ] = "127.0.0.1",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    device: DeviceOption = "auto",
     token: Annotated[
         str | None,
         typer.Option(
@@ -72,7 +67,7 @@ def explore_command(
         ),
     ] = None,
     upload_limit: Annotated[int, typer.Option("--upload-limit", min=1, help="The largest upload, in MiB.")] = 32,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Explore a network in the browser: click any channel or unit and see what it responds to, live.
 
@@ -83,11 +78,9 @@ def explore_command(
     """
     import sys
 
-    from deconvviz.cli import _err, _reported
-
-    with _reported(debug):
+    with reported(debug):
         if host not in LOOPBACK:
-            _err(
+            err(
                 f"warning: listening on {host}, not 127.0.0.1: other machines that can reach it may connect "
                 "(each request still needs the token)"
             )
@@ -128,7 +121,7 @@ def explore_command(
         pass
     finally:
         server.close()
-    _err("deconvviz explore: stopped")
+    err("deconvviz explore: stopped")
 
 
 __all__ = ["explore_command"]

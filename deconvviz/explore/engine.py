@@ -11,30 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.cache import ByteCache, default_cache_bytes
+from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, report_hits, scan_hits
 from deconvviz.explore.worker import ModelWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
-    from deconvviz.api import Session
-    from deconvviz.deconvnet import Captured
-    from deconvviz.search import ScanResult
-    from deconvviz.sources import ImageSource
+    from deconvviz.core.deconvnet import Captured
+    from deconvviz.io.sources import ImageSource
+    from deconvviz.models.session import Session
 
-TOP_K = 9
-"""Hits per channel in the top-k panel (the paper's nine)."""
 UPLOAD_LIMIT = 32 << 20
 """The largest upload accepted by default, in bytes."""
 THUMBNAIL_MAX = 512
@@ -97,8 +93,8 @@ def _digest(data: bytes) -> str:
 
 def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
     """A folder or a text file of paths (as ``report`` takes), or picture files given one by one."""
-    from deconvviz.images import IMAGE_SUFFIXES, ImageError
-    from deconvviz.sources import ImageSource, image_source
+    from deconvviz.io.images import IMAGE_SUFFIXES, ImageError
+    from deconvviz.io.sources import ImageSource, image_source
 
     items = [Path(images)] if isinstance(images, str | Path) else [Path(i) for i in images]
     if len(items) == 1 and (items[0].is_dir() or items[0].suffix.lower() not in IMAGE_SUFFIXES):
@@ -111,7 +107,7 @@ def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
     names = [str(p) for p in items]
 
     def opener(i: int) -> Any:
-        from deconvviz.images import load_image
+        from deconvviz.io.images import load_image
 
         return load_image(items[i])
 
@@ -149,19 +145,19 @@ class Explorer:
         upload_limit: int = UPLOAD_LIMIT,
         max_pending: int = 16,
     ) -> None:
-        from deconvviz import api
+        from deconvviz.models.session import resolve_device, session
 
-        self.report = _read_report(Path(report)) if report is not None else None
+        self.report = read_report(Path(report)) if report is not None else None
         if images is None and self.report is not None and Path(self.report["folder"]).exists():
             images = self.report["folder"]
         self.source = _source(images) if images is not None and images != [] else None
         if checkpoint is not None:
             if not isinstance(model, str):
                 raise ExploreError("checkpoint= goes with a model name; load your model with it instead")
-            from deconvviz.models import load_model
+            from deconvviz.models.zoo import load_model
 
-            model = load_model(model, device=api.resolve_device(device), checkpoint=checkpoint)
-        self.session: Session = api.session(model, device=device)
+            model = load_model(model, device=resolve_device(device), checkpoint=checkpoint)
+        self.session: Session = session(model, device=device)
         self.net = self.session.net
         self.upload_limit = int(upload_limit)
         self.cache = ByteCache(default_cache_bytes() if cache_bytes is None else int(cache_bytes))
@@ -177,7 +173,7 @@ class Explorer:
                 self._add(Picture(self._free_id("p" + _digest(name.encode())), name, path, index))
         self._layers: list[dict[str, Any]] | None = None
         self._fields: dict[str, Any] | None = None
-        self.scanner = _Scanner(self, Path(state_root) if state_root is not None else None)
+        self.scanner = Scanner(self, Path(state_root) if state_root is not None else None)
         if scan and self.source is not None and self.report is None:
             self.scanner.start()
         self.closed = False
@@ -222,7 +218,7 @@ class Explorer:
             UploadTooLargeError: more bytes than the limit.
             ImageError: not a picture, corrupt, or too large to open safely.
         """
-        from deconvviz.images import IMAGE_SUFFIXES, decode_image
+        from deconvviz.io.images import IMAGE_SUFFIXES, decode_image
 
         name = Path(filename or "upload").name or "upload"
         if len(data) > self.upload_limit:
@@ -247,7 +243,7 @@ class Explorer:
 
     def load(self, image: str) -> Image:
         """The picture ``image`` as an RGB PIL image (the file read again, with the loader's checks)."""
-        from deconvviz.images import load_image
+        from deconvviz.io.images import load_image
 
         return load_image(self.picture(image).path)
 
@@ -268,7 +264,7 @@ class Explorer:
 
     def input_png(self, image: str) -> bytes:
         """A PNG of the picture as the model sees it (resized and cropped)."""
-        from deconvviz.viz import input_to_pil
+        from deconvviz.viz.pictures import input_to_pil
 
         captured = self.cache.find(lambda key: key[0] == image)
         x = captured.x if captured is not None else self.session.preprocess(self.load(image))
@@ -323,7 +319,7 @@ class Explorer:
         return out
 
     def _field(self, node: str) -> Any:
-        from deconvviz.receptive import receptive_fields
+        from deconvviz.core.receptive import receptive_fields
 
         if self._fields is None:
             self._fields = {}
@@ -401,7 +397,7 @@ class Explorer:
 
         captured = captured if captured is not None else self._any_capture(image, layer, None)
         act = captured.activation[0].detach().float().cpu()
-        _check_channel(channel, int(act.shape[0]), layer)
+        check_channel(channel, int(act.shape[0]), layer)
         top = float(act.max())
         values = act[channel].reshape(act.shape[1], -1) if act.dim() == 3 else act[channel].reshape(1, 1)
         scaled = (values.clamp(min=0) / top).numpy() if top > 0 else np.zeros(tuple(values.shape))
@@ -417,7 +413,7 @@ class Explorer:
         """
         captured = self._any_capture(image, layer, method)
         act = captured.activation[0]
-        _check_channel(channel, int(act.shape[0]), layer)
+        check_channel(channel, int(act.shape[0]), layer)
         if act.dim() != 3:
             if position is not None:
                 raise ExploreError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
@@ -450,7 +446,7 @@ class Explorer:
         """The :class:`~deconvviz.Projection` of one unit (default: the channel's strongest), from the cache."""
         captured = self.captured(image, layer, method)
         act = captured.activation
-        _check_channel(channel, int(act.shape[1]), layer)
+        check_channel(channel, int(act.shape[1]), layer)
         if position is not None and act.dim() == 4:
             height, width = int(act.shape[2]), int(act.shape[3])
             if not (0 <= position[0] < height and 0 <= position[1] < width):
@@ -467,7 +463,7 @@ class Explorer:
         scale: str | None = None,
     ) -> bytes:
         """The reconstruction as a PNG: pixel for pixel ``Projection.to_pil(0, scale)`` of the same unit."""
-        from deconvviz.viz import Scaling
+        from deconvviz.viz.scaling import Scaling
 
         chosen = Scaling.of(scale)  # an unknown scale fails before any work
         return _png(self.projection(image, layer, channel, position, method).to_pil(0, chosen))
@@ -479,66 +475,12 @@ class Explorer:
         node = self.resolve(layer)
         out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
         if self.report is not None:
-            return {**out, **self._report_hits(node, channel)}
+            return {**out, **report_hits(self, self.report, node, channel)}
         scanner = self.scanner
         out.update(scanner.status())
         if scanner.result is None:
             return {**out, "hits": []}
-        return {**out, "hits": self._scan_hits(scanner.result, node, channel)}
-
-    def _scan_hits(self, found: ScanResult, node: str, channel: int) -> list[dict[str, Any]]:
-        tracker = found.trackers.get(node)
-        if tracker is None:
-            raise ExploreError(f"layer {node!r} was not scanned; scanned: {', '.join(found.layers)}")
-        _check_channel(channel, len(found.selected[node]), node)
-        row = found.selected[node].index(channel)
-        values, images, positions = (t[row].tolist() for t in (tracker.values, tracker.images, tracker.positions))
-        width = tracker.map_shape[1] if len(tracker.map_shape) == 2 else 1
-        field_ = self._field(node)
-        size = int(self.session.model.preprocessing.size)
-        hits = []
-        for rank, (value, index, flat) in enumerate(zip(values, images, positions, strict=True)):
-            if index < 0 or not value > 0:  # no hit: an activation of 0 or less, as in the report
-                continue
-            position = divmod(int(flat), width)
-            box = None if field_.whole_image else [int(v) for v in field_.box(*position, (size, size))]
-            picture = self.pictures[self.order[index]] if index < len(self.order) else None
-            hits.append(
-                {
-                    "rank": rank,
-                    "value": float(value),
-                    "image": picture.id if picture is not None else None,
-                    "name": found.source.names[index],
-                    "position": list(position),
-                    "box": box,
-                }
-            )
-        return hits
-
-    def _report_hits(self, node: str, channel: int) -> dict[str, Any]:
-        assert self.report is not None
-        layer = next((item for item in self.report["layers"] if item["node"] == node), None)
-        by_name = {self.pictures[i].name: i for i in self.order}
-        base = {"source": "report", "state": "done", "done": 0, "total": 0}
-        if layer is None:
-            listed = ", ".join(item["layer"] for item in self.report["layers"])
-            return {**base, "hits": [], "message": f"the report has no layer {node!r}; it has {listed}"}
-        kept = layer["channels"].get(str(channel))
-        if kept is None:
-            return {**base, "hits": [], "message": f"the report did not keep channel {channel} of {layer['layer']!r}"}
-        hits = [
-            {
-                "rank": rank,
-                "value": float(hit["value"]),
-                "image": by_name.get(hit["image"]),
-                "name": hit["image"],
-                "position": list(hit["position"]),
-                "box": list(hit["box"]),
-            }
-            for rank, hit in enumerate(kept)
-            if float(hit["value"]) > 0
-        ]
-        return {**base, "hits": hits}
+        return {**out, "hits": scan_hits(self, scanner.result, node, channel)}
 
     # ---------------------------------------------------------------------------------------------- close
 
@@ -559,14 +501,6 @@ class Explorer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_channel(channel: int, count: int, layer: str) -> None:
-    if not 0 <= channel < count:
-        raise ExploreError(
-            f"channel {channel} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
-            "choose a smaller channel number"
-        )
 
 
 def _png(picture: Image) -> bytes:
@@ -602,145 +536,6 @@ class _HeatTable:
 
 
 _HEAT = _HeatTable()
-
-
-def _read_report(folder: Path) -> dict[str, Any]:
-    """The top-k part of a report's ``manifest.json`` (``{"folder", "layers": [...], ...}``)."""
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        raise ExploreError(f"no report at {str(folder)!r}: it holds no manifest.json; give a `deconvviz report` folder")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        topk = data["topk"]
-        topk["layers"], topk["folder"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ExploreError(
-            f"{str(manifest)!r} is not a deconvviz report manifest ({exc}); give a report folder"
-        ) from exc
-    return dict(topk)
-
-
-# ------------------------------------------------------------------------------------------------ scanning
-
-
-class _StopScan(Exception):
-    """Raised from the scan's progress callback to end it when the explorer closes."""
-
-
-class _Scanner:
-    """The folder's top-k scan on a background thread, resumable across launches (:func:`deconvviz.search.scan`).
-
-    The scan state lives in ``<cache>/explore/<digest of model, weights and folder>/`` and is saved every few
-    seconds, so a second launch on the same folder resumes it, or reuses it when it was finished.
-    """
-
-    SAVE_EVERY = 5.0
-
-    def __init__(self, explorer: Explorer, root: Path | None) -> None:
-        self.explorer = explorer
-        self.root = root
-        self.state = "none"
-        self.done = 0
-        self.total = len(explorer.source) if explorer.source is not None else 0
-        self.error: str | None = None
-        self.result: ScanResult | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.started = 0.0
-
-    def status(self) -> dict[str, Any]:
-        """``{"source": "scan", "state", "done", "total"}`` and ``"message"`` when there is something to say."""
-        out: dict[str, Any] = {"source": "scan", "state": self.state, "done": self.done, "total": self.total}
-        if self.state == "none":
-            out["message"] = "no folder to scan: start deconvviz explore with IMAGES (a folder) for top-9 hits"
-        elif self.state == "failed":
-            out["message"] = self.error
-        return out
-
-    def folder(self) -> Path:
-        """Where this model's and folder's scan state is kept."""
-        from deconvviz.weights import cache_dir
-
-        explorer = self.explorer
-        assert explorer.source is not None
-        model = explorer.session.model
-        key = "\0".join(
-            [
-                str(getattr(model, "name", "")),
-                str(getattr(model, "weights", "")),
-                str(Path(explorer.source.description).resolve()),
-                explorer.source.digest(),
-            ]
-        )
-        return (self.root or cache_dir() / "explore") / hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
-
-    def start(self) -> None:
-        """Start the scan on its own thread."""
-        self.state = "scanning"
-        self.started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="deconvviz-explore-scan", daemon=True)
-        self._thread.start()
-
-    def _progress(self, stage: str, done: int, total: int) -> None:
-        if stage == "scan":
-            self.done, self.total = done, total
-        if self._stop.is_set():
-            raise _StopScan
-        self.explorer.worker.pause_for_requests()
-
-    def _run(self) -> None:
-        from deconvviz import search
-        from deconvviz.scanstate import StateError
-
-        explorer = self.explorer
-        worker = explorer.worker
-        device = search._device_of(explorer.session.model)
-        batch = 32 if device.type == "cuda" else 4
-        state = self.folder()
-        scan: Callable[..., ScanResult] = search.scan
-        arguments: dict[str, Any] = {
-            "layers": explorer.net.layers,
-            "k": TOP_K,
-            "channels": None,
-            "batch_size": batch,
-            "progress": self._progress,
-            "state": state,
-            "resume": True,
-            "save_every": self.SAVE_EVERY,
-        }
-        worker.model.acquire()
-        try:
-            try:
-                self.result = scan(explorer.session.model, explorer.source, **arguments)
-            except StateError:  # a state from another deconvviz version or other arguments: scan afresh
-                shutil.rmtree(state, ignore_errors=True)
-                self.result = scan(explorer.session.model, explorer.source, **arguments)
-            self.state = "done"
-            self.done = self.total
-        except _StopScan:
-            self.state = "stopped"
-        except Exception as exc:  # the page shows the one line; the explorer goes on without top-k hits
-            self.state = "failed"
-            text = str(exc).strip()
-            self.error = f"the top-k scan failed: {text.splitlines()[0] if text else type(exc).__name__}"
-        finally:
-            worker.model.release()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the scan to end; whether it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-    def stop(self) -> None:
-        """Ask the scan to stop at its next batch (its saved state is kept for the next launch)."""
-        self._stop.set()
-
-    def join(self, timeout: float = 30.0) -> None:
-        """Wait for a stopped scan's thread to end."""
-        if self._thread is not None and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
 
 
 def parse_position(text: str | None) -> tuple[int, int] | None:

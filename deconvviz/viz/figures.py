@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from deconvviz.projection import Projection
+    from deconvviz.core.projection import Projection
 
 AUTO_CROP_SHARE = 0.5
 """With ``crop=None`` a layer's reconstructions are cut to their units' receptive fields when those fields

@@ -22,7 +22,7 @@ from deconvviz.viz.scaling import to_rgb
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The result of a projection: reconstructions in input space plus what was seeded.
 
 A :class:`Projection` is data. Its picture methods (:meth:`~Projection.rgb`, :meth:`~Projection.figure`,
-``_repr_png_``, :meth:`~Projection.save`) hand over to :mod:`deconvviz.viz` and :mod:`deconvviz.render`,
+``_repr_png_``, :meth:`~Projection.save`) hand over to :mod:`deconvviz.viz` and :mod:`deconvviz.viz.render`,
 which take results; nothing here draws.
 """
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.viz import RenderOptions, Scaling
+    from deconvviz.viz.figures import RenderOptions
+    from deconvviz.viz.scaling import Scaling
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,6 @@ class Projection:
         Returns:
             The paths written.
         """
-        from deconvviz.render import save_projection
+        from deconvviz.viz.render import save_projection
 
         return save_projection(self, Path(directory), options, summary=summary)

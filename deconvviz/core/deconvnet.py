@@ -19,11 +19,11 @@ from deconvviz.core import capture as _capture
 from deconvviz.core import seeds as _seeds
 from deconvviz.core import walk as _walk
 from deconvviz.core.graph import Graph, evaluating, trace
+from deconvviz.core.projection import Projection
 from deconvviz.core.seeds import Mode, SeedError, Unit
 from deconvviz.errors import UnsupportedOpError
 from deconvviz.methods import RuleSet, get_method
 from deconvviz.ops.base import Rule
-from deconvviz.projection import Projection
 
 Method = str | RuleSet
 """A reverse pass: a registered name (``"deconvnet"``, ``"guided"``, ``"gradient"``) or a :class:`RuleSet`."""

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from deconvviz import signatures
-from deconvviz.graph import Graph
-from deconvviz.receptive import GEOMETRIES, pointwise
+from deconvviz.core.graph import Graph
+from deconvviz.ops import signatures
+from deconvviz.ops.geometry import GEOMETRIES, pointwise
 
 Interval = tuple[int, int]
 """``[start, stop)`` rows or columns; empty when ``stop <= start``."""
