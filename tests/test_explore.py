@@ -636,6 +636,11 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
         driver.back()  # back to the strongest unit of the channel
         wait.until(lambda d: "unit" not in address() and address().get("channel") == channel)
         wait.until(lambda d: d.find_element("id", "unit").text == unit_before)
+        count = len(driver.find_elements("css selector", "#strip a"))
+        driver.find_element("id", "file").send_keys(str(photos / "photo3.png"))  # the file picker: an upload
+        wait.until(lambda d: address().get("image", "").startswith("u"))
+        wait.until(lambda d: len(d.find_elements("css selector", "#strip a")) == count + 1)
+        wait.until(lambda d: d.find_element("id", "unit").text.startswith(address()["layer"]))
         assert driver.save_screenshot(str(tmp_path / "explorer.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
@@ -681,3 +686,17 @@ def test_another_host_than_loopback_is_warned_about_in_one_line() -> None:
     assert len(lines) == 2
     assert lines[0].startswith("warning: listening on 0.0.0.0")
     assert "no-such-model" in lines[1]
+
+
+def test_without_a_folder_the_explorer_starts_empty_and_takes_uploads(photos: Path) -> None:
+    with Explorer(MODEL, None, device="cpu") as empty:
+        client = _client(empty)
+        assert client.get("/api/images").json() == []
+        assert client.get("/").status_code == 200
+        topk = client.get("/api/topk", params={"layer": "conv3", "channel": 0}).json()
+        assert topk["state"] == "none" and topk["hits"] == [] and "IMAGES" in topk["message"]
+        entry = client.post("/api/images", files={"file": ("a.png", (photos / "photo0.png").read_bytes())}).json()
+        assert _ids(client) == [entry["id"]]
+        folder = empty._uploads
+        assert [p.name for p in folder.iterdir()] == [f"{entry['id']}.png"]
+    assert not folder.exists()  # the uploads' temporary folder goes with the explorer
