@@ -694,7 +694,9 @@ def test_without_a_folder_the_explorer_starts_empty_and_takes_uploads(photos: Pa
         assert client.get("/api/images").json() == []
         assert client.get("/").status_code == 200
         topk = client.get("/api/topk", params={"layer": "conv3", "channel": 0}).json()
-        assert topk["state"] == "none" and topk["hits"] == [] and "IMAGES" in topk["message"]
+        assert topk["state"] == "none"
+        assert topk["hits"] == []
+        assert "IMAGES" in topk["message"]
         entry = client.post("/api/images", files={"file": ("a.png", (photos / "photo0.png").read_bytes())}).json()
         assert _ids(client) == [entry["id"]]
         folder = empty._uploads
