@@ -299,7 +299,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return JSONResponse(entry, status_code=201)
 
     async def layers(request: Request) -> Response:
-        listed = explorer._layers if explorer._layers is not None else await on_model(request, explorer.layers)
+        listed = explorer.layers_known or await on_model(request, explorer.layers)
         return JSONResponse(listed)
 
     def unit_arguments(request: Request) -> tuple[str, str, int]:

@@ -9,6 +9,7 @@ first line is what the command line would print.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import shutil
@@ -82,8 +83,8 @@ class Picture:
             try:
                 with PILImage.open(self.path) as opened:
                     self.size = opened.size
-            except Exception:  # an unreadable file still gets its entry; opening it reports the error
-                self.size = (0, 0)
+            except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):
+                self.size = (0, 0)  # an unreadable file still gets its entry; opening it reports the error
         return {"id": self.id, "name": self.name, "width": self.size[0], "height": self.size[1]}
 
 
@@ -268,7 +269,9 @@ class Explorer:
 
         captured = self.cache.find(lambda key: key[0] == image)
         x = captured.x if captured is not None else self.session.preprocess(self.load(image))
-        return _png(input_to_pil(x.detach().cpu(), self.net._to_image, self.net.channel_order))
+        return _png(
+            input_to_pil(x.detach().cpu(), getattr(self.session.model, "to_image", None), self.net.channel_order)
+        )
 
     # -------------------------------------------------------------------------------------------- layers
 
@@ -283,10 +286,13 @@ class Explorer:
             self._layers = self._work_out_layers()
         return self._layers
 
+    @property
+    def layers_known(self) -> list[dict[str, Any]] | None:
+        """:meth:`layers` if already worked out (no model work needed to answer), else None."""
+        return self._layers
+
     def _work_out_layers(self) -> list[dict[str, Any]]:
         import torch
-
-        from deconvviz.errors import DeconvVizError as _Error
 
         net = self.net
         nodes = net.layers
@@ -296,7 +302,7 @@ class Explorer:
         for node in nodes:
             try:
                 fields[node] = self._field(node)
-            except _Error:
+            except DeconvVizError:  # an op without a known geometry: the field is not known
                 fields[node] = None
         names: dict[str, str] = {}
         for alias, node in net.aliases.items():
@@ -402,7 +408,7 @@ class Explorer:
         values = act[channel].reshape(act.shape[1], -1) if act.dim() == 3 else act[channel].reshape(1, 1)
         scaled = (values.clamp(min=0) / top).numpy() if top > 0 else np.zeros(tuple(values.shape))
         index = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-        return _png(PILImage.fromarray(_HEAT[index]))
+        return _png(PILImage.fromarray(_heat_table()[index]))
 
     def unit(
         self, image: str, layer: str, channel: int, position: tuple[int, int] | None, method: str | None
@@ -509,6 +515,7 @@ def _png(picture: Image) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache
 def _heat_table() -> Any:
     """256 colours from black through red and orange to pale yellow (a perceptually ordered heat scale)."""
     import numpy as np
@@ -522,20 +529,6 @@ def _heat_table() -> Any:
     low = np.floor(steps).astype(int).clip(0, len(anchors) - 2)
     t = (steps - low)[:, None]
     return np.rint(anchors[low] * (1 - t) + anchors[low + 1] * t).astype(np.uint8)
-
-
-class _HeatTable:
-    """The heat scale, made on first use (numpy is not imported with the package)."""
-
-    _table: Any = None
-
-    def __getitem__(self, index: Any) -> Any:
-        if _HeatTable._table is None:
-            _HeatTable._table = _heat_table()
-        return _HeatTable._table[index]
-
-
-_HEAT = _HeatTable()
 
 
 def parse_position(text: str | None) -> tuple[int, int] | None:
