@@ -486,6 +486,7 @@ def test_fifty_concurrent_projections_all_answer(photos: Path, tmp_path: Path) -
 # ---------------------------------------------------------------------------------------- command and notebook
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: several seconds
 def test_the_command_prints_one_line_serves_and_stops_on_ctrl_c(photos: Path, tmp_path: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, 'tests'); from conftest import register_tiny_model; "
