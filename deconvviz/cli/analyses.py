@@ -304,7 +304,7 @@ def occlusion_command(
         ),
     ] = "deconvnet",
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for the results; each picture gets OUT/<picture name>/.")
+        Path, typer.Option("--out", "-o", help="Folder for the results; each picture gets `OUT/<picture name>/`.")
     ] = Path("deconvviz-occlusion"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     batch_size: Annotated[

@@ -256,14 +256,21 @@ def report_command(
             from deconvviz.io.sources import image_source
 
             image_source(folder)  # a missing or empty folder gets its one line here, before any process starts
-        argv = ["report", str(folder), "--model", model, "--channels", channels, "--top", str(top)]
-        argv += ["--out", str(out), "--device", device, "--batch-size", str(batch_size)]
-        argv += ["--scale", scale.value, "--seed", str(seed), "--save-every", str(save_every)]
-        argv += ["--method", method]
-        argv += ["--layers", layers] if layers is not None else []
-        argv += ["--limit", str(limit)] if limit is not None else []
-        argv += ["--sample", str(sample)] if sample is not None else []
-        flags = {"--per-image": per_image, "--overwrite": overwrite, "--resume": resume, "--debug": debug}
+            from deconvviz.analysis.topk.options import ScanOptions
+
+            scanning = ScanOptions.of(
+                None if layers is None else [layers],
+                k=top,
+                batch_size=batch_size,
+                limit=limit,
+                sample=sample,
+                seed=seed,
+                resume=resume,
+                save_every=save_every,
+            )
+        argv = ["report", str(folder), "--model", model, "--channels", channels, "--out", str(out)]
+        argv += ["--device", device, "--scale", scale.value, "--method", method, *scanning.argv()]
+        flags = {"--per-image": per_image, "--overwrite": overwrite, "--debug": debug}
         argv += [flag for flag, on in flags.items() if on]
         raise typer.Exit(_torchrun(workers, argv))
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
