@@ -20,8 +20,9 @@ from deconvviz.viz.plots import evolution_figure, invariance_figure, sanity_figu
 from deconvviz.viz.scaling import to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from deconvviz.analysis.topk.result import TopKResult
-    from deconvviz.viz.canvas import Figure
 
 
 def topk_figure(

@@ -235,8 +235,9 @@ def steps_figure(
     Raises:
         RenderError: a seed or option out of range.
     """
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
+
+    from deconvviz.viz.canvas import Figure
 
     if not 0 <= seed < len(steps.seeds):
         raise RenderError(f"seed {seed} is out of range: the steps of {len(steps.seeds)} seed(s) were kept")
