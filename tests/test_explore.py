@@ -703,3 +703,39 @@ def test_without_a_folder_the_explorer_starts_empty_and_takes_uploads(photos: Pa
         folder = empty._uploads
         assert [p.name for p in folder.iterdir()] == [f"{entry['id']}.png"]
     assert not folder.exists()  # the uploads' temporary folder goes with the explorer
+
+
+@pytest.mark.slow  # starts a Jupyter kernel
+def test_dv_explore_in_a_kernel_shows_inline_and_the_kernel_shuts_down_by_itself(
+    photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = pytest.importorskip("jupyter_client.manager")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    km, kc = manager.start_new_kernel(kernel_name="python3")
+    try:
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+            f"from conftest import register_tiny_model; register_tiny_model({MODEL!r})\n"
+            "import deconvviz as dv\n"
+            "import deconvviz.cli  # the command line imports the explorer's package: dv.explore is still callable\n"
+            f"ex = dv.explore({MODEL!r}, {str(photos)!r}, device='cpu')\n"
+            "ex\n"
+        )
+        shown: list[dict] = []
+        reply = kc.execute_interactive(
+            code, timeout=120, output_hook=lambda m: shown.append(m["content"].get("data", {}))
+        )
+        assert reply["content"]["status"] == "ok"
+        html = next(d["text/html"] for d in shown if "text/html" in d)
+        assert html.startswith('<iframe src="http://127.0.0.1:')
+        kc.shutdown()  # the kernel's own shutdown: the server's thread must not keep it alive
+        for _ in range(300):
+            if not km.is_alive():
+                break
+            time.sleep(0.1)
+        assert not km.is_alive()
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
