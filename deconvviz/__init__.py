@@ -74,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "correspondence": "deconvviz.analysis.correspondence",
     "CorrespondenceResult": "deconvviz.analysis.correspondence",
     "load_parts": "deconvviz.analysis.correspondence",
+    "explore": "deconvviz.explore.server",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
+    from deconvviz.explore.server import explore as explore
     from deconvviz.io import OutputError as OutputError
     from deconvviz.io.images import ImageError as ImageError
     from deconvviz.io.images import load_image as load_image
