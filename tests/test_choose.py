@@ -118,3 +118,24 @@ def test_usage_errors_are_one_line(photo: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     assert "--mode" in lines[0]
+
+
+def test_a_layer_whose_fields_nearly_fill_the_picture_shows_each_channels_strongest_unit() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 7, padding=3), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 9, padding=4), torch.nn.ReLU()
+    ).eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    net = dv.DeconvNet(model)
+    field = dv.receptive_field(net, "3")
+    assert field.size == (15, 15)  # only 2 x 2 of the 16 x 16 units see no padding
+    p = dv.visualize(x, model=model, layer="3", top=6)
+    act = net.activations(x, ["3"])["3"][0]
+    for channel, position in zip(p.channels, p.positions, strict=True):
+        assert position == divmod(int(act[channel].argmax()), act.shape[-1])  # the strongest anywhere
+    assert len(set(p.positions)) > 1  # not one unit for every channel
+    assert p.inside is not None
+    assert not all(p.inside)  # units whose field reaches past the picture say so (labelled edge)
+    from deconvviz.viz.figures import label
+
+    assert any(label(p, i).endswith(" edge") for i in range(len(p.channels)))

@@ -2,9 +2,14 @@
 
 A unit at the border of a feature map sees mostly padding (at VGG16's conv3_3, unit (1, 0) has two thirds of
 its 40x40 field outside the picture), so its reconstruction says little about the photo. For ``top=`` the
-helpers here rank each channel by its strongest unit whose *whole* field lies inside the picture (falling
-back to the strongest unit anywhere for a layer whose units all reach past the edge), and project those
-units, all from one capture pass.
+helpers here rank each channel by its strongest unit whose *whole* field lies inside the picture, and project
+those units, all from one capture pass.
+
+Deep layers see nearly the whole picture: at SqueezeNet's fire9 on a 224 px picture only the centre unit's
+field fits inside, so "inside" would put every channel at that one unit and the pictures would all look alike.
+Where fewer than :data:`MIN_INSIDE_SHARE` of a layer's units lie wholly inside, each channel's strongest unit
+anywhere is projected instead, as in the paper (the labels mark with ``edge`` a unit whose field reaches past
+the picture).
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.methods import RuleSet
     from deconvviz.models.session import Session
     from deconvviz.ops.geometry import ReceptiveField
+
+
+MIN_INSIDE_SHARE = 0.25
+"""The least share of a layer's units whose whole field lies inside the picture for the choice to keep to them.
+
+VGG16 at 224 px keeps to them at conv1_1 to conv4_3 (at conv4_3, 16 x 16 of its 28 x 28 units: 33 %); at
+conv5_3 (4 of 196) and SqueezeNet's fire9 (1 of 169) every channel's strongest unit anywhere is taken."""
 
 
 class ClassError(DeconvVizError, ValueError):
@@ -104,8 +116,8 @@ def project_inside(
     except (DeconvVizError, KeyError, ValueError):
         return None
     mask = inside_mask(field, act.shape[2:], x.shape)
-    if mask is None or not bool(mask.any()):
-        return None
+    if mask is None or float(mask.float().mean()) < MIN_INSIDE_SHARE:
+        return None  # every unit sees the whole picture, or too few lie inside to tell channels apart
     planes = act[0].detach().to("cpu", torch.float64).masked_fill(~mask, float("-inf"))
     values, flat = planes.reshape(planes.shape[0], -1).max(dim=1)
     if channels is None:
