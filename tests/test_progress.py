@@ -57,7 +57,7 @@ def _recorder() -> tuple[Calls, Callable[[int, int, str], None]]:
 
 def test_sanity_counts_the_comparison_the_trained_model_and_each_layer(photos: list[Path]) -> None:
     calls, progress = _recorder()
-    result = dv.sanity(photos[0], MODEL, layer="conv3", methods=["deconvnet"], device="cpu", progress=progress)
+    result = dv.sanity(photos[0], MODEL, layer="conv3", method=["deconvnet"], device="cpu", progress=progress)
     _check(calls, len(result.steps) + 1)  # one step per column, and the channels' comparison
     assert calls[-1][2] == f"randomised {result.steps[-1]}"
 

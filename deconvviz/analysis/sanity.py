@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 from deconvviz.analysis.progress import ProgressOption, reporting
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, deprecated
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -262,11 +262,12 @@ def sanity(
     *,
     layer: str | None = None,
     channel: int | None = None,
-    methods: Sequence[str] | str | None = None,
+    method: Sequence[str] | str | None = None,
     seed: int = 0,
     compare_channels: int = 8,
     device: str | None = "auto",
     progress: ProgressOption = None,
+    methods: Sequence[str] | str | None = None,
 ) -> SanityResult:
     """Cascading randomisation of the weights under one unit, and how much its reconstruction changes.
 
@@ -283,13 +284,15 @@ def sanity(
         layer: the layer (name or alias); default: the deepest of :func:`~deconvviz.core.layers.default_layers`
             (``conv5_3`` for VGG16).
         channel: the channel; default: the one with the strongest activation.
-        methods: reverse passes to compare (default: ``deconvnet``, ``guided`` and ``gradient``).
+        method: the reverse pass, or several to compare, one row each (default: ``deconvnet``, ``guided`` and
+            ``gradient``), as ``method=`` names the reverse pass in every other call.
         seed: seed of the random weights.
         compare_channels: how many of the layer's strongest channels enter the mean pairwise correlation.
         device: where to run a model given by name.
         progress: ``progress(done, total, what)`` once before the work and after each step (the channels'
             comparison, the trained model, then each layer randomised), ``"bar"`` for a tqdm bar, or None
             (see :mod:`deconvviz.analysis.progress`).
+        methods: the earlier spelling of ``method`` (warns once).
 
     Returns:
         A :class:`SanityResult`.
@@ -307,7 +310,10 @@ def sanity(
     from deconvviz.methods import PRESETS, get_method
     from deconvviz.models.session import session
 
-    chosen = list(PRESETS) if methods is None else [methods] if isinstance(methods, str) else list(methods)
+    if methods is not None:
+        deprecated("sanity(methods=...)", "sanity(method=...)")
+        method = method if method is not None else methods
+    chosen = list(PRESETS) if method is None else [method] if isinstance(method, str) else list(method)
     if not chosen:
         raise AnalysisError("no methods given; choose from deconvnet, guided and gradient")
     names = [get_method(m).name for m in chosen]  # an unknown method fails here, before any work

@@ -270,7 +270,7 @@ def sanity_command(
                 model,
                 layer=layer,
                 channel=channel,
-                methods=method or None,
+                method=method or None,
                 seed=seed,
                 device=device,
                 progress=progress,
