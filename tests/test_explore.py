@@ -215,6 +215,74 @@ def test_input_picture_and_thumbnails(client: TestClient) -> None:
     assert max(_png(client.get("/api/image.png", params={"image": image, "size": 24}).content).shape[:2]) == 24
 
 
+def test_steps_list_the_way_down_of_the_unit(client: TestClient, explorer: Explorer) -> None:
+    from deconvviz.viz.steps import region, scaled
+
+    image = _ids(client)[1]
+    for position in (None, (3, 4)):
+        params = {"image": image, "layer": "conv3", "channel": 2, "method": "guided"}
+        if position is not None:
+            params["position"] = f"{position[0]},{position[1]}"
+        body = client.get("/api/steps", params=params).json()
+        x = explorer.session.preprocess(explorer.load(image))
+        expected = explorer.net.project(x, "conv3", channel=2, position=position, method="guided", steps=True)
+        assert expected.steps is not None
+        assert (body["layer"], body["node"], body["channel"], body["method"]) == ("conv3", "features.6", 2, "guided")
+        assert tuple(body["position"]) == expected.positions[0]
+        listed = [(s["index"], s["node"], s["kind"], tuple(s["shape"]), s["switches"]) for s in body["steps"]]
+        assert listed == [(s.index, s.node, s.kind, s.shape, s.switches is not None) for s in expected.steps]
+        assert body["steps"][0]["kind"] == "seed"
+        assert body["steps"][0]["layer"] == "conv3"
+        assert body["steps"][-1]["node"] == "x"
+        assert tuple(body["steps"][-1]["shape"]) == (3, 32, 32)
+        assert any(s["switches"] for s in body["steps"])
+        assert any(s["kind"] == "unpool" for s in body["steps"])
+        reached = region(expected.steps)
+        assert body["region"] == (None if reached is None else list(reached))
+        for entry in body["steps"]:
+            if reached is not None:
+                assert entry["box"] == list(scaled(reached, (32, 32), tuple(entry["shape"][1:])))
+            assert entry["enlarged"] == -(-224 // max(entry["shape"][1:]))
+
+
+@pytest.mark.parametrize(("method", "scale"), [("deconvnet", "robust"), ("gradient", "max")])
+def test_each_step_png_is_the_picture_the_steps_command_writes(
+    client: TestClient, explorer: Explorer, tmp_path: Path, method: str, scale: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    image = _ids(client)[2]
+    out = tmp_path / "steps"
+    path = str(explorer.pictures[image].path)
+    arguments = ["steps", path, "--model", MODEL, "-l", "conv3", "-c", "5", "--method", method, "--scale", scale]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())["steps"]
+    params = {"image": image, "layer": "conv3", "channel": 5, "method": method}
+    listed = client.get("/api/steps", params=params).json()["steps"]
+    assert len(listed) == len(manifest["steps"])
+    for entry in manifest["steps"]:
+        response = client.get("/api/steps.png", params={**params, "scale": scale, "step": entry["index"]})
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        assert np.array_equal(_png(response.content), _png((out / entry["file"]).read_bytes())), entry["file"]
+    last = client.get("/api/steps.png", params={**params, "scale": scale, "step": len(listed) - 1})
+    projection = client.get("/api/projection.png", params={**params, "scale": scale})
+    assert np.array_equal(_png(last.content)[::7, ::7], _png(projection.content))  # 32 pixels, each shown 7x7
+
+
+def test_paging_through_the_steps_projects_once(client: TestClient, explorer: Explorer) -> None:
+    image = _ids(client)[3]
+    params = {"image": image, "layer": "conv2", "channel": 1, "position": "2,3", "method": "deconvnet"}
+    misses = explorer.steps_kept.misses
+    count = len(client.get("/api/steps", params=params).json()["steps"])
+    for step in [*range(count), 0, count - 1]:
+        assert client.get("/api/steps.png", params={**params, "step": step}).status_code == 200
+    assert explorer.steps_kept.misses == misses + 1
+
+
 def test_topk_are_the_strongest_over_the_folder(client: TestClient, explorer: Explorer) -> None:
     body = client.get("/api/topk", params={"layer": "conv3", "channel": 6}).json()
     assert body["state"] == "done"
@@ -310,6 +378,16 @@ def test_upload_adds_a_picture(client: TestClient, photos: Path) -> None:
         ("/api/image.png", {"image": 0, "size": 4096}, 400, ["size must be between"]),
         ("/api/topk", {"layer": "conv3", "channel": 99}, 400, ["channel 99 is out of range"]),
         ("/api/topk", {"layer": "nope", "channel": 1}, 400, ["unknown layer 'nope'"]),
+        ("/api/steps", {"image": "nope", "layer": "conv3", "channel": 1}, 404, ["unknown picture id 'nope'"]),
+        ("/api/steps", {"image": 0, "layer": "conv9", "channel": 1}, 400, ["unknown layer 'conv9'"]),
+        ("/api/steps", {"image": 0, "layer": "conv3", "channel": 8}, 400, ["channel 8 is out of range"]),
+        ("/api/steps", {"image": 0, "layer": "conv3", "channel": 1, "method": "magic"}, 400, ["'magic'"]),
+        ("/api/steps", {"image": 0, "layer": "conv3", "channel": 1, "position": "0,16"}, 400, ["(0, 16)"]),
+        ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1, "step": 99}, 400, ["step 99 is out of range"]),
+        ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1, "step": -1}, 400, ["step -1 is out of range"]),
+        ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1}, 400, ["give step="]),
+        ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1, "step": "x"}, 400, ["step must be a whole"]),
+        ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1, "step": 0, "scale": "loud"}, 400, ["'loud'"]),
         ("/api/nothing", {}, 404, ["no such address"]),
     ],
 )
@@ -556,6 +634,7 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     if not (_CHROMIUM and _CHROMEDRIVER):
@@ -642,6 +721,37 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
         wait.until(lambda d: address().get("image", "").startswith("u"))
         wait.until(lambda d: len(d.find_elements("css selector", "#strip a")) == count + 1)
         wait.until(lambda d: d.find_element("id", "unit").text.startswith(address()["layer"]))
+        assert driver.find_element("id", "steps-panel").get_attribute("hidden") is not None
+        driver.find_element("id", "way-down").click()  # the way down: the panel opens on the seed
+        wait.until(lambda d: address().get("steps") == "0" and d.find_element("id", "steps-panel").is_displayed())
+        wait.until(lambda d: d.find_element("id", "step-label").text.startswith("seed"))
+        driver.find_element("id", "step-next").click()
+        wait.until(lambda d: address().get("steps") == "1")
+        wait.until(lambda d: "step=1" in d.find_element("id", "step-picture").get_attribute("src"))
+        state = address()
+        step_url = (
+            f"{base}/api/steps.png?image={state['image']}&layer={state['layer']}&channel={state['channel']}"
+            f"&method={state['method']}&scale={state['scale']}&step=1"
+        )
+        api = _png(_get(step_url)[1])
+        assert np.array_equal(shown("#step-picture"), api)
+        label = driver.find_element("id", "step-label").text
+        assert label
+        assert not label.startswith("seed")
+        permalink = driver.current_url
+        driver.refresh()  # the permalink opens the panel on the same step
+        wait.until(lambda d: d.find_element("id", "step-label").text == label)
+        assert driver.current_url == permalink
+        assert np.array_equal(shown("#step-picture"), api)
+        driver.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)  # the keys page too
+        wait.until(lambda d: address().get("steps") == "2")
+        driver.find_element("tag name", "body").send_keys(Keys.ARROW_LEFT)
+        wait.until(lambda d: address().get("steps") == "1")
+        driver.back()  # back and forward go through the steps shown
+        wait.until(lambda d: address().get("steps") == "2")
+        wait.until(lambda d: d.find_element("id", "step-label").text != label)
+        driver.find_element("id", "way-down").click()  # and the panel closes
+        wait.until(lambda d: "steps" not in address() and not d.find_element("id", "steps-panel").is_displayed())
         assert driver.save_screenshot(str(tmp_path / "explorer.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors

@@ -346,6 +346,26 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
             await on_model(request, lambda: explorer.projection_png(image, layer, channel, position, method, scale))
         )
 
+    async def steps(request: Request) -> Response:
+        image, layer, channel = unit_arguments(request)
+        position = parse_position(query(request, "position"))
+        method = method_of(request)
+        return JSONResponse(
+            await on_model(request, lambda: explorer.steps_list(image, layer, channel, position, method))
+        )
+
+    async def step_png(request: Request) -> Response:
+        from deconvviz.viz.scaling import Scaling
+
+        image, layer, channel = unit_arguments(request)
+        position = parse_position(query(request, "position"))
+        method = method_of(request)
+        scale = Scaling.of(query(request, "scale") or None).name
+        step = parse_int(query(request, "step"), "step")
+        return png(
+            await on_model(request, lambda: explorer.step_png(image, layer, channel, step, position, method, scale))
+        )
+
     async def picture(request: Request) -> Response:
         image = query(request, "image") or ""
         explorer.picture(image)
@@ -391,6 +411,8 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         Route("/api/activations.png", answering(activation_png)),
         Route("/api/unit", answering(unit)),
         Route("/api/projection.png", answering(projection)),
+        Route("/api/steps", answering(steps)),
+        Route("/api/steps.png", answering(step_png)),
         Route("/api/image.png", answering(picture)),
         Route("/api/topk", answering(topk)),
         Route("/api/status", answering(status)),

@@ -1,4 +1,4 @@
-"""What the explorer serves, as plain Python: pictures by id, layers, activations, projections and top-k hits.
+"""What the explorer serves, as plain Python: pictures, layers, activations, projections, their steps, top-k hits.
 
 :class:`Explorer` owns the model session, the pictures (a folder's or a list's, plus uploads kept in a temporary
 folder), a byte-bounded cache holding one capture per picture, layer and reverse pass, the model worker and the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import shutil
 import tempfile
 import threading
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
     from deconvviz.core.deconvnet import Captured
+    from deconvviz.core.steps import ProjectionSteps
     from deconvviz.io.sources import ImageSource
     from deconvviz.models.session import Session
 
@@ -38,6 +40,10 @@ THUMBNAIL_MAX = 512
 """The largest thumbnail side a request may ask for."""
 THUMBNAILS_KEPT = 16 << 20
 """Bytes of thumbnail PNGs kept, so that paging through the strip decodes each picture once."""
+STEP_SIDE = 224
+"""A step's picture is enlarged by a whole factor until its longer side reaches this many pixels (as the CLI's)."""
+STEPS_KEPT = 512 << 20
+"""The most bytes of projection steps kept (at most the capture cache's size), so that paging runs no model."""
 
 
 class ExploreError(DeconvVizError, ValueError):
@@ -163,6 +169,7 @@ class Explorer:
         self.upload_limit = int(upload_limit)
         self.cache = ByteCache(default_cache_bytes() if cache_bytes is None else int(cache_bytes))
         self.thumbnails = ByteCache(THUMBNAILS_KEPT)
+        self.steps_kept = ByteCache(min(STEPS_KEPT, self.cache.limit))
         self.worker = ModelWorker(max_pending=max_pending)
         self._uploads = Path(tempfile.mkdtemp(prefix="deconvviz-explore-"))
         self._lock = threading.Lock()
@@ -450,6 +457,12 @@ class Explorer:
         self, image: str, layer: str, channel: int, position: tuple[int, int] | None = None, method: str | None = None
     ) -> Any:
         """The :class:`~deconvviz.Projection` of one unit (default: the channel's strongest), from the cache."""
+        return self._unit_capture(image, layer, channel, position, method).project(channel, position=position)
+
+    def _unit_capture(
+        self, image: str, layer: str, channel: int, position: tuple[int, int] | None, method: str | None
+    ) -> Captured:
+        """The capture to project one unit from, once the channel and position are known to be in range."""
         captured = self.captured(image, layer, method)
         act = captured.activation
         check_channel(channel, int(act.shape[1]), layer)
@@ -457,7 +470,7 @@ class Explorer:
             height, width = int(act.shape[2]), int(act.shape[3])
             if not (0 <= position[0] < height and 0 <= position[1] < width):
                 raise ExploreError(f"position {position} is outside the {height}x{width} map of layer {layer!r}")
-        return captured.project(channel, position=position)
+        return captured
 
     def projection_png(
         self,
@@ -473,6 +486,112 @@ class Explorer:
 
         chosen = Scaling.of(scale)  # an unknown scale fails before any work
         return _png(self.projection(image, layer, channel, position, method).to_pil(0, chosen))
+
+    # ------------------------------------------------------------------------------------------- the way down
+
+    def steps(
+        self, image: str, layer: str, channel: int, position: tuple[int, int] | None = None, method: str | None = None
+    ) -> ProjectionSteps:
+        """The steps of one unit's projection (``project(..., steps=True)``), kept so that paging runs no model.
+
+        Must run on the model worker, like :meth:`captured`.
+        """
+        from deconvviz.methods import get_method
+
+        rules = get_method(method)
+        key = (image, self.resolve(layer), channel, position, rules.name)
+        found = self.steps_kept.get(key)
+        if found is None:
+            captured = self._unit_capture(image, layer, channel, position, rules.name)
+            found = captured.project(channel, position=position, steps=True).steps
+            assert found is not None
+            size = sum(t.element_size() * t.nelement() for s in found for t in (s.signal, s.switches) if t is not None)
+            self.steps_kept.put(key, found, size)
+        return found
+
+    def steps_list(
+        self, image: str, layer: str, channel: int, position: tuple[int, int] | None = None, method: str | None = None
+    ) -> dict[str, Any]:
+        """The steps of one unit, seed first, input last, without their signals (what the page pages through).
+
+        ``{"layer", "node", "channel", "position", "method", "region", "steps": [...]}``; each step is ``{"index",
+        "node", "layer" (its alias, or None), "name", "ops", "kind", "shape", "switches", "enlarged", "box"}``:
+        ``switches`` is true for an unpooling step, ``enlarged`` the whole factor its picture is enlarged by, and
+        ``box`` (``top, left, bottom, right`` in the step's own map) the part of the map the unit reaches, as the
+        steps figure crops it (None where the unit reaches nearly all of it; ``region`` is the same on the input).
+        """
+        from deconvviz.viz.steps import region, scaled
+
+        found = self.steps(image, layer, channel, position, method)
+        seeded = found.positions[0]
+        reached = region(found)
+        size = tuple(found[-1].shape[-2:])
+
+        def box(shape: tuple[int, ...]) -> list[int] | None:
+            if reached is None or len(shape) != 3:
+                return None
+            return list(scaled(reached, (int(size[0]), int(size[1])), (shape[1], shape[2])))
+
+        return {
+            "layer": layer,
+            "node": found.node,
+            "channel": found.channels[0],
+            "position": None if seeded is None else [int(v) for v in seeded],
+            "method": found.method,
+            "region": None if reached is None else list(reached),
+            "steps": [
+                {
+                    "index": s.index,
+                    "node": s.node,
+                    "layer": s.alias,
+                    "name": s.name,
+                    "ops": [found.name_of(o) for o in s.ops],
+                    "kind": s.kind,
+                    "shape": list(s.shape),
+                    "switches": s.switches is not None,
+                    "enlarged": _enlargement(s.shape),
+                    "box": box(s.shape),
+                }
+                for s in found
+            ],
+        }
+
+    def step_png(
+        self,
+        image: str,
+        layer: str,
+        channel: int,
+        step: int,
+        position: tuple[int, int] | None = None,
+        method: str | None = None,
+        scale: str | None = None,
+    ) -> bytes:
+        """Step ``step``'s picture as a PNG, the one ``deconvviz steps`` writes as ``steps/NN-kind-node.png``.
+
+        The signal summed over channels (white 0, red above, blue below), or for the last step of a picture-shaped
+        input the reconstruction as ``render`` shows it; enlarged by a whole factor (nearest neighbour) so that
+        its longer side reaches 224 pixels.
+        """
+        import numpy as np
+        from PIL import Image as PILImage
+
+        from deconvviz.viz.scaling import Scaling, to_rgb
+        from deconvviz.viz.steps import colour, plane
+
+        chosen = Scaling.of(scale)  # an unknown scale fails before any work
+        found = self.steps(image, layer, channel, position, method)
+        if not 0 <= step < len(found):
+            raise ExploreError(
+                f"step {step} is out of range: this projection has {len(found)} steps, 0 to {len(found) - 1}"
+            )
+        signal = found[step].signal[0]
+        if step == len(found) - 1 and signal.dim() == 3 and signal.shape[0] in (1, 3):
+            order = found.projection.channel_order if found.projection is not None else "RGB"
+            picture = to_rgb(signal, chosen, channel_order=order)
+        else:
+            picture = colour(plane(signal))
+        factor = _enlargement(tuple(found[step].shape))
+        return _png(PILImage.fromarray(np.ascontiguousarray(picture.repeat(factor, 0).repeat(factor, 1))))
 
     # ---------------------------------------------------------------------------------------------- top-k
 
@@ -500,6 +619,7 @@ class Explorer:
         self.scanner.join()
         self.cache.clear()
         self.thumbnails.clear()
+        self.steps_kept.clear()
         shutil.rmtree(self._uploads, ignore_errors=True)
 
     def __enter__(self) -> Explorer:
@@ -507,6 +627,12 @@ class Explorer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _enlargement(shape: tuple[int, ...]) -> int:
+    """The whole factor a step's picture is enlarged by: its longer side reaches :data:`STEP_SIDE` pixels."""
+    sides = shape[-2:] if len(shape) in (2, 3) else (1, max(1, int(math.prod(shape))))
+    return max(1, -(-STEP_SIDE // max(sides)))
 
 
 def _png(picture: Image) -> bytes:

@@ -21,7 +21,9 @@
     }
   })();
 
-  const state = { image: null, layer: null, channel: null, unit: null, method: "deconvnet", scale: "robust" };
+  // steps: the way-down panel's step (null: the panel is closed)
+  const state = { image: null, layer: null, channel: null, unit: null, method: "deconvnet", scale: "robust", steps: null };
+  let stepsShown = null; // { key, body } of the steps listed in the panel
   let layers = [];
   let layerInfo = {};
   let activations = null;
@@ -83,6 +85,7 @@
     state.unit = unit && /^\d+,\d+$/.test(unit) ? unit.split(",").map(Number) : null;
     state.method = config.methods.includes(p.get("method")) ? p.get("method") : "deconvnet";
     state.scale = config.scales.includes(p.get("scale")) ? p.get("scale") : "robust";
+    state.steps = /^\d+$/.test(p.get("steps") || "") ? parseInt(p.get("steps"), 10) : null;
   }
 
   function address() {
@@ -93,6 +96,7 @@
     if (state.unit) p.set("unit", state.unit.join(","));
     p.set("method", state.method);
     p.set("scale", state.scale);
+    if (state.steps !== null) p.set("steps", String(state.steps));
     return "?" + p.toString();
   }
 
@@ -261,6 +265,64 @@
     $("unit").textContent = state.layer + " ch " + body.channel + where + "  a=" + number(body.activation) + box + "  (" + state.method + ", " + state.scale + ")";
     $("projection-caption").textContent = state.method + " projection";
     loadTopk();
+    await showSteps(mine);
+  }
+
+  // ------------------------------------------------------------------------------------------ the way down
+
+  function unitParams() {
+    const params = { image: state.image, layer: state.layer, channel: state.channel, method: state.method };
+    if (state.unit) params.position = state.unit.join(",");
+    return params;
+  }
+
+  async function showSteps(mine) {
+    const panel = $("steps-panel");
+    const open = state.steps !== null;
+    panel.hidden = !open;
+    $("way-down").setAttribute("aria-expanded", String(open));
+    $("way-down").textContent = open ? "hide the way down" : "show the way down";
+    if (!open || !state.image || !state.layer || state.channel === null) return;
+    const params = unitParams();
+    const key = JSON.stringify(params);
+    if (!stepsShown || stepsShown.key !== key) {
+      const { body } = await getJSON(api("/api/steps", params));
+      if (mine !== seq) return;
+      stepsShown = { key, body };
+    }
+    const steps = stepsShown.body.steps;
+    if (state.steps >= steps.length) {
+      state.steps = steps.length - 1;
+      remember(true);
+    }
+    const step = steps[state.steps];
+    $("step-count").textContent = "(step " + step.index + " of " + (steps.length - 1) + ": seed first, pixels last)";
+    $("step-prev").disabled = state.steps === 0;
+    $("step-next").disabled = state.steps === steps.length - 1;
+    const undid = step.ops.length ? " undoing " + step.ops.join(" + ") : "";
+    $("step-label").textContent = step.kind + undid + "  at " + step.name + (step.name !== step.node ? " (" + step.node + ")" : "") + "  " + step.shape.join("x");
+    const last = state.steps === steps.length - 1 && step.shape.length === 3 && (step.shape[0] === 3 || step.shape[0] === 1);
+    $("step-caption").textContent = last
+      ? "the reconstruction, as the projection shows it (" + state.scale + ")"
+      : "summed over channels: white 0, red above, blue below" + (step.switches ? "; unpooled values sit on the switches, zero elsewhere" : "");
+    const url = api("/api/steps.png", { ...params, scale: state.scale, step: state.steps }, false);
+    $("step-picture").src = url;
+    // The unit reaches a part of the map only: that part, enlarged (nearest neighbour), beside the whole map.
+    const sides = step.shape.length === 3 ? step.shape.slice(1) : step.shape.length === 2 ? step.shape : [1, step.shape.reduce((a, b) => a * b, 1)];
+    const size = sides.map((n) => n * step.enlarged);
+    const box = step.box ? step.box.map((v) => v * step.enlarged) : null;
+    drawBox($("step-box"), box, size);
+    $("step-zoom-figure").hidden = !box;
+    if (box) crop($("step-zoom"), url, box, size, 336);
+  }
+
+  function page(delta) {
+    if (state.steps === null || !stepsShown) return;
+    const next = Math.max(0, Math.min(stepsShown.body.steps.length - 1, state.steps + delta));
+    if (next === state.steps) return;
+    state.steps = next;
+    remember(false);
+    showSteps(seq).catch(fail);
   }
 
   function drawBox(el, box, size) {
@@ -414,6 +476,19 @@
     choose({ unit: [row, col] });
   });
   $("more").addEventListener("click", () => drawGrid(false));
+  $("way-down").addEventListener("click", () => {
+    state.steps = state.steps === null ? 0 : null;
+    remember(false);
+    showSteps(seq).catch(fail);
+  });
+  $("step-prev").addEventListener("click", () => page(-1));
+  $("step-next").addEventListener("click", () => page(1));
+  document.addEventListener("keydown", (event) => {
+    if (state.steps === null || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (event.target.closest && event.target.closest("input, select, textarea")) return;
+    if (event.key === "ArrowLeft") { event.preventDefault(); page(-1); }
+    if (event.key === "ArrowRight") { event.preventDefault(); page(1); }
+  });
   $("prev").addEventListener("click", () => { stripOffset = Math.max(0, stripOffset - config.pageSize); loadStrip().catch(fail); });
   $("next").addEventListener("click", () => { stripOffset += config.pageSize; loadStrip().catch(fail); });
   $("method").addEventListener("change", (event) => choose({ method: event.target.value }));
