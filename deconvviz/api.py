@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.core.deconvnet import DeconvNet
     from deconvviz.core.projection import Projection
     from deconvviz.methods import RuleSet
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
     from deconvviz.viz.figures import RenderOptions
 
 MANIFEST = "manifest.json"

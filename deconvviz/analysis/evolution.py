@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from deconvviz.analysis.topk.search import TopKHit
     from deconvviz.api import Session
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
 Progress = Callable[[int, int, str], None]

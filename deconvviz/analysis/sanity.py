@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from deconvviz.api import Session
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 
 # ------------------------------------------------------------------------------------------------ scores
