@@ -43,13 +43,13 @@ _EXPORTS: dict[str, str] = {
     "load_image": "deconvviz.io.images",
     "ImageError": "deconvviz.io.images",
     "visualize": "deconvviz.api",
-    "render_images": "deconvviz.api",
-    "session": "deconvviz.api",
-    "Session": "deconvviz.api",
-    "default_layers": "deconvviz.api",
-    "layer_names": "deconvviz.api",
-    "RenderedImage": "deconvviz.api",
-    "RenderedLayer": "deconvviz.api",
+    "render_images": "deconvviz.viz.folders",
+    "session": "deconvviz.models.session",
+    "Session": "deconvviz.models.session",
+    "default_layers": "deconvviz.core.layers",
+    "layer_names": "deconvviz.core.layers",
+    "RenderedImage": "deconvviz.viz.folders",
+    "RenderedLayer": "deconvviz.viz.folders",
     "OutputError": "deconvviz.io",
     "ReceptiveField": "deconvviz.ops.geometry",
     "receptive_field": "deconvviz.core.receptive",
@@ -92,22 +92,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.sanity import sanity as sanity
     from deconvviz.analysis.topk.search import TopKResult as TopKResult
     from deconvviz.analysis.topk.search import top_k as top_k
-    from deconvviz.api import RenderedImage as RenderedImage
-    from deconvviz.api import RenderedLayer as RenderedLayer
-    from deconvviz.api import Session as Session
-    from deconvviz.api import default_layers as default_layers
-    from deconvviz.api import layer_names as layer_names
-    from deconvviz.api import render_images as render_images
-    from deconvviz.api import session as session
     from deconvviz.api import visualize as visualize
     from deconvviz.core.deconvnet import DeconvNet as DeconvNet
+    from deconvviz.core.layers import default_layers as default_layers
+    from deconvviz.core.layers import layer_names as layer_names
     from deconvviz.core.projection import Projection as Projection
     from deconvviz.core.receptive import receptive_field as receptive_field
     from deconvviz.core.receptive import receptive_fields as receptive_fields
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
-    from deconvviz.io.atomic import OutputError as OutputError
+    from deconvviz.io import OutputError as OutputError
     from deconvviz.io.images import ImageError as ImageError
     from deconvviz.io.images import load_image as load_image
     from deconvviz.methods import MethodError as MethodError
@@ -115,6 +110,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.methods import get_method as get_method
     from deconvviz.methods import list_methods as list_methods
     from deconvviz.methods import register_method as register_method
+    from deconvviz.models.session import Session as Session
+    from deconvviz.models.session import session as session
     from deconvviz.models.specs import LoadedModel as LoadedModel
     from deconvviz.models.specs import ModelSpec as ModelSpec
     from deconvviz.models.specs import Preprocessing as Preprocessing
@@ -127,6 +124,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.ops.base import Rule as Rule
     from deconvviz.ops.geometry import ReceptiveField as ReceptiveField
     from deconvviz.ops.geometry import register_geometry as register_geometry
+    from deconvviz.viz.folders import RenderedImage as RenderedImage
+    from deconvviz.viz.folders import RenderedLayer as RenderedLayer
+    from deconvviz.viz.folders import render_images as render_images
 
 
 def __getattr__(name: str) -> Any:

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import deconvviz as dv
+from deconvviz.analysis.choose import ClassError, inside_mask
 from deconvviz.cli import app
-from deconvviz.core.choose import ClassError, inside_mask
 
 MODEL = "tiny-choose"
 

@@ -32,21 +32,15 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.atomic import MARKER, check_target, owned, stage_folders
+from deconvviz.io.manifest import MANIFEST, header
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
-
-MANIFEST = "manifest.json"
-"""File name of the manifest in every result folder."""
-
-MANIFEST_SCHEMA = 1
-"""Version of the manifest's layout; raised when keys change meaning."""
 
 
 class AnalysisError(DeconvVizError, ValueError):
@@ -88,14 +82,8 @@ class AnalysisResult:
         Returns:
             A JSON-serialisable dict.
         """
-        from deconvviz.api import library_versions
-
         return {
-            "tool": "deconvviz",
-            "schema": MANIFEST_SCHEMA,
-            "kind": self.kind,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": library_versions(),
+            **header(self.kind),
             "arguments": _jsonable(dict(arguments or {})),
             **_jsonable(self._manifest()),
         }
@@ -188,8 +176,6 @@ def write_result_folder(folder: Path, files: Mapping[str, bytes], kind: str = "a
 
 
 __all__ = [
-    "MANIFEST",
-    "MANIFEST_SCHEMA",
     "AnalysisError",
     "AnalysisResult",
     "ResultFolderError",

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from torch import Tensor
 
-    from deconvviz.api import Session
+    from deconvviz.models.session import Session
     from deconvviz.models.specs import Preprocessing
 
 Box = tuple[int, int, int, int]
@@ -353,9 +353,10 @@ def correspondence(
     """
     import torch
 
-    from deconvviz.api import choose_layers, session
     from deconvviz.core.graph import evaluating
+    from deconvviz.core.layers import choose_layers
     from deconvviz.io.images import load_image
+    from deconvviz.models.session import session
 
     if len(images) < 2:
         raise AnalysisError(f"correspondence compares images pairwise; give at least two, got {len(images)}")
@@ -448,7 +449,7 @@ def correspondence(
 def _layers(
     current: Session, layers: str | Sequence[str] | None, x: Tensor, choose: Callable[..., list[str]]
 ) -> list[str]:
-    from deconvviz.api import default_layers
+    from deconvviz.core.layers import default_layers
 
     if layers is None or (not isinstance(layers, str) and not list(layers)):
         return default_layers(current.net, x)[-2:]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from deconvviz.analysis.topk.search import TopKHit
-    from deconvviz.api import Session
+    from deconvviz.models.session import Session
     from deconvviz.models.specs import LoadedModel
 
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
@@ -197,7 +197,7 @@ def evolution(
         checkpoints: state dicts in training order: files saved with ``torch.save(model.state_dict(), path)``
             (or holding ``{"state_dict": ...}``), or the mappings themselves.
         data: a folder of images, scanned recursively.
-        model: the architecture: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
+        model: the architecture: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
         layer: the layer to look at (name or alias).
         channels: a count ``n`` (the first ``n`` channels), a list of channel indices, or None for all.
         k: hits per channel and checkpoint, each from a different image (the paper shows 1).
@@ -220,7 +220,7 @@ def evolution(
         >>> fig, axes = r.figure()  # doctest: +SKIP
     """
     from deconvviz.analysis.topk.search import find_images, top_k
-    from deconvviz.api import session
+    from deconvviz.models.session import session
 
     if not checkpoints:
         raise AnalysisError("no checkpoints given; pass the state dicts to compare, in training order")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.api import Session
+    from deconvviz.models.session import Session
     from deconvviz.models.specs import LoadedModel
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -301,9 +301,9 @@ def invariance(
 
     Args:
         images: picture files, PIL images or preprocessed ``(1, C, H, W)`` tensors.
-        model: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
+        model: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
         layers: the layers compared (names or aliases, low to high); default: the first of
-            :func:`~deconvviz.api.default_layers` and the model's output (``conv1_2`` and pool5 for VGG16's conv
+            :func:`~deconvviz.core.layers.default_layers` and the model's output (``conv1_2`` and pool5 for VGG16's conv
             base; ``conv1`` and the 1000 class scores for SqueezeNet), like the paper's layers 1 and 7.
         translate: ``(start, end)`` vertical translation in pixels (positive moves the content down), or None
             to skip it.
@@ -332,7 +332,8 @@ def invariance(
         >>> r.distances["rotate"]["conv1"].shape  # doctest: +SKIP
         torch.Size([2, 13])
     """
-    from deconvviz.api import choose_layers, default_layers, session
+    from deconvviz.core.layers import choose_layers, default_layers
+    from deconvviz.models.session import session
 
     if normalize not in _DISTANCES:
         raise AnalysisError(f"normalize must be one of {', '.join(_DISTANCES)}, got {normalize!r}")

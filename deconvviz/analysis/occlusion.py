@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
     from torch import Tensor
 
-    from deconvviz.api import Session
     from deconvviz.core.projection import Projection
+    from deconvviz.models.session import Session
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: occluder positions done so far."""
@@ -278,7 +278,7 @@ def occlusion(
         >>> fig, axes = result.figure()  # doctest: +SKIP
         >>> result.save("out/occlusion/cat")  # doctest: +SKIP
     """
-    from deconvviz.api import session
+    from deconvviz.models.session import session
 
     current = session(model, device=device)
     x = current.preprocess(image)
@@ -310,7 +310,7 @@ def occlusion_jobs(
         OcclusionError, MethodError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
     """
     from deconvviz.analysis.base import check_result_folder
-    from deconvviz.api import session
+    from deconvviz.models.session import session
 
     paths = [Path(image) for image in images]
     if not paths:
@@ -381,7 +381,7 @@ class OcclusionJob:
         import numpy as np
         import torch
 
-        from deconvviz.api import receptive_boxes
+        from deconvviz.analysis.choose import receptive_boxes
         from deconvviz.core.graph import evaluating
         from deconvviz.viz.render import input_to_pil
 
@@ -466,10 +466,10 @@ def prepare(
     """
     import torch
 
-    from deconvviz.api import default_layers
     from deconvviz.core.deconvnet import SeedError
     from deconvviz.core.graph import evaluating
     from deconvviz.core.incremental import IncrementalOcclusion
+    from deconvviz.core.layers import default_layers
     from deconvviz.methods import get_method
 
     get_method(method)  # an unknown reverse pass fails here, before any work

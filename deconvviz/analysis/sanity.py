@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from matplotlib.figure import Figure
 
-    from deconvviz.api import Session
+    from deconvviz.models.session import Session
     from deconvviz.models.specs import LoadedModel
 
 
@@ -291,8 +291,8 @@ def sanity(
 
     Args:
         image: a picture file, a PIL image or a preprocessed ``(1, C, H, W)`` tensor.
-        model: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
-        layer: the layer (name or alias); default: the deepest of :func:`~deconvviz.api.default_layers`
+        model: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
+        layer: the layer (name or alias); default: the deepest of :func:`~deconvviz.core.layers.default_layers`
             (``conv5_3`` for VGG16).
         channel: the channel; default: the one with the strongest activation.
         methods: reverse passes to compare (default: ``deconvnet``, ``guided`` and ``gradient``).
@@ -311,9 +311,10 @@ def sanity(
         >>> r = dv.sanity("cat.jpg", "vgg16", layer="conv5_3")  # doctest: +SKIP
         >>> print(r.summary())  # doctest: +SKIP
     """
-    from deconvviz.api import default_layers, session
     from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.core.layers import default_layers
     from deconvviz.methods import PRESETS, get_method
+    from deconvviz.models.session import session
 
     chosen = list(PRESETS) if methods is None else [methods] if isinstance(methods, str) else list(methods)
     if not chosen:

@@ -24,20 +24,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.api import SCAN_LAYERS
+from deconvviz.core.layers import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.atomic import check_target, remove_owned, stage_folders
 from deconvviz.io.jsonstream import iter_json
+from deconvviz.io.manifest import header
 from deconvviz.io.names import NameMap, clean_name
 from deconvviz.io.web import text, url
 from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.topk.search import TopKHit, TopKResult
-    from deconvviz.api import Session
     from deconvviz.io.sources import Data, ImageSource
+    from deconvviz.models.session import Session
 
-SCHEMA_VERSION = 1
 PAPER_LAYERS = SCAN_LAYERS
 """Default layers where the model has these aliases (VGG16): one per block from the second on (as top_k)."""
 
@@ -156,8 +156,8 @@ def build_report(
     """
     from deconvviz.analysis.topk import distributed
     from deconvviz.analysis.topk.search import image_source, keep_strongest, result_of, scan, silent_channels
-    from deconvviz.api import resolve_device, session
     from deconvviz.methods import get_method
+    from deconvviz.models.session import resolve_device, session
     from deconvviz.viz.scaling import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
@@ -310,7 +310,7 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
     from deconvviz.analysis.topk.search import default_scan_layers, first_readable
-    from deconvviz.api import choose_layers
+    from deconvviz.core.layers import choose_layers
 
     if layers is None:
         return default_scan_layers(current.net, source, current.preprocess)
@@ -482,7 +482,7 @@ class _Writer:
 
     def image_pages(self, paths: Sequence[Path], layers: Sequence[str]) -> list[tuple[str, str]]:
         """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
-        from deconvviz.api import render_images
+        from deconvviz.viz.folders import render_images
 
         source = self.result.source
         names = dict(zip(source.paths or [], source.names, strict=True)) if source is not None else {}
@@ -571,14 +571,8 @@ class _Writer:
         The hits are written as they are turned into JSON, a channel at a time, so a report of thousands of
         channels never holds all their dicts at once; the text is that of ``json.dumps(..., indent=2)``.
         """
-        from deconvviz.api import library_versions
-
         data = {
-            "tool": "deconvviz",
-            "kind": "report",
-            "schema_version": SCHEMA_VERSION,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": library_versions(),
+            **header("report"),
             "arguments": arguments,
             "model": self.current.name,
             "weights": str(getattr(self.current.model, "weights", "")),

@@ -35,6 +35,7 @@ from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.state import tracker_state
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.jsonstream import Streamed, iter_json
+from deconvviz.io.manifest import header
 from deconvviz.io.sources import Data, ImageSource, SearchError, find_images, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,8 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages are ``"scan"`` and ``"project"``."""
-
-SCHEMA_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ scanning
@@ -314,7 +313,7 @@ class TopKResult:
             "skipped": Streamed(skipped),
         }
         return {
-            "schema_version": SCHEMA_VERSION,
+            **header("topk", stamped=False),
             "model": self.model,
             "folder": self.folder,
             "k": self.k,
@@ -394,7 +393,7 @@ class ScanResult:
 
 
 def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callable[[Any], Tensor]) -> list[str]:
-    """The layers a scan looks at when none are given: :func:`deconvviz.api.scan_layers` (as the report does).
+    """The layers a scan looks at when none are given: :func:`deconvviz.core.layers.scan_layers` (as the report does).
 
     Those are ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these aliases; else the first readable
     image tells each layer's size and the deepest four of the default layers are taken.
@@ -402,7 +401,7 @@ def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callabl
     Raises:
         SearchError: no image of ``source`` can be read (only asked where the model has no such aliases).
     """
-    from deconvviz.api import SCAN_LAYERS, scan_layers
+    from deconvviz.core.layers import SCAN_LAYERS, scan_layers
 
     if all(name in net.aliases for name in SCAN_LAYERS):  # no picture needed
         return list(SCAN_LAYERS)
@@ -651,7 +650,7 @@ def top_k(
             ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
             Unreadable images are skipped and listed in the result.
         layers: layer names or aliases; default: ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these
-            aliases (VGG16), else the deepest four of :func:`deconvviz.api.default_layers` (as the report).
+            aliases (VGG16), else the deepest four of :func:`deconvviz.core.layers.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
         batch_size: images per forward pass.
