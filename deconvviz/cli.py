@@ -171,9 +171,28 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
+        help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], NAME:timm, or "
+        "package.module:function.",
     ),
 ]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Load these weights into --model instead of its own: a state dict saved with torch.save (also under a "
+        "state_dict or model key) or a safetensors file.",
+        show_default=False,
+    ),
+]
+
+
+def _model(model: str, checkpoint: Path | None, device: str | None = "cpu", size: int | None = None) -> Any:
+    """``--model`` and ``--checkpoint``: the name as it is without a checkpoint, else the model loaded with it."""
+    if checkpoint is None:
+        return model
+    from deconvviz.models.session import resolve_device
+
+    return deconvviz.load_model(model, checkpoint=checkpoint, device=resolve_device(device), size=size)
 
 
 @app.callback()
@@ -242,7 +261,8 @@ def models_command(debug: DebugOption = False) -> None:
         )
         typer.echo(
             "Also: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
-            "or package.module:function for your own model."
+            "NAME:timm[:TAG] for any timm model (e.g. convnext_tiny:timm; pip install 'deconvviz[timm]'), "
+            "or package.module:function for your own model; --checkpoint PATH loads your own weights into any of them."
         )
 
 
@@ -251,6 +271,7 @@ def layers_command(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
     ] = "vgg16",
+    checkpoint: CheckpointOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     debug: DebugOption = False,
 ) -> None:
@@ -259,7 +280,7 @@ def layers_command(
         import torch
         from rich.table import Table
 
-        current = deconvviz.session(model, device=device)
+        current = deconvviz.session(_model(model, checkpoint, device), device=device)
         net = current.net
         size = int(getattr(current.model, "input_size", 224))
         x = torch.zeros(1, 3, size, size)
@@ -267,7 +288,9 @@ def layers_command(
         shapes = {name: tuple(a.shape) for name, a in net.activations(x, nodes).items()}
         fields = _fields(net, nodes)
         aliases: dict[str, list[str]] = {}
-        for alias, node in net.aliases.items():
+        from deconvviz.core.layers import alias_nodes
+
+        for alias, node in alias_nodes(net).items():
             aliases.setdefault(node, []).append(alias)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("alias", "node", "output", "receptive field"):
@@ -285,6 +308,7 @@ def filters_command(
         typer.Option("--layer", "--layers", "-l", help="A first-layer convolution (alias or node name)."),
     ] = "conv1_1",
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="The PNG to write. Default: LAYER_filters.png.", show_default=False),
@@ -301,7 +325,7 @@ def filters_command(
             from deconvviz.viz.filters import layer_filters
             from deconvviz.viz.render import safe_name, save_figure
 
-            current = deconvviz.session(model, device="cpu")
+            current = deconvviz.session(_model(model, checkpoint), device="cpu")
             found = layer_filters(current.net, layer)
             target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
             fig, _ = found.figure(columns=columns)
@@ -340,6 +364,7 @@ def render_command(
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     layers: Annotated[
         list[str] | None,
         typer.Option(
@@ -441,7 +466,7 @@ def render_command(
             results = deconvviz.render_images(
                 images,
                 out,
-                model=model,
+                model=_model(model, checkpoint, device, size),
                 layers=layers,
                 top=None if channel else top,
                 channels=channel or None,
@@ -505,6 +530,7 @@ def report_command(
         ),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -582,6 +608,7 @@ def report_command(
         argv += ["--scale", scale.value, "--seed", str(seed), "--save-every", str(save_every)]
         argv += ["--method", method]
         argv += ["--layers", layers] if layers is not None else []
+        argv += ["--checkpoint", str(checkpoint)] if checkpoint is not None else []
         argv += ["--limit", str(limit)] if limit is not None else []
         argv += ["--sample", str(sample)] if sample is not None else []
         flags = {"--per-image": per_image, "--overwrite": overwrite, "--resume": resume, "--debug": debug}
@@ -611,7 +638,7 @@ def report_command(
                     report = build_report(
                         folder,
                         out,
-                        model=model,
+                        model=_model(model, checkpoint, device),
                         layers=layers,
                         channels=chosen_channels,
                         k=top,
@@ -696,6 +723,7 @@ def invariance_command(
         list[Path], typer.Argument(metavar="IMAGE", help="Picture files; one curve per picture.", show_default=False)
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -746,7 +774,7 @@ def invariance_command(
 
             result = deconvviz.invariance(
                 images,
-                model,
+                _model(model, checkpoint, device),
                 layers=layers,
                 steps=steps,
                 target=int(target) if target is not None and target.strip().isdigit() else target,
@@ -761,6 +789,7 @@ def invariance_command(
             arguments = {
                 "images": [str(i) for i in images],
                 "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
                 "layers": list(result.layers),
                 **{k: None if v is None else list(v) for k, v in ranges.items()},
                 "steps": steps,
@@ -842,6 +871,7 @@ def evolution_command(
 def sanity_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     layer: Annotated[
         str | None,
         typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
@@ -870,9 +900,21 @@ def sanity_command(
         with _progress_bars(transient=True) as bar:
             bar.add_task("randomising and projecting", total=None)
             result = deconvviz.sanity(
-                image, model, layer=layer, channel=channel, methods=method or None, seed=seed, device=device
+                image,
+                _model(model, checkpoint, device),
+                layer=layer,
+                channel=channel,
+                methods=method or None,
+                seed=seed,
+                device=device,
             )
-            arguments = {"image": str(image), "model": model, "layer": result.layer, "channel": result.channel}
+            arguments = {
+                "image": str(image),
+                "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                "layer": result.layer,
+                "channel": result.channel,
+            }
             folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
         typer.echo(f"wrote {folder}/figure.png and manifest.json: {result.layer} channel {result.channel}")
         typer.echo(result.summary())
@@ -885,6 +927,7 @@ def occlusion_command(
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -935,7 +978,7 @@ def occlusion_command(
             jobs = deconvviz.occlusion_jobs(
                 images,
                 out,
-                model=model,
+                model=_model(model, checkpoint, device),
                 layer=layer,
                 size=size,
                 stride=stride,
@@ -952,6 +995,7 @@ def occlusion_command(
                 result = job.run(batch_size=batch_size, progress=progress, image=str(image))
                 arguments = {
                     "model": model,
+                    **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
                     "layer": layer,
                     "size": size,
                     "stride": stride,
@@ -980,6 +1024,7 @@ def correspondence_command(
         ),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -1011,9 +1056,23 @@ def correspondence_command(
                 bar.update(task, completed=done, total=total, description="occluding parts")
 
             result = deconvviz.correspondence(
-                images, parts, model=model, layers=layers, random=random, seed=seed, device=device, progress=progress
+                images,
+                parts,
+                model=_model(model, checkpoint, device),
+                layers=layers,
+                random=random,
+                seed=seed,
+                device=device,
+                progress=progress,
             )
-            arguments = {"parts": str(parts), "model": model, "layers": layers, "random": random, "seed": seed}
+            arguments = {
+                "parts": str(parts),
+                "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                "layers": layers,
+                "random": random,
+                "seed": seed,
+            }
             folder = result.save(out, arguments=arguments)
         typer.echo(result.table())
         typer.echo(f"wrote {folder}")

@@ -19,6 +19,22 @@ def _is_pool(net: DeconvNet, node: str) -> bool:
     return isinstance(module, pools) or "pool" in node.rsplit(".", 1)[-1].lower()
 
 
+def alias_nodes(net: DeconvNet) -> dict[str, str]:
+    """Each alias -> the node it names.
+
+    An alias may name a node or a module (as timm's stages do); aliases that name nothing traced are left out.
+    """
+    from deconvviz.core.graph import LayerNotFoundError
+
+    found = {}
+    for alias in net.aliases:
+        try:
+            found[alias] = net.resolve(alias)
+        except LayerNotFoundError:
+            continue
+    return found
+
+
 def layer_names(net: DeconvNet) -> list[str]:
     """The layers worth offering by name, input to output: aliases if the model has them, else node names.
 
@@ -28,7 +44,7 @@ def layer_names(net: DeconvNet) -> list[str]:
     if not net.aliases:
         return projectable
     order = {name: i for i, name in enumerate(projectable)}
-    named = [(alias, node) for alias, node in net.aliases.items() if node in order]
+    named = [(alias, node) for alias, node in alias_nodes(net).items() if node in order]
     seen: set[str] = set()
     result = []
     for alias, node in sorted(named, key=lambda pair: order[pair[1]]):

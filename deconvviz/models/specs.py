@@ -215,7 +215,9 @@ class ModelSpec:
             a function
             returning a state dict, or None to keep what ``builder`` made (self-contained or random weights).
         preprocessing: how pictures become the model's input.
-        aliases: short layer names -> qualified node names (``{"conv5_3": "features.29"}``).
+        aliases: short layer names -> qualified node names (``{"conv5_3": "features.29"}``), or a function of
+            the built module that returns them (for names a model only knows once built, such as timm's
+            ``feature_info``).
         labels: class names (or a function returning them), None when the model has no classifier.
         description: one line for listings.
         sized: ``builder`` takes the input size, ``builder(size=N)``, for an architecture whose layers depend on
@@ -231,7 +233,7 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     weights: WeightSource | Callable[[], Mapping[str, Tensor]] | None = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    aliases: Mapping[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] | Callable[[nn.Module], Mapping[str, str]] = field(default_factory=dict)
     labels: Sequence[str] | Callable[[], Sequence[str]] | None = None
     description: str = ""
     sized: bool = False
@@ -250,7 +252,8 @@ class ModelSpec:
             object.__setattr__(self, "weights", CallableSource(self.weights))
         if not isinstance(self.preprocessing, Preprocessing):
             raise ModelError(f"preprocessing of model {self.name!r} must be a Preprocessing")
-        object.__setattr__(self, "aliases", dict(self.aliases))
+        if not callable(self.aliases):
+            object.__setattr__(self, "aliases", dict(self.aliases))
 
     def __repr__(self) -> str:
         return f"ModelSpec(name={self.name!r}, weights={self.weights_source!r}, input_size={self.input_size})"
@@ -275,6 +278,11 @@ class ModelSpec:
         """True when the weights can be loaded now without any network."""
         source = self.source
         return True if source is None else source.available_offline()
+
+    def layer_aliases(self, module: nn.Module) -> dict[str, str]:
+        """The layer aliases of ``module``, built from this spec."""
+        found = self.aliases(module) if callable(self.aliases) else self.aliases
+        return {str(alias): str(node) for alias, node in found.items()}
 
     def class_names(self) -> list[str] | None:
         """The class names, or None when the model has no classifier."""

