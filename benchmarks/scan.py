@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.analysis.topk.search import scan
+from deconvviz.analysis.topk.scan import scan
 from deconvviz.io.images import load_image
 from deconvviz.viz.report import PAPER_LAYERS
 
@@ -102,7 +102,7 @@ def scan_rate(model: dv.LoadedModel, folder: Path, batch_size: int) -> float:
 _PEAK = """
 import resource, sys
 import deconvviz as dv
-from deconvviz.analysis.topk.search import scan
+from deconvviz.analysis.topk.scan import scan
 sys.path.insert(0, {here!r})
 from scan import CONV_LAYERS
 model = dv.load_model("vgg16", device={device!r})
@@ -122,7 +122,7 @@ _RANKS = """
 import resource, sys, time
 import deconvviz as dv
 from deconvviz import distributed
-from deconvviz.analysis.topk.search import scan
+from deconvviz.analysis.topk.scan import scan
 folder, layers, batch = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 model = dv.load_model("vgg16", device="cpu")
 ranks = distributed.setup("cpu")

@@ -31,8 +31,8 @@ _EXPORTS: dict[str, str] = {
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
-    "top_k": "deconvviz.analysis.topk.search",
-    "TopKResult": "deconvviz.analysis.topk.search",
+    "top_k": "deconvviz.analysis.topk.scan",
+    "TopKResult": "deconvviz.analysis.topk.result",
     "load_model": "deconvviz.models.zoo",
     "register_model": "deconvviz.models.zoo",
     "list_models": "deconvviz.models.zoo",
@@ -90,8 +90,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.occlusion import occlusion_jobs as occlusion_jobs
     from deconvviz.analysis.sanity import SanityResult as SanityResult
     from deconvviz.analysis.sanity import sanity as sanity
-    from deconvviz.analysis.topk.search import TopKResult as TopKResult
-    from deconvviz.analysis.topk.search import top_k as top_k
+    from deconvviz.analysis.topk.result import TopKResult as TopKResult
+    from deconvviz.analysis.topk.scan import top_k as top_k
     from deconvviz.api import visualize as visualize
     from deconvviz.core.deconvnet import DeconvNet as DeconvNet
     from deconvviz.core.layers import default_layers as default_layers

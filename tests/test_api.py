@@ -222,3 +222,22 @@ def test_visualize_and_render_take_the_reverse_pass(photo: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="unknown method"):
         dv.render_images([photo], tmp_path / "none", model=MODEL, device="cpu", method="nope")
     assert not (tmp_path / "none").exists()
+
+
+def test_each_layer_summary_is_titled_with_the_picture_and_the_layer(
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    titles: list[str] = []
+    drawn = dv.Projection.figure
+
+    def figure(self: dv.Projection, *args: object, **kwargs: object) -> tuple[object, object]:
+        fig, axes = drawn(self, *args, **kwargs)
+        titles.append(fig._suptitle.get_text() if fig._suptitle is not None else "")
+        return fig, axes
+
+    monkeypatch.setattr(dv.Projection, "figure", figure)
+    dv.render_images([photo], tmp_path, model=MODEL, device="cpu", top=2, layers=["conv2", "conv3"])
+    assert len(titles) == 2
+    for title, layer in zip(titles, ["conv2", "conv3"], strict=True):
+        assert title.startswith(f"photo.png: {layer}"), title  # the layer, alias first, then its node
+        assert title.count(".png") == 1, title  # not a reconstruction's file name

@@ -14,7 +14,9 @@ import torch
 from conftest import register_tiny_model
 from PIL import Image
 
-from deconvviz.analysis.topk.search import Streamed, TopKHit, TopKResult, iter_json, top_k
+from deconvviz.analysis.topk.result import TopKHit, TopKResult
+from deconvviz.analysis.topk.scan import top_k
+from deconvviz.io.jsonstream import Streamed, iter_json
 from deconvviz.io.manifest import ManifestError, header, read_manifest
 from deconvviz.viz.report import build_report
 

@@ -16,7 +16,7 @@ from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.analysis.topk.search import scan
+from deconvviz.analysis.topk.scan import scan
 from deconvviz.viz.report import ReportError, build_report
 
 MODEL = "tiny-report"

@@ -344,7 +344,7 @@ def test_a_very_large_picture_warns_in_one_line(tmp_path: Path, monkeypatch: pyt
 
 
 def test_top_k_leaves_the_callers_model_where_it_is(tmp_path: Path) -> None:
-    from deconvviz.analysis.topk.search import _loaded
+    from deconvviz.analysis.topk.scan import _loaded
 
     loaded = dv.load_model(MODEL, device="cpu")
     moved = _loaded(loaded, "meta")

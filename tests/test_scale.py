@@ -20,10 +20,11 @@ from PIL import Image
 
 import deconvviz as dv
 from deconvviz.analysis.topk.distributed import Ranks
-from deconvviz.analysis.topk.search import SearchError, TopKTracker, _batches, result_of, scan, top_k
+from deconvviz.analysis.topk.scan import _batches, result_of, scan, top_k
 from deconvviz.analysis.topk.state import StateError, load_state, state_file
+from deconvviz.analysis.topk.tracker import TopKTracker
 from deconvviz.io.atomic import MARKER
-from deconvviz.io.sources import image_source
+from deconvviz.io.sources import SearchError, image_source
 from deconvviz.viz.report import build_report, scan_state_folder
 
 MODEL = "tiny-scale"

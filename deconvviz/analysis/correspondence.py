@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
     from torch import Tensor
 
     from deconvviz.models.session import Session
@@ -276,16 +275,6 @@ class CorrespondenceResult(AnalysisResult):
                 count = int(self.distances[(row, layer)].numel())
                 writer.writerow([row, layer, repr(self.mean(row, layer)), repr(self.std(row, layer)), count])
         return buffer.getvalue()
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """Grouped bars of mean ± std per layer, one bar per part, the random baseline hatched.
-
-        Returns:
-            ``(figure, axes)``, returned and never shown.
-        """
-        from deconvviz.viz.part_plots import correspondence_figure
-
-        return correspondence_figure(self, **kwargs)
 
     def _files(self) -> dict[str, bytes]:
         return {

@@ -22,9 +22,7 @@ from torch import Tensor
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
-    from deconvviz.analysis.topk.search import TopKHit
+    from deconvviz.analysis.topk.result import TopKHit
     from deconvviz.models.session import Session
     from deconvviz.models.specs import LoadedModel
 
@@ -63,20 +61,6 @@ class EvolutionResult(AnalysisResult):
     k: int
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The paper's grid: rows = channels, columns = checkpoints (labelled with their names).
-
-        Args:
-            **kwargs: ``size`` (inches per cell), ``scale`` (``"robust"``, ``"max"`` or ``"minmax"``, see
-                :func:`deconvviz.viz.scaling.to_rgb`).
-
-        Returns:
-            ``(figure, axes)`` with axes of shape ``(channels, checkpoints)``; the figure is not shown.
-        """
-        from deconvviz.viz.plots import evolution_figure
-
-        return evolution_figure(self, **kwargs)
 
     def _files(self) -> dict[str, bytes]:
         fig, _ = self.figure()
@@ -219,7 +203,8 @@ def evolution(
         >>> r = dv.evolution(["e1.pt", "e5.pt"], "digits/", "digits.py:build", layer="features.7")  # doctest: +SKIP
         >>> fig, axes = r.figure()  # doctest: +SKIP
     """
-    from deconvviz.analysis.topk.search import find_images, top_k
+    from deconvviz.analysis.topk.scan import top_k
+    from deconvviz.io.sources import find_images
     from deconvviz.models.session import session
 
     if not checkpoints:

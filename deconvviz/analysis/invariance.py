@@ -26,7 +26,6 @@ from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from matplotlib.figure import Figure
     from PIL.Image import Image
 
     from deconvviz.models.session import Session
@@ -42,7 +41,6 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 }
 """The paper's ranges: vertical translation in pixels, scale factor, rotation in degrees."""
 
-UNITS = {"translate": "vertical translation (pixels)", "scale": "scale", "rotate": "rotation (degrees)"}
 
 Distance = Literal["unit", "relative", "none"]
 _DISTANCES = ("unit", "relative", "none")
@@ -179,19 +177,6 @@ class InvarianceResult(AnalysisResult):
     probabilities: dict[str, Tensor] | None = field(default=None, repr=False)
     classes: tuple[tuple[int, str], ...] | None = None
     examples: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict, repr=False, compare=False)
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The paper's grid: rows = transformations; columns = examples, one per layer, class probability.
-
-        Args:
-            **kwargs: ``size`` (inches per panel, default 2.6).
-
-        Returns:
-            ``(figure, axes)``, axes of shape ``(transforms, columns)``; the figure is not shown.
-        """
-        from deconvviz.viz.plots import invariance_figure
-
-        return invariance_figure(self, **kwargs)
 
     def _files(self) -> dict[str, bytes]:
         fig, _ = self.figure()

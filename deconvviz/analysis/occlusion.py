@@ -31,7 +31,6 @@ from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from matplotlib.figure import Figure
     from PIL.Image import Image
     from torch import Tensor
 
@@ -116,16 +115,6 @@ class OcclusionResult(AnalysisResult):
         values, counts = self.labels.flatten().unique(return_counts=True)
         pairs = sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda p: (-p[1], p[0]))
         return [(int(v), self.label_names.get(int(v), f"class {v}"), int(c)) for v, c in pairs]
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The picture and the four panels (a)-(d) in one row (see ``part_plots.occlusion_figure``).
-
-        Returns:
-            ``(figure, axes)``, returned and never shown.
-        """
-        from deconvviz.viz.part_plots import occlusion_figure
-
-        return occlusion_figure(self, **kwargs)
 
     def summary(self) -> str:
         """One line: the image, the strongest map, and the target's probability range."""

@@ -35,7 +35,6 @@ from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from matplotlib.figure import Figure
 
     from deconvviz.models.session import Session
     from deconvviz.models.specs import LoadedModel
@@ -175,19 +174,6 @@ class SanityResult(AnalysisResult):
     seed: int
     input: np.ndarray | None = field(default=None, repr=False, compare=False)
     channel_order: str = "RGB"
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """Rows = reverse passes; columns = the input, then the reconstruction after each step with its scores.
-
-        Args:
-            **kwargs: ``size`` (inches per panel), ``scale`` (see :func:`deconvviz.viz.scaling.to_rgb`).
-
-        Returns:
-            ``(figure, axes)`` with axes of shape ``(methods, steps + 1)``; the figure is not shown.
-        """
-        from deconvviz.viz.plots import sanity_figure
-
-        return sanity_figure(self, **kwargs)
 
     def _files(self) -> dict[str, bytes]:
         fig, _ = self.figure()

@@ -187,9 +187,9 @@ def _render_one(
         folder.mkdir()
         base = base_picture(result) if look.overlay else None
         files, boxes = [], []
-        for i, name in enumerate(_render.projection_filenames(result)):
+        for i, filename in enumerate(_render.projection_filenames(result)):
             picture, box = _render.view_file(result, i, look, base)
-            files.append(_render.save_image(picture, folder / name))
+            files.append(_render.save_image(picture, folder / filename))
             boxes.append(None if box is None else list(box))
         fig, _ = result.figure(look, title=f"{image.name}: {name}")
         summary = _render.save_figure(fig, staging / f"{_render.safe_name(layer)}.png")

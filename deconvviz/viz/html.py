@@ -11,7 +11,7 @@ from PIL import Image
 from deconvviz.io.web import text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.analysis.topk.search import TopKResult
+    from deconvviz.analysis.topk.result import TopKResult
 
 OVERVIEW_CHANNELS = 8
 """Channels per layer in a :class:`~deconvviz.TopKResult`'s notebook overview."""

@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.sanity import SanityResult
 
 
+UNITS = {"translate": "vertical translation (pixels)", "scale": "scale", "rotate": "rotation (degrees)"}
+"""The horizontal axis of each transformation's plots."""
+
+
 def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
     """Pictures side by side on white."""
     height = max(p.shape[0] for p in pictures)
@@ -41,8 +45,6 @@ def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[F
     widths = ([1.3] if with_examples else []) + [1.0] * (columns - int(with_examples))
     fig = Figure(figsize=(size * sum(widths) + 0.6, size * 0.8 * rows + 0.9))
     axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"width_ratios": widths})
-    from deconvviz.analysis.invariance import UNITS
-
     colours = [f"C{i}" for i in range(len(result.images))]
     for r, name in enumerate(result.transforms):
         x = np.asarray(result.values[name])

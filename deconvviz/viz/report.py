@@ -34,7 +34,7 @@ from deconvviz.io.web import text, url
 from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.analysis.topk.search import TopKHit, TopKResult
+    from deconvviz.analysis.topk.result import TopKHit, TopKResult
     from deconvviz.io.sources import Data, ImageSource
     from deconvviz.models.session import Session
 
@@ -155,7 +155,9 @@ def build_report(
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
     from deconvviz.analysis.topk import distributed
-    from deconvviz.analysis.topk.search import image_source, keep_strongest, result_of, scan, silent_channels
+    from deconvviz.analysis.topk.options import ScanOptions
+    from deconvviz.analysis.topk.scan import keep_strongest, result_of, run_scan, silent_channels
+    from deconvviz.io.sources import image_source
     from deconvviz.methods import get_method
     from deconvviz.models.session import resolve_device, session
     from deconvviz.viz.scaling import Scaling
@@ -163,9 +165,13 @@ def build_report(
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
     scanned, strongest, ranking = _channel_choice(channels)
+    options = ScanOptions.of(
+        k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
+    )
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
-    source = image_source(folder, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+    # bad input fails before the model loads
+    source = image_source(folder, limit=options.limit, sample=options.sample, seed=options.seed)
     if per_image and source.paths is None:
         raise ReportError("per-image pages need image files; a data set has none (leave out per_image)")
     if isinstance(model, str):
@@ -192,18 +198,9 @@ def build_report(
     if ranks.rank == 0 and not resume:
         remove_owned(state)  # an older run's state must not be mixed into this one
     distributed.barrier(ranks)
-    found = scan(
-        current.model,
-        source,
-        layers=chosen,
-        k=k,
-        channels=scanned,
-        batch_size=batch_size,
-        progress=progress,
-        state=state,
-        resume=resume,
-        save_every=save_every,
-    )
+    # the source already holds the chosen images: the scan takes them all
+    scanning = options.but(layers=tuple(chosen), channels=scanned, limit=None, sample=None)
+    found = run_scan(current.model, source, scanning, progress=progress, state=state)
     census = _Census(
         scanned={layer: len(found.selected[layer]) for layer in found.layers}, silent=silent_channels(found)
     )
@@ -309,7 +306,7 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-    from deconvviz.analysis.topk.search import default_scan_layers, first_readable
+    from deconvviz.analysis.topk.scan import default_scan_layers, first_readable
     from deconvviz.core.layers import choose_layers
 
     if layers is None:

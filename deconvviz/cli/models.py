@@ -1,0 +1,87 @@
+"""``deconvviz models`` and ``deconvviz layers``: what can be loaded, and what a loaded model offers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+import deconvviz
+from deconvviz.cli.options import CheckpointOption, DebugOption, chosen_model, console, reported
+from deconvviz.errors import DeconvVizError
+
+
+def models_command(debug: DebugOption = False) -> None:
+    """List the registered models, where their weights come from, and whether they are ready offline."""
+    with reported(debug):
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("name", "input", "weights", "ready offline", "description"):
+            table.add_column(column)
+        for spec in deconvviz.list_models():
+            offline = "yes" if spec.available_offline() else "no"
+            table.add_row(spec.name, str(spec.input_size), spec.weights_source, offline, spec.description)
+        console().print(table)
+        typer.echo(
+            "\nready offline: yes when the weights are already on this machine (cached or shipped), so the model "
+            "loads without a network; no when they still have to be fetched once (registry wheels for vgg16, "
+            "squeezenet1_1 and efficientnet_lite0, download.pytorch.org for torchvision weights)."
+        )
+        typer.echo(
+            "Also: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
+            "NAME:timm[:TAG] for any timm model (e.g. convnext_tiny:timm; pip install 'deconvviz[timm]'), "
+            "or package.module:function for your own model; --checkpoint PATH loads your own weights into any of them."
+        )
+
+
+def layers_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
+    ] = "vgg16",
+    checkpoint: CheckpointOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    debug: DebugOption = False,
+) -> None:
+    """List every projectable layer: alias, node name, output shape and receptive-field size."""
+    with reported(debug):
+        import torch
+        from rich.table import Table
+
+        current = deconvviz.session(chosen_model(model, checkpoint, device), device=device)
+        net = current.net
+        size = int(getattr(current.model, "input_size", 224))
+        x = torch.zeros(1, 3, size, size)
+        nodes = net.layers
+        shapes = {name: tuple(a.shape) for name, a in net.activations(x, nodes).items()}
+        fields = _fields(net, nodes)
+        aliases: dict[str, list[str]] = {}
+        from deconvviz.core.layers import alias_nodes
+
+        for alias, node in alias_nodes(net).items():
+            aliases.setdefault(node, []).append(alias)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("alias", "node", "output", "receptive field"):
+            table.add_column(column)
+        for node in nodes:
+            table.add_row(", ".join(aliases.get(node, [])), node, "x".join(map(str, shapes[node][1:])), fields[node])
+        typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
+        console().print(table)
+
+
+def _fields(net: Any, nodes: list[str]) -> dict[str, str]:
+    """The receptive-field size of each layer as text; '?' where it cannot be worked out."""
+
+    def text(field: Any) -> str:
+        return "whole image" if field.whole_image else f"{field.size[0]}x{field.size[1]} /{field.stride[0]}"
+
+    try:
+        return {name: text(field) for name, field in deconvviz.receptive_fields(net, nodes).items()}
+    except DeconvVizError:
+        found = {}
+        for name in nodes:
+            try:
+                found[name] = text(deconvviz.receptive_fields(net, [name])[name])
+            except DeconvVizError:
+                found[name] = "?"
+        return found
