@@ -261,6 +261,36 @@ def test_a_damaged_safetensors_file_is_one_line(user_file: Path, tmp_path: Path)
         dv.load_model(f"{user_file}:build", checkpoint=path)
 
 
+def test_evolution_reads_checkpoints_as_checkpoint_does(tmp_path: Path) -> None:
+    import numpy as np
+    from conftest import make_tiny_vgg, register_tiny_model
+    from PIL import Image
+
+    register_tiny_model("tiny-checkpoints")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(data / f"img{i}.png")
+    state = make_tiny_vgg(4).state_dict()
+    plain, safe, lightning = (
+        tmp_path / "a" / "epoch4.pt",
+        tmp_path / "b" / "epoch4.safetensors",
+        tmp_path / "c" / "epoch4.ckpt",
+    )
+    for path in (plain, safe, lightning):
+        path.parent.mkdir()
+    torch.save(state, plain)
+    save_file(state, str(safe))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 4}, lightning)
+    results = [
+        dv.evolution([path], data, "tiny-checkpoints", layer="conv3", channels=2, device="cpu")
+        for path in (plain, safe, lightning)
+    ]
+    hits = [[(h.value, h.image, h.position) for c in (0, 1) for h in r.hits["epoch4"][c]] for r in results]
+    assert hits[0] == hits[1] == hits[2]
+
+
 # ---------------------------------------------------------------------------------------------- command line
 
 
