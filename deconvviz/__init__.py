@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "DeconvNet": "deconvviz.core.deconvnet",
     "Projection": "deconvviz.core.projection",
+    "ProjectionSteps": "deconvviz.core.steps",
+    "Step": "deconvviz.core.steps",
     "Rule": "deconvviz.ops.base",
     "register_rule": "deconvviz.ops",
     "get_rule": "deconvviz.ops",
@@ -99,6 +101,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.core.projection import Projection as Projection
     from deconvviz.core.receptive import receptive_field as receptive_field
     from deconvviz.core.receptive import receptive_fields as receptive_fields
+    from deconvviz.core.steps import ProjectionSteps as ProjectionSteps
+    from deconvviz.core.steps import Step as Step
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError

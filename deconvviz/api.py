@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from deconvviz.analysis.choose import DEFAULT_TOP, project
 from deconvviz.core.layers import default_layers
+from deconvviz.errors import DeconvVizError
 from deconvviz.models.session import DEFAULT_MODEL, Session, session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.core.projection import Projection
+    from deconvviz.core.steps import StepsChoice
     from deconvviz.methods import RuleSet
     from deconvviz.models.specs import LoadedModel
 
@@ -41,6 +43,7 @@ def visualize(
     inside: bool | None = None,
     target_class: str | int | None = None,
     method: str | RuleSet | None = None,
+    steps: StepsChoice = False,
 ) -> Projection:
     """Project a picture's strongest channels of one layer back to pixels, in one call.
 
@@ -66,6 +69,9 @@ def visualize(
             class), a class index or a class name (see :func:`deconvviz.analysis.choose.project_class`).
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation) or ``"gradient"`` (see ``docs/rules.md``), another registered name, or a rule set.
+        steps: also keep the signal after every mirrored op, seed to pixels, in ``.steps`` (True: the first
+            seed's; ``"all"`` or seed indices for more; see :meth:`deconvviz.DeconvNet.project`). Not for
+            ``target_class``.
 
     Returns:
         The :class:`~deconvviz.core.projection.Projection` (``.method`` names the reverse pass).
@@ -83,12 +89,23 @@ def visualize(
     if target_class is not None:
         from deconvviz.analysis.choose import project_class
 
+        if steps is not False:
+            raise DeconvVizError("steps are kept for a layer's channels, not for a class score; give a layer instead")
         return project_class(current, x, target_class, method=method)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
     if channel is not None:
         top = None
     return project(
-        current, x, chosen, top=top, channel=channel, mode=mode, position=position, inside=inside, method=method
+        current,
+        x,
+        chosen,
+        top=top,
+        channel=channel,
+        mode=mode,
+        position=position,
+        inside=inside,
+        method=method,
+        steps=steps,
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from deconvviz.core.steps import StepsChoice, chosen_seeds, join_steps
 from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,6 +266,7 @@ def project(
     width: int | None = None,
     inside: bool | None = None,
     method: str | RuleSet | None = None,
+    steps: StepsChoice = False,
 ) -> Projection:
     """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
 
@@ -283,6 +285,7 @@ def project(
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation), ``"gradient"``, another registered name or a rule set (see
             :meth:`deconvviz.DeconvNet.project`).
+        steps: keep the signal after every mirrored op (see :meth:`deconvviz.DeconvNet.project`).
 
     Returns:
         The :class:`~deconvviz.core.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
@@ -304,6 +307,8 @@ def project(
             if chosen is not None:  # the same one-line error as the plain path's
                 check_channels({layer: width or channel_widths(current.net, x, [layer])[layer]}, chosen)
             result = project_inside(current, x, layer, chosen, top, method=method)
+            if result is not None and steps is not False:
+                result = _with_steps(current, x, result, steps)
     if result is None:
         result = current.net.project(
             x,
@@ -313,11 +318,24 @@ def project(
             position=position,
             top=top,
             method=method,
+            steps=steps,
         )
     found = _geometry(current.net, result)
     if found is None:
         return result
     return dataclasses.replace(result, boxes=found[0], inside=found[1])
+
+
+def _with_steps(current: Session, x: Tensor, result: Projection, steps: StepsChoice) -> Projection:
+    """``result`` (units chosen one by one) with the steps of the seeds ``steps`` picks, one projection each."""
+    parts = []
+    for i in chosen_seeds(steps, len(result)):
+        one = current.net.project(
+            x, result.layer, result.channels[i], position=result.positions[i], method=result.method, steps=True
+        )
+        assert one.steps is not None
+        parts.append((i, one.steps))
+    return dataclasses.replace(result, steps=join_steps(result, parts))
 
 
 def channel_widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:

@@ -24,6 +24,7 @@ from deconvviz.cli.analyses import (
 from deconvviz.cli.models import layers_command, models_command
 from deconvviz.cli.options import DebugOption, OneLineErrors, state
 from deconvviz.cli.render import render_command, report_command
+from deconvviz.cli.steps import steps_command
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -68,6 +69,7 @@ app.command("evolution")(evolution_command)
 app.command("sanity")(sanity_command)
 app.command("occlusion")(occlusion_command)
 app.command("correspondence")(correspondence_command)
+app.command("steps")(steps_command)
 
 
 def main() -> None:

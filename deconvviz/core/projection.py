@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
+    from deconvviz.core.steps import ProjectionSteps
     from deconvviz.viz.figures import RenderOptions
     from deconvviz.viz.scaling import Scaling
 
@@ -54,6 +55,8 @@ class Projection:
             (see :func:`deconvviz.visualize`).
         label: what was projected, when it is not a channel of a layer (a class score: ``"class 281 tabby"``).
         method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).
+        steps: the signal after every mirrored op, seed to input, when the projection was asked for them
+            (``project(..., steps=True)``; see :class:`~deconvviz.core.steps.ProjectionSteps`), else None.
 
     Example:
         >>> p = dv.DeconvNet(model).project(x, "conv5_3", top=9)  # doctest: +SKIP
@@ -77,6 +80,7 @@ class Projection:
     prefer_inside: bool = False
     label: str | None = None
     method: str = "deconvnet"
+    steps: ProjectionSteps | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])

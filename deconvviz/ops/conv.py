@@ -23,6 +23,8 @@ class Conv2dRule(Rule):
     a strided convolution drops), and ``padding="same"``, dilation and groups are handled.
     """
 
+    op_kind = "transposed convolution"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         module = ctx.module
@@ -138,6 +140,8 @@ def conv2d_transpose(
 class LinearRule(Rule):
     """A fully connected layer mirrors to multiplication by its transposed weight (no bias)."""
 
+    op_kind = "transposed linear"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         weight = ctx.module.weight if isinstance(ctx.module, nn.Linear) else ctx.bind(signatures.linear)["weight"]
@@ -182,6 +186,8 @@ define([nn.Conv2d, F.conv2d, torch.conv2d], Conv2dRule(), geometry=_conv2d)
 
 class ConvTranspose2dRule(Rule):
     """A transposed convolution (an upsampling layer) mirrors to the convolution with the same weights."""
+
+    op_kind = "convolution"
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

@@ -159,6 +159,8 @@ class FallbackRule(Rule):
         kind: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
     """
 
+    op_kind = "autograd"
+
     needs_inputs = True
 
     def __init__(self, kind: str = "deconvnet") -> None:

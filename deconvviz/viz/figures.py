@@ -221,7 +221,7 @@ def projection_figure(
     Raises:
         RenderError: a bad option.
     """
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     options = RenderOptions.build(options, **changes)
     if columns < 1:
@@ -297,7 +297,7 @@ def layers_figure(
     Raises:
         RenderError: no projections, or a bad option.
     """
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     options = RenderOptions.build(options, **changes)
     if not projections:

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
     from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
     from deconvviz.analysis.sanity import SanityResult
+    from deconvviz.viz.canvas import Figure
 
 
 UNITS = {"translate": "vertical translation (pixels)", "scale": "scale", "rotate": "rotation (degrees)"}
@@ -37,7 +36,7 @@ def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
 
 def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[Figure, Any]:
     """Rows = transformations; columns = the first image transformed, distance per layer, class probability."""
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     with_examples = bool(result.examples)
     columns = int(with_examples) + len(result.layers) + int(result.probabilities is not None)
@@ -99,8 +98,7 @@ def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def evolution_figure(result: EvolutionResult, *, size: float = 1.1, scale: str | None = None) -> tuple[Figure, Any]:
     """Rows = channels, columns = checkpoints; each cell the strongest activation's reconstruction(s)."""
-    from matplotlib.figure import Figure
-
+    from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
     rows, columns = len(result.channels), len(result.checkpoints)
@@ -140,8 +138,7 @@ def _pad(pictures: list[np.ndarray]) -> list[np.ndarray]:
 
 def sanity_figure(result: SanityResult, *, size: float = 1.35, scale: str | None = None) -> tuple[Figure, Any]:
     """Rows = reverse passes; columns = the input, then the reconstruction after each randomisation step."""
-    from matplotlib.figure import Figure
-
+    from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
     rows, steps = len(result.methods), len(result.steps)

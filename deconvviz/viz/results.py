@@ -29,7 +29,7 @@ def topk_figure(
     result: TopKResult, layer: str, channel: int, *, scale: str | None = None, size: float = 1.3
 ) -> tuple[Figure, Any]:
     """The paper's layout for one channel of a top-k search: its reconstructions beside the image patches."""
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     hits = result.channel_hits(layer, channel)
     side = result.grid_side
@@ -67,13 +67,8 @@ def figure_of(result: Any, *args: Any, **kwargs: Any) -> tuple[Figure, Any]:
 
 
 def png_of(fig: Figure, dpi: float = 100) -> bytes:
-    """A figure as PNG bytes; the figure is closed afterwards."""
-    import matplotlib.pyplot as plt
-
-    try:
-        return figure_png(fig, dpi)
-    finally:
-        plt.close(fig)
+    """A figure as PNG bytes (figures here are not pyplot's, so there is nothing to close)."""
+    return figure_png(fig, dpi)
 
 
 __all__ = ["FIGURES", "figure_of", "figure_png", "input_to_pil", "png_of", "to_rgb", "topk_figure", "topk_overview"]
