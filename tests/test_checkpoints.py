@@ -118,6 +118,8 @@ def test_timm_names_that_do_not_resolve(timm: object, name: str, message: str) -
 
 def test_timm_stage_aliases_come_from_feature_info(weights_pt: Path) -> None:
     m = dv.load_model("resnet18:timm", checkpoint=weights_pt, size=64)
+    assert m.labels is not None
+    assert m.labels[0] == "tench"  # 1000 classes, as the checkpoint has: timm's ImageNet names stay
     assert m.layers == {
         "stage0": "act1",
         "stage1": "layer1",
@@ -180,6 +182,20 @@ def test_timm_checkpoint_in_every_wrapping(
     assert loaded.keys() == resnet18_state.keys()
     for key, value in resnet18_state.items():
         assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize(("arch", "head"), [("resnet18", "fc"), ("convnext_atto", "head.fc")])
+def test_timm_checkpoint_fine_tuned_for_other_classes(timm: object, tmp_path: Path, arch: str, head: str) -> None:
+    torch.manual_seed(4)
+    state = timm.create_model(arch, num_classes=7).state_dict()  # type: ignore[attr-defined]
+    path = tmp_path / "finetuned.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
+    m = dv.load_model(f"{arch}:timm", checkpoint=path, size=64)
+    assert m.module.get_submodule(head).weight.shape[0] == 7
+    assert torch.equal(m.module.get_submodule(head).weight, state[f"{head}.weight"])
+    assert m.labels is None  # the ImageNet names are not this checkpoint's classes
+    named = dv.load_model(f"{arch}:timm", checkpoint=path, size=64, labels=[f"c{i}" for i in range(7)])
+    assert named.classify(PHOTO, top=1)[0].label.startswith("c")
 
 
 def test_timm_training_script_checkpoint_with_its_arguments(

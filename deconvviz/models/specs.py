@@ -222,6 +222,9 @@ class ModelSpec:
         description: one line for listings.
         sized: ``builder`` takes the input size, ``builder(size=N)``, for an architecture whose layers depend on
             it (TensorFlow's 'same' padding); :func:`load_model` builds it for the preprocessing's size.
+        classifier: the qualified name of the classifier module when ``builder`` takes ``num_classes`` (timm's
+            models): a checkpoint trained for another number of classes is loaded into a model built for it (and
+            the spec's class names, made for the original classes, are left out).
 
     Example:
         >>> spec = ModelSpec(name="tiny", builder=lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
@@ -237,6 +240,7 @@ class ModelSpec:
     labels: Sequence[str] | Callable[[], Sequence[str]] | None = None
     description: str = ""
     sized: bool = False
+    classifier: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():

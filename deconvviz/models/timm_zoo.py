@@ -77,8 +77,8 @@ def timm_spec(arch: str, tag: str | None = None, name: str | None = None) -> Mod
     origin = str(config.get("hf_hub_id") or config.get("url") or "")
     num_classes = int(config.get("num_classes") or 0)
 
-    def build() -> nn.Module:
-        return timm.create_model(weights_name, pretrained=False)
+    def build(**options: Any) -> nn.Module:
+        return timm.create_model(weights_name, pretrained=False, **options)
 
     return ModelSpec(
         name=name or f"{base}:timm",
@@ -86,6 +86,7 @@ def timm_spec(arch: str, tag: str | None = None, name: str | None = None) -> Mod
         weights=TimmSource(weights_name, origin, str(config.get("hf_hub_filename") or "")),
         preprocessing=_preprocessing(timm.data.resolve_data_config({}, pretrained_cfg=config), base),
         aliases=feature_aliases,
+        classifier=str(config["classifier"]) if isinstance(config.get("classifier"), str) else None,
         labels=(lambda: _labels(config)) if num_classes else None,
         description=f"timm {weights_name} (timm's pretrained weights, downloaded into its cache where there is "
         "a network)",

@@ -52,7 +52,13 @@ from deconvviz.models.specs import (
 )
 from deconvviz.models.timm_zoo import timm_spec
 from deconvviz.models.weights.converters import DEEPSCALE_SQUEEZENET1_1, EFFICIENTNET_LITE0, OXFORD_VGG16
-from deconvviz.models.weights.sources import CheckpointSource, TorchvisionSource, WheelSource
+from deconvviz.models.weights.sources import (
+    CheckpointSource,
+    TorchvisionSource,
+    WeightSource,
+    WheelSource,
+    classes_in,
+)
 
 __all__ = [
     "list_models",
@@ -310,7 +316,10 @@ def load_model(
     spec = name if isinstance(name, ModelSpec) else resolve_spec(name)
     target = _device(device)
     preprocessing = _override(spec.preprocessing, mean, std, scale, size, resize, channel_order)
-    source = CheckpointSource(Path(checkpoint).expanduser()) if checkpoint is not None else spec.source
+    if checkpoint is not None:
+        source: WeightSource | None = CheckpointSource(Path(checkpoint).expanduser(), classifier=spec.classifier)
+    else:
+        source = spec.source
     builder = functools.partial(spec.builder, size=preprocessing.size) if spec.sized else spec.builder
     if source is None:
         module = builder()
@@ -326,6 +335,9 @@ def load_model(
             f"cannot move model {spec.name!r} to device {str(target)!r}: {str(exc).strip()[:160]}"
         ) from exc
     class_names = [str(label) for label in labels] if labels is not None else spec.class_names()
+    if labels is None and class_names is not None and spec.classifier:
+        if classes_in(module.state_dict(), spec.classifier) != len(class_names):  # a checkpoint's own classes
+            class_names = None
     return LoadedModel(
         name=spec.name,
         module=module,

@@ -488,9 +488,12 @@ class CheckpointSource(WeightSource):
 
     Attributes:
         path: the checkpoint file.
+        classifier: the classifier module's name when the builder takes ``num_classes`` (timm's models): the
+            model is built for as many classes as the checkpoint's classifier has.
     """
 
     path: Path
+    classifier: str | None = None
 
     @property
     @override
@@ -520,11 +523,22 @@ class CheckpointSource(WeightSource):
         return {str(k): v for k, v in state.items()}
 
     @override
-    def build(self, builder: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+    def build(self, builder: Callable[..., nn.Module]) -> tuple[nn.Module, str]:
         state = self.load()
-        module = builder()
+        classes = classes_in(state, self.classifier) if self.classifier else None
+        module = builder() if classes is None else builder(num_classes=classes)
         load_strict(module, matching_prefix(state, module.state_dict().keys()), self.description)
         return module, self.loaded_description()
+
+
+def classes_in(state: Mapping[str, Tensor], classifier: str) -> int | None:
+    """How many classes the classifier module ``classifier`` of a state dict has (its weight's rows), if it has one.
+
+    The weight may sit under a wrapper's prefix (``model.head.fc.weight`` for ``head.fc``).
+    """
+    key = f"{classifier}.weight"
+    found = [value for name, value in state.items() if name == key or name.endswith(f".{key}")]
+    return int(found[0].shape[0]) if len(found) == 1 and found[0].dim() >= 1 else None
 
 
 _WRAPPER_PREFIXES = ("module.", "model.")
