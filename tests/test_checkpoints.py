@@ -370,7 +370,8 @@ def test_cli_without_timm_is_one_line(runner: CliRunner, tmp_path: Path, no_timm
 
 
 def test_cli_checkpoint_on_every_command_that_takes_a_model(runner: CliRunner) -> None:
-    for command in ("layers", "filters", "render", "report", "invariance", "sanity", "occlusion", "correspondence"):
+    commands = ("layers", "filters", "render", "report", "invariance", "sanity", "occlusion", "correspondence")
+    for command in (*commands, "steps", "explore"):
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert "--checkpoint" in result.stdout, command
