@@ -303,7 +303,8 @@ def test_evolution_reads_checkpoints_as_checkpoint_does(tmp_path: Path) -> None:
         dv.evolution([path], data, "tiny-checkpoints", layer="conv3", channels=2, device="cpu")
         for path in (plain, safe, lightning)
     ]
-    hits = [[(h.value, h.image, h.position) for c in (0, 1) for h in r.hits["epoch4"][c]] for r in results]
+    hits = [[(c, h.value, h.image, h.position) for c in r.channels for h in r.hits["epoch4"][c]] for r in results]
+    assert len(hits[0]) == 2
     assert hits[0] == hits[1] == hits[2]
 
 
