@@ -390,3 +390,26 @@ def test_cli_models_lists_the_timm_form(runner: CliRunner) -> None:
     assert (
         "NAME:timm[:TAG] for any timm model (e.g. convnext_tiny:timm; pip install 'deconvviz[timm]')" in result.stdout
     )
+
+
+def test_a_model_file_without_its_function_names_the_fix(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n\n\ndef build() -> nn.Module:\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())\n"
+        "\n\ndef helper(x):\n    return x\n\n\ndef other():\n    return nn.Conv2d(3, 3, 1)\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["layers", "--model", str(tmp_path / "mynet.py")])
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert f"'{tmp_path / 'mynet.py'}:build'" in line
+    assert f"'{tmp_path / 'mynet.py'}:other'" in line
+    assert "helper" not in line  # it takes an argument: not a builder
+    missing = runner.invoke(app, ["layers", "--model", str(tmp_path / "missing.py")])
+    assert missing.exit_code == 2
+    assert "not found" in missing.stderr
+    assert ":build'" in missing.stderr

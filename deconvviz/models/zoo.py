@@ -22,6 +22,7 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -187,6 +188,38 @@ def _user_spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, builder=build, description=f"user model {name}")
 
 
+def _file_without_function(name: str) -> str:
+    """The one line for ``--model mynet.py``: which function to name, from the file's own when it imports."""
+    stem = Path(name).stem
+    if not Path(name).is_file():
+        return f"model file {name!r} not found; give the file and the function that builds the model: '{name}:build'"
+    try:
+        module = _import_user_module(name, name)
+    except ModelError:
+        module = None
+    found: list[str] = []
+    for attribute, value in vars(module).items() if module is not None else ():
+        if attribute.startswith("_") or not inspect.isfunction(value) or value.__module__ != module.__name__:
+            continue
+        signature = inspect.signature(value)
+        if any(
+            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in signature.parameters.values()
+        ):
+            continue  # the model is built by calling the function with no arguments
+        returns = signature.return_annotation
+        if (
+            returns is signature.empty
+            or "Module" in str(returns)
+            or (isinstance(returns, type) and issubclass(returns, nn.Module))
+        ):
+            found.append(attribute)
+    if found:
+        choices = ", ".join(f"'{name}:{f}'" for f in found[:5])
+        return f"give the function that builds the model after a colon: {choices}"
+    return f"give the function that builds the model after a colon, e.g. '{name}:build' (a function of {stem}.py)"
+
+
 def _looks_like_module(text: str) -> bool:
     """A dotted module name (``pkg.nets``) or a Python file path (``nets.py``, ``code/nets.py``)."""
     return text.endswith(".py") or (bool(text) and all(part.isidentifier() for part in text.split(".")))
@@ -255,6 +288,8 @@ def resolve_spec(name: str) -> ModelSpec:
     module_name, colon, function_name = name.rpartition(":")
     if colon and function_name.isidentifier() and _looks_like_module(module_name):
         return _user_spec(name)
+    if name.endswith(".py"):
+        raise UnknownModelError(_file_without_function(name))
     candidates = [*_REGISTRY, *(f"{n}:torchvision" for n in _torchvision_names())]
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(_REGISTRY)}"
