@@ -63,6 +63,7 @@ def fields_of(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, Recepti
             args=tuple(fx.node.map_arg(node.args, value)),
             kwargs=dict(fx.node.map_arg(node.kwargs, value)),
             inputs=inputs,
+            op=module if module is not None else node.target,
         )
         result = geometry(ctx)
         if not isinstance(result, ReceptiveField):

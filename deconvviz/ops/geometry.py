@@ -301,6 +301,7 @@ class GeometryContext:
             computed values are left as ``torch.fx.Node``.
         kwargs: keyword arguments, likewise.
         inputs: the fields of the op's image-dependent inputs, in argument order.
+        op: what the node calls: the module, the function, or the tensor method's name.
     """
 
     name: str
@@ -308,6 +309,7 @@ class GeometryContext:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     inputs: list[ReceptiveField]
+    op: Any = None
 
     def bind(self, signature: Callable[..., Any]) -> dict[str, Any]:
         """Name the op's arguments by matching them to ``signature`` (defaults filled in)."""
