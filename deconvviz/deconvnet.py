@@ -73,7 +73,7 @@ class DeconvNet:
         self._to_image = to_image
         self.channel_order = channel_order
         self._graphs: dict[frozenset[type], Graph] = {}
-        self._classes = sorted({type(m) for m in model.modules()}, key=lambda t: (t.__module__, t.__qualname__))
+        self._leaves: dict[RuleSet, frozenset[type]] = {}
         self._graph_for(get_method())
 
     def __repr__(self) -> str:
@@ -89,7 +89,13 @@ class DeconvNet:
 
     def _graph_for(self, rules: RuleSet) -> Graph:
         """The model traced with the leaves ``rules`` asks for (module classes it has rules for)."""
-        leaves = frozenset(c for c in self._classes if not c.__module__.startswith("torch.nn") and rules.is_leaf(c))
+        leaves = self._leaves.get(rules)
+        if leaves is None:
+            leaves = self._leaves[rules] = frozenset(
+                type(m)
+                for m in self.model.modules()
+                if not type(m).__module__.startswith("torch.nn") and rules.keeps_whole(m)
+            )
         graph = self._graphs.get(leaves)
         if graph is None:
             graph = self._graphs[leaves] = trace(self.model, sorted(leaves, key=lambda t: t.__qualname__))
@@ -121,7 +127,7 @@ class DeconvNet:
         for node in graph.nodes:
             if node not in graph.carries or node is graph.input or node.op == "output":
                 continue
-            parents = [a for a in node.all_input_nodes if a in graph.carries]
+            parents = graph.signal_inputs.get(node, [])
             ok[node] = rules.for_node(node, graph.module(node)) is not None and all(ok.get(a, False) for a in parents)
             if ok[node]:
                 names.append(graph.names[node])

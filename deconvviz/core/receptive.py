@@ -56,7 +56,7 @@ def fields_of(graph: Graph, targets: Sequence[fx.Node]) -> dict[fx.Node, Recepti
                 return graph.attribute(arg)
             return arg
 
-        inputs = [fields[a] for a in node.all_input_nodes if a in graph.carries]
+        inputs = [fields[a] for a in graph.signal_inputs.get(node, [])]
         ctx = GeometryContext(
             name=name,
             module=module,

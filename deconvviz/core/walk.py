@@ -89,7 +89,7 @@ def _check(rule: Any, name: str, meta: TensorMeta | TupleMeta, out: Any, count: 
                 f"tuple input of node {name!r}"
             )
         for item, piece in zip(meta.items, out, strict=True):
-            if piece is not None:
+            if piece is not None and item is not None:
                 _check(rule, name, item, piece, count)
         return
     expected = (count, *meta.shape[1:])

@@ -222,6 +222,7 @@ class SampleNormRule(Rule):
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold
         self.needs_inputs = not hold
+        self.role = "held_norm" if hold else None
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:

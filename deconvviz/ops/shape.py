@@ -134,7 +134,7 @@ class SplitRule(Rule):
         _batch_stays(ctx, [dim])
         count = ctx.sample.shape[0]
         pieces = [
-            piece if piece is not None else signal_like(signal, count, item.shape)
+            piece if piece is not None else signal_like(signal, count, item.shape if item is not None else ())
             for piece, item in zip(signal, out.items, strict=True)
         ]
         return [torch.stack(pieces, dim=dim) if self.stack else torch.cat(pieces, dim=dim)]
