@@ -19,6 +19,7 @@ from deconvviz.core import capture as _capture
 from deconvviz.core import seeds as _seeds
 from deconvviz.core import walk as _walk
 from deconvviz.core.graph import Graph, evaluating, trace
+from deconvviz.core.probe import Probe
 from deconvviz.core.seeds import Mode, SeedError, Unit
 from deconvviz.errors import UnsupportedOpError
 from deconvviz.methods import RuleSet, get_method
@@ -74,6 +75,8 @@ class DeconvNet:
         self.channel_order = channel_order
         self._graphs: dict[frozenset[type], Graph] = {}
         self._leaves: dict[RuleSet, frozenset[type]] = {}
+        self._probes: dict[tuple[RuleSet, tuple[int, ...]], Probe] = {}
+        self._last_shape: tuple[int, ...] | None = None
         self._graph_for(get_method())
 
     def __repr__(self) -> str:
@@ -133,6 +136,59 @@ class DeconvNet:
                 names.append(graph.names[node])
         return names
 
+    def mirrors(self, method: Method | None = None) -> dict[str, str]:
+        """How each projectable layer is mirrored under ``method``: ``"rule"`` or ``"autograd"``.
+
+        ``"autograd"`` marks an op without a mirror rule of its own, mirrored by autograd over that op alone
+        (exact, but slower than a rule; see :func:`deconvviz.register_rule`).
+        """
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        names = set(self.layers_for(rules))
+        return {
+            graph.names[node]: "rule" if rules.mirrored_by_rule(node, graph.module(node)) else "autograd"
+            for node in graph.nodes
+            if graph.names[node] in names
+        }
+
+    def field_context(self, method: Method | None = None) -> tuple[RuleSet, Graph, Probe]:
+        """The rule set, the traced graph and the probe pass that receptive fields under ``method`` are read from.
+
+        The probe (see :mod:`deconvviz.core.probe`) runs on random values at the size of the last picture this
+        net saw (224 x 224 before any), once per rule set and size.
+        """
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        shape = self._last_shape or (1, self._channels(), 224, 224)
+        key = (rules, shape)
+        probe = self._probes.get(key)
+        if probe is None:
+            found: Tensor | None = next(iter(self.model.parameters()), None)
+            like = found if found is not None and found.is_floating_point() else torch.zeros(())
+
+            def forward_rules(nodes: list[fx.Node]) -> dict[fx.Node, Rule]:
+                return self._forward_rules(graph, nodes, rules)
+
+            probe = self._probes[key] = Probe(graph, rules, forward_rules, shape, like)
+        return rules, graph, probe
+
+    def measured(self, method: Method | None = None) -> list[str]:
+        """Layers whose receptive-field geometry was measured (no geometry registered for their op) so far."""
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        found: set[fx.Node] = set()
+        for (owner, _), probe in self._probes.items():
+            if owner is rules:
+                found |= probe.measured
+        return [graph.names[n] for n in graph.nodes if n in found]
+
+    def _channels(self) -> int:
+        """The input channels the first convolution expects (3 when there is none)."""
+        for module in self.model.modules():
+            if isinstance(module, nn.Conv2d):
+                return int(module.in_channels)
+        return 3
+
     def resolve(self, layer: str) -> str:
         """The qualified node name of a layer name or alias.
 
@@ -174,6 +230,7 @@ class DeconvNet:
             reference = next(iter(self.model.buffers()), None)
         if reference is not None and reference.is_floating_point():
             x = x.to(device=reference.device, dtype=reference.dtype)
+        self._last_shape = (1, *tuple(x.shape[1:]))
         return x
 
     def activations(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:

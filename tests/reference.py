@@ -106,7 +106,7 @@ _RECTIFIERS = {
     F.hardswish,
     F.softplus,
 }
-_GATES = {torch.sigmoid, Tensor.sigmoid, F.sigmoid, F.hardsigmoid}
+_GATES = {torch.sigmoid, Tensor.sigmoid, F.sigmoid, F.hardsigmoid, F.softmax, torch.softmax, Tensor.softmax}
 
 
 def _layer_norm_held(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -134,6 +134,13 @@ def _group_norm_held(x, num_groups, weight=None, bias=None, eps=1e-5):
     return out
 
 
+def _attention_held(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    logits = query @ key.transpose(-2, -1) * (scale if scale is not None else query.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
+    return torch.softmax(logits, dim=-1).detach() @ value
+
+
 class _SwapRules(torch.overrides.TorchFunctionMode):
     """Rectifiers get the method's backward, gates are detached, per-sample norm statistics are detached."""
 
@@ -151,6 +158,8 @@ class _SwapRules(torch.overrides.TorchFunctionMode):
             return _Rectify.apply(x, lambda t: fn(t, *rest, **kwargs), self.guided)
         if func in _GATES:
             return func(*args, **kwargs).detach()
+        if func is F.scaled_dot_product_attention:
+            return _attention_held(*args, **kwargs)
         if func is F.layer_norm:
             return _layer_norm_held(*args, **kwargs)
         if func is F.group_norm:
@@ -189,8 +198,8 @@ def method_reference(model: nn.Module, x: Tensor, module: str, seeds: Tensor, me
 
     No tracing at all: a forward hook on a copy of the model takes the submodule's output and stops the run.
     ``gradient`` is plain autograd; ``deconvnet`` and ``guided`` run the model with every rectifying
-    activation's backward swapped (``relu(g)``, ``relu(g) * f'(x)``), gates (sigmoid, hard sigmoid) detached
-    and layer/group norm statistics detached.
+    activation's backward swapped (``relu(g)``, ``relu(g) * f'(x)``), gates (sigmoid, hard sigmoid, softmax,
+    the weights of scaled dot-product attention) detached and layer/group norm statistics detached.
 
     Returns:
         ``(K, C, H, W)``.

@@ -177,13 +177,19 @@ _METHODS: dict[str, RuleSet | Callable[[], RuleSet]] = {}
 
 
 def _preset(method: str) -> Callable[[], RuleSet]:
+    built: list[tuple[int, RuleSet]] = []  # (registry version, set): rebuilt only after a registration
+
     def build() -> RuleSet:
+        if built and built[0][0] == OPS.version:
+            return built[0][1]
         rules: dict[Any, Rule] = {}
         for key, entry in OPS.items():
             rule = entry.rule(method)
             if rule is not None:
                 rules[key] = rule
-        return RuleSet(method, rules, kind=method)
+        found = RuleSet(method, rules, kind=method)
+        built[:] = [(OPS.version, found)]
+        return found
 
     return build
 

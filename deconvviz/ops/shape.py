@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from deconvviz.core.capture import TensorMeta, TupleMeta
 from deconvviz.ops.base import MirrorContext, Rule, local_vjp
-from deconvviz.ops.geometry import GeometryContext, ReceptiveField, pointwise, single, whole_image
+from deconvviz.ops.geometry import GeometryContext, ReceptiveField, keeps_positions, pointwise, single, whole_image
 from deconvviz.ops.registry import define
 
 
@@ -199,11 +199,22 @@ def _cat(ctx: GeometryContext) -> ReceptiveField:
 
 define([torch.cat, torch.concat, torch.concatenate], CatRule(), geometry=_cat)
 define(
-    [torch.flatten, nn.Flatten, torch.reshape, "flatten", "view", "reshape", "squeeze", "unsqueeze"],
+    [
+        torch.flatten,
+        nn.Flatten,
+        torch.reshape,
+        "flatten",
+        "view",
+        "reshape",
+        "squeeze",
+        "unsqueeze",
+        "view_as",
+        "reshape_as",
+    ],
     ReshapeRule(),
-    geometry=whole_image,
+    geometry=keeps_positions,
 )
-define([torch.squeeze, torch.unsqueeze], geometry=whole_image)
+define([torch.squeeze, torch.unsqueeze], geometry=keeps_positions)
 define(
     [
         nn.Dropout,
@@ -216,6 +227,10 @@ define(
         "contiguous",
         "clone",
         torch.clone,
+        "type_as",
+        "to",
+        "float",
+        "double",
     ],
     IdentityRule(),
     geometry=pointwise,
@@ -226,10 +241,12 @@ define([torch.transpose, torch.swapaxes, "transpose", "swapaxes"], TransposeRule
 define([torch.chunk, torch.split, "chunk", "split"], SplitRule())
 define([torch.unbind, "unbind"], SplitRule(stack=True))
 define([torch.stack], StackRule())
-define(
-    [F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, "expand", "expand_as"],
-    LinearAdjointRule(),
-)
+define([F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d], LinearAdjointRule())
+# A 1-D convolution (ECA's channel attention runs one over the pooled channels) is linear in its input: its
+# adjoint is the transposed convolution with the same weights, no bias, as for Conv2d.
+define([nn.Conv1d, F.conv1d], LinearAdjointRule(), geometry=whole_image)
+# ``expand`` broadcasts a map over new or unit dimensions: each output position reads the same input position
+define(["expand", "expand_as"], LinearAdjointRule(), geometry=pointwise)
 define(
     [F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d],
     LinearAdjointRule(),
