@@ -298,7 +298,7 @@ def _geometry(
         return None
     size = (int(projection.input.shape[-2]), int(projection.input.shape[-1]))
     try:
-        fields = receptive_fields(net, [projection.node])
+        fields = receptive_fields(net, [projection.node], method=projection.method)
         field = fields[projection.node]
     except (DeconvVizError, KeyError, ValueError):
         return None

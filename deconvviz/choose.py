@@ -97,7 +97,7 @@ def project_inside(
     if act.dim() != 4:
         return None
     try:
-        field = receptive_fields(net, [node])[node]
+        field = receptive_fields(net, [node], method=method)[node]
     except (DeconvVizError, KeyError, ValueError):
         return None
     mask = inside_mask(field, act.shape[2:], x.shape)

@@ -321,8 +321,8 @@ class DeconvNet:
         x = self._input(x, single=True)
         with torch.inference_mode(), evaluating(self.model):
             cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-            act = cap.activations[node]
-            if not isinstance(act, Tensor) or act.dim() < 2:
+            act = self._tensor_at(graph, node, cap.activations[node], layer)
+            if act.dim() < 2:
                 raise SeedError(f"layer {layer!r} has no channel dimension to seed")
             channels = _seeds.channels(act, channel, top, layer)
             units, values = _seeds.units(act, channels, mode, position, layer)
@@ -387,7 +387,7 @@ class DeconvNet:
             cap = _capture.run(graph, x, targets, self._forward_rules(graph, targets, rules))
             for layer, node in nodes.items():
                 wanted = list(units[layer])
-                act = cap.activations[node]
+                act = self._tensor_at(graph, node, cap.activations[node], layer)
                 for unit in wanted:
                     _seeds.check_unit(act, unit, layer)
                 chunk = self._chunk(act.device)
@@ -429,7 +429,7 @@ class DeconvNet:
         x = self._input(x, single=False)
         with torch.inference_mode(), evaluating(self.model):
             cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-            act = cap.activations[node]
+            act = self._tensor_at(graph, node, cap.activations[node], layer)
             if not isinstance(seeds, Tensor) or tuple(seeds.shape[1:]) != tuple(act.shape[1:]) or seeds.dim() < 1:
                 got = tuple(seeds.shape) if isinstance(seeds, Tensor) else type(seeds).__name__
                 raise SeedError(
@@ -448,6 +448,14 @@ class DeconvNet:
             if not chunks:
                 return x.new_zeros((0, *x.shape[1:]))
             return torch.cat(chunks).detach()
+
+    def _tensor_at(self, graph: Graph, node: fx.Node, value: Any, layer: str) -> Tensor:
+        """The activation of a layer, or a one-line error naming its items when it returns a tuple."""
+        if isinstance(value, Tensor):
+            return value
+        items = [graph.names[u] for u in node.users if u in graph.carries]
+        hint = f": project one of its items ({', '.join(repr(i) for i in items)})" if items else ""
+        raise SeedError(f"layer {layer!r} returns a {type(value).__name__}, not a tensor{hint}")
 
     def _mirror_units(
         self,

@@ -184,9 +184,7 @@ def shims(modules: dict[str, Module]) -> list[str]:
 def main() -> None:
     modules = read_package()
     local = sum(1 for m in modules.values() for top in m.imports.values() if not top)
-    flat = sorted(
-        m.name for m in modules.values() if m.name.count(".") == 1 and m.path.name != "__init__.py"
-    )
+    flat = sorted(m.name for m in modules.values() if m.name.count(".") == 1 and m.path.name != "__init__.py")
     print(f"modules: {len(modules)}, lines: {sum(m.lines for m in modules.values())}")
     print(f"flat modules: {len(flat)} {flat}")
     print(f"function-local imports of deconvviz's own modules: {local}")
