@@ -141,6 +141,25 @@ def _attention_held(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     return torch.softmax(logits, dim=-1).detach() @ value
 
 
+def _mha_held(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, *args, **kwargs):
+    """``F.multi_head_attention_forward`` for self-attention without masks, its attention weights detached."""
+    length, n, embed = query.shape
+    out_proj_weight = args[4] if len(args) > 4 else kwargs["out_proj_weight"]
+    out_proj_bias = args[5] if len(args) > 5 else kwargs["out_proj_bias"]
+
+    def split(t):
+        return t.reshape(length, n * num_heads, -1).transpose(0, 1)
+
+    w, b = in_proj_weight, in_proj_bias
+    q, k, v = (
+        split(F.linear(t, w[i * embed : (i + 1) * embed], b[i * embed : (i + 1) * embed]))
+        for i, t in enumerate((query, key, value))
+    )
+    weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1).detach()
+    out = (weights @ v).transpose(0, 1).reshape(length, n, embed)
+    return F.linear(out, out_proj_weight, out_proj_bias), None
+
+
 class _SwapRules(torch.overrides.TorchFunctionMode):
     """Rectifiers get the method's backward, gates are detached, per-sample norm statistics are detached."""
 
@@ -158,6 +177,8 @@ class _SwapRules(torch.overrides.TorchFunctionMode):
             return _Rectify.apply(x, lambda t: fn(t, *rest, **kwargs), self.guided)
         if func in _GATES:
             return func(*args, **kwargs).detach()
+        if func is F.multi_head_attention_forward:  # its softmax is called inside, out of the mode's reach
+            return _mha_held(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             return _attention_held(*args, **kwargs)
         if func is F.layer_norm:

@@ -140,7 +140,7 @@ def test_every_node_torchvision_lists_is_a_layer(net_and_input) -> None:
     )
     mirrors = net.mirrors()
     assert mirrors["cbam.spatial.amax"] == mirrors["cbam.spatial.max"] == mirrors["softmax"] == "rule"
-    assert mirrors["attn.mha"] == "autograd"
+    assert mirrors["attn.mha"] == "rule"
 
 
 @pytest.mark.slow
@@ -388,6 +388,38 @@ def test_scaled_dot_product_attention_holds_its_weights() -> None:
     assert got[0] is None or float(got[0].abs().max()) == 0
     assert got[1] is None or float(got[1].abs().max()) == 0
     assert torch.allclose(got[2], weights.transpose(-2, -1) @ signal, rtol=1e-10, atol=1e-12)
+
+
+def _held_mha(mha: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Self-attention over ``(N, L, E)`` written out, its attention weights detached (held)."""
+    embed, heads = mha.embed_dim, mha.num_heads
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    n, length = x.shape[0], x.shape[1]
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(n, length, heads, -1).transpose(1, 2)
+
+    q, k, v = (split(F.linear(x, w[i * embed : (i + 1) * embed], b[i * embed : (i + 1) * embed])) for i in range(3))
+    weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1).detach()
+    return mha.out_proj((weights @ v).transpose(1, 2).reshape(n, length, embed))
+
+
+def test_multihead_attention_rule_holds_its_weights_or_is_exact() -> None:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(6, num_heads=2, batch_first=True).double().eval()
+    seq = _rand(1, 5, 6)
+    signal = _rand(*seq.shape, seed=1)
+    for method in METHODS:
+        _, _, mirror = _mirror(method, mha, (seq, seq, seq), {}, [0, 1, 2])
+        got = mirror([signal, None])
+        leaf = seq.clone().requires_grad_(True)
+        y = mha(leaf, leaf, leaf)[0] if method == "gradient" else _held_mha(mha, leaf)
+        (expected,) = torch.autograd.grad(y, leaf, signal)
+        total = sum(g for g in got if g is not None)
+        assert torch.allclose(total, expected, rtol=1e-10, atol=1e-12), method
+        if method != "gradient":
+            assert got[0] is None  # queries and keys: held weights pass nothing
+            assert got[1] is None
 
 
 def test_a_five_dimensional_reshape_keeps_positions() -> None:

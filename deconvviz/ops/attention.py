@@ -234,4 +234,93 @@ define(
     geometry=_held_weights,
 )
 
-__all__ = ["AmaxRule", "AttentionRule", "MaxRule", "ProductRule", "SoftmaxRule"]
+
+class MultiheadAttentionRule(Rule):
+    """``nn.MultiheadAttention`` over a flattened feature map: attention weights held, or its exact gradient.
+
+    Under deconvnet and guided backpropagation the attention weights ``A`` (a softmax) are held at their forward
+    values, so the module is linear in its values: the signal at the output goes back through the output
+    projection, ``Aᵀ`` per head and the value projection to the value input; the queries and keys get none.
+    That is a few matrix products per seed, where autograd would re-run the module. Under the gradient, and for
+    the forms this rule does not spell out (sequence-first inputs, separate query/key/value dimensions,
+    ``bias_k``, ``add_zero_attn``, masks), it is the module's exact vector-Jacobian product: the weights are
+    then not held.
+
+    Args:
+        hold: True for deconvnet and guided, False for the gradient.
+    """
+
+    needs_inputs = True
+
+    def __init__(self, hold: bool = True) -> None:
+        self.hold = hold
+
+    @staticmethod
+    def _simple(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+        extra = {k: v for k, v in kwargs.items() if v is not None and k not in ("need_weights", "average_attn_weights")}
+        return (
+            module._qkv_same_embed_dim
+            and module.batch_first  # the engine's seeds run along dim 0, which must be the batch
+            and module.bias_k is None
+            and not module.add_zero_attn
+            and len(args) == 3
+            and not extra
+        )
+
+    @override
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        module = call.module
+        out = call.run()
+        if not self.hold or not isinstance(module, nn.MultiheadAttention):
+            return out, None
+        if not self._simple(module, call.args, call.kwargs):
+            return out, None
+        query, key = call.args[0], call.args[1]
+        embed, heads = module.embed_dim, module.num_heads
+        weight, bias = module.in_proj_weight, module.in_proj_bias
+        q = F.linear(query, weight[:embed], None if bias is None else bias[:embed])
+        k = F.linear(key, weight[embed : 2 * embed], None if bias is None else bias[embed : 2 * embed])
+        batch, length, source = q.shape[0], q.shape[1], k.shape[1]
+        q = q.reshape(batch, length, heads, -1).transpose(1, 2)
+        k = k.reshape(batch, source, heads, -1).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (q.shape[-1] ** 0.5), dim=-1)
+        return out, weights
+
+    @override
+    def needs_values(self, carried: int) -> bool:
+        return True
+
+    @override
+    def mirror(self, ctx: MirrorContext, signal: Any) -> Sequence[Any]:
+        module = ctx.module
+        assert isinstance(module, nn.MultiheadAttention)
+        if ctx.saved is None:  # the exact vector-Jacobian product
+            values = [ctx.value(i) for i in range(len(ctx.inputs))]
+            return local_vjp(ctx.op, ctx.args, ctx.kwargs, values, signal)
+        g = signal[0] if isinstance(signal, list | tuple) else signal
+        if g is None:
+            return [None] * len(ctx.inputs)
+        weights = ctx.per_seed(ctx.saved).to(g.dtype)  # (K, heads, L, S)
+        embed, heads = module.embed_dim, module.num_heads
+        batch, length = g.shape[0], g.shape[1]
+        g = g @ module.out_proj.weight.to(g.dtype)
+        g = g.reshape(batch, length, heads, -1).transpose(1, 2)
+        values = (weights.transpose(-2, -1) @ g).transpose(1, 2).reshape(batch, weights.shape[-1], embed)
+        values = values @ module.in_proj_weight[2 * embed :].to(g.dtype)
+        # the value input is the third argument; queries and keys get no signal through held weights
+        carried = [isinstance(a, TensorMeta) for a in ctx.args]
+        out: list[Tensor | None] = []
+        for i, is_input in enumerate(carried):
+            if is_input:
+                out.append(values if i == 2 else None)
+        return out
+
+
+define(
+    [nn.MultiheadAttention],
+    MultiheadAttentionRule(),
+    methods={"gradient": MultiheadAttentionRule(hold=False)},
+    geometry=whole_image,  # every position attends to every other
+)
+
+__all__ = ["AmaxRule", "AttentionRule", "MaxRule", "MultiheadAttentionRule", "ProductRule", "SoftmaxRule"]

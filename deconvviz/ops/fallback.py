@@ -1,12 +1,14 @@
-"""The mirror of an opaque submodule without a rule of its own: autograd over that submodule alone.
+"""The mirror of an op without a rule of its own: autograd over that op alone.
 
-A submodule that torch.fx could not trace into (data-dependent control flow), or a ``torch.nn`` module
-deconvviz has no rule for, is one node of the graph. Its mirror is the vector-Jacobian product of the
-submodule at the seed's forward input, worked out by autograd, with the chosen method's rules applied
-inside it: under deconvnet and guided backpropagation every rectifying activation the submodule calls
-passes ``relu(g)`` (times ``f'(x)`` for guided), gates (sigmoid, hard sigmoid) are held at their forward
-values and layer/group/instance norm statistics are held, exactly as the traced rules do. Under the
-gradient it is plain autograd. The result is the one a full trace would give.
+Any node of the graph without a mirror rule -- a submodule torch.fx could not trace into, a ``torch.nn`` module,
+a function or a tensor method deconvviz knows no rule for -- is mirrored by the vector-Jacobian product of
+that op at the seeds' forward inputs, worked out by autograd and batched over the seeds, with the chosen
+method's rules applied inside it: under deconvnet and guided backpropagation every rectifying activation it
+calls passes ``relu(g)`` (times ``f'(x)`` for guided), gates (sigmoid, hard sigmoid, softmax, the weights of
+scaled dot-product attention) are held at their forward values and layer/group/instance norm statistics are
+held, exactly as the traced rules do. Which function plays which part is read from the call's rule set
+(:attr:`~deconvviz.ops.base.Rule.role`), so the fallback and the rules cannot drift apart. Under the gradient it
+is plain autograd. The result is the one a full trace would give; the first use per op type warns once.
 """
 
 from __future__ import annotations
