@@ -551,3 +551,27 @@ def test_shape_only_arguments_carry_no_signal() -> None:
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(model(leaf), leaf, seeds)
     assert relative_error(p.image, expected) <= 1e-10
+
+
+def test_layers_command_says_which_layers_autograd_mirrors_and_which_fields_are_measured() -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    dv.register_model(
+        dv.ModelSpec(
+            name="tiny-fallback",
+            builder=lambda: FallbackNet().eval(),
+            preprocessing=dv.Preprocessing(size=16),
+            description="a tiny net with ops that have no rule",
+        ),
+        replace=True,
+    )
+    result = CliRunner().invoke(app, ["layers", "--model", "tiny-fallback"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:] if line.strip()}
+    assert rows["conv"].split()[-1] == "rule"
+    assert rows["swish_beta"].split()[-1] == "autograd"
+    assert "(measured)" in rows["swish_beta"]
+    assert rows["unfold"].split()[-1] == "autograd"
+    assert "mirrored by autograd" in result.stdout
