@@ -27,7 +27,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m deconvviz.demo --out out/demo
+	$(PY) -m deconvviz.cli.demo --out out/demo
 
 lint: venv
 	$(PY) -m ruff check deconvviz tests benchmarks examples cli.py

@@ -34,9 +34,9 @@ import time
 import torch
 import torchvision
 
-from deconvviz.analysis.incremental import IncrementalOcclusion, occluded_images
 from deconvviz.analysis.occlusion import occluder_grid
-from deconvviz.graph import trace
+from deconvviz.core.graph import trace
+from deconvviz.core.incremental import IncrementalOcclusion, occluded_images
 
 REQUIRED = 1e-5
 TARGET = 3.0

@@ -41,9 +41,9 @@ import torch
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.images import load_image
-from deconvviz.report import PAPER_LAYERS
-from deconvviz.search import scan
+from deconvviz.analysis.topk.scan import scan
+from deconvviz.io.images import load_image
+from deconvviz.viz.report import PAPER_LAYERS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -102,7 +102,7 @@ def scan_rate(model: dv.LoadedModel, folder: Path, batch_size: int) -> float:
 _PEAK = """
 import resource, sys
 import deconvviz as dv
-from deconvviz.search import scan
+from deconvviz.analysis.topk.scan import scan
 sys.path.insert(0, {here!r})
 from scan import CONV_LAYERS
 model = dv.load_model("vgg16", device={device!r})
@@ -122,7 +122,7 @@ _RANKS = """
 import resource, sys, time
 import deconvviz as dv
 from deconvviz import distributed
-from deconvviz.search import scan
+from deconvviz.analysis.topk.scan import scan
 folder, layers, batch = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 model = dv.load_model("vgg16", device="cpu")
 ranks = distributed.setup("cpu")
@@ -174,7 +174,7 @@ def report_stages(model: dv.LoadedModel, folder: Path, out: Path, batch_size: in
 
     The report is the default one (the paper's layers, top 9) of the ``channels`` strongest channels per layer.
     """
-    from deconvviz.report import build_report
+    from deconvviz.viz.report import build_report
 
     last: dict[str, tuple[float, int]] = {}
 

@@ -18,11 +18,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "DeconvNet": "deconvviz.deconvnet",
-    "Projection": "deconvviz.projection",
-    "Rule": "deconvviz.rules",
-    "register_rule": "deconvviz.rules",
-    "get_rule": "deconvviz.rules",
+    "DeconvNet": "deconvviz.core.deconvnet",
+    "Projection": "deconvviz.core.projection",
+    "ProjectionSteps": "deconvviz.core.steps",
+    "Step": "deconvviz.core.steps",
+    "Rule": "deconvviz.ops.base",
+    "register_rule": "deconvviz.ops",
+    "get_rule": "deconvviz.ops",
     "RuleSet": "deconvviz.methods",
     "MethodError": "deconvviz.methods",
     "get_method": "deconvviz.methods",
@@ -31,30 +33,30 @@ _EXPORTS: dict[str, str] = {
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
-    "top_k": "deconvviz.search",
-    "TopKResult": "deconvviz.search",
-    "load_model": "deconvviz.models",
-    "register_model": "deconvviz.models",
-    "list_models": "deconvviz.models",
-    "ModelSpec": "deconvviz.models",
-    "LoadedModel": "deconvviz.models",
-    "Preprocessing": "deconvviz.models",
-    "WeightsUnavailableError": "deconvviz.weights",
-    "load_image": "deconvviz.images",
-    "ImageError": "deconvviz.images",
+    "top_k": "deconvviz.analysis.topk.scan",
+    "TopKResult": "deconvviz.analysis.topk.result",
+    "load_model": "deconvviz.models.zoo",
+    "register_model": "deconvviz.models.zoo",
+    "list_models": "deconvviz.models.zoo",
+    "ModelSpec": "deconvviz.models.zoo",
+    "LoadedModel": "deconvviz.models.zoo",
+    "Preprocessing": "deconvviz.models.zoo",
+    "WeightsUnavailableError": "deconvviz.models.weights.sources",
+    "load_image": "deconvviz.io.images",
+    "ImageError": "deconvviz.io.images",
     "visualize": "deconvviz.api",
-    "render_images": "deconvviz.api",
-    "session": "deconvviz.api",
-    "Session": "deconvviz.api",
-    "default_layers": "deconvviz.api",
-    "layer_names": "deconvviz.api",
-    "RenderedImage": "deconvviz.api",
-    "RenderedLayer": "deconvviz.api",
+    "render_images": "deconvviz.viz.folders",
+    "session": "deconvviz.models.session",
+    "Session": "deconvviz.models.session",
+    "default_layers": "deconvviz.core.layers",
+    "layer_names": "deconvviz.core.layers",
+    "RenderedImage": "deconvviz.viz.folders",
+    "RenderedLayer": "deconvviz.viz.folders",
     "OutputError": "deconvviz.io",
-    "ReceptiveField": "deconvviz.receptive",
-    "receptive_field": "deconvviz.receptive",
-    "receptive_fields": "deconvviz.receptive",
-    "register_geometry": "deconvviz.receptive",
+    "ReceptiveField": "deconvviz.ops.geometry",
+    "receptive_field": "deconvviz.core.receptive",
+    "receptive_fields": "deconvviz.core.receptive",
+    "register_geometry": "deconvviz.ops.geometry",
     "invariance": "deconvviz.analysis.invariance",
     "InvarianceResult": "deconvviz.analysis.invariance",
     "sanity": "deconvviz.analysis.sanity",
@@ -90,43 +92,45 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.occlusion import occlusion_jobs as occlusion_jobs
     from deconvviz.analysis.sanity import SanityResult as SanityResult
     from deconvviz.analysis.sanity import sanity as sanity
-    from deconvviz.api import RenderedImage as RenderedImage
-    from deconvviz.api import RenderedLayer as RenderedLayer
-    from deconvviz.api import Session as Session
-    from deconvviz.api import default_layers as default_layers
-    from deconvviz.api import layer_names as layer_names
-    from deconvviz.api import render_images as render_images
-    from deconvviz.api import session as session
+    from deconvviz.analysis.topk.result import TopKResult as TopKResult
+    from deconvviz.analysis.topk.scan import top_k as top_k
     from deconvviz.api import visualize as visualize
-    from deconvviz.deconvnet import DeconvNet as DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet as DeconvNet
+    from deconvviz.core.layers import default_layers as default_layers
+    from deconvviz.core.layers import layer_names as layer_names
+    from deconvviz.core.projection import Projection as Projection
+    from deconvviz.core.receptive import receptive_field as receptive_field
+    from deconvviz.core.receptive import receptive_fields as receptive_fields
+    from deconvviz.core.steps import ProjectionSteps as ProjectionSteps
+    from deconvviz.core.steps import Step as Step
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
-    from deconvviz.images import ImageError as ImageError
-    from deconvviz.images import load_image as load_image
     from deconvviz.io import OutputError as OutputError
+    from deconvviz.io.images import ImageError as ImageError
+    from deconvviz.io.images import load_image as load_image
     from deconvviz.methods import MethodError as MethodError
     from deconvviz.methods import RuleSet as RuleSet
     from deconvviz.methods import get_method as get_method
     from deconvviz.methods import list_methods as list_methods
     from deconvviz.methods import register_method as register_method
-    from deconvviz.models import LoadedModel as LoadedModel
-    from deconvviz.models import ModelSpec as ModelSpec
-    from deconvviz.models import Preprocessing as Preprocessing
-    from deconvviz.models import list_models as list_models
-    from deconvviz.models import load_model as load_model
-    from deconvviz.models import register_model as register_model
-    from deconvviz.projection import Projection as Projection
-    from deconvviz.receptive import ReceptiveField as ReceptiveField
-    from deconvviz.receptive import receptive_field as receptive_field
-    from deconvviz.receptive import receptive_fields as receptive_fields
-    from deconvviz.receptive import register_geometry as register_geometry
-    from deconvviz.rules import Rule as Rule
-    from deconvviz.rules import get_rule as get_rule
-    from deconvviz.rules import register_rule as register_rule
-    from deconvviz.search import TopKResult as TopKResult
-    from deconvviz.search import top_k as top_k
-    from deconvviz.weights import WeightsUnavailableError as WeightsUnavailableError
+    from deconvviz.models.session import Session as Session
+    from deconvviz.models.session import session as session
+    from deconvviz.models.weights.sources import WeightsUnavailableError as WeightsUnavailableError
+    from deconvviz.models.zoo import LoadedModel as LoadedModel
+    from deconvviz.models.zoo import ModelSpec as ModelSpec
+    from deconvviz.models.zoo import Preprocessing as Preprocessing
+    from deconvviz.models.zoo import list_models as list_models
+    from deconvviz.models.zoo import load_model as load_model
+    from deconvviz.models.zoo import register_model as register_model
+    from deconvviz.ops import get_rule as get_rule
+    from deconvviz.ops import register_rule as register_rule
+    from deconvviz.ops.base import Rule as Rule
+    from deconvviz.ops.geometry import ReceptiveField as ReceptiveField
+    from deconvviz.ops.geometry import register_geometry as register_geometry
+    from deconvviz.viz.folders import RenderedImage as RenderedImage
+    from deconvviz.viz.folders import RenderedLayer as RenderedLayer
+    from deconvviz.viz.folders import render_images as render_images
 
 
 def __getattr__(name: str) -> Any:

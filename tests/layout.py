@@ -29,8 +29,8 @@ class Module:
     reexport_only: bool = False
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -99,10 +99,10 @@ def _reexport_only(tree: ast.Module) -> bool:
 def read_package(root: Path = PACKAGE) -> dict[str, Module]:
     """Every module of the package with its imports of the package's own modules."""
     paths = sorted(root.rglob("*.py"))
-    known = {_module_name(p) for p in paths}
+    known = {_module_name(p, root) for p in paths}
     modules: dict[str, Module] = {}
     for path in paths:
-        name = _module_name(path)
+        name = _module_name(path, root)
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
         module = Module(name, path, len(source.splitlines()))

@@ -235,6 +235,48 @@ def method_reference(model: nn.Module, x: Tensor, module: str, seeds: Tensor, me
     return torch.stack(grads)
 
 
+def node_signals(
+    model: nn.Module, x: Tensor, layer: str, nodes: Sequence[str], seeds: Tensor, method: str
+) -> dict[str, Tensor]:
+    """The vector-Jacobian product of ``seeds`` at ``layer`` with respect to the output of every node in ``nodes``.
+
+    The graph is torchvision's feature extractor (not deconvviz's), run with the method's rules swapped in as in
+    :func:`method_reference`; the input placeholder, when listed, is ``x`` itself.
+
+    Returns:
+        Per node, ``(K, *shape)``.
+    """
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():  # an in-place ReLU would turn a returned node's output into its own
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    extractor = create_feature_extractor(model, return_nodes=[layer])
+    placeholder = next(n.name for n in extractor.graph.nodes if n.op == "placeholder")
+    inner = [n for n in nodes if n != placeholder and n != layer]
+    extractor = create_feature_extractor(model, return_nodes=[layer, *inner])
+    x = x.detach().clone().requires_grad_(True)
+    mode = contextlib.nullcontext() if method == "gradient" else _SwapRules(guided=method == "guided")
+    with mode:
+        outs = extractor(x)
+    targets = {placeholder: x, **{n: outs[n] for n in inner}}
+    wanted = [n for n in nodes if n != layer]
+    found: dict[str, list[Tensor]] = {n: [] for n in wanted}
+    for seed in seeds:
+        grads = torch.autograd.grad(
+            outs[layer],
+            [targets[n] for n in wanted],
+            seed.unsqueeze(0).to(x.dtype),
+            retain_graph=True,
+            allow_unused=True,
+        )
+        for n, g in zip(wanted, grads, strict=True):
+            found[n].append(torch.zeros_like(targets[n][0]) if g is None else g[0])
+    result = {n: torch.stack(v) for n, v in found.items()}
+    if layer in nodes:
+        result[layer] = seeds
+    return result
+
+
 def unit_seeds(activation: Tensor, channels: Sequence[int], positions: Sequence[tuple[int, int] | None]) -> Tensor:
     """One seed per (channel, position): that unit's own activation, zero elsewhere (``activation`` is 1xCxHxW)."""
     seeds = torch.zeros((len(channels), *activation.shape[1:]), dtype=activation.dtype)
@@ -257,4 +299,4 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return float(diff / scale)
 
 
-__all__ = ["deconv_reference", "feature_map", "method_reference", "relative_error", "unit_seeds"]
+__all__ = ["deconv_reference", "feature_map", "method_reference", "node_signals", "relative_error", "unit_seeds"]

@@ -18,7 +18,7 @@ from deconvviz.analysis.base import (
     figure_bytes,
     write_result_folder,
 )
-from deconvviz.io import MARKER
+from deconvviz.io.atomic import MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz import api
+from deconvviz.core.layers import choose_layers
+from deconvviz.models.session import DeviceError, resolve_device
 
 MODEL = "tiny-api"
 BGR_MODEL = "tiny-api-bgr"
@@ -137,11 +138,11 @@ def test_default_layers_end_each_stage() -> None:
 def test_choose_layers() -> None:
     net = dv.session(MODEL, device="cpu").net
     x = torch.zeros(1, 3, 32, 32)
-    assert api.choose_layers(net, None, x) == ["conv2", "conv3"]
-    assert api.choose_layers(net, "all", x) == ["conv1", "conv2", "pool1", "conv3", "pool2"]
-    assert api.choose_layers(net, ["conv1,features.6", "conv1"], x) == ["conv1", "features.6"]
+    assert choose_layers(net, None, x) == ["conv2", "conv3"]
+    assert choose_layers(net, "all", x) == ["conv1", "conv2", "pool1", "conv3", "pool2"]
+    assert choose_layers(net, ["conv1,features.6", "conv1"], x) == ["conv1", "features.6"]
     with pytest.raises(dv.DeconvVizError, match="did you mean 'conv3'"):
-        api.choose_layers(net, ["conv33"], x)
+        choose_layers(net, ["conv33"], x)
 
 
 @pytest.mark.parametrize(
@@ -151,9 +152,9 @@ def test_choose_layers() -> None:
 def test_bad_devices(device: str, message: str) -> None:
     if torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has eight GPUs")
-    with pytest.raises(api.DeviceError, match=message):
-        api.resolve_device(device)
-    assert api.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match=message):
+        resolve_device(device)
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_render_images_reports_what_it_wrote(photo: Path, tmp_path: Path) -> None:
@@ -221,3 +222,22 @@ def test_visualize_and_render_take_the_reverse_pass(photo: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="unknown method"):
         dv.render_images([photo], tmp_path / "none", model=MODEL, device="cpu", method="nope")
     assert not (tmp_path / "none").exists()
+
+
+def test_each_layer_summary_is_titled_with_the_picture_and_the_layer(
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    titles: list[str] = []
+    drawn = dv.Projection.figure
+
+    def figure(self: dv.Projection, *args: object, **kwargs: object) -> tuple[object, object]:
+        fig, axes = drawn(self, *args, **kwargs)
+        titles.append(fig._suptitle.get_text() if fig._suptitle is not None else "")
+        return fig, axes
+
+    monkeypatch.setattr(dv.Projection, "figure", figure)
+    dv.render_images([photo], tmp_path, model=MODEL, device="cpu", top=2, layers=["conv2", "conv3"])
+    assert len(titles) == 2
+    for title, layer in zip(titles, ["conv2", "conv3"], strict=True):
+        assert title.startswith(f"photo.png: {layer}"), title  # the layer, alias first, then its node
+        assert title.count(".png") == 1, title  # not a reconstruction's file name

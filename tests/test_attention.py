@@ -227,8 +227,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_report_and_occlusion_run_at_the_last_layers(attention_model: str, photos, tmp_path) -> None:
-    from deconvviz.api import receptive_boxes
-    from deconvviz.report import build_report
+    from deconvviz.analysis.choose import receptive_boxes
+    from deconvviz.viz.report import build_report
 
     build_report(photos, tmp_path / "report", model=attention_model, layers="down,conv_last", channels=2, k=2)
     assert (tmp_path / "report" / "index.html").exists()

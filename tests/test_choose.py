@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import deconvviz as dv
-from deconvviz.choose import ClassError, inside_mask
+from deconvviz.analysis.choose import ClassError, inside_mask
 from deconvviz.cli import app
 
 MODEL = "tiny-choose"

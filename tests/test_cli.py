@@ -276,7 +276,7 @@ def test_existing_folder_not_written_by_deconvviz_is_left_alone(
 def test_failure_while_writing_leaves_nothing_behind(
     runner: CliRunner, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deconvviz import render as render_module
+    from deconvviz.viz import render as render_module
 
     assert render(runner, photos[1], "--out", tmp_path, "-l", "conv1")[0] == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -367,6 +367,24 @@ def test_help_and_version(runner: CliRunner) -> None:
         assert command in result.stdout
     result = runner.invoke(app, ["--version"])
     assert result.stdout.strip() == f"deconvviz {dv.__version__}"
+
+
+def test_every_commands_help_shows_every_word_of_its_options_help(runner: CliRunner) -> None:
+    import re
+
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "500", "NO_COLOR": "1"}, terminal_width=500)
+        assert result.exit_code == 0, name
+        shown = " ".join(result.stdout.split())
+        texts = [(f"{name}'s description", command.help or "")]
+        texts += [(f"{param.name}'s help", getattr(param, "help", None) or "") for param in command.params]
+        for what, text in texts:
+            words = re.findall(r"[A-Za-z0-9<>/.]+", re.sub(r"[`*]", "", text))
+            for word in words:
+                assert word.strip(".") in shown, f"deconvviz {name} --help lost {word!r} of {what}"
 
 
 # ------------------------------------------------------------------------------------- real model

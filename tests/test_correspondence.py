@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import deconvviz as dv
 from deconvviz.analysis.correspondence import CorrespondenceResult, PartsError, map_box, sign_distances
 from deconvviz.cli import app
-from deconvviz.io import MARKER
+from deconvviz.io.atomic import MARKER
 
 MODEL = "tiny-correspondence"
 

@@ -15,10 +15,11 @@ from torch import nn
 from torchvision.models.feature_extraction import get_graph_node_names
 
 import deconvviz as dv
-from deconvviz import rules
-from deconvviz.deconvnet import SeedError
-from deconvviz.graph import LayerNotFoundError
+from deconvviz.core.deconvnet import SeedError
+from deconvviz.core.graph import LayerNotFoundError
+from deconvviz.ops.pool import MaxPool2dRule
 from deconvviz.ops.registry import OPS
+from deconvviz.ops.shape import IdentityRule
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_overlapping_pool_on_alexnet_differs_from_an_overwriting_unpool() -> Non
     layer = "features.5"  # after the second 3x3/2 pooling
     summed = dv.DeconvNet(model).project(x, layer=layer, top=4, mode="map")
 
-    class OverwriteUnpool(rules.MaxPool2dRule):
+    class OverwriteUnpool(MaxPool2dRule):
         def mirror(self, ctx, signal):
             size = ctx.inputs[0].shape[-2:]
             return [F.max_unpool2d(signal, ctx.per_seed(ctx.saved), 3, 2, output_size=size)]
@@ -192,7 +193,7 @@ def test_whole_map_is_the_sum_of_its_units_where_the_mirror_is_linear() -> None:
 def test_whole_map_is_the_sum_of_its_units_for_every_linear_rule() -> None:
     # With ReLU mirrored as the identity, the whole mirror is linear at any depth: this checks the other
     # rules (transposed convs, unpooling, batch norm, residual adds, concatenation) for linearity.
-    linear = dv.get_method().with_rules({nn.ReLU: rules.IdentityRule()}, name="linear")
+    linear = dv.get_method().with_rules({nn.ReLU: IdentityRule()}, name="linear")
     torch.manual_seed(0)
     for builder, layer in [
         (torchvision.models.resnet18, "layer2.0.relu_1"),

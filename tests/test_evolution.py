@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import deconvviz as dv
 from deconvviz.cli import app
-from deconvviz.io import MARKER
+from deconvviz.io.atomic import MARKER
 
 MODEL = "tiny-evolution"
 LAYER = "conv3"

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deconvviz.io import MARKER, owned
-from deconvviz.io.atomic import STAGING
+from deconvviz.io.atomic import MARKER, STAGING, owned
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")]
 
@@ -38,7 +37,7 @@ _HELPER = textwrap.dedent(
     torch.set_num_threads(1)
     from conftest import register_tiny_model
     import deconvviz as dv
-    from deconvviz.report import build_report
+    from deconvviz.viz.report import build_report
 
     register_tiny_model("tiny-faults")
 

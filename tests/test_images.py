@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.images import IMAGE_SUFFIXES, ImageError, as_rgb, load_image
+from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, as_rgb, load_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -17,7 +17,7 @@ import deconvviz as dv
 from deconvviz.analysis.base import ResultFolderError
 from deconvviz.analysis.invariance import feature_distance, sweep, transform
 from deconvviz.cli import app
-from deconvviz.io import MARKER
+from deconvviz.io.atomic import MARKER
 
 LABELS = [f"class {i}" for i in range(5)]
 

@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from deconvviz.io import (
-    MARKER,
-    NameMap,
-    OutputError,
-    atomic_file,
-    clean_name,
-    owned,
-    stage_folders,
-    text,
-    url,
-    write_file,
-)
 from deconvviz.io import atomic as atomic_module
+from deconvviz.io.atomic import MARKER, OutputError, atomic_file, owned, stage_folders, write_file
+from deconvviz.io.names import NameMap, clean_name
+from deconvviz.io.web import text, url
 
 
 @pytest.fixture(params=["renameat2", "fallback"])

@@ -12,8 +12,8 @@ import torch
 from reference import feature_map, method_reference, relative_error, unit_seeds
 
 import deconvviz as dv
-from deconvviz import models as M
-from deconvviz import weights as W
+from deconvviz.models import zoo as M
+from deconvviz.models.weights import sources as W
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

@@ -14,8 +14,11 @@ import torch
 from conftest import register_tiny_model
 from PIL import Image
 
-from deconvviz.report import build_report
-from deconvviz.search import Streamed, TopKHit, TopKResult, iter_json, top_k
+from deconvviz.analysis.topk.result import TopKHit, TopKResult
+from deconvviz.analysis.topk.scan import top_k
+from deconvviz.io.jsonstream import Streamed, iter_json
+from deconvviz.io.manifest import ManifestError, header, read_manifest
+from deconvviz.viz.report import build_report
 
 MODEL = "tiny-manifest"
 
@@ -174,3 +177,45 @@ def test_the_report_manifest_is_the_json_of_its_contents(tmp_path: Path) -> None
     assert [entry["layer"] for entry in manifest["topk"]["layers"]] == ["conv2", "conv3"]
     assert manifest["topk"]["skipped"][0]["image"] == "broken.png"
     assert len(manifest["topk"]["layers"][0]["channels"]["2"]) == 2
+
+
+def test_every_manifest_starts_with_one_header_and_reads_back(tmp_path: Path) -> None:
+    head = header("report")
+    assert list(head)[:4] == ["tool", "kind", "schema_version", "created"]
+    assert head["tool"] == "deconvviz"
+    assert head["schema_version"] == 1
+    assert {"deconvviz", "torch", "torchvision", "matplotlib", "python"} <= set(head["versions"])
+    assert list(header(stamped=False)) == ["tool", "schema_version"]
+    folder = tmp_path / "result"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({**head, "layers": []}))
+    assert read_manifest(folder)["kind"] == "report"
+
+
+def test_a_manifest_of_the_earlier_release_reads_with_its_schema_version(tmp_path: Path) -> None:
+    old = tmp_path / "manifest.json"
+    old.write_text(json.dumps({"tool": "deconvviz", "schema": 1, "image": "cat.jpg"}))
+    data = read_manifest(old)
+    assert data["schema_version"] == 1
+    assert "schema" not in data
+    assert data["image"] == "cat.jpg"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "no manifest at"),
+        ("{not json", "is not a readable JSON manifest"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"tool": "other", "schema_version": 1}', "is not a deconvviz manifest"),
+        ('{"tool": "deconvviz"}', "no schema version"),
+        ('{"tool": "deconvviz", "schema_version": 99}', "newer than this deconvviz reads"),
+    ],
+)
+def test_what_is_not_a_readable_manifest_is_one_line(tmp_path: Path, content: str | None, words: str) -> None:
+    path = tmp_path / "manifest.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ManifestError, match=words) as refused:
+        read_manifest(path)
+    assert "\n" not in str(refused.value)

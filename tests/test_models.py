@@ -19,11 +19,11 @@ from PIL import Image
 from torch import nn
 
 import deconvviz as dv
-from deconvviz import models as M
-from deconvviz.deconvnet import DeconvNet
+from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.errors import DeconvVizError
-from deconvviz.images import ImageError
-from deconvviz.weights import WeightsFormatError, WeightsUnavailableError
+from deconvviz.io.images import ImageError
+from deconvviz.models import zoo as M
+from deconvviz.models.weights.sources import WeightsFormatError, WeightsUnavailableError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -22,11 +22,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import deconvviz as dv
-from deconvviz.analysis.incremental import IncrementalOcclusion, occluded_images, run_graph
 from deconvviz.analysis.occlusion import OcclusionError, occluder_grid
 from deconvviz.cli import app
-from deconvviz.graph import trace
-from deconvviz.io import MARKER
+from deconvviz.core.graph import trace
+from deconvviz.core.incremental import IncrementalOcclusion, occluded_images, run_graph
+from deconvviz.io.atomic import MARKER
 
 TOLERANCE = 1e-9
 

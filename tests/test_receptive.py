@@ -15,8 +15,8 @@ import torchvision
 from torch import nn
 
 import deconvviz as dv
-from deconvviz import receptive
-from deconvviz.receptive import ReceptiveField, ReceptiveFieldError, UnknownGeometryError
+from deconvviz.ops import geometry
+from deconvviz.ops.geometry import ReceptiveField, ReceptiveFieldError, UnknownGeometryError
 
 
 def _seeded(module: nn.Module, seed: int = 0) -> None:
@@ -275,9 +275,9 @@ class WithUnknownOp(nn.Module):
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    saved = receptive.GEOMETRIES.snapshot()
+    saved = geometry.GEOMETRIES.snapshot()
     yield
-    receptive.GEOMETRIES.restore(saved)
+    geometry.GEOMETRIES.restore(saved)
 
 
 def test_an_op_without_geometry_gets_one_measured_and_a_registered_one_wins(clean_registry: None) -> None:
@@ -291,7 +291,7 @@ def test_an_op_without_geometry_gets_one_measured_and_a_registered_one_wins(clea
     assert fields["relu"] == fields["blur"]
     assert net.measured() == ["blur"]
 
-    dv.register_geometry(blur, receptive.window(3, stride=1, padding=1))
+    dv.register_geometry(blur, geometry.window(3, stride=1, padding=1))
     fresh = dv.DeconvNet(model)
     assert dv.receptive_fields(fresh, ["blur"])["blur"] == fields["blur"]
     assert fresh.measured() == []
@@ -322,7 +322,7 @@ def test_a_geometry_can_be_registered_with_a_decorator(clean_registry: None) -> 
     seen = []
 
     @dv.register_geometry(blur)
-    def geometry(ctx: receptive.GeometryContext) -> ReceptiveField:
+    def geometry(ctx: geometry.GeometryContext) -> ReceptiveField:
         seen.append(ctx.name)
         return ctx.inputs[0].through(3, 1, 1)
 

@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz import render
-from deconvviz.render import RenderError
+from deconvviz.viz import render
+from deconvviz.viz.render import RenderError
 
 
 @pytest.fixture(scope="module")

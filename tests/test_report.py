@@ -16,8 +16,8 @@ from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.report import ReportError, build_report
-from deconvviz.search import scan
+from deconvviz.analysis.topk.scan import scan
+from deconvviz.viz.report import ReportError, build_report
 
 MODEL = "tiny-report"
 

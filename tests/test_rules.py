@@ -11,8 +11,8 @@ from reference import deconv_reference, relative_error, unit_seeds
 from torch import nn
 
 import deconvviz as dv
-from deconvviz import rules
 from deconvviz.ops import conv
+from deconvviz.ops.conv import conv2d_transpose
 
 TOLERANCE = 1e-10  # float64 throughout
 
@@ -221,9 +221,9 @@ def test_cropped_transposed_convolution_equals_the_full_one(monkeypatch, geometr
     signal[:, :, box[0], box[1]] = torch.randn(patch.shape, generator=generator, dtype=torch.float64)
     args = (signal, weight, g["size"], g["stride"], g["padding"], g["dilation"], g["groups"])
     monkeypatch.setattr(conv, "_CROP_BELOW", 0.0)  # never crop
-    full = rules.conv2d_transpose(*args)
+    full = conv2d_transpose(*args)
     monkeypatch.setattr(conv, "_CROP_BELOW", 1.0)  # always crop
-    cropped = rules.conv2d_transpose(*args)
+    cropped = conv2d_transpose(*args)
     assert full.shape == cropped.shape == (2, 4, *g["size"])
     assert torch.allclose(cropped, full, rtol=1e-12, atol=1e-12)
     # and both are the adjoint of the convolution: <conv(x), s> == <x, convT(s)>

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 import deconvviz as dv
 from deconvviz.cli import app
-from deconvviz.images import ImageError, load_image
-from deconvviz.io import MARKER
-from deconvviz.report import ReportError, build_report
+from deconvviz.io.atomic import MARKER
+from deconvviz.io.images import ImageError, load_image
+from deconvviz.viz.report import ReportError, build_report
 
 MODEL = "tiny-safety"
 QUICK = {"model": MODEL, "layers": "conv1", "channels": 2, "k": 2, "device": "cpu"}
@@ -344,7 +344,7 @@ def test_a_very_large_picture_warns_in_one_line(tmp_path: Path, monkeypatch: pyt
 
 
 def test_top_k_leaves_the_callers_model_where_it_is(tmp_path: Path) -> None:
-    from deconvviz.search import _loaded
+    from deconvviz.analysis.topk.scan import _loaded
 
     loaded = dv.load_model(MODEL, device="cpu")
     moved = _loaded(loaded, "meta")

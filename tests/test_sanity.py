@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import deconvviz as dv
 from deconvviz.analysis.sanity import compare, mean_pairwise_correlation, randomise, spearman, ssim
 from deconvviz.cli import app
-from deconvviz.io import MARKER
+from deconvviz.io.atomic import MARKER
 
 MODEL = "tiny-sanity"
 

@@ -19,12 +19,13 @@ from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.distributed import Ranks
-from deconvviz.io import MARKER
-from deconvviz.report import build_report, scan_state_folder
-from deconvviz.scanstate import StateError, load_state, state_file
-from deconvviz.search import SearchError, TopKTracker, _batches, result_of, scan, top_k
-from deconvviz.sources import image_source
+from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.scan import _batches, result_of, scan, top_k
+from deconvviz.analysis.topk.state import StateError, load_state, state_file
+from deconvviz.analysis.topk.tracker import TopKTracker
+from deconvviz.io.atomic import MARKER
+from deconvviz.io.sources import SearchError, image_source
+from deconvviz.viz.report import build_report, scan_state_folder
 
 MODEL = "tiny-scale"
 TESTS = Path(__file__).resolve().parent
@@ -246,6 +247,27 @@ def test_a_scan_stopped_at_a_random_batch_and_resumed_equals_an_uninterrupted_on
     assert found.resumed == 3 * stop, seed
     whole = top_k(MODEL, photos, **arguments)  # type: ignore[arg-type]
     assert _hits(result_of(found, 2, 3)) == _hits(whole), f"seed {seed}"
+
+
+def test_a_state_written_with_the_earlier_version_key_still_resumes(photos, tmp_path) -> None:
+    def stopping(stage: str, done: int, total: int) -> None:
+        if stage == "scan" and done >= 6:
+            raise KeyboardInterrupt
+
+    arguments = {"layers": ["conv2"], "k": 2, "channels": 3, "batch_size": 3}
+    state = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        scan(MODEL, photos, **arguments, state=state, save_every=0, progress=stopping)  # type: ignore[arg-type]
+    saved = state_file(state, 0, 1)
+    payload = torch.load(saved, weights_only=True)
+    assert payload["schema_version"] == 1
+    assert payload["tool"] == "deconvviz"
+    # the earlier release wrote {"version": 1, ...} and none of the header's keys
+    old = {key: value for key, value in payload.items() if key not in ("tool", "kind", "schema_version")}
+    torch.save({"version": 1, **old}, saved)
+    found = scan(MODEL, photos, **arguments, state=state, resume=True)  # type: ignore[arg-type]
+    assert found.resumed == payload["batches_done"] * 3 > 0
+    assert _hits(result_of(found, 2, 3)) == _hits(top_k(MODEL, photos, **arguments))  # type: ignore[arg-type]
 
 
 def found_fingerprint(state: Path) -> dict[str, object]:

@@ -21,7 +21,9 @@ from PIL import Image
 from reference import relative_error
 
 import deconvviz as dv
-from deconvviz.search import SearchError, TopKTracker, find_images, top_k
+from deconvviz.analysis.topk.scan import top_k
+from deconvviz.analysis.topk.tracker import TopKTracker
+from deconvviz.io.sources import SearchError, find_images
 
 
 @dataclass
@@ -193,7 +195,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_search import Stand
     from conftest import make_tiny_vgg
-    from deconvviz.search import top_k
+    from deconvviz.analysis.topk.scan import top_k
     stand = Stand(make_tiny_vgg(), side=192)
     top_k(stand, sys.argv[1], layers=["conv1", "conv2"], k=9, channels=2, batch_size=8)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -278,3 +280,24 @@ def test_a_result_shows_its_strongest_hits_in_a_notebook(stand, folder, monkeypa
     words = " ".join(page.words)
     assert f"and {len(result.hits['conv2']) - 3} more" in words  # conv2 has 8 channels
     assert "and 1 more" in words  # conv1 has 4
+
+
+def test_scan_options_are_checked_once_and_give_the_command_line_flags() -> None:
+    from deconvviz.analysis.topk.options import ScanOptions
+    from deconvviz.io.sources import SearchError
+
+    options = ScanOptions.of(["conv2", "conv3"], k=4, channels=[1, 2], batch_size=3, limit=10, resume=True)
+    assert options.layers == ("conv2", "conv3")
+    assert options.channels == (1, 2)
+    assert options.argv() == [
+        "--top", "4", "--batch-size", "3", "--seed", "0", "--save-every", "60.0",
+        "--layers", "conv2,conv3", "--limit", "10", "--resume",
+    ]  # fmt: skip
+    assert options.but(limit=None).limit is None
+    for bad, words in (({"k": 0}, "k must be"), ({"batch_size": 0}, "batch_size"), ({"save_every": -1}, "save_every")):
+        with pytest.raises(SearchError, match=words):
+            ScanOptions.of(**bad)
+    with pytest.raises(SearchError, match="k must be"):
+        options.but(k=0)
+    with pytest.raises(TypeError, match="unknown scan option"):
+        ScanOptions.of(batchsize=3)

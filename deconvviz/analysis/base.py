@@ -28,25 +28,21 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import MARKER, check_target, owned, stage_folders
+from deconvviz.io.atomic import MARKER, check_target, owned, stage_folders
+from deconvviz.io.manifest import MANIFEST, header
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
-
-MANIFEST = "manifest.json"
-"""File name of the manifest in every result folder."""
-
-MANIFEST_SCHEMA = 1
-"""Version of the manifest's layout; raised when keys change meaning."""
 
 
 class AnalysisError(DeconvVizError, ValueError):
@@ -63,13 +59,17 @@ class AnalysisResult:
 
     kind: ClassVar[str] = "analysis"
 
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:  # pragma: no cover - every result overrides it
-        """The result's figure, returned and never shown.
+    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
+        """The result's figure, returned and never shown (drawn by :mod:`deconvviz.viz.results`).
+
+        Args:
+            **kwargs: the drawing's options: ``size`` (inches per panel) for every kind; ``scale`` (display
+                scaling of reconstructions) for evolution and sanity; ``legend`` (classes listed) for occlusion.
 
         Returns:
             ``(figure, axes)``.
         """
-        raise NotImplementedError
+        return viz().figure_of(self, **kwargs)
 
     def _files(self) -> dict[str, bytes]:  # pragma: no cover - every result overrides it
         """The files of the result folder other than the manifest, by relative path."""
@@ -88,14 +88,8 @@ class AnalysisResult:
         Returns:
             A JSON-serialisable dict.
         """
-        from deconvviz.api import library_versions
-
         return {
-            "tool": "deconvviz",
-            "schema": MANIFEST_SCHEMA,
-            "kind": self.kind,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": library_versions(),
+            **header(self.kind),
             "arguments": _jsonable(dict(arguments or {})),
             **_jsonable(self._manifest()),
         }
@@ -122,27 +116,22 @@ class AnalysisResult:
         return write_result_folder(Path(directory), files, self.kind)
 
     def _repr_png_(self) -> bytes:
-        import matplotlib.pyplot as plt
+        return figure_bytes(self.figure()[0])
 
-        from deconvviz.render import figure_png
 
-        fig, _ = self.figure()
-        try:
-            return figure_png(fig)
-        finally:
-            plt.close(fig)
+def viz() -> ModuleType:
+    """:mod:`deconvviz.viz.results`, imported on first use: the one place where results hand over to drawing.
+
+    Results are data; their pictures are drawn by :mod:`deconvviz.viz`, which imports matplotlib. Every
+    result method that draws (``figure``, ``save``, notebook display) goes through here, so importing a
+    result never imports matplotlib and nothing below :mod:`deconvviz.viz` depends on it otherwise.
+    """
+    return importlib.import_module("deconvviz.viz.results")
 
 
 def figure_bytes(fig: Figure, dpi: float = 100) -> bytes:
     """A figure as PNG bytes; the figure is closed afterwards (for ``_files``)."""
-    import matplotlib.pyplot as plt
-
-    from deconvviz.render import figure_png
-
-    try:
-        return figure_png(fig, dpi)
-    finally:
-        plt.close(fig)
+    return viz().png_of(fig, dpi)
 
 
 def _jsonable(value: Any) -> Any:
@@ -188,13 +177,12 @@ def write_result_folder(folder: Path, files: Mapping[str, bytes], kind: str = "a
 
 
 __all__ = [
-    "MANIFEST",
-    "MANIFEST_SCHEMA",
     "AnalysisError",
     "AnalysisResult",
     "ResultFolderError",
     "check_result_folder",
     "figure_bytes",
     "is_result_folder",
+    "viz",
     "write_result_folder",
 ]

@@ -40,11 +40,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
     from torch import Tensor
 
-    from deconvviz.api import Session
-    from deconvviz.models import Preprocessing
+    from deconvviz.models.session import Session
+    from deconvviz.models.zoo import Preprocessing
 
 Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in pixels; right and bottom exclusive."""
@@ -277,16 +276,6 @@ class CorrespondenceResult(AnalysisResult):
                 writer.writerow([row, layer, repr(self.mean(row, layer)), repr(self.std(row, layer)), count])
         return buffer.getvalue()
 
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """Grouped bars of mean ± std per layer, one bar per part, the random baseline hatched.
-
-        Returns:
-            ``(figure, axes)``, returned and never shown.
-        """
-        from deconvviz.analysis.part_plots import correspondence_figure
-
-        return correspondence_figure(self, **kwargs)
-
     def _files(self) -> dict[str, bytes]:
         return {
             "table.txt": (self.table() + "\n").encode("utf-8"),
@@ -353,9 +342,10 @@ def correspondence(
     """
     import torch
 
-    from deconvviz.api import choose_layers, session
-    from deconvviz.graph import evaluating
-    from deconvviz.images import load_image
+    from deconvviz.core.graph import evaluating
+    from deconvviz.core.layers import choose_layers
+    from deconvviz.io.images import load_image
+    from deconvviz.models.session import session
 
     if len(images) < 2:
         raise AnalysisError(f"correspondence compares images pairwise; give at least two, got {len(images)}")
@@ -448,7 +438,7 @@ def correspondence(
 def _layers(
     current: Session, layers: str | Sequence[str] | None, x: Tensor, choose: Callable[..., list[str]]
 ) -> list[str]:
-    from deconvviz.api import default_layers
+    from deconvviz.core.layers import default_layers
 
     if layers is None or (not isinstance(layers, str) and not list(layers)):
         return default_layers(current.net, x)[-2:]

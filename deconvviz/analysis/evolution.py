@@ -22,11 +22,9 @@ from torch import Tensor
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
-    from deconvviz.api import Session
-    from deconvviz.models import LoadedModel
-    from deconvviz.search import TopKHit
+    from deconvviz.analysis.topk.result import TopKHit
+    from deconvviz.models.session import Session
+    from deconvviz.models.zoo import LoadedModel
 
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
 Progress = Callable[[int, int, str], None]
@@ -63,20 +61,6 @@ class EvolutionResult(AnalysisResult):
     k: int
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The paper's grid: rows = channels, columns = checkpoints (labelled with their names).
-
-        Args:
-            **kwargs: ``size`` (inches per cell), ``scale`` (``"robust"``, ``"max"`` or ``"minmax"``, see
-                :func:`deconvviz.viz.scaling.to_rgb`).
-
-        Returns:
-            ``(figure, axes)`` with axes of shape ``(channels, checkpoints)``; the figure is not shown.
-        """
-        from deconvviz.analysis.plots import evolution_figure
-
-        return evolution_figure(self, **kwargs)
 
     def _files(self) -> dict[str, bytes]:
         fig, _ = self.figure()
@@ -190,14 +174,14 @@ def evolution(
 
     The model (its architecture and preprocessing) is copied; each checkpoint is loaded into the copy, so the
     caller's model keeps its weights. Every checkpoint is checked against the architecture before any scan.
-    Each scan is :func:`deconvviz.search.top_k`'s streaming search (one batch in memory at a time); its hits
+    Each scan is :func:`~deconvviz.top_k`'s streaming search (one batch in memory at a time); its hits
     are projected through their own image's pooling switches and cut to the unit's receptive field.
 
     Args:
         checkpoints: state dicts in training order: files saved with ``torch.save(model.state_dict(), path)``
             (or holding ``{"state_dict": ...}``), or the mappings themselves.
         data: a folder of images, scanned recursively.
-        model: the architecture: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
+        model: the architecture: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
         layer: the layer to look at (name or alias).
         channels: a count ``n`` (the first ``n`` channels), a list of channel indices, or None for all.
         k: hits per channel and checkpoint, each from a different image (the paper shows 1).
@@ -219,8 +203,9 @@ def evolution(
         >>> r = dv.evolution(["e1.pt", "e5.pt"], "digits/", "digits.py:build", layer="features.7")  # doctest: +SKIP
         >>> fig, axes = r.figure()  # doctest: +SKIP
     """
-    from deconvviz.api import session
-    from deconvviz.search import find_images, top_k
+    from deconvviz.analysis.topk.scan import top_k
+    from deconvviz.io.sources import find_images
+    from deconvviz.models.session import session
 
     if not checkpoints:
         raise AnalysisError("no checkpoints given; pass the state dicts to compare, in training order")

@@ -26,11 +26,10 @@ from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.api import Session
-    from deconvviz.models import LoadedModel
+    from deconvviz.models.session import Session
+    from deconvviz.models.zoo import LoadedModel
 
 TRANSFORMS = ("translate", "scale", "rotate")
 """The transformations of the paper's Fig. 5, in its row order."""
@@ -42,7 +41,6 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 }
 """The paper's ranges: vertical translation in pixels, scale factor, rotation in degrees."""
 
-UNITS = {"translate": "vertical translation (pixels)", "scale": "scale", "rotate": "rotation (degrees)"}
 
 Distance = Literal["unit", "relative", "none"]
 _DISTANCES = ("unit", "relative", "none")
@@ -180,19 +178,6 @@ class InvarianceResult(AnalysisResult):
     classes: tuple[tuple[int, str], ...] | None = None
     examples: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict, repr=False, compare=False)
 
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The paper's grid: rows = transformations; columns = examples, one per layer, class probability.
-
-        Args:
-            **kwargs: ``size`` (inches per panel, default 2.6).
-
-        Returns:
-            ``(figure, axes)``, axes of shape ``(transforms, columns)``; the figure is not shown.
-        """
-        from deconvviz.analysis.plots import invariance_figure
-
-        return invariance_figure(self, **kwargs)
-
     def _files(self) -> dict[str, bytes]:
         fig, _ = self.figure()
         return {"figure.png": figure_bytes(fig)}
@@ -301,9 +286,9 @@ def invariance(
 
     Args:
         images: picture files, PIL images or preprocessed ``(1, C, H, W)`` tensors.
-        model: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
+        model: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
         layers: the layers compared (names or aliases, low to high); default: the first of
-            :func:`~deconvviz.api.default_layers` and the model's output (``conv1_2`` and pool5 for VGG16's conv
+            :func:`~deconvviz.core.layers.default_layers` and the model's output (``conv1_2`` and pool5 for VGG16's conv
             base; ``conv1`` and the 1000 class scores for SqueezeNet), like the paper's layers 1 and 7.
         translate: ``(start, end)`` vertical translation in pixels (positive moves the content down), or None
             to skip it.
@@ -332,7 +317,8 @@ def invariance(
         >>> r.distances["rotate"]["conv1"].shape  # doctest: +SKIP
         torch.Size([2, 13])
     """
-    from deconvviz.api import choose_layers, default_layers, session
+    from deconvviz.core.layers import choose_layers, default_layers
+    from deconvviz.models.session import session
 
     if normalize not in _DISTANCES:
         raise AnalysisError(f"normalize must be one of {', '.join(_DISTANCES)}, got {normalize!r}")
@@ -502,7 +488,7 @@ def _examples(
     """A few transformed versions of ``x`` per transformation, as small RGB arrays for the figure."""
     import numpy as np
 
-    from deconvviz.render import input_to_pil
+    from deconvviz.viz.render import input_to_pil
 
     if count < 1:
         return {}

@@ -12,7 +12,7 @@ classifier head (the offline VGG16 conv base) get (a) and (b) and say why (c) an
 
 Positions form a grid with one cell per ``stride`` pixels: the occluder is centred on each cell's centre and
 clipped to the image at the borders, so a map of ``ceil(H / stride)`` rows lies exactly over the image. The
-network is not re-run per position: :mod:`deconvviz.analysis.incremental` recomputes only what each occluder
+network is not re-run per position: :mod:`deconvviz.core.incremental` recomputes only what each occluder
 changes, for a batch of positions at once, with the same result as running every occluded copy.
 """
 
@@ -31,12 +31,11 @@ from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from matplotlib.figure import Figure
     from PIL.Image import Image
     from torch import Tensor
 
-    from deconvviz.api import Session
-    from deconvviz.projection import Projection
+    from deconvviz.core.projection import Projection
+    from deconvviz.models.session import Session
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: occluder positions done so far."""
@@ -116,16 +115,6 @@ class OcclusionResult(AnalysisResult):
         values, counts = self.labels.flatten().unique(return_counts=True)
         pairs = sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda p: (-p[1], p[0]))
         return [(int(v), self.label_names.get(int(v), f"class {v}"), int(c)) for v, c in pairs]
-
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """The picture and the four panels (a)-(d) in one row (see ``part_plots.occlusion_figure``).
-
-        Returns:
-            ``(figure, axes)``, returned and never shown.
-        """
-        from deconvviz.analysis.part_plots import occlusion_figure
-
-        return occlusion_figure(self, **kwargs)
 
     def summary(self) -> str:
         """One line: the image, the strongest map, and the target's probability range."""
@@ -278,7 +267,7 @@ def occlusion(
         >>> fig, axes = result.figure()  # doctest: +SKIP
         >>> result.save("out/occlusion/cat")  # doctest: +SKIP
     """
-    from deconvviz.api import session
+    from deconvviz.models.session import session
 
     current = session(model, device=device)
     x = current.preprocess(image)
@@ -310,7 +299,7 @@ def occlusion_jobs(
         OcclusionError, MethodError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
     """
     from deconvviz.analysis.base import check_result_folder
-    from deconvviz.api import session
+    from deconvviz.models.session import session
 
     paths = [Path(image) for image in images]
     if not paths:
@@ -381,9 +370,9 @@ class OcclusionJob:
         import numpy as np
         import torch
 
-        from deconvviz.api import receptive_boxes
-        from deconvviz.graph import evaluating
-        from deconvviz.render import input_to_pil
+        from deconvviz.analysis.choose import receptive_boxes
+        from deconvviz.core.graph import evaluating
+        from deconvviz.viz.render import input_to_pil
 
         if batch_size is None:
             batch_size = 64 if self.x.device.type == "cuda" else 16
@@ -466,10 +455,10 @@ def prepare(
     """
     import torch
 
-    from deconvviz.analysis.incremental import IncrementalOcclusion
-    from deconvviz.api import default_layers
-    from deconvviz.deconvnet import SeedError
-    from deconvviz.graph import evaluating
+    from deconvviz.core.deconvnet import SeedError
+    from deconvviz.core.graph import evaluating
+    from deconvviz.core.incremental import IncrementalOcclusion
+    from deconvviz.core.layers import default_layers
     from deconvviz.methods import get_method
 
     get_method(method)  # an unknown reverse pass fails here, before any work

@@ -35,10 +35,9 @@ from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from matplotlib.figure import Figure
 
-    from deconvviz.api import Session
-    from deconvviz.models import LoadedModel
+    from deconvviz.models.session import Session
+    from deconvviz.models.zoo import LoadedModel
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -176,19 +175,6 @@ class SanityResult(AnalysisResult):
     input: np.ndarray | None = field(default=None, repr=False, compare=False)
     channel_order: str = "RGB"
 
-    def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
-        """Rows = reverse passes; columns = the input, then the reconstruction after each step with its scores.
-
-        Args:
-            **kwargs: ``size`` (inches per panel), ``scale`` (see :func:`deconvviz.viz.scaling.to_rgb`).
-
-        Returns:
-            ``(figure, axes)`` with axes of shape ``(methods, steps + 1)``; the figure is not shown.
-        """
-        from deconvviz.analysis.plots import sanity_figure
-
-        return sanity_figure(self, **kwargs)
-
     def _files(self) -> dict[str, bytes]:
         fig, _ = self.figure()
         return {"figure.png": figure_bytes(fig)}
@@ -291,8 +277,8 @@ def sanity(
 
     Args:
         image: a picture file, a PIL image or a preprocessed ``(1, C, H, W)`` tensor.
-        model: a model name, a loaded model or a :class:`~deconvviz.api.Session`.
-        layer: the layer (name or alias); default: the deepest of :func:`~deconvviz.api.default_layers`
+        model: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
+        layer: the layer (name or alias); default: the deepest of :func:`~deconvviz.core.layers.default_layers`
             (``conv5_3`` for VGG16).
         channel: the channel; default: the one with the strongest activation.
         methods: reverse passes to compare (default: ``deconvnet``, ``guided`` and ``gradient``).
@@ -311,9 +297,10 @@ def sanity(
         >>> r = dv.sanity("cat.jpg", "vgg16", layer="conv5_3")  # doctest: +SKIP
         >>> print(r.summary())  # doctest: +SKIP
     """
-    from deconvviz.api import default_layers, session
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.core.layers import default_layers
     from deconvviz.methods import PRESETS, get_method
+    from deconvviz.models.session import session
 
     chosen = list(PRESETS) if methods is None else [methods] if isinstance(methods, str) else list(methods)
     if not chosen:
@@ -379,7 +366,7 @@ def sanity(
     try:
         import numpy as np
 
-        from deconvviz.render import input_to_pil
+        from deconvviz.viz.render import input_to_pil
 
         picture = np.asarray(
             input_to_pil(x.detach().cpu(), getattr(current.model, "to_image", None), current.channel_order)

@@ -89,7 +89,7 @@ class Call:
 
 
 class ForwardRule(Protocol):
-    """The forward half of a mirror rule (see :class:`deconvviz.rules.Rule`)."""
+    """The forward half of a mirror rule (see :class:`deconvviz.ops.base.Rule`)."""
 
     def needs_values(self, carried: int) -> bool:  # pragma: no cover - protocol
         """Whether to keep the forward values of the op's inputs."""

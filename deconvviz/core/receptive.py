@@ -28,9 +28,9 @@ from deconvviz.ops.geometry import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.core.deconvnet import DeconvNet
     from deconvviz.core.graph import Graph
     from deconvviz.core.probe import Probe
-    from deconvviz.deconvnet import DeconvNet
 
 
 def fields_of(
@@ -72,8 +72,8 @@ def fields_of(
                 op, key = graph.describe(node)
                 raise UnknownGeometryError(
                     f"no receptive-field geometry for {op} at node {name!r}; register one with "
-                    f"deconvviz.register_geometry({key}, geometry), e.g. deconvviz.receptive.pointwise for "
-                    "element-wise ops or deconvviz.receptive.window(kernel, stride, padding) for sliding windows"
+                    f"deconvviz.register_geometry({key}, geometry), e.g. deconvviz.ops.geometry.pointwise for "
+                    "element-wise ops or deconvviz.ops.geometry.window(kernel, stride, padding) for sliding windows"
                 )
             measured = probe.measure(node, [fields[a] if a not in held else None for a in parents])
             if measured is None:  # no signal reaches any input through this op
@@ -108,7 +108,7 @@ def fields_of(
 
 
 def _as_net(model: Any) -> DeconvNet:
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
     return model if isinstance(model, DeconvNet) else DeconvNet(model)
 

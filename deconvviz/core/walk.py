@@ -7,6 +7,7 @@ rule set passed in, so the same capture pass serves any reverse pass whose rules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, fx
@@ -39,7 +40,19 @@ def context(graph: Graph, capture: Capture, node: fx.Node, sample: Tensor) -> Mi
     )
 
 
-def mirror(graph: Graph, capture: Capture, node: fx.Node, seeds: Tensor, sample: Tensor, rules: RuleSet) -> Tensor:
+Observer = Callable[[fx.Node, Any], None]
+"""``observe(node, signal)``: called with each node's complete signal (see :func:`mirror`)."""
+
+
+def mirror(
+    graph: Graph,
+    capture: Capture,
+    node: fx.Node,
+    seeds: Tensor,
+    sample: Tensor,
+    rules: RuleSet,
+    observe: Observer | None = None,
+) -> Tensor:
     """Walk from ``node`` back to the input.
 
     Args:
@@ -49,6 +62,10 @@ def mirror(graph: Graph, capture: Capture, node: fx.Node, seeds: Tensor, sample:
         seeds: ``(K, *activation.shape[1:])`` signals at ``node``.
         sample: ``(K,)`` the row of the capture batch each seed belongs to.
         rules: the rule set of the call.
+        observe: called with every node's signal once it is complete (every consumer's mirror has added its
+            part), before the node's own rule undoes it: first the seeds at ``node``, last the reconstruction
+            at the input. The signal is the walk's own tensor (a list for a tuple-valued node); copy what you
+            keep.
 
     Returns:
         ``(K, *input.shape[1:])`` reconstructions in input space.
@@ -63,6 +80,8 @@ def mirror(graph: Graph, capture: Capture, node: fx.Node, seeds: Tensor, sample:
         signal = signals.pop(current, None)
         if signal is None:
             continue
+        if observe is not None:
+            observe(current, signal)
         if current is graph.input:
             result = signal
             continue

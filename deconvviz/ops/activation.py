@@ -78,6 +78,8 @@ class RectifierRule(Rule):
 
     def __init__(self, method: str = "deconvnet") -> None:
         self.method = method
+        # deconvnet rectifies the signal; guided also masks it where the input was cut; the gradient only masks
+        self.op_kind = {"deconvnet": "rectify", "guided": "rectify + mask"}.get(method, "mask")
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:
@@ -127,6 +129,8 @@ class GateRule(Rule):
             gradient (``g * f'(x)``).
     """
 
+    op_kind = "gate"
+
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold
         self.holds = hold
@@ -150,6 +154,8 @@ class GateRule(Rule):
 
 class SmoothRule(Rule):
     """A smooth activation that is neither a rectifier nor a gate (tanh): ``g * f'(x)`` in every method."""
+
+    op_kind = "slope"
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:

@@ -19,6 +19,8 @@ from deconvviz.ops.registry import define
 class AddRule(Rule):
     """Addition (and subtraction) mirrors the signal to every summand (negated for the subtrahend)."""
 
+    op_kind = "add"
+
     def __init__(self, sign: float = 1.0) -> None:
         self.sign = sign
 
@@ -52,6 +54,8 @@ class ScaleRule(Rule):
     :mod:`deconvviz.ops.activation`), so the feature path alone carries the reconstruction.
     """
 
+    op_kind = "scale"
+
     def __init__(self, divide: bool = False) -> None:
         self.divide = divide
 
@@ -79,6 +83,8 @@ class ScaleRule(Rule):
 
 class MeanRule(Rule):
     """A mean (or sum) over dimensions mirrors to spreading the signal evenly back over them."""
+
+    op_kind = "spread"
 
     def __init__(self, average: bool = True) -> None:
         self.average = average

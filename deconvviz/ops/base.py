@@ -103,6 +103,8 @@ class Rule:
     Attributes:
         needs_inputs: the capture keeps the forward values of the op's signal-carrying inputs for
             :meth:`mirror` (``ctx.value(i)``). Off by default, so a capture holds only what rules ask for.
+        op_kind: what the mirror does, in a word or two, for labels of the steps of a projection
+            (``"unpool"``, ``"rectify"``, ``"transposed convolution"``).
     """
 
     needs_inputs: bool = False
@@ -113,6 +115,7 @@ class Rule:
     holds: bool = False
     """The op passes no signal to any input (a gate held at its forward value); its inputs do not widen the
     receptive field of what lies above it."""
+    op_kind: str = "op"
 
     def needs_values(self, carried: int) -> bool:
         """Whether the capture keeps the values of this op's ``carried`` signal-carrying inputs."""

@@ -24,6 +24,8 @@ class Conv2dRule(Rule):
     a strided convolution drops), and ``padding="same"``, dilation and groups are handled.
     """
 
+    op_kind = "transposed convolution"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         try:
@@ -139,6 +141,8 @@ def transpose_window(signal: Tensor, window: Window, input_size: Sequence[int]) 
 class LinearRule(Rule):
     """A fully connected layer mirrors to multiplication by its transposed weight (no bias)."""
 
+    op_kind = "transposed linear"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         weight = ctx.module.weight if isinstance(ctx.module, nn.Linear) else ctx.bind(linear)["weight"]
@@ -171,6 +175,8 @@ register_window([nn.Conv2d, F.conv2d, torch.conv2d], conv_window)
 
 class ConvTranspose2dRule(Rule):
     """A transposed convolution (an upsampling layer) mirrors to the convolution with the same weights."""
+
+    op_kind = "convolution"
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

@@ -222,6 +222,8 @@ class FallbackRule(Rule):
             (rectifier, gate, held statistics) apply inside the op. By default the op registry's for ``kind``.
     """
 
+    op_kind = "autograd"
+
     needs_inputs = True
 
     def __init__(self, kind: str = "deconvnet", rules: Iterable[tuple[Any, Rule]] | None = None) -> None:

@@ -25,7 +25,7 @@ How an op changes the field is looked up in a registry keyed like the mirror rul
 or tensor method name). Register the geometry of your own layer with :func:`register_geometry`:
 
     >>> import deconvviz as dv
-    >>> from deconvviz.receptive import pointwise, window
+    >>> from deconvviz.ops.geometry import pointwise, window
     >>> dv.register_geometry(MyBlurPool, window(3, stride=2, padding=1))  # doctest: +SKIP
     >>> dv.register_geometry(MyActivation, pointwise)  # doctest: +SKIP
 """
@@ -352,7 +352,7 @@ def register_geometry(target: GeometryKey, geometry: Geometry | None = None) -> 
 
     Keys work as for :func:`deconvviz.register_rule`; a later registration replaces an earlier one, and a
     module class inherits the geometry of its nearest registered base class. Ready-made geometries live in
-    ``deconvviz.receptive``: ``pointwise`` (element-wise and channel-wise ops, and merges of branches),
+    ``deconvviz.ops.geometry``: ``pointwise`` (element-wise and channel-wise ops, and merges of branches),
     ``whole_image`` (every unit sees the whole image) and ``window(kernel, stride, padding, dilation)``
     (a sliding window with fixed parameters).
 
@@ -365,7 +365,7 @@ def register_geometry(target: GeometryKey, geometry: Geometry | None = None) -> 
         The geometry (or, as a decorator, the decorated function).
 
     Example:
-        >>> from deconvviz.receptive import window
+        >>> from deconvviz.ops.geometry import window
         >>> register_geometry(MyBlurPool, window(3, stride=2, padding=1))  # doctest: +SKIP
         >>> @register_geometry(MyConv)  # doctest: +SKIP
         ... def my_conv(ctx):

@@ -40,6 +40,8 @@ def _batch_norm_scale(module: nn.Module, name: str) -> Tensor:
 class BatchNormRule(Rule):
     """Eval-mode batch norm is a per-channel affine map; it mirrors to the per-channel scale (no shift)."""
 
+    op_kind = "norm"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         assert ctx.module is not None
@@ -54,6 +56,8 @@ class FunctionalBatchNormRule(Rule):
     Containers that call the function themselves (timm's ``BatchNormAct2d``, a batch norm fused with its
     activation) reach it when they are traced through.
     """
+
+    op_kind = "norm"
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -84,6 +88,8 @@ class NormActRule(Rule):
         act: the activation's rule, or None for ``nn.Identity``.
         saves: whether ``act`` saves anything for its mirror (``f'(x)`` or a mask) under this method.
     """
+
+    op_kind = "norm + activation"
 
     def __init__(self, act: Rule | None, *, saves: bool) -> None:
         self.act, self.saves = act, saves
@@ -218,6 +224,8 @@ class SampleNormRule(Rule):
     Args:
         hold: hold the statistics at their forward values (the op becomes a per-sample scale).
     """
+
+    op_kind = "norm"
 
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold

@@ -42,6 +42,8 @@ def unpool(signal: Tensor, switches: Tensor, input_size: Sequence[int]) -> Tenso
 class MaxPool2dRule(Rule):
     """Max-pooling records its switches during capture and mirrors to unpooling with them."""
 
+    op_kind = "unpool"
+
     @override
     def run(self, call: Call) -> Any:
         return call.run()  # no switches needed
@@ -107,6 +109,8 @@ def _adaptive_pool_matrix(out_size: int, in_size: int, like: Tensor) -> Tensor:
 class AdaptiveAvgPool2dRule(Rule):
     """Adaptive average pooling mirrors to its adjoint: each output spreads evenly over its window."""
 
+    op_kind = "spread"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         in_h, in_w = ctx.inputs[0].shape[-2:]
@@ -118,6 +122,8 @@ class AdaptiveAvgPool2dRule(Rule):
 
 class AvgPool2dRule(Rule):
     """Average pooling mirrors to its adjoint: each output spreads evenly over its window."""
+
+    op_kind = "spread"
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

@@ -24,6 +24,8 @@ from deconvviz.ops.registry import define
 class CatRule(Rule):
     """Concatenation mirrors to splitting the signal into the pieces each input contributed."""
 
+    op_kind = "concat split"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         tensors = ctx.args[0] if ctx.args else ctx.kwargs["tensors"]
@@ -39,6 +41,8 @@ class CatRule(Rule):
 class ReshapeRule(Rule):
     """Flatten, view and reshape mirror to reshaping the signal back to the input's shape."""
 
+    op_kind = "reshape"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         if ctx.output.shape[0] != ctx.inputs[0].shape[0] or len(ctx.output.shape) == 0:
@@ -48,6 +52,8 @@ class ReshapeRule(Rule):
 
 class GetItemRule(Rule):
     """Basic indexing (``x[:, :3]``, ``x[..., 1:]``) mirrors to writing the signal back into a zero tensor."""
+
+    op_kind = "index"
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -73,6 +79,8 @@ class GetItemRule(Rule):
 class IdentityRule(Rule):
     """Ops that are the identity at inference (dropout, ``Identity``, ``contiguous``) pass the signal on."""
 
+    op_kind = "identity"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         return [signal]
@@ -91,6 +99,8 @@ def _batch_stays(ctx: MirrorContext, dims: Sequence[int]) -> None:
 class PermuteRule(Rule):
     """``permute`` mirrors to the inverse permutation."""
 
+    op_kind = "permute"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         rest = ctx.args[1:]
@@ -108,6 +118,8 @@ class PermuteRule(Rule):
 class TransposeRule(Rule):
     """``transpose`` / ``swapaxes`` mirror to the same transposition (channel shuffles among them)."""
 
+    op_kind = "transpose"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         a, b = _arg(ctx, 1, "dim0"), _arg(ctx, 2, "dim1")
@@ -121,6 +133,8 @@ class SplitRule(Rule):
     Args:
         stack: the pieces were taken by ``unbind`` (one index each), so they are stacked back.
     """
+
+    op_kind = "join"
 
     def __init__(self, stack: bool = False) -> None:
         self.stack = stack
@@ -149,6 +163,8 @@ def signal_like(signals: Any, count: int, shape: Sequence[int]) -> Tensor:
 class StackRule(Rule):
     """``stack`` mirrors to unbinding the signal into its inputs' signals."""
 
+    op_kind = "unstack"
+
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
         tensors = ctx.args[0] if ctx.args else ctx.kwargs["tensors"]
@@ -165,6 +181,8 @@ class LinearAdjointRule(Rule):
     The adjoint of a linear map does not depend on where it is taken, so no forward value is kept: the
     vector-Jacobian product is taken at zeros of the input's shape.
     """
+
+    op_kind = "adjoint"
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from deconvviz.projection import Projection
+    from deconvviz.core.projection import Projection
 
 AUTO_CROP_SHARE = 0.5
 """With ``crop=None`` a layer's reconstructions are cut to their units' receptive fields when those fields
@@ -221,7 +221,7 @@ def projection_figure(
     Raises:
         RenderError: a bad option.
     """
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     options = RenderOptions.build(options, **changes)
     if columns < 1:
@@ -297,7 +297,7 @@ def layers_figure(
     Raises:
         RenderError: no projections, or a bad option.
     """
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     options = RenderOptions.build(options, **changes)
     if not projections:

@@ -20,9 +20,8 @@ from deconvviz.viz.pictures import enlarge, mosaic
 from deconvviz.viz.scaling import to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.viz.canvas import Figure
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Filters:
 
     def figure(self, *, columns: int | None = None, size: float = 7.0) -> tuple[Figure, Any]:
         """The grid as a matplotlib figure, titled with the layer; returned, never shown."""
-        from matplotlib.figure import Figure
+        from deconvviz.viz.canvas import Figure
 
         picture = self.grid(columns=columns)
         height, width = picture.shape[:2]

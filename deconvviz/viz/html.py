@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from deconvviz.io import text
+from deconvviz.io.web import text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.search import TopKResult
+    from deconvviz.analysis.topk.result import TopKResult
 
 OVERVIEW_CHANNELS = 8
 """Channels per layer in a :class:`~deconvviz.TopKResult`'s notebook overview."""

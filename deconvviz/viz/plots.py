@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
     from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
     from deconvviz.analysis.sanity import SanityResult
+    from deconvviz.viz.canvas import Figure
+
+
+UNITS = {"translate": "vertical translation (pixels)", "scale": "scale", "rotate": "rotation (degrees)"}
+"""The horizontal axis of each transformation's plots."""
 
 
 def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
@@ -33,7 +36,7 @@ def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
 
 def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[Figure, Any]:
     """Rows = transformations; columns = the first image transformed, distance per layer, class probability."""
-    from matplotlib.figure import Figure
+    from deconvviz.viz.canvas import Figure
 
     with_examples = bool(result.examples)
     columns = int(with_examples) + len(result.layers) + int(result.probabilities is not None)
@@ -41,8 +44,6 @@ def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[F
     widths = ([1.3] if with_examples else []) + [1.0] * (columns - int(with_examples))
     fig = Figure(figsize=(size * sum(widths) + 0.6, size * 0.8 * rows + 0.9))
     axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"width_ratios": widths})
-    from deconvviz.analysis.invariance import UNITS
-
     colours = [f"C{i}" for i in range(len(result.images))]
     for r, name in enumerate(result.transforms):
         x = np.asarray(result.values[name])
@@ -87,7 +88,7 @@ def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[F
 
 
 def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
-    from deconvviz.render import mosaic
+    from deconvviz.viz.render import mosaic
 
     same = all(p.shape == pictures[0].shape for p in pictures)
     if not same:
@@ -97,8 +98,7 @@ def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def evolution_figure(result: EvolutionResult, *, size: float = 1.1, scale: str | None = None) -> tuple[Figure, Any]:
     """Rows = channels, columns = checkpoints; each cell the strongest activation's reconstruction(s)."""
-    from matplotlib.figure import Figure
-
+    from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
     rows, columns = len(result.channels), len(result.checkpoints)
@@ -138,8 +138,7 @@ def _pad(pictures: list[np.ndarray]) -> list[np.ndarray]:
 
 def sanity_figure(result: SanityResult, *, size: float = 1.35, scale: str | None = None) -> tuple[Figure, Any]:
     """Rows = reverse passes; columns = the input, then the reconstruction after each randomisation step."""
-    from matplotlib.figure import Figure
-
+    from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
     rows, steps = len(result.methods), len(result.steps)

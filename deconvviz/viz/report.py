@@ -24,18 +24,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.api import SCAN_LAYERS
+from deconvviz.core.layers import SCAN_LAYERS
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import NameMap, check_target, clean_name, remove_owned, stage_folders, text, url
+from deconvviz.io.atomic import check_target, remove_owned, stage_folders
 from deconvviz.io.jsonstream import iter_json
+from deconvviz.io.manifest import header
+from deconvviz.io.names import NameMap, clean_name
+from deconvviz.io.web import text, url
 from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.api import Session
-    from deconvviz.search import TopKHit, TopKResult
-    from deconvviz.sources import Data, ImageSource
+    from deconvviz.analysis.topk.result import TopKHit, TopKResult
+    from deconvviz.io.sources import Data, ImageSource
+    from deconvviz.models.session import Session
 
-SCHEMA_VERSION = 1
 PAPER_LAYERS = SCAN_LAYERS
 """Default layers where the model has these aliases (VGG16): one per block from the second on (as top_k)."""
 
@@ -152,18 +154,24 @@ def build_report(
         StateError: ``resume`` with the saved state of another scan.
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
-    from deconvviz import distributed
-    from deconvviz.api import resolve_device, session
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.analysis.topk.options import ScanOptions
+    from deconvviz.analysis.topk.scan import keep_strongest, result_of, run_scan, silent_channels
+    from deconvviz.io.sources import image_source
     from deconvviz.methods import get_method
-    from deconvviz.search import image_source, keep_strongest, result_of, scan, silent_channels
-    from deconvviz.viz import Scaling
+    from deconvviz.models.session import resolve_device, session
+    from deconvviz.viz.scaling import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
     scanned, strongest, ranking = _channel_choice(channels)
+    options = ScanOptions.of(
+        k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
+    )
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
-    source = image_source(folder, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+    # bad input fails before the model loads
+    source = image_source(folder, limit=options.limit, sample=options.sample, seed=options.seed)
     if per_image and source.paths is None:
         raise ReportError("per-image pages need image files; a data set has none (leave out per_image)")
     if isinstance(model, str):
@@ -190,18 +198,9 @@ def build_report(
     if ranks.rank == 0 and not resume:
         remove_owned(state)  # an older run's state must not be mixed into this one
     distributed.barrier(ranks)
-    found = scan(
-        current.model,
-        source,
-        layers=chosen,
-        k=k,
-        channels=scanned,
-        batch_size=batch_size,
-        progress=progress,
-        state=state,
-        resume=resume,
-        save_every=save_every,
-    )
+    # the source already holds the chosen images: the scan takes them all
+    scanning = options.but(layers=tuple(chosen), channels=scanned, limit=None, sample=None)
+    found = run_scan(current.model, source, scanning, progress=progress, state=state)
     census = _Census(
         scanned={layer: len(found.selected[layer]) for layer in found.layers}, silent=silent_channels(found)
     )
@@ -307,8 +306,8 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-    from deconvviz.api import choose_layers
-    from deconvviz.search import default_scan_layers, first_readable
+    from deconvviz.analysis.topk.scan import default_scan_layers, first_readable
+    from deconvviz.core.layers import choose_layers
 
     if layers is None:
         return default_scan_layers(current.net, source, current.preprocess)
@@ -480,7 +479,7 @@ class _Writer:
 
     def image_pages(self, paths: Sequence[Path], layers: Sequence[str]) -> list[tuple[str, str]]:
         """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
-        from deconvviz.api import render_images
+        from deconvviz.viz.folders import render_images
 
         source = self.result.source
         names = dict(zip(source.paths or [], source.names, strict=True)) if source is not None else {}
@@ -491,7 +490,7 @@ class _Writer:
             if self.progress is not None:
                 self.progress("images", done, total)
 
-        from deconvviz.viz import RenderOptions
+        from deconvviz.viz.figures import RenderOptions
 
         rendered = render_images(
             readable,
@@ -569,14 +568,8 @@ class _Writer:
         The hits are written as they are turned into JSON, a channel at a time, so a report of thousands of
         channels never holds all their dicts at once; the text is that of ``json.dumps(..., indent=2)``.
         """
-        from deconvviz.api import library_versions
-
         data = {
-            "tool": "deconvviz",
-            "kind": "report",
-            "schema_version": SCHEMA_VERSION,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": library_versions(),
+            **header("report"),
             "arguments": arguments,
             "model": self.current.name,
             "weights": str(getattr(self.current.model, "weights", "")),

@@ -10,9 +10,9 @@ switches), batched across images with one capture per image for all the layers i
 the reconstruction and the image are cropped to the unit's receptive field: the paper's
 reconstruction-beside-patch grids.
 
-Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.sources`). A scan can
-save its state at intervals and resume from it (:mod:`deconvviz.scanstate`), and under ``torchrun`` it is
-spread over the processes (:mod:`deconvviz.distributed`): each scans its share of the batches, the top-k are
+Images come from a folder tree, a text file of paths or a torch Dataset (:mod:`deconvviz.io.sources`). A scan can
+save its state at intervals and resume from it (:mod:`deconvviz.analysis.topk.state`), and under ``torchrun`` it is
+spread over the processes (:mod:`.distributed`): each scans its share of the batches, the top-k are
 merged with collectives, the projections are shared out and rank 0 gets the result.
 """
 
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,22 +29,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from deconvviz.distributed import Ranks
+from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.options import ScanOptions
+from deconvviz.analysis.topk.result import TopKHit, TopKResult
+from deconvviz.analysis.topk.tracker import TopKTracker
 from deconvviz.errors import DeconvVizError
-from deconvviz.io.jsonstream import Streamed, iter_json
-from deconvviz.scanstate import tracker_state
-from deconvviz.sources import Data, ImageSource, SearchError, find_images, image_source
+from deconvviz.io.sources import Data, ImageSource, SearchError, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-    from PIL.Image import Image
-
-    from deconvviz.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import DeconvNet
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages are ``"scan"`` and ``"project"``."""
-
-SCHEMA_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ scanning
@@ -78,274 +72,7 @@ def _collate(
     return [i for i, _ in good], batch, bad
 
 
-class TopKTracker:
-    """Streaming top-k per channel: ``k`` best (value, image, position) triples, one hit per image.
-
-    Ties keep the earlier image, so a scan in a fixed order is deterministic; :meth:`merged` combines the
-    trackers of several shards with the same rule, so the result does not depend on how the images were split.
-
-    Args:
-        channels: number of tracked channels.
-        k: how many activations to keep per channel.
-        map_shape: spatial shape of the layer's maps (to turn flat positions into rows and columns).
-        device: where the kept hits live (the scan's device: the batches never leave it).
-    """
-
-    def __init__(
-        self, channels: int, k: int, map_shape: Sequence[int] = (), device: torch.device | str = "cpu"
-    ) -> None:
-        self.k = k
-        self.map_shape = tuple(int(n) for n in map_shape)
-        self.values = torch.full((channels, k), -math.inf, dtype=torch.float64, device=device)
-        self.images = torch.full((channels, k), -1, dtype=torch.long, device=device)
-        self.positions = torch.zeros((channels, k), dtype=torch.long, device=device)  # flat index into the map
-
-    def update(self, activations: Tensor, images: Tensor) -> None:
-        """Offer a batch: ``activations`` ``(B, channels, ...)`` and the image index of each row ``(B,)``."""
-        batch, channels = activations.shape[:2]
-        device = self.values.device
-        flat = activations.detach().reshape(batch, channels, -1)
-        best, where = flat.max(dim=2)  # per image and channel: its strongest unit
-        values = torch.cat([self.values, best.t().to(device, torch.float64)], dim=1)
-        image_ids = torch.cat([self.images, images.to(device).expand(channels, batch)], dim=1)
-        positions = torch.cat([self.positions, where.t().to(device)], dim=1)
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.values = values.gather(1, order)
-        self.images = image_ids.gather(1, order)
-        self.positions = positions.gather(1, order)
-
-    @classmethod
-    def merged(cls, parts: Sequence[TopKTracker]) -> TopKTracker:
-        """One tracker from trackers of disjoint image sets: strongest first, the earlier image on ties.
-
-        That is the order a single scan over all the images in index order keeps, so a scan split over
-        several processes and merged equals the scan in one process, ties included.
-        """
-        first = parts[0]
-        values = torch.cat([p.values.to(first.values.device) for p in parts], dim=1)
-        images = torch.cat([p.images.to(first.values.device) for p in parts], dim=1)
-        positions = torch.cat([p.positions.to(first.values.device) for p in parts], dim=1)
-        # Sort by image first (empty slots, image -1, last), then stably by value: equal values stay by image.
-        key = torch.where(images < 0, torch.iinfo(torch.long).max, images)
-        by_image = torch.sort(key, dim=1, stable=True).indices
-        values, images, positions = (
-            values.gather(1, by_image),
-            images.gather(1, by_image),
-            positions.gather(1, by_image),
-        )
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : first.k]
-        out = cls(values.shape[0], first.k, first.map_shape, device=first.values.device)
-        out.values, out.images, out.positions = (
-            values.gather(1, order),
-            images.gather(1, order),
-            positions.gather(1, order),
-        )
-        return out
-
-    def state(self) -> dict[str, Any]:
-        """The kept hits as saved in a scan state (CPU tensors)."""
-        return tracker_state(self.values, self.images, self.positions, self.map_shape)
-
-    @classmethod
-    def from_state(cls, saved: dict[str, Any], device: torch.device | str = "cpu") -> TopKTracker:
-        """A tracker from :meth:`state`."""
-        values = saved["values"]
-        out = cls(values.shape[0], values.shape[1], saved["map_shape"], device=device)
-        out.values = values.to(device, torch.float64)
-        out.images = saved["images"].to(device, torch.long)
-        out.positions = saved["positions"].to(device, torch.long)
-        return out
-
-
 # ------------------------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class TopKHit:
-    """One kept activation with its projection and image patch, cropped to the unit's receptive field.
-
-    Attributes:
-        value: the activation.
-        image: path of the source image, relative to the scanned folder.
-        position: ``(row, col)`` of the unit in the layer's map.
-        box: ``(top, left, bottom, right)`` of its receptive field in the preprocessed image, clipped.
-        reconstruction: ``(C, h, w)`` projection cropped to ``box``, input space.
-        patch: ``(C, h, w)`` the preprocessed image cropped to ``box``, input space.
-    """
-
-    value: float
-    image: str
-    position: tuple[int, int]
-    box: tuple[int, int, int, int]
-    reconstruction: Tensor = field(repr=False)
-    patch: Tensor = field(repr=False)
-
-
-@dataclass(frozen=True)
-class TopKResult:
-    """The top-k activations of the chosen channels of each layer across a data set, with projections.
-
-    Attributes:
-        model: name of the model.
-        folder: where the images came from (the scanned folder, the list file, or the data set's class).
-        layers: the layers as asked for (aliases or node names).
-        nodes: the node name of each layer.
-        k: hits kept per channel.
-        images: the name of every image that was scanned (relative to ``folder``, or ``#index`` in a data set).
-        skipped: ``(image, error)`` for every file that could not be read.
-        hits: ``hits[layer][channel]``: the hits of that channel, strongest first (fewer than ``k`` when the
-            folder has fewer readable images).
-        to_image: the model's input-space -> PIL conversion, for display.
-        source: the scanned images (to read an image again by its name).
-        method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).
-    """
-
-    model: str
-    folder: str
-    layers: tuple[str, ...]
-    nodes: tuple[str, ...]
-    k: int
-    images: tuple[str, ...]
-    skipped: tuple[tuple[str, str], ...]
-    hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
-    to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
-    source: ImageSource | None = field(default=None, repr=False, compare=False)
-    method: str = "deconvnet"
-
-    @property
-    def readable(self) -> int:
-        """How many of the scanned images could be read (``images`` less ``skipped``)."""
-        return len(self.images) - len(self.skipped)
-
-    @property
-    def grid_side(self) -> int:
-        """Columns of the square-ish grid that shows ``k`` hits (3 for the paper's 9)."""
-        return max(1, math.ceil(math.sqrt(self.k)))
-
-    def channels(self, layer: str) -> list[int]:
-        """The channels kept for ``layer``."""
-        return list(self._layer(layer))
-
-    def _layer(self, layer: str) -> dict[int, tuple[TopKHit, ...]]:
-        if layer not in self.hits:
-            raise SearchError(f"layer {layer!r} was not searched; searched: {', '.join(self.layers)}")
-        return self.hits[layer]
-
-    def _hits(self, layer: str, channel: int) -> tuple[TopKHit, ...]:
-        per_layer = self._layer(layer)
-        if channel not in per_layer:
-            raise SearchError(f"channel {channel} of {layer!r} was not searched; searched: {sorted(per_layer)}")
-        return per_layer[channel]
-
-    def reconstruction_rgb(self, layer: str, channel: int, rank: int, scale: str | None = None) -> Any:
-        """A hit's cropped reconstruction as an ``(h, w, 3)`` uint8 array (scaled as :func:`deconvviz.viz.to_rgb`)."""
-        from deconvviz.viz import to_rgb
-
-        return to_rgb(self._hits(layer, channel)[rank].reconstruction, scale)
-
-    def patch_pil(self, layer: str, channel: int, rank: int) -> Image:
-        """A hit's image patch as a PIL image."""
-        from deconvviz.viz import input_to_pil
-
-        return input_to_pil(self._hits(layer, channel)[rank].patch, self.to_image)
-
-    def figure(self, layer: str, channel: int, *, scale: str | None = None, size: float = 1.3) -> tuple[Figure, Any]:
-        """The paper's layout for one channel: a grid of reconstructions beside a grid of the image patches.
-
-        Returns:
-            ``(figure, axes)`` with axes of shape ``(rows, 2 * columns)``; the figure is not shown.
-        """
-        from matplotlib.figure import Figure
-
-        hits = self._hits(layer, channel)
-        side = self.grid_side
-        rows = max(1, math.ceil(self.k / side))
-        fig = Figure(figsize=(size * 2 * side + 0.3, size * rows + 0.5))
-        axes = fig.subplots(
-            rows, 2 * side + 1, squeeze=False, gridspec_kw={"width_ratios": [1] * side + [0.15] + [1] * side}
-        )
-        for ax in axes.flat:
-            ax.axis("off")
-        for rank, _hit in enumerate(hits):
-            r, c = divmod(rank, side)
-            axes[r, c].imshow(self.reconstruction_rgb(layer, channel, rank, scale))
-            axes[r, side + 1 + c].imshow(self.patch_pil(layer, channel, rank))
-        fig.suptitle(f"{layer} channel {channel}: top {len(hits)} of {len(self.images)} images", fontsize=9)
-        fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.9)
-        keep = [c for c in range(2 * side + 1) if c != side]
-        return fig, axes[:, keep]
-
-    def _repr_html_(self) -> str:
-        """An overview for notebooks: per layer, each channel's strongest hit above the patch it came from."""
-        from deconvviz.viz.html import topk_overview
-
-        return topk_overview(self)
-
-    def to_dict(self, *, stream: bool = False) -> dict[str, Any]:
-        """Everything but the pixels, JSON-ready.
-
-        Args:
-            stream: give the large parts (the layers' hits, the images, the skipped ones) as :class:`Streamed`
-                arrays and objects, made one item at a time as :func:`iter_json` writes them, so that a report of
-                millions of hits never holds all their dicts at once. ``iter_json`` writes the same text for both.
-        """
-
-        def hits(layer: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-            for channel, kept in self.hits[layer].items():
-                yield (
-                    str(channel),
-                    [
-                        {"value": h.value, "image": h.image, "position": list(h.position), "box": list(h.box)}
-                        for h in kept
-                    ],
-                )
-
-        def layers() -> Iterator[dict[str, Any]]:
-            for layer, node in zip(self.layers, self.nodes, strict=True):
-                channels = Streamed(functools.partial(hits, layer), pairs=True)
-                yield {"layer": layer, "node": node, "channels": channels if stream else channels.materialize()}
-
-        def skipped() -> Iterator[dict[str, str]]:
-            return ({"image": image, "error": error} for image, error in self.skipped)
-
-        parts = {
-            "layers": Streamed(layers),
-            "images": Streamed(lambda: iter(self.images)),
-            "skipped": Streamed(skipped),
-        }
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "folder": self.folder,
-            "k": self.k,
-            "method": self.method,
-            **{name: part if stream else part.materialize() for name, part in parts.items()},
-        }
-
-    def save(self, directory: str | Path, *, scale: str | None = None) -> Path:
-        """Write one figure per layer and channel (PNG) and ``topk.json`` as the folder ``directory``; return it.
-
-        The folder is written as every result folder is (see :mod:`deconvviz.io`): whole or not at all, replacing
-        an earlier result but never a folder deconvviz did not write.
-        """
-        from deconvviz.io import NameMap, stage_folders
-        from deconvviz.viz import figure_png
-
-        out = Path(directory)
-        names = NameMap(fallback="layer")
-        with stage_folders([out], kind="topk", replace=True) as (staging,):
-            for layer in self.layers:
-                stem = names.add(layer)
-                for channel in self.hits[layer]:
-                    fig, _ = self.figure(layer, channel, scale=scale)
-                    (staging / f"{stem}_ch{channel:04d}.png").write_bytes(figure_png(fig))
-            with (staging / "topk.json").open("w", encoding="utf-8") as handle:
-                handle.writelines(iter_json(self.to_dict(stream=True), indent=2))
-        return out
-
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{layer}: {len(self.hits[layer])} channels" for layer in self.layers)
-        return f"TopKResult(model={self.model!r}, images={len(self.images)}, k={self.k}, {counts})"
 
 
 # ------------------------------------------------------------------------------------------------- top_k
@@ -393,7 +120,7 @@ class ScanResult:
 
 
 def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callable[[Any], Tensor]) -> list[str]:
-    """The layers a scan looks at when none are given: :func:`deconvviz.api.scan_layers` (as the report does).
+    """The layers a scan looks at when none are given: :func:`deconvviz.core.layers.scan_layers` (as the report does).
 
     Those are ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these aliases; else the first readable
     image tells each layer's size and the deepest four of the default layers are taken.
@@ -401,7 +128,7 @@ def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callabl
     Raises:
         SearchError: no image of ``source`` can be read (only asked where the model has no such aliases).
     """
-    from deconvviz.api import SCAN_LAYERS, scan_layers
+    from deconvviz.core.layers import SCAN_LAYERS, scan_layers
 
     if all(name in net.aliases for name in SCAN_LAYERS):  # no picture needed
         return list(SCAN_LAYERS)
@@ -435,7 +162,7 @@ def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
 def _fingerprint(
     loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
 ) -> dict[str, Any]:
-    from deconvviz.scanstate import parameters_digest
+    from deconvviz.analysis.topk.state import parameters_digest
 
     return {
         "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
@@ -473,17 +200,38 @@ def scan(
 
     Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
-    from deconvviz import distributed
-    from deconvviz.deconvnet import DeconvNet
-    from deconvviz.scanstate import ScanState, load_state, save_state, state_file
+    options = ScanOptions.of(
+        layers,
+        k=k,
+        channels=channels,
+        batch_size=batch_size,
+        workers=workers,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        resume=resume,
+        save_every=save_every,
+    )
+    return run_scan(model, data, options, device=device, progress=progress, state=state)
 
-    if k < 1:
-        raise SearchError(f"k must be at least 1, got {k}")
-    if batch_size < 1:
-        raise SearchError(f"batch_size must be at least 1, got {batch_size}")
-    if save_every < 0:
-        raise SearchError(f"save_every must be 0 or more seconds, got {save_every}")
-    source = image_source(data, limit=limit, sample=sample, seed=seed)  # bad input fails before the model loads
+
+def run_scan(
+    model: Any,
+    data: Data,
+    options: ScanOptions,
+    *,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    state: str | Path | None = None,
+) -> ScanResult:
+    """:func:`scan` with its options in one object (:class:`~deconvviz.analysis.topk.options.ScanOptions`)."""
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.analysis.topk.state import ScanState, load_state, save_state, state_file
+    from deconvviz.core.deconvnet import DeconvNet
+
+    layers, k, channels, batch_size = options.layers, options.k, options.channels, options.batch_size
+    # bad input fails before the model loads
+    source = image_source(data, limit=options.limit, sample=options.sample, seed=options.seed)
     loaded = _loaded(model, device)
     where = _device_of(loaded)
     ranks = distributed.setup(where)
@@ -499,7 +247,7 @@ def scan(
     start = 0
     path = state_file(state, ranks.rank, ranks.world) if state is not None else None
     fingerprint = _fingerprint(loaded, nodes, k, channels, batch_size, source, ranks) if path is not None else {}
-    if path is not None and resume:
+    if path is not None and options.resume:
         saved = load_state(path, fingerprint)
         if saved is not None:
             trackers = {layer: TopKTracker.from_state(t, where) for layer, t in saved.trackers.items()}
@@ -534,7 +282,7 @@ def scan(
     loader = torch.utils.data.DataLoader(
         _Images(source, prepare),
         batch_sampler=mine[start:],
-        num_workers=workers,
+        num_workers=options.workers,
         collate_fn=_collate,
         pin_memory=on_gpu,  # page-locked batches: the copy to the GPU overlaps the next batch's reading
     )
@@ -555,7 +303,7 @@ def scan(
             net.visit_activations(x, chosen_layers, visit)
         # The first save comes after save_every seconds (a short scan leaves no state behind), then one every
         # save_every seconds and one at the end, so that a crash while projecting need not scan again.
-        if path is not None and (time.monotonic() - last_save >= save_every or (step == len(mine) and kept)):
+        if path is not None and (time.monotonic() - last_save >= options.save_every or (step == len(mine) and kept)):
             save(step)
             kept, last_save = True, time.monotonic()
         if progress is not None:
@@ -588,7 +336,7 @@ def _merge_ranks(
     k: int,
 ) -> tuple[dict[str, TopKTracker], dict[str, list[int]], list[tuple[int, str]]]:
     """Every process's top-k merged into one, on every process (tensors through all_gather)."""
-    from deconvviz import distributed
+    from deconvviz.analysis.topk import distributed
 
     # A process whose shard held no readable image has no tracker yet: it learns the shapes from the others.
     shapes = {layer: (selected[layer], t.map_shape) for layer, t in trackers.items()}
@@ -650,7 +398,7 @@ def top_k(
             ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
             Unreadable images are skipped and listed in the result.
         layers: layer names or aliases; default: ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these
-            aliases (VGG16), else the deepest four of :func:`deconvviz.api.default_layers` (as the report).
+            aliases (VGG16), else the deepest four of :func:`deconvviz.core.layers.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
         batch_size: images per forward pass.
@@ -684,24 +432,20 @@ def top_k(
     from deconvviz.methods import get_method
 
     method = get_method(method).name  # an unknown method fails before the scan
-    found = scan(
-        model,
-        data,
+    options = ScanOptions.of(
         layers,
-        k,
-        channels,
+        k=k,
+        channels=channels,
         batch_size=batch_size,
-        device=device,
         workers=workers,
-        progress=progress,
         limit=limit,
         sample=sample,
         seed=seed,
-        state=state,
         resume=resume,
         save_every=save_every,
     )
-    return result_of(found, k, batch_size, progress, method=method)
+    found = run_scan(model, data, options, device=device, progress=progress, state=state)
+    return result_of(found, options.k, options.batch_size, progress, method=method)
 
 
 def silent_channels(found: ScanResult) -> dict[str, list[int]]:
@@ -766,8 +510,8 @@ def _device_of(loaded: Any) -> torch.device:
 
 
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
-    from deconvviz import distributed
-    from deconvviz.models import load_model
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.models.zoo import load_model
 
     if isinstance(model, str):
         return load_model(model, device=distributed.rank_device(str(device or "cpu")))
@@ -815,8 +559,8 @@ def project_hits(
     captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
     rank ``b % world`` and rank 0 collects the hits (the other ranks get ``{}`` per layer).
     """
-    from deconvviz import distributed
-    from deconvviz.receptive import receptive_fields
+    from deconvviz.analysis.topk import distributed
+    from deconvviz.core.receptive import receptive_fields
 
     net, loaded, source, ranks = found.net, found.loaded, found.source, found.ranks
     layers, trackers, selected = list(dict.fromkeys(found.layers)), found.trackers, found.selected
@@ -881,15 +625,9 @@ def project_hits(
 
 __all__ = [
     "ScanResult",
-    "SearchError",
-    "Streamed",
-    "TopKHit",
-    "TopKResult",
-    "TopKTracker",
-    "find_images",
-    "iter_json",
     "project_hits",
     "result_of",
+    "run_scan",
     "scan",
     "top_k",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +63,10 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     # (d)'s legend gets a right margin of its own: 7-pt text is about 0.055 inch a character, plus the swatch.
     key = (0.5 + 0.055 * max(len(e) for e in entries)) if entries else 0.0
     width = size * panels + 1.2 + key
-    fig, grid = plt.subplots(1, panels, figsize=(width, size * 1.45), squeeze=False)
+    from deconvviz.viz.canvas import Figure
+
+    fig = Figure(figsize=(width, size * 1.45))
+    grid = fig.subplots(1, panels, squeeze=False)
     axes = grid[0]
     extent = _extent(result)
     box = None
@@ -103,7 +106,7 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         _colorbar(fig, ax, im)
 
         ax = axes[4]
-        palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+        palette = matplotlib.colormaps["tab10" if len(shown) <= 10 else "tab20"]
         colours = {cls: palette(i % palette.N) for i, (cls, _, _) in enumerate(shown)}
         labels = result.labels.numpy()
         rgba = np.zeros((*labels.shape, 4))
@@ -170,9 +173,12 @@ def correspondence_figure(result: CorrespondenceResult, *, size: float = 1.0) ->
     """
     rows = [*result.parts, "random"]
     layers = list(result.layers)
-    fig, ax = plt.subplots(figsize=(size * (2.2 + 1.1 * len(layers) * len(rows) * 0.45), size * 3.4))
+    from deconvviz.viz.canvas import Figure
+
+    fig = Figure(figsize=(size * (2.2 + 1.1 * len(layers) * len(rows) * 0.45), size * 3.4))
+    ax = fig.subplots()
     width = 0.8 / len(rows)
-    palette = plt.get_cmap("tab10")
+    palette = matplotlib.colormaps["tab10"]
     for i, part in enumerate(rows):
         means = [result.mean(part, layer) for layer in layers]
         stds = [result.std(part, layer) for layer in layers]

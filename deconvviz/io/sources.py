@@ -157,8 +157,8 @@ def find_images(folder: str | Path) -> list[Path]:
     Raises:
         SearchError: the folder does not exist, is not a folder, is a deconvviz result, or holds no image files.
     """
-    from deconvviz.images import IMAGE_SUFFIXES
-    from deconvviz.io import MARKER, owned
+    from deconvviz.io.atomic import MARKER, owned
+    from deconvviz.io.images import IMAGE_SUFFIXES
 
     root = Path(folder)
     if not root.exists():
@@ -180,7 +180,7 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def _open_file(path: Path) -> Image:
-    from deconvviz.images import load_image
+    from deconvviz.io.images import load_image
 
     return load_image(path)
 
@@ -193,7 +193,7 @@ def _folder(root: Path) -> ImageSource:
 
 
 def _list_file(listing: Path) -> ImageSource:
-    from deconvviz.images import IMAGE_SUFFIXES
+    from deconvviz.io.images import IMAGE_SUFFIXES
 
     if listing.suffix.lower() in IMAGE_SUFFIXES:
         raise SearchError(f"{str(listing)!r} is a picture, not a folder or a list of images; give its folder")

@@ -15,29 +15,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deconvviz.errors import RenderError
-from deconvviz.io import clean_name, write_file
-from deconvviz.viz import (
-    Box,
+from deconvviz.io.atomic import write_file
+from deconvviz.io.names import clean_name
+from deconvviz.viz.figures import (
     RenderOptions,
-    crop,
-    enlarge,
+    base_picture,
     figure_png,
-    input_to_pil,
     layers_figure,
-    mosaic,
-    overlay,
     projection_figure,
-    to_rgb,
     view,
     view_box,
 )
-from deconvviz.viz.figures import base_picture
+from deconvviz.viz.pictures import Box, crop, enlarge, input_to_pil, mosaic, overlay
+from deconvviz.viz.scaling import to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.projection import Projection
+    from deconvviz.core.projection import Projection
 
 VIEW_MIN = 112
 """Reconstruction files cut to a small receptive field are enlarged (pixels repeated) to at least this side."""

@@ -1,7 +1,7 @@
 """The result of a projection: reconstructions in input space plus what was seeded.
 
 A :class:`Projection` is data. Its picture methods (:meth:`~Projection.rgb`, :meth:`~Projection.figure`,
-``_repr_png_``, :meth:`~Projection.save`) hand over to :mod:`deconvviz.viz` and :mod:`deconvviz.render`,
+``_repr_png_``, :meth:`~Projection.save`) hand over to :mod:`deconvviz.viz` and :mod:`deconvviz.viz.render`,
 which take results; nothing here draws.
 """
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from deconvviz.viz import RenderOptions, Scaling
+    from deconvviz.core.steps import ProjectionSteps
+    from deconvviz.viz.figures import RenderOptions
+    from deconvviz.viz.scaling import Scaling
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Projection:
             (see :func:`deconvviz.visualize`).
         label: what was projected, when it is not a channel of a layer (a class score: ``"class 281 tabby"``).
         method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).
+        steps: the signal after every mirrored op, seed to input, when the projection was asked for them
+            (``project(..., steps=True)``; see :class:`~deconvviz.core.steps.ProjectionSteps`), else None.
 
     Example:
         >>> p = dv.DeconvNet(model).project(x, "conv5_3", top=9)  # doctest: +SKIP
@@ -76,6 +80,7 @@ class Projection:
     prefer_inside: bool = False
     label: str | None = None
     method: str = "deconvnet"
+    steps: ProjectionSteps | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -166,6 +171,6 @@ class Projection:
         Returns:
             The paths written.
         """
-        from deconvviz.render import save_projection
+        from deconvviz.viz.render import save_projection
 
         return save_projection(self, Path(directory), options, summary=summary)

@@ -1,7 +1,7 @@
 """Named models with their weights, preprocessing, layer aliases and class names.
 
 A :class:`ModelSpec` says how to build a network, where its trained weights come from (a
-:class:`~deconvviz.weights.WeightSource`), how images are turned into its input (:class:`Preprocessing`),
+:class:`~deconvviz.models.weights.sources.WeightSource`), how images are turned into its input (:class:`Preprocessing`),
 which short layer names it answers to (``conv5_3``) and its class names. Specs live in a registry that the
 command line lists; :func:`load_model` turns a name into a :class:`LoadedModel`, ready for
 :class:`deconvviz.DeconvNet`.
@@ -38,8 +38,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.images import ImageError, as_rgb, load_image
-from deconvviz.weights import (
+from deconvviz.io.images import ImageError, as_rgb, load_image
+from deconvviz.models.weights.sources import (
     DEEPSCALE_SQUEEZENET1_1,
     EFFICIENTNET_LITE0,
     EFFICIENTNET_LITE0_STAGES,
@@ -243,7 +243,8 @@ class ModelSpec:
     Attributes:
         name: registry name, e.g. ``"vgg16"``.
         builder: makes the architecture (weights are loaded into it afterwards).
-        weights: where the trained weights come from: a :class:`~deconvviz.weights.WeightSource`, a function
+        weights: where the trained weights come from: a :class:`~deconvviz.models.weights.sources.WeightSource`,
+            a function
             returning a state dict, or None to keep what ``builder`` made (self-contained or random weights).
         preprocessing: how pictures become the model's input.
         aliases: short layer names -> qualified node names (``{"conv5_3": "features.29"}``).
@@ -378,7 +379,7 @@ class LoadedModel:
         Raises:
             ModelError: the model has no classifier, or its output does not match its class names.
         """
-        from deconvviz.graph import evaluating
+        from deconvviz.core.graph import evaluating
 
         if self.labels is None:
             raise ModelError(f"model {self.name!r} has no classifier (no class names); it cannot classify")
@@ -492,7 +493,8 @@ class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 (Tan & Le 2019, TensorFlow's mobile "Lite" variant): no squeeze-and-excitation, ReLU6.
 
     ``features.0`` is the 3x3 stem, ``features.1`` ... ``features.7`` the seven inverted-residual stages
-    (:data:`~deconvviz.weights.EFFICIENTNET_LITE0_STAGES`), ``features.8`` the 1x1 head to 1280 channels; then
+    (:data:`~deconvviz.models.weights.sources.EFFICIENTNET_LITE0_STAGES`),
+    ``features.8`` the 1x1 head to 1280 channels; then
     global average pooling and the 1000-class classifier. Convolutions are padded as TensorFlow's 'same'
     padding pads an input of ``size`` pixels (at 224, strided ones one pixel more at the bottom and right), as
     the weights were trained; :func:`load_model` builds it for the preprocessing's size, so ``--size 300`` pads

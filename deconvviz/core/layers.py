@@ -1,0 +1,103 @@
+"""Which layers to look at: the projectable ones by name, a sensible default set, the layers of a scan."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from deconvviz.core.deconvnet import DeconvNet
+
+
+def _is_pool(net: DeconvNet, node: str) -> bool:
+    from torch import nn
+
+    module = dict(net.model.named_modules()).get(node)
+    pools = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    return isinstance(module, pools) or "pool" in node.rsplit(".", 1)[-1].lower()
+
+
+def layer_names(net: DeconvNet) -> list[str]:
+    """The layers worth offering by name, input to output: aliases if the model has them, else node names.
+
+    Only projectable layers are listed; an alias is listed once even when several aliases name one node.
+    """
+    projectable = net.layers
+    if not net.aliases:
+        return projectable
+    order = {name: i for i, name in enumerate(projectable)}
+    named = [(alias, node) for alias, node in net.aliases.items() if node in order]
+    seen: set[str] = set()
+    result = []
+    for alias, node in sorted(named, key=lambda pair: order[pair[1]]):
+        if node not in seen:
+            seen.add(node)
+            result.append(alias)
+    return result
+
+
+def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
+    """A sensible set of layers to look at: the last non-pooling layer at each resolution.
+
+    For VGG16 with its aliases this is ``conv1_2, conv2_2, conv3_3, conv4_3, conv5_3``, the five blocks'
+    last (rectified) convolutions; other models get the end of each of their stages.
+
+    Args:
+        net: the deconvnet.
+        x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
+        limit: the most layers returned (the deepest are kept).
+    """
+    candidates = [name for name in layer_names(net) if not _is_pool(net, net.resolve(name))]
+    if not candidates:
+        return layer_names(net)[-1:]
+    shapes = {name: tuple(act.shape) for name, act in net.activations(x, candidates).items()}
+    spatial = [name for name in candidates if len(shapes[name]) == 4]
+    if not spatial:
+        return candidates[-1:]
+    chosen: list[str] = []
+    for name, following in zip(spatial, [*spatial[1:], None], strict=True):
+        if following is None or shapes[following][2:] != shapes[name][2:]:
+            chosen.append(name)
+    return chosen[-limit:]
+
+
+SCAN_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")
+"""Default layers of a scan over a data set (``top_k`` and ``report``) where the model has these aliases."""
+
+
+def scan_layers(net: DeconvNet, x: Tensor) -> list[str]:
+    """The default layers of a scan over a data set (:func:`deconvviz.top_k` and the report, alike).
+
+    ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these aliases (VGG16: one per block from the
+    second on, as in the paper's Fig. 2), else the deepest four of :func:`default_layers`.
+
+    Args:
+        net: the deconvnet.
+        x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
+    """
+    if all(name in net.aliases for name in SCAN_LAYERS):
+        return list(SCAN_LAYERS)
+    return default_layers(net, x)[-4:]
+
+
+def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor) -> list[str]:
+    """The layers to render: None -> :func:`default_layers`; ``"all"`` -> :func:`layer_names`; else as given.
+
+    Names may be node names or aliases; a comma-separated string is split.
+
+    Raises:
+        LayerNotFoundError: an unknown name (close names are suggested).
+    """
+    if layers is None:
+        return default_layers(net, x)
+    names = [layers] if isinstance(layers, str) else list(layers)
+    flat = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    if not flat:
+        return default_layers(net, x)
+    if any(name.lower() == "all" for name in flat):
+        return layer_names(net)
+    for name in flat:
+        net.resolve(name)
+    return list(dict.fromkeys(flat))

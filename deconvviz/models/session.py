@@ -1,0 +1,160 @@
+"""The session cache: a model and its deconvnet, loaded once per name, device and size."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from deconvviz.errors import DeconvVizError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image
+    from torch import Tensor
+
+    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.models.zoo import LoadedModel
+
+
+DEFAULT_MODEL = "vgg16"
+
+
+MAX_SIZE = 2048
+"""The largest ``size`` accepted: at 2048 px one of VGG16's first activations already takes 1 GB in float32, and
+the reverse pass holds one such tensor per reconstruction."""
+
+
+class DeviceError(DeconvVizError, ValueError):
+    """A device name that is malformed or not available on this machine."""
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device to use: ``"auto"`` (or None) picks ``"cuda"`` when available, else ``"cpu"``.
+
+    Raises:
+        DeviceError: an unknown device, or CUDA asked for on a machine without it.
+    """
+    import torch
+
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif parsed.type not in ("cpu", "mps"):
+        raise DeviceError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    return name
+
+
+@dataclass
+class Session:
+    """A loaded model together with its deconvnet, ready to project pictures.
+
+    Attributes:
+        model: the loaded model (see :func:`deconvviz.load_model`).
+        net: the deconvnet attached to it.
+    """
+
+    model: LoadedModel
+    net: DeconvNet
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return str(getattr(self.model, "name", type(self.model.module).__name__))
+
+    @property
+    def channel_order(self) -> str:
+        """The colour order of the model's input channels (``"RGB"`` unless the preprocessing says otherwise)."""
+        return _channel_order(self.model)
+
+    def preprocess(self, image: str | os.PathLike[str] | Image | Tensor, *, full_image: bool = False) -> Tensor:
+        """A picture (path, PIL image, or an already preprocessed ``(1, C, H, W)`` tensor) as model input."""
+        import torch
+
+        if isinstance(image, torch.Tensor):
+            return image
+        if isinstance(image, str | os.PathLike):
+            from deconvviz.io.images import load_image
+
+            image = load_image(image)
+        return self.model.preprocess(image, full_image=full_image)
+
+
+_SESSIONS: OrderedDict[tuple[Any, ...], Session] = OrderedDict()
+
+
+_SESSIONS_LOCK = threading.Lock()
+
+
+_SESSIONS_KEPT = 2
+
+
+def session(
+    model: str | LoadedModel | Session = DEFAULT_MODEL, *, device: str | None = "auto", size: int | None = None
+) -> Session:
+    """A model and its deconvnet, loaded once: later calls with the same name, device and size reuse them.
+
+    Args:
+        model: a model name (``"vgg16"``, ``"resnet18:torchvision"``, ``"pkg.module:function"``, see
+            :func:`deconvviz.list_models`), an already loaded model, or a session.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; used when ``model`` is a name.
+        size: the side of the square pictures are resized and cropped to, instead of the model's own.
+
+    Returns:
+        The :class:`Session`.
+
+    Raises:
+        DeconvVizError: unknown model, weights that cannot be had, a bad device or size.
+    """
+    from deconvviz.core.deconvnet import DeconvNet
+
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DeconvVizError(f"size must be a positive number of pixels, got {size!r}")
+    if size is not None and size > MAX_SIZE:
+        raise DeconvVizError(
+            f"size {size} is more than {MAX_SIZE} pixels (memory grows with the square of the size); "
+            "choose a smaller --size"
+        )
+    if isinstance(model, Session):
+        if size is None or size == model.model.preprocessing.size:
+            return model
+        model = model.model
+    if not isinstance(model, str):
+        if size is not None and size != model.preprocessing.size:
+            before = model.preprocessing
+            resize = None if before.resize is not None and before.resize < size else before.resize
+            model = dataclasses.replace(model, preprocessing=dataclasses.replace(before, size=size, resize=resize))
+        return Session(model=model, net=DeconvNet(model))
+    from deconvviz.models import zoo as _models
+
+    resolved = resolve_device(device)
+    spec = next((s for s in _models.list_models() if s.name == model), None)
+    key = (model, resolved, size, id(spec))
+    with _SESSIONS_LOCK:
+        found = _SESSIONS.get(key)
+        if found is not None:
+            _SESSIONS.move_to_end(key)
+            return found
+    loaded = _models.load_model(model, device=resolved, size=size)
+    made = Session(model=loaded, net=DeconvNet(loaded))
+    with _SESSIONS_LOCK:
+        _SESSIONS[key] = made
+        while len(_SESSIONS) > _SESSIONS_KEPT:
+            _SESSIONS.popitem(last=False)
+    return made
+
+
+def _channel_order(model: Any) -> str:
+    order = getattr(getattr(model, "preprocessing", None), "channel_order", "RGB")
+    return order.upper() if isinstance(order, str) and sorted(order.upper()) == ["B", "G", "R"] else "RGB"

@@ -1,0 +1,74 @@
+"""Every result's picture, in one place: the one seam between results (data) and drawing.
+
+Results do not draw: their ``figure()``, ``save()`` and notebook methods call :func:`deconvviz.analysis.base.viz`,
+which imports this module, and nothing else of :mod:`deconvviz.viz`. :func:`figure_of` picks the drawing by
+the result's ``kind``; the drawings themselves live in :mod:`deconvviz.viz.plots` (invariance, evolution,
+sanity), :mod:`deconvviz.viz.part_plots` (occlusion, correspondence) and here (a top-k channel's grid).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from deconvviz.viz.figures import figure_png
+from deconvviz.viz.html import topk_overview
+from deconvviz.viz.part_plots import correspondence_figure, occlusion_figure
+from deconvviz.viz.pictures import input_to_pil
+from deconvviz.viz.plots import evolution_figure, invariance_figure, sanity_figure
+from deconvviz.viz.scaling import to_rgb
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from deconvviz.analysis.topk.result import TopKResult
+
+
+def topk_figure(
+    result: TopKResult, layer: str, channel: int, *, scale: str | None = None, size: float = 1.3
+) -> tuple[Figure, Any]:
+    """The paper's layout for one channel of a top-k search: its reconstructions beside the image patches."""
+    from deconvviz.viz.canvas import Figure
+
+    hits = result.channel_hits(layer, channel)
+    side = result.grid_side
+    rows = max(1, math.ceil(result.k / side))
+    fig = Figure(figsize=(size * 2 * side + 0.3, size * rows + 0.5))
+    axes = fig.subplots(
+        rows, 2 * side + 1, squeeze=False, gridspec_kw={"width_ratios": [1] * side + [0.15] + [1] * side}
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for rank, _hit in enumerate(hits):
+        r, c = divmod(rank, side)
+        axes[r, c].imshow(result.reconstruction_rgb(layer, channel, rank, scale))
+        axes[r, side + 1 + c].imshow(result.patch_pil(layer, channel, rank))
+    fig.suptitle(f"{layer} channel {channel}: top {len(hits)} of {len(result.images)} images", fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.9)
+    keep = [c for c in range(2 * side + 1) if c != side]
+    return fig, axes[:, keep]
+
+
+FIGURES: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "occlusion": occlusion_figure,
+    "correspondence": correspondence_figure,
+    "invariance": invariance_figure,
+    "evolution": evolution_figure,
+    "sanity": sanity_figure,
+    "topk": topk_figure,
+}
+"""The drawing of each kind of result (``result.kind``)."""
+
+
+def figure_of(result: Any, *args: Any, **kwargs: Any) -> tuple[Figure, Any]:
+    """The figure of any result, by its ``kind`` (see :data:`FIGURES`); returned, never shown."""
+    return FIGURES[result.kind](result, *args, **kwargs)
+
+
+def png_of(fig: Figure, dpi: float = 100) -> bytes:
+    """A figure as PNG bytes (figures here are not pyplot's, so there is nothing to close)."""
+    return figure_png(fig, dpi)
+
+
+__all__ = ["FIGURES", "figure_of", "figure_png", "input_to_pil", "png_of", "to_rgb", "topk_figure", "topk_overview"]
