@@ -575,3 +575,40 @@ def test_layers_command_says_which_layers_autograd_mirrors_and_which_fields_are_
     assert "(measured)" in rows["swish_beta"]
     assert rows["unfold"].split()[-1] == "autograd"
     assert "mirrored by autograd" in result.stdout
+
+
+def test_the_fallbacks_table_is_the_rule_sets() -> None:
+    deconvnet = fallback.registry_table("deconvnet")
+    for fn in (F.relu, F.relu_, torch.Tensor.relu, F.selu_, F.celu_, F.silu, F.gelu):
+        assert deconvnet[fn] == "rectifier", fn
+    for fn in (torch.sigmoid, torch.Tensor.sigmoid, F.softmax, torch.Tensor.softmax):
+        assert deconvnet[fn] == "gate", fn
+    assert deconvnet[F.layer_norm] == "held_norm"
+    assert deconvnet[F.scaled_dot_product_attention] == "held_attention"
+    assert F.softmax not in fallback.registry_table("gradient")  # the gradient holds nothing
+
+
+class TopK(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = torch.topk(self.conv(x), 2, dim=1)[0]
+        left, right = torch.split(values, 1, dim=1)
+        return self.conv2(torch.cat([right, left], 1))
+
+
+def test_tuple_outputs_without_a_rule_are_mirrored_through_their_indexing() -> None:
+    model = TopK().double().eval()
+    net = dv.DeconvNet(model)
+    assert net.mirrors()["topk"] == "autograd"
+    assert net.layers[-1] == "conv2"
+    x = _rand(1, 3, 6, 6)
+    p = net.project(x, layer="conv2", channel=[0, 1], method="gradient")
+    seeds = unit_seeds(model(x).detach(), list(p.channels), list(p.positions))
+    leaf = x.clone().requires_grad_(True)
+    y = model(leaf)
+    expected = torch.stack([torch.autograd.grad(y, leaf, s.unsqueeze(0), retain_graph=True)[0][0] for s in seeds])
+    assert relative_error(p.image, expected) <= 1e-10
