@@ -97,10 +97,18 @@ class Probe:
             node: the op.
             inputs: the fields of its signal-carrying inputs, in order (None for a held input).
         """
-        from deconvviz.ops.geometry import ReceptiveField
+        from deconvviz.ops.geometry import ReceptiveField, UnknownGeometryError
 
         self.measured.add(node)
-        capture = self._run()
+        try:
+            capture = self._run()
+        except Exception as exc:  # the model does not run on the probe: say so in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnknownGeometryError(
+                f"cannot measure the receptive field at node {self.graph.names[node]!r}: the model does not run on "
+                f"a probe of shape {tuple(self._input_shape)} ({first}); register a geometry for the op with "
+                "deconvviz.register_geometry"
+            ) from exc
         record = capture.records[node]
         out = _shape(record.output)
         if out is None or len(out) != 4:
