@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 FAST := -m "not slow and not network and not browser" -n $(JOBS)
 
-.PHONY: venv demo test test-fast test-portable lint typecheck bench clean
+.PHONY: venv demo test test-fast test-portable lint typecheck bench docs docs-serve gpu-check gpu-check-cpu clean
 
 venv: $(VENV)/.installed
 
@@ -30,8 +30,8 @@ demo: venv
 	$(PY) -m deconvviz.cli.demo --out out/demo
 
 lint: venv
-	$(PY) -m ruff check deconvviz tests benchmarks examples cli.py
-	$(PY) -m ruff format --check deconvviz tests benchmarks examples cli.py
+	$(PY) -m ruff check deconvviz tests benchmarks examples cli.py docs/hooks
+	$(PY) -m ruff format --check deconvviz tests benchmarks examples cli.py docs/hooks
 
 typecheck: venv
 	$(PY) -m mypy
@@ -48,9 +48,28 @@ test-portable: venv
 	OMP_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
 	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
 
+# The documentation site, from docs/ and the docstrings, into site/; --strict turns a broken link, a missing
+# page or a docstring reference that does not resolve into an error. (The dev extra includes the docs extra.)
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 bench: venv
 	$(PY) benchmarks/projection.py
 	$(PY) benchmarks/scan.py
 
+# The prepared check on a CUDA machine (docs/gpu.md): the system's python3 and its own torch, nothing installed,
+# this checkout on the path; the table and raw JSON go to OUT. Without a GPU it stops in one line.
+GPU_PYTHON ?= python3
+OUT ?=
+gpu-check:
+	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) benchmarks/gpu_check.py --device cuda --out "$(or $(OUT),out/gpu-check)"
+
+# The same check at toy size on the CPU, with the project's environment (seconds; CI runs it).
+gpu-check-cpu: venv
+	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu_check.py --device cpu --tiny --out "$(or $(OUT),out/gpu-check-cpu)"
+
 clean:
-	rm -rf out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out site .pytest_cache .mypy_cache .ruff_cache

@@ -93,7 +93,7 @@ def scan_rate(model: dv.LoadedModel, folder: Path, batch_size: int) -> float:
     """Images per second of a top-9 scan over every channel of the 13 conv layers."""
     count = len(list(folder.glob("*.jpg")))
     start = time.perf_counter()
-    scan(model, folder, CONV_LAYERS, k=9, channels=None, batch_size=batch_size)
+    scan(folder, model, CONV_LAYERS, k=9, channels=None, batch_size=batch_size)
     if torch.cuda.is_available() and next(model.module.parameters()).is_cuda:
         torch.cuda.synchronize()
     return count / (time.perf_counter() - start)
@@ -126,10 +126,10 @@ from deconvviz.analysis.topk.scan import scan
 folder, layers, batch = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 model = dv.load_model("vgg16", device="cpu")
 ranks = distributed.setup("cpu")
-scan(model, folder, layers, k=9, channels=None, batch_size=batch, limit=batch * ranks.world)  # warm-up
+scan(folder, model, layers, k=9, channels=None, batch_size=batch, limit=batch * ranks.world)  # warm-up
 distributed.barrier(ranks)
 start = time.perf_counter()
-found = scan(model, folder, layers, k=9, channels=None, batch_size=batch)
+found = scan(folder, model, layers, k=9, channels=None, batch_size=batch)
 distributed.barrier(ranks)
 elapsed = time.perf_counter() - start
 rss = distributed.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, ranks)

@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "TraceError": "deconvviz.errors",
     "top_k": "deconvviz.analysis.topk.scan",
     "TopKResult": "deconvviz.analysis.topk.result",
+    "build_report": "deconvviz.viz.report",
+    "Report": "deconvviz.viz.report",
     "load_model": "deconvviz.models.zoo",
     "register_model": "deconvviz.models.zoo",
     "list_models": "deconvviz.models.zoo",
@@ -72,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "correspondence": "deconvviz.analysis.correspondence",
     "CorrespondenceResult": "deconvviz.analysis.correspondence",
     "load_parts": "deconvviz.analysis.correspondence",
+    "explore": "deconvviz.explore.server",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -106,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
+    from deconvviz.explore.server import explore as explore
     from deconvviz.io import OutputError as OutputError
     from deconvviz.io.images import ImageError as ImageError
     from deconvviz.io.images import load_image as load_image
@@ -131,6 +135,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.viz.folders import RenderedImage as RenderedImage
     from deconvviz.viz.folders import RenderedLayer as RenderedLayer
     from deconvviz.viz.folders import render_images as render_images
+    from deconvviz.viz.report import Report as Report
+    from deconvviz.viz.report import build_report as build_report
 
 
 def __getattr__(name: str) -> Any:

@@ -21,3 +21,24 @@ class UnsupportedOpError(DeconvVizError):
 
 class RenderError(DeconvVizError, ValueError):
     """A rendering option that does not fit what is drawn (bad scale, index, colour order, size)."""
+
+
+_WARNED: set[str] = set()
+
+
+def deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """Say once per process, in one line, that the spelling ``old`` gives way to ``new``.
+
+    Args:
+        old: what the caller wrote (``"visualize(target_class=...)"``).
+        new: what to write instead (``"visualize(target=...)"``).
+        stacklevel: how far up the warning points: by default at the caller of the function that calls this.
+    """
+    import warnings
+
+    if old in _WARNED:
+        return
+    _WARNED.add(old)
+    warnings.warn(
+        f"{old} is deprecated and goes in the next release; write {new}", DeprecationWarning, stacklevel=stacklevel
+    )

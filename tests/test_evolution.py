@@ -81,7 +81,7 @@ def test_grid_equals_a_brute_force_search_per_checkpoint(data: Path, checkpoints
 
 
 def test_checkpoints_really_differ_and_k_hits_come_from_different_images(data, checkpoints) -> None:
-    result = dv.evolution(checkpoints[:2], data, MODEL, layer=LAYER, channels=2, k=3, device="cpu")
+    result = dv.evolution(checkpoints[:2], data, MODEL, layer=LAYER, channels="first2", k=3, device="cpu")
     assert result.channels == (0, 1)
     for name in result.checkpoints:
         for channel in result.channels:
@@ -94,7 +94,7 @@ def test_checkpoints_really_differ_and_k_hits_come_from_different_images(data, c
 
 
 def test_figure_names_columns_after_checkpoints_and_saves(data, checkpoints, tmp_path: Path) -> None:
-    result = dv.evolution(checkpoints, data, MODEL, layer=LAYER, channels=2, names=["early", "mid", "late"])
+    result = dv.evolution(checkpoints, data, MODEL, layer=LAYER, channels="first2", names=["early", "mid", "late"])
     _fig, axes = result.figure()
     assert axes.shape == (2, 3)
     assert [ax.get_title() for ax in axes[0]] == ["early", "mid", "late"]
@@ -206,3 +206,13 @@ def test_the_shipped_digits_example_trains_and_draws_its_evolution(tmp_path: Pat
     )
     assert code == 0, stderr
     assert "2 channel(s) x 2 checkpoint(s) (epoch01, epoch03)" in stdout
+
+
+def test_a_count_of_channels_follows_the_trained_models_strongest_through_every_checkpoint(data, checkpoints) -> None:
+    result = dv.evolution(checkpoints[:2], data, MODEL, layer=LAYER, channels=2, k=1, device="cpu")
+    trained = dv.load_model(MODEL, checkpoint=checkpoints[1], device="cpu")  # the last checkpoint given
+    strongest = dv.top_k(data, trained, layers=[LAYER], k=1, channels="all")
+    best = sorted(strongest.hits[LAYER], key=lambda c: (-strongest.hits[LAYER][c][0].value, c))[:2]
+    assert list(result.channels) == best
+    for label in result.checkpoints:
+        assert tuple(result.hits[label]) == result.channels

@@ -52,7 +52,9 @@ def test_import_deconvviz_loads_no_heavy_module() -> None:
     assert report == {"code": 0, "loaded": []}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["render", "--help"], ["layers", "--help"], ["models", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["render", "--help"], ["layers", "--help"], ["models", "--help"], ["explore", "--help"]]
+)
 def test_help_loads_no_heavy_module(argv: list[str]) -> None:
     text, report = _probe(argv)
     assert report == {"code": 0, "loaded": []}

@@ -172,7 +172,7 @@ def test_the_report_manifest_is_the_json_of_its_contents(tmp_path: Path) -> None
     text = (tmp_path / "report" / "manifest.json").read_text(encoding="utf-8")
     manifest = json.loads(text)
     assert text == json.dumps(manifest, indent=2) + "\n"  # the layout json.dumps gives, byte for byte
-    same = top_k(MODEL, photos, layers=["conv2", "conv3"], k=2, channels=3, device="cpu")
+    same = top_k(photos, MODEL, layers=["conv2", "conv3"], k=2, channels="first3", device="cpu")
     assert manifest["topk"] == same.to_dict()
     assert [entry["layer"] for entry in manifest["topk"]["layers"]] == ["conv2", "conv3"]
     assert manifest["topk"]["skipped"][0]["image"] == "broken.png"

@@ -39,7 +39,7 @@ CELLS = [
     ('p = dv.visualize(photo, model="tiny-notebook", layer="conv3", top=3)\np', "image/png"),
     ("fig, axes = p.figure(crop=True)\nfig", "image/png"),
     ("p.to_pil(0)", "image/png"),
-    ('result = dv.top_k("tiny-notebook", str(photos), layers=["conv3"], k=2, channels=3)\nresult', "text/html"),
+    ('result = dv.top_k(str(photos), "tiny-notebook", layers=["conv3"], k=2, channels="first3")\nresult', "text/html"),
     ('fig, axes = result.figure("conv3", result.channels("conv3")[0])\nfig', "image/png"),
     ('r = dv.occlusion(photo, model="tiny-notebook", size=8, stride=8)\nr', "image/png"),
     ("fig, axes = r.figure()\nfig", "image/png"),

@@ -82,7 +82,7 @@ def test_report_contents_and_manifest(report: Path, photos: Path) -> None:
 
     # The channels shown are the three whose strongest activation over the data set is highest (found here by an
     # independent scan of every channel), strongest first; hits of 0 or less get no pictures.
-    found = scan(dv.load_model(MODEL, device="cpu"), photos, layers=["conv2", "conv3"], k=4, batch_size=3)
+    found = scan(photos, dv.load_model(MODEL, device="cpu"), layers=["conv2", "conv3"], k=4, batch_size=3)
     assert manifest["arguments"]["ranking"].startswith("Channels: the 3 of each layer whose strongest activation")
     for layer in ("conv2", "conv3"):
         best = found.trackers[layer].values[:, 0].tolist()
@@ -322,7 +322,7 @@ def test_report_command_missing_folder(tmp_path: Path) -> None:
 
 
 def test_top_k_and_the_report_look_at_the_same_layers_by_default(photos: Path, tmp_path: Path) -> None:
-    found = dv.top_k(MODEL, photos, k=1, channels=1, device="cpu")
+    found = dv.top_k(photos, MODEL, k=1, channels="first1", device="cpu")
     report = build_report(photos, tmp_path / "r", model=MODEL, channels=1, k=1, device="cpu")
     assert found.layers == report.layers
     assert len(found.layers) < len(TINY_ALIASES)  # the deepest of the default layers, not every aliased layer
@@ -349,7 +349,7 @@ def test_the_report_counts_the_channels_that_never_fire(photos: Path, tmp_path: 
     out = tmp_path / "r"
     summary = build_report(photos, out, model="tiny-dead", layers="conv2,conv3", channels=3, k=2, device="cpu")
     manifest = json.loads((out / "manifest.json").read_text())
-    found = scan(dv.load_model("tiny-dead", device="cpu"), photos, layers=["conv2", "conv3"], k=2, batch_size=3)
+    found = scan(photos, dv.load_model("tiny-dead", device="cpu"), layers=["conv2", "conv3"], k=2, batch_size=3)
     for layer in ("conv2", "conv3"):
         best = found.trackers[layer].values[:, 0].tolist()
         silent = [channel for channel, value in enumerate(best) if value <= 0]  # independent of the report's code

@@ -101,8 +101,8 @@ def test_folder_tree_list_file_and_dataset(photos: Path, tmp_path: Path) -> None
         def __getitem__(self, i: int) -> tuple[Image.Image, int]:
             return Image.open(files[i]), i % 3  # broken.png (item 7) raises, and is skipped
 
-    from_dataset = top_k(MODEL, Pictures(), layers=["conv2"], k=2, channels=2, batch_size=4)
-    from_folder = top_k(MODEL, photos, layers=["conv2"], k=2, channels=2, batch_size=4, limit=12)
+    from_dataset = top_k(Pictures(), MODEL, layers=["conv2"], k=2, channels="first2", batch_size=4)
+    from_folder = top_k(photos, MODEL, layers=["conv2"], k=2, channels="first2", batch_size=4, limit=12)
     assert from_dataset.images[:3] == ("#00", "#01", "#02")
     assert [image for image, _ in from_dataset.skipped] == ["#07"]
     for channel, hits in from_folder.hits["conv2"].items():
@@ -198,7 +198,7 @@ _KILLED = textwrap.dedent(
         if stage == "scan":
             time.sleep(0.06)  # room for the kill to land anywhere in the scan
 
-    dv.top_k({model!r}, sys.argv[1], layers=["conv2", "conv3"], k=3, channels=4, batch_size=2,
+    dv.top_k(sys.argv[1], {model!r}, layers=["conv2", "conv3"], k=3, channels="first4", batch_size=2,
              state=sys.argv[2], save_every=0, progress=slowly)
     """
 )
@@ -221,11 +221,11 @@ def test_a_scan_killed_at_a_random_point_and_resumed_equals_an_uninterrupted_one
     done = torch.load(saved, weights_only=True)["batches_done"]
     assert 1 <= done < 11, (done, seed)
 
-    arguments = {"layers": ["conv2", "conv3"], "k": 3, "channels": 4, "batch_size": 2}
-    found = scan(MODEL, photos, **arguments, state=state, resume=True)  # type: ignore[arg-type]
+    arguments = {"layers": ["conv2", "conv3"], "k": 3, "channels": "first4", "batch_size": 2}
+    found = scan(photos, MODEL, **arguments, state=state, resume=True)  # type: ignore[arg-type]
     assert found.resumed == 2 * done
     resumed = result_of(found, 3, 2)
-    whole = top_k(MODEL, photos, **arguments)  # type: ignore[arg-type]
+    whole = top_k(photos, MODEL, **arguments)  # type: ignore[arg-type]
     assert _hits(resumed) == _hits(whole), f"seed {seed}, killed after {done} batches"
     _same_pixels(resumed, whole)
     assert load_state(saved, found_fingerprint(state)) is not None
@@ -239,13 +239,13 @@ def test_a_scan_stopped_at_a_random_batch_and_resumed_equals_an_uninterrupted_on
         if stage == "scan" and done >= 3 * stop:
             raise KeyboardInterrupt
 
-    arguments = {"layers": ["conv1", "conv3"], "k": 2, "channels": 3, "batch_size": 3}
+    arguments = {"layers": ["conv1", "conv3"], "k": 2, "channels": "first3", "batch_size": 3}
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
-        scan(MODEL, photos, **arguments, state=state, save_every=0, progress=stopping)  # type: ignore[arg-type]
-    found = scan(MODEL, photos, **arguments, state=state, resume=True)  # type: ignore[arg-type]
+        scan(photos, MODEL, **arguments, state=state, save_every=0, progress=stopping)  # type: ignore[arg-type]
+    found = scan(photos, MODEL, **arguments, state=state, resume=True)  # type: ignore[arg-type]
     assert found.resumed == 3 * stop, seed
-    whole = top_k(MODEL, photos, **arguments)  # type: ignore[arg-type]
+    whole = top_k(photos, MODEL, **arguments)  # type: ignore[arg-type]
     assert _hits(result_of(found, 2, 3)) == _hits(whole), f"seed {seed}"
 
 
@@ -254,10 +254,10 @@ def test_a_state_written_with_the_earlier_version_key_still_resumes(photos, tmp_
         if stage == "scan" and done >= 6:
             raise KeyboardInterrupt
 
-    arguments = {"layers": ["conv2"], "k": 2, "channels": 3, "batch_size": 3}
+    arguments = {"layers": ["conv2"], "k": 2, "channels": "first3", "batch_size": 3}
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
-        scan(MODEL, photos, **arguments, state=state, save_every=0, progress=stopping)  # type: ignore[arg-type]
+        scan(photos, MODEL, **arguments, state=state, save_every=0, progress=stopping)  # type: ignore[arg-type]
     saved = state_file(state, 0, 1)
     payload = torch.load(saved, weights_only=True)
     assert payload["schema_version"] == 1
@@ -265,9 +265,9 @@ def test_a_state_written_with_the_earlier_version_key_still_resumes(photos, tmp_
     # the earlier release wrote {"version": 1, ...} and none of the header's keys
     old = {key: value for key, value in payload.items() if key not in ("tool", "kind", "schema_version")}
     torch.save({"version": 1, **old}, saved)
-    found = scan(MODEL, photos, **arguments, state=state, resume=True)  # type: ignore[arg-type]
+    found = scan(photos, MODEL, **arguments, state=state, resume=True)  # type: ignore[arg-type]
     assert found.resumed == payload["batches_done"] * 3 > 0
-    assert _hits(result_of(found, 2, 3)) == _hits(top_k(MODEL, photos, **arguments))  # type: ignore[arg-type]
+    assert _hits(result_of(found, 2, 3)) == _hits(top_k(photos, MODEL, **arguments))  # type: ignore[arg-type]
 
 
 def found_fingerprint(state: Path) -> dict[str, object]:
@@ -276,16 +276,16 @@ def found_fingerprint(state: Path) -> dict[str, object]:
 
 def test_a_state_from_other_arguments_or_another_model_is_refused(photos, tmp_path) -> None:
     state = tmp_path / "state"
-    top_k(MODEL, photos, layers=["conv2"], k=3, channels=2, state=state, save_every=0)
+    top_k(photos, MODEL, layers=["conv2"], k=3, channels="first2", state=state, save_every=0)
     with pytest.raises(StateError) as refused:
-        top_k(MODEL, photos, layers=["conv2"], k=4, channels=2, state=state, resume=True)
+        top_k(photos, MODEL, layers=["conv2"], k=4, channels="first2", state=state, resume=True)
     message = str(refused.value)
     assert "\n" not in message
     assert "is from another scan (k: 3 there, 4 now); run without --resume to start again" in message
     with pytest.raises(StateError, match="layers"):
-        top_k(MODEL, photos, layers=["conv3"], k=3, channels=2, state=state, resume=True)
+        top_k(photos, MODEL, layers=["conv3"], k=3, channels="first2", state=state, resume=True)
     with pytest.raises(StateError, match="images"):
-        top_k(MODEL, photos, layers=["conv2"], k=3, channels=2, state=state, resume=True, limit=5)
+        top_k(photos, MODEL, layers=["conv2"], k=3, channels="first2", state=state, resume=True, limit=5)
 
     other = "tiny-scale-other"
     dv.register_model(
@@ -302,16 +302,16 @@ def test_a_state_from_other_arguments_or_another_model_is_refused(photos, tmp_pa
     with torch.no_grad():
         reseeded.module.features[0].bias.add_(1.0)  # same name and weights label, other numbers
     with pytest.raises(StateError, match="model"):
-        top_k(renamed, photos, layers=["conv2"], k=3, channels=2, state=state, resume=True)
+        top_k(photos, renamed, layers=["conv2"], k=3, channels="first2", state=state, resume=True)
     with pytest.raises(StateError, match="parameters"):
-        top_k(reseeded, photos, layers=["conv2"], k=3, channels=2, state=state, resume=True)
+        top_k(photos, reseeded, layers=["conv2"], k=3, channels="first2", state=state, resume=True)
     (state_file(state, 0, 1)).write_bytes(b"garbage")
     with pytest.raises(StateError, match="cannot read the scan state"):
-        top_k(MODEL, photos, layers=["conv2"], k=3, channels=2, state=state, resume=True)
+        top_k(photos, MODEL, layers=["conv2"], k=3, channels="first2", state=state, resume=True)
 
 
 def test_a_short_scan_leaves_no_state(photos, tmp_path) -> None:
-    top_k(MODEL, photos, layers=["conv2"], k=2, channels=1, state=tmp_path / "state")  # well under 60 s
+    top_k(photos, MODEL, layers=["conv2"], k=2, channels="first1", state=tmp_path / "state")  # well under 60 s
     assert not (tmp_path / "state").exists()
 
 
@@ -348,7 +348,7 @@ def test_report_command_resume_messages(photos, tmp_path) -> None:
     out = tmp_path / "r"
     base = ["report", str(photos), "--model", MODEL, "--layers", "conv2", "--channels", "first2", "--device", "cpu"]
     state = scan_state_folder(out)
-    top_k(MODEL, photos, layers=["conv2"], k=9, channels=2, batch_size=8, state=state, save_every=0)
+    top_k(photos, MODEL, layers=["conv2"], k=9, channels="first2", batch_size=8, state=state, save_every=0)
     result = CliRunner().invoke(app, [*base, "--top", "3", "--out", str(out), "--resume"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
@@ -365,8 +365,8 @@ def test_report_command_resume_messages(photos, tmp_path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_scan_on_the_gpu_equals_the_cpu_scan(photos) -> None:
-    cpu = top_k(MODEL, photos, layers=["conv2", "conv3"], k=3, channels=4, batch_size=4, device="cpu")
-    gpu = top_k(MODEL, photos, layers=["conv2", "conv3"], k=3, channels=4, batch_size=4, device="cuda")
+    cpu = top_k(photos, MODEL, layers=["conv2", "conv3"], k=3, channels="first4", batch_size=4, device="cpu")
+    gpu = top_k(photos, MODEL, layers=["conv2", "conv3"], k=3, channels="first4", batch_size=4, device="cuda")
     for layer in cpu.layers:
         for channel, hits in cpu.hits[layer].items():
             theirs = gpu.hits[layer][channel]

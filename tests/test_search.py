@@ -102,7 +102,7 @@ def _brute_force(stand: Stand, folder: Path, layer: str, k: int) -> dict[int, li
 
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_equals_brute_force(stand, folder, batch_size) -> None:
-    result = top_k(stand, folder, layers=["conv2", "pool2"], k=4, batch_size=batch_size)
+    result = top_k(folder, stand, layers=["conv2", "pool2"], k=4, batch_size=batch_size)
     for layer in ["conv2", "pool2"]:
         expected = _brute_force(stand, folder, layer, 4)
         assert result.channels(layer) == sorted(expected)
@@ -113,11 +113,11 @@ def test_equals_brute_force(stand, folder, batch_size) -> None:
 
 
 def test_deterministic_and_counts_unreadable_files(stand, folder) -> None:
-    first = top_k(stand, folder, layers=["conv1"], k=3, channels=2)
-    second = top_k(stand, folder, layers=["conv1"], k=3, channels=2, batch_size=5)
+    first = top_k(folder, stand, layers=["conv1"], k=3, channels="first2")
+    second = top_k(folder, stand, layers=["conv1"], k=3, channels="first2", batch_size=5)
     # Two batch sizes run different kernels: everything but the values must be identical, and the values (float64)
     # agree to rounding.
-    again = top_k(stand, folder, layers=["conv1"], k=3, channels=2)
+    again = top_k(folder, stand, layers=["conv1"], k=3, channels="first2")
     assert first.to_dict() == again.to_dict()  # the same call twice: bit for bit
     one, other = first.to_dict(), second.to_dict()
     values = [[h.pop("value") for hits in d["layers"][0]["channels"].values() for h in hits] for d in (one, other)]
@@ -130,7 +130,7 @@ def test_deterministic_and_counts_unreadable_files(stand, folder) -> None:
 
 
 def test_crops_are_the_projection_inside_the_receptive_field(stand, folder) -> None:
-    result = top_k(stand, folder, layers=["conv2"], k=2, channels=[3])
+    result = top_k(folder, stand, layers=["conv2"], k=2, channels=[3])
     net = dv.DeconvNet(stand.module, aliases=stand.layers)
     field_ = dv.receptive_field(net, "conv2")
     for hit in result.hits["conv2"][3]:
@@ -146,7 +146,7 @@ def test_crops_are_the_projection_inside_the_receptive_field(stand, folder) -> N
 
 
 def test_figure_has_the_papers_layout_and_save_writes_everything(stand, folder, tmp_path) -> None:
-    result = top_k(stand, folder, layers=["conv2"], k=9, channels=2)
+    result = top_k(folder, stand, layers=["conv2"], k=9, channels="first2")
     _fig, axes = result.figure("conv2", 1)
     assert axes.shape == (3, 6)  # 3x3 reconstructions beside 3x3 patches
     assert sum(1 for ax in axes.flat if ax.images) == 18
@@ -159,26 +159,26 @@ def test_figure_has_the_papers_layout_and_save_writes_everything(stand, folder, 
 
 def test_fewer_images_than_k(stand, tmp_path) -> None:
     _write_images(tmp_path, 2)
-    result = top_k(stand, tmp_path, layers=["conv1"], k=9, channels=1)
+    result = top_k(tmp_path, stand, layers=["conv1"], k=9, channels="first1")
     assert len(result.hits["conv1"][0]) == 2
     result.figure("conv1", 0)
 
 
 def test_bad_folders_and_choices(stand, tmp_path) -> None:
     with pytest.raises(SearchError, match="folder not found"):
-        top_k(stand, tmp_path / "missing")
+        top_k(tmp_path / "missing", stand)
     with pytest.raises(SearchError, match="no images in"):
-        top_k(stand, tmp_path)
+        top_k(tmp_path, stand)
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(SearchError, match="could be read"):
-        top_k(stand, tmp_path, layers=["conv1"])
+        top_k(tmp_path, stand, layers=["conv1"])
     _write_images(tmp_path, 1)
     with pytest.raises(ValueError, match="unknown layer 'conv9'"):
-        top_k(stand, tmp_path, layers=["conv9"])
+        top_k(tmp_path, stand, layers=["conv9"])
     with pytest.raises(SearchError, match="channel 99 is out of range"):
-        top_k(stand, tmp_path, layers=["conv1"], channels=[99])
+        top_k(tmp_path, stand, layers=["conv1"], channels=[99])
     with pytest.raises(SearchError, match="k must be at least 1"):
-        top_k(stand, tmp_path, layers=["conv1"], k=0)
+        top_k(tmp_path, stand, layers=["conv1"], k=0)
 
 
 def test_tracker_keeps_the_earlier_image_on_ties() -> None:
@@ -197,7 +197,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     from conftest import make_tiny_vgg
     from deconvviz.analysis.topk.scan import top_k
     stand = Stand(make_tiny_vgg(), side=192)
-    top_k(stand, sys.argv[1], layers=["conv1", "conv2"], k=9, channels=2, batch_size=8)
+    top_k(sys.argv[1], stand, layers=["conv1", "conv2"], k=9, channels="first2", batch_size=8)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     """
 )
@@ -220,10 +220,10 @@ def test_memory_stays_flat_in_the_number_of_images(tmp_path) -> None:
 
 def test_method_projects_the_hits_with_that_reverse_pass(stand, folder) -> None:
     net = dv.DeconvNet(stand.module, aliases=stand.layers)
-    default = top_k(stand, folder, layers=["conv2"], k=2, channels=[3])
+    default = top_k(folder, stand, layers=["conv2"], k=2, channels=[3])
     assert default.method == "deconvnet"
     for method in ("guided", "gradient"):
-        result = top_k(stand, folder, layers=["conv2"], k=2, channels=[3], method=method)
+        result = top_k(folder, stand, layers=["conv2"], k=2, channels=[3], method=method)
         assert result.method == method
         assert result.to_dict()["method"] == method
         for hit, plain in zip(result.hits["conv2"][3], default.hits["conv2"][3], strict=True):
@@ -237,7 +237,7 @@ def test_method_projects_the_hits_with_that_reverse_pass(stand, folder) -> None:
             for h, p in zip(result.hits["conv2"][3], default.hits["conv2"][3], strict=True)
         )
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        top_k(stand, folder, layers=["conv2"], k=2, channels=[3], method="nope")
+        top_k(folder, stand, layers=["conv2"], k=2, channels=[3], method="nope")
 
 
 class _Page(HTMLParser):
@@ -260,7 +260,7 @@ def test_a_result_shows_its_strongest_hits_in_a_notebook(stand, folder, monkeypa
     from deconvviz.viz import html as html_module
 
     monkeypatch.setattr(html_module, "OVERVIEW_CHANNELS", 3)
-    result = top_k(stand, folder, layers=["conv1", "conv2"], k=3, channels=None)
+    result = top_k(folder, stand, layers=["conv1", "conv2"], k=3, channels=None)
     result = dataclasses.replace(result, folder="<script>alert(1)</script>")
     page = _Page()
     page.feed(result._repr_html_())
@@ -301,3 +301,24 @@ def test_scan_options_are_checked_once_and_give_the_command_line_flags() -> None
         options.but(k=0)
     with pytest.raises(TypeError, match="unknown scan option"):
         ScanOptions.of(batchsize=3)
+
+
+def test_a_count_of_channels_means_the_strongest_and_first_n_the_first(stand, folder) -> None:
+    every = top_k(folder, stand, layers=["conv2"], k=1, channels="all")
+    peaks = {c: hits[0].value for c, hits in every.hits["conv2"].items()}
+    strongest = sorted(peaks, key=lambda c: (-peaks[c], c))[:3]
+    assert top_k(folder, stand, layers=["conv2"], k=1, channels=3).channels("conv2") == strongest
+    assert top_k(folder, stand, layers=["conv2"], k=1, channels="strongest3").channels("conv2") == strongest
+    assert top_k(folder, stand, layers=["conv2"], k=1, channels="first3").channels("conv2") == [0, 1, 2]
+    with pytest.raises(SearchError, match="'first<N>', 'strongest<N>'"):
+        top_k(folder, stand, layers=["conv2"], channels="most3")
+
+
+def test_the_earlier_argument_order_still_works_and_warns_once(stand, folder) -> None:
+    import deconvviz.errors
+
+    deconvviz.errors._WARNED.discard("top_k(model, data)")
+    with pytest.deprecated_call(match=r"top_k\(model, data\) is deprecated"):
+        old = dv.top_k(stand, folder, layers=["conv2"], k=1, channels=[1])
+    new = dv.top_k(folder, stand, layers=["conv2"], k=1, channels=[1])
+    assert old.hits["conv2"][1][0].value == new.hits["conv2"][1][0].value

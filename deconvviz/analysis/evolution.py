@@ -162,7 +162,7 @@ def evolution(
     model: str | LoadedModel | Session = "vgg16",
     *,
     layer: str,
-    channels: int | Sequence[int] | None = 8,
+    channels: int | str | Sequence[int] | None = 8,
     k: int = 1,
     names: Sequence[str] | None = None,
     batch_size: int = 8,
@@ -183,7 +183,9 @@ def evolution(
         data: a folder of images, scanned recursively.
         model: the architecture: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
         layer: the layer to look at (name or alias).
-        channels: a count ``n`` (the first ``n`` channels), a list of channel indices, or None for all.
+        channels: a count ``n`` or ``"strongest<n>"`` (the ``n`` channels whose strongest activation over the data
+            is highest in the last checkpoint, the trained model, followed through every checkpoint),
+            ``"first<n>"`` (the first ``n`` by index), a list of channel indices, or None for all.
         k: hits per channel and checkpoint, each from a different image (the paper shows 1).
         names: a label per checkpoint (default: the file names without suffix).
         batch_size: images per forward pass.
@@ -203,6 +205,7 @@ def evolution(
         >>> r = dv.evolution(["e1.pt", "e5.pt"], "digits/", "digits.py:build", layer="features.7")  # doctest: +SKIP
         >>> fig, axes = r.figure()  # doctest: +SKIP
     """
+    from deconvviz.analysis.topk.options import channel_spec
     from deconvviz.analysis.topk.scan import top_k
     from deconvviz.io.sources import find_images
     from deconvviz.models.session import session
@@ -227,17 +230,26 @@ def evolution(
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = {}
     shown: tuple[int, ...] = ()
     scanned = 0
-    for index, (state, label) in enumerate(zip(states, labels, strict=True)):
+    following: int | str | Sequence[int] | None = channels
+    if channel_spec(channels)[1] is not None:
+        # "the n strongest" are those of the trained model: the last checkpoint is scanned first, and the
+        # channels it picks are followed through the others
+        order = [len(states) - 1, *range(len(states) - 1)]
+    else:
+        order = list(range(len(states)))
+    for done, index in enumerate(order, start=1):
+        state, label = states[index], labels[index]
         with torch.no_grad():
             module.load_state_dict(state, strict=True)
         module.eval()
-        found = top_k(copied, folder, [layer], k=k, channels=channels, batch_size=batch_size)
+        found = top_k(folder, copied, [layer], k=k, channels=following, batch_size=batch_size)
         per_channel = found.hits[layer]
-        shown = tuple(per_channel)
+        following = shown = tuple(per_channel)
         hits[label] = dict(per_channel)
         scanned = len(found.images) - len(found.skipped)
         if progress is not None:
-            progress(index + 1, len(states), label)
+            progress(done, len(states), label)
+    hits = {label: hits[label] for label in labels}  # in training order
     return EvolutionResult(
         model=current.name,
         layer=layer,

@@ -25,6 +25,7 @@ from deconvviz.cli.models import layers_command, models_command
 from deconvviz.cli.options import DebugOption, OneLineErrors, state
 from deconvviz.cli.render import render_command, report_command
 from deconvviz.cli.steps import steps_command
+from deconvviz.explore.command import explore_command
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -70,6 +71,7 @@ app.command("sanity")(sanity_command)
 app.command("occlusion")(occlusion_command)
 app.command("correspondence")(correspondence_command)
 app.command("steps")(steps_command)
+app.command("explore")(explore_command)
 
 
 def main() -> None:

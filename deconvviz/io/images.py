@@ -7,10 +7,12 @@ photo stands the way it was taken, and 16-bit or floating-point greyscale is bro
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -61,30 +63,56 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         with open(descriptor, "rb") as handle:  # noqa: PTH123 - a file object over the descriptor checked above
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                 raise ImageError(f"{str(p)!r} is not a regular file (a pipe, socket or device); pass a picture file")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", Image.DecompressionBombWarning)
-                with Image.open(handle) as opened:
-                    opened.load()
-                    image = as_rgb(ImageOps.exif_transpose(opened) or opened)
+            return _decode(handle, str(p))
     except ImageError:
         raise
     except PermissionError as exc:
         raise ImageError(f"cannot read image {str(p)!r}: permission denied") from exc
+    except OSError as exc:
+        raise ImageError(f"image {str(p)!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode a picture held in memory (an upload) as an RGB image, with the limits and messages of :func:`load_image`.
+
+    Args:
+        data: the file's bytes.
+        name: what to call it in messages (the file name it came with).
+
+    Returns:
+        An RGB ``PIL.Image.Image``.
+
+    Raises:
+        ImageError: not a picture Pillow can decode, corrupt, or too large to open safely (a decompression bomb).
+    """
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(handle: BinaryIO, label: str) -> Image.Image:
+    """Decode an open picture file; ``label`` names it in messages."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(handle) as opened:
+                opened.load()
+                image = as_rgb(ImageOps.exif_transpose(opened) or opened)
     except UnidentifiedImageError as exc:
         raise ImageError(
-            f"{str(p)!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
+            f"{label!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
         ) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image {str(p)!r} is too large to open safely ({_first_line(exc)})") from exc
+        raise ImageError(f"image {label!r} is too large to open safely ({_first_line(exc)})") from exc
+    except PermissionError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as any of these
-        raise ImageError(f"image {str(p)!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
+        raise ImageError(f"image {label!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
     for warning in caught:
         if issubclass(warning.category, Image.DecompressionBombWarning):
             megapixels = image.width * image.height / 1e6
             warnings.warn(
-                f"{str(p)!r} is a {megapixels:.0f}-megapixel picture; reading it takes a lot of memory",
+                f"{label!r} is a {megapixels:.0f}-megapixel picture; reading it takes a lot of memory",
                 LargeImageWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

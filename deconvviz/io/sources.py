@@ -92,14 +92,44 @@ class ImageSource:
     def subset(self, indices: Sequence[int]) -> ImageSource:
         """The images at ``indices`` (in that order)."""
         keep = list(indices)
-        opener = self._opener
         paths = self.paths
         return ImageSource(
             [self.names[i] for i in keep],
             self.description,
-            lambda i: opener(keep[i]),
+            _Subset(self._opener, keep),
             [paths[i] for i in keep] if paths is not None else None,
         )
+
+
+# Openers are small classes rather than closures, so that a source can be sent to DataLoader workers started by
+# spawn or forkserver (the default start method of Python 3.14 on Linux) as well as by fork.
+
+
+class _Subset:
+    def __init__(self, opener: Callable[[int], Any], keep: list[int]) -> None:
+        self.opener, self.keep = opener, keep
+
+    def __call__(self, index: int) -> Any:
+        return self.opener(self.keep[index])
+
+
+class _Files:
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __call__(self, index: int) -> Any:
+        return _open_file(self.paths[index])
+
+
+class _Items:
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __call__(self, index: int) -> Any:
+        item = self.dataset[index]
+        if isinstance(item, tuple | list):  # (image, target) as torchvision's data sets give them
+            item = item[0]
+        return item
 
 
 def image_source(data: Data, *, limit: int | None = None, sample: int | None = None, seed: int = 0) -> ImageSource:
@@ -187,9 +217,7 @@ def _open_file(path: Path) -> Image:
 
 def _folder(root: Path) -> ImageSource:
     paths = find_images(root)
-    return ImageSource(
-        [p.relative_to(root).as_posix() for p in paths], str(root), lambda i: _open_file(paths[i]), paths
-    )
+    return ImageSource([p.relative_to(root).as_posix() for p in paths], str(root), _Files(paths), paths)
 
 
 def _list_file(listing: Path) -> ImageSource:
@@ -212,7 +240,7 @@ def _list_file(listing: Path) -> ImageSource:
             f"{len(missing)} file(s) in the image list {str(listing)!r} do not exist, the first: {missing[0]!r} "
             "(paths are relative to the list's folder)"
         )
-    return ImageSource(names, str(listing), lambda i: _open_file(paths[i]), paths)
+    return ImageSource(names, str(listing), _Files(paths), paths)
 
 
 def _dataset(dataset: Any) -> ImageSource:
@@ -220,14 +248,7 @@ def _dataset(dataset: Any) -> ImageSource:
     if count < 1:
         raise SearchError("the data set is empty")
     width = len(str(count - 1))
-
-    def opener(index: int) -> Any:
-        item = dataset[index]
-        if isinstance(item, tuple | list):  # (image, target) as torchvision's data sets give them
-            item = item[0]
-        return item
-
-    return ImageSource([f"#{i:0{width}d}" for i in range(count)], f"{type(dataset).__name__}", opener)
+    return ImageSource([f"#{i:0{width}d}" for i in range(count)], f"{type(dataset).__name__}", _Items(dataset))
 
 
 __all__ = ["Data", "ImageSource", "SearchError", "find_images", "image_source"]

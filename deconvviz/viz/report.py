@@ -164,7 +164,7 @@ def build_report(
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
-    scanned, strongest, ranking = _channel_choice(channels)
+    _, strongest, ranking = _channel_choice(channels)
     options = ScanOptions.of(
         k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
     )
@@ -199,7 +199,7 @@ def build_report(
         remove_owned(state)  # an older run's state must not be mixed into this one
     distributed.barrier(ranks)
     # the source already holds the chosen images: the scan takes them all
-    scanning = options.but(layers=tuple(chosen), channels=scanned, limit=None, sample=None)
+    scanning = options.but(layers=tuple(chosen), channels=channels, limit=None, sample=None)
     found = run_scan(current.model, source, scanning, progress=progress, state=state)
     census = _Census(
         scanned={layer: len(found.selected[layer]) for layer in found.layers}, silent=silent_channels(found)
@@ -226,31 +226,21 @@ def build_report(
 
 def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | list[int] | None, int | None, str]:
     """``(channels to scan, how many strongest to keep, the sentence the pages state)``."""
-    if isinstance(channels, str):
-        spec = channels.strip().lower()
-        number = spec.removeprefix("first").removeprefix("strongest")
-        if spec == "all":
-            channels = None
-        elif spec != number and number.isdigit() and int(number) >= 1:
-            if spec.startswith("first"):
-                return int(number), None, f"Channels: the first {number} of each layer, by index."
-            channels = int(number)
-        else:
-            raise ReportError(
-                f"channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list; got {channels!r}"
-            )
-    if channels is None:
-        return None, None, "Channels: all of them, by index."
-    if isinstance(channels, bool) or (isinstance(channels, int) and channels < 1):
-        raise ReportError(f"channels must be at least 1, got {channels!r}")
-    if isinstance(channels, int):
-        return (
-            None,
-            channels,
-            f"Channels: the {channels} of each layer whose strongest activation over the data set is highest, "
-            "strongest first.",
+    from deconvviz.analysis.topk.options import channel_spec
+
+    tracked, strongest = channel_spec(channels, ReportError)
+    if strongest is not None:
+        sentence = (
+            f"Channels: the {strongest} of each layer whose strongest activation over the data set is highest, "
+            "strongest first."
         )
-    return list(channels), None, "Channels: those chosen, in the order given."
+    elif isinstance(tracked, int):
+        sentence = f"Channels: the first {tracked} of each layer, by index."
+    elif tracked is None:
+        sentence = "Channels: all of them, by index."
+    else:
+        sentence = "Channels: those chosen, in the order given."
+    return (list(tracked) if isinstance(tracked, tuple) else tracked), strongest, sentence
 
 
 def scan_state_folder(target: str | Path) -> Path:

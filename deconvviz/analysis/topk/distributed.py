@@ -4,7 +4,9 @@ Under ``torchrun`` (one process per GPU, or several CPU processes; one or severa
 rendezvous) every process scans its own deterministic shard of the images, the per-channel top-k are merged
 with collectives, the projections of the kept hits are shared out, and rank 0 writes the result. The process
 group is joined here from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...): NCCL when the
-scan runs on CUDA, gloo on the CPU. A caller that set up its own process group keeps it.
+scan runs on CUDA, gloo on the CPU; ``DECONVVIZ_DIST_BACKEND=gloo`` takes gloo on CUDA too (NCCL refuses two
+processes on one GPU), the collectives then passing through the CPU. A caller that set up its own process group
+keeps it.
 
 Outside torchrun, everything here is the one-process case: rank 0 of 1, and the collectives return their input.
 """
@@ -60,10 +62,36 @@ def local_rank() -> int:
 
 
 def rank_device(device: str) -> str:
-    """The device of this process: under torchrun, ``cuda`` means the GPU of its local rank."""
+    """The device of this process: under torchrun, ``cuda`` means the GPU of its local rank.
+
+    With more processes than GPUs on the machine, the processes share the GPUs in turn (rank ``r`` takes GPU
+    ``r % count``).
+    """
     if launched() and device == "cuda":
-        return f"cuda:{local_rank()}"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return f"cuda:{local_rank() % count if count else local_rank()}"
     return device
+
+
+BACKEND_VARIABLE = "DECONVVIZ_DIST_BACKEND"
+"""Environment variable naming the process group's backend (``nccl`` or ``gloo``) instead of the device's."""
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The backend of the process group: ``$DECONVVIZ_DIST_BACKEND`` if set, else NCCL on CUDA and gloo elsewhere.
+
+    Raises:
+        ValueError: the variable names another backend, or NCCL for a scan on the CPU.
+    """
+    device = torch.device(device)
+    chosen = os.environ.get(BACKEND_VARIABLE, "").strip().lower()
+    if not chosen:
+        return "nccl" if device.type == "cuda" else "gloo"
+    if chosen not in ("nccl", "gloo"):
+        raise ValueError(f"{BACKEND_VARIABLE}={chosen!r} is not a backend: use nccl or gloo")
+    if chosen == "nccl" and device.type != "cuda":
+        raise ValueError(f"{BACKEND_VARIABLE}=nccl needs the scan on CUDA, not on {device}: use gloo")
+    return chosen
 
 
 def setup(device: torch.device | str) -> Ranks:
@@ -86,7 +114,7 @@ def setup(device: torch.device | str) -> Ranks:
             return Ranks()
         if device.type == "cuda":
             torch.cuda.set_device(device.index if device.index is not None else local_rank())
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend_for(device))
         _OWNED = True
     backend = str(dist.get_backend()).lower()
     if "nccl" in backend:
@@ -160,9 +188,11 @@ def barrier(ranks: Ranks) -> None:
 
 
 __all__ = [
+    "BACKEND_VARIABLE",
     "Ranks",
     "all_gather",
     "all_gather_objects",
+    "backend_for",
     "barrier",
     "broadcast_object",
     "gather_objects",

@@ -20,7 +20,9 @@ class ScanOptions:
     Attributes:
         layers: layer names or aliases; None for the defaults (see :func:`deconvviz.core.layers.scan_layers`).
         k: activations kept per channel (9 in the paper).
-        channels: which channels are tracked: a count ``n`` (the first ``n``), a list of indices, or None for all.
+        channels: which channels: a count ``n`` or ``"strongest<n>"`` (the ``n`` whose strongest activation over
+            the data set is highest), ``"first<n>"`` (the first ``n`` by index), a list of indices, or None or
+            ``"all"`` for all of them (see :func:`channel_spec`).
         batch_size: images per forward pass.
         workers: DataLoader worker processes that read and preprocess images.
         limit: scan only the first ``limit`` images.
@@ -32,7 +34,7 @@ class ScanOptions:
 
     layers: tuple[str, ...] | None = None
     k: int = 9
-    channels: int | tuple[int, ...] | None = None
+    channels: int | str | tuple[int, ...] | None = None
     batch_size: int = 8
     workers: int = 0
     limit: int | None = None
@@ -44,8 +46,9 @@ class ScanOptions:
     def __post_init__(self) -> None:
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers) or None)
-        if self.channels is not None and not isinstance(self.channels, int):
+        if self.channels is not None and not isinstance(self.channels, int | str):
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        channel_spec(self.channels)  # a bad choice fails here
         if self.k < 1:
             raise SearchError(f"k must be at least 1, got {self.k}")
         if self.batch_size < 1:
@@ -64,6 +67,16 @@ class ScanOptions:
             raise TypeError(f"unknown scan option(s): {', '.join(unknown)}")
         return cls(layers=None if layers is None else tuple(layers), **options)
 
+    @property
+    def tracked(self) -> int | tuple[int, ...] | None:
+        """The channels the scan tracks: the first ``n`` (a count), those listed, or None for all."""
+        return channel_spec(self.channels)[0]
+
+    @property
+    def strongest(self) -> int | None:
+        """How many channels are kept after the scan, the strongest first; None keeps all that were tracked."""
+        return channel_spec(self.channels)[1]
+
     def but(self, **changes: Any) -> ScanOptions:
         """A copy with ``changes``, checked again."""
         return replace(self, **changes)
@@ -73,7 +86,47 @@ class ScanOptions:
         args = ["--top", str(self.k), "--batch-size", str(self.batch_size), "--seed", str(self.seed)]
         args += ["--save-every", str(self.save_every)]
         args += ["--layers", ",".join(self.layers)] if self.layers else []
+        if self.channels is not None:
+            channels = self.channels
+            args += ["--channels", ",".join(map(str, channels)) if isinstance(channels, tuple) else str(channels)]
         args += ["--limit", str(self.limit)] if self.limit is not None else []
         args += ["--sample", str(self.sample)] if self.sample is not None else []
         args += ["--resume"] if self.resume else []
         return args
+
+
+def channel_spec(
+    channels: int | str | Sequence[int] | None, error: type[Exception] = SearchError
+) -> tuple[int | tuple[int, ...] | None, int | None]:
+    """What a choice of channels means, the same everywhere (``top_k``, ``scan``, the report, the command line).
+
+    Args:
+        channels: a count ``n`` or ``"strongest<n>"``: the ``n`` channels of each layer whose strongest activation
+            over the data set is highest, strongest first; ``"first<n>"``: the first ``n`` by index; a list of
+            indices, in the order given; None or ``"all"``: every channel, by index.
+        error: the exception class raised for a bad choice.
+
+    Returns:
+        ``(tracked, strongest)``: the channels a scan tracks (the first ``n``, a tuple of indices or None for
+        all) and how many of them are kept afterwards, strongest first (None: all that were tracked).
+
+    Raises:
+        SearchError: (or ``error``) a count below 1 or a string that is none of the above.
+    """
+    if isinstance(channels, str):
+        spec = channels.strip().lower()
+        number = spec.removeprefix("first").removeprefix("strongest")
+        if spec == "all":
+            return None, None
+        if spec != number and number.isdigit() and int(number) >= 1:
+            return (int(number), None) if spec.startswith("first") else (None, int(number))
+        if spec.isdigit() and int(spec) >= 1:
+            return None, int(spec)
+        raise error(f"channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list; got {channels!r}")
+    if channels is None:
+        return None, None
+    if isinstance(channels, bool) or (isinstance(channels, int) and channels < 1):
+        raise error(f"channels must be at least 1, got {channels!r}")
+    if isinstance(channels, int):
+        return None, channels
+    return tuple(int(c) for c in channels), None

@@ -33,7 +33,7 @@ from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.options import ScanOptions
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
 from deconvviz.analysis.topk.tracker import TopKTracker
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.sources import Data, ImageSource, SearchError, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,11 +179,11 @@ def _fingerprint(
 
 
 def scan(
-    model: Any,
     data: Data,
+    model: Any = "vgg16",
     layers: Sequence[str] | None = None,
     k: int = 9,
-    channels: int | Sequence[int] | None = None,
+    channels: int | str | Sequence[int] | None = None,
     *,
     batch_size: int = 8,
     device: str | torch.device | None = None,
@@ -200,6 +200,7 @@ def scan(
 
     Arguments are those of :func:`top_k`. Memory holds one batch of activations and the kept hits.
     """
+    data, model = _data_first(data, model, "scan")
     options = ScanOptions.of(
         layers,
         k=k,
@@ -212,7 +213,8 @@ def scan(
         resume=resume,
         save_every=save_every,
     )
-    return run_scan(model, data, options, device=device, progress=progress, state=state)
+    found = run_scan(model, data, options, device=device, progress=progress, state=state)
+    return found if options.strongest is None else keep_strongest(found, options.strongest)
 
 
 def run_scan(
@@ -229,7 +231,7 @@ def run_scan(
     from deconvviz.analysis.topk.state import ScanState, load_state, save_state, state_file
     from deconvviz.core.deconvnet import DeconvNet
 
-    layers, k, channels, batch_size = options.layers, options.k, options.channels, options.batch_size
+    layers, k, channels, batch_size = options.layers, options.k, options.tracked, options.batch_size
     # bad input fails before the model loads
     source = image_source(data, limit=options.limit, sample=options.sample, seed=options.seed)
     loaded = _loaded(model, device)
@@ -266,8 +268,7 @@ def run_scan(
         )
         save_state(path, saved)
 
-    def prepare(image: Any) -> Tensor:
-        return loaded.preprocess(image)
+    prepare = host_preprocess(loaded)
 
     def track(layer: str, act: Tensor, index: Tensor) -> None:
         if layer not in trackers:
@@ -366,11 +367,11 @@ def _merge_ranks(
 
 
 def top_k(
-    model: Any,
     data: Data,
+    model: Any = "vgg16",
     layers: Sequence[str] | None = None,
     k: int = 9,
-    channels: int | Sequence[int] | None = None,
+    channels: int | str | Sequence[int] | None = None,
     *,
     batch_size: int = 8,
     device: str | torch.device | None = None,
@@ -392,15 +393,17 @@ def top_k(
     returns the whole result; the other ranks return it without hits (``hits`` maps each layer to ``{}``).
 
     Args:
-        model: a registered model name (``"vgg16"``) or a loaded model (:func:`deconvviz.load_model`).
         data: a folder of images, scanned recursively (jpg, png, webp, bmp, tiff; ImageNet's class folders
             work as they are), a text file of image paths (one per line, relative to the file), or a
             ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
             Unreadable images are skipped and listed in the result.
+        model: a registered model name (``"vgg16"``, the default) or a loaded model (:func:`deconvviz.load_model`).
         layers: layer names or aliases; default: ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these
             aliases (VGG16), else the deepest four of :func:`deconvviz.core.layers.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
-        channels: which channels: a count ``n`` (the first ``n``), a list of indices, or None for all.
+        channels: which channels: a count ``n`` or ``"strongest<n>"`` (the ``n`` whose strongest activation over
+            the data set is highest, strongest first), ``"first<n>"`` (the first ``n`` by index), a list of
+            indices, or None or ``"all"`` for every channel.
         batch_size: images per forward pass.
         device: where to run (default: where the model is).
         workers: DataLoader worker processes that read and preprocess images.
@@ -426,11 +429,12 @@ def top_k(
         LayerNotFoundError: an unknown layer.
 
     Example:
-        >>> result = dv.top_k("vgg16", "photos/", layers=["conv5_3"], k=9, channels=16)  # doctest: +SKIP
+        >>> result = dv.top_k("photos/", "vgg16", layers=["conv5_3"], k=9, channels=16)  # doctest: +SKIP
         >>> fig, axes = result.figure("conv5_3", 3)  # doctest: +SKIP
     """
     from deconvviz.methods import get_method
 
+    data, model = _data_first(data, model, "top_k")
     method = get_method(method).name  # an unknown method fails before the scan
     options = ScanOptions.of(
         layers,
@@ -445,7 +449,29 @@ def top_k(
         save_every=save_every,
     )
     found = run_scan(model, data, options, device=device, progress=progress, state=state)
+    if options.strongest is not None:
+        found = keep_strongest(found, options.strongest)
     return result_of(found, options.k, options.batch_size, progress, method=method)
+
+
+def _looks_like_model(value: Any) -> bool:
+    from deconvviz.models.zoo import list_models
+
+    if isinstance(value, torch.nn.Module) or (hasattr(value, "module") and hasattr(value, "preprocess")):
+        return True
+    if hasattr(value, "net") and hasattr(value, "model"):  # a session
+        return True
+    if isinstance(value, str) and not Path(value).exists():
+        return value in {spec.name for spec in list_models()} or ":" in value
+    return False
+
+
+def _data_first(data: Any, model: Any, name: str) -> tuple[Any, Any]:
+    """``(data, model)``, also from a call written in the earlier order ``name(model, data)`` (warned once)."""
+    if _looks_like_model(data) and not _looks_like_model(model):
+        deprecated(f"{name}(model, data)", f"{name}(data, model) as every other call does")
+        return model, data
+    return data, model
 
 
 def silent_channels(found: ScanResult) -> dict[str, list[int]]:
@@ -502,6 +528,19 @@ def result_of(
         source=found.source,
         method=get_method(method).name,
     )
+
+
+def host_preprocess(loaded: Any) -> Callable[[Any], Tensor]:
+    """The model's preprocessing, leaving each picture on the host.
+
+    A loaded model's ``preprocess`` puts the picture on the model's device; the scan instead reads pictures on
+    the host (in DataLoader workers, which must not touch CUDA) and moves each batch to the device once, whole.
+    """
+    from deconvviz.models.zoo import LoadedModel
+
+    if isinstance(loaded, LoadedModel):
+        return loaded.preprocessing
+    return loaded.preprocess
 
 
 def _device_of(loaded: Any) -> torch.device:
@@ -580,11 +619,12 @@ def project_hits(
     total = sum(len(wanted[i]) for chunk in chunks for i in chunk)
     where = _device_of(loaded)
     on_gpu = where.type == "cuda"
+    prepare = host_preprocess(loaded)
     values = {layer: trackers[layer].values.to("cpu") for layer in layers}
     mine: dict[str, list[tuple[int, int, TopKHit]]] = {layer: [] for layer in layers}  # (channel, rank, hit)
     done = 0
     for chunk in chunks:
-        x_cpu = torch.stack([source.prepare(i, loaded.preprocess) for i in chunk])
+        x_cpu = torch.stack([source.prepare(i, prepare) for i in chunk])
         x = (x_cpu.pin_memory() if on_gpu else x_cpu).to(where, non_blocking=on_gpu)
         units: dict[str, list[tuple[int, int, int, int]]] = {}
         meta: dict[str, list[tuple[int, int, int, int, int]]] = {}
@@ -625,6 +665,7 @@ def project_hits(
 
 __all__ = [
     "ScanResult",
+    "host_preprocess",
     "project_hits",
     "result_of",
     "run_scan",

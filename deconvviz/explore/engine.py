@@ -1,0 +1,562 @@
+"""What the explorer serves, as plain Python: pictures by id, layers, activations, projections and top-k hits.
+
+:class:`Explorer` owns the model session, the pictures (a folder's or a list's, plus uploads kept in a temporary
+folder), a byte-bounded cache holding one capture per picture, layer and reverse pass, the model worker and the
+background top-k scan. The HTTP app (:mod:`deconvviz.explore.app`) is a thin layer over it, and so are the
+tests and the benchmark. Every error a request can cause is a :class:`~deconvviz.errors.DeconvVizError` whose
+first line is what the command line would print.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deconvviz.errors import DeconvVizError
+from deconvviz.explore.cache import ByteCache, default_cache_bytes
+from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, report_hits, scan_hits
+from deconvviz.explore.worker import ModelWorker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image
+
+    from deconvviz.core.deconvnet import Captured
+    from deconvviz.io.sources import ImageSource
+    from deconvviz.models.session import Session
+
+UPLOAD_LIMIT = 32 << 20
+"""The largest upload accepted by default, in bytes."""
+THUMBNAIL_MAX = 512
+"""The largest thumbnail side a request may ask for."""
+THUMBNAILS_KEPT = 16 << 20
+"""Bytes of thumbnail PNGs kept, so that paging through the strip decodes each picture once."""
+
+
+class ExploreError(DeconvVizError, ValueError):
+    """A request the explorer cannot answer as asked (HTTP 400 unless ``status`` says otherwise)."""
+
+    status = 400
+
+
+class UnknownPictureError(ExploreError):
+    """A picture id the server never gave (HTTP 404)."""
+
+    status = 404
+
+
+class UploadTooLargeError(ExploreError):
+    """An upload over the size limit (HTTP 413)."""
+
+    status = 413
+
+
+@dataclass
+class Picture:
+    """One picture the explorer knows, addressed by the id it gave.
+
+    Attributes:
+        id: the id (``p`` + a hash of the name for the folder's pictures, ``u`` + a hash of the bytes for uploads).
+        name: the name shown (the path relative to the folder, as given, or the upload's file name).
+        path: where its file is (an upload's copy lives in the temporary folder).
+        index: its place in the scanned folder (None for uploads).
+    """
+
+    id: str
+    name: str
+    path: Path
+    index: int | None = None
+    size: tuple[int, int] | None = field(default=None, repr=False)
+
+    def entry(self) -> dict[str, Any]:
+        """``{"id", "name", "width", "height"}`` (the size read from the file's header once)."""
+        if self.size is None:
+            from PIL import Image as PILImage
+
+            try:
+                with PILImage.open(self.path) as opened:
+                    self.size = opened.size
+            except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):
+                self.size = (0, 0)  # an unreadable file still gets its entry; opening it reports the error
+        return {"id": self.id, "name": self.name, "width": self.size[0], "height": self.size[1]}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=6).hexdigest()
+
+
+def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
+    """A folder or a text file of paths (as ``report`` takes), or picture files given one by one."""
+    from deconvviz.io.images import IMAGE_SUFFIXES, ImageError
+    from deconvviz.io.sources import ImageSource, image_source
+
+    items = [Path(images)] if isinstance(images, str | Path) else [Path(i) for i in images]
+    if len(items) == 1 and (items[0].is_dir() or items[0].suffix.lower() not in IMAGE_SUFFIXES):
+        return image_source(items[0])
+    for path in items:
+        if not path.exists():
+            raise ImageError(f"image file not found: {str(path)!r}; check the path")
+        if path.is_dir():
+            raise ImageError(f"{str(path)!r} is a folder; give one folder, or picture files")
+    names = [str(p) for p in items]
+
+    def opener(i: int) -> Any:
+        from deconvviz.io.images import load_image
+
+        return load_image(items[i])
+
+    return ImageSource(names, f"{len(items)} picture file(s)", opener, items)
+
+
+class Explorer:
+    """The explorer's state and every answer it gives, independent of HTTP.
+
+    Args:
+        model: a model name (as ``deconvviz render --model``), a loaded model or a session.
+        images: a folder or a text file of picture paths (as ``deconvviz report``), picture files, or None to
+            start with no pictures (uploads only).
+        device: where the model runs (``auto``, ``cpu``, ``cuda``, ...).
+        checkpoint: a state dict file to load into the model instead of its own weights.
+        report: a report folder (``deconvviz report``) to read the top-k hits from instead of scanning.
+        cache_bytes: the capture cache's size in bytes (default: an eighth of memory, at most 4 GiB).
+        scan: scan the folder for top-k hits in the background (when there is a folder and no report).
+        state_root: where scan states are kept between launches (default: the deconvviz cache folder).
+        upload_limit: the largest upload, in bytes.
+        max_pending: most requests waiting for the model at once.
+    """
+
+    def __init__(
+        self,
+        model: Any = "vgg16",
+        images: str | Path | Sequence[str | Path] | None = None,
+        *,
+        device: str | None = "auto",
+        checkpoint: str | Path | None = None,
+        report: str | Path | None = None,
+        cache_bytes: int | None = None,
+        scan: bool = True,
+        state_root: str | Path | None = None,
+        upload_limit: int = UPLOAD_LIMIT,
+        max_pending: int = 16,
+    ) -> None:
+        from deconvviz.models.session import resolve_device, session
+
+        self.report = read_report(Path(report)) if report is not None else None
+        if images is None and self.report is not None and Path(self.report["folder"]).exists():
+            images = self.report["folder"]
+        self.source = _source(images) if images is not None and images != [] else None
+        if checkpoint is not None:
+            if not isinstance(model, str):
+                raise ExploreError("checkpoint= goes with a model name; load your model with it instead")
+            from deconvviz.models.zoo import load_model
+
+            model = load_model(model, device=resolve_device(device), checkpoint=checkpoint)
+        self.session: Session = session(model, device=device)
+        self.net = self.session.net
+        self.upload_limit = int(upload_limit)
+        self.cache = ByteCache(default_cache_bytes() if cache_bytes is None else int(cache_bytes))
+        self.thumbnails = ByteCache(THUMBNAILS_KEPT)
+        self.worker = ModelWorker(max_pending=max_pending)
+        self._uploads = Path(tempfile.mkdtemp(prefix="deconvviz-explore-"))
+        self._lock = threading.Lock()
+        self.pictures: dict[str, Picture] = {}
+        self.order: list[str] = []
+        if self.source is not None:
+            assert self.source.paths is not None
+            for index, (name, path) in enumerate(zip(self.source.names, self.source.paths, strict=True)):
+                self._add(Picture(self._free_id("p" + _digest(name.encode())), name, path, index))
+        self._layers: list[dict[str, Any]] | None = None
+        self._fields: dict[str, Any] | None = None
+        self.scanner = Scanner(self, Path(state_root) if state_root is not None else None)
+        if scan and self.source is not None and self.report is None:
+            self.scanner.start()
+        self.closed = False
+
+    # ------------------------------------------------------------------------------------------ pictures
+
+    def _free_id(self, wanted: str) -> str:
+        found, n = wanted, 1
+        while found in self.pictures:
+            n += 1
+            found = f"{wanted}-{n}"
+        return found
+
+    def _add(self, picture: Picture) -> None:
+        self.pictures[picture.id] = picture
+        self.order.append(picture.id)
+
+    def picture(self, image: str | None) -> Picture:
+        """The picture with id ``image``.
+
+        Raises:
+            UnknownPictureError: no such id.
+        """
+        found = self.pictures.get(image or "")
+        if found is None:
+            raise UnknownPictureError(f"unknown picture id {image!r}; the ids are those GET /api/images lists")
+        return found
+
+    def images(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The pictures, in order: ``{"id", "name", "width", "height"}`` each (``offset``/``limit`` for a page)."""
+        with self._lock:
+            ids = self.order[offset : None if limit is None else offset + limit]
+        return [self.pictures[i].entry() for i in ids]
+
+    def upload(self, data: bytes, filename: str) -> dict[str, Any]:
+        """Add an uploaded picture; its entry.
+
+        The bytes are decoded in memory first (with the limits of ``deconvviz render``); only a picture is kept,
+        in the explorer's temporary folder, which is removed when the explorer closes.
+
+        Raises:
+            UploadTooLargeError: more bytes than the limit.
+            ImageError: not a picture, corrupt, or too large to open safely.
+        """
+        from deconvviz.io.images import IMAGE_SUFFIXES, decode_image
+
+        name = Path(filename or "upload").name or "upload"
+        if len(data) > self.upload_limit:
+            raise UploadTooLargeError(
+                f"upload {name!r} is {len(data) / 1e6:.1f} MB, over the limit of {self.upload_limit / 1e6:.1f} MB; "
+                "send a smaller picture or start the explorer with a larger --upload-limit"
+            )
+        picture = decode_image(data, name)
+        identity = "u" + _digest(data)
+        with self._lock:
+            if identity in self.pictures:
+                return self.pictures[identity].entry()
+            suffix = Path(name).suffix.lower()
+            path = self._uploads / (identity + (suffix if suffix in IMAGE_SUFFIXES else ".png"))
+            if suffix in IMAGE_SUFFIXES:
+                path.write_bytes(data)
+            else:
+                picture.save(path, format="PNG")
+            entry = Picture(identity, name, path, None, picture.size)
+            self._add(entry)
+        return entry.entry()
+
+    def load(self, image: str) -> Image:
+        """The picture ``image`` as an RGB PIL image (the file read again, with the loader's checks)."""
+        from deconvviz.io.images import load_image
+
+        return load_image(self.picture(image).path)
+
+    def thumbnail_png(self, image: str, size: int) -> bytes:
+        """A PNG of the whole picture, its longest side ``size`` pixels."""
+        from PIL import Image as PILImage
+
+        if not 8 <= size <= THUMBNAIL_MAX:
+            raise ExploreError(f"size must be between 8 and {THUMBNAIL_MAX} pixels, got {size}")
+        key = (image, size)
+        found = self.thumbnails.get(key)
+        if found is None:
+            picture = self.load(image)
+            picture.thumbnail((size, size), PILImage.Resampling.BILINEAR)
+            found = _png(picture)
+            self.thumbnails.put(key, found, len(found))
+        return found
+
+    def input_png(self, image: str) -> bytes:
+        """A PNG of the picture as the model sees it (resized and cropped)."""
+        from deconvviz.viz.pictures import input_to_pil
+
+        captured = self.cache.find(lambda key: key[0] == image)
+        x = captured.x if captured is not None else self.session.preprocess(self.load(image))
+        return _png(
+            input_to_pil(x.detach().cpu(), getattr(self.session.model, "to_image", None), self.net.channel_order)
+        )
+
+    # -------------------------------------------------------------------------------------------- layers
+
+    def layers(self) -> list[dict[str, Any]]:
+        """Every projectable layer, input to output: ``{"name", "node", "shape", "receptive_field"}`` (on the worker).
+
+        ``name`` is the layer's first alias (else its node name); ``shape`` is its output for the model's input
+        size without the batch dimension; ``receptive_field`` is ``{"size", "stride", "whole_image"}`` (None
+        where the geometry is not known).
+        """
+        if self._layers is None:
+            self._layers = self._work_out_layers()
+        return self._layers
+
+    @property
+    def layers_known(self) -> list[dict[str, Any]] | None:
+        """:meth:`layers` if already worked out (no model work needed to answer), else None."""
+        return self._layers
+
+    def _work_out_layers(self) -> list[dict[str, Any]]:
+        import torch
+
+        net = self.net
+        nodes = net.layers
+        size = int(self.session.model.preprocessing.size) if hasattr(self.session.model, "preprocessing") else 224
+        shapes = {n: list(a.shape[1:]) for n, a in net.activations(torch.zeros(1, 3, size, size), nodes).items()}
+        fields: dict[str, Any] = {}
+        for node in nodes:
+            try:
+                fields[node] = self._field(node)
+            except DeconvVizError:  # an op without a known geometry: the field is not known
+                fields[node] = None
+        names: dict[str, str] = {}
+        for alias, node in net.aliases.items():
+            names.setdefault(node, alias)
+        out = []
+        for node in nodes:
+            field_ = fields[node]
+            described = (
+                None
+                if field_ is None
+                else {
+                    "size": None if field_.size is None else list(field_.size),
+                    "stride": None if field_.stride is None else list(field_.stride),
+                    "whole_image": bool(field_.whole_image),
+                }
+            )
+            out.append(
+                {"name": names.get(node, node), "node": node, "shape": shapes[node], "receptive_field": described}
+            )
+        return out
+
+    def _field(self, node: str) -> Any:
+        from deconvviz.core.receptive import receptive_fields
+
+        if self._fields is None:
+            self._fields = {}
+        if node not in self._fields:
+            self._fields[node] = receptive_fields(self.net, [node])[node]
+        return self._fields[node]
+
+    def resolve(self, layer: str | None) -> str:
+        """The node name of a layer alias or node name (LayerNotFoundError lists close names)."""
+        if not layer:
+            raise ExploreError("give the layer: layer=NAME (an alias or node name, as GET /api/layers lists them)")
+        return self.net.resolve(layer)
+
+    # ------------------------------------------------------------------------------------------ captures
+
+    def captured(self, image: str, layer: str, method: str | None = None) -> Captured:
+        """The capture of picture ``image`` at ``layer`` for ``method``: from the cache, else one forward pass.
+
+        Must run on the model worker (or with :attr:`ModelWorker.model` held).
+        """
+        from deconvviz.methods import get_method
+
+        rules = get_method(method)
+        node = self.resolve(layer)
+        self.picture(image)
+        key = (image, node, rules.name)
+        found = self.cache.get(key)
+        if found is None:
+            x = self.session.preprocess(self.load(image))
+            found = self.net.capture(x, node, method=rules)
+            self.cache.put(key, found, found.nbytes())
+        return found
+
+    def activations(self, image: str, layer: str, method: str | None = None) -> dict[str, Any]:
+        """Per channel of ``layer`` on picture ``image``: its peak value and where, strongest first."""
+        captured = self._any_capture(image, layer, method)
+        act = captured.activation[0].detach().float()
+        flat = act.reshape(act.shape[0], -1)
+        peaks, where = flat.max(dim=1)
+        width = int(act.shape[-1]) if act.dim() == 3 else 1
+        order = sorted(range(len(peaks)), key=lambda c: (-float(peaks[c]), c))
+        channels = []
+        for c in order:
+            position = list(divmod(int(where[c]), width)) if act.dim() == 3 else None
+            channels.append({"channel": c, "peak": float(peaks[c]), "position": position})
+        return {
+            "image": image,
+            "layer": layer,
+            "node": captured.node_name,
+            "shape": list(act.shape),
+            "max": float(peaks.max()) if len(peaks) else 0.0,
+            "size": [int(captured.x.shape[-2]), int(captured.x.shape[-1])],
+            "channels": channels,
+        }
+
+    def _any_capture(self, image: str, layer: str, method: str | None) -> Captured:
+        """A capture of the picture and layer for any reverse pass (activations do not depend on it)."""
+        found = self.cached(image, layer)
+        return found if found is not None else self.captured(image, layer, method)
+
+    def cached(self, image: str, layer: str) -> Captured | None:
+        """A capture of the picture and layer already in the cache, for any reverse pass, or None."""
+        node = self.resolve(layer)
+        self.picture(image)
+        return self.cache.find(lambda key: key[0] == image and key[1] == node)
+
+    def activation_png(self, image: str, layer: str, channel: int, captured: Captured | None = None) -> bytes:
+        """Channel ``channel``'s activation map as a heat map PNG, one pixel per unit.
+
+        Black is 0 or less; the layer's largest activation on this picture is the brightest. ``captured`` (from
+        :meth:`cached`) saves the model worker: reading a kept activation runs no model.
+        """
+        import numpy as np
+        from PIL import Image as PILImage
+
+        captured = captured if captured is not None else self._any_capture(image, layer, None)
+        act = captured.activation[0].detach().float().cpu()
+        check_channel(channel, int(act.shape[0]), layer)
+        top = float(act.max())
+        values = act[channel].reshape(act.shape[1], -1) if act.dim() == 3 else act[channel].reshape(1, 1)
+        scaled = (values.clamp(min=0) / top).numpy() if top > 0 else np.zeros(tuple(values.shape))
+        index = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+        return _png(PILImage.fromarray(_heat_table()[index]))
+
+    def unit(
+        self, image: str, layer: str, channel: int, position: tuple[int, int] | None, method: str | None
+    ) -> dict[str, Any]:
+        """The unit a projection would seed: ``{"channel", "position", "activation", "box", "inside"}``.
+
+        The default unit is the channel's strongest (as ``deconvviz render --channels`` seeds it).
+        """
+        captured = self._any_capture(image, layer, method)
+        act = captured.activation[0]
+        check_channel(channel, int(act.shape[0]), layer)
+        if act.dim() != 3:
+            if position is not None:
+                raise ExploreError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
+            return {"channel": channel, "position": None, "activation": float(act[channel]), "box": None}
+        height, width = int(act.shape[1]), int(act.shape[2])
+        if position is None:
+            flat = int(act[channel].reshape(-1).argmax())
+            position = divmod(flat, width)
+        row, col = position
+        if not (0 <= row < height and 0 <= col < width):
+            raise ExploreError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
+        box = None
+        try:
+            found = self._field(captured.node_name)
+            if not found.whole_image:
+                box = [int(v) for v in found.box(row, col, tuple(captured.x.shape[-2:]))]
+        except DeconvVizError:
+            box = None
+        return {
+            "channel": channel,
+            "position": [int(row), int(col)],
+            "activation": float(act[channel, row, col]),
+            "box": box,
+            "size": [int(captured.x.shape[-2]), int(captured.x.shape[-1])],
+        }
+
+    def projection(
+        self, image: str, layer: str, channel: int, position: tuple[int, int] | None = None, method: str | None = None
+    ) -> Any:
+        """The :class:`~deconvviz.Projection` of one unit (default: the channel's strongest), from the cache."""
+        captured = self.captured(image, layer, method)
+        act = captured.activation
+        check_channel(channel, int(act.shape[1]), layer)
+        if position is not None and act.dim() == 4:
+            height, width = int(act.shape[2]), int(act.shape[3])
+            if not (0 <= position[0] < height and 0 <= position[1] < width):
+                raise ExploreError(f"position {position} is outside the {height}x{width} map of layer {layer!r}")
+        return captured.project(channel, position=position)
+
+    def projection_png(
+        self,
+        image: str,
+        layer: str,
+        channel: int,
+        position: tuple[int, int] | None = None,
+        method: str | None = None,
+        scale: str | None = None,
+    ) -> bytes:
+        """The reconstruction as a PNG: pixel for pixel ``Projection.to_pil(0, scale)`` of the same unit."""
+        from deconvviz.viz.scaling import Scaling
+
+        chosen = Scaling.of(scale)  # an unknown scale fails before any work
+        return _png(self.projection(image, layer, channel, position, method).to_pil(0, chosen))
+
+    # ---------------------------------------------------------------------------------------------- top-k
+
+    def topk(self, layer: str, channel: int) -> dict[str, Any]:
+        """The channel's strongest hits over the folder (from the report, or the scan), or the scan's progress."""
+        node = self.resolve(layer)
+        out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
+        if self.report is not None:
+            return {**out, **report_hits(self, self.report, node, channel)}
+        scanner = self.scanner
+        out.update(scanner.status())
+        if scanner.result is None:
+            return {**out, "hits": []}
+        return {**out, "hits": scan_hits(self, scanner.result, node, channel)}
+
+    # ---------------------------------------------------------------------------------------------- close
+
+    def close(self) -> None:
+        """Stop the scan and the worker, and remove the uploads' temporary folder. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        self.scanner.stop()
+        self.worker.stop()  # drops waiting requests, so a scan waiting for them goes on to its stop
+        self.scanner.join()
+        self.cache.clear()
+        self.thumbnails.clear()
+        shutil.rmtree(self._uploads, ignore_errors=True)
+
+    def __enter__(self) -> Explorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _png(picture: Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@functools.cache
+def _heat_table() -> Any:
+    """256 colours from black through red and orange to pale yellow (a perceptually ordered heat scale)."""
+    import numpy as np
+
+    anchors = np.array(
+        [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39]],
+        dtype=np.float64,
+    )
+    anchors = np.vstack([anchors, [252, 255, 164]])
+    steps = np.linspace(0, len(anchors) - 1, 256)
+    low = np.floor(steps).astype(int).clip(0, len(anchors) - 2)
+    t = (steps - low)[:, None]
+    return np.rint(anchors[low] * (1 - t) + anchors[low + 1] * t).astype(np.uint8)
+
+
+def parse_position(text: str | None) -> tuple[int, int] | None:
+    """``"R,C"`` as ``(R, C)``; None for no text."""
+    if text is None or text == "":
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise ExploreError(f"position must be ROW,COL (two whole numbers), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_int(text: str | None, name: str) -> int:
+    """A required whole-number query parameter."""
+    if text is None or text == "":
+        raise ExploreError(f"give {name}=N (a whole number)")
+    if not text.strip().lstrip("-").isdigit():
+        raise ExploreError(f"{name} must be a whole number, got {text!r}")
+    return int(text)
+
+
+__all__ = [
+    "TOP_K",
+    "ExploreError",
+    "Explorer",
+    "Picture",
+    "UnknownPictureError",
+    "UploadTooLargeError",
+    "parse_int",
+    "parse_position",
+]

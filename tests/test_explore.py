@@ -1,0 +1,741 @@
+"""The explorer: its HTTP API on a tiny registered model (Starlette's test client and a real uvicorn server), its
+safety checks, the model worker's queue, the command and the notebook helper, and the page in a browser."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import register_tiny_model
+from PIL import Image
+
+import deconvviz as dv
+
+pytest.importorskip("starlette")
+from starlette.testclient import TestClient
+
+from deconvviz.explore.app import Settings, create_app
+from deconvviz.explore.engine import Explorer
+from deconvviz.explore.server import Server
+from deconvviz.explore.worker import Busy, ModelWorker, Superseded
+
+MODEL = "tiny-explore"
+TOKEN = "test-token-0123456789"
+PORT = 47111
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model() -> None:
+    register_tiny_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    generator = np.random.default_rng(0)
+    for i, size in enumerate([(40, 48), (36, 36), (50, 40), (44, 44)]):
+        pixels = generator.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def explorer(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Explorer:
+    found = Explorer(MODEL, photos, device="cpu", state_root=tmp_path_factory.mktemp("state"), cache_bytes=64 << 20)
+    assert found.scanner.wait(120)
+    yield found
+    found.close()
+
+
+def _client(explorer: Explorer, *, port: int = PORT, token: str = TOKEN, auth: bool = True) -> TestClient:
+    app = create_app(explorer, Settings(token=token, port=port))
+    headers = {"Authorization": f"token {token}"} if auth else {}
+    return TestClient(app, base_url=f"http://127.0.0.1:{port}", headers=headers)
+
+
+@pytest.fixture(scope="module")
+def client(explorer: Explorer) -> TestClient:
+    return _client(explorer)
+
+
+def _ids(client: TestClient) -> list[str]:
+    return [entry["id"] for entry in client.get("/api/images").json()]
+
+
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _one_line_error(response, status: int, *words: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    message = response.json()["error"]
+    assert message
+    assert "\n" not in message
+    assert "Traceback" not in message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+
+def test_a_kept_capture_projects_what_project_gives(explorer: Explorer) -> None:
+    net = explorer.net
+    x = explorer.session.preprocess(explorer.load(explorer.order[0]))
+    captured = net.capture(x, "conv3", method="guided")
+    for kwargs in ({"channel": 2}, {"channel": [1, 5]}, {"channel": 3, "position": (2, 7)}, {"top": 3}):
+        again = captured.project(**kwargs)  # the same capture, used again and again
+        fresh = net.project(x, "conv3", method="guided", **kwargs)
+        assert torch.equal(again.image, fresh.image)
+        assert again.channels == fresh.channels
+        assert again.positions == fresh.positions
+    assert captured.nbytes() > captured.activation.element_size() * captured.activation.nelement()
+
+
+# ------------------------------------------------------------------------------------------------- the API
+
+
+def test_images_lists_every_picture_with_an_id_and_its_size(client: TestClient, photos: Path) -> None:
+    response = client.get("/api/images")
+    assert response.status_code == 200
+    listed = response.json()
+    assert [e["name"] for e in listed] == sorted(p.name for p in photos.iterdir())
+    assert response.headers["x-total-count"] == str(len(listed))
+    for entry in listed:
+        with Image.open(photos / entry["name"]) as opened:
+            assert (entry["width"], entry["height"]) == opened.size
+        assert set(entry) == {"id", "name", "width", "height"}
+        assert str(photos) not in entry["id"]
+    assert client.get("/api/images", params={"offset": 1, "limit": 2}).json() == listed[1:3]
+
+
+def test_layers_are_those_deconvviz_layers_lists(client: TestClient, explorer: Explorer) -> None:
+    listed = client.get("/api/layers").json()
+    net = explorer.net
+    assert [layer["node"] for layer in listed] == net.layers
+    shapes = net.activations(torch.zeros(1, 3, 32, 32), net.layers)
+    fields = dv.receptive_fields(net)
+    for layer in listed:
+        assert set(layer) == {"name", "node", "shape", "receptive_field"}
+        assert layer["shape"] == list(shapes[layer["node"]].shape[1:])
+        field = fields[layer["node"]]
+        assert layer["receptive_field"]["whole_image"] == field.whole_image
+        assert layer["receptive_field"]["size"] == (None if field.size is None else list(field.size))
+    assert {"conv1", "conv2", "conv3"} <= {layer["name"] for layer in listed}
+
+
+def test_activations_give_each_channels_peak_strongest_first(client: TestClient, explorer: Explorer) -> None:
+    image = _ids(client)[1]
+    body = client.get("/api/activations", params={"image": image, "layer": "conv2"}).json()
+    x = explorer.session.preprocess(explorer.load(image))
+    act = explorer.net.activations(x, ["conv2"])["conv2"][0].double()
+    assert body["shape"] == list(act.shape)
+    peaks = [c["peak"] for c in body["channels"]]
+    assert peaks == sorted(peaks, reverse=True)
+    assert len(peaks) == act.shape[0]
+    for item in body["channels"]:
+        row, col = item["position"]
+        assert item["peak"] == pytest.approx(float(act[item["channel"]].max()), rel=1e-6)
+        assert float(act[item["channel"], row, col]) == pytest.approx(item["peak"], rel=1e-6)
+    picture = _png(client.get("/api/activations.png", params={"image": image, "layer": "conv2", "channel": 0}).content)
+    assert picture.shape[:2] == tuple(act.shape[1:])
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
+@pytest.mark.parametrize("scale", ["robust", "max", "minmax"])
+def test_projection_png_is_pixel_for_pixel_the_librarys(
+    client: TestClient, explorer: Explorer, photos: Path, method: str, scale: str
+) -> None:
+    listed = client.get("/api/images").json()
+    entry = listed[2]
+    for position in (None, (3, 4)):
+        params = {"image": entry["id"], "layer": "conv3", "channel": 5, "method": method, "scale": scale}
+        if position is not None:
+            params["position"] = f"{position[0]},{position[1]}"
+        response = client.get("/api/projection.png", params=params)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        expected = dv.visualize(
+            photos / entry["name"], MODEL, "conv3", channel=5, position=position, method=method, device="cpu"
+        )
+        assert np.array_equal(_png(response.content), np.asarray(expected.to_pil(0, scale)))
+
+
+def test_a_second_unit_of_the_same_picture_runs_no_forward_pass(
+    client: TestClient, explorer: Explorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = _ids(client)[3]
+    calls = []
+    real = explorer.net.capture
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explorer.net, "capture", counting)
+    for channel, position in ((1, None), (2, None), (2, "0,0"), (6, "5,5")):
+        params = {"image": image, "layer": "conv3", "channel": channel, "method": "gradient"}
+        if position:
+            params["position"] = position
+        assert client.get("/api/projection.png", params=params).status_code == 200
+        assert client.get("/api/unit", params=params).status_code == 200
+    assert len(calls) == 1
+
+
+def test_unit_defaults_to_the_strongest_and_gives_its_receptive_field(client: TestClient, explorer: Explorer) -> None:
+    image = _ids(client)[0]
+    body = client.get("/api/unit", params={"image": image, "layer": "conv3", "channel": 4}).json()
+    p = explorer.projection(image, "conv3", 4)
+    assert tuple(body["position"]) == p.positions[0]
+    assert body["activation"] == pytest.approx(float(p.activations[0]), rel=1e-6)
+    box = dv.receptive_field(explorer.net, "conv3").box(*body["position"], (32, 32))
+    assert body["box"] == [int(v) for v in box]
+
+
+def test_input_picture_and_thumbnails(client: TestClient) -> None:
+    image = _ids(client)[0]
+    assert _png(client.get("/api/image.png", params={"image": image}).content).shape == (32, 32, 3)
+    assert max(_png(client.get("/api/image.png", params={"image": image, "size": 24}).content).shape[:2]) == 24
+
+
+def test_topk_are_the_strongest_over_the_folder(client: TestClient, explorer: Explorer) -> None:
+    body = client.get("/api/topk", params={"layer": "conv3", "channel": 6}).json()
+    assert body["state"] == "done"
+    assert body["done"] == body["total"] == 4
+    expected = []
+    for image in explorer.order:
+        x = explorer.session.preprocess(explorer.load(image))
+        act = explorer.net.activations(x, ["conv3"])["conv3"][0, 6].double()
+        if float(act.max()) > 0:
+            expected.append((float(act.max()), image))
+    expected.sort(key=lambda pair: -pair[0])
+    assert [h["image"] for h in body["hits"]] == [image for _, image in expected]
+    for hit, (value, _) in zip(body["hits"], expected, strict=True):
+        assert hit["value"] == pytest.approx(value, rel=1e-5)
+        box = dv.receptive_field(explorer.net, "conv3").box(*hit["position"], (32, 32))
+        assert hit["box"] == [int(v) for v in box]
+
+
+def test_a_second_launch_reuses_the_saved_scan(
+    explorer: Explorer, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deconvviz.explore.topk import Scanner
+
+    monkeypatch.setattr(Scanner, "SAVE_EVERY", 0.0)  # a scan this short is saved only when told to save at once
+    with Explorer(MODEL, photos, device="cpu", state_root=tmp_path) as first:
+        assert first.scanner.wait(60)
+        assert first.scanner.state == "done"
+        assert first.scanner.folder().is_dir()
+        assert first.scanner.result.resumed == 0
+    with Explorer(MODEL, photos, device="cpu", state_root=tmp_path) as again:
+        assert again.scanner.wait(60)
+        assert again.scanner.state == "done"
+        assert again.scanner.result.resumed == 4  # every picture came from the saved state
+        assert again.topk("conv2", 1)["hits"] == explorer.topk("conv2", 1)["hits"]
+
+
+def test_topk_from_a_report(photos: Path, tmp_path: Path) -> None:
+    from deconvviz.viz.report import build_report
+
+    build_report(photos, tmp_path / "report", model=MODEL, layers="conv3", channels=2, k=3, device="cpu")
+    manifest = json.loads((tmp_path / "report" / "manifest.json").read_text())
+    layer = manifest["topk"]["layers"][0]
+    channel = int(next(iter(layer["channels"])))
+    with Explorer(MODEL, None, device="cpu", report=tmp_path / "report") as found:  # the report's folder is explored
+        assert len(found.order) == 4
+        body = _client(found).get("/api/topk", params={"layer": "conv3", "channel": channel}).json()
+        assert body["source"] == "report"
+        names = {found.pictures[i].name: i for i in found.order}
+        kept = [h for h in layer["channels"][str(channel)] if h["value"] > 0]
+        assert [(h["name"], h["value"], h["position"]) for h in body["hits"]] == [
+            (h["image"], h["value"], h["position"]) for h in kept
+        ]
+        assert all(h["image"] == names[h["name"]] for h in body["hits"])
+
+
+def test_upload_adds_a_picture(client: TestClient, photos: Path) -> None:
+    data = (photos / "photo1.png").read_bytes()
+    response = client.post("/api/images", files={"file": ("mine.png", data, "image/png")})
+    assert response.status_code == 201
+    entry = response.json()
+    assert entry["name"] == "mine.png"
+    assert (entry["width"], entry["height"]) == (36, 36)
+    assert entry["id"] in _ids(client)
+    assert (
+        client.get("/api/projection.png", params={"image": entry["id"], "layer": "conv1", "channel": 0}).status_code
+        == 200
+    )
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "words"),
+    [
+        ("/api/activations", {"image": "nope", "layer": "conv3"}, 404, ["unknown picture id 'nope'"]),
+        ("/api/activations", {"image": 0, "layer": "conv9"}, 400, ["unknown layer 'conv9'", "conv3"]),
+        ("/api/activations", {"image": 0}, 400, ["layer"]),
+        ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 8}, 400, ["channel 8 is out of range"]),
+        (
+            "/api/projection.png",
+            {"image": 0, "layer": "conv3", "channel": "x"},
+            400,
+            ["channel must be a whole number"],
+        ),
+        ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 1, "method": "magic"}, 400, ["'magic'"]),
+        ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 1, "scale": "loud"}, 400, ["'loud'"]),
+        ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 1, "position": "16,0"}, 400, ["(16, 0)"]),
+        ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 1, "position": "1"}, 400, ["ROW,COL"]),
+        ("/api/activations.png", {"image": 0, "layer": "conv3", "channel": -1}, 400, ["channel -1 is out of range"]),
+        ("/api/unit", {"image": 0, "layer": "conv3", "channel": 1, "position": "0,99"}, 400, ["(0, 99)"]),
+        ("/api/image.png", {"image": "../../etc/passwd"}, 404, ["unknown picture id"]),
+        ("/api/image.png", {"image": 0, "size": 4096}, 400, ["size must be between"]),
+        ("/api/topk", {"layer": "conv3", "channel": 99}, 400, ["channel 99 is out of range"]),
+        ("/api/topk", {"layer": "nope", "channel": 1}, 400, ["unknown layer 'nope'"]),
+        ("/api/nothing", {}, 404, ["no such address"]),
+    ],
+)
+def test_bad_input_is_a_4xx_with_one_line(
+    client: TestClient, path: str, params: dict, status: int, words: list
+) -> None:
+    ids = _ids(client)
+    params = {k: ids[v] if k == "image" and isinstance(v, int) else v for k, v in params.items()}
+    _one_line_error(client.get(path, params=params), status, *words)
+
+
+def test_the_same_words_as_the_command_line(client: TestClient, explorer: Explorer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    image = _ids(client)[0]
+    message = _one_line_error(
+        client.get("/api/projection.png", params={"image": image, "layer": "conv7", "channel": 0}), 400
+    )
+    result = CliRunner().invoke(app, ["render", str(explorer.pictures[image].path), "--model", MODEL, "-l", "conv7"])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    upload = _one_line_error(client.post("/api/images", files={"file": ("notes.txt", b"hello")}), 400)
+    with pytest.raises(dv.ImageError) as raised:
+        dv.load_image(bad)
+    assert upload.replace("'notes.txt'", repr(str(bad))) == str(raised.value)
+
+
+def test_uploads_that_are_refused(client: TestClient, explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _ids(client)
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buffer, format="PNG")
+    with monkeypatch.context() as patched:  # Pillow's decompression-bomb limit, lowered so that a small file is one
+        patched.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+        _one_line_error(
+            client.post("/api/images", files={"file": ("bomb.png", buffer.getvalue())}), 400, "too large to open safely"
+        )
+    with monkeypatch.context() as patched:
+        patched.setattr(explorer, "upload_limit", 1000)
+        _one_line_error(client.post("/api/images", files={"file": ("big.png", b"x" * 200_000)}), 413, "over the limit")
+    _one_line_error(client.post("/api/images", files={"other": ("a.png", buffer.getvalue())}), 400, "`file`")
+    _one_line_error(client.post("/api/images", content=b"raw", headers={"content-type": "image/png"}), 400, "multipart")
+    _one_line_error(client.post("/api/images", files={"file": ("cut.png", buffer.getvalue()[:60])}), 400, "cut.png")
+    assert _ids(client) == before
+
+
+# ------------------------------------------------------------------------------------------------------ safety
+
+
+def test_every_request_needs_the_token(explorer: Explorer) -> None:
+    bare = _client(explorer, auth=False)
+    image = explorer.order[0]
+    for path in ("/", "/api/images", "/api/layers", f"/api/image.png?image={image}"):
+        _one_line_error(bare.get(path), 401, "token")
+    _one_line_error(bare.get("/api/images", headers={"Authorization": "token wrong"}), 403, "wrong token")
+    _one_line_error(bare.get("/api/images", params={"token": "wrong"}), 403, "wrong token")
+    assert bare.get("/api/images", params={"token": TOKEN}).status_code == 200
+    assert bare.get("/static/explore.js").status_code == 200  # the page's own code holds no secret
+
+
+def test_the_page_keeps_the_token_in_a_strict_httponly_cookie(explorer: Explorer) -> None:
+    bare = _client(explorer, auth=False)
+    page = bare.get("/", params={"token": TOKEN})
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    cookie = page.headers["set-cookie"]
+    assert f"deconvviz-explore-{PORT}={TOKEN}" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert bare.get("/api/images").status_code == 200  # the cookie alone now does
+
+
+def test_a_foreign_host_is_refused(explorer: Explorer) -> None:
+    client = _client(explorer)
+    for host in ("evil.example:47111", "127.0.0.1:9999", "127.0.0.1.nip.io:47111", ""):
+        _one_line_error(client.get("/api/images", headers={"host": host}), 403, "Host")
+    for host in ("127.0.0.1:47111", "localhost:47111", "[::1]:47111"):
+        assert client.get("/api/images", headers={"host": host}).status_code == 200
+
+
+def test_answers_allow_only_the_server_itself(client: TestClient) -> None:
+    for response in (client.get("/"), client.get("/api/layers"), client.get("/api/nothing")):
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy
+        assert "script-src 'self'" in policy
+        assert "*" not in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+    page = client.get("/").text
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing loaded from elsewhere
+    assert "<script>" not in page
+    assert " style=" not in page
+
+
+# -------------------------------------------------------------------------------------------------- the worker
+
+
+def test_the_worker_drops_stale_requests_and_refuses_past_its_queue() -> None:
+    worker = ModelWorker(max_pending=3)
+    gate = threading.Event()
+    try:
+        blocker = worker.submit(gate.wait)
+        time.sleep(0.05)
+        old = worker.submit(lambda: "old", client="page", seq=1)
+        other = worker.submit(lambda: "other", client="other page", seq=1)
+        new = worker.submit(lambda: "new", client="page", seq=2)
+        with pytest.raises(Superseded):
+            old.result(5)
+        with pytest.raises(Superseded):
+            worker.submit(lambda: "older", client="page", seq=1)
+        worker.submit(lambda: "fills", client=None)
+        with pytest.raises(Busy):
+            worker.submit(lambda: "one too many")
+        gate.set()
+        assert blocker.result(5) is True
+        assert new.result(5) == "new"
+        assert other.result(5) == "other"
+    finally:
+        gate.set()
+        worker.stop()
+
+
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the memory from /proc")
+def test_fifty_concurrent_projections_all_answer(photos: Path, tmp_path: Path) -> None:
+    explorer = Explorer(MODEL, photos, device="cpu", scan=False, cache_bytes=8 << 20, max_pending=8)
+    server = Server(explorer, port=0, token=TOKEN).start()
+    try:
+        assert server.wait_started()
+        base = f"http://127.0.0.1:{server.port}"
+        ids = explorer.order
+
+        def url(i: int) -> str:
+            return f"{base}/api/projection.png?image={ids[i % 4]}&layer=conv{1 + i % 3}&channel={i % 4}&method=guided"
+
+        for i in range(12):  # warm up every picture and layer once
+            assert _get(url(i))[0] == 200
+        before = _rss()
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda i=i: statuses.append(_get(url(i))[0])) for i in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(statuses) == 50
+        assert set(statuses) <= {200, 429, 503}
+        assert statuses.count(200) >= 8
+        status, body = _get(f"{base}/api/status")
+        assert status == 200
+        assert json.loads(body)["pending"] == 0
+        assert json.loads(body)["cache"]["bytes"] <= 8 << 20
+        assert _get(url(7))[0] == 200
+        assert _rss() - before < 64 << 20
+    finally:
+        server.stop()
+    assert not explorer.worker._thread.is_alive()
+    assert not explorer._uploads.exists()
+
+
+# ---------------------------------------------------------------------------------------- command and notebook
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: several seconds
+def test_the_command_prints_one_line_serves_and_stops_on_ctrl_c(photos: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from conftest import register_tiny_model; "
+        f"register_tiny_model({MODEL!r}); from deconvviz.cli import main; main()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DECONVVIZ_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    argv = ["explore", str(photos), "--model", MODEL, "--port", "0", "--no-browser", "--device", "cpu"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        found = re.fullmatch(r"deconvviz explore: http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)\n", line)
+        assert found, line + process.stderr.read()
+        port, token = found.groups()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/layers?token={token}", timeout=60) as response:
+            assert response.status == 200
+            assert json.loads(response.read())[0]["node"] == "features.0"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        assert "stopped" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    result = CliRunner().invoke(app, ["explore", str(tmp_path / "missing"), "--model", MODEL, "--no-browser"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "not found" in result.stderr
+
+
+def test_dv_explore_serves_on_a_thread_and_shows_inline(photos: Path) -> None:
+    handle = dv.explore(MODEL, photos, device="cpu", token=TOKEN)
+    try:
+        assert handle.running
+        assert f"?token={TOKEN}" in handle.url
+        assert f'<iframe src="{handle.url}"' in handle._repr_html_()
+        base = handle.url.split("/?")[0]
+        assert _get(f"{base}/api/images")[0] == 200
+    finally:
+        handle.stop()
+    assert not handle.running
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{base}/api/images", timeout=5)
+
+
+# -------------------------------------------------------------------------------------------------- in a browser
+
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+_CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.browser
+def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not (_CHROMIUM and _CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    options = Options()
+    options.binary_location = _CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    explorer = Explorer(MODEL, photos, device="cpu", state_root=tmp_path / "state")
+    server = Server(explorer, port=0, token=TOKEN).start()
+    driver = webdriver.Chrome(service=Service(_CHROMEDRIVER), options=options)
+    try:
+        assert server.wait_started()
+        base = f"http://127.0.0.1:{server.port}"
+        driver.get(server.url)
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_elements("css selector", "#grid a"))
+        assert "token" not in driver.current_url  # the token went into the cookie, not the permalinks
+
+        def shown(selector: str) -> np.ndarray:
+            wait.until(
+                lambda d: d.execute_script(
+                    "const i = document.querySelector(arguments[0]); return i.complete && i.naturalWidth > 0;", selector
+                )
+            )
+            data = driver.execute_script(
+                "const i = document.querySelector(arguments[0]); const c = document.createElement('canvas');"
+                "c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d');"
+                "g.drawImage(i, 0, 0); return c.toDataURL('image/png');",
+                selector,
+            )
+            return _png(__import__("base64").b64decode(data.split(",", 1)[1]))
+
+        def address() -> dict[str, str]:
+            from urllib.parse import parse_qsl, urlparse
+
+            return dict(parse_qsl(urlparse(driver.current_url).query))
+
+        tiles = driver.find_elements("css selector", "#grid a")
+        tiles[2].click()  # the third strongest channel
+        channel = tiles[2].get_attribute("data-channel")
+        wait.until(lambda d: address().get("channel") == channel)
+        state = address()
+        wait.until(lambda d: f"channel={channel}&" in d.find_element("id", "projection").get_attribute("src"))
+        api = _png(
+            _get(f"{base}/api/projection.png?image={state['image']}&layer={state['layer']}&channel={channel}")[1]
+        )
+        assert np.array_equal(shown("#projection"), api)
+        unit_before = driver.find_element("id", "unit").text
+        driver.find_element("id", "map").click()  # the middle of the map: another unit
+        wait.until(lambda d: "unit" in address())
+        wait.until(lambda d: d.find_element("id", "unit").text not in ("", unit_before))
+        row, col = map(int, address()["unit"].split(","))
+        api = _png(
+            _get(
+                f"{base}/api/projection.png?image={state['image']}&layer={state['layer']}&channel={channel}"
+                f"&position={row},{col}"
+            )[1]
+        )
+        wait.until(lambda d: f"position={row}%2C{col}" in d.find_element("id", "projection").get_attribute("src"))
+        assert np.array_equal(shown("#projection"), api)
+        permalink = driver.current_url
+        unit_text = driver.find_element("id", "unit").text
+        driver.refresh()  # the permalink shows the same view
+        wait.until(lambda d: d.find_element("id", "unit").text == unit_text)
+        assert driver.current_url == permalink
+        assert np.array_equal(shown("#projection"), api)
+        driver.back()  # back to the strongest unit of the channel
+        wait.until(lambda d: "unit" not in address() and address().get("channel") == channel)
+        wait.until(lambda d: d.find_element("id", "unit").text == unit_before)
+        count = len(driver.find_elements("css selector", "#strip a"))
+        driver.find_element("id", "file").send_keys(str(photos / "photo3.png"))  # the file picker: an upload
+        wait.until(lambda d: address().get("image", "").startswith("u"))
+        wait.until(lambda d: len(d.find_elements("css selector", "#strip a")) == count + 1)
+        wait.until(lambda d: d.find_element("id", "unit").text.startswith(address()["layer"]))
+        assert driver.save_screenshot(str(tmp_path / "explorer.png"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        from urllib.parse import urlparse
+
+        requested = set()
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                url = urlparse(message["params"]["request"]["url"])
+                if url.scheme not in ("data", "chrome", "about"):  # the test's canvas read, the browser's own pages
+                    requested.add(f"{url.scheme}://{url.netloc}")
+        assert requested == {base}, requested
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def test_the_demo_prints_the_command_that_explores_its_photos(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deconvviz.cli.demo import EXAMPLES, explore_command
+
+    monkeypatch.chdir(ROOT)
+    assert explore_command(EXAMPLES, "vgg16") == "deconvviz explore examples"
+    assert explore_command(EXAMPLES, "squeezenet1_1") == "deconvviz explore examples --model squeezenet1_1"
+
+
+def test_hosts_allowed_when_listening_on_every_interface() -> None:
+    settings = Settings(host="0.0.0.0", port=9000)
+    assert settings.allowed_host("192.168.1.20:9000")
+    assert settings.allowed_host("localhost:9000")
+    assert not settings.allowed_host("attacker.example:9000")  # a DNS name could be rebound: only addresses
+    assert not settings.allowed_host("192.168.1.20:9001")
+
+
+def test_another_host_than_loopback_is_warned_about_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+
+    result = CliRunner().invoke(app, ["explore", "--host", "0.0.0.0", "--model", "no-such-model", "--no-browser"])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2
+    assert len(lines) == 2
+    assert lines[0].startswith("warning: listening on 0.0.0.0")
+    assert "no-such-model" in lines[1]
+
+
+def test_without_a_folder_the_explorer_starts_empty_and_takes_uploads(photos: Path) -> None:
+    with Explorer(MODEL, None, device="cpu") as empty:
+        client = _client(empty)
+        assert client.get("/api/images").json() == []
+        assert client.get("/").status_code == 200
+        topk = client.get("/api/topk", params={"layer": "conv3", "channel": 0}).json()
+        assert topk["state"] == "none"
+        assert topk["hits"] == []
+        assert "IMAGES" in topk["message"]
+        entry = client.post("/api/images", files={"file": ("a.png", (photos / "photo0.png").read_bytes())}).json()
+        assert _ids(client) == [entry["id"]]
+        folder = empty._uploads
+        assert [p.name for p in folder.iterdir()] == [f"{entry['id']}.png"]
+    assert not folder.exists()  # the uploads' temporary folder goes with the explorer
+
+
+@pytest.mark.slow  # starts a Jupyter kernel
+def test_dv_explore_in_a_kernel_shows_inline_and_the_kernel_shuts_down_by_itself(
+    photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = pytest.importorskip("jupyter_client.manager")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    km, kc = manager.start_new_kernel(kernel_name="python3")
+    try:
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+            f"from conftest import register_tiny_model; register_tiny_model({MODEL!r})\n"
+            "import deconvviz as dv\n"
+            "import deconvviz.cli  # the command line imports the explorer's package: dv.explore is still callable\n"
+            f"ex = dv.explore({MODEL!r}, {str(photos)!r}, device='cpu')\n"
+            "ex\n"
+        )
+        shown: list[dict] = []
+        reply = kc.execute_interactive(
+            code, timeout=120, output_hook=lambda m: shown.append(m["content"].get("data", {}))
+        )
+        assert reply["content"]["status"] == "ok"
+        html = next(d["text/html"] for d in shown if "text/html" in d)
+        assert html.startswith('<iframe src="http://127.0.0.1:')
+        kc.shutdown()  # the kernel's own shutdown: the server's thread must not keep it alive
+        for _ in range(300):
+            if not km.is_alive():
+                break
+            time.sleep(0.1)
+        assert not km.is_alive()
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
