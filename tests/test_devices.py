@@ -192,7 +192,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_streaming_top_k_equals_the_cpu_brute_force(device: torch.device, folder: Path) -> None:
     stand = Stand(make_tiny_vgg(dtype=torch.float64))
     on_device = Stand(_on(stand.module, device))  # its pictures are prepared on the CPU and moved by the scan
-    result = dv.top_k(on_device, folder, layers=["conv2", "pool2"], k=3, batch_size=4)
+    result = dv.top_k(folder, on_device, layers=["conv2", "pool2"], k=3, batch_size=4)
     net = dv.DeconvNet(stand.module, aliases=stand.layers)
     for layer in ["conv2", "pool2"]:
         expected = _brute_force(stand, folder, layer, 3)
@@ -222,9 +222,9 @@ def test_loader_workers_read_pictures_on_the_host(device: torch.device, folder: 
     picture = Image.open(next(iter(sorted(folder.rglob("*.png")))))
     assert host_preprocess(loaded)(picture).device.type == "cpu"
     assert loaded.preprocess(picture).device.type == device.type
-    arguments = {"layers": ["features.3", "features.7"], "k": 2, "channels": 3, "batch_size": 3}
-    read_here = dv.top_k(loaded, folder, **arguments)  # type: ignore[arg-type]
-    read_by_workers = dv.top_k(loaded, folder, workers=2, **arguments)  # type: ignore[arg-type]
+    arguments = {"layers": ["features.3", "features.7"], "k": 2, "channels": "first3", "batch_size": 3}
+    read_here = dv.top_k(folder, loaded, **arguments)  # type: ignore[arg-type]
+    read_by_workers = dv.top_k(folder, loaded, workers=2, **arguments)  # type: ignore[arg-type]
     assert read_by_workers.to_dict() == read_here.to_dict()
     assert len(read_here.skipped) == 1  # broken.jpg
 
@@ -352,7 +352,7 @@ _SCAN = textwrap.dedent(
 
     dv.register_model(dv.ModelSpec(name="tiny-ranks", builder=lambda: make_tiny_vgg(dtype=torch.float64),
                                    preprocessing=dv.Preprocessing(size=32), aliases=TINY_ALIASES), replace=True)
-    found = scan("tiny-ranks", sys.argv[1], layers=["conv2", "conv3"], k=3, batch_size=3, device=sys.argv[2])
+    found = scan(sys.argv[1], "tiny-ranks", layers=["conv2", "conv3"], k=3, batch_size=3, device=sys.argv[2])
     hits = project_hits(found, 4)
     if found.ranks.rank == 0:
         backend = torch.distributed.get_backend() if found.ranks.spread else "none"

@@ -291,7 +291,7 @@ def test_scan_options_are_checked_once_and_give_the_command_line_flags() -> None
     assert options.channels == (1, 2)
     assert options.argv() == [
         "--top", "4", "--batch-size", "3", "--seed", "0", "--save-every", "60.0",
-        "--layers", "conv2,conv3", "--limit", "10", "--resume",
+        "--layers", "conv2,conv3", "--channels", "1,2", "--limit", "10", "--resume",
     ]  # fmt: skip
     assert options.but(limit=None).limit is None
     for bad, words in (({"k": 0}, "k must be"), ({"batch_size": 0}, "batch_size"), ({"save_every": -1}, "save_every")):

@@ -204,10 +204,10 @@ class Scanner:
         worker.model.acquire()
         try:
             try:
-                self.result = scan(explorer.session.model, explorer.source, **arguments)
+                self.result = scan(explorer.source, explorer.session.model, **arguments)
             except StateError:  # a state from another deconvviz version or other arguments: scan afresh
                 shutil.rmtree(state, ignore_errors=True)
-                self.result = scan(explorer.session.model, explorer.source, **arguments)
+                self.result = scan(explorer.source, explorer.session.model, **arguments)
             self.state = "done"
             self.done = self.total
         except _StopScan:
