@@ -612,3 +612,18 @@ def test_tuple_outputs_without_a_rule_are_mirrored_through_their_indexing() -> N
     y = model(leaf)
     expected = torch.stack([torch.autograd.grad(y, leaf, s.unsqueeze(0), retain_graph=True)[0][0] for s in seeds])
     assert relative_error(p.image, expected) <= 1e-10
+
+
+def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> None:
+    from deconvviz.analysis.choose import channel_widths
+    from deconvviz.core.layers import default_layers
+
+    model, x = net_and_input
+    net = dv.DeconvNet(model)
+    with pytest.raises(SeedError, match=r"layer 'attn\.mha' returns a tuple") as info:
+        channel_widths(net, x, ["conv_last", "attn.mha"])
+    assert "\n" not in str(info.value)
+    chosen = default_layers(net, x)
+    assert "attn.mha" not in chosen
+    assert not set(chosen) & set(net.held_layers())  # a held gate's projection is blank: never a default
+    assert "cbam.channel.sigmoid" in net.held_layers()

@@ -153,6 +153,17 @@ class DeconvNet:
             if graph.names[node] in names
         }
 
+    def held_layers(self, method: Method | None = None) -> list[str]:
+        """Layers whose op is held at its forward value under ``method`` (gates): their projections are blank."""
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        names = set(self.layers_for(rules))
+        return [
+            graph.names[n]
+            for n in graph.nodes
+            if graph.names[n] in names and getattr(rules.for_node(n, graph.module(n)), "holds", False)
+        ]
+
     def field_context(self, method: Method | None = None) -> tuple[RuleSet, Graph, Probe]:
         """The rule set, the traced graph and the probe pass that receptive fields under ``method`` are read from.
 
