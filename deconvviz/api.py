@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from deconvviz.analysis.choose import DEFAULT_TOP, project
 from deconvviz.core.layers import default_layers
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.models.session import DEFAULT_MODEL, Session, session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,9 +41,10 @@ def visualize(
     size: int | None = None,
     full_image: bool = False,
     inside: bool | None = None,
-    target_class: str | int | None = None,
+    target: str | int | None = None,
     method: str | RuleSet | None = None,
     steps: StepsChoice = False,
+    target_class: str | int | None = None,
 ) -> Projection:
     """Project a picture's strongest channels of one layer back to pixels, in one call.
 
@@ -65,13 +66,15 @@ def visualize(
         full_image: keep the whole picture instead of resizing and centre-cropping it to the model's size.
         inside: prefer units whose receptive field lies wholly inside the picture (None: on for ``top``,
             off for chosen channels; see :func:`project`).
-        target_class: instead of a layer, project a class score of a classifier: ``"auto"`` (the top-1
-            class), a class index or a class name (see :func:`deconvviz.analysis.choose.project_class`).
+        target: instead of a layer, project a class score of a classifier: ``"auto"`` (the top-1 class), a
+            class index or a class name (see :func:`deconvviz.analysis.choose.project_class`), as ``target``
+            names the class in :func:`deconvviz.occlusion` and :func:`deconvviz.invariance`.
         method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
             backpropagation) or ``"gradient"`` (see ``docs/rules.md``), another registered name, or a rule set.
         steps: also keep the signal after every mirrored op, seed to pixels, in ``.steps`` (True: the first
             seed's; ``"all"`` or seed indices for more; see :meth:`deconvviz.DeconvNet.project`). Not for
-            ``target_class``.
+            ``target``.
+        target_class: the earlier spelling of ``target`` (warns once).
 
     Returns:
         The :class:`~deconvviz.core.projection.Projection` (``.method`` names the reverse pass).
@@ -84,14 +87,17 @@ def visualize(
         >>> p = dv.visualize("examples/cat.jpg", model="vgg16", layer="conv5_3", top=9)  # doctest: +SKIP
         >>> fig, axes = p.figure()  # doctest: +SKIP
     """
+    if target_class is not None:
+        deprecated("visualize(target_class=...)", "visualize(target=...)")
+        target = target if target is not None else target_class
     current = session(model, device=device, size=size)
     x = current.preprocess(image, full_image=full_image)
-    if target_class is not None:
+    if target is not None:
         from deconvviz.analysis.choose import project_class
 
         if steps is not False:
             raise DeconvVizError("steps are kept for a layer's channels, not for a class score; give a layer instead")
-        return project_class(current, x, target_class, method=method)
+        return project_class(current, x, target, method=method)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
     if channel is not None:
         top = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import register_tiny_model
+from conftest import make_tiny_vgg, register_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -23,6 +23,12 @@ MODEL = "tiny-choose"
 def tiny_models() -> None:
     register_tiny_model(MODEL)
     register_tiny_model("tiny-base", labels=False)
+    dv.register_model(
+        dv.ModelSpec(
+            name="tiny-features", builder=lambda: make_tiny_vgg().features, preprocessing=dv.Preprocessing(size=32)
+        ),
+        replace=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +67,36 @@ def test_render_manifest_records_the_choice(photo: Path, tmp_path: Path) -> None
 
 
 def test_class_scores_are_projected_with_their_name(photo: Path, tmp_path: Path) -> None:
-    p = dv.visualize(photo, MODEL, target_class="class 3", device="cpu")
+    p = dv.visualize(photo, MODEL, target="class 3", device="cpu")
     assert p.label == "class 3: class 3"
     assert p.channels == (3,)
-    auto = dv.visualize(photo, MODEL, target_class="auto", device="cpu")
+    auto = dv.visualize(photo, MODEL, target="auto", device="cpu")
     assert auto.label is not None
     with pytest.raises(ClassError, match="out of range"):
-        dv.visualize(photo, MODEL, target_class=9, device="cpu")
+        dv.visualize(photo, MODEL, target=9, device="cpu")
+    # a class index works for any model that gives one score per class; names are optional
+    unnamed = dv.visualize(photo, "tiny-base", target=3, device="cpu")
+    assert unnamed.label == "class 3"
+    assert unnamed.channels == (3,)
+    assert dv.visualize(photo, "tiny-base", target="auto", device="cpu").label.startswith("class ")
+    with pytest.raises(ClassError, match="no class names, so 'cat' names no class"):
+        dv.visualize(photo, "tiny-base", target="cat", device="cpu")
+    with pytest.raises(ClassError, match="out of range"):
+        dv.visualize(photo, "tiny-base", target=5, device="cpu")
     with pytest.raises(ClassError, match="no classifier"):
-        dv.visualize(photo, "tiny-base", target_class="auto", device="cpu")
+        dv.visualize(photo, "tiny-features", target="auto", device="cpu")
+    with pytest.deprecated_call(match=r"visualize\(target_class=...\) is deprecated"):
+        old = dv.visualize(photo, MODEL, target_class="class 3", device="cpu")
+    assert old.label == p.label
     result = CliRunner().invoke(
         app, ["render", str(photo), "-m", MODEL, "-l", "conv3", "--class", "2", "-o", str(tmp_path)]
     )
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "photo" / "class.png").is_file()
+    unnamed = CliRunner().invoke(
+        app, ["render", str(photo), "-m", "tiny-base", "-l", "conv3", "--class", "3", "-o", str(tmp_path / "base")]
+    )
+    assert unnamed.exit_code == 0, unnamed.stderr  # one score per class is enough; names are optional
 
 
 def test_filters_command_draws_the_first_layer(tmp_path: Path) -> None:
@@ -96,3 +118,24 @@ def test_usage_errors_are_one_line(photo: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     assert "--mode" in lines[0]
+
+
+def test_a_layer_whose_fields_nearly_fill_the_picture_shows_each_channels_strongest_unit() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 7, padding=3), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 9, padding=4), torch.nn.ReLU()
+    ).eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    net = dv.DeconvNet(model)
+    field = dv.receptive_field(net, "3")
+    assert field.size == (15, 15)  # only 2 x 2 of the 16 x 16 units see no padding
+    p = dv.visualize(x, model=model, layer="3", top=6)
+    act = net.activations(x, ["3"])["3"][0]
+    for channel, position in zip(p.channels, p.positions, strict=True):
+        assert position == divmod(int(act[channel].argmax()), act.shape[-1])  # the strongest anywhere
+    assert len(set(p.positions)) > 1  # not one unit for every channel
+    assert p.inside is not None
+    assert not all(p.inside)  # units whose field reaches past the picture say so (labelled edge)
+    from deconvviz.viz.figures import label
+
+    assert any(label(p, i).endswith(" edge") for i in range(len(p.channels)))

@@ -124,7 +124,7 @@ def test_scores_equal_loops_and_the_caller_model_is_untouched(tiny, picture) -> 
 
 
 def test_first_step_equals_projecting_a_hand_randomised_copy(tiny, picture) -> None:
-    result = dv.sanity(picture, tiny, layer="conv3", methods=["deconvnet"], seed=11)
+    result = dv.sanity(picture, tiny, layer="conv3", method=["deconvnet"], seed=11)
     twin = copy.deepcopy(tiny.module)
     randomise(dict(twin.named_modules())["features.5"], torch.Generator().manual_seed(11))
     unit = result.units[1]
@@ -136,9 +136,9 @@ def test_first_step_equals_projecting_a_hand_randomised_copy(tiny, picture) -> N
 
 
 def test_randomisation_is_reproducible_with_a_seed(tiny, picture) -> None:
-    one = dv.sanity(picture, tiny, layer="conv2", methods="guided", seed=5)
-    two = dv.sanity(picture, tiny, layer="conv2", methods="guided", seed=5)
-    other = dv.sanity(picture, tiny, layer="conv2", methods="guided", seed=6)
+    one = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=5)
+    two = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=5)
+    other = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=6)
     assert torch.equal(one.reconstructions["guided"], two.reconstructions["guided"])
     assert not torch.equal(one.reconstructions["guided"][1:], other.reconstructions["guided"][1:])
     assert torch.equal(one.reconstructions["guided"][0], other.reconstructions["guided"][0])  # trained: no noise
@@ -159,7 +159,7 @@ def test_figure_manifest_and_bad_options(tiny, picture, tmp_path: Path) -> None:
     assert manifest["kind"] == "sanity"
     assert [s["label"] for s in manifest["steps"]] == list(result.steps)
     with pytest.raises(dv.MethodError):
-        dv.sanity(picture, tiny, methods=["nope"])
+        dv.sanity(picture, tiny, method=["nope"])
     with pytest.raises(dv.AnalysisError, match="out of range"):
         dv.sanity(picture, tiny, layer="conv3", channel=99)
 
@@ -193,7 +193,7 @@ def test_vgg16_conv5_3_cascade_over_all_thirteen_convolutions() -> None:
     root = Path(__file__).resolve().parents[1]
     model = dv.load_model("vgg16")
     state = ModelState.of(model.module)
-    result = dv.sanity(root / "examples" / "cat.jpg", model, layer="conv5_3", methods=["deconvnet", "gradient"])
+    result = dv.sanity(root / "examples" / "cat.jpg", model, layer="conv5_3", method=["deconvnet", "gradient"])
     state.assert_same(model.module)
     assert result.steps[:3] == ("trained", "conv5_3", "conv5_2")
     assert result.steps[-1] == "conv1_1"
@@ -203,3 +203,14 @@ def test_vgg16_conv5_3_cascade_over_all_thirteen_convolutions() -> None:
         assert float(result.spearman[method][0]) == pytest.approx(1.0, abs=1e-9)
     # Randomising conv5_3 alone already changes the exact gradient's picture.
     assert float(result.ssim["gradient"][1]) < 0.99
+
+
+def test_the_earlier_methods_spelling_still_works_and_warns_once(picture, tiny) -> None:
+    import deconvviz.errors
+
+    deconvviz.errors._WARNED.discard("sanity(methods=...)")
+    with pytest.deprecated_call(match=r"sanity\(methods=...\) is deprecated"):
+        old = dv.sanity(picture, tiny, layer="conv2", methods="guided", seed=5)
+    new = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=5)
+    assert old.methods == new.methods == ("guided",)
+    assert torch.equal(old.spearman["guided"], new.spearman["guided"])

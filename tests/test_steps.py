@@ -317,4 +317,4 @@ def test_visualize_keeps_the_steps_of_units_chosen_inside_the_picture(photo: Pat
     assert first.steps.seeds == (0,)
     torch.testing.assert_close(first.steps[3].signal, p.steps[3].signal[:1])
     with pytest.raises(dv.DeconvVizError, match="class score"):
-        dv.visualize(photo, MODEL, target_class="auto", steps=True, device="cpu")
+        dv.visualize(photo, MODEL, target="auto", steps=True, device="cpu")

@@ -2,9 +2,14 @@
 
 A unit at the border of a feature map sees mostly padding (at VGG16's conv3_3, unit (1, 0) has two thirds of
 its 40x40 field outside the picture), so its reconstruction says little about the photo. For ``top=`` the
-helpers here rank each channel by its strongest unit whose *whole* field lies inside the picture (falling
-back to the strongest unit anywhere for a layer whose units all reach past the edge), and project those
-units, all from one capture pass.
+helpers here rank each channel by its strongest unit whose *whole* field lies inside the picture, and project
+those units, all from one capture pass.
+
+Deep layers see nearly the whole picture: at SqueezeNet's fire9 on a 224 px picture only the centre unit's
+field fits inside, so "inside" would put every channel at that one unit and the pictures would all look alike.
+Where fewer than :data:`MIN_INSIDE_SHARE` of a layer's units lie wholly inside, each channel's strongest unit
+anywhere is projected instead, as in the paper (the labels mark with ``edge`` a unit whose field reaches past
+the picture).
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.methods import RuleSet
     from deconvviz.models.session import Session
     from deconvviz.ops.geometry import ReceptiveField
+
+
+MIN_INSIDE_SHARE = 0.25
+"""The least share of a layer's units whose whole field lies inside the picture for the choice to keep to them.
+
+VGG16 at 224 px keeps to them at conv1_1 to conv4_3 (at conv4_3, 16 x 16 of its 28 x 28 units: 33 %); at
+conv5_3 (4 of 196) and SqueezeNet's fire9 (1 of 169) every channel's strongest unit anywhere is taken."""
 
 
 class ClassError(DeconvVizError, ValueError):
@@ -105,8 +117,8 @@ def project_inside(
     except (DeconvVizError, KeyError, ValueError):
         return None
     mask = inside_mask(field, act.shape[2:], x.shape)
-    if mask is None or not bool(mask.any()):
-        return None
+    if mask is None or float(mask.float().mean()) < MIN_INSIDE_SHARE:
+        return None  # every unit sees the whole picture, or too few lie inside to tell channels apart
     planes = act[0].detach().to("cpu", torch.float64).masked_fill(~mask, float("-inf"))
     values, flat = planes.reshape(planes.shape[0], -1).max(dim=1)
     if channels is None:
@@ -147,35 +159,52 @@ def _no_classifier(name: str) -> ClassError:
             "use --model squeezenet1_1 (offline) or vgg16:torchvision (needs the network once)"
         )
     return ClassError(
-        f"model {name!r} has no classifier with class names, so there is no class score to project; "
-        "use a classifier such as --model squeezenet1_1"
+        f"model {name!r} has no classifier (its output is not one score per class), so there is no class score "
+        "to project; project a layer, or use a classifier such as --model squeezenet1_1"
     )
+
+
+def _class_count(current: Session, x: Tensor) -> int | None:
+    """How many class scores the model gives (its output is ``(1, N)``), or None when it gives no scores."""
+    output = current.net.layers[-1]
+    scores = current.net.activations(x, [output])[output]
+    if scores.dim() != 2:
+        return None
+    return int(scores.shape[1])
 
 
 def resolve_class(current: Session, x: Tensor, which: str | int | None = "auto") -> tuple[int, str]:
     """The class to project: ``"auto"`` (or None) the top-1 prediction, a class index, or a class name.
 
-    A name matches case-insensitively, whole or as the only class name that contains it.
+    An index or ``"auto"`` works for any model whose output is one score per class; a name needs the model's
+    class names, and matches case-insensitively, whole or as the only class name that contains it.
 
     Returns:
-        ``(index, name)``.
+        ``(index, name)``; the name is ``"class <index>"`` for a model without class names.
 
     Raises:
-        ClassError: the model has no classifier, or the class is out of range or unknown (close names listed).
+        ClassError: the model gives no class scores, or the class is out of range or unknown (close names listed).
     """
     labels = list(getattr(current.model, "labels", None) or [])
-    if not labels:
+    count = _class_count(current, x)
+    if count is None:
         raise _no_classifier(current.name)
+    if labels and len(labels) != count:
+        labels = []  # names that do not match the output: go by index
     if which is None or (isinstance(which, str) and which.strip().lower() == "auto"):
-        best = current.model.classify(x, top=1)[0]
-        return int(best.class_index), str(best.label)
+        output = current.net.layers[-1]
+        index = int(current.net.activations(x, [output])[output][0].argmax())
+        return index, labels[index] if labels else f"class {index}"
     if isinstance(which, int) or (isinstance(which, str) and which.strip().isdigit()):
         index = int(which)
-        if not 0 <= index < len(labels):
-            raise ClassError(
-                f"class {index} is out of range: {current.name!r} has {len(labels)} classes (0-{len(labels) - 1})"
-            )
-        return index, labels[index]
+        if not 0 <= index < count:
+            raise ClassError(f"class {index} is out of range: {current.name!r} has {count} classes (0-{count - 1})")
+        return index, labels[index] if labels else f"class {index}"
+    if not labels:
+        raise ClassError(
+            f"model {current.name!r} has no class names, so {which!r} names no class; give the class's index "
+            f"(0-{count - 1}) or 'auto'"
+        )
     wanted = str(which).strip().lower()
     lowered = [label.lower() for label in labels]
     if wanted in lowered:
@@ -198,21 +227,15 @@ def project_class(
     ``method`` is the reverse pass, as for :meth:`deconvviz.DeconvNet.project`.
 
     Raises:
-        ClassError: see :func:`resolve_class`; also a model whose last layer does not give one score per class.
+        ClassError: see :func:`resolve_class`.
     """
     import dataclasses
 
     index, name = resolve_class(current, x, which)
-    labels = current.model.labels or []
     output = current.net.layers[-1]
-    scores = current.net.activations(x, [output])[output]
-    if scores.dim() != 2 or scores.shape[1] != len(labels):
-        raise ClassError(
-            f"the last layer {output!r} of {current.name!r} gives shape {tuple(scores.shape)}, not one score per "
-            f"class ({len(labels)}); project a layer instead"
-        )
     projection = current.net.project(x, output, channel=index, method=method)
-    return dataclasses.replace(projection, label=f"class {index}: {name}")
+    named = name != f"class {index}" or bool(getattr(current.model, "labels", None))
+    return dataclasses.replace(projection, label=f"class {index}: {name}" if named else f"class {index}")
 
 
 DEFAULT_TOP = 9

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.progress import ProgressOption, reporting
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -312,7 +313,7 @@ def correspondence(
     random: int = 5,
     seed: int = 0,
     device: str | None = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressOption = None,
 ) -> CorrespondenceResult:
     """The paper's correspondence measure (Table 1) over a few images with the same named parts.
 
@@ -326,7 +327,8 @@ def correspondence(
             (0: no baseline).
         seed: the seed of those draws.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
-        progress: called with ``(images done, total)``.
+        progress: ``progress(done, total, image)`` once before the work and after each image, ``"bar"`` for a
+            tqdm bar, or None (see :mod:`deconvviz.analysis.progress`).
 
     Returns:
         The :class:`CorrespondenceResult`.
@@ -400,7 +402,8 @@ def correspondence(
 
     # eps per (row, layer): one (N, F) tensor per part, and per (draw, part) for the baseline.
     eps: dict[tuple[str, int, str], list[Tensor]] = {}
-    with torch.inference_mode(), evaluating(current.net.model):
+    with torch.inference_mode(), evaluating(current.net.model), reporting(progress, "correspondence") as report:
+        report(0, len(names), "starting")
         for index, (name, x) in enumerate(zip(names, xs, strict=True)):
             jobs: list[tuple[str, int, Box]] = [(part, -1, box) for part, box in input_boxes[name].items()]
             jobs += [(part, d, draws[d][name][part]) for d in range(random) for part in table.names]
@@ -412,8 +415,7 @@ def correspondence(
                 f = features[layer].flatten(1).double()
                 for k, (part, d, _) in enumerate(jobs, start=1):
                     eps.setdefault((part, d, layer), []).append((f[0] - f[k]).cpu())
-            if progress is not None:
-                progress(index + 1, len(names))
+            report(index + 1, len(names), name)
 
     distances: dict[tuple[str, str], Tensor] = {}
     for layer in chosen:

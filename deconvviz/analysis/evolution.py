@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.progress import ProgressOption, reporting
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.topk.result import TopKHit
@@ -27,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.models.zoo import LoadedModel
 
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
-Progress = Callable[[int, int, str], None]
-"""``progress(done, total, checkpoint)``: checkpoints scanned so far, out of all of them."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def evolution(
     batch_size: int = 8,
     device: str | None = "auto",
     size: int | None = None,
-    progress: Progress | None = None,
+    progress: ProgressOption = None,
 ) -> EvolutionResult:
     """Each chosen channel's strongest activation across a data set, at every training checkpoint (Fig. 4).
 
@@ -191,7 +190,8 @@ def evolution(
         batch_size: images per forward pass.
         device: where to run a model given by name.
         size: the side of the square images are resized and cropped to, instead of the model's own.
-        progress: called as ``progress(done, total, checkpoint)`` after each checkpoint's scan.
+        progress: ``progress(done, total, checkpoint)`` once before the first scan and after each checkpoint's,
+            ``"bar"`` for a tqdm bar, or None (see :mod:`deconvviz.analysis.progress`).
 
     Returns:
         An :class:`EvolutionResult`.
@@ -237,18 +237,19 @@ def evolution(
         order = [len(states) - 1, *range(len(states) - 1)]
     else:
         order = list(range(len(states)))
-    for done, index in enumerate(order, start=1):
-        state, label = states[index], labels[index]
-        with torch.no_grad():
-            module.load_state_dict(state, strict=True)
-        module.eval()
-        found = top_k(folder, copied, [layer], k=k, channels=following, batch_size=batch_size)
-        per_channel = found.hits[layer]
-        following = shown = tuple(per_channel)
-        hits[label] = dict(per_channel)
-        scanned = len(found.images) - len(found.skipped)
-        if progress is not None:
-            progress(done, len(states), label)
+    with reporting(progress, "evolution") as report:
+        report(0, len(states), "starting")
+        for done, index in enumerate(order, start=1):
+            state, label = states[index], labels[index]
+            with torch.no_grad():
+                module.load_state_dict(state, strict=True)
+            module.eval()
+            found = top_k(folder, copied, [layer], k=k, channels=following, batch_size=batch_size)
+            per_channel = found.hits[layer]
+            following = shown = tuple(per_channel)
+            hits[label] = dict(per_channel)
+            scanned = len(found.images) - len(found.skipped)
+            report(done, len(states), label)
     hits = {label: hits[label] for label in labels}  # in training order
     return EvolutionResult(
         model=current.name,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.progress import ProgressOption, reporting
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -44,9 +45,6 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 
 Distance = Literal["unit", "relative", "none"]
 _DISTANCES = ("unit", "relative", "none")
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: transformed images run so far, out of all of them."""
 
 
 def sweep(start: float, stop: float, steps: int, name: str = "range") -> tuple[float, ...]:
@@ -264,7 +262,7 @@ def invariance(
     batch_size: int = 16,
     device: str | None = "auto",
     examples: int = 5,
-    progress: Progress | None = None,
+    progress: ProgressOption = None,
 ) -> InvarianceResult:
     """Feature distances and class probability as images are translated, scaled and rotated (Fig. 5).
 
@@ -301,7 +299,8 @@ def invariance(
         batch_size: transformed images per forward pass.
         device: where to run a model given by name (``"cpu"``, ``"cuda"``, ``"auto"``).
         examples: how many transformed versions of the first image to keep for the figure's first column.
-        progress: called as ``progress(done, total)`` after each batch.
+        progress: ``progress(done, total, what)`` once before the work and after each batch (``done`` counts
+            transformed images), ``"bar"`` for a tqdm bar, or None (see :mod:`deconvviz.analysis.progress`).
 
     Returns:
         An :class:`InvarianceResult`.
@@ -373,39 +372,40 @@ def invariance(
         return inputs[i] if name is None else transform(inputs[i], name, [values[name][s]])
 
     done = 0
-    out_dims: set[int] = set()  # the output's dimensions: class scores are (N, classes)
-    job: tuple[int, str | None, int]
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        batch = torch.cat([transformed(job) for job in chunk])
-        kept: dict[str, Tensor] = {}
+    with reporting(progress, "invariance") as report:
+        report(0, len(jobs), "starting")
+        out_dims: set[int] = set()  # the output's dimensions: class scores are (N, classes)
+        job: tuple[int, str | None, int]
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            batch = torch.cat([transformed(job) for job in chunk])
+            kept: dict[str, Tensor] = {}
 
-        def visit(layer: str, act: Tensor, kept: dict[str, Tensor] = kept) -> None:
-            kept[layer] = act.detach().reshape(act.shape[0], -1).clone()
-            if layer == out_node:
-                out_dims.add(act.dim())
+            def visit(layer: str, act: Tensor, kept: dict[str, Tensor] = kept) -> None:
+                kept[layer] = act.detach().reshape(act.shape[0], -1).clone()
+                if layer == out_node:
+                    out_dims.add(act.dim())
 
-        net.visit_activations(batch, wanted, visit)
-        for row, job in enumerate(chunk):
-            i, kind, s = job
-            if kind is None:
-                references[i] = {layer: kept[layer][row] for layer in chosen}
-            else:
-                features[job] = {layer: kept[layer][row] for layer in chosen}
-            if out_node is not None:
-                logits[job] = kept[out_node][row]
-        # Distances as soon as both ends are known, so features do not pile up.
-        for job in [j for j in features if j[0] in references]:
-            i, kind, s = job
-            assert kind is not None
-            for layer in chosen:
-                distances[kind][layer][i, s] = feature_distance(
-                    references[i][layer], features[job][layer][None], normalize
-                )[0]
-            del features[job]
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(jobs))
+            net.visit_activations(batch, wanted, visit)
+            for row, job in enumerate(chunk):
+                i, kind, s = job
+                if kind is None:
+                    references[i] = {layer: kept[layer][row] for layer in chosen}
+                else:
+                    features[job] = {layer: kept[layer][row] for layer in chosen}
+                if out_node is not None:
+                    logits[job] = kept[out_node][row]
+            # Distances as soon as both ends are known, so features do not pile up.
+            for job in [j for j in features if j[0] in references]:
+                i, kind, s = job
+                assert kind is not None
+                for layer in chosen:
+                    distances[kind][layer][i, s] = feature_distance(
+                        references[i][layer], features[job][layer][None], normalize
+                    )[0]
+                del features[job]
+            done += len(chunk)
+            report(done, len(jobs), names[chunk[-1][0]])
 
     probabilities: dict[str, Tensor] | None = None
     classes: tuple[tuple[int, str], ...] | None = None

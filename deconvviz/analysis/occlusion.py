@@ -22,12 +22,13 @@ import csv
 import dataclasses
 import io
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.progress import ProgressOption, reporting
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -36,9 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from deconvviz.core.projection import Projection
     from deconvviz.models.session import Session
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: occluder positions done so far."""
 
 
 class OcclusionError(AnalysisError):
@@ -234,7 +232,7 @@ def occlusion(
     method: str = "deconvnet",
     batch_size: int | None = None,
     device: str | None = "auto",
-    progress: Progress | None = None,
+    progress: ProgressOption = None,
 ) -> OcclusionResult:
     """Slide a grey square over an image and record what the network does (the paper's Fig. 7).
 
@@ -251,7 +249,8 @@ def occlusion(
             backpropagation), ``"gradient"``, or another registered name (see :func:`deconvviz.list_methods`).
         batch_size: occluder positions per pass; default 16 on a CPU, 64 on a GPU.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
-        progress: called with ``(positions done, total)`` after each batch.
+        progress: ``progress(done, total, image)`` once before the sweep and after each batch (``done`` counts
+            occluder positions), ``"bar"`` for a tqdm bar, or None (see :mod:`deconvviz.analysis.progress`).
 
     Returns:
         The :class:`OcclusionResult`.
@@ -364,7 +363,7 @@ class OcclusionJob:
     method: str = "deconvnet"
 
     def run(
-        self, *, batch_size: int | None = None, progress: Progress | None = None, image: str | None = None
+        self, *, batch_size: int | None = None, progress: ProgressOption = None, image: str | None = None
     ) -> OcclusionResult:
         """Sweep the occluder over every position and assemble the result."""
         import numpy as np
@@ -383,7 +382,13 @@ class OcclusionJob:
         probs: list[Tensor] = []
         winners: list[Tensor] = []
         engine = self.engine
-        with torch.inference_mode(), evaluating(self.current.net.model):
+        what = image or "occlusion"
+        with (
+            torch.inference_mode(),
+            evaluating(self.current.net.model),
+            reporting(progress, f"occluding {what}") as report,
+        ):
+            report(0, len(grid), what)
             for start in range(0, len(grid), batch_size):
                 chunk = grid[start : start + batch_size]
                 values = engine.run(chunk)
@@ -392,8 +397,7 @@ class OcclusionJob:
                     p = engine.full(self.output, values[self.output], len(chunk)).double().softmax(1)
                     probs.append(p[:, self.target].cpu())
                     winners.append(p.argmax(1).cpu())
-                if progress is not None:
-                    progress(min(start + batch_size, len(grid)), len(grid))
+                report(min(start + batch_size, len(grid)), len(grid), what)
             unoccluded = engine.cached[self.node][0, self.channel].double().sum().item()
             p0 = (
                 engine.cached[self.output].double().softmax(1)[0, self.target].item()

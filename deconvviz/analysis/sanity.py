@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
-from deconvviz.errors import DeconvVizError
+from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.errors import DeconvVizError, deprecated
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -261,10 +262,12 @@ def sanity(
     *,
     layer: str | None = None,
     channel: int | None = None,
-    methods: Sequence[str] | str | None = None,
+    method: Sequence[str] | str | None = None,
     seed: int = 0,
     compare_channels: int = 8,
     device: str | None = "auto",
+    progress: ProgressOption = None,
+    methods: Sequence[str] | str | None = None,
 ) -> SanityResult:
     """Cascading randomisation of the weights under one unit, and how much its reconstruction changes.
 
@@ -281,10 +284,15 @@ def sanity(
         layer: the layer (name or alias); default: the deepest of :func:`~deconvviz.core.layers.default_layers`
             (``conv5_3`` for VGG16).
         channel: the channel; default: the one with the strongest activation.
-        methods: reverse passes to compare (default: ``deconvnet``, ``guided`` and ``gradient``).
+        method: the reverse pass, or several to compare, one row each (default: ``deconvnet``, ``guided`` and
+            ``gradient``), as ``method=`` names the reverse pass in every other call.
         seed: seed of the random weights.
         compare_channels: how many of the layer's strongest channels enter the mean pairwise correlation.
         device: where to run a model given by name.
+        progress: ``progress(done, total, what)`` once before the work and after each step (the channels'
+            comparison, the trained model, then each layer randomised), ``"bar"`` for a tqdm bar, or None
+            (see :mod:`deconvviz.analysis.progress`).
+        methods: the earlier spelling of ``method`` (warns once).
 
     Returns:
         A :class:`SanityResult`.
@@ -302,7 +310,10 @@ def sanity(
     from deconvviz.methods import PRESETS, get_method
     from deconvviz.models.session import session
 
-    chosen = list(PRESETS) if methods is None else [methods] if isinstance(methods, str) else list(methods)
+    if methods is not None:
+        deprecated("sanity(methods=...)", "sanity(method=...)")
+        method = method if method is not None else methods
+    chosen = list(PRESETS) if method is None else [method] if isinstance(method, str) else list(method)
     if not chosen:
         raise AnalysisError("no methods given; choose from deconvnet, guided and gradient")
     names = [get_method(m).name for m in chosen]  # an unknown method fails here, before any work
@@ -333,32 +344,38 @@ def sanity(
     seeds = torch.zeros_like(act[:1])
     seeds.view(1, width, -1)[0, channel, flat] = value
 
-    # The channels' whole-map reconstructions in the trained model, for the mean pairwise correlation.
-    compared = [int(c) for c in torch.sort(strength, descending=True, stable=True).indices[:compare_channels]]
-    maps = torch.zeros((len(compared), *act.shape[1:]), dtype=act.dtype, device=act.device)
-    for i, c in enumerate(compared):
-        maps[i, c] = act[0, c]
-    correlation = {m: mean_pairwise_correlation(net.project_seeds(x, target, maps, method=m).cpu()) for m in names}
+    order = _parameterised(net, target)  # the copy below has the same modules under the same names
+    total = len(order) + 2  # the channels' comparison, the trained model, then one step per randomised layer
+    with reporting(progress, "sanity") as report:
+        report(0, total, "starting")
+        # The channels' whole-map reconstructions in the trained model, for the mean pairwise correlation.
+        compared = [int(c) for c in torch.sort(strength, descending=True, stable=True).indices[:compare_channels]]
+        maps = torch.zeros((len(compared), *act.shape[1:]), dtype=act.dtype, device=act.device)
+        for i, c in enumerate(compared):
+            maps[i, c] = act[0, c]
+        correlation = {m: mean_pairwise_correlation(net.project_seeds(x, target, maps, method=m).cpu()) for m in names}
+        report(1, total, "channels compared")
 
-    copied = copy.deepcopy(net.model)  # every randomisation happens on this copy
-    twin = DeconvNet(copied, aliases=net.aliases)
-    modules = dict(copied.named_modules())
-    order = _parameterised(twin, target)
-    generator = torch.Generator().manual_seed(seed)
-    labels = ["trained"]
-    randomised: list[tuple[str, ...]] = [()]
-    images: dict[str, list[Tensor]] = {m: [twin.project_seeds(x, target, seeds, method=m)[0].cpu()] for m in names}
-    units: list[tuple[int, int] | None] = [position]
-    for i, name in enumerate(order):
-        randomise(modules[name], generator)
-        labels.append(_label(name, net.aliases))
-        randomised.append(tuple(order[: i + 1]))
-        moved = _nearest_live(twin.activations(x, [target])[target][0, channel], flat, cols)
-        step_seeds = torch.zeros_like(seeds)
-        step_seeds.view(1, width, -1)[0, channel, moved] = value
-        units.append((moved // cols, moved % cols) if spatial else None)
-        for m in names:
-            images[m].append(twin.project_seeds(x, target, step_seeds, method=m)[0].cpu())
+        copied = copy.deepcopy(net.model)  # every randomisation happens on this copy
+        twin = DeconvNet(copied, aliases=net.aliases)
+        modules = dict(copied.named_modules())
+        generator = torch.Generator().manual_seed(seed)
+        labels = ["trained"]
+        randomised: list[tuple[str, ...]] = [()]
+        images: dict[str, list[Tensor]] = {m: [twin.project_seeds(x, target, seeds, method=m)[0].cpu()] for m in names}
+        units: list[tuple[int, int] | None] = [position]
+        report(2, total, "trained")
+        for i, name in enumerate(order):
+            randomise(modules[name], generator)
+            labels.append(_label(name, net.aliases))
+            randomised.append(tuple(order[: i + 1]))
+            moved = _nearest_live(twin.activations(x, [target])[target][0, channel], flat, cols)
+            step_seeds = torch.zeros_like(seeds)
+            step_seeds.view(1, width, -1)[0, channel, moved] = value
+            units.append((moved // cols, moved % cols) if spatial else None)
+            for m in names:
+                images[m].append(twin.project_seeds(x, target, step_seeds, method=m)[0].cpu())
+            report(i + 3, total, f"randomised {labels[-1]}")
     stacks = {m: torch.stack(images[m]) for m in names}
     rho = {m: torch.tensor([compare(stacks[m][0], r)[0] for r in stacks[m]], dtype=torch.float64) for m in names}
     sim = {m: torch.tensor([compare(stacks[m][0], r)[1] for r in stacks[m]], dtype=torch.float64) for m in names}

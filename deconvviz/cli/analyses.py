@@ -135,7 +135,7 @@ def invariance_command(
         with progress_bars(transient=True) as bar:
             task = bar.add_task("running transformed pictures", total=None)
 
-            def progress(done: int, total: int) -> None:
+            def progress(done: int, total: int, what: str) -> None:
                 bar.update(task, completed=done, total=total)
 
             result = deconvviz.invariance(
@@ -260,9 +260,20 @@ def sanity_command(
     with reported(debug):
         _check_out(out)
         with progress_bars(transient=True) as bar:
-            bar.add_task("randomising and projecting", total=None)
+            task = bar.add_task("loading the model", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"randomising and projecting: {what}")
+
             result = deconvviz.sanity(
-                image, model, layer=layer, channel=channel, methods=method or None, seed=seed, device=device
+                image,
+                model,
+                layer=layer,
+                channel=channel,
+                method=method or None,
+                seed=seed,
+                device=device,
+                progress=progress,
             )
             arguments = {"image": str(image), "model": model, "layer": result.layer, "channel": result.channel}
             folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
@@ -337,7 +348,7 @@ def occlusion_command(
             written = []
             for image, folder, job in jobs:
 
-                def progress(done: int, total: int, name: str = image.name) -> None:
+                def progress(done: int, total: int, what: str, name: str = image.name) -> None:
                     bar.update(task, completed=done, total=total, description=f"occluding {name}")
 
                 result = job.run(batch_size=batch_size, progress=progress, image=str(image))
@@ -397,7 +408,7 @@ def correspondence_command(
         with progress_bars(transient=True) as bar:
             task = bar.add_task("loading the model", total=None)
 
-            def progress(done: int, total: int) -> None:
+            def progress(done: int, total: int, what: str) -> None:
                 bar.update(task, completed=done, total=total, description="occluding parts")
 
             result = deconvviz.correspondence(

@@ -183,12 +183,19 @@ def progress_bars(transient: bool, enabled: bool = True) -> Any:
 
     matplotlib.use("Agg")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Count(MofNCompleteColumn):
+        """``done/total``, and nothing while the total is not known yet (loading), rather than ``0/?``."""
+
+        def render(self, task: Any) -> Text:
+            return Text("") if task.total is None else super().render(task)
 
     stderr_console = console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        Count(),
         TimeElapsedColumn(),
         console=stderr_console,
         transient=transient,

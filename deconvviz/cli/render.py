@@ -150,7 +150,7 @@ def render_command(
                 full_image=full_image,
                 options=RenderOptions(scale=scale.value, overlay=overlay, box=box, crop=crop),
                 inside=inside,
-                target_class=target_class,
+                target=target_class,
                 progress=progress,
                 method=method,
             )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from deconvviz.analysis.choose import DEFAULT_TOP, channel_widths, check_channels, project
 from deconvviz.core.layers import choose_layers
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.atomic import OutputError, check_target, stage_folders
 from deconvviz.io.manifest import MANIFEST, header
 from deconvviz.io.names import NameMap
@@ -237,9 +237,10 @@ def render_images(
     full_image: bool = False,
     options: RenderOptions | None = None,
     inside: bool | None = None,
-    target_class: str | int | None = None,
+    target: str | int | None = None,
     progress: Progress | None = None,
     method: str | None = None,
+    target_class: str | int | None = None,
 ) -> list[RenderedImage]:
     """Render the reconstructions of several layers for several pictures into folders.
 
@@ -270,11 +271,12 @@ def render_images(
             boxes, cutting to receptive fields); default: robust scaling, small fields cut out.
         inside: prefer units whose receptive field lies wholly inside the picture (None: on for ``top``, off
             for chosen channels); recorded per layer in the manifest and marked ``edge`` in the labels.
-        target_class: also project a class score of a classifier (``"auto"`` for the top-1 class, an index or
+        target: also project a class score of a classifier (``"auto"`` for the top-1 class, an index or
             a name) into ``class/`` and ``class.png``.
         progress: called after each layer of each picture (see :data:`Progress`).
         method: the reverse pass by its registered name: ``"deconvnet"`` (the default), ``"guided"`` or
             ``"gradient"``; recorded in each manifest.
+        target_class: the earlier spelling of ``target`` (warns once).
 
     Returns:
         One :class:`RenderedImage` per picture.
@@ -288,6 +290,9 @@ def render_images(
     from deconvviz.methods import get_method
     from deconvviz.viz.figures import RenderOptions
 
+    if target_class is not None:
+        deprecated("render_images(target_class=...)", "render_images(target=...)")
+        target = target if target is not None else target_class
     look = RenderOptions.build(options)
     rules = get_method(method)  # an unknown method fails before any work
     if not images:
@@ -317,18 +322,18 @@ def render_images(
         "size": size,
         "full_image": full_image,
         "inside": inside,
-        "class": target_class,
+        "class": target,
         "method": rules.name,
         "scale": look.scaling.name,
         "overlay": look.overlay,
         "box": look.box,
         "crop": look.crop,
     }
-    if target_class is not None:  # a model without a classifier, or an unknown class, fails before any work
+    if target is not None:  # a model without a classifier, or an unknown class, fails before any work
         from deconvviz.analysis.choose import resolve_class
 
-        resolve_class(current, inputs[0], target_class)
-    total = len(paths) * (len(chosen) + (1 if target_class is not None else 0))
+        resolve_class(current, inputs[0], target)
+    total = len(paths) * (len(chosen) + (1 if target is not None else 0))
     done = 0
 
     def step(what: str) -> None:

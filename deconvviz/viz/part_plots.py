@@ -13,6 +13,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.correspondence import CorrespondenceResult
     from deconvviz.analysis.occlusion import OcclusionResult
 
+from deconvviz.viz.wrap import WIDTH
+
 _OTHER = (0.75, 0.75, 0.75, 1.0)
 
 
@@ -36,7 +38,9 @@ def _colorbar(fig: Figure, ax: Any, image: Any) -> None:
 
 
 def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int = 8) -> tuple[Figure, Any]:
-    """The image and the paper's four occlusion panels in one row.
+    """The image and the paper's four occlusion panels, in one row or, wider than a notebook, in two.
+
+    One row where it fits :data:`~deconvviz.viz.wrap.WIDTH`; else the image, (a) and (b) above (c) and (d).
 
     (a) the strongest feature map's total activation per occluder position; (b) that map's strongest unit
     projected to pixels (its receptive field outlined, with the unit's box also drawn on the image);
@@ -65,9 +69,18 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     width = size * panels + 1.2 + key
     from deconvviz.viz.canvas import Figure
 
-    fig = Figure(figsize=(width, size * 1.45))
-    grid = fig.subplots(1, panels, squeeze=False)
-    axes = grid[0]
+    if width <= WIDTH:
+        fig = Figure(figsize=(width, size * 1.45))
+        axes = fig.subplots(1, panels, squeeze=False)[0]
+        edge = 1 - (key + 0.1) / width
+    else:  # two rows; (d)'s legend takes the cell after it
+        width = size * 3 + 1.2 + max(0.0, key - size)
+        fig = Figure(figsize=(width, size * 2.6))
+        grid = fig.subplots(2, 3, squeeze=False)
+        axes = np.array([*grid[0], *grid[1, : panels - 3]], dtype=object)
+        for spare in grid[1, panels - 3 :]:
+            spare.set_visible(False)
+        edge = 1 - (max(0.0, key - size) + 0.1) / width
     extent = _extent(result)
     box = None
     if result.projection is not None and result.projection.boxes:
@@ -135,8 +148,9 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     title = f"{result.model}: occluder {result.size} px, stride {result.stride}"
     if result.target_label is not None:
         title += f"; class {result.target} '{_short(result.target_label)}'"
-    fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.02, right=1 - (key + 0.1) / width, top=0.80, bottom=0.02, wspace=0.3)
+    height = float(fig.get_size_inches()[1])
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+    fig.subplots_adjust(left=0.02, right=edge, top=1 - 0.75 / height, bottom=0.02, wspace=0.3, hspace=0.3)
     return fig, axes
 
 
@@ -175,7 +189,8 @@ def correspondence_figure(result: CorrespondenceResult, *, size: float = 1.0) ->
     layers = list(result.layers)
     from deconvviz.viz.canvas import Figure
 
-    fig = Figure(figsize=(size * (2.2 + 1.1 * len(layers) * len(rows) * 0.45), size * 3.4))
+    # wider with each bar, up to a notebook's width
+    fig = Figure(figsize=(min(WIDTH, size * (2.2 + 1.1 * len(layers) * len(rows) * 0.45)), size * 3.4))
     ax = fig.subplots()
     width = 0.8 / len(rows)
     palette = matplotlib.colormaps["tab10"]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deconvviz.viz.wrap import WIDTH, band_start, bands_of, columns_that_fit, wrapped_axes
+
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
@@ -34,14 +36,25 @@ def _strip(pictures: tuple[np.ndarray, ...], gap: int = 2) -> np.ndarray:
     return out
 
 
-def invariance_figure(result: InvarianceResult, *, size: float = 2.6) -> tuple[Figure, Any]:
-    """Rows = transformations; columns = the first image transformed, distance per layer, class probability."""
+def invariance_figure(result: InvarianceResult, *, size: float | None = None) -> tuple[Figure, Any]:
+    """Rows = transformations; columns = the first image transformed, distance per layer, class probability.
+
+    Args:
+        result: the invariance result.
+        size: inches per plot; default: what fits a notebook's width (:data:`~deconvviz.viz.wrap.WIDTH`), between
+            1.8 and 2.6 inches.
+
+    Returns:
+        ``(figure, axes)``: axes indexed ``[transformation, column]``.
+    """
     from deconvviz.viz.canvas import Figure
 
     with_examples = bool(result.examples)
     columns = int(with_examples) + len(result.layers) + int(result.probabilities is not None)
     rows = len(result.transforms)
     widths = ([1.3] if with_examples else []) + [1.0] * (columns - int(with_examples))
+    if size is None:
+        size = min(2.6, max(1.8, (WIDTH - 0.6) / sum(widths)))
     fig = Figure(figsize=(size * sum(widths) + 0.6, size * 0.8 * rows + 0.9))
     axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"width_ratios": widths})
     colours = [f"C{i}" for i in range(len(result.images))]
@@ -96,14 +109,36 @@ def _grid(pictures: tuple[np.ndarray, ...]) -> np.ndarray:
     return mosaic(list(pictures), columns=math.ceil(len(pictures) / 2))
 
 
-def evolution_figure(result: EvolutionResult, *, size: float = 1.1, scale: str | None = None) -> tuple[Figure, Any]:
-    """Rows = channels, columns = checkpoints; each cell the strongest activation's reconstruction(s)."""
+def evolution_figure(
+    result: EvolutionResult, *, size: float = 1.1, scale: str | None = None, columns: int | None = None
+) -> tuple[Figure, Any]:
+    """Rows = channels, columns = checkpoints; each cell the strongest activation's reconstruction(s).
+
+    Many checkpoints wrap into bands of rows, so the figure stays within a notebook's width
+    (:data:`~deconvviz.viz.wrap.WIDTH`) with ``size``-inch cells.
+
+    Args:
+        result: the evolution result.
+        size: inches per picture.
+        scale: how reconstructions are scaled for display (see :func:`~deconvviz.viz.scaling.to_rgb`).
+        columns: checkpoints per band; default: as many as fit the width.
+
+    Returns:
+        ``(figure, axes)``: axes indexed ``[channel row, checkpoint]`` whatever the wrapping.
+    """
     from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
-    rows, columns = len(result.channels), len(result.checkpoints)
-    fig = Figure(figsize=(size * columns * max(1, min(result.k, 3)) + 0.9, size * rows + 0.7))
-    axes = fig.subplots(rows, columns, squeeze=False)
+    rows, count = len(result.channels), len(result.checkpoints)
+    cell = size * max(1, min(result.k, 3))
+    margin = 0.9
+    per = columns_that_fit(cell, margin, count) if columns is None else max(1, min(columns, count))
+    bands = bands_of(count, per)
+    gap = 0.3 / size  # room for the next band's checkpoint names
+    height = size * (rows * bands + gap * (bands - 1)) + 0.7
+    width = cell * per + margin
+    fig = Figure(figsize=(width, height))
+    axes = wrapped_axes(fig, rows, count, per, gap=gap)
     for c, name in enumerate(result.checkpoints):
         for r, channel in enumerate(result.channels):
             ax = axes[r, c]
@@ -117,10 +152,17 @@ def evolution_figure(result: EvolutionResult, *, size: float = 1.1, scale: str |
                 ax.imshow(_strip(tuple(_pad(pictures))))
             if r == 0:
                 ax.set_title(name, fontsize=7)
-            if c == 0:
+            if band_start(c, per):
                 ax.set_ylabel(f"ch {channel}", fontsize=7)
-    fig.suptitle(f"{result.model}: {result.layer}, strongest activation per checkpoint", fontsize=9)
-    fig.subplots_adjust(wspace=0.05, hspace=0.08, left=0.06, right=0.99, bottom=0.01, top=0.9)
+    fig.suptitle(
+        f"{result.model}: {result.layer}, strongest activation per checkpoint",
+        fontsize=9,
+        y=1 - 0.15 / height,
+        va="top",
+    )
+    fig.subplots_adjust(
+        wspace=0.05, hspace=0.08, left=0.5 / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - 0.6 / height
+    )
     return fig, axes
 
 
@@ -136,24 +178,46 @@ def _pad(pictures: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def sanity_figure(result: SanityResult, *, size: float = 1.35, scale: str | None = None) -> tuple[Figure, Any]:
-    """Rows = reverse passes; columns = the input, then the reconstruction after each randomisation step."""
+def sanity_figure(
+    result: SanityResult, *, size: float = 1.3, scale: str | None = None, columns: int | None = None
+) -> tuple[Figure, Any]:
+    """Rows = reverse passes; columns = the input, then the reconstruction after each randomisation step.
+
+    Many steps wrap into bands of rows (each band: every reverse pass, for the next steps), so the figure stays
+    within a notebook's width (:data:`~deconvviz.viz.wrap.WIDTH`) with ``size``-inch panels.
+
+    Args:
+        result: the sanity result.
+        size: inches per panel.
+        scale: how reconstructions are scaled for display (see :func:`~deconvviz.viz.scaling.to_rgb`).
+        columns: panels per band, the input included; default: as many as fit the width.
+
+    Returns:
+        ``(figure, axes)``: axes indexed ``[method row, column]`` (column 0 the input, ``s + 1`` step ``s``)
+        whatever the wrapping.
+    """
     from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
     rows, steps = len(result.methods), len(result.steps)
-    fig = Figure(figsize=(size * (steps + 1) + 0.4, size * 1.25 * rows + 0.8))
-    axes = fig.subplots(rows, steps + 1, squeeze=False)
+    count = steps + 1
+    margin = 0.6
+    per = columns_that_fit(size, margin, count) if columns is None else max(1, min(columns, count))
+    bands = bands_of(count, per)
+    hspace = 0.4  # room under a panel for its scores, and above the next band's for its step names
+    height = size * (1 + hspace) * rows * bands + 0.8
+    width = size * per + margin
+    fig = Figure(figsize=(width, height))
+    axes = wrapped_axes(fig, rows, count, per)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     for r, method in enumerate(result.methods):
+        correlation = result.channel_correlation.get(method)
+        label = f"{method}" + ("" if correlation is None else f"\nchannels r={correlation:.2f}")
         ax = axes[r, 0]
         if result.input is not None:
             ax.imshow(result.input)
-        correlation = result.channel_correlation.get(method)
-        text = f"{method}" + ("" if correlation is None else f"\nchannels r={correlation:.2f}")
-        ax.set_ylabel(text, fontsize=7)
         if r == 0:
             ax.set_title("input", fontsize=7)
         for s, step in enumerate(result.steps):
@@ -166,11 +230,24 @@ def sanity_figure(result: SanityResult, *, size: float = 1.35, scale: str | None
             rho = float(result.spearman[method][s])
             ssim = float(result.ssim[method][s])
             text = "blank (no signal)" if math.isnan(rho) else f"rank r={rho:.2f} SSIM={ssim:.2f}"
-            ax.set_xlabel(text, fontsize=6)
+            ax.set_xlabel(text, fontsize=6.5)
             if r == 0:
-                ax.set_title(step, fontsize=6)
+                ax.set_title(step, fontsize=7)
+        for c in range(count):
+            if band_start(c, per):
+                axes[r, c].set_ylabel(label, fontsize=7)
     fig.suptitle(
-        f"{result.model}: {result.layer} ch {result.channel}, cascading randomisation (top layer first)", fontsize=9
+        f"{result.model}: {result.layer} ch {result.channel}, cascading randomisation (top layer first)",
+        fontsize=9,
+        y=1 - 0.15 / height,
+        va="top",
     )
-    fig.subplots_adjust(wspace=0.05, hspace=0.35, left=0.06, right=0.99, bottom=0.04, top=0.88)
+    fig.subplots_adjust(
+        wspace=0.05,
+        hspace=hspace,
+        left=0.5 / width,
+        right=1 - 0.1 / width,
+        bottom=0.25 / height,
+        top=1 - 0.7 / height,
+    )
     return fig, axes
