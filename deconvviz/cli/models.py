@@ -43,7 +43,7 @@ def layers_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     debug: DebugOption = False,
 ) -> None:
-    """List every projectable layer: alias, node name, output shape and receptive-field size."""
+    """List every projectable layer: alias, node name, output shape, receptive-field size and how it is mirrored."""
     with reported(debug):
         import torch
         from rich.table import Table
@@ -53,20 +53,36 @@ def layers_command(
         size = int(getattr(current.model, "input_size", 224))
         x = torch.zeros(1, 3, size, size)
         nodes = net.layers
-        shapes = {name: tuple(a.shape) for name, a in net.activations(x, nodes).items()}
+        shapes = {name: _shape_text(a) for name, a in net.activations(x, nodes).items()}
         fields = _fields(net, nodes)
+        measured = set(net.measured())
+        mirrors = net.mirrors()
         aliases: dict[str, list[str]] = {}
         from deconvviz.core.layers import alias_nodes
 
         for alias, node in alias_nodes(net).items():
             aliases.setdefault(node, []).append(alias)
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("alias", "node", "output", "receptive field"):
+        for column in ("alias", "node", "output", "receptive field", "mirror"):
             table.add_column(column)
         for node in nodes:
-            table.add_row(", ".join(aliases.get(node, [])), node, "x".join(map(str, shapes[node][1:])), fields[node])
+            field = f"{fields[node]} (measured)" if node in measured else fields[node]
+            table.add_row(", ".join(aliases.get(node, [])), node, shapes[node], field, mirrors.get(node, "rule"))
+        fallback = sum(1 for kind in mirrors.values() if kind == "autograd")
         typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
         console().print(table)
+        if fallback:
+            typer.echo(
+                f"{fallback} layer(s) without a mirror rule are mirrored by autograd over that op (exact, slower); "
+                "'(measured)': a receptive field measured from the op's own mirror"
+            )
+
+
+def _shape_text(value: Any) -> str:
+    """An activation's shape without the batch (``512x7x7``); a tuple's items joined by commas."""
+    if isinstance(value, tuple | list):
+        return ", ".join(_shape_text(v) for v in value if v is not None)
+    return "x".join(map(str, tuple(value.shape)[1:]))
 
 
 def _fields(net: Any, nodes: list[str]) -> dict[str, str]:

@@ -65,10 +65,16 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
         x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
         limit: the most layers returned (the deepest are kept).
     """
-    candidates = [name for name in layer_names(net) if not _is_pool(net, net.resolve(name))]
+    # a gate's output (a sigmoid or softmax held at its forward value) projects to nothing under deconvnet
+    held = set(net.held_layers())
+    candidates = [
+        name for name in layer_names(net) if not _is_pool(net, net.resolve(name)) and net.resolve(name) not in held
+    ]
     if not candidates:
         return layer_names(net)[-1:]
-    shapes = {name: tuple(act.shape) for name, act in net.activations(x, candidates).items()}
+    # a node that returns a tuple (multi-head attention, torch.max over a dim) is not a layer to show
+    found = net.activations(x, candidates)
+    shapes = {name: tuple(act.shape) if hasattr(act, "shape") else () for name, act in found.items()}
     spatial = [name for name in candidates if len(shapes[name]) == 4]
     if not spatial:
         return candidates[-1:]
