@@ -413,3 +413,26 @@ def test_a_model_file_without_its_function_names_the_fix(tmp_path: Path) -> None
     assert missing.exit_code == 2
     assert "not found" in missing.stderr
     assert ":build'" in missing.stderr
+
+
+def test_mean_and_std_from_the_command_line_reach_the_preprocessing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deconvviz.cli import app
+    from deconvviz.cli.options import chosen_model
+
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n\n\ndef build() -> nn.Module:\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())\n"
+    )
+    name = f"{tmp_path / 'mynet.py'}:build"
+    loaded = chosen_model(name, None, "cpu", mean="0.25,0.5,0.75", std="2,2,2")
+    assert tuple(loaded.preprocessing.mean) == (0.25, 0.5, 0.75)
+    assert tuple(loaded.preprocessing.std) == (2.0, 2.0, 2.0)
+    assert chosen_model(name, None, "cpu") == name  # nothing to change: the name, so sessions are shared
+    runner = CliRunner()
+    ok = runner.invoke(app, ["layers", "--model", name, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
+    assert ok.exit_code == 0, ok.stderr
+    bad = runner.invoke(app, ["layers", "--model", name, "--mean", "half"])
+    assert bad.exit_code == 2
+    assert "--mean takes numbers separated by commas" in bad.stderr

@@ -13,8 +13,10 @@ from deconvviz.cli.options import (
     CheckpointOption,
     DebugOption,
     DeviceOption,
+    MeanOption,
     ModelOption,
     OutOption,
+    StdOption,
     chosen_model,
     parse_channels,
     progress_bars,
@@ -30,6 +32,8 @@ def filters_command(
     ] = "conv1_1",
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="The PNG to write. Default: LAYER_filters.png.", show_default=False),
@@ -46,7 +50,7 @@ def filters_command(
             from deconvviz.viz.filters import layer_filters
             from deconvviz.viz.render import safe_name, save_figure
 
-            current = deconvviz.session(chosen_model(model, checkpoint), device="cpu")
+            current = deconvviz.session(chosen_model(model, checkpoint, mean=mean, std=std), device="cpu")
             found = layer_filters(current.net, layer)
             target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
             fig, _ = found.figure(columns=columns)
@@ -94,6 +98,8 @@ def invariance_command(
     ],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -144,7 +150,7 @@ def invariance_command(
 
             result = deconvviz.invariance(
                 images,
-                chosen_model(model, checkpoint, device),
+                chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layers=layers,
                 steps=steps,
                 target=int(target) if target is not None and target.strip().isdigit() else target,
@@ -240,6 +246,8 @@ def sanity_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layer: Annotated[
         str | None,
         typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
@@ -273,7 +281,7 @@ def sanity_command(
 
             result = deconvviz.sanity(
                 image,
-                chosen_model(model, checkpoint, device),
+                chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layer=layer,
                 channel=channel,
                 method=method or None,
@@ -300,6 +308,8 @@ def occlusion_command(
     ],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -350,7 +360,7 @@ def occlusion_command(
             jobs = deconvviz.occlusion_jobs(
                 images,
                 out,
-                model=chosen_model(model, checkpoint, device),
+                model=chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layer=layer,
                 size=size,
                 stride=stride,
@@ -396,6 +406,8 @@ def correspondence_command(
     ],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -429,7 +441,7 @@ def correspondence_command(
             result = deconvviz.correspondence(
                 images,
                 parts,
-                model=chosen_model(model, checkpoint, device),
+                model=chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layers=layers,
                 random=random,
                 seed=seed,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 import deconvviz
-from deconvviz.cli.options import CheckpointOption, DebugOption, chosen_model, console, reported
+from deconvviz.cli.options import CheckpointOption, DebugOption, MeanOption, StdOption, chosen_model, console, reported
 from deconvviz.errors import DeconvVizError
 
 
@@ -40,6 +40,8 @@ def layers_command(
         str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
     ] = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     debug: DebugOption = False,
 ) -> None:
@@ -48,7 +50,7 @@ def layers_command(
         import torch
         from rich.table import Table
 
-        current = deconvviz.session(chosen_model(model, checkpoint, device), device=device)
+        current = deconvviz.session(chosen_model(model, checkpoint, device, mean=mean, std=std), device=device)
         net = current.net
         size = int(getattr(current.model, "input_size", 224))
         x = torch.zeros(1, 3, size, size)

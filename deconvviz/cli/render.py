@@ -14,10 +14,12 @@ from deconvviz.cli.options import (
     EXIT_INTERRUPTED,
     CheckpointOption,
     DebugOption,
+    MeanOption,
     MethodOption,
     ModelOption,
     Scale,
     ScaleOption,
+    StdOption,
     chosen_model,
     err,
     parse_channels,
@@ -42,6 +44,8 @@ def render_command(
     ],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         list[str] | None,
         typer.Option(
@@ -143,7 +147,7 @@ def render_command(
             results = deconvviz.render_images(
                 images,
                 out,
-                model=chosen_model(model, checkpoint, device, size),
+                model=chosen_model(model, checkpoint, device, size, mean=mean, std=std),
                 layers=layers,
                 top=None if channel else top,
                 channels=channel or None,
@@ -188,6 +192,8 @@ def report_command(
     ],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -277,6 +283,8 @@ def report_command(
         flags = {"--per-image": per_image, "--overwrite": overwrite, "--debug": debug}
         argv += [flag for flag, on in flags.items() if on]
         argv += ["--checkpoint", str(checkpoint)] if checkpoint is not None else []
+        argv += ["--mean", mean] if mean is not None else []
+        argv += ["--std", std] if std is not None else []
         raise typer.Exit(_torchrun(workers, argv))
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
     try:
@@ -302,7 +310,7 @@ def report_command(
                     report = build_report(
                         folder,
                         out,
-                        model=chosen_model(model, checkpoint, device),
+                        model=chosen_model(model, checkpoint, device, mean=mean, std=std),
                         layers=layers,
                         channels=chosen_channels,
                         k=top,

@@ -12,11 +12,13 @@ from deconvviz.cli.options import (
     CheckpointOption,
     DebugOption,
     DeviceOption,
+    MeanOption,
     MethodOption,
     ModelOption,
     OutOption,
     Scale,
     ScaleOption,
+    StdOption,
     chosen_model,
     progress_bars,
     reported,
@@ -27,6 +29,8 @@ def steps_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
     model: ModelOption = "vgg16",
     checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layer: Annotated[
         str | None,
         typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
@@ -57,7 +61,7 @@ def steps_command(
             bar.add_task("projecting step by step", total=None)
             result = deconvviz.visualize(
                 image,
-                chosen_model(model, checkpoint, device),
+                chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layer,
                 top=1,
                 channel=channel,
