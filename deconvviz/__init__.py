@@ -40,9 +40,9 @@ _EXPORTS: dict[str, str] = {
     "load_model": "deconvviz.models.zoo",
     "register_model": "deconvviz.models.zoo",
     "list_models": "deconvviz.models.zoo",
-    "ModelSpec": "deconvviz.models.zoo",
-    "LoadedModel": "deconvviz.models.zoo",
-    "Preprocessing": "deconvviz.models.zoo",
+    "ModelSpec": "deconvviz.models.specs",
+    "LoadedModel": "deconvviz.models.specs",
+    "Preprocessing": "deconvviz.models.specs",
     "WeightsUnavailableError": "deconvviz.models.weights.sources",
     "load_image": "deconvviz.io.images",
     "ImageError": "deconvviz.io.images",
@@ -120,10 +120,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.methods import register_method as register_method
     from deconvviz.models.session import Session as Session
     from deconvviz.models.session import session as session
+    from deconvviz.models.specs import LoadedModel as LoadedModel
+    from deconvviz.models.specs import ModelSpec as ModelSpec
+    from deconvviz.models.specs import Preprocessing as Preprocessing
     from deconvviz.models.weights.sources import WeightsUnavailableError as WeightsUnavailableError
-    from deconvviz.models.zoo import LoadedModel as LoadedModel
-    from deconvviz.models.zoo import ModelSpec as ModelSpec
-    from deconvviz.models.zoo import Preprocessing as Preprocessing
     from deconvviz.models.zoo import list_models as list_models
     from deconvviz.models.zoo import load_model as load_model
     from deconvviz.models.zoo import register_model as register_model

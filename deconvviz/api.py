@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.core.projection import Projection
     from deconvviz.core.steps import StepsChoice
     from deconvviz.methods import RuleSet
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 
 def visualize(

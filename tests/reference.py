@@ -106,7 +106,7 @@ _RECTIFIERS = {
     F.hardswish,
     F.softplus,
 }
-_GATES = {torch.sigmoid, Tensor.sigmoid, F.sigmoid, F.hardsigmoid}
+_GATES = {torch.sigmoid, Tensor.sigmoid, F.sigmoid, F.hardsigmoid, F.softmax, torch.softmax, Tensor.softmax}
 
 
 def _layer_norm_held(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -134,6 +134,32 @@ def _group_norm_held(x, num_groups, weight=None, bias=None, eps=1e-5):
     return out
 
 
+def _attention_held(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    logits = query @ key.transpose(-2, -1) * (scale if scale is not None else query.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
+    return torch.softmax(logits, dim=-1).detach() @ value
+
+
+def _mha_held(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, *args, **kwargs):
+    """``F.multi_head_attention_forward`` for self-attention without masks, its attention weights detached."""
+    length, n, embed = query.shape
+    out_proj_weight = args[4] if len(args) > 4 else kwargs["out_proj_weight"]
+    out_proj_bias = args[5] if len(args) > 5 else kwargs["out_proj_bias"]
+
+    def split(t):
+        return t.reshape(length, n * num_heads, -1).transpose(0, 1)
+
+    w, b = in_proj_weight, in_proj_bias
+    q, k, v = (
+        split(F.linear(t, w[i * embed : (i + 1) * embed], b[i * embed : (i + 1) * embed]))
+        for i, t in enumerate((query, key, value))
+    )
+    weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1).detach()
+    out = (weights @ v).transpose(0, 1).reshape(length, n, embed)
+    return F.linear(out, out_proj_weight, out_proj_bias), None
+
+
 class _SwapRules(torch.overrides.TorchFunctionMode):
     """Rectifiers get the method's backward, gates are detached, per-sample norm statistics are detached."""
 
@@ -151,6 +177,10 @@ class _SwapRules(torch.overrides.TorchFunctionMode):
             return _Rectify.apply(x, lambda t: fn(t, *rest, **kwargs), self.guided)
         if func in _GATES:
             return func(*args, **kwargs).detach()
+        if func is F.multi_head_attention_forward:  # its softmax is called inside, out of the mode's reach
+            return _mha_held(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            return _attention_held(*args, **kwargs)
         if func is F.layer_norm:
             return _layer_norm_held(*args, **kwargs)
         if func is F.group_norm:
@@ -189,8 +219,8 @@ def method_reference(model: nn.Module, x: Tensor, module: str, seeds: Tensor, me
 
     No tracing at all: a forward hook on a copy of the model takes the submodule's output and stops the run.
     ``gradient`` is plain autograd; ``deconvnet`` and ``guided`` run the model with every rectifying
-    activation's backward swapped (``relu(g)``, ``relu(g) * f'(x)``), gates (sigmoid, hard sigmoid) detached
-    and layer/group norm statistics detached.
+    activation's backward swapped (``relu(g)``, ``relu(g) * f'(x)``), gates (sigmoid, hard sigmoid, softmax,
+    the weights of scaled dot-product attention) detached and layer/group norm statistics detached.
 
     Returns:
         ``(K, C, H, W)``.

@@ -348,10 +348,10 @@ def test_layers_lists_alias_node_shape_and_receptive_field(runner: CliRunner) ->
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{MODEL}: 12 projectable layers for a 32x32 input")
     rows = {line.split()[0]: line.split() for line in lines[2:] if line.strip()}
-    assert rows["conv1"] == ["conv1", "features.1", "4x32x32", "3x3", "/1"]
-    assert rows["pool1"] == ["pool1", "features.4", "4x16x16", "6x6", "/2"]
+    assert rows["conv1"] == ["conv1", "features.1", "4x32x32", "3x3", "/1", "rule"]
+    assert rows["pool1"] == ["pool1", "features.4", "4x16x16", "6x6", "/2", "rule"]
     assert rows["conv3"][:3] == ["conv3", "features.6", "8x16x16"]
-    assert rows["features.0"] == ["features.0", "4x32x32", "3x3", "/1"]  # a layer without an alias
+    assert rows["features.0"] == ["features.0", "4x32x32", "3x3", "/1", "rule"]  # a layer without an alias
     assert "whole image" in " ".join(rows["classifier.1"])
 
 

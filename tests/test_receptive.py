@@ -280,19 +280,42 @@ def clean_registry() -> Iterator[None]:
     geometry.GEOMETRIES.restore(saved)
 
 
-def test_unknown_op_is_a_clear_error_and_can_be_registered(clean_registry: None) -> None:
+def test_an_op_without_geometry_gets_one_measured_and_a_registered_one_wins(clean_registry: None) -> None:
     model = WithUnknownOp()
-    # blur has no mirror rule, so it is not a projectable layer, and the default listing does not reach it
-    assert list(dv.receptive_fields(model)) == ["conv"]
-    with pytest.raises(UnknownGeometryError, match=r"function .*blur at node 'blur'.*register_geometry") as info:
-        dv.receptive_fields(model, ["relu"])
-    assert "\n" not in str(info.value)
-    assert isinstance(info.value, dv.DeconvVizError)
-
-    dv.register_geometry(blur, geometry.window(3, stride=1, padding=1))
-    fields = dv.receptive_fields(model, ["blur", "relu"])
+    net = dv.DeconvNet(model)
+    # blur has neither a mirror rule nor a geometry: autograd mirrors it, and its field is measured from the
+    # support of the signal one unit sends back through it
+    assert net.layers == ["conv", "blur", "relu"]
+    fields = dv.receptive_fields(net, ["blur", "relu"])
     assert fields["blur"] == ReceptiveField(size=(7, 7), stride=(2, 2), offset=(-2, -2))
     assert fields["relu"] == fields["blur"]
+    assert net.measured() == ["blur"]
+
+    dv.register_geometry(blur, geometry.window(3, stride=1, padding=1))
+    fresh = dv.DeconvNet(model)
+    assert dv.receptive_fields(fresh, ["blur"])["blur"] == fields["blur"]
+    assert fresh.measured() == []
+
+
+@torch.fx.wrap
+def centre(x: torch.Tensor) -> torch.Tensor:
+    """A user op that mixes every position (traced as one opaque call)."""
+    return x - x.mean(dim=(2, 3), keepdim=True)
+
+
+class Centred(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return centre(self.conv(x))
+
+
+def test_a_field_measured_through_a_global_op_is_the_whole_image() -> None:
+    net = dv.DeconvNet(Centred())
+    assert dv.receptive_fields(net, ["centre"])["centre"].whole_image
+    assert net.measured() == ["centre"]
 
 
 def test_a_geometry_can_be_registered_with_a_decorator(clean_registry: None) -> None:

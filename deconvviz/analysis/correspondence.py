@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.models.session import Session
-    from deconvviz.models.zoo import Preprocessing
+    from deconvviz.models.specs import Preprocessing
 
 Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in pixels; right and bottom exclusive."""

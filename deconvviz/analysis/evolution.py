@@ -21,11 +21,12 @@ from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.models.weights.sources import CheckpointSource, WeightsFormatError, matching_prefix
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.topk.result import TopKHit
     from deconvviz.models.session import Session
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
 
@@ -98,23 +99,18 @@ class EvolutionResult(AnalysisResult):
 
 
 def _read(checkpoint: Checkpoint, name: str) -> dict[str, Tensor]:
-    """A checkpoint as a state dict (a file holding one, or ``{"state_dict": ...}``, or a mapping)."""
+    """A checkpoint as a state dict: a mapping, or a file as ``--checkpoint`` reads one (any wrapper, safetensors)."""
     if isinstance(checkpoint, Mapping):
-        state = checkpoint
-    else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise AnalysisError(f"checkpoint not found: {str(path)!r}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-            raise AnalysisError(f"cannot read checkpoint {str(path)!r} as a state dict ({first})") from exc
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise AnalysisError(f"checkpoint {name!r} is not a state dict (a mapping of names to tensors)")
-    return dict(state)
+        state: Any = checkpoint
+        if "state_dict" in state and isinstance(state["state_dict"], Mapping):
+            state = state["state_dict"]
+        if not all(isinstance(v, Tensor) for v in state.values()):
+            raise AnalysisError(f"checkpoint {name!r} is not a state dict (a mapping of names to tensors)")
+        return dict(state)
+    try:
+        return CheckpointSource(Path(checkpoint)).load()
+    except WeightsFormatError as exc:
+        raise AnalysisError(str(exc)) from exc
 
 
 def _check_fits(state: Mapping[str, Tensor], module: torch.nn.Module, name: str, model: str) -> None:
@@ -222,7 +218,7 @@ def evolution(
     node = current.net.resolve(layer)  # an unknown layer fails before any work
     states = []
     for checkpoint, label in zip(checkpoints, labels, strict=True):
-        state = _read(checkpoint, label)
+        state = matching_prefix(_read(checkpoint, label), loaded.module.state_dict().keys())
         _check_fits(state, loaded.module, label, current.name)
         states.append(state)
     module = copy.deepcopy(loaded.module)  # the caller's model keeps its own weights

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
     from deconvviz.models.session import Session
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 TRANSFORMS = ("translate", "scale", "rotate")
 """The transformations of the paper's Fig. 5, in its row order."""

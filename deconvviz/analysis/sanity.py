@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from deconvviz.models.session import Session
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 
 # ------------------------------------------------------------------------------------------------ scores

@@ -10,10 +10,14 @@ import typer
 
 import deconvviz
 from deconvviz.cli.options import (
+    CheckpointOption,
     DebugOption,
     DeviceOption,
+    MeanOption,
     ModelOption,
     OutOption,
+    StdOption,
+    chosen_model,
     parse_channels,
     progress_bars,
     reported,
@@ -27,6 +31,9 @@ def filters_command(
         typer.Option("--layer", "--layers", "-l", help="A first-layer convolution (alias or node name)."),
     ] = "conv1_1",
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="The PNG to write. Default: LAYER_filters.png.", show_default=False),
@@ -43,7 +50,7 @@ def filters_command(
             from deconvviz.viz.filters import layer_filters
             from deconvviz.viz.render import safe_name, save_figure
 
-            current = deconvviz.session(model, device="cpu")
+            current = deconvviz.session(chosen_model(model, checkpoint, mean=mean, std=std), device="cpu")
             found = layer_filters(current.net, layer)
             target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
             fig, _ = found.figure(columns=columns)
@@ -90,6 +97,9 @@ def invariance_command(
         list[Path], typer.Argument(metavar="IMAGE", help="Picture files; one curve per picture.", show_default=False)
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -140,7 +150,7 @@ def invariance_command(
 
             result = deconvviz.invariance(
                 images,
-                model,
+                chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layers=layers,
                 steps=steps,
                 target=int(target) if target is not None and target.strip().isdigit() else target,
@@ -155,6 +165,7 @@ def invariance_command(
             arguments = {
                 "images": [str(i) for i in images],
                 "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
                 "layers": list(result.layers),
                 **{k: None if v is None else list(v) for k, v in ranges.items()},
                 "steps": steps,
@@ -234,6 +245,9 @@ def evolution_command(
 def sanity_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layer: Annotated[
         str | None,
         typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
@@ -267,7 +281,7 @@ def sanity_command(
 
             result = deconvviz.sanity(
                 image,
-                model,
+                chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layer=layer,
                 channel=channel,
                 method=method or None,
@@ -275,7 +289,13 @@ def sanity_command(
                 device=device,
                 progress=progress,
             )
-            arguments = {"image": str(image), "model": model, "layer": result.layer, "channel": result.channel}
+            arguments = {
+                "image": str(image),
+                "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                "layer": result.layer,
+                "channel": result.channel,
+            }
             folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
         typer.echo(f"wrote {folder}/figure.png and manifest.json: {result.layer} channel {result.channel}")
         typer.echo(result.summary())
@@ -287,6 +307,9 @@ def occlusion_command(
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -337,7 +360,7 @@ def occlusion_command(
             jobs = deconvviz.occlusion_jobs(
                 images,
                 out,
-                model=model,
+                model=chosen_model(model, checkpoint, device, mean=mean, std=std),
                 layer=layer,
                 size=size,
                 stride=stride,
@@ -354,6 +377,7 @@ def occlusion_command(
                 result = job.run(batch_size=batch_size, progress=progress, image=str(image))
                 arguments = {
                     "model": model,
+                    **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
                     "layer": layer,
                     "size": size,
                     "stride": stride,
@@ -381,6 +405,9 @@ def correspondence_command(
         ),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -412,9 +439,23 @@ def correspondence_command(
                 bar.update(task, completed=done, total=total, description="occluding parts")
 
             result = deconvviz.correspondence(
-                images, parts, model=model, layers=layers, random=random, seed=seed, device=device, progress=progress
+                images,
+                parts,
+                model=chosen_model(model, checkpoint, device, mean=mean, std=std),
+                layers=layers,
+                random=random,
+                seed=seed,
+                device=device,
+                progress=progress,
             )
-            arguments = {"parts": str(parts), "model": model, "layers": layers, "random": random, "seed": seed}
+            arguments = {
+                "parts": str(parts),
+                "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                "layers": layers,
+                "random": random,
+                "seed": seed,
+            }
             folder = result.save(out, arguments=arguments)
         typer.echo(result.table())
         typer.echo(f"wrote {folder}")

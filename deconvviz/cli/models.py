@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 import deconvviz
-from deconvviz.cli.options import DebugOption, console, reported
+from deconvviz.cli.options import CheckpointOption, DebugOption, MeanOption, StdOption, chosen_model, console, reported
 from deconvviz.errors import DeconvVizError
 
 
@@ -30,7 +30,8 @@ def models_command(debug: DebugOption = False) -> None:
         )
         typer.echo(
             "Also: NAME:torchvision[:WEIGHTS] for any torchvision classifier (e.g. resnet18:torchvision), "
-            "or package.module:function for your own model."
+            "NAME:timm[:TAG] for any timm model (e.g. convnext_tiny:timm; pip install 'deconvviz[timm]'), "
+            "or package.module:function for your own model; --checkpoint PATH loads your own weights into any of them."
         )
 
 
@@ -38,31 +39,52 @@ def layers_command(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
     ] = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     debug: DebugOption = False,
 ) -> None:
-    """List every projectable layer: alias, node name, output shape and receptive-field size."""
+    """List every projectable layer: alias, node name, output shape, receptive-field size and how it is mirrored."""
     with reported(debug):
         import torch
         from rich.table import Table
 
-        current = deconvviz.session(model, device=device)
+        current = deconvviz.session(chosen_model(model, checkpoint, device, mean=mean, std=std), device=device)
         net = current.net
         size = int(getattr(current.model, "input_size", 224))
         x = torch.zeros(1, 3, size, size)
         nodes = net.layers
-        shapes = {name: tuple(a.shape) for name, a in net.activations(x, nodes).items()}
+        shapes = {name: _shape_text(a) for name, a in net.activations(x, nodes).items()}
         fields = _fields(net, nodes)
+        measured = set(net.measured())
+        mirrors = net.mirrors()
         aliases: dict[str, list[str]] = {}
-        for alias, node in net.aliases.items():
+        from deconvviz.core.layers import alias_nodes
+
+        for alias, node in alias_nodes(net).items():
             aliases.setdefault(node, []).append(alias)
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("alias", "node", "output", "receptive field"):
+        for column in ("alias", "node", "output", "receptive field", "mirror"):
             table.add_column(column)
         for node in nodes:
-            table.add_row(", ".join(aliases.get(node, [])), node, "x".join(map(str, shapes[node][1:])), fields[node])
+            field = f"{fields[node]} (measured)" if node in measured else fields[node]
+            table.add_row(", ".join(aliases.get(node, [])), node, shapes[node], field, mirrors.get(node, "rule"))
+        fallback = sum(1 for kind in mirrors.values() if kind == "autograd")
         typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
         console().print(table)
+        if fallback:
+            typer.echo(
+                f"{fallback} layer(s) without a mirror rule are mirrored by autograd over that op (exact, slower); "
+                "'(measured)': a receptive field measured from the op's own mirror"
+            )
+
+
+def _shape_text(value: Any) -> str:
+    """An activation's shape without the batch (``512x7x7``); a tuple's items joined by commas."""
+    if isinstance(value, tuple | list):
+        return ", ".join(_shape_text(v) for v in value if v is not None)
+    return "x".join(map(str, tuple(value.shape)[1:]))
 
 
 def _fields(net: Any, nodes: list[str]) -> dict[str, str]:

@@ -92,7 +92,34 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], or package.module:function.",
+        help="A registered model (`deconvviz models`), NAME:torchvision[:WEIGHTS], NAME:timm, or "
+        "package.module:function.",
+    ),
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Load these weights into --model instead of its own: a state dict saved with torch.save (also under a "
+        "state_dict or model key) or a safetensors file.",
+        show_default=False,
+    ),
+]
+MeanOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mean",
+        help="Per-channel mean the model's input is normalised with, e.g. 0.5,0.5,0.5 (for your own model; "
+        "named models bring theirs).",
+        show_default=False,
+    ),
+]
+StdOption = Annotated[
+    str | None,
+    typer.Option(
+        "--std",
+        help="Per-channel standard deviation of the normalisation, e.g. 0.5,0.5,0.5 (with --mean).",
+        show_default=False,
     ),
 ]
 OutOption = Annotated[
@@ -201,6 +228,46 @@ def progress_bars(transient: bool, enabled: bool = True) -> Any:
         transient=transient,
         disable=not (enabled and stderr_console.is_terminal),
     )
+
+
+def chosen_model(
+    model: str,
+    checkpoint: Path | None,
+    device: str | None = "cpu",
+    size: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+) -> Any:
+    """The model that ``--model``, ``--checkpoint``, ``--mean`` and ``--std`` name.
+
+    The name as it is when none of the others is given (so sessions are shared), else the model loaded with them.
+    """
+    if checkpoint is None and mean is None and std is None:
+        return model
+    from deconvviz.models.session import resolve_device
+    from deconvviz.models.zoo import load_model
+
+    return load_model(
+        model,
+        checkpoint=checkpoint,
+        device=resolve_device(device),
+        size=size,
+        mean=_numbers("--mean", mean),
+        std=_numbers("--std", std),
+    )
+
+
+def _numbers(flag: str, text: str | None) -> tuple[float, ...] | None:
+    """``0.5,0.5,0.5`` as numbers; a usage error in one line otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise usage(f"{flag} takes numbers separated by commas, one per input channel (0.5,0.5,0.5); got {text!r}")
+    return values
 
 
 def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:

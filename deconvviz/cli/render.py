@@ -12,11 +12,15 @@ import typer
 import deconvviz
 from deconvviz.cli.options import (
     EXIT_INTERRUPTED,
+    CheckpointOption,
     DebugOption,
+    MeanOption,
     MethodOption,
     ModelOption,
     Scale,
     ScaleOption,
+    StdOption,
+    chosen_model,
     err,
     parse_channels,
     progress_bars,
@@ -39,6 +43,9 @@ def render_command(
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         list[str] | None,
         typer.Option(
@@ -140,7 +147,7 @@ def render_command(
             results = deconvviz.render_images(
                 images,
                 out,
-                model=model,
+                model=chosen_model(model, checkpoint, device, size, mean=mean, std=std),
                 layers=layers,
                 top=None if channel else top,
                 channels=channel or None,
@@ -184,6 +191,9 @@ def report_command(
         ),
     ],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -272,6 +282,9 @@ def report_command(
         argv += ["--device", device, "--scale", scale.value, "--method", method, *scanning.argv()]
         flags = {"--per-image": per_image, "--overwrite": overwrite, "--debug": debug}
         argv += [flag for flag, on in flags.items() if on]
+        argv += ["--checkpoint", str(checkpoint)] if checkpoint is not None else []
+        argv += ["--mean", mean] if mean is not None else []
+        argv += ["--std", std] if std is not None else []
         raise typer.Exit(_torchrun(workers, argv))
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
     try:
@@ -297,7 +310,7 @@ def report_command(
                     report = build_report(
                         folder,
                         out,
-                        model=model,
+                        model=chosen_model(model, checkpoint, device, mean=mean, std=std),
                         layers=layers,
                         channels=chosen_channels,
                         k=top,

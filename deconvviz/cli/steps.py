@@ -9,13 +9,17 @@ import typer
 
 import deconvviz
 from deconvviz.cli.options import (
+    CheckpointOption,
     DebugOption,
     DeviceOption,
+    MeanOption,
     MethodOption,
     ModelOption,
     OutOption,
     Scale,
     ScaleOption,
+    StdOption,
+    chosen_model,
     progress_bars,
     reported,
 )
@@ -24,6 +28,9 @@ from deconvviz.cli.options import (
 def steps_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
     model: ModelOption = "vgg16",
+    checkpoint: CheckpointOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     layer: Annotated[
         str | None,
         typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
@@ -53,13 +60,21 @@ def steps_command(
         with progress_bars(transient=True) as bar:
             bar.add_task("projecting step by step", total=None)
             result = deconvviz.visualize(
-                image, model, layer, top=1, channel=channel, device=device, method=method, steps=True
+                image,
+                chosen_model(model, checkpoint, device, mean=mean, std=std),
+                layer,
+                top=1,
+                channel=channel,
+                device=device,
+                method=method,
+                steps=True,
             )
             steps = result.steps
             assert steps is not None
             arguments = {
                 "image": str(image),
                 "model": model,
+                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
                 "layer": result.layer,
                 "channel": result.channels[0],
                 "method": result.method,

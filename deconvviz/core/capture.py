@@ -37,22 +37,29 @@ class TensorMeta:
 
 @dataclass(frozen=True)
 class TupleMeta:
-    """A tuple or list of forward tensors (the output of ``chunk``, ``split``, ``unbind``), described item by item.
+    """A tuple or list of forward tensors, described item by item.
 
-    Its mirrored signal is a list with one entry per item (None where no signal arrives).
+    The output of ``chunk``, ``split``, ``unbind``, ``torch.max(x, dim)``, ``topk`` or ``nn.MultiheadAttention``
+    (whose attention weights may be None). Its mirrored signal is a list with one entry per item (None where
+    no signal arrives).
     """
 
-    items: tuple[TensorMeta, ...]
+    items: tuple[TensorMeta | None, ...]
     is_list: bool = False
 
     @classmethod
     def of(cls, values: tuple[Any, ...] | list[Any]) -> TupleMeta:
-        """Describe a tuple or list of tensors."""
-        return cls(tuple(TensorMeta.of(v) for v in values), isinstance(values, list))
+        """Describe a tuple or list of tensors (None items stay None)."""
+        return cls(tuple(None if v is None else TensorMeta.of(v) for v in values), isinstance(values, list))
 
 
 def _is_tensors(value: Any) -> bool:
-    return isinstance(value, tuple | list) and len(value) > 0 and all(isinstance(v, Tensor) for v in value)
+    """A non-empty tuple or list of tensors, some items possibly None (``(output, None)``)."""
+    return (
+        isinstance(value, tuple | list)
+        and any(isinstance(v, Tensor) for v in value)
+        and all(v is None or isinstance(v, Tensor) for v in value)
+    )
 
 
 @dataclass
@@ -197,10 +204,12 @@ def run(
             else:
                 output, saved = rule.forward(call)
                 env[node] = output
-                records[node] = _record(node, env, carries, output, saved, keep_values=rule.needs_values)
+                signal = set(graph.signal_inputs.get(node, ()))
+                records[node] = _record(node, env, signal, output, saved, keep_values=rule.needs_values)
                 for value in records[node].values:
                     for item in value if isinstance(value, tuple | list) else [value]:
-                        kept.add(item.untyped_storage().data_ptr())
+                        if isinstance(item, Tensor):
+                            kept.add(item.untyped_storage().data_ptr())
             if emit is not None and node in protected:
                 emit(node, env[node])
         for done in release.get(node, ()):
@@ -257,7 +266,7 @@ def _callable(node: fx.Node, module: nn.Module | None) -> Callable[..., Any]:
 def _record(
     node: fx.Node,
     env: dict[fx.Node, Any],
-    carries: set[fx.Node],
+    signal: set[fx.Node],
     output: Any,
     saved: Any,
     *,
@@ -269,7 +278,7 @@ def _record(
 
     def describe(arg: fx.Node) -> Any:
         value = env[arg]
-        if arg in carries and (isinstance(value, Tensor) or _is_tensors(value)):
+        if arg in signal and (isinstance(value, Tensor) or _is_tensors(value)):
             meta = TensorMeta.of(value) if isinstance(value, Tensor) else TupleMeta.of(value)
             inputs.append(meta)
             input_nodes.append(arg)

@@ -20,6 +20,7 @@ from deconvviz.core import capture as _capture
 from deconvviz.core import seeds as _seeds
 from deconvviz.core import walk as _walk
 from deconvviz.core.graph import Graph, evaluating, trace
+from deconvviz.core.probe import Probe
 from deconvviz.core.projection import Projection
 from deconvviz.core.seeds import Mode, SeedError, Unit
 from deconvviz.core.steps import StepRecorder, StepsChoice, chosen_seeds
@@ -75,7 +76,9 @@ class DeconvNet:
         self._to_image = to_image
         self.channel_order = channel_order
         self._graphs: dict[frozenset[type], Graph] = {}
-        self._classes = sorted({type(m) for m in model.modules()}, key=lambda t: (t.__module__, t.__qualname__))
+        self._leaves: dict[RuleSet, frozenset[type]] = {}
+        self._probes: dict[tuple[RuleSet, tuple[int, ...]], Probe] = {}
+        self._last_shape: tuple[int, ...] | None = None
         self._graph_for(get_method())
 
     def __repr__(self) -> str:
@@ -91,7 +94,13 @@ class DeconvNet:
 
     def _graph_for(self, rules: RuleSet) -> Graph:
         """The model traced with the leaves ``rules`` asks for (module classes it has rules for)."""
-        leaves = frozenset(c for c in self._classes if not c.__module__.startswith("torch.nn") and rules.is_leaf(c))
+        leaves = self._leaves.get(rules)
+        if leaves is None:
+            leaves = self._leaves[rules] = frozenset(
+                type(m)
+                for m in self.model.modules()
+                if not type(m).__module__.startswith("torch.nn") and rules.keeps_whole(m)
+            )
         graph = self._graphs.get(leaves)
         if graph is None:
             graph = self._graphs[leaves] = trace(self.model, sorted(leaves, key=lambda t: t.__qualname__))
@@ -123,11 +132,75 @@ class DeconvNet:
         for node in graph.nodes:
             if node not in graph.carries or node is graph.input or node.op == "output":
                 continue
-            parents = [a for a in node.all_input_nodes if a in graph.carries]
+            parents = graph.signal_inputs.get(node, [])
             ok[node] = rules.for_node(node, graph.module(node)) is not None and all(ok.get(a, False) for a in parents)
             if ok[node]:
                 names.append(graph.names[node])
         return names
+
+    def mirrors(self, method: Method | None = None) -> dict[str, str]:
+        """How each projectable layer is mirrored under ``method``: ``"rule"`` or ``"autograd"``.
+
+        ``"autograd"`` marks an op without a mirror rule of its own, mirrored by autograd over that op alone
+        (exact, but slower than a rule; see :func:`deconvviz.register_rule`).
+        """
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        names = set(self.layers_for(rules))
+        return {
+            graph.names[node]: "rule" if rules.mirrored_by_rule(node, graph.module(node)) else "autograd"
+            for node in graph.nodes
+            if graph.names[node] in names
+        }
+
+    def held_layers(self, method: Method | None = None) -> list[str]:
+        """Layers whose op is held at its forward value under ``method`` (gates): their projections are blank."""
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        names = set(self.layers_for(rules))
+        return [
+            graph.names[n]
+            for n in graph.nodes
+            if graph.names[n] in names and getattr(rules.for_node(n, graph.module(n)), "holds", False)
+        ]
+
+    def field_context(self, method: Method | None = None) -> tuple[RuleSet, Graph, Probe]:
+        """The rule set, the traced graph and the probe pass that receptive fields under ``method`` are read from.
+
+        The probe (see :mod:`deconvviz.core.probe`) runs on random values at the size of the last picture this
+        net saw (224 x 224 before any), once per rule set and size.
+        """
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        shape = self._last_shape or (1, self._channels(), 224, 224)
+        key = (rules, shape)
+        probe = self._probes.get(key)
+        if probe is None:
+            found: Tensor | None = next(iter(self.model.parameters()), None)
+            like = found if found is not None and found.is_floating_point() else torch.zeros(())
+
+            def forward_rules(nodes: list[fx.Node]) -> dict[fx.Node, Rule]:
+                return self._forward_rules(graph, nodes, rules)
+
+            probe = self._probes[key] = Probe(graph, rules, forward_rules, shape, like)
+        return rules, graph, probe
+
+    def measured(self, method: Method | None = None) -> list[str]:
+        """Layers whose receptive-field geometry was measured (no geometry registered for their op) so far."""
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        found: set[fx.Node] = set()
+        for (owner, _), probe in self._probes.items():
+            if owner is rules:
+                found |= probe.measured
+        return [graph.names[n] for n in graph.nodes if n in found]
+
+    def _channels(self) -> int:
+        """The input channels the first convolution expects (3 when there is none)."""
+        for module in self.model.modules():
+            if isinstance(module, nn.Conv2d):
+                return int(module.in_channels)
+        return 3
 
     def resolve(self, layer: str) -> str:
         """The qualified node name of a layer name or alias.
@@ -170,6 +243,7 @@ class DeconvNet:
             reference = next(iter(self.model.buffers()), None)
         if reference is not None and reference.is_floating_point():
             x = x.to(device=reference.device, dtype=reference.dtype)
+        self._last_shape = (1, *tuple(x.shape[1:]))
         return x
 
     def activations(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
@@ -287,8 +361,8 @@ class DeconvNet:
         x = self._input(x, single=True)
         with torch.inference_mode(), evaluating(self.model):
             cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-        act = cap.activations[node]
-        if not isinstance(act, Tensor) or act.dim() < 2:
+        act = self._tensor_at(graph, node, cap.activations[node], layer)
+        if act.dim() < 2:
             raise SeedError(f"layer {layer!r} has no channel dimension to seed")
         return Captured(self, graph, rules, node, layer, x, cap)
 
@@ -380,7 +454,7 @@ class DeconvNet:
             cap = _capture.run(graph, x, targets, self._forward_rules(graph, targets, rules))
             for layer, node in nodes.items():
                 wanted = list(units[layer])
-                act = cap.activations[node]
+                act = self._tensor_at(graph, node, cap.activations[node], layer)
                 for unit in wanted:
                     _seeds.check_unit(act, unit, layer)
                 chunk = self._chunk(act.device)
@@ -422,7 +496,7 @@ class DeconvNet:
         x = self._input(x, single=False)
         with torch.inference_mode(), evaluating(self.model):
             cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-            act = cap.activations[node]
+            act = self._tensor_at(graph, node, cap.activations[node], layer)
             if not isinstance(seeds, Tensor) or tuple(seeds.shape[1:]) != tuple(act.shape[1:]) or seeds.dim() < 1:
                 got = tuple(seeds.shape) if isinstance(seeds, Tensor) else type(seeds).__name__
                 raise SeedError(
@@ -441,6 +515,14 @@ class DeconvNet:
             if not chunks:
                 return x.new_zeros((0, *x.shape[1:]))
             return torch.cat(chunks).detach()
+
+    def _tensor_at(self, graph: Graph, node: fx.Node, value: Any, layer: str) -> Tensor:
+        """The activation of a layer, or a one-line error naming its items when it returns a tuple."""
+        if isinstance(value, Tensor):
+            return value
+        items = [graph.names[u] for u in node.users if u in graph.carries]
+        hint = f": project one of its items ({', '.join(repr(i) for i in items)})" if items else ""
+        raise SeedError(f"layer {layer!r} returns a {type(value).__name__}, not a tensor{hint}")
 
     def _mirror_units(
         self,

@@ -32,6 +32,28 @@ class LayerNotFoundError(DeconvVizError, ValueError):
 _METADATA_METHODS = frozenset({"size", "dim", "numel", "ndimension", "nelement", "type", "get_device"})
 _METADATA_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({getattr, len, torch.numel})
 
+# Arguments an op reads only for their shape, dtype or device (by position): no signal flows through them.
+_SHAPE_ONLY_METHODS: dict[str, tuple[int, ...]] = {
+    "expand_as": (1,),
+    "type_as": (1,),
+    "view_as": (1,),
+    "reshape_as": (1,),
+    "to": (1,),
+    "new_zeros": (0,),
+    "new_ones": (0,),
+    "new_full": (0,),
+    "new_empty": (0,),
+    "new_tensor": (0,),
+}
+_SHAPE_ONLY_FUNCTIONS: dict[Callable[..., Any], tuple[int, ...]] = {
+    torch.zeros_like: (0,),
+    torch.ones_like: (0,),
+    torch.empty_like: (0,),
+    torch.full_like: (0,),
+    torch.rand_like: (0,),
+    torch.randn_like: (0,),
+}
+
 
 def _timm_helpers() -> tuple[list[type[nn.Module]], list[Callable[..., Any]]]:
     """Timm's own lists of modules to keep opaque and functions to keep as calls, when timm is in use."""
@@ -57,6 +79,8 @@ class Graph:
         names: qualified name of every node (torchvision's naming).
         input: the placeholder node that receives the image batch.
         carries: nodes whose value depends on the input through tensor ops (signal-carrying nodes).
+        signal_inputs: per signal-carrying node, the signal-carrying nodes whose values flow into it (an argument
+            read only for its shape, as ``y`` in ``x.expand_as(y)``, carries no signal into the op).
         opaque: qualified names of submodules that torch.fx could not trace into; each is one node.
         containers: qualified name of every submodule traced through -> the node computing its output, so a
             container's own name (``features.0`` for a ``Conv2dNormActivation``) still names a layer.
@@ -67,6 +91,7 @@ class Graph:
     names: dict[fx.Node, str]
     input: fx.Node
     carries: set[fx.Node] = field(default_factory=set)
+    signal_inputs: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
     opaque: set[str] = field(default_factory=set)
     containers: dict[str, fx.Node] = field(default_factory=dict)
     _by_name: dict[str, fx.Node] = field(default_factory=dict, repr=False)
@@ -75,7 +100,7 @@ class Graph:
     def __post_init__(self) -> None:
         self._by_name = {name: node for node, name in self.names.items()}
         self._modules = dict(self.model.named_modules())
-        self.carries = _signal_nodes(self.graph, self.input)
+        self.carries, self.signal_inputs = _signal_nodes(self.graph, self.input)
         for node, name in self.names.items():  # the last node inside a module computes its output
             parts = name.split(".")
             for i in range(1, len(parts)):
@@ -162,17 +187,52 @@ def evaluating(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
-def _signal_nodes(graph: fx.Graph, source: fx.Node) -> set[fx.Node]:
-    """Nodes whose value depends on ``source`` through ops that pass tensors on."""
+def _signal_nodes(graph: fx.Graph, source: fx.Node) -> tuple[set[fx.Node], dict[fx.Node, list[fx.Node]]]:
+    """Nodes whose value depends on ``source`` through ops that pass tensors on, and each one's signal inputs."""
     carries = {source}
+    inputs: dict[fx.Node, list[fx.Node]] = {source: []}
     for node in graph.nodes:
         if node is source or node.op in ("placeholder", "get_attr", "output"):
             continue
         if _is_metadata(node):
             continue
-        if any(arg in carries for arg in node.all_input_nodes):
+        found = [arg for arg in _value_inputs(node) if arg in carries]
+        if found:
             carries.add(node)
-    return carries
+            inputs[node] = found
+    return carries, inputs
+
+
+def _value_inputs(node: fx.Node) -> list[fx.Node]:
+    """The nodes whose values (not only shapes) an op reads, in first-use order."""
+    positions = (
+        _SHAPE_ONLY_METHODS.get(str(node.target), ())
+        if node.op == "call_method"
+        else _SHAPE_ONLY_FUNCTIONS.get(node.target, ())  # type: ignore[arg-type]
+        if node.op == "call_function" and _hashable(node.target)
+        else ()
+    )
+    if not positions:
+        return list(node.all_input_nodes)
+    kept: list[fx.Node] = []
+
+    def keep(found: fx.Node) -> fx.Node:
+        kept.append(found)
+        return found
+
+    for i, arg in enumerate(node.args):
+        if i not in positions:
+            fx.node.map_arg(arg, keep)
+    fx.node.map_arg(node.kwargs, keep)
+    return list(dict.fromkeys(kept))
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _is_metadata(node: fx.Node) -> bool:
@@ -229,8 +289,9 @@ def trace(model: nn.Module, leaf_types: Sequence[type[nn.Module]] = ()) -> Graph
     Containers that only sequence other modules (torchvision's ``Conv2dNormActivation``, timm's blocks) are
     traced through. A submodule that torch.fx cannot trace into (data-dependent control flow) is kept as one
     opaque node; its mirror is worked out by autograd over that submodule alone (see
-    :mod:`deconvviz.ops.fallback`). When timm is in use, its published lists of modules and functions to
-    keep whole are honoured.
+    :mod:`deconvviz.ops.fallback`). When timm is in use, the functions it publishes as calls to keep whole
+    stay calls; the modules it lists as leaves for its own feature extraction are traced through where
+    torch.fx can.
 
     Args:
         model: the network; it is not modified.
@@ -244,11 +305,12 @@ def trace(model: nn.Module, leaf_types: Sequence[type[nn.Module]] = ()) -> Graph
     """
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    timm_leaves, timm_functions = _timm_helpers()
+    # timm's list of modules to keep whole serves its feature extraction; here they are traced through where
+    # torch.fx can (every convolution of a NormFreeBlock is a layer) and kept whole where it cannot.
+    _, timm_functions = _timm_helpers()
     exact = set(leaf_types)
-    published = tuple(timm_leaves)
     tracer = _Tracer(
-        lambda m: type(m) in exact or isinstance(m, published),
+        lambda m: type(m) in exact,
         autowrap_modules=(math, torchvision.ops),
         autowrap_functions=tuple(timm_functions),
     )

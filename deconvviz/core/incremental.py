@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from deconvviz.core.graph import Graph
-from deconvviz.ops import signatures
 from deconvviz.ops.geometry import GEOMETRIES, pointwise
+from deconvviz.ops.window import WindowError, window_of
 
 Interval = tuple[int, int]
 """``[start, stop)`` rows or columns; empty when ``stop <= start``."""
@@ -57,104 +57,31 @@ class _Window:
         return self.dilation[i] * (self.kernel[i] - 1) + 1
 
 
-def _two(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    a, b = tuple(value)
-    return (int(a), int(b))
-
-
-def _conv_window(
-    weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int
-) -> _Window | None:
-    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
-    s, d = _two(stride), _two(dilation)
-    if isinstance(padding, str):
-        if padding == "valid":
-            p = (0, 0)
-        elif padding == "same":  # torch pads (total // 2) before
-            p = ((d[0] * (kernel[0] - 1)) // 2, (d[1] * (kernel[1] - 1)) // 2)
-        else:
-            return None
-    else:
-        p = _two(padding)
-
-    def run(x: Tensor) -> Tensor:
-        return F.conv2d(x, weight, bias, s, 0, d, groups)
-
-    return _Window(kernel, s, p, d, 0.0, run)
-
-
 def _window(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Window | None:
     """The sliding-window description of a node, or None when it is not one this engine can crop."""
-    import inspect
-
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros":
-            return None
-        return _conv_window(module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
-    if isinstance(module, nn.MaxPool2d):
-        if module.return_indices:
-            return None
-        k, s = _two(module.kernel_size), _two(module.stride if module.stride is not None else module.kernel_size)
-        p, d = _two(module.padding), _two(module.dilation)
-        return _Window(k, s, p, d, -math.inf, lambda x: F.max_pool2d(x, k, s, 0, d))
-    if isinstance(module, nn.AvgPool2d):
-        return _avg(
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.ceil_mode,
-            module.count_include_pad,
-            module.divisor_override,
-        )
-    if module is not None or node.op != "call_function":
+    if node.op == "call_method":
         return None
-    target = node.target
     try:
-        if target in (F.conv2d, torch.conv2d):
-            a = inspect.signature(signatures.conv2d).bind(*args, **kwargs)
-            a.apply_defaults()
-            b = a.arguments
-            if not isinstance(b["weight"], Tensor) or b["weight"].dim() != 4:
-                return None
-            return _conv_window(b["weight"], b["bias"], b["stride"], b["padding"], b["dilation"], int(b["groups"]))
-        if target in (F.max_pool2d, torch.max_pool2d):
-            a = inspect.signature(signatures.max_pool2d).bind(*args, **kwargs)
-            a.apply_defaults()
-            b = a.arguments
-            if b["return_indices"]:
-                return None
-            k = _two(b["kernel_size"])
-            stride = b["stride"]
-            s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _two(stride)
-            p, d = _two(b["padding"]), _two(b["dilation"])
-            return _Window(k, s, p, d, -math.inf, lambda x: F.max_pool2d(x, k, s, 0, d))
-        if target is F.avg_pool2d:
-            a = inspect.signature(signatures.avg_pool2d).bind(*args, **kwargs)
-            a.apply_defaults()
-            b = a.arguments
-            return _avg(
-                b["kernel_size"],
-                b["stride"],
-                b["padding"],
-                b["ceil_mode"],
-                b["count_include_pad"],
-                b["divisor_override"],
-            )
-    except (TypeError, ValueError):
+        found = window_of(module if module is not None else node.target, args, kwargs)
+    except WindowError:
         return None
-    return None
-
-
-def _avg(kernel: Any, stride: Any, padding: Any, ceil_mode: bool, include_pad: bool, divisor: Any) -> _Window | None:
-    k = _two(kernel)
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _two(stride)
-    p = _two(padding)
-    # Windows clipped by the border divide by their clipped size unless the padding counts; only the case
-    # where every window divides by the full kernel can be cropped.
-    if ceil_mode or (p != (0, 0) and not include_pad):
+    if found is None:
         return None
+    k, s, p, d = found.kernel, found.stride, found.before, found.dilation
+    if found.kind == "conv":
+        weight, bias, groups = found.weight, found.bias, found.groups
+        if weight is None or found.padding_mode != "zeros":
+            return None
+        return _Window(k, s, p, d, 0.0, lambda x: F.conv2d(x, weight, bias, s, 0, d, groups))
+    if found.kind == "max":
+        if found.return_indices:
+            return None
+        return _Window(k, s, p, d, -math.inf, lambda x: F.max_pool2d(x, k, s, 0, d))
+    # Average pooling: windows clipped by the border divide by their clipped size unless the padding counts;
+    # only the case where every window divides by the full kernel can be cropped.
+    if found.ceil_mode or (p != (0, 0) and not found.count_include_pad):
+        return None
+    divisor = found.divisor_override
     return _Window(k, s, p, (1, 1), 0.0, lambda x: F.avg_pool2d(x, k, s, 0, divisor_override=divisor))
 
 

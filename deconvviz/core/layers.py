@@ -19,6 +19,22 @@ def _is_pool(net: DeconvNet, node: str) -> bool:
     return isinstance(module, pools) or "pool" in node.rsplit(".", 1)[-1].lower()
 
 
+def alias_nodes(net: DeconvNet) -> dict[str, str]:
+    """Each alias -> the node it names.
+
+    An alias may name a node or a module (as timm's stages do); aliases that name nothing traced are left out.
+    """
+    from deconvviz.core.graph import LayerNotFoundError
+
+    found = {}
+    for alias in net.aliases:
+        try:
+            found[alias] = net.resolve(alias)
+        except LayerNotFoundError:
+            continue
+    return found
+
+
 def layer_names(net: DeconvNet) -> list[str]:
     """The layers worth offering by name, input to output: aliases if the model has them, else node names.
 
@@ -28,7 +44,7 @@ def layer_names(net: DeconvNet) -> list[str]:
     if not net.aliases:
         return projectable
     order = {name: i for i, name in enumerate(projectable)}
-    named = [(alias, node) for alias, node in net.aliases.items() if node in order]
+    named = [(alias, node) for alias, node in alias_nodes(net).items() if node in order]
     seen: set[str] = set()
     result = []
     for alias, node in sorted(named, key=lambda pair: order[pair[1]]):
@@ -49,10 +65,16 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
         x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
         limit: the most layers returned (the deepest are kept).
     """
-    candidates = [name for name in layer_names(net) if not _is_pool(net, net.resolve(name))]
+    # a gate's output (a sigmoid or softmax held at its forward value) projects to nothing under deconvnet
+    held = set(net.held_layers())
+    candidates = [
+        name for name in layer_names(net) if not _is_pool(net, net.resolve(name)) and net.resolve(name) not in held
+    ]
     if not candidates:
         return layer_names(net)[-1:]
-    shapes = {name: tuple(act.shape) for name, act in net.activations(x, candidates).items()}
+    # a node that returns a tuple (multi-head attention, torch.max over a dim) is not a layer to show
+    found = net.activations(x, candidates)
+    shapes = {name: tuple(act.shape) if hasattr(act, "shape") else () for name, act in found.items()}
     spatial = [name for name in candidates if len(shapes[name]) == 4]
     if not spatial:
         return candidates[-1:]

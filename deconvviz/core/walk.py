@@ -8,15 +8,37 @@ rule set passed in, so the same capture pass serves any reverse pass whose rules
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, fx
 
 from deconvviz.core.capture import Capture, TensorMeta, TupleMeta
 from deconvviz.core.graph import Graph
 from deconvviz.errors import UnsupportedOpError
-from deconvviz.methods import RuleSet
 from deconvviz.ops.base import MirrorContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.methods import RuleSet
+
+
+def context(graph: Graph, capture: Capture, node: fx.Node, sample: Tensor) -> MirrorContext:
+    """What the rule of ``node`` knows about its forward op, for the seeds of ``sample``."""
+    record = capture.records[node]
+    module = graph.module(node)
+    return MirrorContext(
+        name=graph.names[node],
+        module=module,
+        args=record.args,
+        kwargs=record.kwargs,
+        inputs=record.inputs,
+        output=record.output,
+        saved=record.saved,
+        sample=sample,
+        _capture_batch=capture.batch,
+        values=record.values,
+        op=module if module is not None else node.target,
+    )
+
 
 Observer = Callable[[fx.Node, Any], None]
 """``observe(node, signal)``: called with each node's complete signal (see :func:`mirror`)."""
@@ -64,23 +86,10 @@ def mirror(
             result = signal
             continue
         record = capture.records[current]
-        module = graph.module(current)
-        rule = rules.for_node(current, module)
+        rule = rules.for_node(current, graph.module(current))
         if rule is None:
             raise UnsupportedOpError(f"no mirror rule for node {graph.names[current]!r} in rule set {rules.name!r}")
-        ctx = MirrorContext(
-            name=graph.names[current],
-            module=module,
-            args=record.args,
-            kwargs=record.kwargs,
-            inputs=record.inputs,
-            output=record.output,
-            saved=record.saved,
-            sample=sample,
-            _capture_batch=capture.batch,
-            values=record.values,
-            op=module if module is not None else current.target,
-        )
+        ctx = context(graph, capture, current, sample)
         outputs = list(rule.mirror(ctx, signal))
         if len(outputs) != len(record.inputs):
             raise UnsupportedOpError(
@@ -107,7 +116,7 @@ def _check(rule: Any, name: str, meta: TensorMeta | TupleMeta, out: Any, count: 
                 f"tuple input of node {name!r}"
             )
         for item, piece in zip(meta.items, out, strict=True):
-            if piece is not None:
+            if piece is not None and item is not None:
                 _check(rule, name, item, piece, count)
         return
     expected = (count, *meta.shape[1:])

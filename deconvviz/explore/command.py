@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from deconvviz.cli.options import DebugOption, DeviceOption, ModelOption, err, reported
+from deconvviz.cli.options import CheckpointOption, DebugOption, DeviceOption, ModelOption, err, reported
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 8765
@@ -25,10 +25,7 @@ def explore_command(
         ),
     ] = None,
     model: ModelOption = "vgg16",
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", help="A state dict file to load into the model instead of its own weights."),
-    ] = None,
+    checkpoint: CheckpointOption = None,
     report: Annotated[
         Path | None,
         typer.Option(

@@ -304,7 +304,9 @@ class Explorer:
         net = self.net
         nodes = net.layers
         size = int(self.session.model.preprocessing.size) if hasattr(self.session.model, "preprocessing") else 224
-        shapes = {n: list(a.shape[1:]) for n, a in net.activations(torch.zeros(1, 3, size, size), nodes).items()}
+        found = net.activations(torch.zeros(1, 3, size, size), nodes)
+        # a node that returns a tuple (multi-head attention, torch.max over a dim) lists its first item's shape
+        shapes = {n: list(_first_tensor(a).shape[1:]) for n, a in found.items()}
         fields: dict[str, Any] = {}
         for node in nodes:
             try:
@@ -686,3 +688,10 @@ __all__ = [
     "parse_int",
     "parse_position",
 ]
+
+
+def _first_tensor(value: Any) -> Any:
+    """``value``, or the first tensor of a tuple of them."""
+    if isinstance(value, tuple | list):
+        return next(v for v in value if v is not None)
+    return value

@@ -66,8 +66,8 @@ class RuleSet(Mapping[Any, Rule]):
                 raise MethodError(f"the rule for {key!r} in rule set {name!r} is not a deconvviz.Rule")
         self._name = name
         self.kind = kind
-        self._fallback = FallbackRule(kind)
         self._rules: Mapping[Any, Rule] = MappingProxyType(dict(rules))
+        self._fallback = FallbackRule(kind, self._rules.items())
         self._cache: dict[Any, Rule | None] = {}
 
     @property
@@ -115,11 +115,15 @@ class RuleSet(Mapping[Any, Rule]):
     def for_node(self, node: fx.Node, module: nn.Module | None) -> Rule | None:
         """The rule for a graph node: by its module's class for ``call_module`` nodes, else by its target.
 
-        A module without a rule gets the autograd fallback; a function or method without one gets None.
+        Any op without a rule (module, function or tensor method) gets the autograd fallback.
         """
         if module is None:
-            return self.rule(node.target)
+            return self.rule(node.target) or self._fallback
         return self.rule(type(module)) or self._fused(module) or self._fallback
+
+    def mirrored_by_rule(self, node: fx.Node, module: nn.Module | None) -> bool:
+        """Whether a node is mirrored by a rule of its own (False: by the autograd fallback)."""
+        return not isinstance(self.for_node(node, module), FallbackRule)
 
     def _fused(self, module: nn.Module) -> Rule | None:
         """The rule of a batch norm fused with an element-wise activation (:class:`NormActRule`), if it is one."""
@@ -155,6 +159,10 @@ class RuleSet(Mapping[Any, Rule]):
             return entry.leaf
         return self.rule(cls) is not None
 
+    def keeps_whole(self, module: nn.Module) -> bool:
+        """Whether ``module`` is kept as one node: a leaf class (:meth:`is_leaf`) or a fused batch norm with a rule."""
+        return self.is_leaf(type(module)) or self._fused(module) is not None
+
     def with_rules(self, rules: Mapping[OpKey, Rule], *, name: str | None = None) -> RuleSet:
         """A new set: this one with ``rules`` added or replaced.
 
@@ -169,13 +177,19 @@ _METHODS: dict[str, RuleSet | Callable[[], RuleSet]] = {}
 
 
 def _preset(method: str) -> Callable[[], RuleSet]:
+    built: list[tuple[int, RuleSet]] = []  # (registry version, set): rebuilt only after a registration
+
     def build() -> RuleSet:
+        if built and built[0][0] == OPS.version:
+            return built[0][1]
         rules: dict[Any, Rule] = {}
         for key, entry in OPS.items():
             rule = entry.rule(method)
             if rule is not None:
                 rules[key] = rule
-        return RuleSet(method, rules, kind=method)
+        found = RuleSet(method, rules, kind=method)
+        built[:] = [(OPS.version, found)]
+        return found
 
     return build
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.core.deconvnet import DeconvNet
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
 
 
 DEFAULT_MODEL = "vgg16"

@@ -3,7 +3,9 @@
 One registry (:data:`deconvviz.ops.registry.OPS`) holds them; the modules here fill it, by kind:
 :mod:`~deconvviz.ops.conv` (convolutions, fully connected layers), :mod:`~deconvviz.ops.pool`,
 :mod:`~deconvviz.ops.activation` (where the reverse passes differ), :mod:`~deconvviz.ops.norm`,
-:mod:`~deconvviz.ops.shape` (reshapes, concatenation, indexing, identities) and :mod:`~deconvviz.ops.arith`.
+:mod:`~deconvviz.ops.shape` (reshapes, concatenation, indexing, identities), :mod:`~deconvviz.ops.arith` and
+:mod:`~deconvviz.ops.attention` (softmax, maxima over a dimension, products of tensors); an op without a rule
+is mirrored by :mod:`~deconvviz.ops.fallback`.
 Rule sets for one call are read out of it by :mod:`deconvviz.methods`.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deconvviz.ops import activation, arith, conv, norm, pool, shape
+from deconvviz.ops import activation, arith, attention, conv, norm, pool, shape
 from deconvviz.ops.base import MirrorContext, Rule
 from deconvviz.ops.geometry import get_geometry, register_geometry
 from deconvviz.ops.registry import ANY_METHOD, OPS, OpKey
@@ -71,6 +73,7 @@ __all__ = [
     "Rule",
     "activation",
     "arith",
+    "attention",
     "conv",
     "get_geometry",
     "get_rule",

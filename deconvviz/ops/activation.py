@@ -74,6 +74,8 @@ class RectifierRule(Rule):
         method: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
     """
 
+    role = "rectifier"
+
     def __init__(self, method: str = "deconvnet") -> None:
         self.method = method
         # deconvnet rectifies the signal; guided also masks it where the input was cut; the gradient only masks
@@ -131,6 +133,8 @@ class GateRule(Rule):
 
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold
+        self.holds = hold
+        self.role = "gate" if hold else None
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from deconvviz.core.capture import Call, TensorMeta
 from deconvviz.ops.base import MirrorContext, Rule, reduce_to
-from deconvviz.ops.geometry import GeometryContext, ReceptiveField, pointwise
+from deconvviz.ops.geometry import along_dims, pointwise
 from deconvviz.ops.registry import define
 
 
@@ -108,17 +108,9 @@ class MeanRule(Rule):
         return [spread / count if self.average else spread.clone()]
 
 
-def _reduction(ctx: GeometryContext) -> ReceptiveField:
-    dim = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("dim")
-    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, list | tuple) else None
-    if dims and all(d == 1 for d in dims):  # over channels only: positions are kept
-        return pointwise(ctx)
-    return ReceptiveField.whole()
-
-
 define([operator.add, operator.iadd, torch.add, "add", "add_"], AddRule(), geometry=pointwise)
 define([operator.sub, operator.isub, torch.sub, "sub", "sub_"], AddRule(sign=-1.0), geometry=pointwise)
 define([operator.mul, operator.imul, torch.mul, "mul", "mul_"], ScaleRule(), geometry=pointwise)
 define([operator.truediv, operator.itruediv, torch.div, "div", "div_"], ScaleRule(divide=True), geometry=pointwise)
-define([torch.mean, "mean"], MeanRule(), geometry=_reduction)
-define([torch.sum, "sum"], MeanRule(average=False), geometry=_reduction)
+define([torch.mean, "mean"], MeanRule(), geometry=along_dims)
+define([torch.sum, "sum"], MeanRule(average=False), geometry=along_dims)

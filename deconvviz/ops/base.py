@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.core.capture import Call, TensorMeta
+from deconvviz.core.capture import Call, TensorMeta, TupleMeta
 from deconvviz.errors import UnsupportedOpError
 
 
@@ -108,6 +108,13 @@ class Rule:
     """
 
     needs_inputs: bool = False
+    role: str | None = None
+    """What the op is to the reverse passes, for code that applies them inside an op without a rule of its own
+    (:mod:`deconvviz.ops.fallback`): ``"rectifier"`` (``relu(g)``, times ``f'(x)`` for guided), ``"gate"`` (held at
+    its forward value: no signal goes back), ``"held_norm"`` (per-sample statistics held), or None."""
+    holds: bool = False
+    """The op passes no signal to any input (a gate held at its forward value); its inputs do not widen the
+    receptive field of what lies above it."""
     op_kind: str = "op"
 
     def needs_values(self, carried: int) -> bool:
@@ -173,8 +180,8 @@ def call_op(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
 
 
 def fill_metas(structure: Any, values: Iterator[Any]) -> Any:
-    """``structure`` (args, nested tuples and lists) with each :class:`TensorMeta` replaced by the next value."""
-    if isinstance(structure, TensorMeta):
+    """``structure`` (args, nested tuples and lists) with each ``TensorMeta`` / ``TupleMeta`` replaced by a value."""
+    if isinstance(structure, TensorMeta | TupleMeta):
         return next(values)
     if isinstance(structure, tuple):
         return tuple(fill_metas(s, values) for s in structure)
@@ -185,39 +192,87 @@ def fill_metas(structure: Any, values: Iterator[Any]) -> Any:
     return structure
 
 
+def _leaf(value: Any) -> Any:
+    """A fresh autograd leaf for a forward value (item by item for a tuple of tensors)."""
+    if isinstance(value, tuple | list):
+        return type(value)(_leaf(v) for v in value) if isinstance(value, list) else tuple(_leaf(v) for v in value)
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.detach().clone().requires_grad_(True)
+    return value
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a leaf (an op that works in place then cannot touch the leaf)."""
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value.clone() if isinstance(value, Tensor) else value
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, tuple | list):
+        return [item for v in value for item in _flat(v)]
+    return [value]
+
+
+def _pairs(out: Any, signal: Any) -> list[tuple[Tensor, Tensor]]:
+    """``(output, signal)`` pairs of an op's output and its signal (item by item for a tuple output)."""
+    if isinstance(out, Tensor):
+        if not isinstance(signal, Tensor):
+            return []
+        return [(out, signal)] if out.requires_grad else []
+    if isinstance(out, tuple | list) and isinstance(signal, tuple | list):
+        return [p for o, s in zip(out, signal, strict=False) if s is not None for p in _pairs(o, s)]
+    return []
+
+
+def _regroup(template: Any, grads: Iterator[Tensor | None]) -> Any:
+    if isinstance(template, tuple | list):
+        return [_regroup(t, grads) for t in template]
+    return next(grads)
+
+
 def local_vjp(
     op: Any,
     args: Sequence[Any],
     kwargs: dict[str, Any],
-    values: Sequence[Tensor],
-    signal: Tensor,
+    values: Sequence[Any],
+    signal: Any,
     *,
     mode: Any = None,
-) -> list[Tensor | None]:
+) -> list[Any]:
     """The vector-Jacobian product of one op at the forward values ``values`` of its signal-carrying inputs.
 
     ``args`` and ``kwargs`` are the op's arguments with those inputs as :class:`TensorMeta` (as a mirror rule
-    sees them); ``values`` stand in for them, in order. This is the exact gradient of the op alone, worked out
-    by autograd (which also runs under ``torch.inference_mode``, where the rest of the engine runs).
+    sees them); ``values`` stand in for them, in order (a tuple of tensors for a ``TupleMeta``). This is the
+    exact gradient of the op alone, worked out by autograd (which also runs under ``torch.inference_mode``,
+    where the rest of the engine runs).
 
     Args:
         op: the module, function or tensor method name.
         args: its positional arguments as a rule sees them.
         kwargs: its keyword arguments likewise.
         values: the forward values, one row per seed.
-        signal: the signal at the op's output.
+        signal: the signal at the op's output (a list with one entry per item, None for none, for an op that
+            returns a tuple).
         mode: a context manager active while the op runs forward (a ``TorchFunctionMode`` that swaps rules).
 
     Returns:
-        One signal per entry of ``values`` (None where the output does not depend on it).
+        One signal per entry of ``values`` (None where the output does not depend on it; a list per tuple).
     """
     with torch.inference_mode(False), torch.enable_grad():
-        leaves = [v.detach().clone().requires_grad_(True) for v in values]
+        leaves = [_leaf(v) for v in values]
         # the op sees copies of the leaves, so an in-place op inside it cannot touch a leaf
-        fresh = iter([leaf.clone() for leaf in leaves])
+        fresh = iter([_copy(leaf) for leaf in leaves])
         with mode if mode is not None else contextlib.nullcontext():
             out = call_op(op, fill_metas(tuple(args), fresh), fill_metas(dict(kwargs), fresh))
-        if not isinstance(out, Tensor) or not out.requires_grad:
+        pairs = _pairs(out, signal)
+        flat = [leaf for leaf in _flat(leaves) if isinstance(leaf, Tensor) and leaf.requires_grad]
+        if not pairs or not flat:
             return [None] * len(leaves)
-        grads = torch.autograd.grad(out, leaves, signal.clone(), allow_unused=True)
-    return list(grads)
+        outputs = [o for o, _ in pairs]
+        signals = [s.to(o.dtype).clone() for o, s in pairs]
+        grads = iter(torch.autograd.grad(outputs, flat, signals, allow_unused=True))
+    found = {id(leaf): next(grads) for leaf in flat}
+    return _regroup(leaves, iter([found.get(id(leaf)) for leaf in _flat(leaves)]))

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from deconvviz.ops import signatures
-from deconvviz.ops.base import MirrorContext, Rule, pair
+from deconvviz.ops.base import MirrorContext, Rule
 from deconvviz.ops.geometry import GeometryContext, ReceptiveField, pointwise, single
 from deconvviz.ops.registry import define
+from deconvviz.ops.signatures import conv_transpose2d, linear
+from deconvviz.ops.window import Window, WindowError, conv_window, register_window, window_of
 
 
 class Conv2dRule(Rule):
@@ -27,23 +28,17 @@ class Conv2dRule(Rule):
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
-        module = ctx.module
-        if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                raise ctx.unsupported(
-                    f"Conv2d with padding_mode={module.padding_mode!r} (only 'zeros' has a mirror rule)"
-                )
-            weight, stride, dilation, groups = module.weight, module.stride, module.dilation, module.groups
-            padding: Any = module.padding
-        else:
-            a = ctx.bind(signatures.conv2d)
-            weight, stride, dilation, groups = a["weight"], a["stride"], a["dilation"], a["groups"]
-            padding = a["padding"]
-        if not isinstance(weight, Tensor):
-            raise ctx.unsupported("the convolution's weight depends on the input")
-        if weight.dim() != 4 or len(ctx.inputs[0].shape) != 4:
+        try:
+            window = window_of(ctx.op, ctx.args, ctx.kwargs)
+        except WindowError as exc:
+            raise ctx.unsupported(str(exc)) from None
+        assert window is not None
+        assert window.weight is not None
+        if window.padding_mode != "zeros":
+            raise ctx.unsupported(f"Conv2d with padding_mode={window.padding_mode!r} (only 'zeros' has a mirror rule)")
+        if len(ctx.inputs[0].shape) != 4:
             raise ctx.unsupported("only batched 2-D convolutions (N, C, H, W) are supported")
-        return [conv2d_transpose(signal, weight, ctx.inputs[0].shape[-2:], stride, padding, dilation, groups)]
+        return [transpose_window(signal, window, ctx.inputs[0].shape[-2:])]
 
 
 _CROP_BELOW = 0.75
@@ -69,7 +64,7 @@ def conv2d_transpose(
     dilation: Any,
     groups: int,
 ) -> Tensor:
-    """Filter ``signal`` with the transpose of the convolution ``weight`` (no bias).
+    """Filter ``signal`` with the transpose of the convolution ``weight`` (no bias); see :func:`transpose_window`.
 
     Args:
         signal: ``(K, C_out, H_out, W_out)``.
@@ -82,24 +77,31 @@ def conv2d_transpose(
 
     Returns:
         ``(K, C_in, H, W)``.
+    """
+    options = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    window = conv_window(F.conv2d, (None, weight), options)
+    return transpose_window(signal, window, input_size)
+
+
+def transpose_window(signal: Tensor, window: Window, input_size: Sequence[int]) -> Tensor:
+    """Filter ``signal`` with the transpose of the convolution ``window`` describes (its weight, no bias).
+
+    Args:
+        signal: ``(K, C_out, H_out, W_out)``.
+        window: the forward convolution (filters ``(C_out, C_in / groups, kH, kW)``, stride, padding, dilation,
+            groups).
+        input_size: ``(H, W)`` of the forward input; the result has exactly this size.
+
+    Returns:
+        ``(K, C_in, H, W)``.
 
     A projected unit's signal is zero outside its cone (its receptive field seen from this layer); when the
     non-zero box is small enough, only that box is filtered, which gives the same result for less work.
     """
-    stride, dilation = pair(stride), pair(dilation)
-    kernel = weight.shape[-2:]
+    assert window.weight is not None
+    stride, dilation, groups, kernel, pads = window.stride, window.dilation, window.groups, window.kernel, window.pads
     height, width = int(input_size[0]), int(input_size[1])
-    pads: list[tuple[int, int]]  # (before, after) per spatial dim
-    if padding == "valid":
-        pads = [(0, 0), (0, 0)]
-    elif padding == "same":
-        pads = []
-        for d, k in zip(dilation, kernel, strict=True):
-            total = d * (k - 1)
-            pads.append((total // 2, total - total // 2))
-    else:
-        ph, pw = pair(padding)
-        pads = [(ph, ph), (pw, pw)]
+    weight = window.weight
     weight = weight.to(signal.dtype)
     support = _support(signal)
     if support is None:  # nothing to filter
@@ -120,8 +122,7 @@ def conv2d_transpose(
         (signal.shape[2 + i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(2)
     ]  # padded-input rows/cols the forward windows touched
     extra = [sizes[i] + pads[i][0] + pads[i][1] - covered[i] for i in range(2)]
-    symmetric = all(p[0] == p[1] for p in pads)
-    if symmetric and all(0 <= extra[i] < max(stride[i], dilation[i]) for i in range(2)):
+    if window.symmetric and all(0 <= extra[i] < max(stride[i], dilation[i]) for i in range(2)):
         return F.conv_transpose2d(
             signal,
             weight,
@@ -144,44 +145,32 @@ class LinearRule(Rule):
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
-        weight = ctx.module.weight if isinstance(ctx.module, nn.Linear) else ctx.bind(signatures.linear)["weight"]
+        weight = ctx.module.weight if isinstance(ctx.module, nn.Linear) else ctx.bind(linear)["weight"]
         if not isinstance(weight, Tensor):
             raise ctx.unsupported("the layer's weight depends on the input")
         return [signal @ weight.to(signal.dtype)]
 
 
 def _conv2d(ctx: GeometryContext) -> ReceptiveField:
-    module = ctx.module
-    if isinstance(module, nn.Conv2d):
-        pad: Any = module.padding
-        if module.padding_mode != "zeros":
-            # Reflected or replicated samples stay inside a window only while the padding on each side is at
-            # most half the dilated kernel; circular padding brings in the far side of the image.
-            spans = [module.dilation[i] * (module.kernel_size[i] - 1) for i in range(2)]
-            sides = (
-                [(s // 2, s - s // 2) for s in spans]
-                if pad == "same"
-                else [(0, 0)] * 2
-                if pad == "valid"
-                else [(p, p) for p in pad]
+    try:
+        window = window_of(ctx.op, ctx.args, ctx.kwargs)
+    except WindowError as exc:
+        raise ctx.unsupported(f"{exc}; register a geometry for the op with deconvviz.register_geometry") from None
+    assert window is not None
+    if window.padding_mode != "zeros":
+        # Reflected or replicated samples stay inside a window only while the padding on each side is at most
+        # half the dilated kernel; circular padding brings in the far side of the image.
+        spans = [window.span(i) - 1 for i in range(2)]
+        if window.padding_mode == "circular" or any(2 * max(window.pads[i]) > spans[i] for i in range(2)):
+            raise ctx.unsupported(
+                f"Conv2d with padding_mode={window.padding_mode!r} and padding {window.pads!r} reads pixels outside "
+                "its window; register a geometry for it with deconvviz.register_geometry"
             )
-            if module.padding_mode == "circular" or any(2 * max(sides[i]) > spans[i] for i in range(2)):
-                raise ctx.unsupported(
-                    f"Conv2d with padding_mode={module.padding_mode!r} and padding {pad!r} reads pixels outside "
-                    "its window; register a geometry for it with deconvviz.register_geometry"
-                )
-        return single(ctx).through(module.kernel_size, module.stride, pad, module.dilation)
-    a = ctx.bind(signatures.conv2d)
-    weight = a["weight"]
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        raise ctx.unsupported(
-            "the kernel size of a functional convolution is read from a 4-D weight parameter; this one is "
-            "computed in forward, so register a geometry for the op with deconvviz.register_geometry"
-        )
-    return single(ctx).through(tuple(weight.shape[-2:]), a["stride"], a["padding"], a["dilation"])
+    return single(ctx).through(window.kernel, window.stride, window.before, window.dilation)
 
 
 define([nn.Conv2d, F.conv2d, torch.conv2d], Conv2dRule(), geometry=_conv2d)
+register_window([nn.Conv2d, F.conv2d, torch.conv2d], conv_window)
 
 
 class ConvTranspose2dRule(Rule):
@@ -198,7 +187,7 @@ class ConvTranspose2dRule(Rule):
             weight, stride, padding = module.weight, module.stride, module.padding
             dilation, groups = module.dilation, module.groups
         else:
-            a = ctx.bind(signatures.conv_transpose2d)
+            a = ctx.bind(conv_transpose2d)
             weight, stride, padding, dilation, groups = (
                 a["weight"],
                 a["stride"],

@@ -301,6 +301,7 @@ class GeometryContext:
             computed values are left as ``torch.fx.Node``.
         kwargs: keyword arguments, likewise.
         inputs: the fields of the op's image-dependent inputs, in argument order.
+        op: what the node calls: the module, the function, or the tensor method's name.
     """
 
     name: str
@@ -308,6 +309,20 @@ class GeometryContext:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     inputs: list[ReceptiveField]
+    op: Any = None
+    shapes: Callable[[], tuple[list[tuple[int, ...] | None], tuple[int, ...] | None] | None] | None = None
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...] | None] | None:
+        """The shapes of the op's image-dependent inputs in a probe forward pass, when one is available."""
+        found = self.shapes() if self.shapes is not None else None
+        return None if found is None else found[0]
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """The shape of the op's output in a probe forward pass, when one is available."""
+        found = self.shapes() if self.shapes is not None else None
+        return None if found is None else found[1]
 
     def bind(self, signature: Callable[..., Any]) -> dict[str, Any]:
         """Name the op's arguments by matching them to ``signature`` (defaults filled in)."""
@@ -385,6 +400,47 @@ def pointwise(ctx: GeometryContext) -> ReceptiveField:
 
 def whole_image(ctx: GeometryContext) -> ReceptiveField:
     """Every unit of the output sees the whole image (global pooling, flatten, fully connected layers)."""
+    return ReceptiveField.whole()
+
+
+def along_dims(ctx: GeometryContext) -> ReceptiveField:
+    """An op over some dimensions (a reduction, a softmax): positions are kept when it leaves height and width alone.
+
+    The dimensions are read from the module's ``dim`` or the call's second argument (``dim``). With the input's
+    shape from a probe pass, positions are kept when no dimension reduced is one of the last two (height,
+    width) nor the batch; without it only ``dim=1`` (the channels of an ``(N, C, H, W)`` map) counts.
+    """
+    module = ctx.module
+    dim = getattr(module, "dim", None) if module is not None else None
+    if module is None:
+        dim = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("dim")
+    if isinstance(dim, ReceptiveField) or (dim is not None and not isinstance(dim, int | tuple | list)):
+        return pointwise(ctx)  # torch.max(a, b): element-wise
+    shapes = ctx.input_shapes
+    if shapes and shapes[0] is not None and len(shapes[0]) >= 3:
+        rank = len(shapes[0])
+        items = list(range(rank)) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+        dims = {int(d) % rank for d in items}
+        if dims and 0 not in dims and all(d < rank - 2 for d in dims):
+            return pointwise(ctx)
+        return ReceptiveField.whole()
+    if dim == 1 or (isinstance(dim, tuple | list) and list(dim) == [1]):
+        return pointwise(ctx)
+    return ReceptiveField.whole()
+
+
+def keeps_positions(ctx: GeometryContext) -> ReceptiveField:
+    """A reshape: positions are kept when the last two dimensions (height, width) stay as they are.
+
+    ``(N, C, H, W) -> (N, r, C / r, H, W)`` (split attention's radix) and back keep every position; a flatten
+    or a view that merges height and width makes every unit see the whole image. Without a probe pass's
+    shapes, the whole image.
+    """
+    shapes, out = ctx.input_shapes, ctx.output_shape
+    if shapes and shapes[0] is not None and out is not None:
+        source = shapes[0]
+        if len(source) >= 4 and len(out) >= 4 and source[0] == out[0] and source[-2:] == out[-2:]:
+            return pointwise(ctx)
     return ReceptiveField.whole()
 
 

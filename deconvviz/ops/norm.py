@@ -21,8 +21,8 @@ from typing_extensions import override
 from deconvviz.core.capture import Call
 from deconvviz.errors import UnsupportedOpError
 from deconvviz.ops.base import MirrorContext, Rule, first_tensor_arg
-from deconvviz.ops.geometry import pointwise
-from deconvviz.ops.registry import define
+from deconvviz.ops.geometry import Geometry, pointwise
+from deconvviz.ops.registry import OPS, define
 
 
 def _batch_norm_scale(module: nn.Module, name: str) -> Tensor:
@@ -230,6 +230,7 @@ class SampleNormRule(Rule):
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold
         self.needs_inputs = not hold
+        self.role = "held_norm" if hold else None
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:
@@ -256,3 +257,15 @@ define(
     geometry=pointwise,
 )
 define([nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm], geometry=pointwise)
+
+
+def _fused_geometry(module: nn.Module) -> Geometry | None:
+    """A batch norm fused with its activation and kept whole has its activation's geometry (both element-wise)."""
+    parts = fused_parts(module)
+    if parts is None:
+        return None
+    act = parts[0]
+    return pointwise if isinstance(act, nn.Identity) else OPS.geometry(type(act))
+
+
+OPS.add_geometry_finder(_fused_geometry)

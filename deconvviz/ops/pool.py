@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,10 +12,10 @@ from typing_extensions import override
 
 from deconvviz.core.capture import Call
 from deconvviz.errors import UnsupportedOpError
-from deconvviz.ops import signatures
-from deconvviz.ops.base import MirrorContext, Rule, first_tensor_arg, pair
+from deconvviz.ops.base import MirrorContext, Rule, first_tensor_arg
 from deconvviz.ops.geometry import GeometryContext, ReceptiveField, single, whole_image
 from deconvviz.ops.registry import define
+from deconvviz.ops.window import WindowError, avg_pool_window, max_pool_window, register_window, window_of
 
 
 def unpool(signal: Tensor, switches: Tensor, input_size: Sequence[int]) -> Tensor:
@@ -51,40 +50,24 @@ class MaxPool2dRule(Rule):
 
     @override
     def forward(self, call: Call) -> tuple[Any, Any]:
-        module = call.module
-        x = first_tensor_arg(call)
-        if isinstance(module, nn.MaxPool2d):
-            if module.return_indices:
-                raise UnsupportedOpError(
-                    f"cannot mirror node {call.name!r}: MaxPool2d(return_indices=True) is not supported"
-                )
-            out, switches = F.max_pool2d(
-                x,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                ceil_mode=module.ceil_mode,
-                return_indices=True,
-            )
-            return out, switches
-        bound = inspect.signature(signatures.max_pool2d).bind(*call.args, **call.kwargs)
-        bound.apply_defaults()
-        a = dict(bound.arguments)
-        if a["return_indices"]:
+        window = window_of(call.module if call.module is not None else call.fn, call.args, call.kwargs)
+        assert window is not None
+        if window.return_indices:
             raise UnsupportedOpError(
-                f"cannot mirror node {call.name!r}: max_pool2d(return_indices=True) is not supported"
+                f"cannot mirror node {call.name!r}: max-pooling with return_indices=True is not supported"
             )
-        out, switches = F.max_pool2d(
-            a["input"],
-            a["kernel_size"],
-            a["stride"],
-            a["padding"],
-            a["dilation"],
-            ceil_mode=a["ceil_mode"],
+        padding = window.before
+        if window.pads != ((padding[0], padding[0]), (padding[1], padding[1])):
+            raise UnsupportedOpError(f"cannot mirror node {call.name!r}: max-pooling with uneven padding")
+        return F.max_pool2d(
+            first_tensor_arg(call),
+            window.kernel,
+            window.stride,
+            padding,
+            window.dilation,
+            ceil_mode=window.ceil_mode,
             return_indices=True,
         )
-        return out, switches
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -144,47 +127,39 @@ class AvgPool2dRule(Rule):
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
-        module = ctx.module
-        if isinstance(module, nn.AvgPool2d):
-            kernel, stride, padding = module.kernel_size, module.stride, module.padding
-            ceil_mode, include_pad, divisor = (
-                module.ceil_mode,
-                module.count_include_pad,
-                module.divisor_override,
-            )
-        else:
-            a = ctx.bind(signatures.avg_pool2d)
-            kernel, stride, padding = a["kernel_size"], a["stride"], a["padding"]
-            ceil_mode, include_pad, divisor = a["ceil_mode"], a["count_include_pad"], a["divisor_override"]
-        kernel = pair(kernel)
-        stride = kernel if stride is None or stride == [] else pair(stride)
+        window = window_of(ctx.op, ctx.args, ctx.kwargs)
+        assert window is not None
         # The pooling's adjoint is aten's own kernel for it; an empty expanded tensor stands in for the input.
         shape = ctx.input_shape(0)
         like = signal.new_empty(()).expand(shape)
         grad = torch.ops.aten.avg_pool2d_backward(
-            signal, like, list(kernel), list(stride), list(pair(padding)), ceil_mode, include_pad, divisor
+            signal,
+            like,
+            list(window.kernel),
+            list(window.stride),
+            list(window.before),
+            window.ceil_mode,
+            window.count_include_pad,
+            window.divisor_override,
         )
         return [grad]
 
 
-def _max_pool2d(ctx: GeometryContext) -> ReceptiveField:
+def _windowed(ctx: GeometryContext) -> ReceptiveField:
     # ceil_mode only adds a last window that overhangs the input; the box is clipped to the image anyway.
-    module = ctx.module
-    if isinstance(module, nn.MaxPool2d):
-        return single(ctx).through(module.kernel_size, module.stride, module.padding, module.dilation)
-    a = ctx.bind(signatures.max_pool2d)
-    return single(ctx).through(a["kernel_size"], a["stride"], a["padding"], a["dilation"])
+    try:
+        window = window_of(ctx.op, ctx.args, ctx.kwargs)
+    except WindowError as exc:
+        raise ctx.unsupported(str(exc)) from None
+    assert window is not None
+    return single(ctx).through(window.kernel, window.stride, window.before, window.dilation)
 
 
-def _avg_pool2d(ctx: GeometryContext) -> ReceptiveField:
-    module = ctx.module
-    if isinstance(module, nn.AvgPool2d):
-        return single(ctx).through(module.kernel_size, module.stride, module.padding)
-    a = ctx.bind(signatures.avg_pool2d)
-    return single(ctx).through(a["kernel_size"], a["stride"], a["padding"])
-
-
-define([nn.MaxPool2d, F.max_pool2d, torch.max_pool2d], MaxPool2dRule(), geometry=_max_pool2d)
+MAX_POOL: list[Any] = [nn.MaxPool2d, F.max_pool2d, torch.max_pool2d]
+AVG_POOL: list[Any] = [nn.AvgPool2d, F.avg_pool2d]
+define(MAX_POOL, MaxPool2dRule(), geometry=_windowed)
+register_window(MAX_POOL, max_pool_window)
 define([nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d], AdaptiveMaxPool2dRule(), geometry=whole_image)
 define([nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d], AdaptiveAvgPool2dRule(), geometry=whole_image)
-define([nn.AvgPool2d, F.avg_pool2d], AvgPool2dRule(), geometry=_avg_pool2d)
+define(AVG_POOL, AvgPool2dRule(), geometry=_windowed)
+register_window(AVG_POOL, avg_pool_window)

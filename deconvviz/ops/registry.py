@@ -21,6 +21,7 @@ from torch import fx, nn
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.ops.base import Rule
     from deconvviz.ops.geometry import Geometry
+    from deconvviz.ops.window import WindowReader
 
 OpKey = type | Callable[..., Any] | str
 
@@ -37,11 +38,14 @@ class OpEntry:
         geometry: how the op changes the receptive field, or None if unknown.
         leaf: for a module class, whether it is kept as one opaque node of the trace even though torch.fx
             could trace through it (True for a class with a rule of its own; None: decided by its rules).
+        window: for a sliding-window op (convolution, pooling), how to read its kernel, stride, padding and
+            dilation from a call (see :mod:`deconvviz.ops.window`).
     """
 
     rules: dict[str, Rule] = field(default_factory=dict)
     geometry: Geometry | None = None
     leaf: bool | None = None
+    window: WindowReader | None = None
 
     def rule(self, method: str) -> Rule | None:
         """The rule this op uses under ``method``."""
@@ -67,6 +71,8 @@ class OpTable:
 
     def __init__(self) -> None:
         self._entries: dict[Any, OpEntry] = {}
+        self._geometry_finders: list[Callable[[nn.Module], Geometry | None]] = []
+        self.version = 0  # bumped on every change, so tables derived from the registry know when to re-read it
 
     def _entry(self, target: OpKey) -> OpEntry:
         entry = self._entries.get(target)
@@ -78,22 +84,40 @@ class OpTable:
         """Set the rule of ``target`` under ``method`` (``"*"``: for every method without its own)."""
         check_key(target, "mirror rule")
         self._entry(target).rules[method] = rule
+        self.version += 1
 
     def set_geometry(self, target: OpKey, geometry: Geometry) -> None:
         """Set the receptive-field geometry of ``target``."""
         check_key(target, "geometry")
         self._entry(target).geometry = geometry
+        self.version += 1
+
+    def set_window(self, target: OpKey, reader: WindowReader) -> None:
+        """Set how to read the sliding window of ``target`` (see :mod:`deconvviz.ops.window`)."""
+        check_key(target, "window")
+        self._entry(target).window = reader
+        self.version += 1
+
+    def add_geometry_finder(self, finder: Callable[[nn.Module], Geometry | None]) -> None:
+        """Add a lookup for modules whose class has no geometry: ``finder(module)`` returns one, or None.
+
+        An op family whose modules are recognised by their structure rather than their class (a batch norm
+        fused with its activation, see :mod:`deconvviz.ops.norm`) registers one.
+        """
+        self._geometry_finders.append(finder)
 
     def set_leaf(self, target: type, leaf: bool) -> None:
         """Keep module class ``target`` opaque in the trace (or not)."""
         check_key(target, "leaf")
         self._entry(target).leaf = leaf
+        self.version += 1
 
     def remove_rules(self, target: OpKey) -> None:
         """Forget every rule of ``target`` (its geometry stays)."""
         entry = self._entries.get(target)
         if entry is not None:
             entry.rules.clear()
+            self.version += 1
 
     def entry(self, target: Any) -> OpEntry | None:
         """The entry of ``target``, exactly as registered (no lookup along base classes)."""
@@ -118,21 +142,22 @@ class OpTable:
         hit = self.find(target, lambda e: e.geometry is not None)
         return hit[1].geometry if hit is not None else None
 
+    def window(self, target: Any) -> WindowReader | None:
+        """How to read the sliding window of ``target`` (a module class: that of its nearest registered base)."""
+        hit = self.find(target, lambda e: e.window is not None)
+        return hit[1].window if hit is not None else None
+
     def geometry_for_node(self, node: fx.Node, module: nn.Module | None) -> Geometry | None:
         """The geometry for a graph node: by its module's class for ``call_module`` nodes, else by its target.
 
-        A batch norm fused with its activation and kept whole (see :class:`deconvviz.ops.norm.NormActRule`)
-        has its activation's geometry: both parts work element by element.
+        A module whose class has none is offered to the geometry finders (:meth:`add_geometry_finder`).
         """
         found = self.geometry(type(module) if module is not None else node.target)
         if found is None and module is not None:
-            from deconvviz.ops.geometry import pointwise
-            from deconvviz.ops.norm import fused_parts
-
-            parts = fused_parts(module)
-            if parts is not None:
-                act = parts[0]
-                found = pointwise if isinstance(act, nn.Identity) else self.geometry(type(act))
+            for finder in self._geometry_finders:
+                found = finder(module)
+                if found is not None:
+                    break
         return found
 
     def items(self) -> Iterator[tuple[Any, OpEntry]]:
@@ -141,11 +166,12 @@ class OpTable:
 
     def snapshot(self) -> dict[Any, OpEntry]:
         """A deep enough copy of the table, for :meth:`restore`."""
-        return {k: OpEntry(dict(e.rules), e.geometry, e.leaf) for k, e in self._entries.items()}
+        return {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in self._entries.items()}
 
     def restore(self, entries: dict[Any, OpEntry]) -> None:
         """Put back a table taken by :meth:`snapshot`."""
-        self._entries = {k: OpEntry(dict(e.rules), e.geometry, e.leaf) for k, e in entries.items()}
+        self._entries = {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in entries.items()}
+        self.version += 1
 
 
 OPS = OpTable()
@@ -177,6 +203,7 @@ class GeometryView:
         """Put back geometries taken by :meth:`snapshot` (and forget those registered since)."""
         for key, entry in OPS.items():
             entry.geometry = saved.get(key)
+        OPS.version += 1
 
 
 def define(

@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from deconvviz.core.capture import TensorMeta, TupleMeta
 from deconvviz.ops.base import MirrorContext, Rule, local_vjp
-from deconvviz.ops.geometry import GeometryContext, ReceptiveField, pointwise, single, whole_image
+from deconvviz.ops.geometry import GeometryContext, ReceptiveField, keeps_positions, pointwise, single, whole_image
 from deconvviz.ops.registry import define
 
 
@@ -148,7 +148,7 @@ class SplitRule(Rule):
         _batch_stays(ctx, [dim])
         count = ctx.sample.shape[0]
         pieces = [
-            piece if piece is not None else signal_like(signal, count, item.shape)
+            piece if piece is not None else signal_like(signal, count, item.shape if item is not None else ())
             for piece, item in zip(signal, out.items, strict=True)
         ]
         return [torch.stack(pieces, dim=dim) if self.stack else torch.cat(pieces, dim=dim)]
@@ -217,11 +217,22 @@ def _cat(ctx: GeometryContext) -> ReceptiveField:
 
 define([torch.cat, torch.concat, torch.concatenate], CatRule(), geometry=_cat)
 define(
-    [torch.flatten, nn.Flatten, torch.reshape, "flatten", "view", "reshape", "squeeze", "unsqueeze"],
+    [
+        torch.flatten,
+        nn.Flatten,
+        torch.reshape,
+        "flatten",
+        "view",
+        "reshape",
+        "squeeze",
+        "unsqueeze",
+        "view_as",
+        "reshape_as",
+    ],
     ReshapeRule(),
-    geometry=whole_image,
+    geometry=keeps_positions,
 )
-define([torch.squeeze, torch.unsqueeze], geometry=whole_image)
+define([torch.squeeze, torch.unsqueeze], geometry=keeps_positions)
 define(
     [
         nn.Dropout,
@@ -234,6 +245,10 @@ define(
         "contiguous",
         "clone",
         torch.clone,
+        "type_as",
+        "to",
+        "float",
+        "double",
     ],
     IdentityRule(),
     geometry=pointwise,
@@ -244,10 +259,12 @@ define([torch.transpose, torch.swapaxes, "transpose", "swapaxes"], TransposeRule
 define([torch.chunk, torch.split, "chunk", "split"], SplitRule())
 define([torch.unbind, "unbind"], SplitRule(stack=True))
 define([torch.stack], StackRule())
-define(
-    [F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, "expand", "expand_as"],
-    LinearAdjointRule(),
-)
+define([F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d], LinearAdjointRule())
+# A 1-D convolution (ECA's channel attention runs one over the pooled channels) is linear in its input: its
+# adjoint is the transposed convolution with the same weights, no bias, as for Conv2d.
+define([nn.Conv1d, F.conv1d], LinearAdjointRule(), geometry=whole_image)
+# ``expand`` broadcasts a map over new or unit dimensions: each output position reads the same input position
+define(["expand", "expand_as"], LinearAdjointRule(), geometry=pointwise)
 define(
     [F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d],
     LinearAdjointRule(),

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.core.projection import Projection
-    from deconvviz.models.zoo import LoadedModel
+    from deconvviz.models.specs import LoadedModel
     from deconvviz.viz.figures import RenderOptions
 
 

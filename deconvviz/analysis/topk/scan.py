@@ -603,7 +603,8 @@ def project_hits(
 
     net, loaded, source, ranks = found.net, found.loaded, found.source, found.ranks
     layers, trackers, selected = list(dict.fromkeys(found.layers)), found.trackers, found.selected
-    fields = receptive_fields(net, layers)  # only these: geometry elsewhere in the model does not matter
+    # only these: geometry elsewhere in the model does not matter; fields follow the method's reverse pass
+    fields = receptive_fields(net, layers, method=method)
     wanted: dict[int, list[_Want]] = {}  # image -> what to project from it
     for layer in layers:
         tracker = trackers[layer]

