@@ -10,7 +10,7 @@ A result class subclasses :class:`AnalysisResult` (as a frozen dataclass) and pr
 * ``kind``: a class variable naming the analysis (``"occlusion"``), written into the manifest;
 * ``figure(**kwargs) -> (Figure, Axes)``: the analysis' picture, returned and never shown;
 * ``_files() -> dict[str, bytes]``: the files of its result folder other than ``manifest.json``
-  (figures, CSV, JSON), by relative path;
+  (figures, CSV, JSON), by relative path (by default ``figure.png``, its figure);
 * ``_manifest() -> dict``: what the manifest says about this result beyond the common keys.
 
 and inherits ``save(directory)`` (one folder, written atomically, with ``manifest.json``), ``manifest()`` and
@@ -71,9 +71,9 @@ class AnalysisResult:
         """
         return viz().figure_of(self, **kwargs)
 
-    def _files(self) -> dict[str, bytes]:  # pragma: no cover - every result overrides it
-        """The files of the result folder other than the manifest, by relative path."""
-        raise NotImplementedError
+    def _files(self) -> dict[str, bytes]:
+        """The files of the result folder other than the manifest, by relative path: by default its figure."""
+        return {"figure.png": figure_bytes(self.figure()[0])}
 
     def _manifest(self) -> dict[str, Any]:
         """What the manifest says about this result beyond the common keys."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.models.weights.sources import CheckpointSource, WeightsFormatError, matching_prefix
 
@@ -61,10 +61,6 @@ class EvolutionResult(AnalysisResult):
     k: int
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
-
-    def _files(self) -> dict[str, bytes]:
-        fig, _ = self.figure()
-        return {"figure.png": figure_bytes(fig)}
 
     def _manifest(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,10 +175,6 @@ class InvarianceResult(AnalysisResult):
     probabilities: dict[str, Tensor] | None = field(default=None, repr=False)
     classes: tuple[tuple[int, str], ...] | None = None
     examples: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict, repr=False, compare=False)
-
-    def _files(self) -> dict[str, bytes]:
-        fig, _ = self.figure()
-        return {"figure.png": figure_bytes(fig)}
 
     def _manifest(self) -> dict[str, Any]:
         return {

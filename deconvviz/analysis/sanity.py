@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.errors import DeconvVizError, deprecated
 
@@ -175,10 +175,6 @@ class SanityResult(AnalysisResult):
     seed: int
     input: np.ndarray | None = field(default=None, repr=False, compare=False)
     channel_order: str = "RGB"
-
-    def _files(self) -> dict[str, bytes]:
-        fig, _ = self.figure()
-        return {"figure.png": figure_bytes(fig)}
 
     def _manifest(self) -> dict[str, Any]:
         def number(v: float) -> float | None:
