@@ -477,7 +477,7 @@ def forward_and_scan(net: Net, folder: Path, s: Settings) -> list[Row]:
     def scanned(busy: Busy) -> float:
         start = time.perf_counter()
         with busy.around(dv.DeconvNet, "visit_activations"):
-            scan(net.loaded, folder, net.scan_layers, k=9, channels=None, batch_size=s.batch, workers=s.workers)
+            scan(folder, net.loaded, net.scan_layers, k=9, channels=None, batch_size=s.batch, workers=s.workers)
         wait(device)
         return len(paths) / (time.perf_counter() - start)
 

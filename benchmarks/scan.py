@@ -106,7 +106,7 @@ from deconvviz.analysis.topk.scan import scan
 sys.path.insert(0, {here!r})
 from scan import CONV_LAYERS
 model = dv.load_model("vgg16", device={device!r})
-scan(model, sys.argv[1], CONV_LAYERS, k=9, channels=None, batch_size={batch})
+scan(sys.argv[1], model, CONV_LAYERS, k=9, channels=None, batch_size={batch})
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
