@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -134,3 +137,37 @@ def unchanged() -> Callable[[nn.Module], ModelState]:
 
 def deepcopy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+def chromium(profile: Path, *, window: str = "1280,900", extra: Sequence[str] = (), logs: bool = False) -> Any:
+    """Debian's headless chromium driven by selenium, with its profile in ``profile``; the caller quits it.
+
+    Skips the test where selenium, chromium or chromedriver is missing (``.ci/run`` installs them). ``logs``
+    keeps the page's console and network log (``driver.get_log("browser" / "performance")``).
+    """
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = Options()
+    options.binary_location = binary
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        *extra,
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--window-size={window}",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    if logs:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
+from conftest import chromium
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -486,34 +487,12 @@ def test_every_picture_in_docs_is_shown(site: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- in a browser
 
-_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-_CHROMEDRIVER = shutil.which("chromedriver")
 _IMAGES = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    if not (_CHROMIUM and _CHROMEDRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    options = Options()
-    options.binary_location = _CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(_CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path_factory.mktemp("chromium"))
     yield driver
     driver.quit()
 

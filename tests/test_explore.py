@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import register_tiny_model
+from conftest import chromium, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
@@ -625,38 +624,15 @@ def test_dv_explore_serves_on_a_thread_and_shows_inline(photos: Path) -> None:
 
 # -------------------------------------------------------------------------------------------------- in a browser
 
-_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-_CHROMEDRIVER = shutil.which("chromedriver")
-
 
 @pytest.mark.browser
 def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    if not (_CHROMIUM and _CHROMEDRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    options = Options()
-    options.binary_location = _CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = chromium(tmp_path / "chromium", window="1280,1000", logs=True)
     explorer = Explorer(MODEL, photos, device="cpu", state_root=tmp_path / "state")
     server = Server(explorer, port=0, token=TOKEN).start()
-    driver = webdriver.Chrome(service=Service(_CHROMEDRIVER), options=options)
     try:
         assert server.wait_started()
         base = f"http://127.0.0.1:{server.port}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -12,7 +11,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
+from conftest import TINY_ALIASES, chromium, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
@@ -183,34 +182,10 @@ def test_unwritable_output_folder(photos: Path, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- in a browser
 
-_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-_CHROMEDRIVER = shutil.which("chromedriver")
-
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    if not (_CHROMIUM and _CHROMEDRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    options = Options()
-    options.binary_location = _CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(_CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path_factory.mktemp("chromium"), extra=["--disable-quic"])
     yield driver
     driver.quit()
 
