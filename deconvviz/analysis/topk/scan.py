@@ -430,28 +430,30 @@ def top_k(
 
     Example:
         >>> result = dv.top_k("photos/", "vgg16", layers=["conv5_3"], k=9, channels=16)  # doctest: +SKIP
-        >>> fig, axes = result.figure("conv5_3", 3)  # doctest: +SKIP
+        >>> fig, axes = result.figure("conv5_3", result.channels("conv5_3")[0])  # doctest: +SKIP
     """
     from deconvviz.methods import get_method
 
     data, model = _data_first(data, model, "top_k")
     method = get_method(method).name  # an unknown method fails before the scan
-    options = ScanOptions.of(
+    found = scan(
+        data,
+        model,
         layers,
-        k=k,
-        channels=channels,
+        k,
+        channels,
         batch_size=batch_size,
+        device=device,
         workers=workers,
+        progress=progress,
         limit=limit,
         sample=sample,
         seed=seed,
+        state=state,
         resume=resume,
         save_every=save_every,
     )
-    found = run_scan(model, data, options, device=device, progress=progress, state=state)
-    if options.strongest is not None:
-        found = keep_strongest(found, options.strongest)
-    return result_of(found, options.k, options.batch_size, progress, method=method)
+    return result_of(found, k, batch_size, progress, method=method)
 
 
 def _looks_like_model(value: Any) -> bool:
