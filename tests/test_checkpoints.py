@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -419,20 +420,41 @@ def test_mean_and_std_from_the_command_line_reach_the_preprocessing(tmp_path: Pa
     from typer.testing import CliRunner
 
     from deconvviz.cli import app
-    from deconvviz.cli.options import chosen_model
+    from deconvviz.cli.options import ModelChoice
 
     (tmp_path / "mynet.py").write_text(
         "from torch import nn\n\n\ndef build() -> nn.Module:\n"
         "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())\n"
     )
     name = f"{tmp_path / 'mynet.py'}:build"
-    loaded = chosen_model(name, None, "cpu", mean="0.25,0.5,0.75", std="2,2,2")
+    loaded = ModelChoice(name, mean="0.25,0.5,0.75", std="2,2,2").load("cpu")
     assert tuple(loaded.preprocessing.mean) == (0.25, 0.5, 0.75)
     assert tuple(loaded.preprocessing.std) == (2.0, 2.0, 2.0)
-    assert chosen_model(name, None, "cpu") == name  # nothing to change: the name, so sessions are shared
+    assert ModelChoice(name).load("cpu") == name  # nothing to change: the name, so sessions are shared
     runner = CliRunner()
     ok = runner.invoke(app, ["layers", "--model", name, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
     assert ok.exit_code == 0, ok.stderr
     bad = runner.invoke(app, ["layers", "--model", name, "--mean", "half"])
     assert bad.exit_code == 2
     assert "--mean takes numbers separated by commas" in bad.stderr
+
+
+def test_every_command_with_a_model_takes_the_same_model_options() -> None:
+    import typer
+
+    from deconvviz.cli import COMMANDS, app
+    from deconvviz.cli.options import ModelChoice
+
+    commands: dict[str, Any] = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert set(commands) == set(COMMANDS)
+    with_model = {name for name in COMMANDS if "model" in {p.name for p in commands[name].params}}
+    assert with_model >= {"layers", "filters", "render", "report", "invariance", "sanity", "occlusion"}
+    assert with_model >= {"correspondence", "steps", "explore"}
+    for name in with_model - {"evolution"}:  # evolution's checkpoints are its arguments
+        options = {p.name: p for p in commands[name].params}
+        assert {"checkpoint", "mean", "std"} <= set(options), name
+        assert options["model"].default == "vgg16", name
+        assert "-m" in options["model"].opts, name
+    choice = ModelChoice("resnet18:torchvision", Path("run/last.pt"), "0.5,0.5,0.5")
+    assert choice.arguments() == {"model": "resnet18:torchvision", "checkpoint": "run/last.pt", "mean": "0.5,0.5,0.5"}
+    assert choice.argv() == ["--model", "resnet18:torchvision", "--checkpoint", "run/last.pt", "--mean", "0.5,0.5,0.5"]

@@ -143,15 +143,16 @@ def test_bar_without_tqdm_and_bad_options_fail_in_one_line(monkeypatch: pytest.M
 
 def test_cli_sanity_bar_has_a_known_total(photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bar the command draws (on a terminal, forced) counts to N/N, never N/?."""
-    from deconvviz.cli import analyses, options
+    from deconvviz.cli import options
 
     made: list[Any] = []
+    drawn = options.progress_bars
 
     def bars(transient: bool, enabled: bool = True) -> Any:
-        made.append(options.progress_bars(transient=transient, enabled=enabled))
+        made.append(drawn(transient=transient, enabled=enabled))
         return made[-1]
 
-    monkeypatch.setattr(analyses, "progress_bars", bars)
+    monkeypatch.setattr(options, "progress_bars", bars)
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws as on a terminal
     result = CliRunner().invoke(
         app, ["sanity", str(photos[0]), "--model", MODEL, "--layer", "conv3", "--out", str(tmp_path / "s")]

@@ -8,7 +8,8 @@ The commands live by family in :mod:`deconvviz.cli.models`, :mod:`deconvviz.cli.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -60,18 +61,24 @@ def _main(
     state.debug = debug
 
 
-app.command("models")(models_command)
-app.command("layers")(layers_command)
-app.command("filters")(filters_command)
-app.command("render")(render_command)
-app.command("report")(report_command)
-app.command("invariance")(invariance_command)
-app.command("evolution")(evolution_command)
-app.command("sanity")(sanity_command)
-app.command("occlusion")(occlusion_command)
-app.command("correspondence")(correspondence_command)
-app.command("steps")(steps_command)
-app.command("explore")(explore_command)
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "models": models_command,
+    "layers": layers_command,
+    "filters": filters_command,
+    "render": render_command,
+    "report": report_command,
+    "invariance": invariance_command,
+    "evolution": evolution_command,
+    "sanity": sanity_command,
+    "occlusion": occlusion_command,
+    "correspondence": correspondence_command,
+    "steps": steps_command,
+    "explore": explore_command,
+}
+"""Every command by its name, in the order ``deconvviz --help`` lists them."""
+
+for _name, _command in COMMANDS.items():
+    app.command(_name)(_command)
 
 
 def main() -> None:

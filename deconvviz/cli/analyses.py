@@ -4,36 +4,35 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 import deconvviz
 from deconvviz.cli.options import (
-    CheckpointOption,
+    DEFAULT_MODEL,
+    ChannelOption,
     DebugOption,
     DeviceOption,
-    MeanOption,
+    LayerOption,
+    ModelChoice,
     ModelOption,
     OutOption,
-    StdOption,
-    chosen_model,
+    model_options,
     parse_channels,
-    progress_bars,
+    progress_bar,
     reported,
     usage,
 )
 
 
+@model_options
 def filters_command(
     layer: Annotated[
         str,
         typer.Option("--layer", "--layers", "-l", help="A first-layer convolution (alias or node name)."),
     ] = "conv1_1",
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="The PNG to write. Default: LAYER_filters.png.", show_default=False),
@@ -46,11 +45,11 @@ def filters_command(
     Each filter is scaled on its own: zero is mid-grey, its largest |weight| black or white.
     """
     with reported(debug):
-        with progress_bars(transient=True):
+        with progress_bar("loading the model"):
             from deconvviz.viz.filters import layer_filters
             from deconvviz.viz.render import safe_name, save_figure
 
-            current = deconvviz.session(chosen_model(model, checkpoint, mean=mean, std=std), device="cpu")
+            current = deconvviz.session(model.load(), device="cpu")
             found = layer_filters(current.net, layer)
             target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
             fig, _ = found.figure(columns=columns)
@@ -92,14 +91,12 @@ class Distance(StrEnum):
     none = "none"
 
 
+@model_options
 def invariance_command(
     images: Annotated[
         list[Path], typer.Argument(metavar="IMAGE", help="Picture files; one curve per picture.", show_default=False)
     ],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -142,15 +139,10 @@ def invariance_command(
             "rotate": _parse_range(rotate, "rotate"),
         }
         _check_out(out)
-        with progress_bars(transient=True) as bar:
-            task = bar.add_task("running transformed pictures", total=None)
-
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total)
-
+        with progress_bar("running transformed pictures") as progress:
             result = deconvviz.invariance(
                 images,
-                chosen_model(model, checkpoint, device, mean=mean, std=std),
+                model.load(device),
                 layers=layers,
                 steps=steps,
                 target=int(target) if target is not None and target.strip().isdigit() else target,
@@ -164,8 +156,7 @@ def invariance_command(
             )
             arguments = {
                 "images": [str(i) for i in images],
-                "model": model,
-                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                **model.arguments(),
                 "layers": list(result.layers),
                 **{k: None if v is None else list(v) for k, v in ranges.items()},
                 "steps": steps,
@@ -210,12 +201,7 @@ def evolution_command(
         chosen = parse_channels(channels)
         assert not isinstance(chosen, str)  # only the report's ranked form is a string
         _check_out(out)
-        with progress_bars(transient=True) as bar:
-            task = bar.add_task("scanning checkpoints", total=len(checkpoints))
-
-            def progress(done: int, total: int, name: str) -> None:
-                bar.update(task, completed=done, total=total, description=f"scanned {name}")
-
+        with progress_bar("scanning checkpoints", lambda name: f"scanned {name}", len(checkpoints)) as progress:
             result = deconvviz.evolution(
                 checkpoints,
                 data,
@@ -242,19 +228,12 @@ def evolution_command(
         typer.echo(result.summary())
 
 
+@model_options
 def sanity_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    layer: Annotated[
-        str | None,
-        typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
-    ] = None,
-    channel: Annotated[
-        int | None, typer.Option("--channel", "-c", min=0, help="The channel. Default: the strongest.")
-    ] = None,
+    model: ModelChoice = DEFAULT_MODEL,
+    layer: LayerOption = None,
+    channel: ChannelOption = None,
     method: Annotated[
         list[str] | None,
         typer.Option("--method", help="A reverse pass (repeat for several). Default: deconvnet, guided, gradient."),
@@ -273,15 +252,10 @@ def sanity_command(
     """
     with reported(debug):
         _check_out(out)
-        with progress_bars(transient=True) as bar:
-            task = bar.add_task("loading the model", total=None)
-
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=f"randomising and projecting: {what}")
-
+        with progress_bar("loading the model", lambda what: f"randomising and projecting: {what}") as progress:
             result = deconvviz.sanity(
                 image,
-                chosen_model(model, checkpoint, device, mean=mean, std=std),
+                model.load(device),
                 layer=layer,
                 channel=channel,
                 method=method or None,
@@ -291,8 +265,7 @@ def sanity_command(
             )
             arguments = {
                 "image": str(image),
-                "model": model,
-                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                **model.arguments(),
                 "layer": result.layer,
                 "channel": result.channel,
             }
@@ -301,15 +274,13 @@ def sanity_command(
         typer.echo(result.summary())
 
 
+@model_options
 def occlusion_command(
     images: Annotated[
         list[Path],
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -355,41 +326,19 @@ def occlusion_command(
     Each picture's folder (occlusion.png, CSV grids, projection.png, manifest.json) appears only when complete.
     """
     with reported(debug):
-        with progress_bars(transient=True) as bar:
-            task = bar.add_task("loading the model", total=None)
-            jobs = deconvviz.occlusion_jobs(
-                images,
-                out,
-                model=chosen_model(model, checkpoint, device, mean=mean, std=std),
-                layer=layer,
-                size=size,
-                stride=stride,
-                target=target,
-                method=method,
-                device=device,
-            )
+        sweep: dict[str, Any] = {"layer": layer, "size": size, "stride": stride, "target": target, "method": method}
+        with progress_bar("loading the model", lambda image: f"occluding {Path(image).name}") as progress:
+            jobs = deconvviz.occlusion_jobs(images, out, model=model.load(device), device=device, **sweep)
             written = []
             for image, folder, job in jobs:
-
-                def progress(done: int, total: int, what: str, name: str = image.name) -> None:
-                    bar.update(task, completed=done, total=total, description=f"occluding {name}")
-
                 result = job.run(batch_size=batch_size, progress=progress, image=str(image))
-                arguments = {
-                    "model": model,
-                    **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
-                    "layer": layer,
-                    "size": size,
-                    "stride": stride,
-                    "class": target,
-                    "method": method,
-                }
-                written.append((result.save(folder, arguments=arguments), result))
+                written.append((result.save(folder, arguments={**model.arguments(), **sweep}), result))
         typer.echo(f"wrote {len(written)} result folder(s) under {out}")
         for folder, result in written:
             typer.echo(f"{folder}: {result.summary()}")
 
 
+@model_options
 def correspondence_command(
     images: Annotated[
         list[Path],
@@ -404,10 +353,7 @@ def correspondence_command(
             show_default=False,
         ),
     ],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -432,30 +378,10 @@ def correspondence_command(
     """
     with reported(debug):
         deconvviz.check_result_folder(out)
-        with progress_bars(transient=True) as bar:
-            task = bar.add_task("loading the model", total=None)
-
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description="occluding parts")
-
-            result = deconvviz.correspondence(
-                images,
-                parts,
-                model=chosen_model(model, checkpoint, device, mean=mean, std=std),
-                layers=layers,
-                random=random,
-                seed=seed,
-                device=device,
-                progress=progress,
-            )
-            arguments = {
-                "parts": str(parts),
-                "model": model,
-                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
-                "layers": layers,
-                "random": random,
-                "seed": seed,
-            }
-            folder = result.save(out, arguments=arguments)
+        with progress_bar("loading the model", lambda what: "occluding parts") as progress:
+            options: dict[str, Any] = {"layers": layers, "random": random, "seed": seed}
+            loaded = model.load(device)
+            result = deconvviz.correspondence(images, parts, loaded, device=device, progress=progress, **options)
+            folder = result.save(out, arguments={"parts": str(parts), **model.arguments(), **options})
         typer.echo(result.table())
         typer.echo(f"wrote {folder}")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 import deconvviz
-from deconvviz.cli.options import CheckpointOption, DebugOption, MeanOption, StdOption, chosen_model, console, reported
+from deconvviz.cli.options import DEFAULT_MODEL, DebugOption, ModelChoice, console, model_options, reported
 from deconvviz.errors import DeconvVizError
 
 
@@ -35,13 +35,9 @@ def models_command(debug: DebugOption = False) -> None:
         )
 
 
+@model_options
 def layers_command(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Model name (see `deconvviz models`).", show_default=True)
-    ] = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     debug: DebugOption = False,
 ) -> None:
@@ -50,7 +46,7 @@ def layers_command(
         import torch
         from rich.table import Table
 
-        current = deconvviz.session(chosen_model(model, checkpoint, device, mean=mean, std=std), device=device)
+        current = deconvviz.session(model.load(device), device=device)
         net = current.net
         size = int(getattr(current.model, "input_size", 224))
         x = torch.zeros(1, 3, size, size)

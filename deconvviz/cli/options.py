@@ -7,12 +7,15 @@ traceback instead).
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -125,6 +128,13 @@ StdOption = Annotated[
 OutOption = Annotated[
     Path, typer.Option("--out", "-o", help="The result folder (an earlier deconvviz result there is replaced).")
 ]
+LayerOption = Annotated[
+    str | None,
+    typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
+]
+ChannelOption = Annotated[
+    int | None, typer.Option("--channel", "-c", min=0, help="The channel. Default: the strongest.")
+]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")]
 
 
@@ -230,31 +240,97 @@ def progress_bars(transient: bool, enabled: bool = True) -> Any:
     )
 
 
-def chosen_model(
-    model: str,
-    checkpoint: Path | None,
-    device: str | None = "cpu",
-    size: int | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-) -> Any:
-    """The model that ``--model``, ``--checkpoint``, ``--mean`` and ``--std`` name.
+@contextlib.contextmanager
+def progress_bar(
+    start: str, describe: Callable[[str], str] | None = None, total: int | None = None
+) -> Iterator[Callable[[int, int, str], None]]:
+    """One transient progress bar on stderr; gives the ``progress(done, total, what)`` an analysis reports to.
 
-    The name as it is when none of the others is given (so sessions are shared), else the model loaded with them.
+    Args:
+        start: the bar's text until the first report.
+        describe: the bar's text from each report's ``what`` (None keeps ``start``).
+        total: the total until the first report (None: not known yet).
     """
-    if checkpoint is None and mean is None and std is None:
-        return model
-    from deconvviz.models.session import resolve_device
-    from deconvviz.models.zoo import load_model
+    with progress_bars(transient=True) as bar:
+        task = bar.add_task(start, total=total)
 
-    return load_model(
-        model,
-        checkpoint=checkpoint,
-        device=resolve_device(device),
-        size=size,
-        mean=_numbers("--mean", mean),
-        std=_numbers("--std", std),
-    )
+        def progress(done: int, total: int, what: str) -> None:
+            text = {} if describe is None else {"description": describe(what)}
+            bar.update(task, completed=done, total=total, **text)
+
+        yield progress
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model that ``--model``, ``--checkpoint``, ``--mean`` and ``--std`` name, as a command receives it."""
+
+    name: str = "vgg16"
+    checkpoint: Path | None = None
+    mean: str | None = None
+    std: str | None = None
+
+    def load(self, device: str | None = "cpu", size: int | None = None) -> Any:
+        """The name as it is when none of the others is given (so sessions are shared), else the loaded model."""
+        if self.checkpoint is None and self.mean is None and self.std is None:
+            return self.name
+        from deconvviz.models.session import resolve_device
+        from deconvviz.models.zoo import load_model
+
+        return load_model(
+            self.name,
+            checkpoint=self.checkpoint,
+            device=resolve_device(device),
+            size=size,
+            mean=_numbers("--mean", self.mean),
+            std=_numbers("--std", self.std),
+        )
+
+    def arguments(self) -> dict[str, str]:
+        """The options as a result's manifest records them (those given)."""
+        given = {"checkpoint": self.checkpoint, "mean": self.mean, "std": self.std}
+        return {"model": self.name, **{key: str(value) for key, value in given.items() if value is not None}}
+
+    def argv(self) -> list[str]:
+        """The options as a command line gives them (to relaunch the command)."""
+        return [word for key, value in self.arguments().items() for word in (f"--{key}", value)]
+
+
+DEFAULT_MODEL = ModelChoice()
+"""VGG16, the paper's network as most readers know it (``--model`` when it is not given)."""
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def model_options(command: _Command) -> _Command:
+    """Give a command ``--model``, ``--checkpoint``, ``--mean`` and ``--std`` in place of its ``model`` parameter.
+
+    The command declares ``model: ModelChoice = ModelChoice("vgg16")`` where the options belong in its help, and
+    receives them as one :class:`ModelChoice`.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    parameters: list[inspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        if parameter.name != "model":
+            parameters.append(parameter)
+            continue
+        default = parameter.default if isinstance(parameter.default, ModelChoice) else ModelChoice()
+        parameters += [
+            parameter.replace(annotation=ModelOption, default=default.name),
+            parameter.replace(name="checkpoint", annotation=CheckpointOption, default=None),
+            parameter.replace(name="mean", annotation=MeanOption, default=None),
+            parameter.replace(name="std", annotation=StdOption, default=None),
+        ]
+
+    @functools.wraps(command)
+    def with_model(
+        *args: Any, model: str, checkpoint: Path | None, mean: str | None, std: str | None, **kwargs: Any
+    ) -> Any:
+        return command(*args, model=ModelChoice(model, checkpoint, mean, std), **kwargs)
+
+    with_model.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_model.__annotations__ = {p.name: p.annotation for p in parameters}
+    return cast(_Command, with_model)
 
 
 def _numbers(flag: str, text: str | None) -> tuple[float, ...] | None:

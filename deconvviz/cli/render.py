@@ -11,18 +11,17 @@ import typer
 
 import deconvviz
 from deconvviz.cli.options import (
+    DEFAULT_MODEL,
     EXIT_INTERRUPTED,
-    CheckpointOption,
     DebugOption,
-    MeanOption,
     MethodOption,
-    ModelOption,
+    ModelChoice,
     Scale,
     ScaleOption,
-    StdOption,
-    chosen_model,
     err,
+    model_options,
     parse_channels,
+    progress_bar,
     progress_bars,
     reported,
     usage,
@@ -36,16 +35,14 @@ class Mode(StrEnum):
     map = "map"
 
 
+@model_options
 def render_command(
     ctx: typer.Context,
     images: Annotated[
         list[Path],
         typer.Argument(metavar="IMAGE", help="Picture files (JPEG, PNG, WebP, BMP, TIFF).", show_default=False),
     ],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
         list[str] | None,
         typer.Option(
@@ -138,16 +135,11 @@ def render_command(
             raise usage("give either --size or --full-image, not both")
         from deconvviz.viz.figures import RenderOptions
 
-        with progress_bars(transient=True) as bar:
-            task = bar.add_task("loading the model", total=None)
-
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=what)
-
+        with progress_bar("loading the model", lambda what: what) as progress:
             results = deconvviz.render_images(
                 images,
                 out,
-                model=chosen_model(model, checkpoint, device, size, mean=mean, std=std),
+                model=model.load(device, size),
                 layers=layers,
                 top=None if channel else top,
                 channels=channel or None,
@@ -180,6 +172,7 @@ def _channel_list(values: list[str] | None) -> list[int]:
     return numbers
 
 
+@model_options
 def report_command(
     folder: Annotated[
         Path,
@@ -190,10 +183,7 @@ def report_command(
             show_default=False,
         ),
     ],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -278,13 +268,10 @@ def report_command(
                 resume=resume,
                 save_every=save_every,
             )
-        argv = ["report", str(folder), "--model", model, "--channels", channels, "--out", str(out)]
+        argv = ["report", str(folder), *model.argv(), "--channels", channels, "--out", str(out)]
         argv += ["--device", device, "--scale", scale.value, "--method", method, *scanning.argv()]
         flags = {"--per-image": per_image, "--overwrite": overwrite, "--debug": debug}
         argv += [flag for flag, on in flags.items() if on]
-        argv += ["--checkpoint", str(checkpoint)] if checkpoint is not None else []
-        argv += ["--mean", mean] if mean is not None else []
-        argv += ["--std", std] if std is not None else []
         raise typer.Exit(_torchrun(workers, argv))
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
     try:
@@ -310,7 +297,7 @@ def report_command(
                     report = build_report(
                         folder,
                         out,
-                        model=chosen_model(model, checkpoint, device, mean=mean, std=std),
+                        model=model.load(device),
                         layers=layers,
                         channels=chosen_channels,
                         k=top,

@@ -9,35 +9,28 @@ import typer
 
 import deconvviz
 from deconvviz.cli.options import (
-    CheckpointOption,
+    DEFAULT_MODEL,
+    ChannelOption,
     DebugOption,
     DeviceOption,
-    MeanOption,
+    LayerOption,
     MethodOption,
-    ModelOption,
+    ModelChoice,
     OutOption,
     Scale,
     ScaleOption,
-    StdOption,
-    chosen_model,
-    progress_bars,
+    model_options,
+    progress_bar,
     reported,
 )
 
 
+@model_options
 def steps_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="A picture file.", show_default=False)],
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    layer: Annotated[
-        str | None,
-        typer.Option("--layer", "-l", help="The layer (alias or node name). Default: the model's deepest default."),
-    ] = None,
-    channel: Annotated[
-        int | None, typer.Option("--channel", "-c", min=0, help="The channel. Default: the strongest.")
-    ] = None,
+    model: ModelChoice = DEFAULT_MODEL,
+    layer: LayerOption = None,
+    channel: ChannelOption = None,
     method: MethodOption = "deconvnet",
     show_channels: Annotated[
         int, typer.Option("--show-channels", min=0, max=8, help="Also draw each step's N strongest channels.")
@@ -57,11 +50,10 @@ def steps_command(
         from deconvviz.analysis.base import check_result_folder
 
         check_result_folder(out)  # refused before any work when it holds something deconvviz did not write
-        with progress_bars(transient=True) as bar:
-            bar.add_task("projecting step by step", total=None)
+        with progress_bar("projecting step by step"):
             result = deconvviz.visualize(
                 image,
-                chosen_model(model, checkpoint, device, mean=mean, std=std),
+                model.load(device),
                 layer,
                 top=1,
                 channel=channel,
@@ -73,8 +65,7 @@ def steps_command(
             assert steps is not None
             arguments = {
                 "image": str(image),
-                "model": model,
-                **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
+                **model.arguments(),
                 "layer": result.layer,
                 "channel": result.channels[0],
                 "method": result.method,

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from deconvviz.cli.options import CheckpointOption, DebugOption, DeviceOption, ModelOption, err, reported
+from deconvviz.cli.options import DEFAULT_MODEL, DebugOption, DeviceOption, ModelChoice, err, model_options, reported
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 8765
 """The port tried first when none is given (a fixed port keeps permalinks valid from one launch to the next)."""
 
 
+@model_options
 def explore_command(
     images: Annotated[
         list[Path] | None,
@@ -24,8 +25,7 @@ def explore_command(
             show_default=False,
         ),
     ] = None,
-    model: ModelOption = "vgg16",
-    checkpoint: CheckpointOption = None,
+    model: ModelChoice = DEFAULT_MODEL,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -87,10 +87,9 @@ def explore_command(
         from deconvviz.explore.server import Server
 
         explorer = Explorer(
-            model,
+            model.load(device),
             list(images) if images else None,
             device=device,
-            checkpoint=checkpoint,
             report=report,
             cache_bytes=None if cache is None else cache << 20,
             upload_limit=upload_limit << 20,
