@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from deconvviz.core.capture import Call
-from deconvviz.ops.base import MirrorContext, Rule, call_op, first_tensor_arg
+from deconvviz.ops.base import HeldRule, MirrorContext, Rule, call_op, first_tensor_arg
 from deconvviz.ops.geometry import pointwise
 from deconvviz.ops.registry import define
 
@@ -67,7 +67,27 @@ def derivative(call: Call) -> Tensor:
     return grad
 
 
-class RectifierRule(Rule):
+class ElementwiseRule(Rule):
+    """An element-wise activation, with :meth:`slope` (``f'(x)`` or None) kept for the mirror.
+
+    It runs on a copy of its input where working in place would overwrite a value the capture still reads.
+    """
+
+    def slope(self, call: Call) -> Tensor | None:
+        """``f'(x)`` at the forward input, taken before the op runs (None: not needed)."""
+        return derivative(call)
+
+    @override
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        slope = self.slope(call)
+        return run_out_of_place(call), slope
+
+    @override
+    def run(self, call: Call) -> Any:
+        return run_out_of_place(call)
+
+
+class RectifierRule(ElementwiseRule):
     """A rectifying activation other than ReLU: ``relu(g)``, ``relu(g) * f'(x)`` or ``g * f'(x)`` by method.
 
     Args:
@@ -82,13 +102,8 @@ class RectifierRule(Rule):
         self.op_kind = {"deconvnet": "rectify", "guided": "rectify + mask"}.get(method, "mask")
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        slope = derivative(call) if self.method != "deconvnet" else None
-        return run_out_of_place(call), slope
-
-    @override
-    def run(self, call: Call) -> Any:
-        return run_out_of_place(call)
+    def slope(self, call: Call) -> Tensor | None:
+        return derivative(call) if self.method != "deconvnet" else None
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -121,7 +136,7 @@ class ReLURule(RectifierRule):
         return torch.relu_(x) if call.reusable else torch.relu(x)
 
 
-class GateRule(Rule):
+class GateRule(ElementwiseRule, HeldRule):
     """A gate (sigmoid, hard sigmoid): held at its forward value (no signal back) unless ``hold`` is False.
 
     Args:
@@ -132,18 +147,12 @@ class GateRule(Rule):
     op_kind = "gate"
 
     def __init__(self, hold: bool = True) -> None:
-        self.hold = hold
+        super().__init__(hold)
         self.holds = hold
-        self.role = "gate" if hold else None
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        slope = None if self.hold else derivative(call)
-        return run_out_of_place(call), slope
-
-    @override
-    def run(self, call: Call) -> Any:
-        return run_out_of_place(call)
+    def slope(self, call: Call) -> Tensor | None:
+        return None if self.hold else derivative(call)
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -152,18 +161,10 @@ class GateRule(Rule):
         return [signal * ctx.per_seed(ctx.saved).to(signal.dtype)]
 
 
-class SmoothRule(Rule):
+class SmoothRule(ElementwiseRule):
     """A smooth activation that is neither a rectifier nor a gate (tanh): ``g * f'(x)`` in every method."""
 
     op_kind = "slope"
-
-    @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        return run_out_of_place(call), derivative(call)
-
-    @override
-    def run(self, call: Call) -> Any:
-        return run_out_of_place(call)
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

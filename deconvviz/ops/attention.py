@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from deconvviz.core.capture import Call, TensorMeta
-from deconvviz.ops.base import MirrorContext, Rule, first_tensor_arg, local_vjp
+from deconvviz.ops.base import HeldRule, MirrorContext, Rule, SavingRule, first_tensor_arg, local_vjp
 from deconvviz.ops.fallback import held_attention
 from deconvviz.ops.geometry import GeometryContext, ReceptiveField, along_dims, whole_image
 from deconvviz.ops.registry import define
@@ -51,7 +51,7 @@ def _softmax_dim(module: nn.Module | None, args: Sequence[Any], kwargs: dict[str
     return int(dim) % max(rank, 1)
 
 
-class SoftmaxRule(Rule):
+class SoftmaxRule(HeldRule):
     """Softmax: a gate held at its forward value (``hold``), or its exact vector-Jacobian product.
 
     Args:
@@ -59,20 +59,12 @@ class SoftmaxRule(Rule):
     """
 
     def __init__(self, hold: bool = True) -> None:
-        self.hold = hold
+        super().__init__(hold)
         self.holds = hold
-        self.role = "gate" if hold else None
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        out = call.run()
-        if self.hold:
-            return out, None
-        return out, (out, _softmax_dim(call.module, call.args, call.kwargs, out.dim()))
-
-    @override
-    def run(self, call: Call) -> Any:
-        return call.run()
+    def save(self, call: Call, out: Any) -> Any:
+        return None if self.hold else (out, _softmax_dim(call.module, call.args, call.kwargs, out.dim()))
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -91,24 +83,18 @@ def _dims(value: Any, rank: int) -> list[int] | None:
     return sorted(int(d) % rank for d in items)
 
 
-class AmaxRule(Rule):
+class AmaxRule(SavingRule):
     """``amax`` / ``amin`` over dimensions: the signal goes to the picked elements, split evenly among ties."""
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        out = call.run()
+    def save(self, call: Call, out: Any) -> Any:
         x = first_tensor_arg(call)
         dims = _dims(_arg(call.args, call.kwargs, 1, "dim", ()), x.dim()) or list(range(x.dim()))
         keep = out
         if not _arg(call.args, call.kwargs, 2, "keepdim", False):
             for d in dims:
                 keep = keep.unsqueeze(d)
-        picked = x == keep
-        return out, (picked, dims)
-
-    @override
-    def run(self, call: Call) -> Any:
-        return call.run()
+        return x == keep, dims
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -122,7 +108,7 @@ class AmaxRule(Rule):
         return [signal * mask / mask.sum(dim=dims, keepdim=True)]
 
 
-class MaxRule(Rule):
+class MaxRule(SavingRule):
     """``torch.max`` / ``torch.min`` (function or method).
 
     Over a dimension (``torch.max(x, 1)``, returning ``(values, indices)``) the values' signal goes back to
@@ -131,17 +117,11 @@ class MaxRule(Rule):
     """
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        out = call.run()
+    def save(self, call: Call, out: Any) -> Any:
         dim = _arg(call.args, call.kwargs, 1, "dim")
         if isinstance(dim, int) and isinstance(out, tuple):
-            return out, ("index", out[1], dim)
-        inputs = [a for a in (*call.args, *call.kwargs.values()) if isinstance(a, Tensor)]
-        return out, ("values", inputs)
-
-    @override
-    def run(self, call: Call) -> Any:
-        return call.run()
+            return "index", out[1], dim
+        return "values", [a for a in (*call.args, *call.kwargs.values()) if isinstance(a, Tensor)]
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Any) -> Sequence[Any]:

@@ -141,6 +141,40 @@ class Rule:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+class SavingRule(Rule):
+    """A rule that runs its op unchanged and keeps what :meth:`save` takes from the output for :meth:`mirror`.
+
+    :meth:`run` (activations only, nothing to mirror) does not call :meth:`save`.
+    """
+
+    def forward(self, call: Call) -> tuple[Any, Any]:
+        """Run the op, then :meth:`save` what the mirror needs."""
+        out = self.run(call)
+        return out, self.save(call, out)
+
+    def run(self, call: Call) -> Any:
+        """Run the op unchanged."""
+        return call.run()
+
+    def save(self, call: Call, out: Any) -> Any:
+        """What :meth:`mirror` reads as ``ctx.saved``, from the call and its output (None: nothing)."""
+        return None
+
+
+class HeldRule(SavingRule):
+    """A rule whose op is held at its forward value under deconvnet and guided (``hold``), or else mirrored exactly.
+
+    Args:
+        hold: True for deconvnet and guided (the op is a constant of the feature path), False for the gradient.
+    """
+
+    role_when_held = "gate"
+
+    def __init__(self, hold: bool = True) -> None:
+        self.hold = hold
+        self.role = self.role_when_held if hold else None
+
+
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
     """``3 -> (3, 3)``; a pair stays a pair."""
     if isinstance(value, int):

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from deconvviz.core.capture import Call
 from deconvviz.errors import UnsupportedOpError
-from deconvviz.ops.base import MirrorContext, Rule, first_tensor_arg
+from deconvviz.ops.base import HeldRule, MirrorContext, Rule, first_tensor_arg
 from deconvviz.ops.geometry import Geometry, pointwise
 from deconvviz.ops.registry import OPS, define
 
@@ -218,7 +218,7 @@ def held_scale(call: Call) -> Tensor:
     return scale * weight.reshape(channels) if weight is not None else scale
 
 
-class SampleNormRule(Rule):
+class SampleNormRule(HeldRule):
     """Layer, group and instance norm: statistics held (deconvnet, guided) or differentiated (gradient).
 
     Args:
@@ -226,19 +226,15 @@ class SampleNormRule(Rule):
     """
 
     op_kind = "norm"
+    role_when_held = "held_norm"
 
     def __init__(self, hold: bool = True) -> None:
-        self.hold = hold
+        super().__init__(hold)
         self.needs_inputs = not hold
-        self.role = "held_norm" if hold else None
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
-        return call.run(), held_scale(call) if self.hold else None
-
-    @override
-    def run(self, call: Call) -> Any:
-        return call.run()
+    def save(self, call: Call, out: Any) -> Any:
+        return held_scale(call) if self.hold else None
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:

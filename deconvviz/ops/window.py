@@ -112,33 +112,30 @@ def _bind(signature: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, 
     return dict(bound.arguments)
 
 
+def _arguments(
+    op: Any, module: type[nn.Module], signature: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """An op's arguments by the names of its functional ``signature``.
+
+    A module's are its attributes of those names (``nn.Conv2d`` and the pooling modules keep each one); a call's
+    are its arguments bound to the signature.
+    """
+    if isinstance(op, module):
+        return {name: getattr(op, name) for name in list(inspect.signature(signature).parameters)[1:]}
+    return _bind(signature, args, kwargs)
+
+
 def _pool_stride(stride: Any, kernel: Pair) -> Pair:
     return kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else pair(stride)
 
 
 def conv_window(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Window:
     """The window of ``nn.Conv2d`` or ``F.conv2d``."""
-    if isinstance(op, nn.Conv2d):
-        weight, bias, stride, padding, dilation, groups = (
-            op.weight,
-            op.bias,
-            op.stride,
-            op.padding,
-            op.dilation,
-            op.groups,
-        )
-        mode = op.padding_mode
-    else:
-        a = _bind(conv2d, args, kwargs)
-        weight, bias, stride, padding, dilation, groups = (
-            a["weight"],
-            a["bias"],
-            a["stride"],
-            a["padding"],
-            a["dilation"],
-            a["groups"],
-        )
-        mode = "zeros"
+    a = _arguments(op, nn.Conv2d, conv2d, args, kwargs)
+    weight, bias, stride, padding, dilation, groups = (
+        a[name] for name in ("weight", "bias", "stride", "padding", "dilation", "groups")
+    )
+    mode = op.padding_mode if isinstance(op, nn.Conv2d) else "zeros"
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         raise WindowError(
             "the kernel size of a convolution is read from a 4-D weight parameter; this one is computed in forward"
@@ -160,17 +157,7 @@ def conv_window(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Windo
 
 def max_pool_window(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Window:
     """The window of ``nn.MaxPool2d`` or ``F.max_pool2d``."""
-    if isinstance(op, nn.MaxPool2d):
-        a: dict[str, Any] = {
-            "kernel_size": op.kernel_size,
-            "stride": op.stride,
-            "padding": op.padding,
-            "dilation": op.dilation,
-            "ceil_mode": op.ceil_mode,
-            "return_indices": op.return_indices,
-        }
-    else:
-        a = _bind(max_pool2d, args, kwargs)
+    a = _arguments(op, nn.MaxPool2d, max_pool2d, args, kwargs)
     kernel, d = pair(a["kernel_size"]), pair(a["dilation"])
     return Window(
         "max",
@@ -185,17 +172,7 @@ def max_pool_window(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> W
 
 def avg_pool_window(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Window:
     """The window of ``nn.AvgPool2d`` or ``F.avg_pool2d``."""
-    if isinstance(op, nn.AvgPool2d):
-        a: dict[str, Any] = {
-            "kernel_size": op.kernel_size,
-            "stride": op.stride,
-            "padding": op.padding,
-            "ceil_mode": op.ceil_mode,
-            "count_include_pad": op.count_include_pad,
-            "divisor_override": op.divisor_override,
-        }
-    else:
-        a = _bind(avg_pool2d, args, kwargs)
+    a = _arguments(op, nn.AvgPool2d, avg_pool2d, args, kwargs)
     kernel = pair(a["kernel_size"])
     return Window(
         "avg",
