@@ -10,7 +10,7 @@ sized for the device (see ``DeconvNet``'s ``max_batch`` and docs/architecture.md
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -355,16 +355,22 @@ class DeconvNet:
             MethodError: an unknown method.
             UnsupportedOpError: an op between the input and the layer has no mirror rule.
         """
+        captured, act = self._capture_layer(x, layer, method, single=True)
+        if act.dim() < 2:
+            raise SeedError(f"layer {layer!r} has no channel dimension to seed")
+        return captured
+
+    def _capture_layer(self, x: Tensor, layer: str, method: Method | None, *, single: bool) -> tuple[Captured, Tensor]:
+        """A forward pass of ``x`` up to ``layer``, recorded for ``method``, and the layer's activation."""
         rules = get_method(method)
         graph = self._graph_for(rules)
         node = self._target(graph, layer, rules)
-        x = self._input(x, single=True)
+        x = self._input(x, single=single)
         with torch.inference_mode(), evaluating(self.model):
             cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-        act = self._tensor_at(graph, node, cap.activations[node], layer)
-        if act.dim() < 2:
-            raise SeedError(f"layer {layer!r} has no channel dimension to seed")
-        return Captured(self, graph, rules, node, layer, x, cap)
+        return Captured(self, graph, rules, node, layer, x, cap), self._tensor_at(
+            graph, node, cap.activations[node], layer
+        )
 
     def _project_captured(
         self,
@@ -490,13 +496,9 @@ class DeconvNet:
         Raises:
             SeedError: seeds whose shape does not match the layer, or a sample index out of range.
         """
-        rules = get_method(method)
-        graph = self._graph_for(rules)
-        node = self._target(graph, layer, rules)
-        x = self._input(x, single=False)
+        captured, act = self._capture_layer(x, layer, method, single=False)
+        graph, node, rules, cap, x = captured.graph, captured.node, captured.rules, captured.capture, captured.x
         with torch.inference_mode(), evaluating(self.model):
-            cap = _capture.run(graph, x, [node], self._forward_rules(graph, [node], rules))
-            act = self._tensor_at(graph, node, cap.activations[node], layer)
             if not isinstance(seeds, Tensor) or tuple(seeds.shape[1:]) != tuple(act.shape[1:]) or seeds.dim() < 1:
                 got = tuple(seeds.shape) if isinstance(seeds, Tensor) else type(seeds).__name__
                 raise SeedError(
@@ -542,6 +544,7 @@ class DeconvNet:
         return _walk.mirror(graph, cap, node, seeds, sample, rules, observe)
 
 
+@dataclass(eq=False)
 class Captured:
     """One picture's forward pass up to one layer, kept so that many units can be projected from it.
 
@@ -555,16 +558,13 @@ class Captured:
         x: the ``(1, C, H, W)`` input, on the model's device.
     """
 
-    def __init__(
-        self, net: DeconvNet, graph: Graph, rules: RuleSet, node: fx.Node, layer: str, x: Tensor, capture: Any
-    ) -> None:
-        self.net = net
-        self.graph = graph
-        self.rules = rules
-        self.node = node
-        self.layer = layer
-        self.x = x
-        self.capture: _capture.Capture = capture
+    net: DeconvNet
+    graph: Graph
+    rules: RuleSet
+    node: fx.Node
+    layer: str
+    x: Tensor
+    capture: _capture.Capture
 
     @property
     def node_name(self) -> str:

@@ -154,16 +154,22 @@ def evolution_figure(
                 ax.set_title(name, fontsize=7)
             if band_start(c, per):
                 ax.set_ylabel(f"ch {channel}", fontsize=7)
-    fig.suptitle(
-        f"{result.model}: {result.layer}, strongest activation per checkpoint",
-        fontsize=9,
-        y=1 - 0.15 / height,
-        va="top",
-    )
-    fig.subplots_adjust(
-        wspace=0.05, hspace=0.08, left=0.5 / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - 0.6 / height
-    )
+    _frame(fig, f"{result.model}: {result.layer}, strongest activation per checkpoint", (width, height), 0.08, 0.6, 0.1)
     return fig, axes
+
+
+def _frame(fig: Any, title: str, inches: tuple[float, float], hspace: float, top: float, bottom: float) -> None:
+    """A grid of pictures' title and margins: ``top`` and ``bottom`` in inches of a figure of ``inches``."""
+    width, height = inches
+    fig.suptitle(title, fontsize=9, y=1 - 0.15 / height, va="top")
+    fig.subplots_adjust(
+        wspace=0.05,
+        hspace=hspace,
+        left=0.5 / width,
+        right=1 - 0.1 / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+    )
 
 
 def _pad(pictures: list[np.ndarray]) -> list[np.ndarray]:
@@ -236,18 +242,6 @@ def sanity_figure(
         for c in range(count):
             if band_start(c, per):
                 axes[r, c].set_ylabel(label, fontsize=7)
-    fig.suptitle(
-        f"{result.model}: {result.layer} ch {result.channel}, cascading randomisation (top layer first)",
-        fontsize=9,
-        y=1 - 0.15 / height,
-        va="top",
-    )
-    fig.subplots_adjust(
-        wspace=0.05,
-        hspace=hspace,
-        left=0.5 / width,
-        right=1 - 0.1 / width,
-        bottom=0.25 / height,
-        top=1 - 0.7 / height,
-    )
+    title = f"{result.model}: {result.layer} ch {result.channel}, cascading randomisation (top layer first)"
+    _frame(fig, title, (width, height), hspace, 0.7, 0.25)
     return fig, axes

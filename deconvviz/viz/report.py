@@ -340,22 +340,23 @@ def _page(title: str, body: str, root: str) -> str:
     )
 
 
+@dataclass(eq=False)
 class _Writer:
     """Writes the pictures and pages of one report into its staging folder."""
 
-    def __init__(
-        self, root: Path, result: TopKResult, current: Session, scale: str, progress: Progress | None, census: _Census
-    ) -> None:
-        self.root = root
-        self.census = census
-        self.result = result
-        self.current = current
-        self.scale = scale
-        self.progress = progress
-        self.sources: dict[str, str] = {}  # image (relative to the data set) -> page-relative file under sources/
-        self.layer_files: dict[str, str] = {}
-        self.layer_names = NameMap(fallback="layer")  # one file name per layer, distinct over the report
-        self.thumbnails: dict[str, list[tuple[int, str, str]]] = {}  # layer -> (channel, picture, page)
+    root: Path
+    result: TopKResult
+    current: Session
+    scale: str
+    progress: Progress | None
+    census: _Census
+    sources: dict[str, str] = field(default_factory=dict)
+    """Each source image (relative to the data set) -> its page-relative file under ``sources/``."""
+    layer_files: dict[str, str] = field(default_factory=dict)
+    layer_names: NameMap = field(default_factory=lambda: NameMap(fallback="layer"))
+    """One file name per layer, distinct over the report."""
+    thumbnails: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    """Each layer -> its (channel, picture, page) thumbnails."""
 
     def _source(self, image: str) -> str:
         """The preprocessed view of a source image, written once under ``sources/``."""

@@ -109,25 +109,36 @@
 
   // -------------------------------------------------------------------------------------------- pictures
 
+  // A link that makes `change` to the page's state when clicked, without a reload; its address can still be
+  // opened in a new tab or shared.
+  function chooser(href, change) {
+    const a = document.createElement("a");
+    a.href = href;
+    a.addEventListener("click", (event) => {
+      event.preventDefault();
+      choose(change);
+    });
+    return a;
+  }
+
+  function thumbnail(src, alt) {
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.alt = alt;
+    img.src = src;
+    return img;
+  }
+
   async function loadStrip() {
     const { body, response } = await getJSON(api("/api/images", { offset: stripOffset, limit: config.pageSize }, false));
     total = parseInt(response.headers.get("x-total-count") || String(body.length), 10);
     const strip = $("strip");
     strip.replaceChildren();
     for (const entry of body) {
-      const a = document.createElement("a");
-      a.href = "?image=" + encodeURIComponent(entry.id);
+      const a = chooser("?image=" + encodeURIComponent(entry.id), { image: entry.id, channel: null, unit: null });
       a.dataset.id = entry.id;
       a.title = entry.name + " (" + entry.width + "x" + entry.height + ")";
-      const img = document.createElement("img");
-      img.loading = "lazy";
-      img.alt = entry.name;
-      img.src = api("/api/image.png", { image: entry.id, size: 96 }, false);
-      a.appendChild(img);
-      a.addEventListener("click", (event) => {
-        event.preventDefault();
-        choose({ image: entry.id, channel: null, unit: null });
-      });
+      a.appendChild(thumbnail(api("/api/image.png", { image: entry.id, size: 96 }, false), entry.name));
       strip.appendChild(a);
     }
     const last = Math.min(total, stripOffset + body.length);
@@ -171,8 +182,7 @@
     const nav = $("layers");
     nav.replaceChildren();
     for (const layer of layers) {
-      const a = document.createElement("a");
-      a.href = "?layer=" + encodeURIComponent(layer.name);
+      const a = chooser("?layer=" + encodeURIComponent(layer.name), { layer: layer.name, channel: null, unit: null });
       a.dataset.name = layer.name;
       const title = document.createElement("div");
       title.textContent = layer.name;
@@ -187,10 +197,6 @@
       meta.className = "meta";
       meta.textContent = describeLayer(layer);
       a.appendChild(meta);
-      a.addEventListener("click", (event) => {
-        event.preventDefault();
-        choose({ layer: layer.name, channel: null, unit: null });
-      });
       nav.appendChild(a);
     }
   }
@@ -367,21 +373,13 @@
     const until = Math.min(channels.length, gridShown + GRID_PAGE);
     for (let i = gridShown; i < until; i++) {
       const item = channels[i];
-      const a = document.createElement("a");
-      a.href = "?channel=" + item.channel;
+      const a = chooser("?channel=" + item.channel, { channel: item.channel, unit: null });
       a.dataset.channel = String(item.channel);
       a.title = "channel " + item.channel + ", peak " + number(item.peak) + (item.position ? " at (" + item.position.join(", ") + ")" : "");
-      const img = document.createElement("img");
-      img.loading = "lazy";
-      img.alt = "channel " + item.channel;
-      img.src = api("/api/activations.png", { image: state.image, layer: state.layer, channel: item.channel }, false);
+      const img = thumbnail(api("/api/activations.png", { image: state.image, layer: state.layer, channel: item.channel }, false), "channel " + item.channel);
       const label = document.createElement("div");
       label.textContent = item.channel + " · " + number(item.peak);
       a.append(img, label);
-      a.addEventListener("click", (event) => {
-        event.preventDefault();
-        choose({ channel: item.channel, unit: null });
-      });
       grid.appendChild(a);
     }
     gridShown = until;
