@@ -281,6 +281,18 @@ def test_cli_writes_the_figure_the_steps_and_a_manifest(photo: Path, tmp_path: P
     assert json.loads((out / "manifest.json").read_text())["steps"]["method"] == "guided"
 
 
+def test_cli_seeds_the_unit_given_by_its_position(photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _stdout, stderr = steps_cli(photo, "--layer", "conv3", "--channel", "2", "--position", "3,4", "--out", out)
+    assert code == 0, stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arguments"]["position"] == [3, 4]
+    expected = dv.visualize(photo, MODEL, "conv3", channel=2, position=(3, 4), steps=True, device="cpu")
+    assert expected.steps is not None
+    assert expected.positions == ((3, 4),)
+    assert len(manifest["steps"]["steps"]) == len(expected.steps)
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
@@ -288,6 +300,8 @@ def test_cli_writes_the_figure_the_steps_and_a_manifest(photo: Path, tmp_path: P
         (["{photo}", "--layer", "conv9"], ["conv9"]),
         (["{photo}", "--layer", "conv3", "--channel", "8"], ["channel 8", "out of range"]),
         (["{photo}", "--layer", "conv3", "--method", "magic"], ["magic"]),
+        (["{photo}", "--layer", "conv3", "--position", "99,0"], ["(99, 0)", "outside the 16x16 map"]),
+        (["{photo}", "--layer", "conv3", "--position", "middle"], ["--position takes ROW,COL", "middle"]),
     ],
 )
 def test_cli_bad_input_is_one_line(photo: Path, tmp_path: Path, args: list[str], needles: list[str]) -> None:

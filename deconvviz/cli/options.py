@@ -346,6 +346,16 @@ def _numbers(flag: str, text: str | None) -> tuple[float, ...] | None:
     return values
 
 
+def parse_position(text: str | None) -> tuple[int, int] | None:
+    """``--position ROW,COL``: a unit of the layer's feature map (None when not given)."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise usage(f"--position takes ROW,COL of a unit in the layer's feature map (3,7); got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:
     """``--channels``: ``N``, ``all``, or a comma-separated list of channel indices.
 

@@ -20,6 +20,7 @@ from deconvviz.cli.options import (
     Scale,
     ScaleOption,
     model_options,
+    parse_position,
     progress_bar,
     reported,
 )
@@ -31,6 +32,15 @@ def steps_command(
     model: ModelChoice = DEFAULT_MODEL,
     layer: LayerOption = None,
     channel: ChannelOption = None,
+    position: Annotated[
+        str | None,
+        typer.Option(
+            "--position",
+            "-p",
+            help="ROW,COL of the unit to seed in the channel's feature map. Default: the channel's strongest unit.",
+            show_default=False,
+        ),
+    ] = None,
     method: MethodOption = "deconvnet",
     show_channels: Annotated[
         int, typer.Option("--show-channels", min=0, max=8, help="Also draw each step's N strongest channels.")
@@ -47,6 +57,7 @@ def steps_command(
     OUT/manifest.json lists the steps (node, op, kind, shape, file).
     """
     with reported(debug):
+        unit = parse_position(position)
         from deconvviz.analysis.base import check_result_folder
 
         check_result_folder(out)  # refused before any work when it holds something deconvviz did not write
@@ -57,6 +68,7 @@ def steps_command(
                 layer,
                 top=1,
                 channel=channel,
+                position=unit,
                 device=device,
                 method=method,
                 steps=True,
@@ -68,6 +80,7 @@ def steps_command(
                 **model.arguments(),
                 "layer": result.layer,
                 "channel": result.channels[0],
+                "position": None if result.positions[0] is None else list(result.positions[0]),
                 "method": result.method,
                 "show_channels": show_channels,
                 "scale": scale.value,
