@@ -150,6 +150,11 @@ def test_cli_writes_the_grid(data, checkpoints, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     assert "2 channel(s) x 3 checkpoint(s)" in stdout
     assert json.loads((out / "manifest.json").read_text())["channels"] == [0, 2]
+    code, stdout, stderr = _invoke(
+        *checkpoints, "--data", data, "--layer", LAYER, "--model", MODEL, "-c", "first3", "-o", out
+    )
+    assert code == 0, stderr
+    assert json.loads((out / "manifest.json").read_text())["channels"] == [0, 1, 2]
 
 
 def test_cli_refuses_bad_input_in_one_line(data, checkpoints, tmp_path: Path) -> None:
@@ -162,6 +167,7 @@ def test_cli_refuses_bad_input_in_one_line(data, checkpoints, tmp_path: Path) ->
         ((*checkpoints, "--data", tmp_path / "empty"), "no images"),
         ((tmp_path / "missing.pt", "--data", data), "not found"),
         ((*checkpoints, "--data", data, "-c", "x"), "--channels"),
+        ((*checkpoints, "--data", data, "-c", "first0"), "channels"),
     ]
     for args, message in cases:
         code, _, stderr = _invoke(*args, "--layer", LAYER, "--model", MODEL, "-o", out)

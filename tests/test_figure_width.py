@@ -59,6 +59,8 @@ def test_wrapped_axes_keep_the_grid_s_indexing() -> None:
     assert columns_that_fit(1.3, 0.6, 28) == 7
     assert columns_that_fit(1.3, 0.6, 4) == 4
     assert columns_that_fit(20.0, 0.6, 4) == 1
+    assert columns_that_fit(1.3, 0.6, 15) == 5  # three even bands, not 7, 7 and 1
+    assert columns_that_fit(1.3, 0.6, 8) == 4
 
 
 def test_sanity_with_many_steps_wraps_to_a_notebook_s_width(photos: list[Path]) -> None:

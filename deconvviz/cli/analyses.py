@@ -179,7 +179,13 @@ def evolution_command(
     layer: Annotated[str, typer.Option("--layer", "-l", help="The layer to look at (alias or node name).")],
     model: ModelOption = "vgg16",
     channels: Annotated[
-        str, typer.Option("--channels", "-c", help="The first N channels, a list (0,5,7), or `all`; one row each.")
+        str,
+        typer.Option(
+            "--channels",
+            "-c",
+            help="The N strongest channels of the trained model (the last checkpoint), firstN for the first N by "
+            "index, a list (0,5,7), or `all`; one row each.",
+        ),
     ] = "8",
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")] = 1,
     size: Annotated[
@@ -198,8 +204,7 @@ def evolution_command(
     OUT/manifest.json with every hit (value, picture, unit, box).
     """
     with reported(debug):
-        chosen = parse_channels(channels)
-        assert not isinstance(chosen, str)  # only the report's ranked form is a string
+        chosen = parse_channels(channels, ranked=True)
         _check_out(out)
         with progress_bar("scanning checkpoints", lambda name: f"scanned {name}", len(checkpoints)) as progress:
             result = deconvviz.evolution(

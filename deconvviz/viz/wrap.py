@@ -21,8 +21,13 @@ WIDTH = 10.0
 
 
 def columns_that_fit(panel: float, margin: float, count: int, *, width: float = WIDTH) -> int:
-    """How many ``panel``-inch columns fit in ``width`` inches beside ``margin`` inches (at least one)."""
-    return max(1, min(count, math.floor((width - margin) / panel + 1e-9)))
+    """Columns per band for ``count`` ``panel``-inch columns in ``width`` inches beside ``margin`` inches.
+
+    As few bands as fit, with the columns shared evenly among them: 15 columns of which 7 fit give bands of
+    5, 5 and 5 rather than 7, 7 and a last band of one.
+    """
+    most = max(1, min(count, math.floor((width - margin) / panel + 1e-9)))
+    return math.ceil(count / bands_of(count, most)) if count > 0 else most
 
 
 def wrapped_axes(fig: Figure, rows: int, columns: int, per_band: int, *, gap: float = 0.0, **kwargs: Any) -> np.ndarray:
