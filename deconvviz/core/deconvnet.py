@@ -275,6 +275,9 @@ class DeconvNet:
             x: ``(N, C, H, W)`` in the model's input space.
             layers: layer names or aliases (each visited once, under the first name given for its node).
             visit: called in execution order.
+
+        Raises:
+            SeedError: a layer that returns a tuple rather than one tensor (the message names its items).
         """
         rules = get_method()
         graph = self._graph_for(rules)
@@ -286,7 +289,7 @@ class DeconvNet:
 
         def emit(node: fx.Node, value: Tensor) -> None:
             for name in named[node]:
-                visit(name, value)
+                visit(name, self._tensor_at(graph, node, value, name))
 
         with torch.inference_mode(), evaluating(self.model):
             _capture.run(graph, x, nodes, self._forward_rules(graph, nodes, rules), record=False, emit=emit)
@@ -523,7 +526,7 @@ class DeconvNet:
         if isinstance(value, Tensor):
             return value
         items = [graph.names[u] for u in node.users if u in graph.carries]
-        hint = f": project one of its items ({', '.join(repr(i) for i in items)})" if items else ""
+        hint = f": choose one of its items instead ({', '.join(repr(i) for i in items)})" if items else ""
         raise SeedError(f"layer {layer!r} returns a {type(value).__name__}, not a tensor{hint}")
 
     def _mirror_units(

@@ -33,7 +33,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError, parse_int, parse_position
+from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError
 from deconvviz.explore.worker import Busy, Stopped, Superseded
 
 HERE = Path(__file__).resolve().parent
@@ -378,7 +378,8 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
     async def topk(request: Request) -> Response:
         layer = query(request, "layer") or ""
         channel = parse_int(query(request, "channel"), "channel")
-        return JSONResponse(await run_in_threadpool(explorer.topk, layer, channel))
+        method = method_of(request)
+        return JSONResponse(await run_in_threadpool(explorer.topk, layer, channel, method))
 
     async def status(request: Request) -> Response:
         cache = explorer.cache
@@ -422,6 +423,25 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
     app.state.explorer = explorer
     app.state.settings = settings
     return Guard(app, settings)  # type: ignore[return-value]
+
+
+def parse_position(text: str | None) -> tuple[int, int] | None:
+    """``"R,C"`` as ``(R, C)``; None for no text."""
+    if text is None or text == "":
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise ExploreError(f"position must be ROW,COL (two whole numbers), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_int(text: str | None, name: str) -> int:
+    """A required whole-number query parameter."""
+    if text is None or text == "":
+        raise ExploreError(f"give {name}=N (a whole number)")
+    if not text.strip().lstrip("-").isdigit():
+        raise ExploreError(f"{name} must be a whole number, got {text!r}")
+    return int(text)
 
 
 __all__ = ["Guard", "Settings", "create_app"]

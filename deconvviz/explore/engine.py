@@ -285,6 +285,9 @@ class Explorer:
     def layers(self) -> list[dict[str, Any]]:
         """Every projectable layer, input to output: ``{"name", "node", "shape", "receptive_field"}`` (on the worker).
 
+        A node that returns a tuple (multi-head attention, ``torch.max`` over a dimension) is left out: its items
+        are layers of their own.
+
         ``name`` is the layer's first alias (else its node name); ``shape`` is its output for the model's input
         size without the batch dimension; ``receptive_field`` is ``{"size", "stride", "whole_image"}`` (None
         where the geometry is not known).
@@ -302,11 +305,10 @@ class Explorer:
         import torch
 
         net = self.net
-        nodes = net.layers
         size = int(self.session.model.preprocessing.size) if hasattr(self.session.model, "preprocessing") else 224
-        found = net.activations(torch.zeros(1, 3, size, size), nodes)
-        # a node that returns a tuple (multi-head attention, torch.max over a dim) lists its first item's shape
-        shapes = {n: list(_first_tensor(a).shape[1:]) for n, a in found.items()}
+        found = net.activations(torch.zeros(1, 3, size, size), net.layers)
+        shapes = {n: list(a.shape[1:]) for n, a in found.items() if isinstance(a, torch.Tensor)}
+        nodes = [node for node in net.layers if node in shapes]
         fields: dict[str, Any] = {}
         for node in nodes:
             try:
@@ -333,14 +335,17 @@ class Explorer:
             )
         return out
 
-    def _field(self, node: str) -> Any:
+    def _field(self, node: str, method: str | None = None) -> Any:
+        """The layer's receptive field under ``method`` (a held gate widens it only under the gradient)."""
         from deconvviz.core.receptive import receptive_fields
+        from deconvviz.methods import get_method
 
         if self._fields is None:
             self._fields = {}
-        if node not in self._fields:
-            self._fields[node] = receptive_fields(self.net, [node])[node]
-        return self._fields[node]
+        key = f"{get_method(method).name}/{node}"
+        if key not in self._fields:
+            self._fields[key] = receptive_fields(self.net, [node], method=method)[node]
+        return self._fields[key]
 
     def resolve(self, layer: str | None) -> str:
         """The node name of a layer alias or node name (LayerNotFoundError lists close names)."""
@@ -442,7 +447,7 @@ class Explorer:
             raise ExploreError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
         box = None
         try:
-            found = self._field(captured.node_name)
+            found = self._field(captured.node_name, method)
             if not found.whole_image:
                 box = [int(v) for v in found.box(row, col, tuple(captured.x.shape[-2:]))]
         except DeconvVizError:
@@ -597,8 +602,8 @@ class Explorer:
 
     # ---------------------------------------------------------------------------------------------- top-k
 
-    def topk(self, layer: str, channel: int) -> dict[str, Any]:
-        """The channel's strongest hits over the folder (from the report, or the scan), or the scan's progress."""
+    def topk(self, layer: str, channel: int, method: str | None = None) -> dict[str, Any]:
+        """The channel's strongest hits over the folder (report, or scan: boxes under ``method``), or scan progress."""
         node = self.resolve(layer)
         out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
         if self.report is not None:
@@ -607,7 +612,7 @@ class Explorer:
         out.update(scanner.status())
         if scanner.result is None:
             return {**out, "hits": []}
-        return {**out, "hits": scan_hits(self, scanner.result, node, channel)}
+        return {**out, "hits": scan_hits(self, scanner.result, node, channel, method)}
 
     # ---------------------------------------------------------------------------------------------- close
 
@@ -659,25 +664,6 @@ def _heat_table() -> Any:
     return np.rint(anchors[low] * (1 - t) + anchors[low + 1] * t).astype(np.uint8)
 
 
-def parse_position(text: str | None) -> tuple[int, int] | None:
-    """``"R,C"`` as ``(R, C)``; None for no text."""
-    if text is None or text == "":
-        return None
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-        raise ExploreError(f"position must be ROW,COL (two whole numbers), got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def parse_int(text: str | None, name: str) -> int:
-    """A required whole-number query parameter."""
-    if text is None or text == "":
-        raise ExploreError(f"give {name}=N (a whole number)")
-    if not text.strip().lstrip("-").isdigit():
-        raise ExploreError(f"{name} must be a whole number, got {text!r}")
-    return int(text)
-
-
 __all__ = [
     "TOP_K",
     "ExploreError",
@@ -685,13 +671,4 @@ __all__ = [
     "Picture",
     "UnknownPictureError",
     "UploadTooLargeError",
-    "parse_int",
-    "parse_position",
 ]
-
-
-def _first_tensor(value: Any) -> Any:
-    """``value``, or the first tensor of a tuple of them."""
-    if isinstance(value, tuple | list):
-        return next(v for v in value if v is not None)
-    return value

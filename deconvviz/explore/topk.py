@@ -41,8 +41,10 @@ def check_channel(channel: int, count: int, layer: str) -> None:
         )
 
 
-def scan_hits(self: Explorer, found: ScanResult, node: str, channel: int) -> list[dict[str, Any]]:
-    """The kept hits of one channel of a scan: its pictures by id, units, values and receptive-field boxes."""
+def scan_hits(
+    self: Explorer, found: ScanResult, node: str, channel: int, method: str | None = None
+) -> list[dict[str, Any]]:
+    """The kept hits of one channel of a scan: pictures by id, units, values, receptive-field boxes under ``method``."""
     tracker = found.trackers.get(node)
     if tracker is None:
         raise TopKError(f"layer {node!r} was not scanned; scanned: {', '.join(found.layers)}")
@@ -50,7 +52,7 @@ def scan_hits(self: Explorer, found: ScanResult, node: str, channel: int) -> lis
     row = found.selected[node].index(channel)
     values, images, positions = (t[row].tolist() for t in (tracker.values, tracker.images, tracker.positions))
     width = tracker.map_shape[1] if len(tracker.map_shape) == 2 else 1
-    field_ = self._field(node)
+    field_ = self._field(node, method)
     size = int(self.session.model.preprocessing.size)
     hits = []
     for rank, (value, index, flat) in enumerate(zip(values, images, positions, strict=True)):
@@ -192,7 +194,6 @@ class Scanner:
         state = self.folder()
         scan: Callable[..., ScanResult] = scan_folder
         arguments: dict[str, Any] = {
-            "layers": explorer.net.layers,
             "k": TOP_K,
             "channels": None,
             "batch_size": batch,
@@ -204,6 +205,7 @@ class Scanner:
         worker.model.acquire()
         try:
             try:
+                arguments["layers"] = [layer["node"] for layer in explorer.layers()]  # model work: under the lock
                 self.result = scan(explorer.source, explorer.session.model, **arguments)
             except StateError:  # a state from another deconvviz version or other arguments: scan afresh
                 shutil.rmtree(state, ignore_errors=True)

@@ -397,7 +397,7 @@
   async function loadTopk() {
     clearTimeout(topkTimer);
     const mine = seq;
-    const want = { layer: state.layer, channel: state.channel };
+    const want = { layer: state.layer, channel: state.channel, method: state.method };
     let body;
     try {
       ({ body } = await getJSON(api("/api/topk", want, false)));
