@@ -22,9 +22,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from deconvviz.core.projection import Projection
+from deconvviz.core.receptive import receptive_fields
 from deconvviz.core.seeds import SeedError
 from deconvviz.core.steps import StepsChoice, chosen_seeds, join_steps
 from deconvviz.errors import DeconvVizError
+from deconvviz.methods import get_method
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.core.deconvnet import DeconvNet
@@ -103,10 +106,6 @@ def project_inside(
         whole image, or none of its units lies wholly inside the picture (then the plain strongest units are
         the honest choice).
     """
-    from deconvviz.core.projection import Projection
-    from deconvviz.core.receptive import receptive_fields
-    from deconvviz.methods import get_method
-
     net = current.net
     node = net.resolve(layer)
     act = net.activations(x, [layer])[layer]
@@ -255,9 +254,6 @@ def _geometry(
     net: DeconvNet, projection: Projection
 ) -> tuple[tuple[tuple[int, int, int, int] | None, ...], tuple[bool | None, ...]] | None:
     """Each seeded unit's clipped box and whether its whole field lies inside the picture."""
-    from deconvviz.analysis.choose import inside_flags
-    from deconvviz.core.receptive import receptive_fields
-
     if projection.input is None:
         return None
     size = (int(projection.input.shape[-2]), int(projection.input.shape[-1]))
@@ -314,8 +310,6 @@ def project(
     Returns:
         The :class:`~deconvviz.core.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
     """
-    from deconvviz.analysis.choose import project_inside
-
     if channel is None and top is None:
         top = DEFAULT_TOP
     if top is not None and channel is None and isinstance(top, int) and not isinstance(top, bool) and top > 0:

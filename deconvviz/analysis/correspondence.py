@@ -39,6 +39,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
 from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.core.graph import evaluating
+from deconvviz.core.layers import choose_layers, default_layers
+from deconvviz.io.images import load_image
+from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -344,11 +348,6 @@ def correspondence(
     """
     import torch
 
-    from deconvviz.core.graph import evaluating
-    from deconvviz.core.layers import choose_layers
-    from deconvviz.io.images import load_image
-    from deconvviz.models.session import session
-
     if len(images) < 2:
         raise AnalysisError(f"correspondence compares images pairwise; give at least two, got {len(images)}")
     if isinstance(random, bool) or not isinstance(random, int) or random < 0:
@@ -440,7 +439,6 @@ def correspondence(
 def _layers(
     current: Session, layers: str | Sequence[str] | None, x: Tensor, choose: Callable[..., list[str]]
 ) -> list[str]:
-    from deconvviz.core.layers import default_layers
 
     if layers is None or (not isinstance(layers, str) and not list(layers)):
         return default_layers(current.net, x)[-2:]

@@ -21,6 +21,10 @@ from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.analysis.topk.options import channel_spec
+from deconvviz.analysis.topk.scan import top_k
+from deconvviz.io.sources import find_images
+from deconvviz.models.session import session
 from deconvviz.models.weights.sources import CheckpointSource, WeightsFormatError, matching_prefix
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,11 +201,6 @@ def evolution(
         >>> r = dv.evolution(["e1.pt", "e5.pt"], "digits/", "digits.py:build", layer="features.7")  # doctest: +SKIP
         >>> fig, axes = r.figure()  # doctest: +SKIP
     """
-    from deconvviz.analysis.topk.options import channel_spec
-    from deconvviz.analysis.topk.scan import top_k
-    from deconvviz.io.sources import find_images
-    from deconvviz.models.session import session
-
     if not checkpoints:
         raise AnalysisError("no checkpoints given; pass the state dicts to compare, in training order")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -24,6 +24,8 @@ from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.core.layers import choose_layers, default_layers
+from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -312,9 +314,6 @@ def invariance(
         >>> r.distances["rotate"]["conv1"].shape  # doctest: +SKIP
         torch.Size([2, 13])
     """
-    from deconvviz.core.layers import choose_layers, default_layers
-    from deconvviz.models.session import session
-
     if normalize not in _DISTANCES:
         raise AnalysisError(f"normalize must be one of {', '.join(_DISTANCES)}, got {normalize!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

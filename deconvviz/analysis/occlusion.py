@@ -27,8 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.base import AnalysisError, AnalysisResult, check_result_folder, figure_bytes
+from deconvviz.analysis.choose import receptive_boxes
 from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.core.deconvnet import SeedError
+from deconvviz.core.graph import evaluating
+from deconvviz.core.incremental import IncrementalOcclusion
+from deconvviz.core.layers import default_layers
+from deconvviz.methods import get_method
+from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -266,8 +273,6 @@ def occlusion(
         >>> fig, axes = result.figure()  # doctest: +SKIP
         >>> result.save("out/occlusion/cat")  # doctest: +SKIP
     """
-    from deconvviz.models.session import session
-
     current = session(model, device=device)
     x = current.preprocess(image)
     job = prepare(current, x, layer=layer, size=size, stride=stride, target=target, method=method)
@@ -297,9 +302,6 @@ def occlusion_jobs(
     Raises:
         OcclusionError, MethodError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
     """
-    from deconvviz.analysis.base import check_result_folder
-    from deconvviz.models.session import session
-
     paths = [Path(image) for image in images]
     if not paths:
         raise OcclusionError("give at least one picture to occlude")
@@ -369,8 +371,6 @@ class OcclusionJob:
         import numpy as np
         import torch
 
-        from deconvviz.analysis.choose import receptive_boxes
-        from deconvviz.core.graph import evaluating
         from deconvviz.viz.render import input_to_pil
 
         if batch_size is None:
@@ -458,12 +458,6 @@ def prepare(
         OcclusionError: see :func:`occlusion`.
     """
     import torch
-
-    from deconvviz.core.deconvnet import SeedError
-    from deconvviz.core.graph import evaluating
-    from deconvviz.core.incremental import IncrementalOcclusion
-    from deconvviz.core.layers import default_layers
-    from deconvviz.methods import get_method
 
     get_method(method)  # an unknown reverse pass fails here, before any work
     net = current.net

@@ -32,7 +32,11 @@ from torch import Tensor, nn
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.core.deconvnet import DeconvNet
+from deconvviz.core.layers import default_layers
 from deconvviz.errors import DeconvVizError, deprecated
+from deconvviz.methods import PRESETS, get_method
+from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -301,11 +305,6 @@ def sanity(
         >>> r = dv.sanity("cat.jpg", "vgg16", layer="conv5_3")  # doctest: +SKIP
         >>> print(r.summary())  # doctest: +SKIP
     """
-    from deconvviz.core.deconvnet import DeconvNet
-    from deconvviz.core.layers import default_layers
-    from deconvviz.methods import PRESETS, get_method
-    from deconvviz.models.session import session
-
     if methods is not None:
         deprecated("sanity(methods=...)", "sanity(method=...)")
         method = method if method is not None else methods

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from deconvviz.core.graph import LayerNotFoundError
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
@@ -24,8 +26,6 @@ def alias_nodes(net: DeconvNet) -> dict[str, str]:
 
     An alias may name a node or a module (as timm's stages do); aliases that name nothing traced are left out.
     """
-    from deconvviz.core.graph import LayerNotFoundError
-
     found = {}
     for alias in net.aliases:
         try:

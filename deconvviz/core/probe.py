@@ -25,6 +25,7 @@ from deconvviz.core import capture as _capture
 from deconvviz.core import walk as _walk
 from deconvviz.core.capture import TensorMeta, TupleMeta
 from deconvviz.core.graph import Graph
+from deconvviz.ops.geometry import ReceptiveField, UnknownGeometryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.methods import RuleSet
@@ -97,8 +98,6 @@ class Probe:
             node: the op.
             inputs: the fields of its signal-carrying inputs, in order (None for a held input).
         """
-        from deconvviz.ops.geometry import ReceptiveField, UnknownGeometryError
-
         self.measured.add(node)
         try:
             capture = self._run()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx
 
+from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.ops.geometry import (
     GEOMETRIES,
     Box,
@@ -108,7 +109,6 @@ def fields_of(
 
 
 def _as_net(model: Any) -> DeconvNet:
-    from deconvviz.core.deconvnet import DeconvNet
 
     return model if isinstance(model, DeconvNet) else DeconvNet(model)
 

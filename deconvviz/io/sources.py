@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.errors import DeconvVizError
+from deconvviz.io.atomic import MARKER, owned
+from deconvviz.io.images import IMAGE_SUFFIXES, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -187,9 +189,6 @@ def find_images(folder: str | Path) -> list[Path]:
     Raises:
         SearchError: the folder does not exist, is not a folder, is a deconvviz result, or holds no image files.
     """
-    from deconvviz.io.atomic import MARKER, owned
-    from deconvviz.io.images import IMAGE_SUFFIXES
-
     root = Path(folder)
     if not root.exists():
         raise SearchError(f"folder not found: {str(root)!r}")
@@ -210,7 +209,6 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def _open_file(path: Path) -> Image:
-    from deconvviz.io.images import load_image
 
     return load_image(path)
 
@@ -221,7 +219,6 @@ def _folder(root: Path) -> ImageSource:
 
 
 def _list_file(listing: Path) -> ImageSource:
-    from deconvviz.io.images import IMAGE_SUFFIXES
 
     if listing.suffix.lower() in IMAGE_SUFFIXES:
         raise SearchError(f"{str(listing)!r} is a picture, not a folder or a list of images; give its folder")

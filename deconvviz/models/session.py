@@ -9,7 +9,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.errors import DeconvVizError
+from deconvviz.models import zoo as _models
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -117,8 +119,6 @@ def session(
     Raises:
         DeconvVizError: unknown model, weights that cannot be had, a bad device or size.
     """
-    from deconvviz.core.deconvnet import DeconvNet
-
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise DeconvVizError(f"size must be a positive number of pixels, got {size!r}")
     if size is not None and size > MAX_SIZE:
@@ -136,7 +136,6 @@ def session(
             resize = None if before.resize is not None and before.resize < size else before.resize
             model = dataclasses.replace(model, preprocessing=dataclasses.replace(before, size=size, resize=resize))
         return Session(model=model, net=DeconvNet(model))
-    from deconvviz.models import zoo as _models
 
     resolved = resolve_device(device)
     spec = next((s for s in _models.list_models() if s.name == model), None)

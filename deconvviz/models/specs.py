@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from deconvviz.core.graph import evaluating
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.images import ImageError, as_rgb, load_image
 from deconvviz.models.weights.sources import CallableSource, WeightSource
@@ -359,8 +360,6 @@ class LoadedModel:
         Raises:
             ModelError: the model has no classifier, or its output does not match its class names.
         """
-        from deconvviz.core.graph import evaluating
-
         if self.labels is None:
             raise ModelError(f"model {self.name!r} has no classifier (no class names); it cannot classify")
         x = image if isinstance(image, Tensor) else self.preprocess(image)

@@ -13,8 +13,10 @@ from deconvviz.analysis.choose import DEFAULT_TOP, channel_widths, check_channel
 from deconvviz.core.layers import choose_layers
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.atomic import OutputError, check_target, stage_folders
+from deconvviz.io.images import load_image
 from deconvviz.io.manifest import MANIFEST, header
 from deconvviz.io.names import NameMap
+from deconvviz.methods import get_method
 from deconvviz.models.session import DEFAULT_MODEL, Session, session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -286,8 +288,6 @@ def render_images(
         OutputError: ``out`` cannot be written, or holds a folder deconvviz did not write.
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
-    from deconvviz.io.images import load_image
-    from deconvviz.methods import get_method
     from deconvviz.viz.figures import RenderOptions
 
     if target_class is not None:

@@ -24,13 +24,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.core.layers import SCAN_LAYERS
+from deconvviz.analysis.topk import distributed
+from deconvviz.analysis.topk.options import ScanOptions, channel_spec
+from deconvviz.analysis.topk.scan import (
+    default_scan_layers,
+    first_readable,
+    keep_strongest,
+    result_of,
+    run_scan,
+    silent_channels,
+)
+from deconvviz.core.layers import SCAN_LAYERS, choose_layers
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.atomic import check_target, remove_owned, stage_folders
 from deconvviz.io.jsonstream import iter_json
 from deconvviz.io.manifest import header
 from deconvviz.io.names import NameMap, clean_name
+from deconvviz.io.sources import image_source
 from deconvviz.io.web import text, url
+from deconvviz.methods import get_method
+from deconvviz.models.session import resolve_device, session
 from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,12 +167,6 @@ def build_report(
         StateError: ``resume`` with the saved state of another scan.
         DeconvVizError: unknown model or layer, channel out of range, ...
     """
-    from deconvviz.analysis.topk import distributed
-    from deconvviz.analysis.topk.options import ScanOptions
-    from deconvviz.analysis.topk.scan import keep_strongest, result_of, run_scan, silent_channels
-    from deconvviz.io.sources import image_source
-    from deconvviz.methods import get_method
-    from deconvviz.models.session import resolve_device, session
     from deconvviz.viz.scaling import Scaling
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
@@ -226,8 +233,6 @@ def build_report(
 
 def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | list[int] | None, int | None, str]:
     """``(channels to scan, how many strongest to keep, the sentence the pages state)``."""
-    from deconvviz.analysis.topk.options import channel_spec
-
     tracked, strongest = channel_spec(channels, ReportError)
     if strongest is not None:
         sentence = (
@@ -296,8 +301,6 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-    from deconvviz.analysis.topk.scan import default_scan_layers, first_readable
-    from deconvviz.core.layers import choose_layers
 
     if layers is None:
         return default_scan_layers(current.net, source, current.preprocess)

@@ -29,12 +29,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.options import ScanOptions
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
+from deconvviz.analysis.topk.state import ScanState, load_state, parameters_digest, save_state, state_file
 from deconvviz.analysis.topk.tracker import TopKTracker
+from deconvviz.core.deconvnet import DeconvNet
+from deconvviz.core.layers import SCAN_LAYERS, scan_layers
+from deconvviz.core.receptive import receptive_fields
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.sources import Data, ImageSource, SearchError, image_source
+from deconvviz.methods import get_method
+from deconvviz.models.zoo import LoadedModel, list_models, load_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.core.deconvnet import DeconvNet
@@ -128,8 +135,6 @@ def default_scan_layers(net: DeconvNet, source: ImageSource, preprocess: Callabl
     Raises:
         SearchError: no image of ``source`` can be read (only asked where the model has no such aliases).
     """
-    from deconvviz.core.layers import SCAN_LAYERS, scan_layers
-
     if all(name in net.aliases for name in SCAN_LAYERS):  # no picture needed
         return list(SCAN_LAYERS)
     return scan_layers(net, first_readable(source, preprocess))
@@ -162,7 +167,6 @@ def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
 def _fingerprint(
     loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
 ) -> dict[str, Any]:
-    from deconvviz.analysis.topk.state import parameters_digest
 
     return {
         "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
@@ -227,10 +231,6 @@ def run_scan(
     state: str | Path | None = None,
 ) -> ScanResult:
     """:func:`scan` with its options in one object (:class:`~deconvviz.analysis.topk.options.ScanOptions`)."""
-    from deconvviz.analysis.topk import distributed
-    from deconvviz.analysis.topk.state import ScanState, load_state, save_state, state_file
-    from deconvviz.core.deconvnet import DeconvNet
-
     layers, k, channels, batch_size = options.layers, options.k, options.tracked, options.batch_size
     # bad input fails before the model loads
     source = image_source(data, limit=options.limit, sample=options.sample, seed=options.seed)
@@ -337,8 +337,6 @@ def _merge_ranks(
     k: int,
 ) -> tuple[dict[str, TopKTracker], dict[str, list[int]], list[tuple[int, str]]]:
     """Every process's top-k merged into one, on every process (tensors through all_gather)."""
-    from deconvviz.analysis.topk import distributed
-
     # A process whose shard held no readable image has no tracker yet: it learns the shapes from the others.
     shapes = {layer: (selected[layer], t.map_shape) for layer, t in trackers.items()}
     known: dict[str, tuple[list[int], tuple[int, ...]]] = {}
@@ -432,8 +430,6 @@ def top_k(
         >>> result = dv.top_k("photos/", "vgg16", layers=["conv5_3"], k=9, channels=16)  # doctest: +SKIP
         >>> fig, axes = result.figure("conv5_3", result.channels("conv5_3")[0])  # doctest: +SKIP
     """
-    from deconvviz.methods import get_method
-
     data, model = _data_first(data, model, "top_k")
     method = get_method(method).name  # an unknown method fails before the scan
     found = scan(
@@ -457,7 +453,6 @@ def top_k(
 
 
 def _looks_like_model(value: Any) -> bool:
-    from deconvviz.models.zoo import list_models
 
     if isinstance(value, torch.nn.Module) or (hasattr(value, "module") and hasattr(value, "preprocess")):
         return True
@@ -514,8 +509,6 @@ def result_of(
     found: ScanResult, k: int, batch_size: int, progress: Progress | None = None, *, method: str | None = None
 ) -> TopKResult:
     """The :class:`TopKResult` of a finished scan: its kept hits projected (shared out over the processes)."""
-    from deconvviz.methods import get_method
-
     loaded = found.loaded
     return TopKResult(
         model=str(getattr(loaded, "name", type(loaded.module).__name__)),
@@ -538,8 +531,6 @@ def host_preprocess(loaded: Any) -> Callable[[Any], Tensor]:
     A loaded model's ``preprocess`` puts the picture on the model's device; the scan instead reads pictures on
     the host (in DataLoader workers, which must not touch CUDA) and moves each batch to the device once, whole.
     """
-    from deconvviz.models.zoo import LoadedModel
-
     if isinstance(loaded, LoadedModel):
         return loaded.preprocessing
     return loaded.preprocess
@@ -551,8 +542,6 @@ def _device_of(loaded: Any) -> torch.device:
 
 
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
-    from deconvviz.analysis.topk import distributed
-    from deconvviz.models.zoo import load_model
 
     if isinstance(model, str):
         return load_model(model, device=distributed.rank_device(str(device or "cpu")))
@@ -600,9 +589,6 @@ def project_hits(
     captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
     rank ``b % world`` and rank 0 collects the hits (the other ranks get ``{}`` per layer).
     """
-    from deconvviz.analysis.topk import distributed
-    from deconvviz.core.receptive import receptive_fields
-
     net, loaded, source, ranks = found.net, found.loaded, found.source, found.ranks
     layers, trackers, selected = list(dict.fromkeys(found.layers)), found.trackers, found.selected
     # only these: geometry elsewhere in the model does not matter; fields follow the method's reverse pass
