@@ -450,9 +450,10 @@ def test_every_command_with_a_model_takes_the_same_model_options() -> None:
     with_model = {name for name in COMMANDS if "model" in {p.name for p in commands[name].params}}
     assert with_model >= {"layers", "filters", "render", "report", "invariance", "sanity", "occlusion"}
     assert with_model >= {"correspondence", "steps", "explore"}
-    for name in with_model - {"evolution"}:  # evolution's checkpoints are its arguments
+    for name in with_model:
         options = {p.name: p for p in commands[name].params}
-        assert {"checkpoint", "mean", "std"} <= set(options), name
+        assert {"mean", "std"} <= set(options), name
+        assert ("checkpoint" in options) == (name != "evolution"), name  # evolution's checkpoints are its arguments
         assert options["model"].default == "vgg16", name
         assert "-m" in options["model"].opts, name
     choice = ModelChoice("resnet18:torchvision", Path("run/last.pt"), "0.5,0.5,0.5")

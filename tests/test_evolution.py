@@ -151,10 +151,24 @@ def test_cli_writes_the_grid(data, checkpoints, tmp_path: Path) -> None:
     assert "2 channel(s) x 3 checkpoint(s)" in stdout
     assert json.loads((out / "manifest.json").read_text())["channels"] == [0, 2]
     code, stdout, stderr = _invoke(
-        *checkpoints, "--data", data, "--layer", LAYER, "--model", MODEL, "-c", "first3", "-o", out
+        *checkpoints,
+        "--data",
+        data,
+        "--layer",
+        LAYER,
+        "--model",
+        MODEL,
+        "-c",
+        "first3",
+        "-o",
+        out,
+        "--mean",
+        "0.5,0.5,0.5",
     )
     assert code == 0, stderr
-    assert json.loads((out / "manifest.json").read_text())["channels"] == [0, 1, 2]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["channels"] == [0, 1, 2]
+    assert manifest["arguments"]["mean"] == "0.5,0.5,0.5"
 
 
 def test_cli_refuses_bad_input_in_one_line(data, checkpoints, tmp_path: Path) -> None:

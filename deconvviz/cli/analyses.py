@@ -15,9 +15,11 @@ from deconvviz.cli.options import (
     DebugOption,
     DeviceOption,
     LayerOption,
+    MeanOption,
     ModelChoice,
     ModelOption,
     OutOption,
+    StdOption,
     model_options,
     parse_channels,
     progress_bar,
@@ -178,6 +180,8 @@ def evolution_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="A folder of pictures, scanned recursively.")],
     layer: Annotated[str, typer.Option("--layer", "-l", help="The layer to look at (alias or node name).")],
     model: ModelOption = "vgg16",
+    mean: MeanOption = None,
+    std: StdOption = None,
     channels: Annotated[
         str,
         typer.Option(
@@ -205,12 +209,13 @@ def evolution_command(
     """
     with reported(debug):
         chosen = parse_channels(channels, ranked=True)
+        choice = ModelChoice(model, mean=mean, std=std)  # no --checkpoint: the checkpoints are the arguments
         _check_out(out)
         with progress_bar("scanning checkpoints", lambda name: f"scanned {name}", len(checkpoints)) as progress:
             result = deconvviz.evolution(
                 checkpoints,
                 data,
-                model,
+                choice.load(device, size),
                 layer=layer,
                 channels=chosen,
                 k=k,
@@ -223,7 +228,7 @@ def evolution_command(
                 "checkpoints": [str(c) for c in checkpoints],
                 "data": str(data),
                 "layer": layer,
-                "model": model,
+                **choice.arguments(),
                 "channels": channels,
                 "k": k,
                 "size": size,
