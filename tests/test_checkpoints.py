@@ -146,6 +146,51 @@ def test_timm_weights_offline_are_one_line_naming_checkpoint(offline_timm: None)
     assert "timm.create_model('resnet18')" in message
 
 
+def test_timm_weights_without_a_network_fail_at_once(timm: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_route(*args: object, **kwargs: object) -> None:
+        raise OSError(101, "Network is unreachable")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("timm's download was tried although the Hub cannot be reached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr(timm, "create_model", never)
+    with pytest.raises(WeightsUnavailableError) as info:
+        dv.load_model("resnet18:timm")
+    message = str(info.value)
+    assert message.startswith("timm weights for resnet18.a1_in1k are not in timm's cache and cannot be downloaded")
+    assert "huggingface.co cannot be reached: Network is unreachable" in message
+    assert "--checkpoint PATH" in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match=r"cannot be downloaded \(HF_HUB_OFFLINE is set\)"):
+        dv.load_model("resnet18:timm")
+
+
+def test_reachability_is_one_connection_and_not_tried_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from deconvviz.models.weights.sources import unreachable
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        assert unreachable(f"http://127.0.0.1:{port}/weights.pth") is None
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: the connection is refused
+        assert unreachable(f"http://127.0.0.1:{port}/weights.pth") == "127.0.0.1 cannot be reached: Connection refused"
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+        assert unreachable(f"http://127.0.0.1:{port}/weights.pth") is None  # the download goes through the proxy
+
+
 def test_timm_model_without_pretrained_weights(timm: object) -> None:
     with pytest.raises(WeightsUnavailableError, match="timm has no pretrained weights for this model; pass"):
         dv.load_model("coatnet_0_224:timm")

@@ -467,12 +467,39 @@ class TimmSource(WeightSource):
 
         if not self.origin:
             raise self._unavailable("do not exist: timm has no pretrained weights for this model", connect=False)
+        why = None if self.available_offline() else unreachable(self.origin)
+        if why is not None:  # fail at once rather than after the Hub client's minute of retries
+            raise self._unavailable(f"are not in timm's cache and cannot be downloaded ({why})")
         try:
             module = timm.create_model(self.name, pretrained=True)
         except Exception as exc:  # the Hub client and urllib raise many kinds when there is no network
             reason = first_line(str(exc)).partition(". ")[0][:120] or type(exc).__name__
             raise self._unavailable(f"are not in timm's cache and cannot be downloaded ({reason})") from exc
         return module, self.loaded_description()
+
+
+def unreachable(origin: str, timeout: float = 3.0) -> str | None:
+    """Why the server that ``origin`` (a Hub repository or a URL) is fetched from cannot be reached, else None.
+
+    One TCP connection, given up after ``timeout`` seconds. Not tried behind a proxy (``HTTPS_PROXY``, ...), which
+    the download itself goes through; ``HF_HUB_OFFLINE`` answers for the Hub without trying.
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    hub = "://" not in origin
+    if hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
+    parsed = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub else origin)
+    host = parsed.hostname or ""
+    try:
+        with socket.create_connection((host, parsed.port or (80 if parsed.scheme == "http" else 443)), timeout):
+            return None
+    except OSError as exc:
+        return f"{host} cannot be reached: {exc.strerror or exc}"
 
 
 @dataclass(frozen=True)
