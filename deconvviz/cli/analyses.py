@@ -85,6 +85,12 @@ def _check_out(out: Path) -> None:
     check_result_folder(out)
 
 
+_EVOLUTION_CHANNELS = (
+    "The N strongest channels of the trained model (the last checkpoint), firstN for the first N by index, a list "
+    "(0,5,7), or `all`; one row each."
+)
+
+
 class Distance(StrEnum):
     """How invariance distances are normalised."""
 
@@ -182,15 +188,7 @@ def evolution_command(
     model: ModelOption = "vgg16",
     mean: MeanOption = None,
     std: StdOption = None,
-    channels: Annotated[
-        str,
-        typer.Option(
-            "--channels",
-            "-c",
-            help="The N strongest channels of the trained model (the last checkpoint), firstN for the first N by "
-            "index, a list (0,5,7), or `all`; one row each.",
-        ),
-    ] = "8",
+    channels: Annotated[str, typer.Option("--channels", "-c", help=_EVOLUTION_CHANNELS)] = "8",
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")] = 1,
     size: Annotated[
         int | None,
