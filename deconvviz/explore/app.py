@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError
 from deconvviz.explore.worker import Busy, Stopped, Superseded
+from deconvviz.methods import get_method
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -310,7 +311,6 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return image, layer, parse_int(query(request, "channel"), "channel")
 
     def method_of(request: Request) -> str:
-        from deconvviz.methods import get_method
 
         return get_method(query(request, "method") or None).name
 

@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deconvviz.core.receptive import receptive_fields
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.cache import ByteCache, default_cache_bytes
 from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, report_hits, scan_hits
 from deconvviz.explore.worker import ModelWorker
+from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, decode_image, load_image
+from deconvviz.io.sources import ImageSource, image_source
+from deconvviz.methods import get_method
+from deconvviz.models.session import resolve_device, session
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -100,9 +105,6 @@ def _digest(data: bytes) -> str:
 
 def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
     """A folder or a text file of paths (as ``report`` takes), or picture files given one by one."""
-    from deconvviz.io.images import IMAGE_SUFFIXES, ImageError
-    from deconvviz.io.sources import ImageSource, image_source
-
     items = [Path(images)] if isinstance(images, str | Path) else [Path(i) for i in images]
     if len(items) == 1 and (items[0].is_dir() or items[0].suffix.lower() not in IMAGE_SUFFIXES):
         return image_source(items[0])
@@ -114,7 +116,6 @@ def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
     names = [str(p) for p in items]
 
     def opener(i: int) -> Any:
-        from deconvviz.io.images import load_image
 
         return load_image(items[i])
 
@@ -152,7 +153,6 @@ class Explorer:
         upload_limit: int = UPLOAD_LIMIT,
         max_pending: int = 16,
     ) -> None:
-        from deconvviz.models.session import resolve_device, session
 
         self.report = read_report(Path(report)) if report is not None else None
         if images is None and self.report is not None and Path(self.report["folder"]).exists():
@@ -226,8 +226,6 @@ class Explorer:
             UploadTooLargeError: more bytes than the limit.
             ImageError: not a picture, corrupt, or too large to open safely.
         """
-        from deconvviz.io.images import IMAGE_SUFFIXES, decode_image
-
         name = Path(filename or "upload").name or "upload"
         if len(data) > self.upload_limit:
             raise UploadTooLargeError(
@@ -251,8 +249,6 @@ class Explorer:
 
     def load(self, image: str) -> Image:
         """The picture ``image`` as an RGB PIL image (the file read again, with the loader's checks)."""
-        from deconvviz.io.images import load_image
-
         return load_image(self.picture(image).path)
 
     def thumbnail_png(self, image: str, size: int) -> bytes:
@@ -337,9 +333,6 @@ class Explorer:
 
     def _field(self, node: str, method: str | None = None) -> Any:
         """The layer's receptive field under ``method`` (a held gate widens it only under the gradient)."""
-        from deconvviz.core.receptive import receptive_fields
-        from deconvviz.methods import get_method
-
         if self._fields is None:
             self._fields = {}
         key = f"{get_method(method).name}/{node}"
@@ -360,8 +353,6 @@ class Explorer:
 
         Must run on the model worker (or with :attr:`ModelWorker.model` held).
         """
-        from deconvviz.methods import get_method
-
         rules = get_method(method)
         node = self.resolve(layer)
         self.picture(image)
@@ -503,8 +494,6 @@ class Explorer:
 
         Must run on the model worker, like :meth:`captured`.
         """
-        from deconvviz.methods import get_method
-
         rules = get_method(method)
         key = (image, self.resolve(layer), channel, position, rules.name)
         found = self.steps_kept.get(key)

@@ -16,7 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deconvviz.analysis.topk.scan import _device_of
+from deconvviz.analysis.topk.scan import scan as scan_folder
+from deconvviz.analysis.topk.state import StateError
 from deconvviz.errors import DeconvVizError
+from deconvviz.models.weights.sources import cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.topk.scan import ScanResult
@@ -153,8 +157,6 @@ class Scanner:
 
     def folder(self) -> Path:
         """Where this model's and folder's scan state is kept."""
-        from deconvviz.models.weights.sources import cache_dir
-
         explorer = self.explorer
         assert explorer.source is not None
         model = explorer.session.model
@@ -183,9 +185,6 @@ class Scanner:
         self.explorer.worker.pause_for_requests()
 
     def _run(self) -> None:
-        from deconvviz.analysis.topk.scan import _device_of
-        from deconvviz.analysis.topk.scan import scan as scan_folder
-        from deconvviz.analysis.topk.state import StateError
 
         explorer = self.explorer
         worker = explorer.worker
