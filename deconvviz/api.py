@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from deconvviz.analysis.choose import DEFAULT_TOP, project
+from deconvviz.analysis.choose import DEFAULT_TOP, project, project_class
 from deconvviz.core.layers import default_layers
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.models.session import DEFAULT_MODEL, Session, session
@@ -93,8 +93,6 @@ def visualize(
     current = session(model, device=device, size=size)
     x = current.preprocess(image, full_image=full_image)
     if target is not None:
-        from deconvviz.analysis.choose import project_class
-
         if steps is not False:
             raise DeconvVizError("steps are kept for a layer's channels, not for a class score; give a layer instead")
         return project_class(current, x, target, method=method)

@@ -30,6 +30,7 @@ from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, decode_image, load_i
 from deconvviz.io.sources import ImageSource, image_source
 from deconvviz.methods import get_method
 from deconvviz.models.session import resolve_device, session
+from deconvviz.models.zoo import load_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -161,7 +162,6 @@ class Explorer:
         if checkpoint is not None:
             if not isinstance(model, str):
                 raise ExploreError("checkpoint= goes with a model name; load your model with it instead")
-            from deconvviz.models.zoo import load_model
 
             model = load_model(model, device=resolve_device(device), checkpoint=checkpoint)
         self.session: Session = session(model, device=device)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.errors import DeconvVizError
+from deconvviz.io.images import load_image
 from deconvviz.models import zoo as _models
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,8 +88,6 @@ class Session:
         if isinstance(image, torch.Tensor):
             return image
         if isinstance(image, str | os.PathLike):
-            from deconvviz.io.images import load_image
-
             image = load_image(image)
         return self.model.preprocess(image, full_image=full_image)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.analysis.choose import DEFAULT_TOP, channel_widths, check_channels, project
+from deconvviz.analysis.choose import DEFAULT_TOP, channel_widths, check_channels, project, project_class, resolve_class
 from deconvviz.core.layers import choose_layers
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.atomic import OutputError, check_target, stage_folders
@@ -167,8 +167,6 @@ def _render_one(
     targets: list[str | None] = [*layers, *([None] if options.get("class") is not None else [])]
     for layer in targets:
         if layer is None:  # the class score, after the layers
-            from deconvviz.analysis.choose import project_class
-
             result = project_class(current, x, options["class"], method=options["method"])
             layer = "class"
             name = result.label or layer
@@ -330,8 +328,6 @@ def render_images(
         "crop": look.crop,
     }
     if target is not None:  # a model without a classifier, or an unknown class, fails before any work
-        from deconvviz.analysis.choose import resolve_class
-
         resolve_class(current, inputs[0], target)
     total = len(paths) * (len(chosen) + (1 if target is not None else 0))
     done = 0
