@@ -305,8 +305,8 @@ _Command = TypeVar("_Command", bound=Callable[..., Any])
 def model_options(command: _Command) -> _Command:
     """Give a command ``--model``, ``--checkpoint``, ``--mean`` and ``--std`` in place of its ``model`` parameter.
 
-    The command declares ``model: ModelChoice = ModelChoice("vgg16")`` where the options belong in its help, and
-    receives them as one :class:`ModelChoice`.
+    The command declares ``model: ModelChoice = DEFAULT_MODEL`` (or another default choice) where the options
+    belong in its help, and receives them as one :class:`ModelChoice`.
     """
     signature = inspect.signature(command, eval_str=True)
     parameters: list[inspect.Parameter] = []
