@@ -146,10 +146,6 @@ class GateRule(ElementwiseRule, HeldRule):
 
     op_kind = "gate"
 
-    def __init__(self, hold: bool = True) -> None:
-        super().__init__(hold)
-        self.holds = hold
-
     @override
     def slope(self, call: Call) -> Tensor | None:
         return None if self.hold else derivative(call)

@@ -58,10 +58,6 @@ class SoftmaxRule(HeldRule):
         hold: True for deconvnet and guided (no signal back), False for the gradient.
     """
 
-    def __init__(self, hold: bool = True) -> None:
-        super().__init__(hold)
-        self.holds = hold
-
     @override
     def save(self, call: Call, out: Any) -> Any:
         return None if self.hold else (out, _softmax_dim(call.module, call.args, call.kwargs, out.dim()))

@@ -169,10 +169,12 @@ class HeldRule(SavingRule):
     """
 
     role_when_held = "gate"
+    """What the op is when held: ``"gate"`` passes no signal at all (:attr:`Rule.holds`), ``"held_norm"`` scales it."""
 
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold
         self.role = self.role_when_held if hold else None
+        self.holds = hold and self.role_when_held == "gate"
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
