@@ -8,6 +8,7 @@ one description, so the three cannot disagree about an op's parameters.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,9 +104,13 @@ def resolve_pads(padding: Any, kernel: Pair, dilation: Pair) -> tuple[Pair, Pair
     return ((ph, ph), (pw, pw))
 
 
+_signature = functools.cache(inspect.signature)
+"""The signature of one of :mod:`deconvviz.ops.signatures`' functions, read once (windows are read on every pass)."""
+
+
 def _bind(signature: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
-        bound = inspect.signature(signature).bind(*args, **kwargs)
+        bound = _signature(signature).bind(*args, **kwargs)
     except TypeError as exc:
         raise WindowError(f"its arguments do not match {signature.__name__}: {exc}") from None
     bound.apply_defaults()
@@ -121,7 +126,7 @@ def _arguments(
     are its arguments bound to the signature.
     """
     if isinstance(op, module):
-        return {name: getattr(op, name) for name in list(inspect.signature(signature).parameters)[1:]}
+        return {name: getattr(op, name) for name in list(_signature(signature).parameters)[1:]}
     return _bind(signature, args, kwargs)
 
 
