@@ -632,13 +632,14 @@ def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> N
     assert "cbam.channel.sigmoid" in net.held_layers()
 
 
-def test_the_explorer_gives_each_method_its_own_receptive_field_boxes(tmp_path: Path) -> None:
+def test_the_explorer_gives_each_method_its_own_receptive_field_boxes(
+    attention_model: str, photos: Path, tmp_path: Path
+) -> None:
     """A held gate keeps the deconvnet's boxes local; under the gradient its global input widens them to the image."""
     pytest.importorskip("starlette")
     from deconvviz.explore.engine import Explorer
 
-    _pictures_for_attention_net(tmp_path)
-    with Explorer("attention-net", tmp_path, device="cpu", state_root=tmp_path / "state") as explorer:
+    with Explorer(attention_model, photos, device="cpu", state_root=tmp_path / "state") as explorer:
         assert explorer.scanner.wait(120)
         image = explorer.order[0]
         held = explorer.unit(image, "cbam", 0, None, "deconvnet")
@@ -653,24 +654,8 @@ def test_the_explorer_gives_each_method_its_own_receptive_field_boxes(tmp_path: 
         assert all(hit["box"] is None for hit in whole)
 
 
-def _pictures_for_attention_net(folder: Path) -> None:
-    """Register the attention test net as ``attention-net`` and write two 32 px pictures into ``folder``."""
-    from PIL import Image
-
-    dv.register_model(
-        dv.ModelSpec(
-            name="attention-net", builder=make_net, preprocessing=dv.Preprocessing(size=32), description="CBAM net"
-        ),
-        replace=True,
-    )
-    generator = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
-
-
-def test_scanning_a_layer_that_returns_a_tuple_names_its_items(tmp_path: Path) -> None:
+def test_scanning_a_layer_that_returns_a_tuple_names_its_items(attention_model: str, photos: Path) -> None:
     from deconvviz.core.seeds import SeedError
 
-    _pictures_for_attention_net(tmp_path)
     with pytest.raises(SeedError, match=r"returns a max, not a tensor: choose one of its items instead \('cbam"):
-        dv.top_k(tmp_path, "attention-net", layers=["cbam.spatial.max"], device="cpu")
+        dv.top_k(photos, attention_model, layers=["cbam.spatial.max"], device="cpu")
