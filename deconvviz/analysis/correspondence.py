@@ -439,7 +439,6 @@ def correspondence(
 def _layers(
     current: Session, layers: str | Sequence[str] | None, x: Tensor, choose: Callable[..., list[str]]
 ) -> list[str]:
-
     if layers is None or (not isinstance(layers, str) and not list(layers)):
         return default_layers(current.net, x)[-2:]
     return choose(current.net, layers, x)

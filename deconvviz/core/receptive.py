@@ -109,7 +109,6 @@ def fields_of(
 
 
 def _as_net(model: Any) -> DeconvNet:
-
     return model if isinstance(model, DeconvNet) else DeconvNet(model)
 
 

@@ -311,7 +311,6 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return image, layer, parse_int(query(request, "channel"), "channel")
 
     def method_of(request: Request) -> str:
-
         return get_method(query(request, "method") or None).name
 
     async def activations(request: Request) -> Response:

@@ -117,7 +117,6 @@ def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
     names = [str(p) for p in items]
 
     def opener(i: int) -> Any:
-
         return load_image(items[i])
 
     return ImageSource(names, f"{len(items)} picture file(s)", opener, items)
@@ -154,7 +153,6 @@ class Explorer:
         upload_limit: int = UPLOAD_LIMIT,
         max_pending: int = 16,
     ) -> None:
-
         self.report = read_report(Path(report)) if report is not None else None
         if images is None and self.report is not None and Path(self.report["folder"]).exists():
             images = self.report["folder"]
@@ -162,7 +160,6 @@ class Explorer:
         if checkpoint is not None:
             if not isinstance(model, str):
                 raise ExploreError("checkpoint= goes with a model name; load your model with it instead")
-
             model = load_model(model, device=resolve_device(device), checkpoint=checkpoint)
         self.session: Session = session(model, device=device)
         self.net = self.session.net
@@ -180,7 +177,7 @@ class Explorer:
             for index, (name, path) in enumerate(zip(self.source.names, self.source.paths, strict=True)):
                 self._add(Picture(self._free_id("p" + _digest(name.encode())), name, path, index))
         self._layers: list[dict[str, Any]] | None = None
-        self._fields: dict[str, Any] | None = None
+        self._fields: dict[tuple[str, str], Any] = {}  # (method, node) -> receptive field
         self.scanner = Scanner(self, Path(state_root) if state_root is not None else None)
         if scan and self.source is not None and self.report is None:
             self.scanner.start()
@@ -333,9 +330,7 @@ class Explorer:
 
     def _field(self, node: str, method: str | None = None) -> Any:
         """The layer's receptive field under ``method`` (a held gate widens it only under the gradient)."""
-        if self._fields is None:
-            self._fields = {}
-        key = f"{get_method(method).name}/{node}"
+        key = (get_method(method).name, node)
         if key not in self._fields:
             self._fields[key] = receptive_fields(self.net, [node], method=method)[node]
         return self._fields[key]

@@ -185,7 +185,6 @@ class Scanner:
         self.explorer.worker.pause_for_requests()
 
     def _run(self) -> None:
-
         explorer = self.explorer
         worker = explorer.worker
         device = _device_of(explorer.session.model)

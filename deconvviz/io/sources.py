@@ -209,7 +209,6 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def _open_file(path: Path) -> Image:
-
     return load_image(path)
 
 
@@ -219,7 +218,6 @@ def _folder(root: Path) -> ImageSource:
 
 
 def _list_file(listing: Path) -> ImageSource:
-
     if listing.suffix.lower() in IMAGE_SUFFIXES:
         raise SearchError(f"{str(listing)!r} is a picture, not a folder or a list of images; give its folder")
     try:

@@ -301,7 +301,6 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
 
 
 def _report_layers(current: Session, layers: str | Sequence[str] | None, source: ImageSource) -> list[str]:
-
     if layers is None:
         return default_scan_layers(current.net, source, current.preprocess)
     return choose_layers(current.net, layers, first_readable(source, current.preprocess))

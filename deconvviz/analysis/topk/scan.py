@@ -167,7 +167,6 @@ def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
 def _fingerprint(
     loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
 ) -> dict[str, Any]:
-
     return {
         "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
         "weights": str(getattr(loaded, "weights", "")),
@@ -453,7 +452,6 @@ def top_k(
 
 
 def _looks_like_model(value: Any) -> bool:
-
     if isinstance(value, torch.nn.Module) or (hasattr(value, "module") and hasattr(value, "preprocess")):
         return True
     if hasattr(value, "net") and hasattr(value, "model"):  # a session
@@ -542,7 +540,6 @@ def _device_of(loaded: Any) -> torch.device:
 
 
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
-
     if isinstance(model, str):
         return load_model(model, device=distributed.rank_device(str(device or "cpu")))
     if not hasattr(model, "preprocess") or not hasattr(model, "module"):
