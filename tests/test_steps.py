@@ -149,6 +149,35 @@ def test_kinds_name_the_mirrored_ops() -> None:
     json.dumps(p.steps.to_dict())
 
 
+class TokenMixer(nn.Module):
+    """A convolution, multi-head attention over its positions (a tuple-valued op), another convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.conv = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        mixed, _ = self.mix(tokens, tokens, tokens)
+        return self.conv(x + mixed.transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_a_tuple_valued_op_names_the_step_it_makes() -> None:
+    torch.manual_seed(0)
+    model = TokenMixer().double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    p = dv.DeconvNet(model).project(x, "conv", channel=1, steps=True)
+    assert p.steps is not None
+    assert [s.kind for s in p.steps].count("seed") == 1  # only the first: every later step names what made it
+    by_node = {s.node: s for s in p.steps}
+    assert by_node["transpose"].ops == ("mix",)  # the attention's output is a tuple: no step of its own
+    assert by_node["transpose"].kinds == ("attention",)
+
+
 def test_unpooling_steps_are_zero_off_the_switches(net_case) -> None:
     _name, model, x, layer = net_case
     p = dv.DeconvNet(model).project(x, layer, channel=[0, 3], steps="all")

@@ -281,6 +281,7 @@ class StepRecorder:
         for alias, name in aliases.items():
             self._alias.setdefault(name, alias)
         self._order: list[fx.Node] = []
+        self._reached: dict[fx.Node, None] = {}  # every node the walk passed, in its order, tuple-valued ones too
         self._signals: dict[fx.Node, list[Tensor]] = {}
         self._rows: Tensor | None = None
         self._samples: list[Tensor] = []
@@ -294,6 +295,7 @@ class StepRecorder:
         self._samples.append(sample.index_select(0, index).cpu())
 
         def observe(node: fx.Node, signal: Any) -> None:
+            self._reached[node] = None
             if not isinstance(signal, Tensor):  # a tuple-valued node (split pieces) hands its pieces on as they are
                 return
             if node not in self._signals:
@@ -307,11 +309,12 @@ class StepRecorder:
         """The steps collected, as a result tied to ``projection`` (whose image is the last step)."""
         graph, records = self.graph, self.capture.records
         sample = torch.cat(self._samples) if self._samples else torch.zeros(0, dtype=torch.long)
-        visited = set(self._order)
         steps: list[Step] = []
         for node in self._order:
             signal = torch.cat(self._signals[node])
-            ops = [c for c in self._order if c in visited and c in records and node in records[c].input_nodes]
+            # the ops whose mirror made this signal: a tuple-valued op (multi-head attention) is one though it is
+            # no step of its own
+            ops = [c for c in self._reached if c in records and node in records[c].input_nodes]
             kinds = []
             switches = None
             for op in ops:

@@ -58,6 +58,8 @@ class SoftmaxRule(HeldRule):
         hold: True for deconvnet and guided (no signal back), False for the gradient.
     """
 
+    op_kind = "softmax"
+
     @override
     def save(self, call: Call, out: Any) -> Any:
         return None if self.hold else (out, _softmax_dim(call.module, call.args, call.kwargs, out.dim()))
@@ -81,6 +83,8 @@ def _dims(value: Any, rank: int) -> list[int] | None:
 
 class AmaxRule(SavingRule):
     """``amax`` / ``amin`` over dimensions: the signal goes to the picked elements, split evenly among ties."""
+
+    op_kind = "maximum"
 
     @override
     def save(self, call: Call, out: Any) -> Any:
@@ -111,6 +115,8 @@ class MaxRule(SavingRule):
     the picked index of each row. The element-wise form (``torch.max(a, b)``) and the full reduction are
     mirrored by their exact vector-Jacobian product at the forward values.
     """
+
+    op_kind = "maximum"
 
     @override
     def save(self, call: Call, out: Any) -> Any:
@@ -153,6 +159,8 @@ class ProductRule(Rule):
     vector-Jacobian product); under deconvnet and guided a held attention map then stops its own branch.
     """
 
+    op_kind = "product"
+
     @override
     def needs_values(self, carried: int) -> bool:
         return carried > 1
@@ -171,6 +179,8 @@ class AttentionRule(Rule):
     Args:
         hold: True for deconvnet and guided, False for the gradient.
     """
+
+    op_kind = "attention"
 
     needs_inputs = True
 
@@ -225,6 +235,8 @@ class MultiheadAttentionRule(Rule):
     Args:
         hold: True for deconvnet and guided, False for the gradient.
     """
+
+    op_kind = "attention"
 
     needs_inputs = True
 
