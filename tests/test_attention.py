@@ -619,7 +619,7 @@ def test_tuple_outputs_without_a_rule_are_mirrored_through_their_indexing() -> N
 
 def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> None:
     from deconvviz.analysis.choose import channel_widths
-    from deconvviz.core.layers import default_layers
+    from deconvviz.core.layers import choose_layers, default_layers
 
     model, x = net_and_input
     net = dv.DeconvNet(model)
@@ -630,6 +630,9 @@ def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> N
     assert "attn.mha" not in chosen
     assert not set(chosen) & set(net.held_layers())  # a held gate's projection is blank: never a default
     assert "cbam.channel.sigmoid" in net.held_layers()
+    every = choose_layers(net, "all", x)  # what render --layers all draws: the tensor layers, the tuples' items
+    assert not {"attn.mha", "cbam.spatial.max"} & set(every)
+    assert set(every) == {n for n, a in net.activations(x, net.layers).items() if isinstance(a, torch.Tensor)}
 
 
 def test_the_explorer_gives_each_method_its_own_receptive_field_boxes(

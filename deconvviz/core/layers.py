@@ -105,7 +105,9 @@ def scan_layers(net: DeconvNet, x: Tensor) -> list[str]:
 
 
 def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor) -> list[str]:
-    """The layers to render: None -> :func:`default_layers`; ``"all"`` -> :func:`layer_names`; else as given.
+    """The layers to render: None -> :func:`default_layers`; ``"all"`` -> the tensor layers; else as given.
+
+    ``"all"`` is every one of :func:`layer_names` that gives a tensor.
 
     Names may be node names or aliases; a comma-separated string is split.
 
@@ -119,7 +121,9 @@ def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor)
     if not flat:
         return default_layers(net, x)
     if any(name.lower() == "all" for name in flat):
-        return layer_names(net)
+        # every layer that gives one tensor: a tuple-valued node (multi-head attention) is shown through its items
+        names = layer_names(net)
+        return [name for name, act in net.activations(x, names).items() if hasattr(act, "shape")]
     for name in flat:
         net.resolve(name)
     return list(dict.fromkeys(flat))
