@@ -173,7 +173,7 @@ class ProductRule(Rule):
         return ctx.vjp(signal)
 
 
-class AttentionRule(Rule):
+class AttentionRule(HeldRule):
     """``F.scaled_dot_product_attention``: the attention weights held (the values carry the signal), or exact.
 
     Args:
@@ -181,12 +181,8 @@ class AttentionRule(Rule):
     """
 
     op_kind = "attention"
-
+    role_when_held = "held_attention"
     needs_inputs = True
-
-    def __init__(self, hold: bool = True) -> None:
-        self.hold = hold
-        self.role = "held_attention" if hold else None
 
     @override
     def mirror(self, ctx: MirrorContext, signal: Tensor) -> Sequence[Tensor | None]:
@@ -221,7 +217,7 @@ define(
 )
 
 
-class MultiheadAttentionRule(Rule):
+class MultiheadAttentionRule(HeldRule):
     """``nn.MultiheadAttention`` over a flattened feature map: attention weights held, or its exact gradient.
 
     Under deconvnet and guided backpropagation the attention weights ``A`` (a softmax) are held at their forward
@@ -237,11 +233,8 @@ class MultiheadAttentionRule(Rule):
     """
 
     op_kind = "attention"
-
+    role_when_held = None  # the fallback does not hold a module's attention: inside an opaque block it is exact
     needs_inputs = True
-
-    def __init__(self, hold: bool = True) -> None:
-        self.hold = hold
 
     @staticmethod
     def _simple(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
@@ -256,13 +249,12 @@ class MultiheadAttentionRule(Rule):
         )
 
     @override
-    def forward(self, call: Call) -> tuple[Any, Any]:
+    def save(self, call: Call, out: Any) -> Any:
         module = call.module
-        out = call.run()
         if not self.hold or not isinstance(module, nn.MultiheadAttention):
-            return out, None
+            return None
         if not self._simple(module, call.args, call.kwargs):
-            return out, None
+            return None
         query, key = call.args[0], call.args[1]
         embed, heads = module.embed_dim, module.num_heads
         weight, bias = module.in_proj_weight, module.in_proj_bias
@@ -271,8 +263,7 @@ class MultiheadAttentionRule(Rule):
         batch, length, source = q.shape[0], q.shape[1], k.shape[1]
         q = q.reshape(batch, length, heads, -1).transpose(1, 2)
         k = k.reshape(batch, source, heads, -1).transpose(1, 2)
-        weights = torch.softmax(q @ k.transpose(-2, -1) / (q.shape[-1] ** 0.5), dim=-1)
-        return out, weights
+        return torch.softmax(q @ k.transpose(-2, -1) / (q.shape[-1] ** 0.5), dim=-1)
 
     @override
     def needs_values(self, carried: int) -> bool:

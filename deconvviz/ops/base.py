@@ -168,8 +168,10 @@ class HeldRule(SavingRule):
         hold: True for deconvnet and guided (the op is a constant of the feature path), False for the gradient.
     """
 
-    role_when_held = "gate"
-    """What the op is when held: ``"gate"`` passes no signal at all (:attr:`Rule.holds`), ``"held_norm"`` scales it."""
+    role_when_held: str | None = "gate"
+    """What the op is when held (:attr:`Rule.role`): ``"gate"`` passes no signal at all (:attr:`Rule.holds`),
+    ``"held_norm"`` scales it, ``"held_attention"`` passes it through the values; None: no role the fallback
+    knows."""
 
     def __init__(self, hold: bool = True) -> None:
         self.hold = hold
