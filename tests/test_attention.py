@@ -626,6 +626,7 @@ def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> N
     with pytest.raises(SeedError, match=r"layer 'attn\.mha' returns a tuple") as info:
         channel_widths(net, x, ["conv_last", "attn.mha"])
     assert "\n" not in str(info.value)
+    assert "choose one of its items instead ('attn.getitem_4', 'attn.getitem_5')" in str(info.value)  # as DeconvNet
     chosen = default_layers(net, x)
     assert "attn.mha" not in chosen
     assert not set(chosen) & set(net.held_layers())  # a held gate's projection is blank: never a default

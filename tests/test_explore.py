@@ -605,6 +605,16 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1
     assert "not found" in result.stderr
+    # the pictures are checked before the model is loaded: a checkpoint that could not load is not reached
+    (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(
+        app,
+        ["explore", str(tmp_path / "missing"), "--model", MODEL, "--checkpoint", str(tmp_path / "weights.pt")],
+    )
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "not found" in result.stderr
+    assert "checkpoint" not in result.stderr
 
 
 def test_dv_explore_serves_on_a_thread_and_shows_inline(photos: Path) -> None:

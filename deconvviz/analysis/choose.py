@@ -358,12 +358,13 @@ def _with_steps(current: Session, x: Tensor, result: Projection, steps: StepsCho
 
 def channel_widths(net: DeconvNet, x: Tensor, layers: Sequence[str]) -> dict[str, int]:
     """The channel count of each layer (0 for a layer without a channel dimension), from one forward pass."""
-    widths = {}
-    for name, a in net.activations(x, layers).items():
-        if not isinstance(a, Tensor):
-            raise SeedError(f"layer {name!r} returns a {type(a).__name__}, not a tensor: project one of its items")
+    widths: dict[str, int] = {}
+
+    def width(name: str, a: Tensor) -> None:  # a layer that returns a tuple fails in one line naming its items
         widths[name] = int(a.shape[1]) if a.dim() >= 2 else 0
-    return widths
+
+    net.visit_activations(x, layers, width)
+    return {name: widths[name] for name in layers}
 
 
 def check_channels(widths: dict[str, int], channels: Sequence[int]) -> None:

@@ -104,7 +104,7 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=6).hexdigest()
 
 
-def _source(images: str | Path | Sequence[str | Path]) -> ImageSource:
+def picture_source(images: str | Path | Sequence[str | Path]) -> ImageSource:
     """A folder or a text file of paths (as ``report`` takes), or picture files given one by one."""
     items = [Path(images)] if isinstance(images, str | Path) else [Path(i) for i in images]
     if len(items) == 1 and (items[0].is_dir() or items[0].suffix.lower() not in IMAGE_SUFFIXES):
@@ -127,8 +127,8 @@ class Explorer:
 
     Args:
         model: a model name (as ``deconvviz render --model``), a loaded model or a session.
-        images: a folder or a text file of picture paths (as ``deconvviz report``), picture files, or None to
-            start with no pictures (uploads only).
+        images: a folder or a text file of picture paths (as ``deconvviz report``), picture files, what
+            :func:`picture_source` made of one of those, or None to start with no pictures (uploads only).
         device: where the model runs (``auto``, ``cpu``, ``cuda``, ...).
         checkpoint: a state dict file to load into the model instead of its own weights.
         report: a report folder (``deconvviz report``) to read the top-k hits from instead of scanning.
@@ -142,7 +142,7 @@ class Explorer:
     def __init__(
         self,
         model: Any = "vgg16",
-        images: str | Path | Sequence[str | Path] | None = None,
+        images: str | Path | Sequence[str | Path] | ImageSource | None = None,
         *,
         device: str | None = "auto",
         checkpoint: str | Path | None = None,
@@ -156,7 +156,10 @@ class Explorer:
         self.report = read_report(Path(report)) if report is not None else None
         if images is None and self.report is not None and Path(self.report["folder"]).exists():
             images = self.report["folder"]
-        self.source = _source(images) if images is not None and images != [] else None
+        if isinstance(images, ImageSource):
+            self.source: ImageSource | None = images
+        else:
+            self.source = picture_source(images) if images is not None and images != [] else None
         if checkpoint is not None:
             if not isinstance(model, str):
                 raise ExploreError("checkpoint= goes with a model name; load your model with it instead")
@@ -655,4 +658,5 @@ __all__ = [
     "Picture",
     "UnknownPictureError",
     "UploadTooLargeError",
+    "picture_source",
 ]
