@@ -191,17 +191,23 @@ def test_channel_shuffle_sends_each_channel_back_where_it_came_from(method: str)
 
 
 class FunctionalBatchNorm(nn.Module):
-    """Batch norm called as a function with running statistics, as fused norm-and-activation layers do."""
+    """Batch norm called as a function with running statistics, as fused norm-and-activation layers do.
+
+    ``eps`` is a power of two taken off the variances, so that ``var + eps`` is exactly 4 and 0.25 (torch
+    2.11 refuses ``eps=0``).
+    """
+
+    EPS = 2.0**-20
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor([0.5, -1.0], dtype=torch.float64))
-        self.register_buffer("var", torch.tensor([4.0, 0.25], dtype=torch.float64))
+        self.register_buffer("var", torch.tensor([4.0 - self.EPS, 0.25 - self.EPS], dtype=torch.float64))
         self.weight = nn.Parameter(torch.tensor([2.0, 3.0], dtype=torch.float64))
         self.bias = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x * 1.0, self.mean, self.var, self.weight, self.bias, self.training, 0.1, 0.0)
+        return F.batch_norm(x * 1.0, self.mean, self.var, self.weight, self.bias, self.training, 0.1, self.EPS)
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
