@@ -12,6 +12,7 @@ import difflib
 import math
 import operator
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -316,7 +317,9 @@ def trace(model: nn.Module, leaf_types: Sequence[type[nn.Module]] = ()) -> Graph
     )
     try:
         # torchvision names nodes from the eval-mode graph; trace that one.
-        with evaluating(model):
+        with evaluating(model), warnings.catch_warnings():
+            # torch 2.1's fx reads torch's own deprecated has_cuda, has_mps ... flags on its first trace
+            warnings.filterwarnings("ignore", message=r"'has_\w+' is deprecated", category=UserWarning)
             graph = tracer.trace(model)
     except Exception as exc:  # fx raises many kinds of errors for untraceable code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -634,6 +634,12 @@ def _read_torch(path: Path) -> Any:
         with allowed:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for files it cannot unpickle safely
+        if safe_globals is None and "argparse.Namespace" in str(exc):
+            raise WeightsFormatError(
+                f"cannot read checkpoint {str(path)!r}: it holds a training script's arguments (an "
+                f"argparse.Namespace), which torch {torch.__version__} cannot unpickle safely; use torch 2.5 or "
+                "newer, or save the weights alone with torch.save(model.state_dict(), path)"
+            ) from exc
         raise WeightsFormatError(
             f"cannot read checkpoint {str(path)!r} as a state dict ({first_line(str(exc))[:160]}); "
             "save it with torch.save(model.state_dict(), path)"
