@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 FAST := -m "not slow and not network and not browser" -n $(JOBS)
 
-.PHONY: venv demo test test-fast test-portable lint typecheck bench docs docs-serve gpu-check gpu-check-cpu clean
+.PHONY: venv demo test test-fast test-portable test-oldest lint typecheck bench docs docs-serve gpu-check gpu-check-cpu \
+	gpu-check-machine-cpu clean
 
 venv: $(VENV)/.installed
 
@@ -70,6 +71,34 @@ gpu-check:
 # The same check at toy size on the CPU, with the project's environment (seconds; CI runs it).
 gpu-check-cpu: venv
 	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu_check.py --device cpu --tiny --out "$(or $(OUT),out/gpu-check-cpu)"
+
+# The same toy-size check run the way gpu-check runs on the GPU machines: their python3's torch and packages
+# (GPU_MACHINE_SPEC, in a venv of its own with nothing else: none of the explorer's packages, no deconvviz
+# install), this checkout on PYTHONPATH. So that the first run on a lent GPU does not fail on a torch API or a
+# missing package. The venv is a CUDA build of torch (about 5 GB); it runs on the CPU here.
+GPU_MACHINE_VENV ?= .venv-gpu-machine
+GPU_MACHINE_SPEC ?= torch==2.11.0 torchvision==0.26.0 timm typer rich matplotlib h5py onnx pytest
+$(GPU_MACHINE_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(GPU_MACHINE_VENV)
+	$(GPU_MACHINE_VENV)/bin/python -m pip install --quiet $(GPU_MACHINE_SPEC)
+	touch $@
+
+gpu-check-machine-cpu: $(GPU_MACHINE_VENV)/.installed
+	OMP_NUM_THREADS=1 PYTHONPATH="$(CURDIR)" $(GPU_MACHINE_VENV)/bin/python benchmarks/gpu_check.py --device cpu --tiny \
+		--out "$(or $(OUT),out/gpu-check-machine-cpu)"
+
+# The fast tests with the oldest torch and torchvision that pyproject.toml admits (torch>=2.1), in a venv of
+# their own (a CUDA build, about 5 GB; numpy 1, which torch 2.1 was built against).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_SPEC ?= torch==2.1.2 torchvision==0.16.2 numpy==1.26.4
+$(OLDEST_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST_SPEC)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e . $(OLDEST_SPEC) pytest pytest-xdist httpx timm
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	OMP_NUM_THREADS=1 $(OLDEST_VENV)/bin/python -m pytest -q $(FAST) -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf out site .pytest_cache .mypy_cache .ruff_cache

@@ -96,6 +96,15 @@ def require_device(device: str) -> None:
             f"no CUDA device: torch.cuda.is_available() is false (torch {torch.__version__}, CUDA build {built}); "
             "run on a machine with an NVIDIA GPU, or run make gpu-check-cpu for the CPU's tiny mode"
         )
+    if torch.device(device).type == "cuda":
+        index = torch.device(device).index
+        if index is not None and not 0 <= index < torch.cuda.device_count():
+            raise CheckError(
+                f"no device {device}: torch sees {torch.cuda.device_count()} CUDA device(s); "
+                "give --device cuda or cuda:N with N below that"
+            )
+        if index is not None:  # CUDA events record on the current device's stream: make it the one measured
+            torch.cuda.set_device(index)
 
 
 def describe(device: str) -> dict[str, Any]:

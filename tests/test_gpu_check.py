@@ -43,6 +43,18 @@ def test_without_cuda_the_check_stops_in_one_line(check: ModuleType, monkeypatch
     assert not out.exists()  # nothing half-written
 
 
+def test_a_gpu_index_out_of_range_stops_in_one_line(check: ModuleType, monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    out = tmp_path / "out"
+    assert check.main(["--device", "cuda:1", "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "gpu-check: no device cuda:1: torch sees 1 CUDA device(s); give --device cuda or cuda:N with N below that"
+    ]
+    assert not out.exists()
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_gpu_check_without_cuda_fails_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU for this process, even on a machine that has one
