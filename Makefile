@@ -94,7 +94,7 @@ OLDEST_SPEC ?= torch==2.1.2 torchvision==0.16.2 numpy==1.26.4
 $(OLDEST_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST_SPEC)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e . $(OLDEST_SPEC) pytest pytest-xdist httpx timm
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e . $(OLDEST_SPEC) pytest pytest-xdist httpx timm scipy
 	touch $@
 
 test-oldest: $(OLDEST_VENV)/.installed
