@@ -414,6 +414,9 @@ def test_bad_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(specs.ModelError, match="CUDA is not available"):
             dv.load_model(spec, device="cuda")
+    if not torch.backends.mps.is_available():  # a device torch knows but was not built for: one line, the fix
+        with pytest.raises(specs.ModelError, match=r"^cannot move model 't' to device 'mps' \(.*\); use --device cpu"):
+            dv.load_model(spec, device="mps")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -59,6 +59,7 @@ from deconvviz.models.weights.sources import (
     WeightSource,
     WheelSource,
     classes_in,
+    first_line,
 )
 
 __all__ = [
@@ -367,7 +368,8 @@ def load_model(
         module = module.to(target).eval()
     except (RuntimeError, AssertionError) as exc:  # torch raises these for a device it was not built for
         raise ModelError(
-            f"cannot move model {spec.name!r} to device {str(target)!r}: {str(exc).strip()[:160]}"
+            f"cannot move model {spec.name!r} to device {str(target)!r} "
+            f"({first_line(str(exc))[:160]}); use --device cpu, or a device this torch was built for"
         ) from exc
     class_names = [str(label) for label in labels] if labels is not None else spec.class_names()
     if labels is None and class_names is not None and spec.classifier:
