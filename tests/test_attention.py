@@ -528,6 +528,45 @@ def test_an_op_autograd_cannot_mirror_is_one_line_naming_node_and_op() -> None:
     assert "\n" not in str(info.value)
 
 
+class Detaching(nn.Module):
+    """Leaves torch quietly: a detach before NumPy, so autograd sees a constant where the output follows its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:  # data-dependent: torch.fx keeps the module whole
+            return x
+        return torch.from_numpy(np.maximum(x.detach().numpy(), 0.0))
+
+
+class Constant(nn.Module):
+    """An output that truly does not depend on the input: its signal below is zero, and that is right."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            return x
+        return torch.zeros_like(x)
+
+
+class Around(nn.Module):
+    def __init__(self, middle: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.middle, self.top = nn.Conv2d(3, 4, 3), middle, nn.Conv2d(4, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.middle(self.conv(x)) + 0.5)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
+def test_an_op_that_detaches_is_one_line_not_a_blank_picture(method: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    net = dv.DeconvNet(Around(Detaching()).double().eval())
+    with pytest.raises(dv.UnsupportedOpError, match=r"node 'middle'.*outside autograd's view.*register_rule") as info:
+        net.project(x, layer="top", channel=0, method=method)
+    assert "\n" not in str(info.value)
+    constant = dv.DeconvNet(Around(Constant()).double().eval()).project(x, layer="top", channel=0, method=method)
+    assert torch.count_nonzero(constant.image) == 0  # nothing below a constant reaches the input
+
+
 def test_shape_only_arguments_carry_no_signal() -> None:
     class Gate(nn.Module):
         def __init__(self) -> None:

@@ -271,6 +271,29 @@ def _regroup(template: Any, grads: Iterator[Tensor | None]) -> Any:
     return next(grads)
 
 
+class DetachedOutputError(RuntimeError):
+    """An op whose output depends on its input where autograd cannot see it: its vector-Jacobian product is unknown."""
+
+
+def _cut_off(
+    op: Any, args: Sequence[Any], kwargs: dict[str, Any], leaves: list[Any], out: Any, signal: Any, mode: Any
+) -> bool:
+    """Whether a floating-point output that autograd sees as constant in fact changes with the op's input.
+
+    Such an output has no gradient, yet it is not constant: the op left autograd's view (NumPy, ``.item()``), and
+    a zero signal below it would be a wrong, blank picture. Checked by running the op once more on shifted
+    inputs; an output that is truly constant (``zeros_like``, a frozen buffer) gives zero, as it should.
+    """
+    if not (isinstance(out, Tensor) and out.is_floating_point() and isinstance(signal, Tensor)):
+        return False
+    if not bool(signal.ne(0).any()):
+        return False
+    shifted = iter([_copy(leaf).detach() + 1 if isinstance(leaf, Tensor) else _copy(leaf) for leaf in leaves])
+    with torch.no_grad(), mode if mode is not None else contextlib.nullcontext():
+        again = call_op(op, fill_metas(tuple(args), shifted), fill_metas(dict(kwargs), shifted))
+    return not (isinstance(again, Tensor) and again.shape == out.shape and torch.equal(again, out.detach()))
+
+
 def local_vjp(
     op: Any,
     args: Sequence[Any],
@@ -308,6 +331,11 @@ def local_vjp(
         pairs = _pairs(out, signal)
         flat = [leaf for leaf in _flat(leaves) if isinstance(leaf, Tensor) and leaf.requires_grad]
         if not pairs or not flat:
+            if flat and _cut_off(op, args, kwargs, leaves, out, signal, mode):
+                raise DetachedOutputError(
+                    "its output changes with its input outside autograd's view: a NumPy round trip, .item() or "
+                    ".detach() inside it"
+                )
             return [None] * len(leaves)
         outputs = [o for o, _ in pairs]
         signals = [s.to(o.dtype).clone() for o, s in pairs]
