@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "DeconvVizError": "deconvviz.errors",
     "UnsupportedOpError": "deconvviz.errors",
     "TraceError": "deconvviz.errors",
+    "ForwardError": "deconvviz.errors",
     "top_k": "deconvviz.analysis.topk.scan",
     "TopKResult": "deconvviz.analysis.topk.result",
     "build_report": "deconvviz.viz.report",
@@ -107,6 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.core.steps import ProjectionSteps as ProjectionSteps
     from deconvviz.core.steps import Step as Step
     from deconvviz.errors import DeconvVizError as DeconvVizError
+    from deconvviz.errors import ForwardError as ForwardError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
     from deconvviz.explore.server import explore as explore

@@ -19,6 +19,10 @@ class UnsupportedOpError(DeconvVizError):
     """An op on the path from the input to the requested layer has no mirror rule."""
 
 
+class ForwardError(DeconvVizError, ValueError):
+    """The model's own forward pass refused the input (wrong channel count, a picture too small for it)."""
+
+
 class RenderError(DeconvVizError, ValueError):
     """A rendering option that does not fit what is drawn (bad scale, index, colour order, size)."""
 

@@ -85,6 +85,38 @@ def test_visualize_accepts_a_preprocessed_tensor_and_a_loaded_model(photo: Path)
     torch.testing.assert_close(p.image, q.image)
 
 
+def test_visualize_refuses_a_batch_and_a_bare_module_in_one_line(photo: Path) -> None:
+    loaded = dv.load_model(MODEL)
+    x = loaded.preprocess(photo)
+    p = dv.visualize(x[0], model=loaded, layer="conv2", top=3)  # (C, H, W) is one picture too
+    torch.testing.assert_close(p.image, dv.visualize(x, model=loaded, layer="conv2", top=3).image)
+    with pytest.raises(dv.DeconvVizError, match=r"expected one picture.*got \(2, 3, .*pass pictures one at a time"):
+        dv.visualize(torch.cat([x, x]), model=loaded, layer="conv2", top=3)
+    bare = dv.visualize(x, model=loaded.module, layer=loaded.layers["conv2"], top=3)  # a bare module takes a tensor
+    torch.testing.assert_close(bare.image, p.image)
+    with pytest.raises(dv.DeconvVizError, match=r"the nn\.Module TinyVGG has none; pass a preprocessed") as info:
+        dv.visualize(photo, model=loaded.module, layer=loaded.layers["conv2"], top=3)  # but cannot read a picture
+    assert "\n" not in str(info.value)
+    assert "deconvviz.load_model(deconvviz.ModelSpec(" in str(info.value)
+
+
+def test_results_are_ordinary_tensors(photo: Path) -> None:
+    loaded = dv.load_model(MODEL)
+    x = loaded.preprocess(photo)
+    net = dv.DeconvNet(loaded)
+    p = net.project(x, "conv2", top=2)
+    made = [
+        p.image,
+        p.activations,
+        net.activations(x, ["conv2"])["conv2"],
+        net.project_units(x, "conv2", [(0, 0, 1, 1)]),
+    ]
+    for t in made:
+        assert not t.is_inference()
+        t -= t.min()  # in place, as a notebook does to show it
+    assert (p.image * torch.ones(1, requires_grad=True)).sum().requires_grad
+
+
 def test_boxes_hold_every_non_zero_pixel_of_their_reconstruction(photo: Path) -> None:
     p = dv.visualize(photo, model=MODEL, layer="conv3", top=8, device="cpu")
     assert p.boxes is not None

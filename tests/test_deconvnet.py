@@ -511,3 +511,27 @@ def test_visit_activations_sees_every_layer_once_in_order(tiny_vgg, image_16) ->
     assert [name for name, _ in seen] == ["features.0", "conv1", "features.6", "classifier.1"]
     for name, act in seen:
         assert torch.equal(act, kept[name]), name
+
+
+def test_an_input_the_model_refuses_is_one_line_naming_the_node() -> None:
+    net = dv.DeconvNet(make_tiny_vgg())
+    wrong = (
+        (torch.randn(1, 1, 32, 32), "features.0", "to have 3 channels"),
+        (torch.randn(1, 3, 1, 1), "features.4", "too small"),
+    )
+    for x, node, said in wrong:
+        with pytest.raises(
+            dv.ForwardError, match=rf"^the model's forward pass fails at node '{node}' on an input"
+        ) as info:
+            net.project(x, net.layers[-1], top=1)
+        assert said in str(info.value)
+        assert "\n" not in str(info.value)
+        assert "give it the input it takes" in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["vgg16", None, 3])
+def test_deconvnet_of_something_else_than_a_module_is_one_line(model: object) -> None:
+    with pytest.raises(dv.TraceError, match=r"^DeconvNet takes a torch\.nn\.Module or a loaded model, got") as info:
+        dv.DeconvNet(model)
+    if model == "vgg16":
+        assert "deconvviz.DeconvNet(deconvviz.load_model('vgg16'))" in str(info.value)

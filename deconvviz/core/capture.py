@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from deconvviz.core.graph import Graph
+from deconvviz.errors import DeconvVizError, ForwardError
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,22 @@ def run(
             call = Call(_callable(node, module), tuple(args), dict(kwargs), module, graph.names[node])
             call.reusable = _reusable(node, env, last_use, protected, kept)
             rule = rules.get(node) if rules is not None and node in carries else None
-            if rule is None:
-                env[node] = call.run()
-            elif not record:
-                env[node] = rule.run(call)
-            else:
-                output, saved = rule.forward(call)
+            try:
+                if rule is None:
+                    env[node] = call.run()
+                elif not record:
+                    env[node] = rule.run(call)
+                else:
+                    output, saved = rule.forward(call)
+            except (DeconvVizError, MemoryError, torch.cuda.OutOfMemoryError):
+                raise
+            except Exception as exc:  # the model's own code refused the input: one line, not torch's traceback
+                raise ForwardError(
+                    f"the model's forward pass fails at node {graph.names[node]!r} on an input of shape "
+                    f"{tuple(x.shape)} ({_first_line(exc)[:200]}); give it the input it takes (channels, size), as "
+                    "the loaded model's preprocess makes from a picture"
+                ) from exc
+            if rule is not None and record:
                 env[node] = output
                 signal = set(graph.signal_inputs.get(node, ()))
                 records[node] = _record(node, env, signal, output, saved, keep_values=rule.needs_values)
@@ -217,6 +228,11 @@ def run(
 
     activations = {node: env[node] for node in targets} if emit is None else {}
     return Capture(activations=activations, records=records, batch=int(x.shape[0]), input_shape=tuple(x.shape))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _reusable(

@@ -24,7 +24,7 @@ from deconvviz.core.probe import Probe
 from deconvviz.core.projection import Projection
 from deconvviz.core.seeds import Mode, SeedError, Unit
 from deconvviz.core.steps import StepRecorder, StepsChoice, chosen_seeds
-from deconvviz.errors import UnsupportedOpError
+from deconvviz.errors import TraceError, UnsupportedOpError
 from deconvviz.methods import RuleSet, get_method
 from deconvviz.ops.base import Rule
 
@@ -68,6 +68,13 @@ class DeconvNet:
             channel_order = (
                 order.upper() if isinstance(order, str) and sorted(order.upper()) == ["B", "G", "R"] else "RGB"
             )
+        if not isinstance(model, nn.Module):
+            hint = (
+                f"; load it first: deconvviz.DeconvNet(deconvviz.load_model({model!r}))"
+                if isinstance(model, str)
+                else ""
+            )
+            raise TraceError(f"DeconvNet takes a torch.nn.Module or a loaded model, got {type(model).__name__}{hint}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model: nn.Module = model
@@ -262,7 +269,7 @@ class DeconvNet:
         nodes = [graph.node(name, self.aliases) for name in layers]
         with torch.inference_mode(), evaluating(self.model):
             result = _capture.run(graph, x, nodes, self._forward_rules(graph, nodes, rules), record=False)
-        return {name: result.activations[node] for name, node in zip(layers, nodes, strict=True)}
+        return {name: _plain(result.activations[node]) for name, node in zip(layers, nodes, strict=True)}
 
     def visit_activations(self, x: Tensor, layers: Sequence[str], visit: Callable[[str, Tensor], None]) -> None:
         """Run ``x`` once and call ``visit(layer, activation)`` as soon as each layer is computed.
@@ -406,12 +413,12 @@ class DeconvNet:
             ]
             image = torch.cat(images).detach().cpu()
         projection = Projection(
-            image=image,
+            image=_plain(image),
             layer=layer,
             node=graph.names[node],
             channels=tuple(channels),
             positions=tuple(None if mode == "map" or act.dim() < 4 else (u[2], u[3]) for u in units),
-            activations=values.detach().cpu(),
+            activations=_plain(values.detach().cpu()),
             mode=mode,
             input=x.detach().cpu(),
             to_image=self._to_image,
@@ -472,7 +479,7 @@ class DeconvNet:
                     for i in range(0, len(wanted), chunk)
                 ]
                 out[layer] = torch.cat(chunks).detach() if chunks else x.new_zeros((0, *x.shape[1:]))
-        return out
+        return {layer: _plain(images) for layer, images in out.items()}
 
     def project_seeds(
         self,
@@ -519,7 +526,8 @@ class DeconvNet:
             ]
             if not chunks:
                 return x.new_zeros((0, *x.shape[1:]))
-            return torch.cat(chunks).detach()
+            images = torch.cat(chunks).detach()
+        return _plain(images)
 
     def _tensor_at(self, graph: Graph, node: fx.Node, value: Any, layer: str) -> Tensor:
         """The activation of a layer, or a one-line error naming its items when it returns a tuple."""
@@ -623,6 +631,16 @@ class Captured:
     ) -> Projection:
         """Project units of the captured layer (arguments as :meth:`DeconvNet.project`)."""
         return self.net._project_captured(self, channel, mode, position, top, steps)
+
+
+def _plain(t: Any) -> Any:
+    """A tensor made under ``torch.inference_mode`` as an ordinary one (a copy; anything else as it is).
+
+    Callers may then change it in place or use it in autograd, as with any tensor they get.
+    """
+    if isinstance(t, Tensor) and t.is_inference():
+        return t.clone()
+    return t
 
 
 __all__ = ["Captured", "DeconvNet", "Method", "Mode", "SeedError", "Unit"]

@@ -9,6 +9,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.images import load_image
@@ -86,10 +88,28 @@ class Session:
         import torch
 
         if isinstance(image, torch.Tensor):
+            if image.dim() == 3:
+                image = image.unsqueeze(0)
+            if image.dim() != 4 or image.shape[0] != 1:
+                raise DeconvVizError(
+                    f"expected one picture, as a preprocessed (1, C, H, W) or (C, H, W) tensor, got "
+                    f"{tuple(image.shape)}; pass pictures one at a time, or a batch to DeconvNet.project"
+                )
             return image
+        if not hasattr(self.model, "preprocess"):
+            raise DeconvVizError(
+                f"a picture needs the model's preprocessing, and the nn.Module {type(self.model).__name__} has "
+                f"none; pass a preprocessed (1, C, H, W) tensor, or {_GIVE}"
+            )
         if isinstance(image, str | os.PathLike):
             image = load_image(image)
         return self.model.preprocess(image, full_image=full_image)
+
+
+_GIVE = (
+    "give it its preprocessing with deconvviz.load_model(deconvviz.ModelSpec(name='mine', builder=lambda: module), "
+    "mean=..., std=..., size=...)"
+)
 
 
 _SESSIONS: OrderedDict[tuple[Any, ...], Session] = OrderedDict()
@@ -108,7 +128,8 @@ def session(
 
     Args:
         model: a model name (``"vgg16"``, ``"resnet18:torchvision"``, ``"pkg.module:function"``, see
-            :func:`deconvviz.list_models`), an already loaded model, or a session.
+            :func:`deconvviz.list_models`), an already loaded model, a session, or a bare ``nn.Module`` (which
+            takes preprocessed tensors only: it has no preprocessing of its own).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; used when ``model`` is a name.
         size: the side of the square pictures are resized and cropped to, instead of the model's own.
 
@@ -129,7 +150,14 @@ def session(
         if size is None or size == model.model.preprocessing.size:
             return model
         model = model.model
+    if not isinstance(model, str) and not isinstance(model, nn.Module) and not hasattr(model, "preprocess"):
+        raise DeconvVizError(
+            f"model must be a name, a loaded model, an nn.Module or a session, got {type(model).__name__}; "
+            "load one with deconvviz.load_model(name)"
+        )
     if not isinstance(model, str):
+        if size is not None and not hasattr(model, "preprocessing"):
+            raise DeconvVizError(f"size= needs a loaded model, got the nn.Module {type(model).__name__}; {_GIVE}")
         if size is not None and size != model.preprocessing.size:
             before = model.preprocessing
             resize = None if before.resize is not None and before.resize < size else before.resize
