@@ -124,6 +124,14 @@ def test_save_writes_table_csv_figure(photos: list[Path], tmp_path: Path) -> Non
     assert set(manifest["delta"]) == {"eye", "nose", "random"}
 
 
+def test_no_random_draws_leave_the_baseline_out(photos: list[Path], tmp_path: Path) -> None:
+    result = dv.correspondence(photos, parts_file(tmp_path, photos), model=MODEL, random=0, device="cpu")
+    assert result.rows == ["eye", "nose"]
+    folder = result.save(tmp_path / "out")  # the figure too: no bar for a baseline that was not drawn
+    assert "random" not in (folder / "table.txt").read_text()
+    assert set(json.loads((folder / "manifest.json").read_text())["delta"]) == {"eye", "nose"}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -185,7 +185,7 @@ def correspondence_figure(result: CorrespondenceResult, *, size: float = 1.0) ->
     Returns:
         ``(figure, axes)``.
     """
-    rows = [*result.parts, "random"]
+    rows = result.rows  # the random baseline only when it was drawn (random=0 draws none)
     layers = list(result.layers)
     from deconvviz.viz.canvas import Figure
 
