@@ -190,6 +190,19 @@ def test_distance_is_zero_at_the_identity(tiny64, pictures) -> None:
         assert float(result.distances["translate"][layer][0, 0]) > 1e-3  # and moving does change the features
 
 
+def test_the_example_pictures_spread_over_the_values(tiny64, pictures) -> None:
+    from deconvviz.analysis.invariance import example_values
+
+    assert example_values((-30, 0, 30), 5) == [-30, 0, 30]  # fewer steps than examples: each value once
+    assert example_values(tuple(range(4)), 5) == [0, 1, 2, 3]
+    assert example_values(tuple(range(9)), 5) == [0, 2, 4, 6, 8]
+    result = dv.invariance(pictures[:1], tiny64, layers=["conv1"], steps=3, translate=(-6, 6), scale=None, rotate=None)
+    shown = result.examples["translate"]
+    assert len(shown) == 3
+    assert not np.array_equal(shown[0], shown[1])  # -6, 0, 6: not -6, -6, 0
+    assert not np.array_equal(shown[1], shown[2])
+
+
 def test_a_model_without_class_scores_has_no_probabilities() -> None:
     spec = dv.ModelSpec(
         name="convs",
@@ -201,6 +214,9 @@ def test_a_model_without_class_scores_has_no_probabilities() -> None:
     assert result.classes is None
     _fig, axes = result.figure()
     assert axes.shape == (1, 1 + len(result.layers))
+    with pytest.raises(dv.AnalysisError, match=r"^model 'convs' gives no class scores, so there is no class") as info:
+        dv.invariance(torch.randn(1, 3, 16, 16), dv.load_model(spec), steps=3, scale=None, rotate=None, target=3)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.slow  # draws and encodes the whole figure twice: some 5 s

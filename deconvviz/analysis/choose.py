@@ -163,7 +163,7 @@ def _no_classifier(name: str) -> ClassError:
     )
 
 
-def _class_count(current: Session, x: Tensor) -> int | None:
+def class_count(current: Session, x: Tensor) -> int | None:
     """How many class scores the model gives (its output is ``(1, N)``), or None when it gives no scores."""
     output = current.net.layers[-1]
     scores = current.net.activations(x, [output])[output]
@@ -185,7 +185,7 @@ def resolve_class(current: Session, x: Tensor, which: str | int | None = "auto")
         ClassError: the model gives no class scores, or the class is out of range or unknown (close names listed).
     """
     labels = list(getattr(current.model, "labels", None) or [])
-    count = _class_count(current, x)
+    count = class_count(current, x)
     if count is None:
         raise _no_classifier(current.name)
     if labels and len(labels) != count:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult
+from deconvviz.analysis.choose import class_count
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.layers import choose_layers, default_layers
 from deconvviz.models.session import session
@@ -345,6 +346,11 @@ def invariance(
         chosen = choose_layers(net, layers, inputs[0])
     nodes = [net.resolve(layer) for layer in chosen]
     labels = _labels(current.model)
+    if target is not None and (out_node is None or not class_count(current, inputs[0])):
+        raise AnalysisError(
+            f"model {current.name!r} gives no class scores, so there is no class for the target to follow; "
+            "leave the target out, or use a classifier such as squeezenet1_1"
+        )
     wanted = list(chosen) + ([out_node] if out_node is not None else [])
 
     # Every run: (image, transform or None for the original, step), in batches of transformed tensors.
@@ -477,6 +483,12 @@ def _preprocess(current: Any, picture: Any) -> Tensor:
     return x
 
 
+def example_values(values: Sequence[float], count: int) -> list[float]:
+    """Up to ``count`` of ``values``, evenly spread from the first to the last (all of them when fewer)."""
+    n = min(count, len(values))
+    return [values[round(i * (len(values) - 1) / max(1, n - 1))] for i in range(n)]
+
+
 def _examples(
     current: Any, x: Tensor, values: Mapping[str, tuple[float, ...]], count: int
 ) -> dict[str, tuple[Any, ...]]:
@@ -490,7 +502,7 @@ def _examples(
     to_image = getattr(current.model, "to_image", None)
     result: dict[str, tuple[Any, ...]] = {}
     for name, vals in values.items():
-        picks = [vals[round(i * (len(vals) - 1) / max(1, count - 1))] for i in range(min(count, len(vals)))]
+        picks = example_values(vals, count)
         batch = transform(x.detach().cpu(), name, picks)
         pictures: list[Image] = [input_to_pil(t, to_image, current.channel_order) for t in batch]
         result[name] = tuple(np.asarray(p.resize((64, 64))) for p in pictures)
