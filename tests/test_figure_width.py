@@ -157,3 +157,19 @@ def test_correspondence_with_many_parts_fits(photos: list[Path], tmp_path: Path)
     parts.write_text(json.dumps({"parts": names, "images": boxes}))
     fig, _ = dv.correspondence(photos, parts, MODEL, layers="conv2,conv3", random=1, device="cpu").figure()
     assert fig.get_size_inches()[0] <= MOST
+
+
+@pytest.mark.parametrize("width", [2.5, 4.4, 10.0])
+def test_a_long_title_and_caption_fit_a_narrow_figure(width: float) -> None:
+    fig = Figure(figsize=(width, 3), layout="constrained")
+    fig.subplots(1, 2)
+    words = "units chosen with their receptive field inside the picture; a: the seeded activation; " * 3
+    title = fig.suptitle("my_models.py:build: features.7, strongest activation per checkpoint " * 2, fontsize=10)
+    caption = fig.supxlabel(words, fontsize=7)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for text in (title, caption):
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0
+        assert box.x1 <= fig.bbox.width  # not cut at either edge
+    assert caption.get_text().replace("\n", " ").split() == words.split()  # every word kept

@@ -9,6 +9,7 @@ it one: ``fig`` as the last line of a cell shows the figure.
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,6 +26,25 @@ class Figure(_Figure):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         FigureCanvasAgg(self)
+
+    def suptitle(self, t: str, **kwargs: Any) -> Any:
+        """The figure's title, broken into lines that fit its width (a long title is not cut at the edges)."""
+        return super().suptitle(self._fit(t, kwargs, "figure.titlesize"), **kwargs)
+
+    def supxlabel(self, t: str, **kwargs: Any) -> Any:
+        """The caption under the figure, broken into lines that fit its width."""
+        return super().supxlabel(self._fit(t, kwargs, "figure.labelsize"), **kwargs)
+
+    def _fit(self, text: str, kwargs: dict[str, Any], default: str) -> str:
+        from matplotlib import rcParams
+        from matplotlib.font_manager import FontProperties
+
+        size = FontProperties(size=kwargs.get("fontsize", kwargs.get("size", rcParams[default]))).get_size_in_points()
+        # DejaVu Sans averages about 0.6 em per character; keep a margin at both edges
+        per_line = max(16, int(0.94 * self.get_figwidth() * 72 / (0.6 * size)))
+        return "\n".join(
+            textwrap.fill(line, per_line, break_on_hyphens=False) or line for line in str(text).split("\n")
+        )
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
