@@ -208,6 +208,12 @@ def test_render_images_reports_what_it_wrote(photo: Path, tmp_path: Path) -> Non
     line = result.summary()
     assert line.startswith(f"photo.png: 2 layer(s), 6 reconstruction(s) -> {tmp_path / 'photo'}")
     assert f"conv3 strongest ch {result.layers[1].channels[0]}" in line
+    weak_first = list(reversed(result.layers[1].channels))  # channels given: drawn in the order given ...
+    (given,) = dv.render_images(
+        [photo], tmp_path / "given", model=MODEL, device="cpu", layers=["conv3"], channels=weak_first
+    )
+    assert list(given.layers[0].channels) == weak_first
+    assert f"conv3 strongest ch {weak_first[-1]} " in given.summary()  # ... but the line names the strongest
 
 
 def test_render_images_needs_pictures(tmp_path: Path) -> None:

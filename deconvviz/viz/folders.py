@@ -78,8 +78,9 @@ class RenderedImage:
         count = sum(len(layer.channels) for layer in self.layers)
         text = f"{self.image.name}: {len(self.layers)} layer(s), {count} reconstruction(s) -> {self.folder}"
         deepest = self.layers[-1] if self.layers else None
-        if deepest is not None and deepest.channels:
-            text += f"; {deepest.layer} strongest ch {deepest.channels[0]} (a={deepest.activations[0]:.3g})"
+        if deepest is not None and deepest.channels:  # channels given with -c keep their order: find the strongest
+            i = max(range(len(deepest.channels)), key=lambda j: deepest.activations[j])
+            text += f"; {deepest.layer} strongest ch {deepest.channels[i]} (a={deepest.activations[i]:.3g})"
         if self.prediction is not None:
             text += f"; predicted {self.prediction[0]!r} ({self.prediction[1]:.0%})"
         return text
