@@ -322,3 +322,15 @@ def test_the_earlier_argument_order_still_works_and_warns_once(stand, folder) ->
         old = dv.top_k(stand, folder, layers=["conv2"], k=1, channels=[1])
     new = dv.top_k(folder, stand, layers=["conv2"], k=1, channels=[1])
     assert old.hits["conv2"][1][0].value == new.hits["conv2"][1][0].value
+
+
+def test_progress_bar_and_a_session_as_the_other_analyses_take_them(stand, folder, capsys) -> None:
+    pytest.importorskip("tqdm")
+    from deconvviz.models.session import session
+
+    plain = dv.top_k(folder, stand, layers=["conv2"], k=1, channels=[1])
+    barred = dv.top_k(folder, session(stand), layers=["conv2"], k=1, channels=[1], progress="bar")
+    assert barred.hits["conv2"][1][0].value == plain.hits["conv2"][1][0].value
+    assert "top-k scan" in capsys.readouterr().err  # tqdm draws on stderr outside a notebook
+    with pytest.raises(dv.DeconvVizError, match=r"progress takes a callable \(stage, done, total\), 'bar' or None"):
+        dv.top_k(folder, stand, layers=["conv2"], k=1, channels=[1], progress="bars")

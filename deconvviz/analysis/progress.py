@@ -108,4 +108,42 @@ def reporting(progress: ProgressOption, description: str) -> Iterator[Progress]:
     yield adapted
 
 
-__all__ = ["Progress", "ProgressOption", "reporting"]
+Staged: TypeAlias = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: :func:`~deconvviz.top_k`'s shape, one count per stage."""
+
+
+@contextmanager
+def staged(progress: Staged | Literal["bar"] | None, description: str) -> Iterator[Staged | None]:
+    """The ``(stage, done, total)`` callable behind :func:`~deconvviz.top_k`'s ``progress=``.
+
+    That is the caller's own callable, None, or for ``"bar"`` one tqdm bar per stage (closed when the work ends).
+
+    Raises:
+        AnalysisError: ``"bar"`` without tqdm installed, or an option that is neither callable nor ``"bar"``.
+    """
+    if progress is None or (callable(progress) and not isinstance(progress, str)):
+        yield progress
+        return
+    if progress != "bar":
+        raise AnalysisError(f"progress takes a callable (stage, done, total), 'bar' or None; got {progress!r}")
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise AnalysisError("progress='bar' needs tqdm: pip install tqdm (or pass a callable)") from None
+    bars: dict[str, Any] = {}
+    try:
+
+        def show(stage: str, done: int, total: int) -> None:
+            bar = bars.get(stage)
+            if bar is None:
+                bar = bars[stage] = tqdm(total=total, desc=f"{description} {stage}", leave=False)
+            bar.n = done
+            bar.refresh()
+
+        yield show
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+__all__ = ["Progress", "ProgressOption", "Staged", "reporting", "staged"]

@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
+from deconvviz.analysis.progress import staged
 from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.options import ScanOptions
@@ -41,6 +42,7 @@ from deconvviz.core.receptive import receptive_fields
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.sources import Data, ImageSource, SearchError, image_source
 from deconvviz.methods import get_method
+from deconvviz.models.session import Session
 from deconvviz.models.zoo import LoadedModel, list_models, load_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -373,7 +375,7 @@ def top_k(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     workers: int = 0,
-    progress: Progress | None = None,
+    progress: Progress | Literal["bar"] | None = None,
     limit: int | None = None,
     sample: int | None = None,
     seed: int = 0,
@@ -394,7 +396,8 @@ def top_k(
             work as they are), a text file of image paths (one per line, relative to the file), or a
             ``torch.utils.data.Dataset`` of PIL images, input-space tensors or ``(image, target)`` pairs.
             Unreadable images are skipped and listed in the result.
-        model: a registered model name (``"vgg16"``, the default) or a loaded model (:func:`deconvviz.load_model`).
+        model: a registered model name (``"vgg16"``, the default), a loaded model (:func:`deconvviz.load_model`)
+            or a session (:func:`deconvviz.models.session.session`).
         layers: layer names or aliases; default: ``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has these
             aliases (VGG16), else the deepest four of :func:`deconvviz.core.layers.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
@@ -404,7 +407,8 @@ def top_k(
         batch_size: images per forward pass.
         device: where to run (default: where the model is).
         workers: DataLoader worker processes that read and preprocess images.
-        progress: called as ``progress(stage, done, total)`` while scanning and projecting (this process's share).
+        progress: called as ``progress(stage, done, total)`` while scanning and projecting (this process's share),
+            or ``"bar"`` for a progress bar per stage (tqdm).
         limit: scan only the first ``limit`` images.
         sample: scan a random ``sample`` of the images, drawn with ``seed`` (kept in their order).
         seed: the seed of ``sample``.
@@ -431,24 +435,25 @@ def top_k(
     """
     data, model = _data_first(data, model, "top_k")
     method = get_method(method).name  # an unknown method fails before the scan
-    found = scan(
-        data,
-        model,
-        layers,
-        k,
-        channels,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
-        progress=progress,
-        limit=limit,
-        sample=sample,
-        seed=seed,
-        state=state,
-        resume=resume,
-        save_every=save_every,
-    )
-    return result_of(found, k, batch_size, progress, method=method)
+    with staged(progress, "top-k") as report:
+        found = scan(
+            data,
+            model,
+            layers,
+            k,
+            channels,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            progress=report,
+            limit=limit,
+            sample=sample,
+            seed=seed,
+            state=state,
+            resume=resume,
+            save_every=save_every,
+        )
+        return result_of(found, k, batch_size, report, method=method)
 
 
 def _looks_like_model(value: Any) -> bool:
@@ -542,6 +547,8 @@ def _device_of(loaded: Any) -> torch.device:
 def _loaded(model: Any, device: str | torch.device | None) -> Any:
     if isinstance(model, str):
         return load_model(model, device=distributed.rank_device(str(device or "cpu")))
+    if isinstance(model, Session):
+        model = model.model
     if not hasattr(model, "preprocess") or not hasattr(model, "module"):
         raise SearchError(
             "top_k needs a model that knows its preprocessing: a registered name or deconvviz.load_model(...)"
