@@ -535,3 +535,16 @@ def test_deconvnet_of_something_else_than_a_module_is_one_line(model: object) ->
         dv.DeconvNet(model)
     if model == "vgg16":
         assert "deconvviz.DeconvNet(deconvviz.load_model('vgg16'))" in str(info.value)
+
+
+def test_one_layer_name_alone_is_one_layer() -> None:
+    from deconvviz.analysis.topk.options import ScanOptions
+
+    net = dv.DeconvNet(make_tiny_vgg())
+    x = torch.randn(1, 3, 32, 32)
+    layer = net.layers[-1]
+    assert list(net.activations(x, layer)) == [layer]
+    seen: list[str] = []
+    net.visit_activations(x, layer, lambda name, _a: seen.append(name))
+    assert seen == [layer]
+    assert ScanOptions.of(layer).layers == (layer,)

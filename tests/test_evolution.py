@@ -127,6 +127,8 @@ def test_bad_checkpoints_and_data_are_refused(data, checkpoints, tmp_path: Path)
         dv.evolution([junk], data, MODEL, layer=LAYER)
     with pytest.raises(dv.AnalysisError, match="not found"):
         dv.evolution([tmp_path / "missing.pt"], data, MODEL, layer=LAYER)
+    with pytest.raises(dv.AnalysisError, match=r"checkpoint file not found: '.*missing\.pt'"):
+        dv.evolution(str(tmp_path / "missing.pt"), data, MODEL, layer=LAYER)  # one path alone: not its letters
     with pytest.raises(dv.AnalysisError, match="no checkpoints"):
         dv.evolution([], data, MODEL, layer=LAYER)
     (tmp_path / "empty").mkdir()

@@ -201,6 +201,8 @@ def evolution(
         >>> r = dv.evolution(["e1.pt", "e5.pt"], "digits/", "digits.py:build", layer="features.7")  # doctest: +SKIP
         >>> fig, axes = r.figure()  # doctest: +SKIP
     """
+    if isinstance(checkpoints, str | os.PathLike | Mapping):  # one checkpoint alone, not its letters
+        checkpoints = [checkpoints]
     if not checkpoints:
         raise AnalysisError("no checkpoints given; pass the state dicts to compare, in training order")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

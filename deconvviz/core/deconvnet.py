@@ -263,6 +263,7 @@ class DeconvNet:
         Returns:
             ``{layer: tensor}`` on the model's device, keyed as given.
         """
+        layers = [layers] if isinstance(layers, str) else list(layers)  # one name alone is one layer
         rules = get_method()
         graph = self._graph_for(rules)
         x = self._input(x, single=False)
@@ -286,6 +287,7 @@ class DeconvNet:
         Raises:
             SeedError: a layer that returns a tuple rather than one tensor (the message names its items).
         """
+        layers = [layers] if isinstance(layers, str) else list(layers)  # one name alone is one layer
         rules = get_method()
         graph = self._graph_for(rules)
         x = self._input(x, single=False)

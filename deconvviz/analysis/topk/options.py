@@ -44,8 +44,9 @@ class ScanOptions:
     save_every: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers) or None)
+        if self.layers is not None:  # one name alone is one layer, not its letters
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            object.__setattr__(self, "layers", layers or None)
         if self.channels is not None and not isinstance(self.channels, int | str):
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         channel_spec(self.channels)  # a bad choice fails here
@@ -65,7 +66,9 @@ class ScanOptions:
         unknown = sorted(set(options) - names)
         if unknown:
             raise TypeError(f"unknown scan option(s): {', '.join(unknown)}")
-        return cls(layers=None if layers is None else tuple(layers), **options)
+        return cls(
+            layers=None if layers is None else ((layers,) if isinstance(layers, str) else tuple(layers)), **options
+        )
 
     @property
     def tracked(self) -> int | tuple[int, ...] | None:
