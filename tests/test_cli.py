@@ -237,6 +237,19 @@ def test_unknown_layer_suggests_close_names(runner: CliRunner, photos: list[Path
     assert not out.exists()
 
 
+def test_an_out_folder_under_a_file_is_one_line_with_the_fix(
+    runner: CliRunner, photos: list[Path], tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("in the way")
+    code, stdout, stderr = render(runner, photos[0], "--out", tmp_path / "afile" / "out", "-l", "conv1")
+    assert_one_line_error(code, stdout, stderr, "choose another --out")
+    result = runner.invoke(
+        app, ["filters", "--model", MODEL, "-l", "conv1", "--out", str(tmp_path / "afile" / "f.png")]
+    )
+    assert_one_line_error(result.exit_code, result.stdout, result.stderr, "a file of that name is in the way")
+    assert "Errno" not in result.stderr
+
+
 def test_channel_out_of_range(runner: CliRunner, photos: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, stdout, stderr = render(runner, photos[0], "--out", out, "-l", "conv1", "-l", "conv3", "-c", "5")

@@ -170,8 +170,10 @@ def test_bad_folders_and_choices(stand, tmp_path) -> None:
     with pytest.raises(SearchError, match="no images in"):
         top_k(tmp_path, stand)
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    with pytest.raises(SearchError, match="could be read"):
+    with pytest.raises(SearchError, match=r"could be read \(the first: bad\.png: .*\); give pictures deconvviz can"):
         top_k(tmp_path, stand, layers=["conv1"])
+    with pytest.raises(SearchError, match=r"could be read \(the first: bad\.png: .*\); give pictures deconvviz can"):
+        top_k(tmp_path, stand)  # the default layers read the first picture first
     _write_images(tmp_path, 1)
     with pytest.raises(ValueError, match="unknown layer 'conv9'"):
         top_k(tmp_path, stand, layers=["conv9"])

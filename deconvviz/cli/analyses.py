@@ -321,7 +321,8 @@ def occlusion_command(
     ] = Path("deconvviz-occlusion"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Occluder positions per pass (default 16 on CPU, 64 on GPU).")
+        int | None,
+        typer.Option("--batch-size", min=1, help="Occluder positions per pass (default 16 on CPU, 64 on GPU)."),
     ] = None,
     debug: DebugOption = False,
 ) -> None:

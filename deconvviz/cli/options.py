@@ -153,9 +153,23 @@ def err(message: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None and exc.strerror:
+        return _os_error(exc)
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line
+
+
+def _os_error(exc: OSError) -> str:
+    """The operating system's refusal of a path (``[Errno 17] File exists: 'out'``) with what to do about it."""
+    path = str(exc.filename)
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return f"cannot use {path!r} as a folder: a file of that name is in the way; choose another path"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {path!r}; choose a path you may write to (or read, for an input)"
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {path!r}; check the path"
+    return f"{exc.strerror.lower()}: {path!r}; check the path"
 
 
 def _one_line_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:

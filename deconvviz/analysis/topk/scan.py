@@ -148,12 +148,23 @@ def first_readable(source: ImageSource, preprocess: Callable[[Any], Tensor]) -> 
     Raises:
         SearchError: no image can be read.
     """
+    first: str | None = None
     for index in range(len(source)):
         try:
             return source.prepare(index, preprocess)[None]
-        except (DeconvVizError, OSError):
+        except (DeconvVizError, OSError) as exc:
+            first = first or f"{source.names[index]}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
             continue
-    raise SearchError(f"none of the {len(source)} images of {source.description!r} could be read")
+    raise SearchError(unreadable(len(source), source.description, first))
+
+
+def unreadable(count: int, description: str, first: str | None) -> str:
+    """The one line for a data set none of whose pictures could be read, with the first reason."""
+    why = f" (the first: {first})" if first else ""
+    return (
+        f"none of the {count} images of {description!r} could be read{why}; give pictures deconvviz can read "
+        "(jpg, png, webp, bmp, tiff)"
+    )
 
 
 def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
@@ -313,7 +324,10 @@ def run_scan(
     if ranks.spread:
         trackers, selected, skipped = _merge_ranks(trackers, selected, skipped, chosen_layers, ranks, k)
     if not trackers:
-        raise SearchError(f"none of the {len(source)} images of {source.description!r} could be read")
+        first = min(skipped) if skipped else None
+        raise SearchError(
+            unreadable(len(source), source.description, f"{source.names[first[0]]}: {first[1]}" if first else None)
+        )
     names = source.names
     return ScanResult(
         loaded,
