@@ -351,6 +351,46 @@ def test_upload_adds_a_picture(client: TestClient, photos: Path) -> None:
     )
 
 
+def test_a_layer_without_a_2d_map_has_hits_and_units_without_a_position(client: TestClient, explorer: Explorer) -> None:
+    image = _ids(client)[0]
+    for layer in ("flatten", "classifier.1"):  # shapes [32] and [5]: no 2-D map
+        strongest = client.get("/api/activations", params={"image": image, "layer": layer}).json()["channels"][0]
+        channel = strongest["channel"]
+        assert strongest["peak"] > 0
+        assert strongest["position"] is None
+        unit = client.get("/api/unit", params={"image": image, "layer": layer, "channel": channel}).json()
+        assert unit["position"] is None
+        assert unit["box"] is None
+        assert unit["size"] == [32, 32]
+        body = client.get("/api/topk", params={"layer": layer, "channel": channel}).json()
+        assert body["state"] == "done"
+        assert body["hits"]
+        for hit in body["hits"]:
+            assert hit["position"] is None  # as /api/unit gives it: the page asks for no position
+            assert hit["box"] is None
+            params = {"image": hit["image"], "layer": layer, "channel": channel}
+            assert client.get("/api/projection.png", params=params).status_code == 200
+            assert client.get("/api/unit", params=params).json()["activation"] == pytest.approx(hit["value"], rel=1e-5)
+        params = {"image": image, "layer": layer, "channel": channel, "position": "0,0"}
+        _one_line_error(client.get("/api/projection.png", params=params), 400, "2-D map")
+    conv = client.get("/api/topk", params={"layer": "conv3", "channel": 1}).json()["hits"]
+    assert all(len(hit["position"]) == 2 for hit in conv)
+
+
+def test_the_strip_opens_on_the_page_that_holds_a_picture(client: TestClient, explorer: Explorer) -> None:
+    ids = explorer.order
+    for index, offset in ((0, 0), (1, 0), (2, 2), (3, 2)):
+        response = client.get("/api/images", params={"image": ids[index], "limit": 2})
+        assert response.status_code == 200
+        assert response.headers["x-offset"] == str(offset)
+        assert response.headers["x-total-count"] == str(len(ids))
+        assert [entry["id"] for entry in response.json()] == ids[offset : offset + 2]
+    assert client.get("/api/images", params={"offset": 1}).headers["x-offset"] == "1"
+    _one_line_error(client.get("/api/images", params={"image": "nope", "limit": 2}), 404, "unknown picture id 'nope'")
+    _one_line_error(client.get("/api/images", params={"image": ids[0]}), 400, "limit=N")
+    _one_line_error(client.get("/api/images", params={"image": ids[0], "limit": 0}), 400, "limit must be 1 or more")
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 
@@ -388,6 +428,10 @@ def test_upload_adds_a_picture(client: TestClient, photos: Path) -> None:
         ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1, "step": "x"}, 400, ["step must be a whole"]),
         ("/api/steps.png", {"image": 0, "layer": "conv3", "channel": 1, "step": 0, "scale": "loud"}, 400, ["'loud'"]),
         ("/api/nothing", {}, 404, ["no such address"]),
+        ("/api/activations", {"layer": "conv3"}, 400, ["give the picture: image=ID"]),
+        ("/api/unit", {"layer": "conv3", "channel": 1}, 400, ["give the picture: image=ID"]),
+        ("/api/image.png", {}, 400, ["give the picture: image=ID"]),
+        ("/api/image.png", {"image": ""}, 400, ["give the picture: image=ID"]),
     ],
 )
 def test_bad_input_is_a_4xx_with_one_line(
@@ -416,6 +460,42 @@ def test_the_same_words_as_the_command_line(client: TestClient, explorer: Explor
     with pytest.raises(dv.ImageError) as raised:
         dv.load_image(bad)
     assert upload.replace("'notes.txt'", repr(str(bad))) == str(raised.value)
+
+
+def test_errors_name_the_layer_as_the_request_gave_it(client: TestClient) -> None:
+    for layer in ("pool2", "features.7"):  # an alias and the node name of the same layer
+        message = _one_line_error(
+            client.get("/api/topk", params={"layer": layer, "channel": 99}), 400, f"layer {layer!r}"
+        )
+        image = _ids(client)[0]
+        other = _one_line_error(
+            client.get("/api/unit", params={"image": image, "layer": layer, "channel": 99}), 400, f"layer {layer!r}"
+        )
+        assert message == other  # the same words as every other endpoint
+    assert "features.7" not in _one_line_error(client.get("/api/topk", params={"layer": "pool2", "channel": 99}), 400)
+
+
+def test_refused_uploads_say_the_limit_in_mib_and_what_to_do(
+    client: TestClient, explorer: Explorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _ids(client)
+    monkeypatch.setattr(explorer, "upload_limit", 1 << 20)
+    message = _one_line_error(
+        client.post("/api/images", files={"file": ("big.png", b"x" * (3 << 19))}), 413, "over the limit of 1 MiB"
+    )
+    assert "MB" not in message
+    with pytest.raises(dv.DeconvVizError, match=r"big\.png' is 1\.5 MiB, over the limit of 1 MiB"):
+        explorer.upload(b"x" * (3 << 19), "big.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buffer, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # Pillow refuses a picture over twice this
+    _one_line_error(
+        client.post("/api/images", files={"file": ("bomb.png", buffer.getvalue())}),
+        400,
+        "too large to open safely",
+        "resize it below 0.004 megapixels",
+    )
+    assert _ids(client) == before
 
 
 def test_uploads_that_are_refused(client: TestClient, explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -751,6 +831,129 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
                 if url.scheme not in ("data", "chrome", "about"):  # the test's canvas read, the browser's own pages
                     requested.add(f"{url.scheme}://{url.netloc}")
         assert requested == {base}, requested
+    finally:
+        driver.quit()
+        server.stop()
+
+
+@pytest.mark.browser
+def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import parse_qsl, urlencode, urlparse
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from deconvviz.explore import app as app_module
+    from deconvviz.explore.engine import ExploreError
+
+    monkeypatch.setattr(app_module, "PAGE_SIZE", 2)  # 4 pictures: two pages in the strip
+    driver = chromium(tmp_path / "chromium", window="1280,1000")
+    explorer = Explorer(MODEL, photos, device="cpu", state_root=tmp_path / "state")
+    assert explorer.scanner.wait(120)
+    server = Server(explorer, port=0, token=TOKEN).start()
+    try:
+        assert server.wait_started()
+        base = f"http://127.0.0.1:{server.port}"
+        wait = WebDriverWait(driver, 30)
+        ids = explorer.order
+
+        def query(url: str) -> dict[str, str]:
+            return dict(parse_qsl(urlparse(url).query))
+
+        def hrefs(selector: str) -> list[dict[str, str]]:
+            return [query(a.get_attribute("href")) for a in driver.find_elements("css selector", selector)]
+
+        def text(element_id: str) -> str:
+            return driver.find_element("id", element_id).text
+
+        # a permalink to the last picture, with a channel that is no number: the strip opens on its page, the
+        # channel counts as absent (the strongest is shown) and a notice says so
+        driver.get(f"{server.url}&{urlencode({'image': ids[3], 'layer': 'conv3', 'channel': 'abc'})}")
+        wait.until(lambda d: d.find_elements("css selector", "#grid a"))
+        wait.until(lambda d: text("unit").startswith("conv3 ch "))
+        assert query(driver.current_url)["channel"].isdigit()
+        assert "NaN" not in driver.current_url
+        assert "channel=abc" in text("notice")
+        assert text("strip-count") == "3-4 of 4"
+        assert [a.get_attribute("data-id") for a in driver.find_elements("css selector", "#strip a.current")] == [
+            ids[3]
+        ]
+
+        # every link carries the whole view with its one change
+        view = query(driver.current_url)
+        for tile in hrefs("#grid a"):
+            assert tile == {**view, "channel": tile["channel"]}
+        for picture in hrefs("#strip a"):
+            assert picture == {k: v for k, v in {**view, "image": picture["image"]}.items() if k != "channel"}
+        for layer in hrefs("#layers a"):
+            assert layer == {k: v for k, v in {**view, "layer": layer["layer"]}.items() if k != "channel"}
+        driver.find_element("id", "scale").send_keys("max")  # a change of view updates the links already drawn
+        wait.until(lambda d: query(d.current_url)["scale"] == "max")
+        assert {tile["scale"] for tile in hrefs("#grid a")} == {"max"}
+        assert {picture["scale"] for picture in hrefs("#strip a")} == {"max"}
+        assert not text("notice")  # the notice goes with the next click
+
+        # the top-9 links follow the step shown in the way-down panel
+        wait.until(lambda d: d.find_elements("css selector", "#topk a[href]"))
+        driver.find_element("id", "way-down").click()
+        wait.until(lambda d: query(d.current_url).get("steps") == "0")
+        driver.find_element("id", "step-next").click()
+        wait.until(lambda d: query(d.current_url).get("steps") == "1")
+        wait.until(lambda d: {hit.get("steps") for hit in hrefs("#topk a[href]")} == {"1"})
+        driver.find_element("id", "way-down").click()
+        wait.until(lambda d: "steps" not in query(d.current_url))
+
+        # a layer without a 2-D map: the top-9 hits ask for no position, their reconstructions load, a click works
+        driver.find_element("css selector", '#layers a[data-name="flatten"]').click()
+        wait.until(lambda d: text("unit").startswith("flatten ch "))
+        wait.until(lambda d: d.find_elements("css selector", "#topk a[href]"))
+        backgrounds = driver.execute_script(
+            "return [...document.querySelectorAll('#topk .crop')].map((e) => e.style.backgroundImage);"
+        )
+        reconstructions = [re.search(r'url\("(.+)"\)', b).group(1) for b in backgrounds[::2]]
+        for url in reconstructions:
+            assert "position" not in url
+            assert _get(base + url)[0] == 200
+        hit = hrefs("#topk a[href]")[-1]
+        assert "unit" not in hit
+        driver.find_elements("css selector", "#topk a[href]")[-1].click()
+        wait.until(lambda d: query(d.current_url) == hit)
+        wait.until(lambda d: text("unit").startswith("flatten ch "))
+        assert not driver.find_element("id", "error").is_displayed()
+        assert driver.find_element("id", "projection").get_attribute("src")
+
+        # a unit request that fails: the previous view's panels go, the error shows
+        real = explorer.unit
+
+        def failing(image: str, *args: object) -> dict:
+            if image == ids[0]:
+                raise ExploreError("this unit cannot be shown")
+            return real(image, *args)
+
+        monkeypatch.setattr(explorer, "unit", failing)
+        driver.get(f"{base}/?{urlencode({'image': ids[1], 'layer': 'conv3'})}")
+        wait.until(lambda d: text("unit").startswith("conv3 ch "))
+        assert text("strip-count") == "1-2 of 4"
+        driver.find_element("css selector", f'#strip a[data-id="{ids[0]}"]').click()
+        wait.until(lambda d: d.find_element("id", "error").is_displayed())
+        assert text("error") == "this unit cannot be shown"
+        assert text("unit") == ""
+        for element_id in ("projection", "map"):
+            assert driver.find_element("id", element_id).get_attribute("src") is None
+        assert driver.find_element("id", "patch").value_of_css_property("background-image") == "none"
+        assert not driver.find_elements("css selector", "#topk a")
+        assert "image.png?image=" + ids[0] in driver.find_element("id", "picture").get_attribute("src")
+
+        # a picture this explorer does not know: what to do, and no broken picture or stale panels
+        driver.get(f"{base}/?image=nope&layer=conv3")
+        wait.until(lambda d: d.find_element("id", "error").is_displayed())
+        assert "pick a picture above" in text("error")
+        assert "forgotten when the explorer stops" in text("error")
+        assert driver.find_element("id", "picture").get_attribute("src") is None
+        assert not driver.find_element("id", "picture").is_displayed()
+        assert not driver.find_elements("css selector", "#grid a")
+        assert driver.save_screenshot(str(tmp_path / "unknown-picture.png"))
     finally:
         driver.quit()
         server.stop()

@@ -33,7 +33,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError
+from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError, mebibytes
 from deconvviz.explore.worker import Busy, Stopped, Superseded
 from deconvviz.methods import get_method
 
@@ -259,8 +259,14 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         limit = parse_int(limit_text, "limit") if limit_text else None
         if offset < 0 or (limit is not None and limit < 0):
             raise ExploreError("offset and limit must be 0 or more")
+        around = query(request, "image")
+        if around is not None:  # the page of `limit` pictures that holds this one (the strip opens on it)
+            if limit is None:
+                raise ExploreError("give limit=N with image=ID: the page of N pictures that holds the picture")
+            offset = explorer.page_of(around, limit)
         listed = await run_in_threadpool(explorer.images, offset, limit)
-        return JSONResponse(listed, headers={"x-total-count": str(len(explorer.order))})
+        headers = {"x-total-count": str(len(explorer.order)), "x-offset": str(offset)}
+        return JSONResponse(listed, headers=headers)
 
     async def upload(request: Request) -> Response:
         kind = request.headers.get("content-type", "")
@@ -269,7 +275,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         limit = explorer.upload_limit
         declared = request.headers.get("content-length", "")
         too_large = UploadTooLargeError(
-            f"the upload is over the limit of {limit / 1e6:.1f} MB; send a smaller picture or start the explorer "
+            f"the upload is over the limit of {mebibytes(limit)}; send a smaller picture or start the explorer "
             "with a larger --upload-limit"
         )
         if declared.isdigit() and int(declared) > limit + FORM_SLACK:

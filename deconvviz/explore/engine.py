@@ -203,9 +203,12 @@ class Explorer:
         """The picture with id ``image``.
 
         Raises:
+            ExploreError: no id given (HTTP 400).
             UnknownPictureError: no such id.
         """
-        found = self.pictures.get(image or "")
+        if not image:
+            raise ExploreError("give the picture: image=ID (an id as GET /api/images lists them)")
+        found = self.pictures.get(image)
         if found is None:
             raise UnknownPictureError(f"unknown picture id {image!r}; the ids are those GET /api/images lists")
         return found
@@ -215,6 +218,15 @@ class Explorer:
         with self._lock:
             ids = self.order[offset : None if limit is None else offset + limit]
         return [self.pictures[i].entry() for i in ids]
+
+    def page_of(self, image: str, limit: int) -> int:
+        """The offset of the page of ``limit`` pictures that holds picture ``image`` (pages start at 0, limit, ...)."""
+        self.picture(image)
+        if limit < 1:
+            raise ExploreError(f"limit must be 1 or more to find a picture's page, got {limit}")
+        with self._lock:
+            index = self.order.index(image)
+        return index // limit * limit
 
     def upload(self, data: bytes, filename: str) -> dict[str, Any]:
         """Add an uploaded picture; its entry.
@@ -226,13 +238,21 @@ class Explorer:
             UploadTooLargeError: more bytes than the limit.
             ImageError: not a picture, corrupt, or too large to open safely.
         """
+        from PIL import Image as PILImage
+
         name = Path(filename or "upload").name or "upload"
         if len(data) > self.upload_limit:
             raise UploadTooLargeError(
-                f"upload {name!r} is {len(data) / 1e6:.1f} MB, over the limit of {self.upload_limit / 1e6:.1f} MB; "
+                f"upload {name!r} is {mebibytes(len(data))}, over the limit of {mebibytes(self.upload_limit)}; "
                 "send a smaller picture or start the explorer with a larger --upload-limit"
             )
-        picture = decode_image(data, name)
+        try:
+            picture = decode_image(data, name)
+        except ImageError as exc:
+            if not isinstance(exc.__cause__, PILImage.DecompressionBombError):
+                raise
+            most = 2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses pictures over twice its limit
+            raise ImageError(f"{exc}; resize it below {most:.3g} megapixels and upload it again") from exc
         identity = "u" + _digest(data)
         with self._lock:
             if identity in self.pictures:
@@ -426,7 +446,13 @@ class Explorer:
         if act.dim() != 3:
             if position is not None:
                 raise ExploreError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
-            return {"channel": channel, "position": None, "activation": float(act[channel]), "box": None}
+            return {
+                "channel": channel,
+                "position": None,
+                "activation": float(act[channel]),
+                "box": None,
+                "size": [int(captured.x.shape[-2]), int(captured.x.shape[-1])],
+            }
         height, width = int(act.shape[1]), int(act.shape[2])
         if position is None:
             flat = int(act[channel].reshape(-1).argmax())
@@ -590,16 +616,20 @@ class Explorer:
     # ---------------------------------------------------------------------------------------------- top-k
 
     def topk(self, layer: str, channel: int, method: str | None = None) -> dict[str, Any]:
-        """The channel's strongest hits over the folder (report, or scan: boxes under ``method``), or scan progress."""
+        """The channel's strongest hits over the folder (report, or scan: boxes under ``method``), or scan progress.
+
+        Each hit's ``position`` is its unit's ``[row, col]``, None on a layer without a 2-D map (as :meth:`unit`
+        gives it); messages name the layer as given.
+        """
         node = self.resolve(layer)
         out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
         if self.report is not None:
-            return {**out, **report_hits(self, self.report, node, channel)}
+            return {**out, **report_hits(self, self.report, node, channel, layer)}
         scanner = self.scanner
         out.update(scanner.status())
         if scanner.result is None:
             return {**out, "hits": []}
-        return {**out, "hits": scan_hits(self, scanner.result, node, channel, method)}
+        return {**out, "hits": scan_hits(self, scanner.result, node, channel, method, layer)}
 
     # ---------------------------------------------------------------------------------------------- close
 
@@ -621,6 +651,13 @@ class Explorer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def mebibytes(count: int) -> str:
+    """A size in bytes in the unit ``--upload-limit`` takes: ``32 MiB``, ``33.6 MiB``, ``0.191 MiB``."""
+    value = count / (1 << 20)
+    text = f"{value:.1f}".removesuffix(".0") if value >= 1 else f"{value:.3g}"
+    return f"{text} MiB"
 
 
 def _enlargement(shape: tuple[int, ...]) -> int:

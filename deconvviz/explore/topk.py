@@ -46,16 +46,27 @@ def check_channel(channel: int, count: int, layer: str) -> None:
 
 
 def scan_hits(
-    self: Explorer, found: ScanResult, node: str, channel: int, method: str | None = None
+    self: Explorer,
+    found: ScanResult,
+    node: str,
+    channel: int,
+    method: str | None = None,
+    layer: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The kept hits of one channel of a scan: pictures by id, units, values, receptive-field boxes under ``method``."""
+    """The kept hits of one channel of a scan: pictures by id, units, values, receptive-field boxes under ``method``.
+
+    A hit's ``position`` is None on a layer without a 2-D map (a flattened or fully connected layer), as
+    :meth:`Explorer.unit` gives it; messages name the layer as ``layer`` (the name the request gave), else ``node``.
+    """
+    name = layer or node
     tracker = found.trackers.get(node)
     if tracker is None:
-        raise TopKError(f"layer {node!r} was not scanned; scanned: {', '.join(found.layers)}")
-    check_channel(channel, len(found.selected[node]), node)
+        raise TopKError(f"layer {name!r} was not scanned; scanned: {', '.join(found.layers)}")
+    check_channel(channel, len(found.selected[node]), name)
     row = found.selected[node].index(channel)
     values, images, positions = (t[row].tolist() for t in (tracker.values, tracker.images, tracker.positions))
-    width = tracker.map_shape[1] if len(tracker.map_shape) == 2 else 1
+    spatial = len(tracker.map_shape) == 2
+    width = tracker.map_shape[1] if spatial else 1
     field_ = self._field(node, method)
     size = int(self.session.model.preprocessing.size)
     hits = []
@@ -71,31 +82,40 @@ def scan_hits(
                 "value": float(value),
                 "image": picture.id if picture is not None else None,
                 "name": found.source.names[index],
-                "position": list(position),
+                "position": list(position) if spatial else None,
                 "box": box,
             }
         )
     return hits
 
 
-def report_hits(self: Explorer, report: dict[str, Any], node: str, channel: int) -> dict[str, Any]:
-    """The hits a report kept for one channel, its pictures named by the explorer's ids where it has them."""
+def report_hits(
+    self: Explorer, report: dict[str, Any], node: str, channel: int, name: str | None = None
+) -> dict[str, Any]:
+    """The hits a report kept for one channel, its pictures named by the explorer's ids where it has them.
+
+    A hit's ``position`` is None on a layer known to have no 2-D map (as :meth:`Explorer.unit` gives it); messages
+    name the layer as ``name`` (the name the request gave), else ``node``.
+    """
     layer = next((item for item in report["layers"] if item["node"] == node), None)
     by_name = {self.pictures[i].name: i for i in self.order}
     base = {"source": "report", "state": "done", "done": 0, "total": 0}
     if layer is None:
         listed = ", ".join(item["layer"] for item in report["layers"])
-        return {**base, "hits": [], "message": f"the report has no layer {node!r}; it has {listed}"}
+        return {**base, "hits": [], "message": f"the report has no layer {name or node!r}; it has {listed}"}
     kept = layer["channels"].get(str(channel))
     if kept is None:
-        return {**base, "hits": [], "message": f"the report did not keep channel {channel} of {layer['layer']!r}"}
+        message = f"the report did not keep channel {channel} of {name or layer['layer']!r}"
+        return {**base, "hits": [], "message": message}
+    shape = next((item["shape"] for item in self.layers_known or [] if item["node"] == node), None)
+    spatial = shape is None or len(shape) == 3
     hits = [
         {
             "rank": rank,
             "value": float(hit["value"]),
             "image": by_name.get(hit["image"]),
             "name": hit["image"],
-            "position": list(hit["position"]),
+            "position": list(hit["position"]) if spatial else None,
             "box": list(hit["box"]),
         }
         for rank, hit in enumerate(kept)

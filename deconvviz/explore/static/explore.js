@@ -69,23 +69,51 @@
     el.hidden = !message;
   }
 
+  function superseded(error) {
+    return error && (error.status === 429 || error.name === "AbortError"); // a newer click took over
+  }
+
   function fail(error) {
-    if (error && (error.status === 429 || error.name === "AbortError")) return; // a newer click took over
+    if (superseded(error)) return;
     showError(error && error.message ? error.message : String(error));
+  }
+
+  // What the page left out of the address it was opened with (a value it cannot use), one line, until the next click.
+  let notices = [];
+
+  function notice(text) {
+    if (text) notices.push(text);
+    else notices = [];
+    const el = $("notice");
+    el.textContent = notices.length ? "from the address: " + notices.join("; ") : "";
+    el.hidden = !notices.length;
   }
 
   // ------------------------------------------------------------------------------------------- address
 
   function readAddress() {
+    // A value the page cannot use counts as absent (the default is shown) and the notice says so.
     const p = new URLSearchParams(location.search);
-    state.image = p.get("image");
-    state.layer = p.get("layer");
-    state.channel = p.has("channel") ? parseInt(p.get("channel"), 10) : null;
-    const unit = p.get("unit");
-    state.unit = unit && /^\d+,\d+$/.test(unit) ? unit.split(",").map(Number) : null;
-    state.method = config.methods.includes(p.get("method")) ? p.get("method") : "deconvnet";
-    state.scale = config.scales.includes(p.get("scale")) ? p.get("scale") : "robust";
-    state.steps = /^\d+$/.test(p.get("steps") || "") ? parseInt(p.get("steps"), 10) : null;
+    notice("");
+    const given = (name, fits, instead) => {
+      const text = p.get(name);
+      if (text === null || text === "") return null;
+      if (fits(text)) return text;
+      notice(name + "=" + text + " is not " + instead);
+      return null;
+    };
+    const whole = (text) => /^\d+$/.test(text);
+    state.image = p.get("image") || null;
+    state.layer = p.get("layer") || null;
+    const channel = given("channel", whole, "a channel number; showing the strongest channel");
+    state.channel = channel === null ? null : parseInt(channel, 10);
+    const unit = given("unit", (t) => /^\d+,\d+$/.test(t), "ROW,COL; showing the channel's strongest unit");
+    state.unit = unit === null ? null : unit.split(",").map(Number);
+    const known = (values) => (text) => values.includes(text);
+    state.method = given("method", known(config.methods), "one of " + config.methods.join(", ") + "; showing deconvnet") || "deconvnet";
+    state.scale = given("scale", known(config.scales), "one of " + config.scales.join(", ") + "; showing robust") || "robust";
+    const steps = given("steps", whole, "a step number; the way down is closed");
+    state.steps = steps === null ? null : parseInt(steps, 10);
   }
 
   function address() {
@@ -101,6 +129,7 @@
   }
 
   function remember(replace) {
+    relink();
     const target = address();
     if (target === location.search) return;
     if (replace) history.replaceState(null, "", target);
@@ -109,16 +138,25 @@
 
   // -------------------------------------------------------------------------------------------- pictures
 
-  // A link that makes `change` to the page's state when clicked, without a reload; its address can still be
-  // opened in a new tab or shared.
-  function chooser(href, change) {
+  // A link that makes `change` to the page's state when clicked, without a reload; its address is the whole
+  // view with that change (relink keeps it so as the view changes), so it can be opened in a new tab or shared.
+  function chooser(change) {
     const a = document.createElement("a");
-    a.href = href;
+    a.dataset.change = JSON.stringify(change);
+    a.href = hrefOf(change);
     a.addEventListener("click", (event) => {
+      if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return; // a new tab
       event.preventDefault();
       choose(change);
     });
     return a;
+  }
+
+  function relink() {
+    for (const a of document.querySelectorAll("a[data-change]")) {
+      const target = hrefOf(JSON.parse(a.dataset.change));
+      if (a.getAttribute("href") !== target) a.setAttribute("href", target);
+    }
   }
 
   function thumbnail(src, alt) {
@@ -129,13 +167,24 @@
     return img;
   }
 
-  async function loadStrip() {
-    const { body, response } = await getJSON(api("/api/images", { offset: stripOffset, limit: config.pageSize }, false));
+  async function loadStrip(around) {
+    // around: a picture's id, to open the strip on the page that holds it (an unknown id: the current page)
+    let found = null;
+    if (around) {
+      try {
+        found = await getJSON(api("/api/images", { image: around, limit: config.pageSize }, false));
+      } catch (error) {
+        if (error.status !== 404) throw error;
+      }
+    }
+    if (!found) found = await getJSON(api("/api/images", { offset: stripOffset, limit: config.pageSize }, false));
+    const { body, response } = found;
+    stripOffset = parseInt(response.headers.get("x-offset") || String(stripOffset), 10);
     total = parseInt(response.headers.get("x-total-count") || String(body.length), 10);
     const strip = $("strip");
     strip.replaceChildren();
     for (const entry of body) {
-      const a = chooser("?image=" + encodeURIComponent(entry.id), { image: entry.id, channel: null, unit: null });
+      const a = chooser({ image: entry.id, channel: null, unit: null });
       a.dataset.id = entry.id;
       a.title = entry.name + " (" + entry.width + "x" + entry.height + ")";
       a.appendChild(thumbnail(api("/api/image.png", { image: entry.id, size: 96 }, false), entry.name));
@@ -153,10 +202,16 @@
     for (const a of $("strip").children) a.classList.toggle("current", a.dataset.id === state.image);
   }
 
+  function mebibytes(count) {
+    // As the server says sizes: 32 MiB, 33.6 MiB, 0.191 MiB.
+    const value = count / 1048576;
+    return (value >= 1 ? value.toFixed(1).replace(/\.0$/, "") : String(Number(value.toPrecision(3)))) + " MiB";
+  }
+
   async function upload(file) {
     if (!file) return;
     if (file.size > config.uploadLimit) {
-      showError("the upload is over the limit of " + (config.uploadLimit / 1e6).toFixed(1) + " MB; send a smaller picture");
+      showError("the upload is over the limit of " + mebibytes(config.uploadLimit) + "; send a smaller picture");
       return;
     }
     const form = new FormData();
@@ -182,7 +237,7 @@
     const nav = $("layers");
     nav.replaceChildren();
     for (const layer of layers) {
-      const a = chooser("?layer=" + encodeURIComponent(layer.name), { layer: layer.name, channel: null, unit: null });
+      const a = chooser({ layer: layer.name, channel: null, unit: null });
       a.dataset.name = layer.name;
       const title = document.createElement("div");
       title.textContent = layer.name;
@@ -221,6 +276,7 @@
   let shownKey = null; // picture and layer of the grid on screen
 
   async function render() {
+    relink();
     markStrip();
     markLayers();
     $("method").value = state.method;
@@ -232,17 +288,23 @@
     seq += 1;
     const mine = seq;
     const key = state.image + "\u0000" + state.layer;
+    let stage = "picture"; // what a failure leaves on screen: nothing of the view ("picture") or its grid ("unit")
     $("picture").src = api("/api/image.png", { image: state.image }, false);
     try {
       if (key !== shownKey || !activations) {
         activations = null;
+        shownKey = null;
         const { body } = await getJSON(api("/api/activations", { image: state.image, layer: state.layer, method: state.method }));
         if (mine !== seq) return;
         activations = body;
         shownKey = key;
         drawGrid(true);
       }
+      stage = "unit";
       if (state.channel === null || state.channel >= activations.shape[0]) {
+        if (state.channel !== null) {
+          notice("channel " + state.channel + " is out of range for layer " + state.layer + " (0-" + (activations.shape[0] - 1) + "); showing the strongest channel");
+        }
         state.channel = activations.channels.length ? activations.channels[0].channel : 0;
         state.unit = null;
         remember(true);
@@ -250,13 +312,41 @@
       markGrid();
       await showUnit(mine);
     } catch (error) {
-      if (mine === seq) fail(error);
+      if (mine !== seq || superseded(error)) return;
+      // The new view could not be shown: leave nothing of the previous one beside it.
+      blank(stage === "picture");
+      if (error.status === 404 && stage === "picture") {
+        showError("picture " + JSON.stringify(state.image) + " is not in this explorer: pick a picture above "
+          + "(uploaded pictures are forgotten when the explorer stops)");
+      } else {
+        fail(error);
+      }
+    }
+  }
+
+  function blank(all) {
+    // Clear the unit's panels (and with `all` the picture, the grid and the channel's number) after a failure.
+    for (const id of ["projection", "map"]) $(id).removeAttribute("src");
+    for (const id of ["box", "marker", "step-box"]) $(id).hidden = true;
+    const patch = $("patch");
+    patch.style.backgroundImage = "none";
+    $("unit").textContent = "";
+    $("topk").replaceChildren();
+    $("topk-status").textContent = "";
+    clearTimeout(topkTimer);
+    $("steps-panel").hidden = true;
+    stepsShown = null;
+    if (all) {
+      $("picture").removeAttribute("src");
+      $("grid").replaceChildren();
+      $("grid-count").textContent = "";
+      $("more").hidden = true;
+      activations = null;
     }
   }
 
   async function showUnit(mine) {
-    const params = { image: state.image, layer: state.layer, channel: state.channel, method: state.method };
-    if (state.unit) params.position = state.unit.join(",");
+    const params = unitParams();
     const { body } = await getJSON(api("/api/unit", params));
     if (mine !== seq) return;
     showError("");
@@ -373,7 +463,7 @@
     const until = Math.min(channels.length, gridShown + GRID_PAGE);
     for (let i = gridShown; i < until; i++) {
       const item = channels[i];
-      const a = chooser("?channel=" + item.channel, { channel: item.channel, unit: null });
+      const a = chooser({ channel: item.channel, unit: null });
       a.dataset.channel = String(item.channel);
       a.title = "channel " + item.channel + ", peak " + number(item.peak) + (item.position ? " at (" + item.position.join(", ") + ")" : "");
       const img = thumbnail(api("/api/activations.png", { image: state.image, layer: state.layer, channel: item.channel }, false), "channel " + item.channel);
@@ -416,8 +506,9 @@
     }
     panel.replaceChildren();
     for (const hit of body.hits) {
-      const a = document.createElement("a");
+      // A hit on a layer without a 2-D map has no position: its unit is the channel itself.
       const target = { image: hit.image, layer: state.layer, channel: state.channel, unit: hit.position };
+      const a = hit.image ? chooser(target) : document.createElement("a");
       const pair = document.createElement("div");
       pair.className = "pair";
       const rec = document.createElement("div");
@@ -427,19 +518,13 @@
       const label = document.createElement("div");
       label.textContent = "a=" + number(hit.value) + " " + hit.name;
       a.append(pair, label);
-      a.title = hit.name + ", unit (" + hit.position.join(", ") + ")";
+      a.title = hit.name + (hit.position ? ", unit (" + hit.position.join(", ") + ")" : "");
       if (hit.image) {
         const size = layerSize();
-        const params = { image: hit.image, layer: state.layer, channel: state.channel, position: hit.position.join(","), method: state.method, scale: state.scale };
+        const params = { image: hit.image, layer: state.layer, channel: state.channel, method: state.method, scale: state.scale };
+        if (hit.position) params.position = hit.position.join(",");
         crop(rec, api("/api/projection.png", params), hit.box, size, 80);
         crop(patch, api("/api/image.png", { image: hit.image }, false), hit.box, size, 80);
-        const saved = { ...state };
-        Object.assign(saved, target);
-        a.href = hrefOf(saved);
-        a.addEventListener("click", (event) => {
-          event.preventDefault();
-          choose(target);
-        });
       }
       panel.appendChild(a);
     }
@@ -460,6 +545,7 @@
   // ----------------------------------------------------------------------------------------------- events
 
   function choose(change) {
+    notice("");
     Object.assign(state, change);
     remember(false);
     render();
@@ -501,6 +587,8 @@
     const before = state.image + "\u0000" + state.layer;
     readAddress();
     if (before !== state.image + "\u0000" + state.layer) shownKey = null;
+    const shown = [...$("strip").children].some((a) => a.dataset.id === state.image);
+    if (state.image && !shown) loadStrip(state.image).catch(fail); // the strip follows to the picture's page
     render();
   });
 
@@ -517,9 +605,11 @@
       layers = (await getJSON(api("/api/layers", {}, false))).body;
       layerInfo = Object.fromEntries(layers.map((l) => [l.name, l]));
       drawLayers();
-      if (state.layer && !layerInfo[state.layer] && !layers.some((l) => l.node === state.layer)) state.layer = null;
+      const unknown = state.layer && !layerInfo[state.layer] && !layers.some((l) => l.node === state.layer) ? state.layer : null;
+      if (unknown) state.layer = null;
       if (!state.layer) state.layer = defaultLayer();
-      const first = await loadStrip();
+      if (unknown) notice("layer=" + unknown + " is not a layer of this model; showing " + state.layer);
+      const first = await loadStrip(state.image);
       if (!state.image && first.length) state.image = first[0].id;
       remember(true);
       await render();
