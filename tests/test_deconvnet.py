@@ -548,3 +548,23 @@ def test_one_layer_name_alone_is_one_layer() -> None:
     net.visit_activations(x, layer, lambda name, _a: seen.append(name))
     assert seen == [layer]
     assert ScanOptions.of(layer).layers == (layer,)
+
+
+def test_seed_arguments_of_the_wrong_kind_and_the_models_return_are_one_line(tmp_path) -> None:
+    net = dv.DeconvNet(make_tiny_vgg())
+    x = torch.randn(1, 3, 32, 32)
+    layer = net.layers[-1]
+    for kwargs, said in (
+        ({"channel": 1.5}, "channel= takes a channel index or a list of them, got 1.5"),
+        ({"channel": "a"}, "channel= takes a channel index or a list of them, got 'a'"),
+        ({"channel": 0, "position": 3}, "position= takes (row, col) of a unit in the layer's map, got 3"),
+    ):
+        with pytest.raises(SeedError) as info:
+            net.project(x, layer, **kwargs)
+        assert str(info.value) == said
+    with pytest.raises(LayerNotFoundError, match="the model's input and its return are not layers"):
+        net.project(x, "output", channel=0)
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    with pytest.raises(dv.OutputError, match=r"is a file, not a folder; choose a folder"):
+        net.project(x, layer, top=1).save(in_the_way)

@@ -322,6 +322,25 @@ def test_cli_seeds_the_unit_given_by_its_position(photo: Path, tmp_path: Path) -
     assert len(manifest["steps"]["steps"]) == len(expected.steps)
 
 
+def test_cli_refuses_a_unit_that_is_zero(photo: Path, tmp_path: Path) -> None:
+    net = dv.DeconvNet(dv.load_model(MODEL))
+    x = dv.load_model(MODEL).preprocess(photo)
+    act = net.activations(x, ["conv3"])["conv3"][0]
+    zeros = (act == 0).nonzero().tolist()
+    assert zeros, "the tiny net's conv3 has silent units on the photo"
+    channel, row, col = zeros[0]
+    out = tmp_path / "out"
+    code, _stdout, stderr = steps_cli(
+        photo, "--layer", "conv3", "--channel", str(channel), "--position", f"{row},{col}", "--out", out
+    )
+    assert code == 2
+    assert stderr.strip().splitlines() == [
+        f"error: unit ({row}, {col}) of channel {channel} of conv3 is 0 on this picture: nothing reaches the input; "
+        "leave --position out for the channel's strongest unit"
+    ]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [

@@ -23,6 +23,7 @@ from deconvviz.cli.options import (
     parse_position,
     progress_bar,
     reported,
+    usage,
 )
 
 
@@ -75,6 +76,11 @@ def steps_command(
             )
             steps = result.steps
             assert steps is not None
+            if unit is not None and float(result.activations[0]) == 0:  # every step would be blank
+                raise usage(
+                    f"unit {unit} of channel {result.channels[0]} of {result.layer} is 0 on this picture: nothing "
+                    "reaches the input; leave --position out for the channel's strongest unit"
+                )
             arguments = {
                 "image": str(image),
                 **model.arguments(),

@@ -138,9 +138,11 @@ class Graph:
         found = self._by_name.get(target, self.containers.get(target))
         if found is not None and found.op not in ("placeholder", "output"):
             return found
-        candidates = [*aliases, *(n for n in self._by_name if n != self.names[self.input])]
+        candidates = [*aliases, *(n for n, node in self._by_name.items() if node.op not in ("placeholder", "output"))]
         close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "none is close"
+        if found is not None:  # the model's input or its return: not a layer of its own
+            hint = "the model's input and its return are not layers; give the node that computes it"
         raise LayerNotFoundError(
             f"unknown layer {name!r} for {type(self.model).__name__}: {hint} "
             "(`deconvviz layers` or `DeconvNet.layers` lists every layer)"

@@ -9,6 +9,7 @@ hand-made pattern) can be projected as a seed tensor of the layer's shape with
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -60,7 +61,10 @@ def channels(act: Tensor, channel: int | Sequence[int] | None, top: int | None, 
         return [int(c) for c in order]
     if channel is None:
         raise SeedError("choose what to project: channel=<index or list> or top=<count>")
-    chosen = [channel] if isinstance(channel, int) else list(channel)
+    if isinstance(channel, str) or not isinstance(channel, numbers.Integral | Sequence | torch.Tensor):
+        raise SeedError(f"channel= takes a channel index or a list of them, got {channel!r}")
+    chosen = [channel] if isinstance(channel, numbers.Integral) else list(channel)
+    chosen = [int(c) if isinstance(c, numbers.Integral) and not isinstance(c, bool) else c for c in chosen]
     if not chosen:
         raise SeedError("channel= is an empty list")
     for c in chosen:
@@ -85,6 +89,8 @@ def units(
     height, width = ((*spatial, 1, 1))[:2] if spatial else (1, 1)
     planes = act[0, list(channels)].reshape(len(channels), -1)
     if position is not None:
+        if not isinstance(position, Sequence) or isinstance(position, str):
+            raise SeedError(f"position= takes (row, col) of a unit in the layer's map, got {position!r}")
         if len(position) != 2 or not spatial:
             raise SeedError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
         row, col = int(position[0]), int(position[1])

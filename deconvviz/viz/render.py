@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deconvviz.errors import RenderError
-from deconvviz.io.atomic import write_file
+from deconvviz.io.atomic import OutputError, write_file
 from deconvviz.io.names import clean_name
 from deconvviz.viz.figures import (
     RenderOptions,
@@ -123,7 +123,12 @@ def save_projection(
         The paths written, reconstructions first.
     """
     options = RenderOptions.build(options)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputError(
+            f"cannot write into {str(directory)!r}: {str(exc.filename)!r} is a file, not a folder; choose a folder"
+        ) from exc
     layer = safe_name(projection.layer)
     base = base_picture(projection) if options.overlay else None
     paths = []
