@@ -361,6 +361,11 @@ def test_report_command_resume_messages(photos, tmp_path) -> None:
     result = CliRunner().invoke(app, [*base, "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert "report of 22 image(s) (1 skipped)" in result.stdout
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(app, [*base, "--out", str(fresh), "--resume"])
+    assert result.exit_code == 0, result.output
+    note = f"note: no saved scan in {str(scan_state_folder(fresh))!r}; --resume starts from the beginning"
+    assert result.stderr.splitlines()[0] == note
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

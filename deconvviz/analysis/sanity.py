@@ -329,7 +329,9 @@ def sanity(
     if channel is None:
         channel = int(torch.sort(strength, descending=True, stable=True).indices[0])
     elif isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < width:
-        raise AnalysisError(f"channel {channel!r} is out of range for layer {target!r} (0-{width - 1})")
+        raise AnalysisError(
+            f"channel {channel!r} is out of range for layer {target!r} (0-{width - 1}); choose one in that range"
+        )
     plane = act[0, channel].reshape(-1)
     flat = int(plane.argmax())
     spatial = tuple(act.shape[2:])

@@ -279,6 +279,10 @@ def report_command(
             chosen_channels = parse_channels(channels, ranked=True)
             from deconvviz.viz.report import build_report, scan_state_folder
 
+            if resume and lead:
+                saved = scan_state_folder(out)
+                if not (saved.is_dir() and any(saved.iterdir())):
+                    err(f"note: no saved scan in {str(saved)!r}; --resume starts from the beginning")
             labels = {
                 "scan": "scanning pictures",
                 "project": "projecting top activations",

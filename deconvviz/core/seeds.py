@@ -70,7 +70,8 @@ def channels(act: Tensor, channel: int | Sequence[int] | None, top: int | None, 
     for c in chosen:
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < count:
             raise SeedError(
-                f"channel {c!r} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1})"
+                f"channel {c!r} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
+                "choose one in that range"
             )
     return chosen
 

@@ -534,8 +534,9 @@ class _Writer:
             f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr></table>",
             "<h2>data set</h2><table>"
             f"<tr><th>folder</th><td>{text(result.folder)}</td></tr>"
-            f"<tr><th>images</th><td>{len(result.images)}</td></tr>"
-            f"<tr><th>skipped</th><td>{len(result.skipped)}</td></tr>"
+            f"<tr><th>images</th><td>{len(result.images)} found, {len(result.images) - len(result.skipped)} "
+            "scanned</td></tr>"
+            f"<tr><th>skipped</th><td>{_skipped(len(result.skipped))}</td></tr>"
             f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
             "<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels shown</th>"
             "<th>fired / scanned</th>"
@@ -579,3 +580,7 @@ class _Writer:
         with (self.root / "manifest.json").open("w", encoding="utf-8") as out:
             out.writelines(iter_json(data, indent=2))
             out.write("\n")
+
+
+def _skipped(count: int) -> str:
+    return "none" if count == 0 else f"{count} unreadable (listed below)"

@@ -590,7 +590,8 @@ def _select_channels(channels: int | Sequence[int] | None, count: int, layer: st
     bad = [c for c in chosen if not 0 <= c < count]
     if bad:
         raise SearchError(
-            f"channel {bad[0]} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1})"
+            f"channel {bad[0]} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
+            "choose channels in that range"
         )
     return chosen
 
