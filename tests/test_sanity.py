@@ -101,18 +101,31 @@ def test_scores_equal_loops_and_the_caller_model_is_untouched(tiny, picture) -> 
         ("features.5", "features.2"),
         ("features.5", "features.2", "features.0"),
     )
+    # The scores compare the part of the picture the projected units reach: their receptive fields together.
+    boxes = [
+        dv.receptive_field(dv.DeconvNet(tiny), "conv3", method=m).box(row, col, (32, 32))
+        for m in result.methods
+        for row, col in result.units
+    ]
+    reach = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    assert reach != (0, 0, 32, 32)  # conv3's fields are smaller than the picture: there is something to cut
+    assert result.box == reach
+    top, left, bottom, right = reach
     for method in result.methods:
         stack = result.reconstructions[method]
         assert stack.shape[0] == len(result.steps) == 4
+        outside = stack.clone()
+        outside[..., top:bottom, left:right] = 0
+        assert torch.count_nonzero(outside) == 0  # nothing is lost by the cut
         for i in range(len(result.steps)):
-            a = stack[0].abs().sum(0).numpy().ravel()
-            b = stack[i].abs().sum(0).numpy().ravel()
+            a = stack[0][:, top:bottom, left:right].abs().sum(0).numpy()
+            b = stack[i][:, top:bottom, left:right].abs().sum(0).numpy()
             if b.max() == 0:
                 assert math.isnan(float(result.spearman[method][i]))
                 continue
-            rho = _pearson(_ranks_by_loop(list(a)), _ranks_by_loop(list(b)))
+            rho = _pearson(_ranks_by_loop(list(a.ravel())), _ranks_by_loop(list(b.ravel())))
             assert float(result.spearman[method][i]) == pytest.approx(rho, abs=1e-10)
-            s = _ssim_by_loop(a.reshape(32, 32) / a.max(), b.reshape(32, 32) / b.max())
+            s = _ssim_by_loop(a / a.max(), b / b.max())
             assert float(result.ssim[method][i]) == pytest.approx(s, abs=1e-10)
         assert float(result.spearman[method][0]) == pytest.approx(1.0, abs=1e-12)
         net = dv.DeconvNet(tiny)

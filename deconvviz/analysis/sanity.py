@@ -12,6 +12,10 @@ with the one from the trained model:
 * SSIM (Wang et al., 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03) between the same maps,
   each scaled to 0..1 by its own maximum.
 
+Both are taken within the box that the projected units' receptive fields cover together: outside it every
+reconstruction is 0, and blank borders would count as agreement whatever the weights (at a shallow layer,
+almost the whole picture).
+
 Scores that stay near 1 while the weights are destroyed mean the picture does not depend on what was
 learned. A second number, per reverse pass, is the mean pairwise rank correlation between the whole-map
 reconstructions of several channels of the trained model for the same image: near 1, the channels' pictures
@@ -34,6 +38,7 @@ from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.core.layers import default_layers
+from deconvviz.core.receptive import receptive_field
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.methods import PRESETS, get_method
 from deconvviz.models.session import session
@@ -154,6 +159,9 @@ class SanityResult(AnalysisResult):
         channel_correlation: per method, the mean pairwise rank correlation between the whole-map
             reconstructions of ``channels_compared`` in the trained model.
         channels_compared: the channels of that comparison.
+        box: ``(top, left, bottom, right)``, the input pixels any of the projected units can reach under any of
+            the reverse passes (their receptive fields together); the scores compare the reconstructions there,
+            and the figure shows that part. None: the whole picture.
         seed: the random seed of the new weights.
         input: the image as the model saw it, ``(H, W, 3)`` uint8.
         channel_order: the model's colour order, for display.
@@ -179,6 +187,7 @@ class SanityResult(AnalysisResult):
     seed: int
     input: np.ndarray | None = field(default=None, repr=False, compare=False)
     channel_order: str = "RGB"
+    box: tuple[int, int, int, int] | None = None
 
     def _manifest(self) -> dict[str, Any]:
         def number(v: float) -> float | None:
@@ -192,7 +201,9 @@ class SanityResult(AnalysisResult):
             "position": None if self.position is None else list(self.position),
             "value": self.value,
             "seed": self.seed,
-            "scores": "spearman: rank correlation of |values| (summed over colour); ssim: Gaussian 11x11, sigma 1.5",
+            "box": None if self.box is None else list(self.box),
+            "scores": "spearman: rank correlation of |values| (summed over colour); ssim: Gaussian 11x11, sigma 1.5; "
+            "both within box (the units' receptive fields together)",
             "steps": [
                 {
                     "label": label,
@@ -374,8 +385,13 @@ def sanity(
                 images[m].append(twin.project_seeds(x, target, step_seeds, method=m)[0].cpu())
             report(i + 3, total, f"randomised {labels[-1]}")
     stacks = {m: torch.stack(images[m]) for m in names}
-    rho = {m: torch.tensor([compare(stacks[m][0], r)[0] for r in stacks[m]], dtype=torch.float64) for m in names}
-    sim = {m: torch.tensor([compare(stacks[m][0], r)[1] for r in stacks[m]], dtype=torch.float64) for m in names}
+    # Outside the units' receptive fields every reconstruction is 0: compared there, two blank borders would
+    # agree perfectly whatever the weights. The scores compare the part any unit can reach.
+    box = _reach(net, target, names, units, tuple(x.shape[-2:]))
+    top, left, bottom, right = box if box is not None else (0, 0, *x.shape[-2:])
+    cut = {m: stacks[m][..., top:bottom, left:right] for m in names}
+    rho = {m: torch.tensor([compare(cut[m][0], r)[0] for r in cut[m]], dtype=torch.float64) for m in names}
+    sim = {m: torch.tensor([compare(cut[m][0], r)[1] for r in cut[m]], dtype=torch.float64) for m in names}
     picture = None
     try:
         import numpy as np
@@ -406,7 +422,30 @@ def sanity(
         seed=seed,
         input=picture,
         channel_order=current.channel_order,
+        box=box,
     )
+
+
+def _reach(
+    net: DeconvNet,
+    layer: str,
+    methods: Sequence[str],
+    units: Sequence[tuple[int, int] | None],
+    size: tuple[int, int],
+) -> tuple[int, int, int, int] | None:
+    """The box around every pixel the ``units`` can reach under ``methods``; None when that is the whole picture."""
+    boxes = []
+    for method in methods:
+        field = receptive_field(net, layer, method=method)
+        placed = [unit for unit in units if unit is not None]
+        if field.whole_image or len(placed) < len(units):
+            return None
+        boxes += [field.box(row, col, size) for row, col in placed]
+    top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    bottom, right = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    if (top, left, bottom, right) == (0, 0, *size) or bottom <= top or right <= left:
+        return None
+    return (top, left, bottom, right)
 
 
 def _nearest_live(plane: Tensor, flat: int, cols: int) -> int:

@@ -255,8 +255,9 @@ def sanity_command(
     weights from the top layer down and project the same unit after each step with each reverse pass.
 
     Writes OUT/figure.png (rows: reverse passes; columns: the reconstruction after each step, with its rank
-    correlation and SSIM to the trained model's) and OUT/manifest.json, and prints the scores once every layer
-    is random and the mean pairwise correlation between channels: near 1, the pictures show the image.
+    correlation and SSIM to the trained model's, both within the units' receptive fields) and OUT/manifest.json,
+    and prints the scores once every layer is random and the mean pairwise correlation between channels: near 1,
+    the pictures show the image.
     """
     with reported(debug):
         _check_out(out)

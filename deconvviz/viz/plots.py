@@ -202,6 +202,8 @@ def sanity_figure(
         ``(figure, axes)``: axes indexed ``[method row, column]`` (column 0 the input, ``s + 1`` step ``s``)
         whatever the wrapping.
     """
+    from matplotlib.patches import Rectangle
+
     from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
@@ -224,11 +226,21 @@ def sanity_figure(
         ax = axes[r, 0]
         if result.input is not None:
             ax.imshow(result.input)
+            if result.box is not None:  # the part every other panel shows
+                top, left, bottom, right = result.box
+                ax.add_patch(
+                    Rectangle(
+                        (left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="#ffcc00", lw=1.2
+                    )
+                )
         if r == 0:
-            ax.set_title("input", fontsize=7)
+            ax.set_title("input" if result.box is None else "input (box: the units' fields)", fontsize=7)
         for s, step in enumerate(result.steps):
             ax = axes[r, s + 1]
             image = result.reconstructions[method][s]
+            if result.box is not None:
+                top, left, bottom, right = result.box
+                image = image[..., top:bottom, left:right]
             if float(image.abs().max()) > 0:
                 ax.imshow(to_rgb(image, scale, result.channel_order))
             else:
