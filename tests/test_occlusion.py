@@ -331,6 +331,34 @@ def test_panel_b_uses_the_chosen_reverse_pass(photo: Path, tmp_path: Path, metho
     assert manifest["method"] == method
 
 
+def test_panel_b_projects_the_strongest_unit_whose_field_lies_inside(tmp_path: Path) -> None:
+    from deconvviz.analysis.choose import inside_flags
+
+    picture = np.zeros((40, 40, 3), np.uint8)
+    picture[:6, :6] = 255  # a bright corner: the strongest units of a map sit at the border
+    picture[10:30, 10:30] = np.random.default_rng(0).integers(0, 120, (20, 20, 3))
+    path = tmp_path / "corner.png"
+    Image.fromarray(picture).save(path)
+    session = dv.session(MODEL, device="cpu")
+    x = session.preprocess(path)
+    result = dv.occlusion(path, model=session, layer="conv2", size=8, stride=8)
+    assert result.projection is not None
+    field = dv.receptive_field(session.net, "conv2")
+    anywhere = session.net.project(x, "conv2", result.channel)
+    assert inside_flags(field, anywhere.positions, x.shape) == (False,)  # the case this test is about
+    assert result.projection.prefer_inside
+    assert inside_flags(field, result.projection.positions, x.shape) == (True,)
+    act = session.net.activations(x, ["conv2"])["conv2"][0, result.channel]
+    row, col = result.projection.positions[0]  # the strongest of the units inside
+    mask = torch.zeros_like(act, dtype=torch.bool)
+    for r in range(act.shape[0]):
+        for c in range(act.shape[1]):
+            mask[r, c] = inside_flags(field, [(r, c)], x.shape)[0]
+    assert float(act[row, col]) == float(act[mask].max())
+    want = session.net.project(x, "conv2", result.channel, position=(row, col))
+    assert torch.equal(result.projection.image, want.image)
+
+
 def test_unknown_method_fails_before_any_work(photo: Path) -> None:
     with pytest.raises(dv.MethodError, match="unknown method 'nope'"):
         dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, method="nope")

@@ -7,7 +7,8 @@ position the analysis records
 * (c) the probability of the correct class (given, or the unoccluded top-1), and
 * (d) the most probable class,
 
-and (b) projects that feature map's strongest unit back to pixels with the deconvnet. Models without a
+and (b) projects that feature map's strongest unit whose receptive field lies inside the picture (as
+``render`` chooses) back to pixels with the deconvnet. Models without a
 classifier head (the offline VGG16 conv base) get (a) and (b) and say why (c) and (d) are missing.
 
 Positions form a grid with one cell per ``stride`` pixels: the occluder is centred on each cell's centre and
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, check_result_folder, figure_bytes
-from deconvviz.analysis.choose import receptive_boxes
+from deconvviz.analysis.choose import project_inside, receptive_boxes
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.deconvnet import SeedError
 from deconvviz.core.graph import evaluating
@@ -66,7 +67,8 @@ class OcclusionResult(AnalysisResult):
         cols: ``[left, right)`` of the occluder for each column of the grid.
         activation: ``(R, C)`` (a): the feature map's total activation per occluder position.
         activation_unoccluded: that total without an occluder.
-        projection: (b): the feature map's strongest unit projected to pixels.
+        projection: (b): the feature map's strongest unit projected to pixels (among the units whose field lies
+            inside the picture, when any does: ``projection.prefer_inside``).
         method: the reverse pass that made (b): ``"deconvnet"`` (the paper's), ``"guided"``, ``"gradient"``, or
             another registered name.
         target: the class whose probability (c) shows, or None without a classifier.
@@ -406,7 +408,11 @@ class OcclusionJob:
             )
         shape = (len(self.rows), len(self.cols))
         net = self.current.net
-        projection = net.project(self.x, self.layer, self.channel, method=self.method)
+        # (b) as render draws it: the map's strongest unit whose receptive field lies inside the picture, so
+        # that the projection is not a speck in a corner (the strongest anywhere when no unit lies inside)
+        projection = project_inside(self.current, self.x, self.layer, [self.channel], None, method=self.method)
+        if projection is None:
+            projection = net.project(self.x, self.layer, self.channel, method=self.method)
         projection = dataclasses.replace(projection, boxes=receptive_boxes(net, projection))
         picture = np.asarray(
             input_to_pil(self.x.detach().cpu(), self.current.model.to_image, self.current.channel_order)
