@@ -265,7 +265,7 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
     ("extra", "message"),
     [
         (["--channels", "many"], "--channels takes a count"),
-        (["--channels", "0"], "--channels must be at least 1"),
+        (["--channels", "0"], "--channels takes a count of at least 1; for channel 0 alone give a list: --channels 0,"),
         (["--layers", "conv9"], "unknown layer 'conv9'"),
         (["--model", "nosuchnet"], "nosuchnet"),
     ],

@@ -238,8 +238,10 @@ def _class_of(target: int | str, labels: list[str] | None, count: int) -> int:
     if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
         if labels is None or target not in labels:
             close = [name for name in labels or [] if target.lower() in name.lower()][:5]
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; give a class index"
-            raise AnalysisError(f"unknown class {target!r}{hint}")
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise AnalysisError(
+                f"unknown class {target!r}{hint}; give one of the model's class names or an index 0..{count - 1}"
+            )
         return labels.index(target)
     index = int(target)
     if not 0 <= index < count:

@@ -543,8 +543,10 @@ def _target_class(target: int | str | None, labels: Sequence[str] | None, classe
         import difflib
 
         close = difflib.get_close_matches(target, labels, n=3)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"give its index 0..{classes - 1}"
-        raise OcclusionError(f"unknown class {target!r}: {hint}")
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise OcclusionError(
+            f"unknown class {target!r}: {hint}give one of the model's class names, an index 0..{classes - 1} or 'auto'"
+        )
     raise OcclusionError(f"unknown class {target!r}: give a class index 0..{classes - 1} or 'auto'")
 
 

@@ -386,6 +386,7 @@ def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] 
     numbers = [int(part) for part in parts]
     if len(numbers) == 1 and "," not in value:
         if numbers[0] < 1:
-            raise usage("--channels must be at least 1")
+            hint = "; for channel 0 alone give a list: --channels 0," if ranked else ""
+            raise usage(f"--channels takes a count of at least 1{hint}")
         return numbers[0]
     return numbers

@@ -202,7 +202,7 @@ def report_command(
             "--channel",
             "-c",
             help="N: the N channels of each layer with the strongest activations over the data set, strongest first; "
-            "firstN: the first N by index; a list (0,5,7); or `all`.",
+            "firstN: the first N by index; a list of channel indices (0,5,7; one channel: 12,); or `all`.",
         ),
     ] = "16",
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,

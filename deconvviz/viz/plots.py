@@ -234,7 +234,7 @@ def sanity_figure(
                     )
                 )
         if r == 0:
-            ax.set_title("input" if result.box is None else "input (box: the units' fields)", fontsize=7)
+            ax.set_title("input", fontsize=7)
         for s, step in enumerate(result.steps):
             ax = axes[r, s + 1]
             image = result.reconstructions[method][s]
