@@ -343,6 +343,20 @@ def test_a_very_large_picture_warns_in_one_line(tmp_path: Path, monkeypatch: pyt
     assert "DecompressionBomb" not in result.stderr
 
 
+def test_a_picture_too_large_to_open_is_one_line_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    picture = _picture(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1,440 pixels: over twice the limit, refused
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        app, ["render", str(picture), "--model", MODEL, "--device", "cpu", "--layer", "conv1", "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: image {str(picture)!r} is too large to open safely (")
+    assert line.endswith("; resize it below 0.001 megapixels")
+    assert not out.exists()
+
+
 def test_top_k_leaves_the_callers_model_where_it_is(tmp_path: Path) -> None:
     from deconvviz.analysis.topk.scan import _loaded
 

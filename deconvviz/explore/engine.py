@@ -251,8 +251,7 @@ class Explorer:
         except ImageError as exc:
             if not isinstance(exc.__cause__, PILImage.DecompressionBombError):
                 raise
-            most = 2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses pictures over twice its limit
-            raise ImageError(f"{exc}; resize it below {most:.3g} megapixels and upload it again") from exc
+            raise ImageError(f"{exc} and upload it again") from exc
         identity = "u" + _digest(data)
         with self._lock:
             if identity in self.pictures:

@@ -101,7 +101,10 @@ def _decode(handle: BinaryIO, label: str) -> Image.Image:
             f"{label!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
         ) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image {label!r} is too large to open safely ({_first_line(exc)})") from exc
+        most = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses pictures over twice its limit
+        raise ImageError(
+            f"image {label!r} is too large to open safely ({_first_line(exc)}); resize it below {most:.3g} megapixels"
+        ) from exc
     except PermissionError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as any of these
