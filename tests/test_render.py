@@ -250,8 +250,12 @@ def test_layers_figure_has_a_row_per_layer(projection: dv.Projection, tiny_vgg: 
     x = projection.input
     assert x is not None
     shallow = dv.DeconvNet(tiny_vgg).project(x, "features.1", top=4)
-    _, axes = render.layers_figure([shallow, projection], per_layer=3)
+    fig, axes = render.layers_figure([shallow, projection], per_layer=3)
     assert axes.shape == (2, 4)
+    caption = fig._supxlabel.get_text().replace("\n", " ")  # type: ignore[attr-defined]
+    assert "grey = 0" in caption
+    assert "a: the seeded activation" not in caption  # its panels are titled "ch N" alone: nothing to explain
+    assert all(ax.get_title().startswith("ch ") for ax in axes[:, 1:].flat if ax.get_title())
     assert [row[0].get_ylabel() for row in axes] == ["features.1", "features.6"]
     assert np.array_equal(np.asarray(axes[1, 2].get_images()[0].get_array()), projection.rgb(1))
     boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), (2, 3, 9, 9), (4, 4, 12, 10)))

@@ -183,9 +183,10 @@ def _show(ax: Axes, picture: np.ndarray) -> None:
     ax.imshow(picture, interpolation="nearest")
 
 
-def _caption(fig: Figure, projection: Projection | None, options: RenderOptions) -> None:
+def _caption(fig: Figure, projection: Projection | None, options: RenderOptions, *, key: bool = True) -> None:
+    """The line under a figure; ``key``: explain the panels' labels (a, unit), for figures whose titles show them."""
     text = f"grey = 0; {options.scaling.name} scale"
-    if projection is None or any(p is not None for p in projection.positions):
+    if key and (projection is None or any(p is not None for p in projection.positions)):
         text = f"{LABEL_KEY}; {text}"
     if projection is not None and projection.prefer_inside:
         text += "; units chosen with their receptive field inside the picture"
@@ -346,7 +347,7 @@ def layers_figure(
         row += 2 if twice else 1
     if title is not None:
         fig.suptitle(title, fontsize=11)
-    _caption(fig, None, options)
+    _caption(fig, None, options, key=False)  # its panels are titled by channel alone
     return fig, axes
 
 
