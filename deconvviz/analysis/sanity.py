@@ -387,7 +387,7 @@ def sanity(
     stacks = {m: torch.stack(images[m]) for m in names}
     # Outside the units' receptive fields every reconstruction is 0: compared there, two blank borders would
     # agree perfectly whatever the weights. The scores compare the part any unit can reach.
-    box = _reach(net, target, names, units, tuple(x.shape[-2:]))
+    box = _reach(net, target, names, units, (int(x.shape[-2]), int(x.shape[-1])))
     top, left, bottom, right = box if box is not None else (0, 0, *x.shape[-2:])
     cut = {m: stacks[m][..., top:bottom, left:right] for m in names}
     rho = {m: torch.tensor([compare(cut[m][0], r)[0] for r in cut[m]], dtype=torch.float64) for m in names}

@@ -169,7 +169,7 @@ def _os_error(exc: OSError) -> str:
         return f"permission denied: {path!r}; choose a path you may write to (or read, for an input)"
     if isinstance(exc, FileNotFoundError):
         return f"not found: {path!r}; check the path"
-    return f"{exc.strerror.lower()}: {path!r}; check the path"
+    return f"{str(exc.strerror).lower()}: {path!r}; check the path"
 
 
 def _one_line_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:

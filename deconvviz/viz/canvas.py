@@ -39,7 +39,8 @@ class Figure(_Figure):
         from matplotlib import rcParams
         from matplotlib.font_manager import FontProperties
 
-        size = FontProperties(size=kwargs.get("fontsize", kwargs.get("size", rcParams[default]))).get_size_in_points()
+        given = kwargs.get("fontsize", kwargs.get("size"))
+        size = FontProperties(size=given if given is not None else rcParams[default]).get_size_in_points()  # type: ignore[index]
         # DejaVu Sans averages about 0.6 em per character; keep a margin at both edges
         per_line = max(16, int(0.94 * self.get_figwidth() * 72 / (0.6 * size)))
         return "\n".join(

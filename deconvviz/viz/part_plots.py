@@ -107,7 +107,7 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
             top, left, bottom, right = box
             ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="black", lw=1.5))
     _image_axes(ax, result)
-    where = " inside" if result.projection.prefer_inside else ""  # its field wholly inside the picture
+    where = " inside" if result.projection is not None and result.projection.prefer_inside else ""  # field inside
     ax.set_title(f"(b) map {result.channel}'s strongest unit{where},\nprojected ({result.method})", fontsize=9)
 
     if result.has_classifier:
