@@ -312,6 +312,48 @@ class Centred(nn.Module):
         return centre(self.conv(x))
 
 
+class OpaqueConv(nn.Module):
+    """A convolution torch.fx cannot trace into (data-dependent branch): its geometry is measured."""
+
+    def __init__(self, **window: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, **window)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            return x
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"kernel_size": 3},  # no padding: 64 -> 62, sizes in no integer ratio
+        {"kernel_size": 5, "stride": 2},  # 64 -> 30
+        {"kernel_size": 7, "stride": 3, "padding": 2},  # 64 -> 21
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 2, "stride": 2},
+    ],
+)
+def test_a_measured_window_whose_sizes_are_in_no_integer_ratio_is_found(window: dict[str, int]) -> None:
+    torch.manual_seed(0)
+    net = dv.DeconvNet(nn.Sequential(OpaqueConv(**window), nn.ReLU()).double().eval())
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    net.project(x, "0", top=1)  # the probe runs at the size of the last picture
+    field = dv.receptive_field(net, "0")  # the opaque convolution's output (before the ReLU: no unit is 0)
+    assert not field.whole_image
+    for position in ((0, 0), (5, 7), (9, 3)):
+        p = net.project(x, "0", channel=0, position=position, method="gradient")
+        found = p.image[0].abs().sum(0).nonzero()
+        support = (
+            int(found[:, 0].min()),
+            int(found[:, 1].min()),
+            int(found[:, 0].max()) + 1,
+            int(found[:, 1].max()) + 1,
+        )
+        assert field.box(*position, (64, 64)) == support
+
+
 def test_a_field_measured_through_a_global_op_is_the_whole_image() -> None:
     net = dv.DeconvNet(Centred())
     assert dv.receptive_fields(net, ["centre"])["centre"].whole_image

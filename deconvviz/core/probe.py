@@ -4,10 +4,10 @@ Two things need a forward pass: the shapes of an op's tensors (a reshape keeps p
 and width stay the last two dimensions), and the geometry of an op that has none registered. That geometry
 is *measured*: one unit at the centre of the op's output is seeded with random values across its channels
 and mirrored through the op by the call's rule set (its rule, or the autograd fallback); the box holding the
-non-zeros of the signal at each input gives the op's window (size, stride from the ratio of the sizes, and
-padding from where the box starts). Where the box covers the whole input, or the sizes are not an integer
-ratio, every unit sees the whole image. Where no signal reaches an input (a gate held at its forward value),
-that input does not widen the field.
+non-zeros of the signal at each input gives the op's window (size, stride from the ratio of the sizes, or where
+they are in no integer ratio the smallest stride whose output size matches, and padding from where the box
+starts). Where the box covers the whole input, or no stride fits, every unit sees the whole image. Where no
+signal reaches an input (a gate held at its forward value), that input does not widen the field.
 
 The probe runs once per traced graph and rule set, on random values at the size of the last picture the
 model saw (224 x 224 before any), and keeps only shapes and what the rules ask for.
@@ -155,13 +155,31 @@ def _window(signal: Tensor, out_size: tuple[int, int]) -> Any:
         along = mask.any(dim=1 - i)
         hits = torch.nonzero(along).flatten()
         first, last = int(hits[0]), int(hits[-1]) + 1
-        if size[i] % out_size[i] != 0 or (first == 0 and last == size[i] and size[i] > 2):
+        if first == 0 and last == size[i] and size[i] > 2:
             return "whole"
-        step = size[i] // out_size[i]
+        if size[i] % out_size[i] == 0:
+            step = size[i] // out_size[i]
+        else:  # a window without padding (or with some): sizes in no integer ratio, 224 -> 222
+            found = _stride(size[i], out_size[i], last - first, first)
+            if found is None:
+                return "whole"
+            step = found
         kernel.append(last - first)
         stride.append(step)
         padding.append((out_size[i] // 2) * step - first)
     return (kernel[0], kernel[1]), (stride[0], stride[1]), (padding[0], padding[1])
+
+
+def _stride(size: int, out: int, kernel: int, first: int) -> int | None:
+    """The smallest stride of a ``kernel`` window that maps ``size`` inputs to ``out`` outputs (None: none does).
+
+    The centre unit's window starts at ``first``; the output size is counted as convolutions and pooling do.
+    """
+    for step in range(1, size // max(out - 1, 1) + 2):
+        pad = (out // 2) * step - first
+        if pad >= 0 and (size + 2 * pad - kernel) // step + 1 == out:
+            return step
+    return None
 
 
 __all__ = ["Probe"]
