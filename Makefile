@@ -80,7 +80,7 @@ GPU_MACHINE_VENV ?= .venv-gpu-machine
 GPU_MACHINE_SPEC ?= torch==2.11.0 torchvision==0.26.0 timm typer rich matplotlib h5py onnx pytest
 $(GPU_MACHINE_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(GPU_MACHINE_VENV)
-	$(GPU_MACHINE_VENV)/bin/python -m pip install --quiet $(GPU_MACHINE_SPEC)
+	$(GPU_MACHINE_VENV)/bin/python -m pip install --quiet --no-cache-dir $(GPU_MACHINE_SPEC)
 	touch $@
 
 gpu-check-machine-cpu: $(GPU_MACHINE_VENV)/.installed
@@ -93,8 +93,8 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_SPEC ?= torch==2.1.2 torchvision==0.16.2 numpy==1.26.4
 $(OLDEST_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST_SPEC)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e . $(OLDEST_SPEC) pytest pytest-xdist httpx timm scipy
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-cache-dir $(OLDEST_SPEC)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-cache-dir -e . $(OLDEST_SPEC) pytest pytest-xdist httpx timm scipy
 	touch $@
 
 test-oldest: $(OLDEST_VENV)/.installed
