@@ -271,6 +271,20 @@ def test_torchvision_checkpoint_loads_without_a_download(tmp_path: Path) -> None
     assert len(m.labels) == 1000
 
 
+def test_a_checkpoint_without_batch_norm_counters_loads_as_torch_loads_it(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    exported = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # as converters write
+    path = tmp_path / "exported.safetensors"
+    save_file(exported, str(path), metadata={"format": "pt"})
+    m = dv.load_model("resnet18:torchvision", checkpoint=path)
+    assert torch.equal(m.module.layer1[0].bn1.running_var, state["layer1.0.bn1.running_var"])
+    torch.save(exported, tmp_path / "exported.pt")
+    assert torch.equal(
+        dv.load_model("resnet18:torchvision", checkpoint=tmp_path / "exported.pt").module.fc.bias, state["fc.bias"]
+    )
+
+
 USER_MODULE = """
 from torch import nn
 

@@ -120,6 +120,11 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
         WeightsFormatError: missing or unexpected keys, or a shape that differs.
     """
     own = module.state_dict()
+    # A batch norm's count of training batches plays no part in evaluation, and exported or converted weights
+    # often leave it out (torch itself fills it in): keep the module's own.
+    counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
+    if counters:
+        state = {**state, **counters}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
