@@ -105,6 +105,9 @@ def test_filters_command_draws_the_first_layer(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert "4 filters of 3x3x3" in result.stdout
     assert Image.open(out).size[0] > 100
+    default = CliRunner().invoke(app, ["filters", "-m", MODEL, "-o", str(tmp_path / "g.png")])
+    assert default.exit_code == 0, default.stderr  # the model's first convolution, by its alias
+    assert default.stdout.startswith(f"{MODEL} conv1 (features.0): 4 filters of 3x3x3")
     bad = CliRunner().invoke(app, ["filters", "-m", MODEL, "--layer", "conv2", "-o", str(out)])
     assert bad.exit_code == 2
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -31,9 +31,15 @@ from deconvviz.cli.options import (
 @model_options
 def filters_command(
     layer: Annotated[
-        str,
-        typer.Option("--layer", "--layers", "-l", help="A first-layer convolution (alias or node name)."),
-    ] = "conv1_1",
+        str | None,
+        typer.Option(
+            "--layer",
+            "--layers",
+            "-l",
+            help="A first-layer convolution (alias or node name). Default: the model's first convolution.",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelChoice = DEFAULT_MODEL,
     out: Annotated[
         Path | None,
@@ -53,6 +59,7 @@ def filters_command(
 
             current = deconvviz.session(model.load(), device="cpu")
             found = layer_filters(current.net, layer)
+            layer = found.layer
             target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
             fig, _ = found.figure(columns=columns)
             try:

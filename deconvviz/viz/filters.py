@@ -80,14 +80,36 @@ def _conv_behind(net: DeconvNet, layer: str) -> tuple[str, nn.Conv2d]:
     raise RenderError(f"layer {layer!r} is not computed by a convolution (nor right after one); give a conv layer")
 
 
-def layer_filters(net: DeconvNet, layer: str) -> Filters:
+def first_convolution(net: DeconvNet) -> str:
+    """The layer of the model's first convolution, by its alias when it has one (VGG16: ``conv1_1``).
+
+    Raises:
+        RenderError: the model has no convolution.
+    """
+    graph = net.graph
+    for layer in net.layers:
+        node = graph.node(layer, net.aliases)
+        if isinstance(graph.module(node), nn.Conv2d):
+            # its own alias, or that of the op right after it (VGG16's conv1_1 names the ReLU)
+            named = [a for a in net.aliases if graph.node(a, net.aliases) is node]
+            after = [a for a in net.aliases if node in graph.node(a, net.aliases).all_input_nodes]
+            return (named or after or [layer])[0]
+    raise RenderError(f"{type(net.model).__name__} has no convolution whose filters could be drawn")
+
+
+def layer_filters(net: DeconvNet, layer: str | None = None) -> Filters:
     """The filters of the convolution behind ``layer`` (``conv1_1`` names VGG16's first ReLU: its conv is used).
+
+    Args:
+        net: the deconvnet of the model.
+        layer: a layer alias or node name; default: the model's first convolution.
 
     Raises:
         LayerNotFoundError: an unknown layer.
         RenderError: no convolution computes the layer, or its filters do not see the picture's colours
             (more than 3 input channels: project such a layer with ``render`` instead).
     """
+    layer = layer if layer is not None else first_convolution(net)
     name, conv = _conv_behind(net, layer)
     weight = conv.weight.detach().to("cpu").float()
     inputs = int(weight.shape[1])
