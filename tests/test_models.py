@@ -477,8 +477,8 @@ def test_torchvision_weights_from_torch_cache_without_network(torch_home: Path) 
 @pytest.mark.parametrize(
     ("name", "alternative"),
     [
-        ("vgg16:torchvision", "use 'vgg16' (loads offline"),
-        ("resnet18:torchvision", "use 'vgg16', 'squeezenet1_1' or 'efficientnet_lite0' (loads offline"),
+        ("vgg16:torchvision", "use 'vgg16' (offline"),
+        ("resnet18:torchvision", "use 'vgg16', 'squeezenet1_1' or 'efficientnet_lite0' (offline"),
     ],
 )
 def test_torchvision_weights_offline_and_not_cached(torch_home: Path, name: str, alternative: str) -> None:
@@ -487,6 +487,7 @@ def test_torchvision_weights_offline_and_not_cached(torch_home: Path, name: str,
     message = str(info.value)
     assert "\n" not in message
     assert alternative in message
+    assert "give weights of your own with --checkpoint PATH" in message
     assert "Temporary failure in name resolution" in message
     assert not [p for p in torch_home.rglob("*") if p.is_file()]
 

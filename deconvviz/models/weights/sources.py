@@ -375,8 +375,9 @@ class TorchvisionSource(WeightSource):
         reason = first_line(str(exc)) or type(exc).__name__
         return WeightsUnavailableError(
             f"torchvision weights {self.enum()} are not in torch's cache ({self.cached_file()}) and cannot be "
-            f"downloaded ({reason}); use {self.offline_alternative} (loads offline from the package "
-            "registry), or copy the file into that folder"
+            f"downloaded ({reason}); copy the file into that folder, give weights of your own with "
+            f"--checkpoint PATH (checkpoint= in Python), or use {self.offline_alternative} (offline from the "
+            "package registry)"
         )
 
     def fetch(self) -> Path:
