@@ -500,7 +500,7 @@ def test_mean_and_std_from_the_command_line_reach_the_preprocessing(tmp_path: Pa
     assert ok.exit_code == 0, ok.stderr
     bad = runner.invoke(app, ["layers", "--model", name, "--mean", "half"])
     assert bad.exit_code == 2
-    assert "--mean takes numbers separated by commas" in bad.stderr
+    assert "--mean takes three numbers separated by commas" in bad.stderr
 
 
 def test_every_command_with_a_model_takes_the_same_model_options() -> None:

@@ -145,7 +145,8 @@ def test_invert_rejects_what_is_not_one_image(bad: Any) -> None:
     [
         ({"mean": (0.5, 0.5)}, "mean must be three"),
         ({"mean": "abc"}, "mean must be three"),
-        ({"std": (1.0, 0.0, 1.0)}, "std must not contain zero"),
+        ({"std": (1.0, 0.0, 1.0)}, "std must be positive"),
+        ({"std": (-1.0, 0.5, 0.5)}, r"std must be positive \(a spread, one per colour channel\), got \(-1\.0"),
         ({"scale": 0}, "scale must be a positive"),
         ({"size": 0}, "size must be a positive"),
         ({"size": 224.0}, "size must be a positive"),

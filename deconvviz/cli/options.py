@@ -356,7 +356,9 @@ def _numbers(flag: str, text: str | None) -> tuple[float, ...] | None:
     except ValueError:
         values = ()
     if not values:
-        raise usage(f"{flag} takes numbers separated by commas, one per input channel (0.5,0.5,0.5); got {text!r}")
+        raise usage(
+            f"{flag} takes three numbers separated by commas, one per colour channel (0.5,0.5,0.5); got {text!r}"
+        )
     return values
 
 

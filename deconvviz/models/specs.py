@@ -103,8 +103,8 @@ class Preprocessing:
             if len(values) != 3 or not all(math.isfinite(v) for v in values):
                 raise ModelError(f"{label} must be three finite numbers, one per colour channel, got {values!r}")
             object.__setattr__(self, label, values)
-        if any(s == 0 for s in self.std):
-            raise ModelError(f"std must not contain zero, got {self.std!r}")
+        if any(s <= 0 for s in self.std):
+            raise ModelError(f"std must be positive (a spread, one per colour channel), got {self.std!r}")
         if not (isinstance(self.scale, int | float) and math.isfinite(self.scale) and self.scale > 0):
             raise ModelError(f"scale must be a positive number (1/255 or 1), got {self.scale!r}")
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
