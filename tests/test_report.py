@@ -92,7 +92,11 @@ def test_report_contents_and_manifest(report: Path, photos: Path) -> None:
         pictures = sorted(p.name for p in (report / "layers" / layer).glob("*.png"))
         assert len(pictures) == 2 * positive  # (reconstruction, patch) per real hit, none for the others
         assert len(list((report / "layers" / layer).glob("ch*.html"))) == 3  # a page per channel
-    assert "4 hits of 4 kept" in (report / "layers" / "conv3.html").read_text()
+    readable = len(manifest["topk"]["images"]) - len(manifest["errors"])  # the corrupt file is not counted
+    assert "4 hits (up to 4 kept)" in (report / "layers" / "conv3.html").read_text()
+    assert "projected to pixels by the deconvnet" in (report / "layers" / "conv3.html").read_text()
+    channel_page = next((report / "layers" / "conv3").glob("ch*.html")).read_text()
+    assert f"(up to 4 kept), over {readable} images; each reconstruction (the deconvnet)" in channel_page
     index = (report / "index.html").read_text()
     assert "tiny-report" in index
     assert "corrupt.jpg" in index
@@ -345,3 +349,13 @@ def test_the_report_counts_the_channels_that_never_fire(photos: Path, tmp_path: 
     chosen = build_report(photos, tmp_path / "c", model="tiny-dead", layers="conv3", channels=[0, 1], k=2)
     assert chosen.scanned == {"conv3": 2}
     assert chosen.silent == {"conv3": (1,)}
+
+
+def test_the_pages_name_the_reverse_pass_and_the_scale_used(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "guided"
+    build_report(photos, out, model=MODEL, layers="conv2", channels=2, k=2, device="cpu", method="guided", scale="max")
+    layer_page = (out / "layers" / "conv2.html").read_text()
+    assert "projected to pixels by guided backpropagation" in layer_page
+    assert "max scale" in layer_page
+    assert "deconvnet" not in layer_page
+    assert "(guided backpropagation)" in next((out / "layers" / "conv2").glob("ch*.html")).read_text()

@@ -384,7 +384,12 @@ def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] 
         return value  # the report checks the count, before any work
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts or not all(part.isdigit() for part in parts):
-        raise usage(f"--channels takes a count (16), a list (0,5,7) or 'all'; got {text!r}")
+        forms = (
+            "a count (16), firstN (first16), a list (0,5,7) or 'all'"
+            if ranked
+            else "a count (16), a list (0,5,7) or 'all'"
+        )
+        raise usage(f"--channels takes {forms}; got {text!r}")
     numbers = [int(part) for part in parts]
     if len(numbers) == 1 and "," not in value:
         if numbers[0] < 1:

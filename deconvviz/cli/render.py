@@ -279,7 +279,7 @@ def report_command(
             chosen_channels = parse_channels(channels, ranked=True)
             from deconvviz.viz.report import build_report, scan_state_folder
 
-            if resume and lead:
+            if resume and lead and (overwrite or not out.exists()):  # else the refusal of the folder says it all
                 saved = scan_state_folder(out)
                 if not (saved.is_dir() and any(saved.iterdir())):
                     err(f"note: no saved scan in {str(saved)!r}; --resume starts from the beginning")

@@ -236,11 +236,11 @@ def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | l
     tracked, strongest = channel_spec(channels, ReportError)
     if strongest is not None:
         sentence = (
-            f"Channels: the {strongest} of each layer whose strongest activation over the data set is highest, "
-            "strongest first."
+            f"Channels: the {strongest} of each layer whose strongest activation over the data set is highest "
+            "(all of a layer that has fewer), strongest first."
         )
     elif isinstance(tracked, int):
-        sentence = f"Channels: the first {tracked} of each layer, by index."
+        sentence = f"Channels: the first {tracked} of each layer (all of a layer that has fewer), by index."
     elif tracked is None:
         sentence = "Channels: all of them, by index."
     else:
@@ -395,9 +395,10 @@ class _Writer:
                 f"<p class='census'>{text(self.census.sentence(layer, result.readable))}</p>"
                 f"<p class='muted'>{text(ranking)} For each channel: its strongest activations over "
                 f"{result.readable} images (up to {result.k}; an activation of 0 or less is no hit and is not "
-                "shown), each projected to pixels by the deconvnet (left, labelled with the activation) beside the "
-                "image patch it came from (right). Patches are the units' receptive fields, clipped to the image. "
-                "Click a channel's name or a picture for the channel's own page.</p>"
+                f"shown), each projected to pixels by {_by(result.method)} (left, labelled with the activation; "
+                f"{text(self.scale)} scale, grey = 0) beside the image patch it came from (right). Patches are the "
+                "units' receptive fields, clipped to the image. Click a channel's name or a picture for the "
+                "channel's own page.</p>"
             )
             page = _page(
                 f"{self.current.name}: {title}", intro + f"<div class='cards'>{''.join(sections)}</div>", "../"
@@ -445,11 +446,12 @@ class _Writer:
                 f"unit (row {hit.position[0]}, col {hit.position[1]}), receptive field rows {top}-{bottom}, "
                 f"columns {left}-{right} ({bottom - top} x {right - left} px)</p></div>"
             )
-        count = f"{len(real)} hit{'s' if len(real) != 1 else ''} of {len(hits)} kept"
+        count = f"{len(real)} hit{'s' if len(real) != 1 else ''} (up to {result.k} kept)" if real else "no hits"
         empty = "<p class='muted'>no image activates this channel above 0</p>" if not real else ""
         body = (
-            f"<p class='muted'>{count}, over {len(result.images)} images; each reconstruction beside the patch "
-            f"it came from. <a href='{url(f'../{slug}.html', f'ch{channel}')}'>back to {text(layer)}</a></p>"
+            f"<p class='muted'>{count}, over {result.readable} images; each reconstruction ({_by(result.method)}) "
+            f"beside the patch it came from. <a href='{url(f'../{slug}.html', f'ch{channel}')}'>back to "
+            f"{text(layer)}</a></p>"
             f"{empty}<div class='hits'>{''.join(rows)}</div>"
         )
         (self.root / "layers" / page).write_text(
@@ -584,3 +586,12 @@ class _Writer:
 
 def _skipped(count: int) -> str:
     return "none" if count == 0 else f"{count} unreadable (listed below)"
+
+
+def _by(method: str) -> str:
+    """The reverse pass as the pages name it."""
+    return {
+        "deconvnet": "the deconvnet",
+        "guided": "guided backpropagation",
+        "gradient": "the gradient (times the activation)",
+    }.get(method, f"the {method} reverse pass")
