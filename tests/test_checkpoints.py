@@ -3,6 +3,7 @@ format, one-line errors, and the command line, all offline."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
@@ -501,6 +503,14 @@ def test_mean_and_std_from_the_command_line_reach_the_preprocessing(tmp_path: Pa
     bad = runner.invoke(app, ["layers", "--model", name, "--mean", "half"])
     assert bad.exit_code == 2
     assert "--mean takes three numbers separated by commas" in bad.stderr
+    picture = tmp_path / "p.png"
+    Image.new("RGB", (40, 40), (120, 30, 200)).save(picture)
+    out = tmp_path / "out"
+    options = ["--mean", "0.25,0.5,0.75", "--std", "2,2,2", "--size", "32", "-l", "1", "-k", "1", "--out", str(out)]
+    done = runner.invoke(app, ["render", str(picture), "--model", name, *options])
+    assert done.exit_code == 0, done.stderr
+    recorded = json.loads((out / "p" / "manifest.json").read_text())["preprocessing"]  # what was used, kept
+    assert (recorded["mean"], recorded["std"], recorded["size"]) == ([0.25, 0.5, 0.75], [2.0, 2.0, 2.0], 32)
 
 
 def test_every_command_with_a_model_takes_the_same_model_options() -> None:

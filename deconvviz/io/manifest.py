@@ -7,6 +7,7 @@ including those of releases that wrote ``"schema"`` where ``"schema_version"`` n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -43,6 +44,14 @@ def library_versions() -> dict[str, str]:
         "matplotlib": matplotlib.__version__,
         "python": platform.python_version(),
     }
+
+
+def preprocessing_record(model: Any) -> dict[str, Any] | None:
+    """How the model's pictures were prepared (mean, std, scale, size, ...), or None for a bare module."""
+    found = getattr(model, "preprocessing", None)
+    if found is None or not dataclasses.is_dataclass(found) or isinstance(found, type):
+        return None
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(found).items()}
 
 
 def header(kind: str | None = None, *, stamped: bool = True) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from deconvviz.core.layers import choose_layers
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.atomic import OutputError, check_target, stage_folders
 from deconvviz.io.images import load_image
-from deconvviz.io.manifest import MANIFEST, header
+from deconvviz.io.manifest import MANIFEST, header, preprocessing_record
 from deconvviz.io.names import NameMap
 from deconvviz.methods import get_method
 from deconvviz.models.session import DEFAULT_MODEL, Session, session
@@ -119,6 +119,7 @@ def _manifest(
         "image": str(image),
         "model": current.name,
         "weights": str(getattr(current.model, "weights", "")),
+        "preprocessing": preprocessing_record(current.model),
         "input_shape": list(x.shape),
         "arguments": arguments,
         "prediction": None if prediction is None else {"label": prediction[0], "probability": prediction[1]},

@@ -38,7 +38,7 @@ from deconvviz.core.layers import SCAN_LAYERS, choose_layers
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.atomic import check_target, remove_owned, stage_folders
 from deconvviz.io.jsonstream import iter_json
-from deconvviz.io.manifest import header
+from deconvviz.io.manifest import header, preprocessing_record
 from deconvviz.io.names import NameMap, clean_name
 from deconvviz.io.sources import image_source
 from deconvviz.io.web import text, url
@@ -569,6 +569,7 @@ class _Writer:
             "arguments": arguments,
             "model": self.current.name,
             "weights": str(getattr(self.current.model, "weights", "")),
+            "preprocessing": preprocessing_record(self.current.model),
             "pages": {
                 "index": "index.html",
                 "layers": self.layer_files,
