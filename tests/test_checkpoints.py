@@ -533,3 +533,32 @@ def test_every_command_with_a_model_takes_the_same_model_options() -> None:
     choice = ModelChoice("resnet18:torchvision", Path("run/last.pt"), "0.5,0.5,0.5")
     assert choice.arguments() == {"model": "resnet18:torchvision", "checkpoint": "run/last.pt", "mean": "0.5,0.5,0.5"}
     assert choice.argv() == ["--model", "resnet18:torchvision", "--checkpoint", "run/last.pt", "--mean", "0.5,0.5,0.5"]
+
+
+def test_unreadable_checkpoints_say_why_in_a_few_words(tmp_path: Path) -> None:
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    whole = tmp_path / "whole.pt"
+    torch.save(state, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    code = tmp_path / "code.py"
+    code.write_text("print('not weights')\n")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"weights": torch.zeros(1), "when": _Stamp()}, pickled)
+    for path, why in (
+        (cut, "the file is cut short or corrupt: not a whole torch.save file"),
+        (code, "not a torch.save file of tensors"),
+        (pickled, "it holds pickled objects other than tensors (test_checkpoints._Stamp), which are not read"),
+    ):
+        with pytest.raises(WeightsFormatError) as info:
+            dv.load_model("resnet18:torchvision", checkpoint=path)
+        message = str(info.value)
+        assert message.startswith(f"cannot read checkpoint {str(path)!r} as a state dict ({why}")
+        assert "\n" not in message
+        assert "PyTorch 2.6" not in message  # torch's own paragraph is not pasted in
+    with pytest.raises(WeightsFormatError, match=r"checkpoint '.*' is a folder; give the weight file in it"):
+        dv.load_model("resnet18:torchvision", checkpoint=tmp_path)
+
+
+class _Stamp:
+    """An object a training script might pickle beside its weights."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -539,6 +540,8 @@ class CheckpointSource(WeightSource):
 
     @override
     def load(self) -> StateDict:
+        if self.path.is_dir():
+            raise WeightsFormatError(f"checkpoint {str(self.path)!r} is a folder; give the weight file in it")
         if not self.path.is_file():
             raise WeightsFormatError(f"checkpoint file not found: {str(self.path)!r}; check the path")
         raw = _read_safetensors(self.path) if _is_safetensors(self.path) else _read_torch(self.path)
@@ -647,9 +650,29 @@ def _read_torch(path: Path) -> Any:
                 "newer, or save the weights alone with torch.save(model.state_dict(), path)"
             ) from exc
         raise WeightsFormatError(
-            f"cannot read checkpoint {str(path)!r} as a state dict ({first_line(str(exc))[:160]}); "
+            f"cannot read checkpoint {str(path)!r} as a state dict ({_torch_load_reason(exc)}); "
             "save it with torch.save(model.state_dict(), path)"
         ) from exc
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's own text is a paragraph)."""
+    text = str(exc)
+    if "PytorchStreamReader" in text or "central directory" in text or isinstance(exc, EOFError):
+        return "the file is cut short or corrupt: not a whole torch.save file"
+    if "Weights only load failed" in text:
+        detail = (
+            text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+            if "WeightsUnpickler error:" in text
+            else []
+        )
+        what = detail[0].strip() if detail and detail[0].strip() else ""
+        if what.startswith("Unsupported global") or what.startswith("Unsupported class"):
+            named = re.search(r"(?:GLOBAL|class) ([\w.]+)", what)
+            found = named.group(1) if named else what[:80]
+            return f"it holds pickled objects other than tensors ({found}), which are not read"
+        return f"not a torch.save file of tensors{f' ({what[:80]})' if what else ''}"
+    return first_line(text)[:160]
 
 
 @dataclass(frozen=True)
