@@ -702,3 +702,11 @@ def test_scanning_a_layer_that_returns_a_tuple_names_its_items(attention_model: 
 
     with pytest.raises(SeedError, match=r"returns a max, not a tensor: choose one of its items instead \('cbam"):
         dv.top_k(photos, attention_model, layers=["cbam.spatial.max"], device="cpu")
+
+
+def test_a_class_from_a_model_file_is_named_as_its_file_spells_it() -> None:
+    from deconvviz.ops.fallback import USER_MODULE_PREFIX, describe_op
+
+    mine = type("Inner", (nn.Module,), {"forward": lambda self, x: x, "__module__": f"{USER_MODULE_PREFIX}mynet_0f3a"})
+    assert describe_op(mine()) == ("module Inner", "Inner")  # register_rule(Inner, rule) in that file's code
+    assert describe_op(nn.Conv2d(1, 1, 1))[1] == "torch.nn.modules.conv.Conv2d"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -61,6 +62,7 @@ from deconvviz.models.weights.sources import (
     classes_in,
     first_line,
 )
+from deconvviz.ops.fallback import USER_MODULE_PREFIX
 
 __all__ = [
     "list_models",
@@ -231,7 +233,8 @@ def _import_user_module(module_name: str, name: str) -> Any:
     if module_name.endswith(".py"):
         if not path.is_file():
             raise ModelError(f"file {module_name!r} not found (from model {name!r}); check the path")
-        unique = f"deconvviz_user_{path.stem}_{abs(hash(str(path.resolve()))):x}"
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]  # the same from run to run
+        unique = f"{USER_MODULE_PREFIX}{path.stem}_{digest}"
         loader_spec = importlib.util.spec_from_file_location(unique, path)
         if loader_spec is None or loader_spec.loader is None:
             raise ModelError(f"cannot import {module_name!r} as a Python module (from model {name!r})")

@@ -197,15 +197,30 @@ class FallbackWarning(UserWarning):
     """An op without a mirror rule was mirrored by autograd over that op alone (correct, but slower)."""
 
 
+USER_MODULE_PREFIX = "deconvviz_user_"
+"""How the private module names of model files given by path begin (``mynet.py:build``)."""
+
+
 def describe_op(op: Any) -> tuple[str, str]:
     """How to name an op in a message, and how to spell its registry key in code (``"'view'"``, ``torch.max``)."""
     if isinstance(op, nn.Module):
         cls = type(op)
-        return f"module {cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"
+        return f"module {cls.__name__}", _spelled(cls.__module__, cls.__qualname__)
     if isinstance(op, str):
         return f"tensor method .{op}()", repr(op)
-    qual = f"{getattr(op, '__module__', None) or 'builtins'}.{getattr(op, '__name__', op)}"
+    qual = _spelled(getattr(op, "__module__", None) or "builtins", str(getattr(op, "__name__", op)))
     return f"function {qual}", qual
+
+
+def _spelled(module: str, name: str) -> str:
+    """``module.name`` as code would import it.
+
+    A model file given by path (``mynet.py:build``) is loaded under a private module name, so its classes are
+    named as that file's own code spells them.
+    """
+    if module.startswith(USER_MODULE_PREFIX):
+        return name
+    return f"{module}.{name}"
 
 
 def op_type(op: Any) -> Any:
@@ -287,6 +302,7 @@ def _may_write(call: Call) -> bool:
 
 
 __all__ = [
+    "USER_MODULE_PREFIX",
     "FallbackRule",
     "FallbackWarning",
     "MethodMode",

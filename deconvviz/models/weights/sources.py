@@ -661,16 +661,10 @@ def _torch_load_reason(exc: BaseException) -> str:
     if "PytorchStreamReader" in text or "central directory" in text or isinstance(exc, EOFError):
         return "the file is cut short or corrupt: not a whole torch.save file"
     if "Weights only load failed" in text:
-        detail = (
-            text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
-            if "WeightsUnpickler error:" in text
-            else []
-        )
-        what = detail[0].strip() if detail and detail[0].strip() else ""
-        if what.startswith("Unsupported global") or what.startswith("Unsupported class"):
-            named = re.search(r"(?:GLOBAL|class) ([\w.]+)", what)
-            found = named.group(1) if named else what[:80]
-            return f"it holds pickled objects other than tensors ({found}), which are not read"
+        what = (text.partition("WeightsUnpickler error:")[2].strip().splitlines() or [""])[0].strip()
+        named = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", what)
+        if named:
+            return f"it holds pickled objects other than tensors ({named.group(1)}), which are not read"
         return f"not a torch.save file of tensors{f' ({what[:80]})' if what else ''}"
     return first_line(text)[:160]
 
