@@ -412,3 +412,12 @@ def test_escaped_names_stay_inside_their_attribute_and_text(name: str, quote: st
     assert not link.scheme
     assert not link.netloc
     assert unquote(link.path) == "images/" + name + ".html"
+
+
+def test_writing_a_file_onto_a_folder_is_one_line_naming_the_folder(tmp_path: Path) -> None:
+    from deconvviz.io.atomic import OutputError, write_file
+
+    with pytest.raises(OutputError) as info:
+        write_file(tmp_path, b"png")
+    assert str(info.value) == f"{str(tmp_path)!r} is a folder; give the path of a file to write instead"
+    assert sorted(tmp_path.iterdir()) == []  # no temporary left beside it

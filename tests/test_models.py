@@ -619,3 +619,12 @@ def test_public_names() -> None:
     assert dv.ImageError is ImageError
     assert callable(dv.load_image)
     assert dv.load_image(EXAMPLES / "cat.jpg").size == (451, 300)
+
+
+def test_a_model_file_without_its_function_names_the_function_to_give(tmp_path: Path) -> None:
+    path = tmp_path / "mynet.py"
+    path.write_text("from torch import nn\n\n\ndef build() -> nn.Module:\n    return nn.Conv2d(3, 4, 3)\n")
+    for name in (str(path), f"{path}:"):
+        with pytest.raises(dv.DeconvVizError) as info:
+            dv.load_model(name)
+        assert str(info.value) == f"give the function that builds the model after a colon: '{path}:build'"

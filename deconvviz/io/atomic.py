@@ -78,6 +78,8 @@ def atomic_file(target: str | os.PathLike[str], *, durable: bool = False) -> Ite
         The temporary path to write (it exists, empty, with the usual permissions).
     """
     path = Path(target)
+    if path.is_dir():  # a rename onto it would fail, naming the temporary
+        raise OutputError(f"{str(path)!r} is a folder; give the path of a file to write instead")
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         temporary = path.with_name(temporary_name(path.name))
