@@ -287,6 +287,17 @@ def test_a_checkpoint_without_batch_norm_counters_loads_as_torch_loads_it(tmp_pa
     )
 
 
+def test_a_torchvision_checkpoint_for_other_classes_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "ten.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), path)
+    with pytest.raises(WeightsFormatError) as info:
+        dv.load_model("resnet18:torchvision", checkpoint=path)
+    assert str(info.value) == (
+        f"weights from checkpoint {path} fit ResNet but for 'fc', with 10 outputs there, 1000 here: a classifier "
+        "for other classes? build one in a model file (--model f.py:build)"
+    )
+
+
 USER_MODULE = """
 from torch import nn
 

@@ -123,12 +123,17 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
     own = module.state_dict()
     # A batch norm's count of training batches plays no part in evaluation, and exported or converted weights
     # often leave it out (torch itself fills it in): keep the module's own.
-    counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
-    if counters:
-        state = {**state, **counters}
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    heads = {k.rpartition(".")[0] for k in wrong}
+    ours, theirs = (own[wrong[0]].shape, state[wrong[0]].shape) if wrong else ((), ())
+    if not missing and not unexpected and len(heads) == 1 and ours[1:] == theirs[1:]:  # one module's outputs
+        raise WeightsFormatError(
+            f"weights from {origin} fit {type(module).__name__} but for {heads.pop()!r}, with {theirs[0]} outputs "
+            f"there, {ours[0]} here: a classifier for other classes? build one in a model file (--model f.py:build)"
+        )
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
