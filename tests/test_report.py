@@ -359,3 +359,13 @@ def test_the_pages_name_the_reverse_pass_and_the_scale_used(photos: Path, tmp_pa
     assert "max scale" in layer_page
     assert "deconvnet" not in layer_page
     assert "(guided backpropagation)" in next((out / "layers" / "conv2").glob("ch*.html")).read_text()
+
+
+def test_per_image_pages_show_the_channels_given_by_index(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "given"
+    build_report(photos, out, model=MODEL, layers="conv2", channels=[3, 1], k=2, per_image=True, device="cpu")
+    manifests = sorted((out / "images").glob("*/manifest.json"))
+    assert manifests
+    for path in manifests:
+        layer = json.loads(path.read_text())["layers"][0]
+        assert layer["channels"] == [3, 1]  # the report's channels, not each picture's strongest

@@ -171,7 +171,7 @@ def build_report(
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
-    _, strongest, ranking = _channel_choice(channels)
+    tracked, strongest, ranking = _channel_choice(channels)
     options = ScanOptions.of(
         k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
     )
@@ -222,7 +222,9 @@ def build_report(
         with stage_folders([target], kind="report", replace=overwrite, error=ReportError, what="report") as (staging,):
             writer = _Writer(staging, result, current, scaling.name, progress, census)
             cards = writer.layer_pages(ranking)
-            image_pages = writer.image_pages(source.paths or [], chosen) if per_image else []
+            # channels given by index are those each picture's page shows too; else its own strongest
+            given = tracked if isinstance(tracked, list) else None
+            image_pages = writer.image_pages(source.paths or [], chosen, given) if per_image else []
             writer.index(image_pages)
             writer.manifest(arguments, image_pages)
     finally:
@@ -472,8 +474,13 @@ class _Writer:
             f"<div class='grid' style='{grid}'>{''.join(patch_cells)}</div></div></div>"
         )
 
-    def image_pages(self, paths: Sequence[Path], layers: Sequence[str]) -> list[tuple[str, str]]:
-        """Per-image pages from the render command's output; returns ``(image, page)`` pairs."""
+    def image_pages(
+        self, paths: Sequence[Path], layers: Sequence[str], channels: Sequence[int] | None = None
+    ) -> list[tuple[str, str]]:
+        """Per-image pages from the render command's output; returns ``(image, page)`` pairs.
+
+        ``channels``: those channels on every page, else each picture's strongest.
+        """
         from deconvviz.viz.folders import render_images
 
         source = self.result.source
@@ -492,6 +499,7 @@ class _Writer:
             self.root / "images",
             model=self.current,
             layers=list(layers),
+            channels=channels,
             options=RenderOptions(scale=self.scale),
             progress=step,
             method=self.result.method,
@@ -542,7 +550,7 @@ class _Writer:
             f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
             "<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels shown</th>"
             "<th>fired / scanned</th>"
-            f"<th>strongest channels' best hit (click for the channel)</th></tr>{rows}</table>",
+            f"<th>the best hit of each channel shown, in their order (click for the channel)</th></tr>{rows}</table>",
         ]
         if image_pages:
             items = "".join(f"<li><a href='{url(page)}'>{text(name)}</a></li>" for name, page in image_pages)
