@@ -573,3 +573,23 @@ def test_unreadable_checkpoints_say_why_in_a_few_words(tmp_path: Path) -> None:
 
 class _Stamp:
     """An object a training script might pickle beside its weights."""
+
+
+def test_every_command_with_a_model_sets_the_picture_size(tmp_path: Path) -> None:
+    (tmp_path / "fixed.py").write_text(
+        "from torch import nn\n\n\ndef build() -> nn.Module:\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32 * 32, 10))\n"
+    )
+    name = f"{tmp_path / 'fixed.py'}:build"  # a model that takes 32 x 32 pictures only
+    runner = CliRunner()
+    refused = runner.invoke(app, ["layers", "--model", name])
+    assert refused.exit_code == 2
+    assert "--size N on the command line" in refused.stderr
+    done = runner.invoke(app, ["layers", "--model", name, "--size", "32"])
+    assert done.exit_code == 0, done.stderr
+    assert "for a 32x32 input" in done.stdout
+    for command in ("layers", "filters", "steps", "sanity", "invariance", "report", "explore", "correspondence"):
+        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert "--size" in shown.stdout, command
+    occluder = runner.invoke(app, ["occlusion", "--help"], env={"COLUMNS": "200"})
+    assert "Side of the grey occluder" in occluder.stdout  # its --size stays the occluder's

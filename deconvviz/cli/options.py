@@ -125,6 +125,10 @@ StdOption = Annotated[
         show_default=False,
     ),
 ]
+SizeOption = Annotated[
+    int | None,
+    typer.Option(min=8, help="Resize and centre-crop pictures to N x N pixels (default: the model's size)."),
+]
 OutOption = Annotated[
     Path, typer.Option("--out", "-o", help="The result folder (an earlier deconvviz result there is replaced).")
 ]
@@ -283,10 +287,15 @@ class ModelChoice:
     checkpoint: Path | None = None
     mean: str | None = None
     std: str | None = None
+    size: int | None = None
 
     def load(self, device: str | None = "cpu", size: int | None = None) -> Any:
-        """The name as it is when none of the others is given (so sessions are shared), else the loaded model."""
-        if self.checkpoint is None and self.mean is None and self.std is None:
+        """The name as it is when none of the others is given (so sessions are shared), else the loaded model.
+
+        ``size``: a command's own ``--size``, for the commands that declare one (else ``self.size``).
+        """
+        size = size if size is not None else self.size
+        if self.checkpoint is None and self.mean is None and self.std is None and self.size is None:
             return self.name
         from deconvviz.models.session import resolve_device
         from deconvviz.models.zoo import load_model
@@ -302,7 +311,7 @@ class ModelChoice:
 
     def arguments(self) -> dict[str, str]:
         """The options as a result's manifest records them (those given)."""
-        given = {"checkpoint": self.checkpoint, "mean": self.mean, "std": self.std}
+        given = {"checkpoint": self.checkpoint, "mean": self.mean, "std": self.std, "size": self.size}
         return {"model": self.name, **{key: str(value) for key, value in given.items() if value is not None}}
 
     def argv(self) -> list[str]:
@@ -320,9 +329,11 @@ def model_options(command: _Command) -> _Command:
     """Give a command ``--model``, ``--checkpoint``, ``--mean`` and ``--std`` in place of its ``model`` parameter.
 
     The command declares ``model: ModelChoice = DEFAULT_MODEL`` (or another default choice) where the options
-    belong in its help, and receives them as one :class:`ModelChoice`.
+    belong in its help, and receives them as one :class:`ModelChoice`. A command without a ``size`` parameter
+    of its own also gets ``--size``, the side pictures are resized and cropped to (``ModelChoice.size``).
     """
     signature = inspect.signature(command, eval_str=True)
+    sized = "size" not in signature.parameters  # render's and evolution's own --size, occlusion's occluder
     parameters: list[inspect.Parameter] = []
     for parameter in signature.parameters.values():
         if parameter.name != "model":
@@ -335,12 +346,15 @@ def model_options(command: _Command) -> _Command:
             parameter.replace(name="mean", annotation=MeanOption, default=None),
             parameter.replace(name="std", annotation=StdOption, default=None),
         ]
+        if sized:
+            parameters.append(parameter.replace(name="size", annotation=SizeOption, default=None))
 
     @functools.wraps(command)
     def with_model(
         *args: Any, model: str, checkpoint: Path | None, mean: str | None, std: str | None, **kwargs: Any
     ) -> Any:
-        return command(*args, model=ModelChoice(model, checkpoint, mean, std), **kwargs)
+        size = kwargs.pop("size", None) if sized else None
+        return command(*args, model=ModelChoice(model, checkpoint, mean, std, size), **kwargs)
 
     with_model.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     with_model.__annotations__ = {p.name: p.annotation for p in parameters}

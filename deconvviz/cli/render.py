@@ -18,6 +18,7 @@ from deconvviz.cli.options import (
     ModelChoice,
     Scale,
     ScaleOption,
+    SizeOption,
     err,
     model_options,
     parse_channels,
@@ -75,10 +76,7 @@ def render_command(
         typer.Option("--out", "-o", help="Folder for the results; each picture gets its own folder OUT/NAME."),
     ] = Path("deconvviz-out"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
-    size: Annotated[
-        int | None,
-        typer.Option(min=8, help="Resize and centre-crop pictures to N x N pixels (default: the model's size)."),
-    ] = None,
+    size: SizeOption = None,
     full_image: Annotated[
         bool, typer.Option("--full-image", help="Keep each whole picture (no crop) instead of --size.")
     ] = False,

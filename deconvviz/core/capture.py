@@ -210,8 +210,8 @@ def run(
             except Exception as exc:  # the model's own code refused the input: one line, not torch's traceback
                 raise ForwardError(
                     f"the model's forward pass fails at node {graph.names[node]!r} on an input of shape "
-                    f"{tuple(x.shape)} ({_first_line(exc)[:200]}); give it the input it takes (channels, size), as "
-                    "the loaded model's preprocess makes from a picture"
+                    f"{tuple(x.shape)} ({_first_line(exc)[:200]}); give it the input it takes (channels, size: "
+                    "--size N on the command line), as the loaded model's preprocess makes from a picture"
                 ) from exc
             if rule is not None and record:
                 env[node] = output

@@ -128,7 +128,7 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     heads = {k.rpartition(".")[0] for k in wrong}
-    ours, theirs = (own[wrong[0]].shape, state[wrong[0]].shape) if wrong else ((), ())
+    ours, theirs = (own[wrong[0]].shape, state[wrong[0]].shape) if wrong else (torch.Size(), torch.Size())
     if not missing and not unexpected and len(heads) == 1 and ours[1:] == theirs[1:]:  # one module's outputs
         raise WeightsFormatError(
             f"weights from {origin} fit {type(module).__name__} but for {heads.pop()!r}, with {theirs[0]} outputs "
