@@ -369,3 +369,14 @@ def test_per_image_pages_show_the_channels_given_by_index(photos: Path, tmp_path
     for path in manifests:
         layer = json.loads(path.read_text())["layers"][0]
         assert layer["channels"] == [3, 1]  # the report's channels, not each picture's strongest
+
+
+def test_the_index_says_which_pictures_a_sample_took(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sampled"
+    build_report(photos, out, model=MODEL, layers="conv2", channels=2, k=2, device="cpu", sample=3, seed=4)
+    index = (out / "index.html").read_text()
+    assert "<th>chosen</th><td>a random sample of 3 (seed 4)</td>" in index
+    assert "<th>images</th><td>3, of which" in index
+    whole = tmp_path / "whole"
+    build_report(photos, whole, model=MODEL, layers="conv2", channels=2, k=2, device="cpu")
+    assert "<th>chosen</th>" not in (whole / "index.html").read_text()

@@ -225,7 +225,7 @@ def build_report(
             # channels given by index are those each picture's page shows too; else its own strongest
             given = tracked if isinstance(tracked, list) else None
             image_pages = writer.image_pages(source.paths or [], chosen, given) if per_image else []
-            writer.index(image_pages)
+            writer.index(image_pages, _chosen(limit, sample, seed))
             writer.manifest(arguments, image_pages)
     finally:
         distributed.barrier(ranks)
@@ -522,8 +522,8 @@ class _Writer:
             pages.append((name, page))
         return pages
 
-    def index(self, image_pages: Sequence[tuple[str, str]]) -> None:
-        """The report's front page."""
+    def index(self, image_pages: Sequence[tuple[str, str]], chosen: str = "") -> None:
+        """The report's front page (``chosen``: which of the folder's pictures were taken, when not all)."""
         result = self.result
         model = self.current.model
         rows = "".join(
@@ -544,9 +544,10 @@ class _Writer:
             f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr></table>",
             "<h2>data set</h2><table>"
             f"<tr><th>folder</th><td>{text(result.folder)}</td></tr>"
-            f"<tr><th>images</th><td>{len(result.images)} found, {len(result.images) - len(result.skipped)} "
-            "scanned</td></tr>"
-            f"<tr><th>skipped</th><td>{_skipped(len(result.skipped))}</td></tr>"
+            f"<tr><th>images</th><td>{len(result.images)}, of which {len(result.images) - len(result.skipped)} "
+            "could be read and were scanned</td></tr>"
+            + (f"<tr><th>chosen</th><td>{text(chosen)}</td></tr>" if chosen else "")
+            + f"<tr><th>skipped</th><td>{_skipped(len(result.skipped))}</td></tr>"
             f"<tr><th>top k</th><td>{result.k}</td></tr></table>",
             "<h2>layers</h2><table><tr><th>layer</th><th>node</th><th>channels shown</th>"
             "<th>fired / scanned</th>"
@@ -604,3 +605,10 @@ def _by(method: str) -> str:
         "guided": "guided backpropagation",
         "gradient": "the gradient (times the activation)",
     }.get(method, f"the {method} reverse pass")
+
+
+def _chosen(limit: int | None, sample: int | None, seed: int) -> str:
+    """Which pictures of the folder a report covers, when ``limit`` or ``sample`` took some of them."""
+    first = f"the first {limit}" if limit is not None else ""
+    drawn = f"a random sample of {sample} (seed {seed})" if sample is not None else ""
+    return " of ".join(part for part in (drawn, first) if part)
