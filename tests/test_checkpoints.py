@@ -511,6 +511,9 @@ def test_mean_and_std_from_the_command_line_reach_the_preprocessing(tmp_path: Pa
     runner = CliRunner()
     ok = runner.invoke(app, ["layers", "--model", name, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
     assert ok.exit_code == 0, ok.stderr
+    half = runner.invoke(app, ["layers", "--model", name, "--mean", "0.5,0.5,0.5"])
+    assert half.exit_code == 0, half.stderr
+    assert half.stderr.splitlines() == ["warning: --mean without --std: the model's own std is kept; give both"]
     bad = runner.invoke(app, ["layers", "--model", name, "--mean", "half"])
     assert bad.exit_code == 2
     assert "--mean takes three numbers separated by commas" in bad.stderr

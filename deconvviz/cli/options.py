@@ -300,6 +300,9 @@ class ModelChoice:
         from deconvviz.models.session import resolve_device
         from deconvviz.models.zoo import load_model
 
+        if (self.mean is None) != (self.std is None):  # half a normalisation: say which half is the model's
+            given, kept = ("--mean", "std") if self.std is None else ("--std", "mean")
+            warnings.warn(f"{given} without --{kept}: the model's own {kept} is kept; give both", stacklevel=2)
         return load_model(
             self.name,
             checkpoint=self.checkpoint,
