@@ -31,6 +31,7 @@
   let stripOffset = 0;
   let gridShown = 0;
   let topkTimer = null;
+  let topkKey = null; // the unit whose top-9 hits the panel shows
   const GRID_PAGE = 64;
 
   function api(path, params, stale) {
@@ -334,6 +335,7 @@
     $("topk").replaceChildren();
     $("topk-status").textContent = "";
     clearTimeout(topkTimer);
+    topkKey = null;
     $("steps-panel").hidden = true;
     stepsShown = null;
     if (all) {
@@ -488,6 +490,13 @@
     clearTimeout(topkTimer);
     const mine = seq;
     const want = { layer: state.layer, channel: state.channel, method: state.method };
+    const key = JSON.stringify(want);
+    if (key !== topkKey) {
+      // Another unit: its hits are not those on screen, so none are shown until they arrive.
+      $("topk").replaceChildren();
+      $("topk-status").textContent = "loading";
+      topkKey = key;
+    }
     let body;
     try {
       ({ body } = await getJSON(api("/api/topk", want, false)));
