@@ -60,6 +60,30 @@ def test_blank_and_non_finite_reconstructions_are_grey_not_errors() -> None:
     assert rgb[1, 1, 1] == 255
 
 
+def test_a_panel_whose_reconstruction_is_all_zero_says_why(projection: dv.Projection) -> None:
+    from deconvviz.viz.figures import layers_figure, projection_figure
+
+    image = projection.image.clone()
+    image[1] = 0  # nothing came back although the unit fired: a held op stopped the signal
+    activations = projection.activations.clone()
+    activations[2] = 0
+    image[2] = 0
+    silent = dataclasses.replace(projection, image=image, activations=activations, method="guided")
+
+    def texts(axes) -> list[str]:
+        return [" ".join(t.get_text().split()) for t in axes.texts]
+
+    for draw in (projection_figure, layers_figure):
+        fig, axes = draw(silent) if draw is projection_figure else draw([silent])
+        panels = [ax for ax in axes.flat if ax.get_title().startswith("ch ")]
+        assert [texts(ax) for ax in panels] == [
+            [],
+            ["no signal reaches the input under guided"],
+            ["activation 0: nothing to project"],
+        ]
+        fig.clear()
+
+
 def test_bgr_models_are_shown_in_rgb() -> None:
     image = torch.zeros(3, 1, 1)
     image[0] = 1.0  # first channel of a BGR model is blue

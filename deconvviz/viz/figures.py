@@ -178,6 +178,17 @@ def _blank(ax: Axes) -> None:
         spine.set_visible(False)
 
 
+def _mark_empty(ax: Axes, projection: Projection, i: int) -> None:
+    """Say so on a panel whose reconstruction is all zero, so that it does not read as a picture of grey."""
+    if bool(projection.image[i].any()):
+        return
+    if float(projection.activations[i]) == 0:
+        text = "activation 0:\nnothing to project"
+    else:
+        text = f"no signal reaches\nthe input under {projection.method}"
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=7, color="#333333")
+
+
 def _show(ax: Axes, picture: np.ndarray) -> None:
     # nearest: a cut-out of a few pixels stays a few sharp squares instead of a blur
     ax.imshow(picture, interpolation="nearest")
@@ -250,6 +261,7 @@ def projection_figure(
     for i, (row, col) in enumerate(cells[: len(projection)]):
         ax = axes[row, col]
         _show(ax, view(projection, i, options, base))
+        _mark_empty(ax, projection, i)
         box = cut[i]
         if box is not None and base is not None:
             _show(axes[row + 1, col], crop(base, box))
@@ -333,6 +345,7 @@ def layers_figure(
                     below[i + 1].axis("off")
                 continue
             _show(top[i + 1], view(projection, i, options, base))
+            _mark_empty(top[i + 1], projection, i)
             heading = projection.label or f"ch {projection.channels[i]}"
             top[i + 1].set_title(heading, fontsize=7, pad=2)
             if cut[i] is None and options.box:
