@@ -217,7 +217,12 @@ def report_command(
     ] = None,
     sample: Annotated[
         int | None,
-        typer.Option("--sample", min=1, help="Scan a random sample of N pictures (see --seed).", show_default=False),
+        typer.Option(
+            "--sample",
+            min=1,
+            help="Scan a random sample of N pictures (see --seed); with --limit, a sample of the first --limit.",
+            show_default=False,
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="The seed of --sample.")] = 0,
     resume: Annotated[
