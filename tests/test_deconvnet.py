@@ -526,7 +526,16 @@ def test_an_input_the_model_refuses_is_one_line_naming_the_node() -> None:
             net.project(x, net.layers[-1], top=1)
         assert said in str(info.value)
         assert "\n" not in str(info.value)
-        assert "give it the input it takes" in str(info.value)
+        if x.shape[1] != 3:  # no size would do: the fix is the input the model takes
+            assert "give it the input it takes" in str(info.value)
+            continue
+        # too small: the message names the smallest side the model runs on, found by trying
+        found = re.search(r"the smallest square input it runs on is (\d+) px: --size \1 \(or more\)", str(info.value))
+        assert found, str(info.value)
+        side = int(found.group(1))
+        net.project(torch.randn(1, 3, side, side), net.layers[-1], top=1)
+        with pytest.raises(dv.ForwardError):
+            net.project(torch.randn(1, 3, side - 1, side - 1), net.layers[-1], top=1)
 
 
 @pytest.mark.parametrize("model", ["vgg16", None, 3])

@@ -208,10 +208,18 @@ def run(
             except (DeconvVizError, MemoryError, torch.cuda.OutOfMemoryError):
                 raise
             except Exception as exc:  # the model's own code refused the input: one line, not torch's traceback
+                env.clear()
+                smallest = _smallest_side(graph.model, x)
+                fix = (
+                    f"the smallest square input it runs on is {smallest} px: --size {smallest} (or more) on the "
+                    "command line, or a larger input"
+                    if smallest is not None
+                    else "give it the input it takes (channels, size: --size N on the command line), as the loaded "
+                    "model's preprocess makes from a picture"
+                )
                 raise ForwardError(
                     f"the model's forward pass fails at node {graph.names[node]!r} on an input of shape "
-                    f"{tuple(x.shape)} ({_first_line(exc)[:200]}); give it the input it takes (channels, size: "
-                    "--size N on the command line), as the loaded model's preprocess makes from a picture"
+                    f"{tuple(x.shape)} ({_first_line(exc)[:200]}); {fix}"
                 ) from exc
             if rule is not None and record:
                 env[node] = output
@@ -228,6 +236,41 @@ def run(
 
     activations = {node: env[node] for node in targets} if emit is None else {}
     return Capture(activations=activations, records=records, batch=int(x.shape[0]), input_shape=tuple(x.shape))
+
+
+def _smallest_side(model: nn.Module, x: Tensor, largest: int = 1024) -> int | None:
+    """The smallest side of a square input the model runs on, when ``x`` is refused for being too small.
+
+    Found by forward passes on zeros of growing sides (doubling, then halving the gap), so only in an error's path;
+    None where ``x`` is no square picture or no side up to ``largest`` runs (the input is wrong in another way).
+    """
+    if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+        return None
+
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(x.new_zeros(1, x.shape[1], side, side))
+        except Exception:
+            return False
+        return True
+
+    low, high = int(x.shape[-1]), None  # low: a side known to fail
+    side = max(low * 2, low + 1)
+    while side <= largest:
+        if runs(side):
+            high = side
+            break
+        low, side = side, side * 2
+    if high is None:
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        if runs(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _first_line(exc: BaseException) -> str:
