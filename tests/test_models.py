@@ -3,6 +3,7 @@ user models and checkpoints, and the offline error."""
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import urllib.error
@@ -17,8 +18,10 @@ import torchvision
 from conftest import make_tiny_vgg
 from PIL import Image
 from torch import nn
+from typer.testing import CliRunner
 
 import deconvviz as dv
+from deconvviz.cli import app
 from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.errors import DeconvVizError
 from deconvviz.io.images import ImageError
@@ -512,6 +515,18 @@ def not_a_module():
 
 def broken():
     raise RuntimeError("no GPU here")
+
+
+import deconvviz as dv
+
+SPEC = dv.ModelSpec(
+    name="usernet",
+    builder=build,
+    weights=lambda: {"0.weight": torch.ones(4, 3, 3, 3), "0.bias": torch.zeros(4)},
+    preprocessing=dv.Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=24),
+    aliases={"conv1": "1"},
+    labels=None,
+)
 """
 
 
@@ -545,6 +560,21 @@ def test_user_model_with_checkpoint_and_preprocessing(user_module: Path, tmp_pat
     assert m.labels is None
     assert tuple(m.preprocess(pattern_image(40, 32)).shape) == (1, 3, 32, 32)
     assert "0" in dv.DeconvNet(m).layers
+
+
+@pytest.mark.parametrize("form", ["module", "file"])
+def test_a_model_spec_in_a_user_module_is_named_like_a_function(user_module: Path, form: str) -> None:
+    name = "dv_user_nets:SPEC" if form == "module" else f"{user_module}:SPEC"
+    m = dv.load_model(name)
+    assert m.name == name  # named as given, so another process loads it by the same name
+    assert torch.equal(m.module[0].weight, torch.ones(4, 3, 3, 3))  # the spec's weights, not the builder's
+    assert m.preprocessing == specs.Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=24)
+    assert m.layers == {"conv1": "1"}
+    assert "usernet" in dv.load_model(name).spec.description
+    shown = CliRunner().invoke(app, ["layers", "--model", name])
+    assert shown.exit_code == 0, shown.stderr
+    assert re.search(r"conv1\s+1\s", shown.stdout), shown.stdout
+    assert "for a 24x24 input" in shown.stdout
 
 
 def test_user_model_without_checkpoint_keeps_its_own_weights(user_module: Path) -> None:

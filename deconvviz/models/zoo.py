@@ -172,12 +172,18 @@ def torchvision_spec(arch: str, weights: str = "DEFAULT", name: str | None = Non
 
 
 def _user_spec(name: str) -> ModelSpec:
-    """A spec for ``"package.module:function"`` or ``"path/to/file.py:function"``."""
+    """A spec for ``"package.module:function"`` or ``"path/to/file.py:function"`` (or ``:SPEC``, a ModelSpec there)."""
     module_name, _, function_name = name.rpartition(":")
     module = _import_user_module(module_name, name)
     function = getattr(module, function_name, None)
+    if isinstance(function, ModelSpec):  # a whole spec: its weights, preprocessing, aliases and labels come along
+        # named as given, so that another process (torchrun, the explorer's worker) finds it again by that name
+        return replace(function, name=name, description=function.description or f"{function.name} from {name}")
     if not callable(function):
-        raise ModelError(f"{module_name!r} has no function {function_name!r} (from model {name!r})")
+        raise ModelError(
+            f"{module_name!r} has no function {function_name!r} (from model {name!r}); name a function that "
+            "builds the model, or a ModelSpec"
+        )
 
     def build() -> nn.Module:
         try:
