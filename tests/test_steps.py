@@ -272,6 +272,10 @@ def test_saved_folder_has_the_figure_a_picture_per_step_and_a_manifest(tiny_vgg,
         assert picture.size[0] == step.shape[-1] * entry["enlarged"]
         assert entry["kind"] == step.kind
         assert entry["shape"] == list(step.shape)
+        # the file names the op the step undid, as the figure's column does (the seed: its node)
+        named = step.ops[0] if len(step.ops) == 1 else step.node
+        assert entry["file"].endswith(f"-{named}.png"), (entry["file"], step)
+    assert entries[-1]["file"].endswith("-features.0.png")  # the first convolution, not the input
     assert entries[-1]["picture"] == "reconstruction"
 
 

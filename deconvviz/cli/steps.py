@@ -54,8 +54,9 @@ def steps_command(
     """Show how one reconstruction is made: the signal after every mirrored op, from the seed to the pixels.
 
     Unpooling with the switches, rectification, the transposed filters: one column each in OUT/figure.png, seed
-    to reconstruction; OUT/steps/NN-KIND-NODE.png holds each step's signal summed over channels and
-    OUT/manifest.json lists the steps (node, op, kind, shape, file).
+    to reconstruction; OUT/steps/NN-KIND-NODE.png holds each step's signal summed over channels (NODE: the op
+    the step undid, as the figure's column names it) and OUT/manifest.json lists the steps (node, op, kind,
+    shape, file).
     """
     with reported(debug):
         unit = parse_position(position)

@@ -335,8 +335,13 @@ def _enlarged(picture: np.ndarray, at_least: int = 224) -> tuple[np.ndarray, int
 
 
 def step_file(step: Step) -> str:
-    """The file name of a step's picture: ``steps/NN-kind-node.png``."""
-    return f"steps/{step.index:02d}-{clean_name(step.kind)}-{clean_name(step.node)}.png"
+    """The file name of a step's picture: ``steps/NN-kind-node.png``.
+
+    ``node`` is the op the step undid, as the figure's column names it (the seeded node for the seed; where
+    branches were summed, the node they meet at).
+    """
+    node = step.ops[0] if len(step.ops) == 1 else step.node
+    return f"steps/{step.index:02d}-{clean_name(step.kind)}-{clean_name(node)}.png"
 
 
 @dataclass(frozen=True)
