@@ -327,8 +327,14 @@ def test_topk_from_a_report(photos: Path, tmp_path: Path) -> None:
     channel = int(next(iter(layer["channels"])))
     with Explorer(MODEL, None, device="cpu", report=tmp_path / "report") as found:  # the report's folder is explored
         assert len(found.order) == 4
-        body = _client(found).get("/api/topk", params={"layer": "conv3", "channel": channel}).json()
+        client = _client(found)
+        body = client.get("/api/topk", params={"layer": "conv3", "channel": channel}).json()
         assert body["source"] == "report"
+        assert body["k"] == 3  # the hits the report kept per channel, not the explorer's own 9
+        assert body["done"] == body["total"] == 4
+        # the status says so too, not that a folder is missing
+        scan = client.get("/api/status").json()["scan"]
+        assert scan == {"source": "report", "state": "done", "done": 4, "total": 4}
         names = {found.pictures[i].name: i for i in found.order}
         kept = [h for h in layer["channels"][str(channel)] if h["value"] > 0]
         assert [(h["name"], h["value"], h["position"]) for h in body["hits"]] == [

@@ -394,7 +394,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
                 "images": len(explorer.order),
                 "cache": {"bytes": cache.bytes, "limit": cache.limit, "entries": len(cache)},
                 "pending": explorer.worker.pending,
-                "scan": explorer.scanner.status(),
+                "scan": explorer.topk_status(),
             }
         )
 

@@ -99,7 +99,7 @@ def report_hits(
     """
     layer = next((item for item in report["layers"] if item["node"] == node), None)
     by_name = {self.pictures[i].name: i for i in self.order}
-    base = {"source": "report", "state": "done", "done": 0, "total": 0}
+    base = report_status(report)
     if layer is None:
         listed = ", ".join(item["layer"] for item in report["layers"])
         return {**base, "hits": [], "message": f"the report has no layer {name or node!r}; it has {listed}"}
@@ -122,6 +122,15 @@ def report_hits(
         if float(hit["value"]) > 0
     ]
     return {**base, "hits": hits}
+
+
+def report_status(report: dict[str, Any]) -> dict[str, Any]:
+    """The top-9 panel's source when it reads a report, counting the pictures the report scanned.
+
+    ``{"source": "report", "state": "done", "done", "total"}``, as :meth:`Scanner.status` gives a scan's.
+    """
+    scanned = len(report.get("images") or [])
+    return {"source": "report", "state": "done", "done": scanned, "total": scanned}
 
 
 def read_report(folder: Path) -> dict[str, Any]:
