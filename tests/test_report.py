@@ -262,7 +262,9 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
 
     again = runner.invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 2
-    assert again.stderr.strip() == f"error: output folder {str(out)!r} already exists; pass --overwrite to replace it"
+    assert again.stderr.strip() == (
+        f"error: output folder {str(out)!r} already exists; pass --overwrite (overwrite=True in Python) to replace it"
+    )
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,9 @@ def evolution_command(
     mean: MeanOption = None,
     std: StdOption = None,
     channels: Annotated[str, typer.Option("--channels", "-c", help=_EVOLUTION_CHANNELS)] = "8",
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")] = 1,
+    k: Annotated[
+        int, typer.Option("--top", "--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")
+    ] = 1,
     size: SizeOption = None,
     out: OutOption = Path("evolution"),
     device: DeviceOption = "auto",

@@ -185,7 +185,9 @@ def check_target(target: Path, *, replace: bool, error: type[DeconvVizError] = O
             "choose another --out or move it away"
         )
     if not replace:
-        raise error(f"output folder {str(target)!r} already exists; pass --overwrite to replace it")
+        raise error(
+            f"output folder {str(target)!r} already exists; pass --overwrite (overwrite=True in Python) to replace it"
+        )
 
 
 def mark(folder: Path, kind: str) -> None:
@@ -381,7 +383,9 @@ class _Transaction:
             if not target.is_dir() or target.is_symlink() or (any(target.iterdir()) and not owned(target)):
                 raise self.error(f"{appeared} and was not written by deconvviz; left it alone, choose another --out")
             if not self.replace:
-                raise self.error(f"{appeared}; left it alone, choose another --out or pass --overwrite")
+                raise self.error(
+                    f"{appeared}; left it alone, choose another --out or pass --overwrite (overwrite=True in Python)"
+                )
             exchange(stage.path, target)
             stage.committed = stage.replaced = True
             if any(stage.path.iterdir()) and not owned(stage.path):  # swapped in by someone at the last instant
