@@ -11,7 +11,7 @@ writes ``out/digits/images/`` (the data set as PNGs), ``out/digits/checkpoints/e
 ``out/digits/evolution/figure.png`` (with ``manifest.json``). The same figure from the command line:
 
     deconvviz evolution out/digits/checkpoints/*.pt --data out/digits/images --layer features.7 \\
-        --model examples/digits_evolution.py:build --size 32 --out out/digits/evolution
+        --model examples/digits_evolution.py:build --size 32 --channels 8 --out out/digits/evolution-cli
 """
 
 from __future__ import annotations
