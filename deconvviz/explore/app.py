@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError, mebibytes
+from deconvviz.explore.topk import topk_status
 from deconvviz.explore.worker import Busy, Stopped, Superseded
 from deconvviz.methods import get_method
 
@@ -394,7 +395,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
                 "images": len(explorer.order),
                 "cache": {"bytes": cache.bytes, "limit": cache.limit, "entries": len(cache)},
                 "pending": explorer.worker.pending,
-                "scan": explorer.topk_status(),
+                "scan": topk_status(explorer),
             }
         )
 

@@ -24,15 +24,7 @@ from typing import TYPE_CHECKING, Any
 from deconvviz.core.receptive import receptive_fields
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.cache import ByteCache, default_cache_bytes
-from deconvviz.explore.topk import (
-    TOP_K,
-    Scanner,
-    check_channel,
-    read_report,
-    report_hits,
-    report_status,
-    scan_hits,
-)
+from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, report_hits, scan_hits
 from deconvviz.explore.worker import ModelWorker
 from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, decode_image, load_image
 from deconvviz.io.sources import ImageSource, image_source
@@ -638,10 +630,6 @@ class Explorer:
         if scanner.result is None:
             return {**out, "hits": []}
         return {**out, "hits": scan_hits(self, scanner.result, node, channel, method, layer)}
-
-    def topk_status(self) -> dict[str, Any]:
-        """Where the top-9 hits come from and how far along they are: the report read, or the folder's scan."""
-        return report_status(self.report) if self.report is not None else self.scanner.status()
 
     # ---------------------------------------------------------------------------------------------- close
 

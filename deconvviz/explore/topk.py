@@ -133,6 +133,11 @@ def report_status(report: dict[str, Any]) -> dict[str, Any]:
     return {"source": "report", "state": "done", "done": scanned, "total": scanned}
 
 
+def topk_status(explorer: Explorer) -> dict[str, Any]:
+    """Where the top-9 hits come from and how far along they are: the report read, or the folder's scan."""
+    return report_status(explorer.report) if explorer.report is not None else explorer.scanner.status()
+
+
 def read_report(folder: Path) -> dict[str, Any]:
     """The top-k part of a report's ``manifest.json`` (``{"folder", "layers": [...], ...}``)."""
     manifest = folder / "manifest.json"
