@@ -538,6 +538,19 @@ def test_an_input_the_model_refuses_is_one_line_naming_the_node() -> None:
             net.project(torch.randn(1, 3, side - 1, side - 1), net.layers[-1], top=1)
 
 
+def test_finding_the_smallest_side_leaves_a_training_model_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(4), nn.MaxPool2d(4))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(dv.ForwardError, match=r"the smallest square input it runs on is 16 px"):
+        dv.DeconvNet(model).project(torch.randn(1, 3, 8, 8), "4", top=1)
+    assert model.training
+    assert model[1].training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the probing passes moved no running statistics
+
+
 @pytest.mark.parametrize("model", ["vgg16", None, 3])
 def test_deconvnet_of_something_else_than_a_module_is_one_line(model: object) -> None:
     with pytest.raises(dv.TraceError, match=r"^DeconvNet takes a torch\.nn\.Module or a loaded model, got") as info:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, fx, nn
 
-from deconvviz.core.graph import Graph
+from deconvviz.core.graph import Graph, evaluating
 from deconvviz.errors import DeconvVizError, ForwardError
 
 
@@ -249,7 +249,7 @@ def _smallest_side(model: nn.Module, x: Tensor, largest: int = 1024) -> int | No
 
     def runs(side: int) -> bool:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), evaluating(model):  # a model in training mode keeps its statistics
                 model(x.new_zeros(1, x.shape[1], side, side))
         except Exception:
             return False
