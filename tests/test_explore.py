@@ -965,6 +965,49 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
         server.stop()
 
 
+def _dead_channel_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():  # channel 0 never fires: its reconstruction is all zero
+        conv.weight[0] = 0
+        conv.bias[0] = -1
+    return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+
+
+@pytest.mark.browser
+def test_a_projection_that_is_all_zero_says_so(photos: Path, tmp_path: Path) -> None:
+    from urllib.parse import urlencode
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dv.register_model(
+        dv.ModelSpec(name="tiny-dead", builder=_dead_channel_net, preprocessing=dv.Preprocessing(size=32)),
+        replace=True,
+    )
+    driver = chromium(tmp_path / "chromium")
+    explorer = Explorer("tiny-dead", photos, device="cpu", state_root=tmp_path / "state")
+    server = Server(explorer, port=0, token=TOKEN).start()
+    try:
+        assert server.wait_started()
+        wait = WebDriverWait(driver, 30)
+        caption = {}
+        for channel in (1, 0):
+            driver.get(f"{server.url}&{urlencode({'image': explorer.order[0], 'layer': '1', 'channel': channel})}")
+            wait.until(lambda d, c=channel: d.find_element("id", "unit").text.startswith(f"1 ch {c} "))
+            shown = driver.find_element("id", "projection").get_attribute("src")
+            # the caption's check runs once the picture has loaded, and marks which picture it checked
+            wait.until(
+                lambda d, src=shown: d.find_element("id", "projection-caption").get_attribute("data-checked") == src
+            )
+            caption[channel] = driver.find_element("id", "projection-caption").text
+        assert caption[1] == "deconvnet projection"
+        assert caption[0].startswith("deconvnet projection: all zero, nothing reaches the input from this unit")
+    finally:
+        driver.quit()
+        server.stop()
+        explorer.close()
+
+
 def test_the_demo_prints_the_command_that_explores_its_photos(monkeypatch: pytest.MonkeyPatch) -> None:
     from deconvviz.cli.demo import EXAMPLES, explore_command
 

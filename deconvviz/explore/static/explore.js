@@ -568,6 +568,24 @@
     const col = Math.min(w - 1, Math.max(0, Math.floor((event.clientX - rect.left) / rect.width * w)));
     choose({ unit: [row, col] });
   });
+  $("projection").addEventListener("load", () => {
+    // A reconstruction of one grey is all zero: say so, so that it does not read as a picture of grey.
+    const img = $("projection");
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let flat = data.length > 0;
+    for (let i = 4; flat && i < data.length; i += 4) {
+      flat = data[i] === data[0] && data[i + 1] === data[1] && data[i + 2] === data[2];
+    }
+    $("projection-caption").textContent = state.method + " projection" + (flat
+      ? ": all zero, nothing reaches the input from this unit (the way down shows where the signal stops)"
+      : "");
+    $("projection-caption").dataset.checked = img.src; // which picture the caption speaks of
+  });
   $("more").addEventListener("click", () => drawGrid(false));
   $("way-down").addEventListener("click", () => {
     state.steps = state.steps === null ? 0 : null;
