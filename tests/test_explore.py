@@ -1002,6 +1002,14 @@ def test_a_projection_that_is_all_zero_says_so(photos: Path, tmp_path: Path) -> 
             caption[channel] = driver.find_element("id", "projection-caption").text
         assert caption[1] == "deconvnet projection"
         assert caption[0].startswith("deconvnet projection: all zero, nothing reaches the input from this unit")
+        # the top-9 panel of a channel that never fired says so, instead of staying empty
+        assert explorer.scanner.wait(60)
+        dead = explorer.topk("1", 0)
+        assert dead["hits"] == []
+        assert dead["message"] == "channel 0 of 1 never fired on the 4 pictures (no activation above 0)"
+        assert explorer.topk("1", 1)["hits"]
+        assert "message" not in explorer.topk("1", 1)
+        wait.until(lambda d: "never fired" in d.find_element("id", "topk-status").text)
     finally:
         driver.quit()
         server.stop()

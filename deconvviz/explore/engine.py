@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from deconvviz.core.receptive import receptive_fields
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.cache import ByteCache, default_cache_bytes
-from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, report_hits, scan_hits
+from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, topk_answer
 from deconvviz.explore.worker import ModelWorker
 from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, decode_image, load_image
 from deconvviz.io.sources import ImageSource, image_source
@@ -620,16 +620,7 @@ class Explorer:
         Each hit's ``position`` is its unit's ``[row, col]``, None on a layer without a 2-D map (as :meth:`unit`
         gives it); messages name the layer as given.
         """
-        node = self.resolve(layer)
-        out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
-        if self.report is not None:
-            out["k"] = int(self.report.get("k") or TOP_K)  # the hits the report kept per channel
-            return {**out, **report_hits(self, self.report, node, channel, layer)}
-        scanner = self.scanner
-        out.update(scanner.status())
-        if scanner.result is None:
-            return {**out, "hits": []}
-        return {**out, "hits": scan_hits(self, scanner.result, node, channel, method, layer)}
+        return topk_answer(self, layer, channel, method)
 
     # ---------------------------------------------------------------------------------------------- close
 

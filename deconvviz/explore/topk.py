@@ -133,6 +133,24 @@ def report_status(report: dict[str, Any]) -> dict[str, Any]:
     return {"source": "report", "state": "done", "done": scanned, "total": scanned}
 
 
+def topk_answer(explorer: Explorer, layer: str, channel: int, method: str | None = None) -> dict[str, Any]:
+    """What ``/api/topk`` answers (see :meth:`Explorer.topk`): the report's hits or the scan's, or its progress."""
+    node = explorer.resolve(layer)
+    out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
+    if explorer.report is not None:
+        out["k"] = int(explorer.report.get("k") or TOP_K)  # the hits the report kept per channel
+        out.update(report_hits(explorer, explorer.report, node, channel, layer))
+    else:
+        out.update(explorer.scanner.status())
+        found = explorer.scanner.result
+        out["hits"] = [] if found is None else scan_hits(explorer, found, node, channel, method, layer)
+    if not out["hits"] and out["state"] == "done" and "message" not in out:
+        out["message"] = (
+            f"channel {channel} of {layer} never fired on the {out['total']} pictures (no activation above 0)"
+        )
+    return out
+
+
 def topk_status(explorer: Explorer) -> dict[str, Any]:
     """Where the top-9 hits come from and how far along they are: the report read, or the folder's scan."""
     return report_status(explorer.report) if explorer.report is not None else explorer.scanner.status()
