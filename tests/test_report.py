@@ -361,6 +361,8 @@ def test_the_pages_name_the_reverse_pass_and_the_scale_used(photos: Path, tmp_pa
     assert "max scale" in layer_page
     assert "deconvnet" not in layer_page
     assert "(guided backpropagation)" in next((out / "layers" / "conv2").glob("ch*.html")).read_text()
+    index = (out / "index.html").read_text()
+    assert "<tr><th>pictures</th><td>projected by guided backpropagation, max scale</td></tr>" in index
 
 
 def test_per_image_pages_show_the_channels_given_by_index(photos: Path, tmp_path: Path) -> None:

@@ -541,7 +541,8 @@ class _Writer:
         parts = [
             "<h2>model</h2><table>"
             f"<tr><th>name</th><td>{text(self.current.name)}</td></tr>"
-            f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr></table>",
+            f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr>"
+            f"<tr><th>pictures</th><td>projected by {_by(result.method)}, {text(self.scale)} scale</td></tr></table>",
             "<h2>data set</h2><table>"
             f"<tr><th>folder</th><td>{text(result.folder)}</td></tr>"
             f"<tr><th>images</th><td>{len(result.images)}, of which {len(result.images) - len(result.skipped)} "
