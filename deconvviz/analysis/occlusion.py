@@ -191,6 +191,23 @@ def _grid_csv(rows: list[list[Any]]) -> bytes:
 # ---------------------------------------------------------------------------------------- geometry
 
 
+def _give_back_freed_memory() -> None:
+    """Return the C heap's freed memory to the system (glibc's ``malloc_trim``).
+
+    Each batch of a sweep allocates patches of other sizes, and glibc keeps the freed ones in pieces too small to
+    reuse, so without a trim a long sweep's resident memory grows with its positions (about 0.5 MB per position
+    for SqueezeNet on the CPU) although nothing is kept. Elsewhere than glibc this does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def occluder_grid(
     height: int, width: int, size: int, stride: int
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -397,9 +414,11 @@ class OcclusionJob:
                 totals.append(engine.channel_totals(self.node, values[self.node], self.channel).double().cpu())
                 if self.output is not None and self.target is not None:
                     p = engine.full(self.output, values[self.output], len(chunk)).double().softmax(1)
-                    probs.append(p[:, self.target].cpu())
+                    probs.append(p[:, self.target].clone().cpu())  # not a view that keeps every class
                     winners.append(p.argmax(1).cpu())
                 report(min(start + batch_size, len(grid)), len(grid), what)
+                if (start // batch_size) % 4 == 3:
+                    _give_back_freed_memory()
             unoccluded = engine.cached[self.node][0, self.channel].double().sum().item()
             p0 = (
                 engine.cached[self.output].double().softmax(1)[0, self.target].item()
