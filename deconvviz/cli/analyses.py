@@ -82,7 +82,8 @@ def _parse_range(text: str, name: str) -> tuple[float, float] | None:
             raise ValueError
         start, end = float(parts[0]), float(parts[1])
     except ValueError:
-        raise usage(f"--{name} takes START:END (e.g. -60:60) or 'off'; got {text!r}") from None
+        example = {"translate": "-60:60", "scale": "0.5:1.7", "rotate": "0:360"}.get(name, "-60:60")
+        raise usage(f"--{name} takes START:END (e.g. {example}) or 'off'; got {text!r}") from None
     return start, end
 
 
@@ -128,7 +129,7 @@ def invariance_command(
     ] = "-60:60",
     scale: Annotated[str, typer.Option(help="Scale START:END about the centre (1 = original), or off.")] = "0.5:1.7",
     rotate: Annotated[str, typer.Option(help="Rotation START:END in degrees, counter-clockwise, or off.")] = "0:360",
-    steps: Annotated[int, typer.Option(min=2, help="Values per transformation, both ends included.")] = 13,
+    steps: Annotated[int, typer.Option(min=2, max=1000, help="Values per transformation, both ends included.")] = 13,
     target: Annotated[
         str | None,
         typer.Option(help="The true class (index or name) for every picture. Default: each picture's top-1."),

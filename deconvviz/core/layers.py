@@ -112,14 +112,16 @@ def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor)
     Names may be node names or aliases; a comma-separated string is split.
 
     Raises:
-        LayerNotFoundError: an unknown name (close names are suggested).
+        LayerNotFoundError: an unknown name (close names are suggested), or names that are all empty (``","``).
     """
     if layers is None:
         return default_layers(net, x)
     names = [layers] if isinstance(layers, str) else list(layers)
     flat = [part.strip() for name in names for part in name.split(",") if part.strip()]
     if not flat:
-        return default_layers(net, x)
+        raise LayerNotFoundError(
+            f"no layer named in {layers!r}; give layer names separated by commas, or none for the default layers"
+        )
     if any(name.lower() == "all" for name in flat):
         # every layer that gives one tensor: a tuple-valued node (multi-head attention) is shown through its items
         names = layer_names(net)
