@@ -239,6 +239,21 @@ def test_a_bad_steps_choice_is_a_seed_error(tiny_vgg, image_16, bad) -> None:
         dv.DeconvNet(tiny_vgg).project(image_16, "features.6", channel=[0, 1], steps=bad)
 
 
+def test_long_column_titles_are_broken_into_lines_that_fit() -> None:
+    from deconvviz.viz.steps import _fit
+
+    assert _fit("conv3_2") == "conv3_2"
+    assert _fit("features.12.expand1x1_activation") == "features.12.expand1x1_\nactivation"
+    assert _fit("2 x transposed convolution + rectify") == "2 x transposed convolution\n+ rectify"
+    for text in ("features.12.expand1x1_activation", "2 x transposed convolution + rectify", "a.b_c d" * 9):
+        lines = _fit(text).split("\n")
+        assert all(len(line) <= 26 for line in lines)
+        joined = lines[0]
+        for line in lines[1:]:  # a break after a dot or an underscore keeps it; a break at a space drops the space
+            joined += line if joined.endswith((".", "_")) else " " + line
+        assert joined == text
+
+
 def test_the_figure_draws_every_step(tiny_vgg, image_16) -> None:
     p = dv.DeconvNet(tiny_vgg, aliases=TINY_ALIASES).project(image_16, "conv3", channel=2, steps=True)
     assert p.steps is not None

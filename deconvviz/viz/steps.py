@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -143,15 +144,34 @@ def scaled(
 
 
 def title(steps: ProjectionSteps, step: Step, i: int = 0) -> str:
-    """A column's label: what the op did, which node it undid, the signal's shape."""
+    """A column's label: what the op did, which node it undid, the signal's shape (long lines broken to fit)."""
     shape = "x".join(str(n) for n in step.shape)
     if not step.ops:
         position = steps.positions[i] if i < len(steps.positions) else None
         where = "" if position is None else f" ({position[0]}, {position[1]})"
-        return f"seed\n{steps.name_of(step.node)} ch {steps.channels[i]}{where}\n{shape}"
+        return f"seed\n{_fit(f'{steps.name_of(step.node)} ch {steps.channels[i]}{where}')}\n{shape}"
     if len(step.ops) == 1:
-        return f"{step.kind}\n{steps.name_of(step.ops[0])}\n{shape}"
-    return f"sum of {len(step.ops)} branches\n{' + '.join(step.kinds)}\n{shape}"
+        return f"{_fit(step.kind)}\n{_fit(steps.name_of(step.ops[0]))}\n{shape}"
+    counts: dict[str, int] = {}
+    for kind in step.kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    kinds = " + ".join(kind if n == 1 else f"{n} x {kind}" for kind, n in counts.items())
+    return f"sum of {len(step.ops)} branches\n{_fit(kinds)}\n{shape}"
+
+
+def _fit(text: str, width: int = 26) -> str:
+    """``text`` broken into lines of at most about ``width`` characters, after a dot, a space or an underscore."""
+    if len(text) <= width:
+        return text
+    lines, line = [], ""
+    for piece in re.split(r"(?<=[.\s_])", text):
+        if line and len((line + piece).rstrip()) > width:
+            lines.append(line.rstrip())
+            line = piece.lstrip()
+        else:
+            line += piece
+    lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def _blank(ax: Axes) -> None:
