@@ -161,7 +161,13 @@ def evolution_figure(
 def _frame(fig: Any, title: str, inches: tuple[float, float], hspace: float, top: float, bottom: float) -> None:
     """A grid of pictures' title and margins: ``top`` and ``bottom`` in inches of a figure of ``inches``."""
     width, height = inches
-    fig.suptitle(title, fontsize=9, y=1 - 0.15 / height, va="top")
+    text = fig.suptitle(title, fontsize=9, va="top")
+    extra = 0.16 * text.get_text().count("\n")  # a title broken into lines on a narrow figure: room for them
+    if extra:
+        height += extra
+        top += extra
+        fig.set_figheight(height)
+    text.set_y(1 - 0.15 / height)
     fig.subplots_adjust(
         wspace=0.05,
         hspace=hspace,
