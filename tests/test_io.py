@@ -421,3 +421,14 @@ def test_writing_a_file_onto_a_folder_is_one_line_naming_the_folder(tmp_path: Pa
         write_file(tmp_path, b"png")
     assert str(info.value) == f"{str(tmp_path)!r} is a folder; give the path of a file to write instead"
     assert sorted(tmp_path.iterdir()) == []  # no temporary left beside it
+
+
+def test_a_file_where_the_results_folder_goes_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("mine")
+    with (
+        pytest.raises(OutputError, match=r"^'.*afile' exists and is not a folder; choose another --out$"),
+        stage_folders([tmp_path / "afile" / "cat"], kind="test", replace=True),
+    ):
+        pass
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

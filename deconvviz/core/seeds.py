@@ -96,7 +96,10 @@ def units(
             raise SeedError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
         row, col = int(position[0]), int(position[1])
         if not (0 <= row < height and 0 <= col < width):
-            raise SeedError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
+            raise SeedError(
+                f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}; "
+                f"choose rows 0-{height - 1} and columns 0-{width - 1}"
+            )
         flat = torch.full((len(channels),), row * width + col, dtype=torch.long, device=act.device)
         values = planes.gather(1, flat[:, None])[:, 0]
     else:  # the strongest unit of each channel (for mode="map", where its value labels the map)

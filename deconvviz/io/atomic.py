@@ -484,6 +484,9 @@ def stage_folders(
     except OSError as exc:
         transaction.discard()
         where = targets[len(transaction.stages)] if len(transaction.stages) < len(targets) else targets[-1]
+        blocking = next((p for p in where.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:  # a file where the folder of results goes (--out afile)
+            raise error(f"{str(blocking)!r} exists and is not a folder; choose another --out") from None
         raise error(f"cannot write the {what} {str(where)!r} ({exc.strerror or exc}); choose another --out") from None
     except BaseException:
         transaction.discard()
