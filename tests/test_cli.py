@@ -260,7 +260,9 @@ def test_channel_out_of_range(runner: CliRunner, photos: list[Path], tmp_path: P
 def test_output_folder_that_cannot_be_created(runner: CliRunner, photos: list[Path], tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert_one_line_error(*render(runner, photos[0], "--out", blocker / "sub"), "output folder")
+    assert_one_line_error(
+        *render(runner, photos[0], "--out", blocker / "sub"), f"{str(blocker)!r} exists and is not a folder"
+    )
     assert blocker.read_text() == "not a folder"
 
 
