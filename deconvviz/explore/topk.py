@@ -94,19 +94,19 @@ def report_hits(
 ) -> dict[str, Any]:
     """The hits a report kept for one channel, its pictures named by the explorer's ids where it has them.
 
+    ``{"hits"}``, and ``"message"`` when there are none to give.
+
     A hit's ``position`` is None on a layer known to have no 2-D map (as :meth:`Explorer.unit` gives it); messages
     name the layer as ``name`` (the name the request gave), else ``node``.
     """
     layer = next((item for item in report["layers"] if item["node"] == node), None)
     by_name = {self.pictures[i].name: i for i in self.order}
-    base = report_status(report)
     if layer is None:
         listed = ", ".join(item["layer"] for item in report["layers"])
-        return {**base, "hits": [], "message": f"the report has no layer {name or node!r}; it has {listed}"}
+        return {"hits": [], "message": f"the report has no layer {name or node!r}; it has {listed}"}
     kept = layer["channels"].get(str(channel))
     if kept is None:
-        message = f"the report did not keep channel {channel} of {name or layer['layer']!r}"
-        return {**base, "hits": [], "message": message}
+        return {"hits": [], "message": f"the report did not keep channel {channel} of {name or layer['layer']!r}"}
     shape = next((item["shape"] for item in self.layers_known or [] if item["node"] == node), None)
     spatial = shape is None or len(shape) == 3
     hits = [
@@ -121,27 +121,17 @@ def report_hits(
         for rank, hit in enumerate(kept)
         if float(hit["value"]) > 0
     ]
-    return {**base, "hits": hits}
-
-
-def report_status(report: dict[str, Any]) -> dict[str, Any]:
-    """The top-9 panel's source when it reads a report, counting the pictures the report scanned.
-
-    ``{"source": "report", "state": "done", "done", "total"}``, as :meth:`Scanner.status` gives a scan's.
-    """
-    scanned = len(report.get("images") or [])
-    return {"source": "report", "state": "done", "done": scanned, "total": scanned}
+    return {"hits": hits}
 
 
 def topk_answer(explorer: Explorer, layer: str, channel: int, method: str | None = None) -> dict[str, Any]:
     """What ``/api/topk`` answers (see :meth:`Explorer.topk`): the report's hits or the scan's, or its progress."""
     node = explorer.resolve(layer)
-    out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K}
+    out: dict[str, Any] = {"layer": layer, "node": node, "channel": channel, "k": TOP_K, **topk_status(explorer)}
     if explorer.report is not None:
         out["k"] = int(explorer.report.get("k") or TOP_K)  # the hits the report kept per channel
         out.update(report_hits(explorer, explorer.report, node, channel, layer))
     else:
-        out.update(explorer.scanner.status())
         found = explorer.scanner.result
         out["hits"] = [] if found is None else scan_hits(explorer, found, node, channel, method, layer)
     if not out["hits"] and out["state"] == "done" and "message" not in out:
@@ -152,8 +142,15 @@ def topk_answer(explorer: Explorer, layer: str, channel: int, method: str | None
 
 
 def topk_status(explorer: Explorer) -> dict[str, Any]:
-    """Where the top-9 hits come from and how far along they are: the report read, or the folder's scan."""
-    return report_status(explorer.report) if explorer.report is not None else explorer.scanner.status()
+    """Where the top-9 hits come from and how far along they are: the report read, or the folder's scan.
+
+    ``{"source", "state", "done", "total"}`` (and ``"message"``, see :meth:`Scanner.status`); a report counts the
+    pictures it scanned.
+    """
+    if explorer.report is None:
+        return explorer.scanner.status()
+    scanned = len(explorer.report.get("images") or [])
+    return {"source": "report", "state": "done", "done": scanned, "total": scanned}
 
 
 def read_report(folder: Path) -> dict[str, Any]:
