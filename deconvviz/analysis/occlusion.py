@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -198,14 +199,21 @@ def _give_back_freed_memory() -> None:
     reuse, so without a trim a long sweep's resident memory grows with its positions (about 0.5 MB per position
     for SqueezeNet on the CPU) although nothing is kept. Elsewhere than glibc this does nothing.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """The C library's ``malloc_trim`` (glibc), looked up once (finding the library may run ``ldconfig``), or None."""
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def occluder_grid(
