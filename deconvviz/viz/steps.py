@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -152,9 +153,7 @@ def title(steps: ProjectionSteps, step: Step, i: int = 0) -> str:
         return f"seed\n{_fit(f'{steps.name_of(step.node)} ch {steps.channels[i]}{where}')}\n{shape}"
     if len(step.ops) == 1:
         return f"{_fit(step.kind)}\n{_fit(steps.name_of(step.ops[0]))}\n{shape}"
-    counts: dict[str, int] = {}
-    for kind in step.kinds:
-        counts[kind] = counts.get(kind, 0) + 1
+    counts = Counter(step.kinds)  # in the order the kinds first come
     kinds = " + ".join(kind if n == 1 else f"{n} x {kind}" for kind, n in counts.items())
     return f"sum of {len(step.ops)} branches\n{_fit(kinds)}\n{shape}"
 
