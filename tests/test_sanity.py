@@ -15,7 +15,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import deconvviz as dv
-from deconvviz.analysis.sanity import compare, mean_pairwise_correlation, randomise, spearman, ssim
+from deconvviz.analysis.sanity import (
+    compare,
+    mean_pairwise_correlation,
+    randomise,
+    signed_spearman,
+    spearman,
+    ssim,
+)
 from deconvviz.cli import app
 from deconvviz.io.atomic import MARKER
 
@@ -36,6 +43,20 @@ def _pearson(x: list[float], y: list[float]) -> float:
     num = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
     den = math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
     return num / den
+
+
+def test_signs_kept_tell_an_outline_apart_from_its_contents() -> None:
+    # One smooth outline (bright in the middle, dim at the edges) filled with independent random signs: the
+    # magnitudes agree exactly, the pictures do not.
+    rows = torch.linspace(-1, 1, 40, dtype=torch.float64)
+    outline = torch.exp(-(rows[:, None] ** 2 + rows[None, :] ** 2) * 3).expand(3, 40, 40)
+    g = torch.Generator().manual_seed(0)
+    one = outline * torch.randn(3, 40, 40, generator=g, dtype=torch.float64).sign()
+    two = outline * torch.randn(3, 40, 40, generator=g, dtype=torch.float64).sign()
+    assert compare(one, two)[0] > 0.9
+    assert abs(signed_spearman(one, two)) < 0.1
+    assert signed_spearman(one, one) == pytest.approx(1.0, abs=1e-12)
+    assert signed_spearman(one, -one) == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_spearman_with_ties_equals_a_loop_and_scipy() -> None:
@@ -127,6 +148,11 @@ def test_scores_equal_loops_and_the_caller_model_is_untouched(tiny, picture) -> 
             assert float(result.spearman[method][i]) == pytest.approx(rho, abs=1e-10)
             s = _ssim_by_loop(a / a.max(), b / b.max())
             assert float(result.ssim[method][i]) == pytest.approx(s, abs=1e-10)
+            # Signs kept: the values summed over colour, not their magnitudes.
+            sa = stack[0][:, top:bottom, left:right].sum(0).numpy()
+            sb = stack[i][:, top:bottom, left:right].sum(0).numpy()
+            signed = _pearson(_ranks_by_loop(list(sa.ravel())), _ranks_by_loop(list(sb.ravel())))
+            assert float(result.signed[method][i]) == pytest.approx(signed, abs=1e-10)
         assert float(result.spearman[method][0]) == pytest.approx(1.0, abs=1e-12)
         net = dv.DeconvNet(tiny)
         maps = []
@@ -171,6 +197,13 @@ def test_figure_manifest_and_bad_options(tiny, picture, tmp_path: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["kind"] == "sanity"
     assert [s["label"] for s in manifest["steps"]] == list(result.steps)
+    for step, i in zip(manifest["steps"], range(len(result.steps)), strict=True):
+        for method in result.methods:
+            value = float(result.signed[method][i])
+            assert step[method]["signed"] == (None if math.isnan(value) else value)
+    assert "signed" in manifest["scores"]
+    assert "signs kept" in result.summary()
+    assert "signed" in axes[0, 1].get_xlabel()
     with pytest.raises(dv.MethodError):
         dv.sanity(picture, tiny, method=["nope"])
     with pytest.raises(dv.AnalysisError, match="out of range"):

@@ -9,10 +9,13 @@ after each step the same unit is projected again with each reverse pass. Each re
 with the one from the trained model:
 
 * Spearman rank correlation of the absolute values (summed over colour channels), as in the paper;
-* SSIM (Wang et al., 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03) between the same maps,
-  each scaled to 0..1 by its own maximum.
+* the same without absolute values (the values summed over colour channels), the paper's second rank score:
+  a map of the same smooth outline filled with other signs scores high above and near 0 here (the gradient's
+  magnitude falls off from the middle of a unit's receptive field whatever the weights, Luo et al. 2016);
+* SSIM (Wang et al., 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03) between the maps of
+  absolute values, each scaled to 0..1 by its own maximum.
 
-Both are taken within the box that the projected units' receptive fields cover together: outside it every
+All three are taken within the box that the projected units' receptive fields cover together: outside it every
 reconstruction is 0, and blank borders would count as agreement whatever the weights (at a shallow layer,
 almost the whole picture).
 
@@ -115,6 +118,11 @@ def saliency_map(reconstruction: Tensor) -> Tensor:
     return reconstruction.detach().to(torch.float64).abs().sum(dim=0)
 
 
+def signed_spearman(reference: Tensor, other: Tensor) -> float:
+    """Spearman rank correlation of two reconstructions ``(C, H, W)``, their values summed over colour, signs kept."""
+    return spearman(reference.detach().to(torch.float64).sum(dim=0), other.detach().to(torch.float64).sum(dim=0))
+
+
 def compare(reference: Tensor, other: Tensor) -> tuple[float, float]:
     """``(spearman of |values|, ssim)`` between two reconstructions ``(C, H, W)``; NaN where one is blank."""
     a, b = saliency_map(reference), saliency_map(other)
@@ -155,6 +163,8 @@ class SanityResult(AnalysisResult):
             silenced it (activation 0), the nearest unit of the same channel that is still active.
         reconstructions: per method, ``(steps, C, H, W)`` reconstructions in the model's input space.
         spearman: per method, ``(steps,)`` float64 rank correlation of |values| with the trained model's.
+        signed: per method, ``(steps,)`` float64 rank correlation of the values themselves (signs kept) with
+            the trained model's; empty in a result made without it.
         ssim: per method, ``(steps,)`` float64 SSIM with the trained model's.
         channel_correlation: per method, the mean pairwise rank correlation between the whole-map
             reconstructions of ``channels_compared`` in the trained model.
@@ -188,6 +198,7 @@ class SanityResult(AnalysisResult):
     input: np.ndarray | None = field(default=None, repr=False, compare=False)
     channel_order: str = "RGB"
     box: tuple[int, int, int, int] | None = None
+    signed: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def _manifest(self) -> dict[str, Any]:
         def number(v: float) -> float | None:
@@ -202,8 +213,9 @@ class SanityResult(AnalysisResult):
             "value": self.value,
             "seed": self.seed,
             "box": None if self.box is None else list(self.box),
-            "scores": "spearman: rank correlation of |values| (summed over colour); ssim: Gaussian 11x11, sigma 1.5; "
-            "both within box (the units' receptive fields together)",
+            "scores": "spearman: rank correlation of |values| (summed over colour); signed: rank correlation of the "
+            "values (summed over colour, signs kept); ssim: Gaussian 11x11, sigma 1.5; all within box (the units' "
+            "receptive fields together)",
             "steps": [
                 {
                     "label": label,
@@ -212,6 +224,7 @@ class SanityResult(AnalysisResult):
                     **{
                         method: {
                             "spearman": number(float(self.spearman[method][i])),
+                            **({"signed": number(float(self.signed[method][i]))} if method in self.signed else {}),
                             "ssim": number(float(self.ssim[method][i])),
                         }
                         for method in self.methods
@@ -231,10 +244,11 @@ class SanityResult(AnalysisResult):
         for method in self.methods:
             rho, s = float(self.spearman[method][-1]), float(self.ssim[method][-1])
             r = self.channel_correlation.get(method, math.nan)
+            signs = f" (signs kept {float(self.signed[method][-1]):.2f})" if method in self.signed else ""
             last = (
                 "blank (no signal reaches the input)"
                 if math.isnan(rho)
-                else f"rank correlation {rho:.2f}, SSIM {s:.2f}"
+                else f"rank correlation {rho:.2f}{signs}, SSIM {s:.2f}"
             )
             lines.append(
                 f"{method}: all {len(self.steps) - 1} layers randomised: {last}; "
@@ -392,6 +406,7 @@ def sanity(
     cut = {m: stacks[m][..., top:bottom, left:right] for m in names}
     rho = {m: torch.tensor([compare(cut[m][0], r)[0] for r in cut[m]], dtype=torch.float64) for m in names}
     sim = {m: torch.tensor([compare(cut[m][0], r)[1] for r in cut[m]], dtype=torch.float64) for m in names}
+    signed = {m: torch.tensor([signed_spearman(cut[m][0], r) for r in cut[m]], dtype=torch.float64) for m in names}
     picture = None
     try:
         import numpy as np
@@ -423,6 +438,7 @@ def sanity(
         input=picture,
         channel_order=current.channel_order,
         box=box,
+        signed=signed,
     )
 
 
@@ -471,4 +487,13 @@ def _label(module: str, aliases: dict[str, str]) -> str:
     return module
 
 
-__all__ = ["SanityResult", "compare", "mean_pairwise_correlation", "randomise", "sanity", "spearman", "ssim"]
+__all__ = [
+    "SanityResult",
+    "compare",
+    "mean_pairwise_correlation",
+    "randomise",
+    "sanity",
+    "signed_spearman",
+    "spearman",
+    "ssim",
+]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deconvviz.viz.wrap import WIDTH, band_start, bands_of, columns_that_fit, wrapped_axes
+from deconvviz.viz.wrap import WIDTH, band_start, bands_of, check_layout, columns_that_fit, wrapped_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.evolution import EvolutionResult
@@ -129,6 +129,7 @@ def evolution_figure(
     from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
+    check_layout(columns, size)
     rows, count = len(result.channels), len(result.checkpoints)
     cell = size * max(1, min(result.k, 3))
     margin = 0.9
@@ -213,6 +214,7 @@ def sanity_figure(
     from deconvviz.viz.canvas import Figure
     from deconvviz.viz.scaling import to_rgb
 
+    check_layout(columns, size)
     rows, steps = len(result.methods), len(result.steps)
     count = steps + 1
     margin = 0.6
@@ -253,7 +255,8 @@ def sanity_figure(
                 ax.imshow(np.full((*image.shape[-2:], 3), 128, np.uint8))
             rho = float(result.spearman[method][s])
             ssim = float(result.ssim[method][s])
-            text = "blank (no signal)" if math.isnan(rho) else f"rank r={rho:.2f} SSIM={ssim:.2f}"
+            signs = f" signed {float(result.signed[method][s]):.2f}" if method in result.signed else ""
+            text = "blank (no signal)" if math.isnan(rho) else f"rank r={rho:.2f}{signs}\nSSIM={ssim:.2f}"
             ax.set_xlabel(text, fontsize=6.5)
             if r == 0:
                 ax.set_title(step, fontsize=7)
