@@ -76,6 +76,9 @@ _EXPORTS: dict[str, str] = {
     "CorrespondenceResult": "deconvviz.analysis.correspondence",
     "load_parts": "deconvviz.analysis.correspondence",
     "explore": "deconvviz.explore.server",
+    "filters": "deconvviz.viz.filters",
+    "Filters": "deconvviz.viz.filters",
+    "RenderError": "deconvviz.errors",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -109,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.core.steps import Step as Step
     from deconvviz.errors import DeconvVizError as DeconvVizError
     from deconvviz.errors import ForwardError as ForwardError
+    from deconvviz.errors import RenderError as RenderError
     from deconvviz.errors import TraceError as TraceError
     from deconvviz.errors import UnsupportedOpError as UnsupportedOpError
     from deconvviz.explore.server import explore as explore
@@ -134,6 +138,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.ops.base import Rule as Rule
     from deconvviz.ops.geometry import ReceptiveField as ReceptiveField
     from deconvviz.ops.geometry import register_geometry as register_geometry
+    from deconvviz.viz.filters import Filters as Filters
+    from deconvviz.viz.filters import filters as filters
     from deconvviz.viz.folders import RenderedImage as RenderedImage
     from deconvviz.viz.folders import RenderedLayer as RenderedLayer
     from deconvviz.viz.folders import render_images as render_images

@@ -114,6 +114,20 @@ def test_filters_command_draws_the_first_layer(tmp_path: Path) -> None:
     assert "not pictures" in bad.stderr
 
 
+def test_filters_in_python_are_the_command_s_and_show_in_a_notebook() -> None:
+    found = dv.filters(MODEL)
+    assert isinstance(found, dv.Filters)
+    assert (found.layer, found.module) == ("conv1", "features.0")
+    weight = dict(dv.load_model(MODEL).module.named_parameters())["features.0.weight"]
+    assert torch.equal(found.weight, weight.detach().float())
+    assert found.grid(columns=2).shape[1] < found.grid(columns=4).shape[1]
+    assert found._repr_png_().startswith(b"\x89PNG")
+    with pytest.raises(dv.RenderError, match="not pictures"):
+        dv.filters(MODEL, layer="conv2")
+    with pytest.raises(dv.RenderError, match="cell must be"):
+        found.grid(cell=0)
+
+
 def test_usage_errors_are_one_line(photo: Path) -> None:
     result = CliRunner().invoke(app, ["render", str(photo), "--mode", "mean"])
     assert result.exit_code == 2

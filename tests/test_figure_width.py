@@ -77,6 +77,7 @@ def test_sanity_with_many_steps_wraps_to_a_notebook_s_width(photos: list[Path]) 
         reconstructions={m: r[torch.arange(many) % steps] for m, r in result.reconstructions.items()},
         spearman={m: r[torch.arange(many) % steps] for m, r in result.spearman.items()},
         ssim={m: r[torch.arange(many) % steps] for m, r in result.ssim.items()},
+        signed={m: r[torch.arange(many) % steps] for m, r in result.signed.items()},
     )
     fig, axes = deep.figure()
     assert fig.get_size_inches()[0] <= MOST
@@ -94,6 +95,25 @@ def test_sanity_with_many_steps_wraps_to_a_notebook_s_width(photos: list[Path]) 
     for row, method in enumerate(result.methods):
         assert method in axes[row, 0].get_ylabel()
     assert axes[0, -1].get_xlabel().startswith("rank r=")
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"columns": "a"}, "columns must be a whole number of at least 1"),
+        ({"columns": 0}, "columns must be a whole number of at least 1"),
+        ({"columns": 2.5}, "columns must be a whole number of at least 1"),
+        ({"size": 0}, "size must be a number of inches above 0"),
+        ({"size": float("nan")}, "size must be a number of inches above 0"),
+    ],
+)
+def test_a_bad_layout_option_is_a_render_error(photos: list[Path], options: dict[str, Any], needle: str) -> None:
+    result = dv.sanity(photos[0], MODEL, layer="conv3", method="deconvnet", device="cpu")
+    with pytest.raises(dv.RenderError, match=needle):
+        result.figure(**options)
+    filters = dv.filters(MODEL)
+    with pytest.raises(dv.RenderError, match=needle):
+        filters.figure(**options)
 
 
 def test_sanity_with_few_steps_stays_one_band(photos: list[Path]) -> None:

@@ -269,6 +269,15 @@ def test_the_figure_draws_every_step(tiny_vgg, image_16) -> None:
     assert titles[(bands - 1) * 4 * 4 + (count - 1) % 4].endswith("as rendered")
     with pytest.raises(RenderError, match="seed"):
         p.steps.figure(seed=1)
+    for options, needle in (
+        ({"seed": "0"}, "seed '0' is out of range"),
+        ({"columns": 0}, "columns must be a whole number"),
+        ({"columns": "a"}, "columns must be a whole number"),
+        ({"size": -1.0}, "size must be a number of inches above 0"),
+        ({"channels": 1.5}, "channels must be a whole number"),
+    ):
+        with pytest.raises(RenderError, match=needle):
+            p.steps.figure(**options)
     assert p.steps._repr_png_().startswith(b"\x89PNG")
 
 

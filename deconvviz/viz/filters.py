@@ -18,9 +18,12 @@ from torch import Tensor, nn
 from deconvviz.errors import RenderError
 from deconvviz.viz.pictures import enlarge, mosaic
 from deconvviz.viz.scaling import to_rgb
+from deconvviz.viz.wrap import check_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.models.session import Session
+    from deconvviz.models.specs import LoadedModel
     from deconvviz.viz.canvas import Figure
 
 
@@ -42,6 +45,9 @@ class Filters:
 
     def grid(self, *, columns: int | None = None, cell: int = 24) -> np.ndarray:
         """All filters as one ``(H, W, 3)`` uint8 picture, ``columns`` per row (default: about square)."""
+        check_layout(columns)
+        if isinstance(cell, bool) or not isinstance(cell, int) or cell < 1:
+            raise RenderError(f"cell must be a whole number of pixels of at least 1, got {cell!r}")
         count = int(self.weight.shape[0])
         columns = columns or math.ceil(math.sqrt(count))
         tiles = [enlarge(to_rgb(w, "max", self.channel_order), cell) for w in self.weight]
@@ -51,6 +57,7 @@ class Filters:
         """The grid as a matplotlib figure, titled with the layer; returned, never shown."""
         from deconvviz.viz.canvas import Figure
 
+        check_layout(columns, size)
         picture = self.grid(columns=columns)
         height, width = picture.shape[:2]
         fig = Figure(figsize=(size, size * height / width + 0.6), layout="constrained")
@@ -63,6 +70,11 @@ class Filters:
             "each filter scaled on its own: zero is mid-grey, its largest |weight| black or white", fontsize=7
         )
         return fig, ax
+
+    def _repr_png_(self) -> bytes:
+        from deconvviz.analysis.base import figure_bytes
+
+        return figure_bytes(self.figure()[0])
 
 
 def _conv_behind(net: DeconvNet, layer: str) -> tuple[str, nn.Conv2d]:
@@ -119,3 +131,25 @@ def layer_filters(net: DeconvNet, layer: str | None = None) -> Filters:
             "not pictures; draw a first-layer convolution (e.g. conv1_1) or project this layer with `render`"
         )
     return Filters(layer=layer, module=name, weight=weight, channel_order=net.channel_order)
+
+
+def filters(model: str | LoadedModel | Session = "vgg16", layer: str | None = None) -> Filters:
+    """A model's learned filters, ready to draw (what ``deconvviz filters`` writes); a notebook shows the grid.
+
+    Args:
+        model: a model name, a loaded model or a :class:`~deconvviz.models.session.Session`.
+        layer: a layer alias or node name; default: the model's first convolution. A ReLU's alias (VGG16's
+            ``conv1_1``) names the convolution before it.
+
+    Returns:
+        The :class:`Filters`: ``.figure(columns=...)``, ``.grid()`` as an ``(H, W, 3)`` uint8 picture.
+
+    Raises:
+        LayerNotFoundError: an unknown layer; RenderError: a layer whose filters do not see the picture's colours.
+
+    Example:
+        >>> dv.filters("squeezenet1_1").figure(columns=8)  # doctest: +SKIP
+    """
+    from deconvviz.models.session import session
+
+    return layer_filters(session(model, device="cpu").net, layer)

@@ -27,6 +27,7 @@ from deconvviz.analysis.base import AnalysisResult, figure_bytes
 from deconvviz.errors import RenderError
 from deconvviz.io import clean_name
 from deconvviz.viz.scaling import to_rgb
+from deconvviz.viz.wrap import check_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -221,6 +222,15 @@ def _draw_cut_detail(ax: Axes, before: Step, step: Step, i: int, crop: Any) -> N
     ax.set_title(f"what was cut\n{share:.0%} of |signal|" if share else "what was cut\nnothing", fontsize=6.5)
 
 
+def _check_seed(steps: ProjectionSteps, seed: Any) -> None:
+    """Refuse a seed index that is not one of the kept seeds'."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < len(steps.seeds):
+        raise RenderError(
+            f"seed {seed!r} is out of range: the steps of {len(steps.seeds)} seed(s) were kept; "
+            f"choose 0-{len(steps.seeds) - 1}"
+        )
+
+
 def steps_figure(
     steps: ProjectionSteps,
     *,
@@ -258,10 +268,10 @@ def steps_figure(
 
     from deconvviz.viz.canvas import Figure
 
-    if not 0 <= seed < len(steps.seeds):
-        raise RenderError(f"seed {seed} is out of range: the steps of {len(steps.seeds)} seed(s) were kept")
-    if channels < 0 or (columns is not None and columns < 1):
-        raise RenderError("channels must be at least 0 and columns at least 1")
+    _check_seed(steps, seed)
+    check_layout(columns, size)
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 0:
+        raise RenderError(f"channels must be a whole number of at least 0, got {channels!r}")
     count = len(steps)
     per_band = count if columns is None else min(columns, count)
     bands = -(-count // per_band)
@@ -446,8 +456,7 @@ def save_steps(
     Raises:
         ResultFolderError: ``directory`` holds something deconvviz did not write.
     """
-    if not 0 <= seed < len(steps.seeds):
-        raise RenderError(f"seed {seed} is out of range: the steps of {len(steps.seeds)} seed(s) were kept")
+    _check_seed(steps, seed)
     return StepsFolder(steps, seed, scale, channels, columns).save(directory, arguments=arguments)
 
 

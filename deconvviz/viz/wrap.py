@@ -13,11 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deconvviz.errors import RenderError
+
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.viz.canvas import Figure
 
 WIDTH = 10.0
 """Inches a figure may take: a notebook's width (about 1000 pixels at 100 dpi)."""
+
+
+def check_layout(columns: Any = None, size: Any = 1.0) -> None:
+    """Refuse a figure's ``columns`` that is not a whole number of at least 1 (or None) and a ``size`` not above 0.
+
+    Raises:
+        RenderError: naming the option and what it takes.
+    """
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise RenderError(f"columns must be a whole number of at least 1 (or None for as many as fit), got {columns!r}")
+    if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) or size <= 0:
+        raise RenderError(f"size must be a number of inches above 0, got {size!r}")
 
 
 def columns_that_fit(panel: float, margin: float, count: int, *, width: float = WIDTH) -> int:
