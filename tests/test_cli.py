@@ -242,7 +242,7 @@ def test_an_out_folder_under_a_file_is_one_line_with_the_fix(
 ) -> None:
     (tmp_path / "afile").write_text("in the way")
     code, stdout, stderr = render(runner, photos[0], "--out", tmp_path / "afile" / "out", "-l", "conv1")
-    assert_one_line_error(code, stdout, stderr, "choose another --out")
+    assert_one_line_error(code, stdout, stderr, "choose another folder (--out)")
     result = runner.invoke(
         app, ["filters", "--model", MODEL, "-l", "conv1", "--out", str(tmp_path / "afile" / "f.png")]
     )

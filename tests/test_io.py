@@ -426,7 +426,7 @@ def test_writing_a_file_onto_a_folder_is_one_line_naming_the_folder(tmp_path: Pa
 def test_a_file_where_the_results_folder_goes_is_named(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("mine")
     with (
-        pytest.raises(OutputError, match=r"^'.*afile' exists and is not a folder; choose another --out$"),
+        pytest.raises(OutputError, match=r"^'.*afile' exists and is not a folder; choose another folder \(--out\)$"),
         stage_folders([tmp_path / "afile" / "cat"], kind="test", replace=True),
     ):
         pass

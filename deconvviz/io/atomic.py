@@ -176,13 +176,13 @@ def check_target(target: Path, *, replace: bool, error: type[DeconvVizError] = O
             exists at all.
     """
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise error(f"{str(target)!r} exists and is not a folder; choose another --out")
+        raise error(f"{str(target)!r} exists and is not a folder; choose another folder (--out)")
     if not target.exists():
         return
     if any(target.iterdir()) and not owned(target):
         raise error(
             f"{str(target)!r} already exists and was not written by deconvviz; refusing to touch it, "
-            "choose another --out or move it away"
+            "choose another folder (--out) or move it away"
         )
     if not replace:
         raise error(
@@ -381,25 +381,29 @@ class _Transaction:
         appeared = f"{str(target)!r} appeared while deconvviz was writing it"
         if os.path.lexists(target):
             if not target.is_dir() or target.is_symlink() or (any(target.iterdir()) and not owned(target)):
-                raise self.error(f"{appeared} and was not written by deconvviz; left it alone, choose another --out")
+                raise self.error(
+                    f"{appeared} and was not written by deconvviz; left it alone, choose another folder (--out)"
+                )
             if not self.replace:
                 raise self.error(
-                    f"{appeared}; left it alone, choose another --out or pass --overwrite (overwrite=True in Python)"
+                    f"{appeared}; left it alone, choose another folder (--out) or pass --overwrite (overwrite=True in Python)"
                 )
             exchange(stage.path, target)
             stage.committed = stage.replaced = True
             if any(stage.path.iterdir()) and not owned(stage.path):  # swapped in by someone at the last instant
                 exchange(stage.path, target)
                 stage.committed = stage.replaced = False
-                raise self.error(f"{appeared} and was not written by deconvviz; left it alone, choose another --out")
+                raise self.error(
+                    f"{appeared} and was not written by deconvviz; left it alone, choose another folder (--out)"
+                )
             return
         try:
             rename_new(stage.path, target)
         except FileExistsError:
-            raise self.error(f"{appeared}; left it alone, choose another --out") from None
+            raise self.error(f"{appeared}; left it alone, choose another folder (--out)") from None
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise self.error(f"{appeared}; left it alone, choose another --out") from None
+                raise self.error(f"{appeared}; left it alone, choose another folder (--out)") from None
             raise
         stage.committed = True
 
@@ -486,8 +490,10 @@ def stage_folders(
         where = targets[len(transaction.stages)] if len(transaction.stages) < len(targets) else targets[-1]
         blocking = next((p for p in where.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:  # a file where the folder of results goes (--out afile)
-            raise error(f"{str(blocking)!r} exists and is not a folder; choose another --out") from None
-        raise error(f"cannot write the {what} {str(where)!r} ({exc.strerror or exc}); choose another --out") from None
+            raise error(f"{str(blocking)!r} exists and is not a folder; choose another folder (--out)") from None
+        raise error(
+            f"cannot write the {what} {str(where)!r} ({exc.strerror or exc}); choose another folder (--out)"
+        ) from None
     except BaseException:
         transaction.discard()
         raise
@@ -498,7 +504,9 @@ def stage_folders(
         except OSError as exc:
             if isinstance(exc, DeconvVizError):
                 raise
-            raise error(f"cannot move the result into place ({exc.strerror or exc}); choose another --out") from None
+            raise error(
+                f"cannot move the result into place ({exc.strerror or exc}); choose another folder (--out)"
+            ) from None
     finally:
         transaction.discard()
 
