@@ -386,7 +386,8 @@ class _Transaction:
                 )
             if not self.replace:
                 raise self.error(
-                    f"{appeared}; left it alone, choose another folder (--out) or pass --overwrite (overwrite=True in Python)"
+                    f"{appeared}; left it alone, choose another folder (--out) "
+                    "or pass --overwrite (overwrite=True in Python)"
                 )
             exchange(stage.path, target)
             stage.committed = stage.replaced = True
