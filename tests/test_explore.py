@@ -392,9 +392,31 @@ def test_the_strip_opens_on_the_page_that_holds_a_picture(client: TestClient, ex
         assert response.headers["x-total-count"] == str(len(ids))
         assert [entry["id"] for entry in response.json()] == ids[offset : offset + 2]
     assert client.get("/api/images", params={"offset": 1}).headers["x-offset"] == "1"
-    _one_line_error(client.get("/api/images", params={"image": "nope", "limit": 2}), 404, "unknown picture id 'nope'")
+    _one_line_error(
+        client.get("/api/images", params={"image": "nope", "limit": 2}), 404, "no picture has the id or name 'nope'"
+    )
     _one_line_error(client.get("/api/images", params={"image": ids[0]}), 400, "limit=N")
     _one_line_error(client.get("/api/images", params={"image": ids[0], "limit": 0}), 400, "limit must be 1 or more")
+
+
+def test_a_picture_s_name_works_as_its_id(client: TestClient, explorer: Explorer) -> None:
+    entries = client.get("/api/images").json()
+    first = entries[2]
+    by_name = client.get("/api/image.png", params={"image": first["name"]})
+    assert by_name.status_code == 200
+    assert by_name.content == client.get("/api/image.png", params={"image": first["id"]}).content
+    page = client.get("/api/images", params={"image": first["name"], "limit": 2})
+    assert page.headers["x-offset"] == "2"
+    maps = client.get("/api/activations", params={"image": first["name"], "layer": "conv3"})
+    assert maps.status_code == 200
+    assert maps.json() == client.get("/api/activations", params={"image": first["id"], "layer": "conv3"}).json()
+    # Two uploads of one name and other bytes: the name no longer says which.
+    for seed in (1, 2):
+        data = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(data, "PNG")
+        made = client.post("/api/images", files={"file": ("twin.png", data.getvalue(), "image/png")})
+        assert made.status_code == 201, made.text
+    _one_line_error(client.get("/api/image.png", params={"image": "twin.png"}), 404, "2 pictures are named 'twin.png'")
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -403,7 +425,7 @@ def test_the_strip_opens_on_the_page_that_holds_a_picture(client: TestClient, ex
 @pytest.mark.parametrize(
     ("path", "params", "status", "words"),
     [
-        ("/api/activations", {"image": "nope", "layer": "conv3"}, 404, ["unknown picture id 'nope'"]),
+        ("/api/activations", {"image": "nope", "layer": "conv3"}, 404, ["no picture has the id or name 'nope'"]),
         ("/api/activations", {"image": 0, "layer": "conv9"}, 400, ["unknown layer 'conv9'", "conv3"]),
         ("/api/activations", {"image": 0}, 400, ["layer"]),
         ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 8}, 400, ["channel 8 is out of range"]),
@@ -419,11 +441,16 @@ def test_the_strip_opens_on_the_page_that_holds_a_picture(client: TestClient, ex
         ("/api/projection.png", {"image": 0, "layer": "conv3", "channel": 1, "position": "1"}, 400, ["ROW,COL"]),
         ("/api/activations.png", {"image": 0, "layer": "conv3", "channel": -1}, 400, ["channel -1 is out of range"]),
         ("/api/unit", {"image": 0, "layer": "conv3", "channel": 1, "position": "0,99"}, 400, ["(0, 99)"]),
-        ("/api/image.png", {"image": "../../etc/passwd"}, 404, ["unknown picture id"]),
+        ("/api/image.png", {"image": "../../etc/passwd"}, 404, ["no picture has the id or name"]),
         ("/api/image.png", {"image": 0, "size": 4096}, 400, ["size must be between"]),
         ("/api/topk", {"layer": "conv3", "channel": 99}, 400, ["channel 99 is out of range"]),
         ("/api/topk", {"layer": "nope", "channel": 1}, 400, ["unknown layer 'nope'"]),
-        ("/api/steps", {"image": "nope", "layer": "conv3", "channel": 1}, 404, ["unknown picture id 'nope'"]),
+        (
+            "/api/steps",
+            {"image": "nope", "layer": "conv3", "channel": 1},
+            404,
+            ["no picture has the id or name 'nope'"],
+        ),
         ("/api/steps", {"image": 0, "layer": "conv9", "channel": 1}, 400, ["unknown layer 'conv9'"]),
         ("/api/steps", {"image": 0, "layer": "conv3", "channel": 8}, 400, ["channel 8 is out of range"]),
         ("/api/steps", {"image": 0, "layer": "conv3", "channel": 1, "method": "magic"}, 400, ["'magic'"]),
@@ -950,6 +977,16 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
         assert driver.find_element("id", "patch").value_of_css_property("background-image") == "none"
         assert not driver.find_elements("css selector", "#topk a")
         assert "image.png?image=" + ids[0] in driver.find_element("id", "picture").get_attribute("src")
+
+        # a picture named by its file name: the page goes on with its id, on the strip's page that holds it
+        name = explorer.pictures[ids[2]].name
+        driver.get(f"{base}/?{urlencode({'image': name, 'layer': 'conv3'})}")
+        wait.until(lambda d: query(d.current_url).get("image") == ids[2])
+        wait.until(lambda d: text("unit").startswith("conv3 ch "))
+        assert [a.get_attribute("data-id") for a in driver.find_elements("css selector", "#strip a.current")] == [
+            ids[2]
+        ]
+        assert not driver.find_element("id", "error").is_displayed()
 
         # a picture this explorer does not know: what to do, and no broken picture or stale panels
         driver.get(f"{base}/?image=nope&layer=conv3")

@@ -311,8 +311,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return JSONResponse(listed)
 
     def unit_arguments(request: Request) -> tuple[str, str, int]:
-        image = query(request, "image") or ""
-        explorer.picture(image)
+        image = explorer.picture(query(request, "image") or "").id  # a picture's name works as well as its id
         layer = query(request, "layer") or ""
         explorer.resolve(layer)
         return image, layer, parse_int(query(request, "channel"), "channel")
@@ -321,8 +320,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return get_method(query(request, "method") or None).name
 
     async def activations(request: Request) -> Response:
-        image = query(request, "image") or ""
-        explorer.picture(image)
+        image = explorer.picture(query(request, "image") or "").id  # a picture's name works as well as its id
         layer = query(request, "layer") or ""
         explorer.resolve(layer)
         method = method_of(request)
@@ -373,8 +371,7 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         )
 
     async def picture(request: Request) -> Response:
-        image = query(request, "image") or ""
-        explorer.picture(image)
+        image = explorer.picture(query(request, "image") or "").id  # a picture's name works as well as its id
         size_text = query(request, "size")
         if size_text:
             size = parse_int(size_text, "size")

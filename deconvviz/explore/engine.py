@@ -175,6 +175,7 @@ class Explorer:
         self._lock = threading.Lock()
         self.pictures: dict[str, Picture] = {}
         self.order: list[str] = []
+        self._named: dict[str, list[str]] = {}  # a picture's name -> the ids of the pictures of that name
         if self.source is not None:
             assert self.source.paths is not None
             for index, (name, path) in enumerate(zip(self.source.names, self.source.paths, strict=True)):
@@ -198,20 +199,26 @@ class Explorer:
     def _add(self, picture: Picture) -> None:
         self.pictures[picture.id] = picture
         self.order.append(picture.id)
+        self._named.setdefault(picture.name, []).append(picture.id)
 
     def picture(self, image: str | None) -> Picture:
-        """The picture with id ``image``.
+        """The picture with id ``image``, or else the one picture named ``image`` (``cat.jpg``, ``sub/cat.jpg``).
 
         Raises:
             ExploreError: no id given (HTTP 400).
-            UnknownPictureError: no such id.
+            UnknownPictureError: no such id, and no picture or several of that name.
         """
         if not image:
             raise ExploreError("give the picture: image=ID (an id as GET /api/images lists them)")
         found = self.pictures.get(image)
-        if found is None:
-            raise UnknownPictureError(f"unknown picture id {image!r}; the ids are those GET /api/images lists")
-        return found
+        if found is not None:
+            return found
+        with self._lock:
+            named = list(self._named.get(image, ()))
+        if len(named) == 1:
+            return self.pictures[named[0]]
+        problem = f"{len(named)} pictures are named {image!r}" if named else f"no picture has the id or name {image!r}"
+        raise UnknownPictureError(f"{problem}; give an id as GET /api/images lists them")
 
     def images(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """The pictures, in order: ``{"id", "name", "width", "height"}`` each (``offset``/``limit`` for a page)."""
@@ -221,7 +228,7 @@ class Explorer:
 
     def page_of(self, image: str, limit: int) -> int:
         """The offset of the page of ``limit`` pictures that holds picture ``image`` (pages start at 0, limit, ...)."""
-        self.picture(image)
+        image = self.picture(image).id
         if limit < 1:
             raise ExploreError(f"limit must be 1 or more to find a picture's page, got {limit}")
         with self._lock:

@@ -180,6 +180,9 @@
     }
     if (!found) found = await getJSON(api("/api/images", { offset: stripOffset, limit: config.pageSize }, false));
     const { body, response } = found;
+    // An address may name the picture by its file name (image=cat.jpg): the page goes on with its id.
+    const named = around && around === state.image && !body.some((e) => e.id === around) ? body.filter((e) => e.name === around) : [];
+    if (named.length === 1) state.image = named[0].id;
     stripOffset = parseInt(response.headers.get("x-offset") || String(stripOffset), 10);
     total = parseInt(response.headers.get("x-total-count") || String(body.length), 10);
     const strip = $("strip");
