@@ -16,7 +16,15 @@ PAGE = "reference.md"
 
 # Topics for the page, in order; a public name not listed here still gets its entry, under "More".
 TOPICS: dict[str, list[str]] = {
-    "The engine": ["DeconvNet", "Projection", "ReceptiveField", "receptive_field", "receptive_fields"],
+    "The engine": [
+        "DeconvNet",
+        "Projection",
+        "ProjectionSteps",
+        "Step",
+        "ReceptiveField",
+        "receptive_field",
+        "receptive_fields",
+    ],
     "Notebook helpers and rendering": [
         "visualize",
         "render_images",
@@ -27,8 +35,11 @@ TOPICS: dict[str, list[str]] = {
         "RenderedImage",
         "RenderedLayer",
         "load_image",
+        "filters",
+        "Filters",
     ],
-    "Top-k grids": ["top_k", "TopKResult"],
+    "Top-k grids and the report": ["top_k", "TopKResult", "build_report", "Report"],
+    "The explorer": ["explore"],
     "Analyses": [
         "AnalysisResult",
         "occlusion",
@@ -59,9 +70,11 @@ TOPICS: dict[str, list[str]] = {
     "Errors": [
         "DeconvVizError",
         "AnalysisError",
+        "ForwardError",
         "ImageError",
         "MethodError",
         "OutputError",
+        "RenderError",
         "TraceError",
         "UnsupportedOpError",
         "WeightsUnavailableError",
