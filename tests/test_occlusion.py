@@ -406,6 +406,71 @@ def test_model_is_left_unchanged(photo: Path, unchanged: Callable[[nn.Module], o
     state.assert_same(session.net.model)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="module")
+def others(tmp_path_factory: pytest.TempPathFactory, photo: Path) -> Path:
+    """A folder of five noise pictures, the occluded photo among them."""
+    folder = tmp_path_factory.mktemp("others")
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"other{i}.png")
+    (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder
+
+
+def test_other_pictures_are_the_map_s_top_k_without_the_picture_itself(photo: Path, others: Path) -> None:
+    calls: list[tuple[int, int, str]] = []
+    result = dv.occlusion(
+        others / photo.name,
+        model=MODEL,
+        device="cpu",
+        size=8,
+        stride=8,
+        data=others,
+        k=2,
+        progress=lambda done, total, what: calls.append((done, total, what)),
+    )
+    assert result.others_folder == str(others)
+    assert result.others_scanned == 4  # five pictures, the occluded one left out
+    assert len(result.others) == 2
+    assert photo.name not in {o.image for o in result.others}
+    # The same as a top-k search of the map over the folder without the picture, projected the same way.
+    rest = others.parent / "rest"
+    rest.mkdir(exist_ok=True)
+    for path in others.iterdir():
+        if path.name != photo.name:
+            (rest / path.name).write_bytes(path.read_bytes())
+    found = dv.top_k(rest, MODEL, layers=[result.layer], k=2, channels=[result.channel], device="cpu")
+    expected = found.channel_hits(result.layer, result.channel)
+    assert [o.image for o in result.others] == [h.image for h in expected]
+    for other, hit in zip(result.others, expected, strict=True):
+        assert (other.value, other.position, other.box) == (hit.value, hit.position, hit.box)
+        assert torch.equal(other.reconstruction, hit.reconstruction)
+        assert other.patch.shape == (*hit.patch.shape[1:], 3)
+        assert other.patch.dtype == np.uint8
+    # One count of steps: the five pictures scanned, then the occluder's 16 positions.
+    assert calls[0] == (0, 5 + 16, "other pictures")
+    assert {total for _, total, _ in calls} == {21}
+    assert [done for done, _, _ in calls] == sorted(done for done, _, _ in calls)
+    assert calls[-1][:2] == (21, 21)
+    fig, axes = result.figure()
+    shown = [ax for ax in fig.axes if ax.get_images() and not any(ax is a for a in axes)]
+    assert len(shown) == 2 * 2  # a projection and a patch per other picture
+    fig.draw_without_rendering()
+    assert all(ax.get_window_extent().y1 < min(a.get_window_extent().y0 for a in axes) for ax in shown)
+    texts = [t.get_text() for t in fig.texts]
+    assert any(t.startswith(f"(b) map {result.channel} in other pictures: its 2 strongest") for t in texts)
+    manifest = result._manifest()["others"]
+    assert manifest["scanned"] == 4
+    assert [h["image"] for h in manifest["hits"]] == [o.image for o in result.others]
+
+
+def test_other_pictures_need_a_folder_and_a_count(photo: Path, others: Path, tmp_path: Path) -> None:
+    with pytest.raises(dv.DeconvVizError, match="folder not found"):
+        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=tmp_path / "nowhere")
+    with pytest.raises(dv.AnalysisError, match="whole number of at least 1"):
+        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=others, k=0)
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 
@@ -433,6 +498,24 @@ def test_cli_writes_one_folder_per_image(photo: Path, tmp_path: Path) -> None:
     assert "noise.png" in result.stdout
     manifest = json.loads((out / "noise" / "manifest.json").read_text())
     assert manifest["method"] == "deconvnet"
+
+
+def test_cli_shows_the_map_in_other_pictures(photo: Path, others: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    picture = others / photo.name  # in the folder: left out of the other pictures
+    args = ["occlusion", str(picture), "--model", MODEL, "--device", "cpu", "--size", "8", "--stride", "8"]
+    result = CliRunner().invoke(app, [*args, "--data", str(others), "-k", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "noise" / "manifest.json").read_text())
+    assert manifest["arguments"]["data"] == str(others)
+    assert manifest["arguments"]["k"] == 3
+    assert manifest["others"]["scanned"] == 4
+    assert len(manifest["others"]["hits"]) == 3
+    missing = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")])
+    assert missing.exit_code == 2
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert "folder not found" in missing.stderr
+    assert not (tmp_path / "o2").exists()
 
 
 def test_cli_method_is_passed_to_panel_b_and_recorded(photo: Path, tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ position the analysis records
 * (d) the most probable class,
 
 and (b) projects that feature map's strongest unit whose receptive field lies inside the picture (as
-``render`` chooses) back to pixels with the deconvnet. Models without a
-classifier head (the offline VGG16 conv base) get (a) and (b) and say why (c) and (d) are missing.
+``render`` chooses) back to pixels with the deconvnet; given a folder of other pictures (``data=``), the map's
+strongest units in those are projected beside it, as the paper shows them (:mod:`deconvviz.analysis.others`).
+Models without a classifier head (the offline VGG16 conv base) get (a) and (b) and say why (c) and (d) are
+missing.
 
 Positions form a grid with one cell per ``stride`` pixels: the occluder is centred on each cell's centre and
 clipped to the image at the borders, so a map of ``ceil(H / stride)`` rows lies exactly over the image. The
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, check_result_folder, figure_bytes
 from deconvviz.analysis.choose import project_inside, receptive_boxes
+from deconvviz.analysis.others import OtherPicture, OtherPictures
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.deconvnet import SeedError
 from deconvviz.core.graph import evaluating
@@ -45,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from deconvviz.core.projection import Projection
+    from deconvviz.io.sources import Data
     from deconvviz.models.session import Session
 
 
@@ -80,6 +84,10 @@ class OcclusionResult(AnalysisResult):
         label_names: class index -> name for the classes in ``labels`` (and the target).
         missing: why (c) and (d) are absent, or None when they are present.
         image: where the picture came from, if a file.
+        others: the map's strongest units in other pictures (``data=``), strongest first, projected with
+            ``method``; empty without ``data``.
+        others_folder: the folder (or list file) those came from; ``others_scanned`` how many pictures it held
+            besides this one.
     """
 
     kind: ClassVar[str] = "occlusion"
@@ -105,6 +113,9 @@ class OcclusionResult(AnalysisResult):
     missing: str | None = None
     image: str | None = None
     method: str = "deconvnet"
+    others: tuple[OtherPicture, ...] = field(default=(), repr=False)
+    others_folder: str | None = None
+    others_scanned: int = 0
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -171,6 +182,16 @@ class OcclusionResult(AnalysisResult):
             "probability_unoccluded": self.probability_unoccluded,
             "legend": [{"class": c, "label": name, "positions": n} for c, name, n in self.legend()],
             "missing": self.missing,
+            "others": None
+            if self.others_folder is None
+            else {
+                "folder": self.others_folder,
+                "scanned": self.others_scanned,
+                "hits": [
+                    {"image": o.image, "value": o.value, "position": list(o.position), "box": list(o.box)}
+                    for o in self.others
+                ],
+            },
             "files": {
                 "figure": "occlusion.png",
                 "activation": "activation.csv",
@@ -267,6 +288,8 @@ def occlusion(
     batch_size: int | None = None,
     device: str | None = "auto",
     progress: ProgressOption = None,
+    data: Data | None = None,
+    k: int = 3,
 ) -> OcclusionResult:
     """Slide a grey square over an image and record what the network does (the paper's Fig. 7).
 
@@ -284,13 +307,19 @@ def occlusion(
         batch_size: occluder positions per pass; default 16 on a CPU, 64 on a GPU.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
         progress: ``progress(done, total, image)`` once before the sweep and after each batch (``done`` counts
-            occluder positions), ``"bar"`` for a tqdm bar, or None (see :mod:`deconvviz.analysis.progress`).
+            occluder positions; with ``data``, the pictures scanned first, as ``"other pictures"``), ``"bar"`` for
+            a tqdm bar, or None (see :mod:`deconvviz.analysis.progress`).
+        data: other pictures (a folder, scanned recursively, or a text file of paths): the followed map's ``k``
+            strongest units among them are projected beside (b), as in the paper (the picture itself, if there,
+            is left out).
+        k: how many of those are shown.
 
     Returns:
         The :class:`OcclusionResult`.
 
     Raises:
         OcclusionError: an occluder larger than the image, a stride or size below 1, an unknown class.
+        SearchError: ``data`` that is missing, empty or holds no readable picture.
         MethodError: an unknown reverse pass.
         LayerNotFoundError: an unknown layer (close names are listed).
         ImageError: a picture that cannot be read.
@@ -303,7 +332,23 @@ def occlusion(
     current = session(model, device=device)
     x = current.preprocess(image)
     job = prepare(current, x, layer=layer, size=size, stride=stride, target=target, method=method)
-    return job.run(batch_size=batch_size, progress=progress, image=_image_name(image))
+    name = _image_name(image)
+    if data is None:
+        return job.run(batch_size=batch_size, progress=progress, image=name)
+    positions = len(job.rows) * len(job.cols)
+    with reporting(progress, f"occluding {name or 'occlusion'}") as report:
+        scanned = [0]  # one count of steps: the other pictures scanned, then the occluder's positions
+
+        def scanning(done: int, total: int, what: str) -> None:
+            scanned[0] = total
+            report(done, total + positions, what)
+
+        job.others = OtherPictures.scan(current, data, job.layer, k, progress=scanning)
+        return job.run(
+            batch_size=batch_size,
+            progress=lambda done, total, what: report(scanned[0] + done, scanned[0] + total, what),
+            image=name,
+        )
 
 
 def occlusion_jobs(
@@ -317,11 +362,16 @@ def occlusion_jobs(
     target: int | str | None = "auto",
     method: str = "deconvnet",
     device: str | None = "auto",
+    data: Data | None = None,
+    k: int = 3,
+    progress: ProgressOption = None,
 ) -> Iterator[tuple[Path, Path, OcclusionJob]]:
     """Occlusion sweeps for several pictures, one result folder each (``out/<picture name>``).
 
     Every picture is read and every option checked (the output folders too) before the first job is handed
-    out, so bad input stops the run before anything is computed or written.
+    out, so bad input stops the run before anything is computed or written. ``data`` and ``k`` are
+    :func:`occlusion`'s; the other pictures are scanned once, before the first job, reporting to ``progress``
+    (``what`` is ``"other pictures"``).
 
     Yields:
         ``(picture, folder, job)``; run the job with :meth:`OcclusionJob.run` and save it into ``folder``.
@@ -346,7 +396,11 @@ def occlusion_jobs(
     for x in inputs[1:]:
         occluder_grid(int(x.shape[-2]), int(x.shape[-1]), size, stride)
     options = {"layer": first.layer, "size": size, "stride": stride, "target": target, "method": first.method}
-    return _jobs(current, paths, folders, inputs, first, **options)
+    others = None
+    if data is not None:
+        with reporting(progress, "other pictures") as report:
+            others = OtherPictures.scan(current, data, first.layer, k, progress=report)
+    return _jobs(current, paths, folders, inputs, first, others, **options)
 
 
 def _jobs(
@@ -355,12 +409,14 @@ def _jobs(
     folders: list[Path],
     inputs: list[Tensor],
     first: OcclusionJob,
+    others: OtherPictures | None,
     **options: Any,
 ) -> Iterator[tuple[Path, Path, OcclusionJob]]:
     ready = [first]
     for path, folder, x in zip(paths, folders, inputs, strict=True):
         # One set of unoccluded activations at a time: a job holds every layer's.
         job = ready.pop() if ready else prepare(current, x, **options)
+        job.others = others
         yield path, folder, job
 
 
@@ -390,6 +446,7 @@ class OcclusionJob:
     missing: str | None
     engine: Any
     method: str = "deconvnet"
+    others: OtherPictures | None = None
 
     def run(
         self, *, batch_size: int | None = None, progress: ProgressOption = None, image: str | None = None
@@ -441,6 +498,7 @@ class OcclusionJob:
         if projection is None:
             projection = net.project(self.x, self.layer, self.channel, method=self.method)
         projection = dataclasses.replace(projection, boxes=receptive_boxes(net, projection))
+        shown = () if self.others is None else self.others.of(self.channel, method=projection.method, leave_out=image)
         picture = np.asarray(
             input_to_pil(self.x.detach().cpu(), self.current.model.to_image, self.current.channel_order)
         )
@@ -472,6 +530,9 @@ class OcclusionJob:
             missing=self.missing,
             image=image,
             method=projection.method,
+            others=shown,
+            others_folder=None if self.others is None else self.others.folder,
+            others_scanned=0 if self.others is None else self.others.besides(image),
         )
 
 

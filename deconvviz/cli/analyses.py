@@ -333,11 +333,24 @@ def occlusion_command(
         int | None,
         typer.Option("--batch-size", min=1, help="Occluder positions per pass (default 16 on CPU, 64 on GPU)."),
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Other pictures (a folder, scanned recursively, or a text file of paths): the followed map's "
+            "strongest units in them are projected under (b), as in the paper.",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", "-k", min=1, help="How many of those other pictures are shown (with --data).")
+    ] = 3,
     debug: DebugOption = False,
 ) -> None:
     """Slide a grey square over each picture (the paper's Fig. 7): (a) the strongest feature map's total
     activation per position, (b) its strongest unit projected to pixels, (c) the correct class's probability,
-    (d) the most probable class.
+    (d) the most probable class. With --data, (b) also shows that map's strongest units in other pictures.
 
     Only the part of each layer that the occluder reaches is recomputed, so the sweep costs a fraction of
     re-running the network per position, with the same result. Models without a classifier get (a) and (b).
@@ -345,15 +358,23 @@ def occlusion_command(
     """
     with reported(debug):
         sweep: dict[str, Any] = {"layer": layer, "size": size, "stride": stride, "target": target, "method": method}
-        with progress_bar("loading the model", lambda image: f"occluding {Path(image).name}") as progress:
-            jobs = deconvviz.occlusion_jobs(images, out, model=model.load(device), device=device, **sweep)
+        others: dict[str, Any] = {} if data is None else {"data": str(data), "k": top}
+        with progress_bar("loading the model", _occluding) as progress:
+            jobs = deconvviz.occlusion_jobs(
+                images, out, model=model.load(device), device=device, progress=progress, **sweep, **others
+            )
             written = []
             for image, folder, job in jobs:
                 result = job.run(batch_size=batch_size, progress=progress, image=str(image))
-                written.append((result.save(folder, arguments={**model.arguments(), **sweep}), result))
+                written.append((result.save(folder, arguments={**model.arguments(), **sweep, **others}), result))
         typer.echo(f"wrote {len(written)} result folder(s) under {out}")
         for folder, result in written:
             typer.echo(f"{folder}: {result.summary()}")
+
+
+def _occluding(what: str) -> str:
+    """The occlusion bar's text: the other pictures being scanned, or the picture being occluded."""
+    return "scanning the other pictures" if what == "other pictures" else f"occluding {Path(what).name}"
 
 
 @model_options

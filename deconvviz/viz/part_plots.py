@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -46,7 +47,9 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     projected to pixels (its receptive field outlined, with the unit's box also drawn on the image);
     (c) the probability of the correct class per position; (d) the most probable class per position, with a
     legend of the classes it shows beside it, in a margin as wide as its longest label.
-    Without a classifier, (c) and (d) are replaced by a note saying why.
+    Without a classifier, (c) and (d) are replaced by a note saying why. With other pictures
+    (``result.others``), a band underneath shows the map's strongest units in them, each projection beside the
+    patch it came from.
 
     Args:
         result: the occlusion result.
@@ -54,7 +57,8 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         legend: most classes named in (d)'s legend; the rest are grey.
 
     Returns:
-        ``(figure, axes)``: the image's and the panels' axes, in order.
+        ``(figure, axes)``: the image's and the panels' axes, in order (the other pictures' axes are
+        ``figure.axes`` after them).
     """
     from matplotlib.patches import Patch, Rectangle
 
@@ -69,13 +73,14 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     width = size * panels + 1.2 + key
     from deconvviz.viz.canvas import Figure
 
+    band = _others_band(result, min(width, WIDTH), size)
     if width <= WIDTH:
-        fig = Figure(figsize=(width, size * 1.45))
+        fig = Figure(figsize=(width, size * 1.45 + band))
         axes = fig.subplots(1, panels, squeeze=False)[0]
         edge = 1 - (key + 0.1) / width
     else:  # two rows; (d)'s legend takes the cell after it
         width = size * 3 + 1.2 + max(0.0, key - size)
-        fig = Figure(figsize=(width, size * 2.6))
+        fig = Figure(figsize=(width, size * 2.6 + band))
         grid = fig.subplots(2, 3, squeeze=False)
         axes = np.array([*grid[0], *grid[1, : panels - 3]], dtype=object)
         for spare in grid[1, panels - 3 :]:
@@ -151,8 +156,56 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         title += f"; class {result.target} '{_short(result.target_label)}'"
     height = float(fig.get_size_inches()[1])
     fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
-    fig.subplots_adjust(left=0.02, right=edge, top=1 - 0.75 / height, bottom=0.02, wspace=0.3, hspace=0.3)
+    fig.subplots_adjust(
+        left=0.02, right=edge, top=1 - 0.75 / height, bottom=(band + 0.05) / height, wspace=0.3, hspace=0.3
+    )
+    if band:
+        _draw_others(fig, result, size)
     return fig, axes
+
+
+_GAP = 0.3  # inches between two of the other pictures
+
+
+def _others_cell(result: OcclusionResult, width: float, size: float) -> float:
+    """The side, in inches, of each picture in the band of other pictures."""
+    count = len(result.others)
+    return min(size * 0.6, (width - 0.3 - _GAP * (count - 1)) / (2 * count))
+
+
+def _others_band(result: OcclusionResult, width: float, size: float) -> float:
+    """Inches of the band under the panels that shows the other pictures (0 without any)."""
+    if result.others_folder is None:
+        return 0.0
+    return (_others_cell(result, width, size) if result.others else 0.0) + 0.7
+
+
+def _draw_others(fig: Figure, result: OcclusionResult, size: float) -> None:
+    """The band of other pictures: per picture, the map's strongest unit there projected, beside its patch."""
+    from deconvviz.viz.scaling import to_rgb
+
+    width, height = (float(v) for v in fig.get_size_inches())
+    channel_order = result.projection.channel_order if result.projection is not None else "RGB"
+    count = len(result.others)
+    folder = _short(Path(result.others_folder or "").name or result.others_folder, 24)
+    title = (
+        f"(b) map {result.channel} in other pictures: its {count} strongest units in the {result.others_scanned} "
+        f"others of {folder}"
+        if count
+        else f"(b) map {result.channel} does not fire in the {result.others_scanned} other pictures of {folder}"
+    )
+    cell = _others_cell(result, width, size) if count else 0.0
+    fig.text(0.15 / width, (cell + 0.5) / height, title, fontsize=9, va="bottom")
+    for i, other in enumerate(result.others):
+        left = 0.15 + i * (2 * cell + _GAP)
+        for j, picture in enumerate((to_rgb(other.reconstruction, None, channel_order), other.patch)):
+            ax = fig.add_axes(((left + j * (cell + 0.02)) / width, 0.35 / height, cell / width, cell / height))
+            ax.imshow(picture)
+            ax.set_anchor("E" if j == 0 else "W")  # a field cut by the border: the pair still meets in the middle
+            ax.set_xticks([])
+            ax.set_yticks([])
+        caption = f"{_short(Path(other.image).name)}  a={other.value:.3g}"
+        fig.text((left + cell) / width, 0.3 / height, caption, fontsize=7, ha="center", va="top")
 
 
 def _share(count: int, total: int) -> str:

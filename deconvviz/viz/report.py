@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.analysis.topk import distributed
+from deconvviz.analysis.topk.keep import keep_strongest
 from deconvviz.analysis.topk.options import ScanOptions, channel_spec
 from deconvviz.analysis.topk.scan import (
     default_scan_layers,
     first_readable,
-    keep_strongest,
     result_of,
     run_scan,
     silent_channels,

@@ -32,6 +32,7 @@ from torch import Tensor
 from deconvviz.analysis.progress import staged
 from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.distributed import Ranks
+from deconvviz.analysis.topk.keep import keep_strongest
 from deconvviz.analysis.topk.options import ScanOptions
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
 from deconvviz.analysis.topk.state import ScanState, load_state, parameters_digest, save_state, state_file
@@ -499,27 +500,6 @@ def silent_channels(found: ScanResult) -> dict[str, list[int]]:
         best = tracker.values[:, 0].to("cpu").tolist()
         silent[layer] = sorted(found.selected[layer][row] for row, value in enumerate(best) if not value > 0)
     return silent
-
-
-def keep_strongest(found: ScanResult, count: int) -> ScanResult:
-    """``found`` with only the ``count`` channels per layer whose strongest kept activation is highest.
-
-    Channels come strongest first; on equal values the lower channel index comes first. Every process of a
-    distributed scan holds the same merged trackers, so every process keeps the same channels.
-    """
-    trackers, selected = {}, {}
-    for layer, tracker in found.trackers.items():
-        best = tracker.values[:, 0].to("cpu")
-        order = sorted(range(len(best)), key=lambda row: (-float(best[row]), found.selected[layer][row]))[:count]
-        rows = torch.tensor(order, dtype=torch.long, device=tracker.values.device)
-        kept = TopKTracker(len(order), tracker.k, tracker.map_shape, device=tracker.values.device)
-        kept.values, kept.images, kept.positions = (
-            tracker.values.index_select(0, rows),
-            tracker.images.index_select(0, rows),
-            tracker.positions.index_select(0, rows),
-        )
-        trackers[layer], selected[layer] = kept, [found.selected[layer][row] for row in order]
-    return dataclasses.replace(found, trackers=trackers, selected=selected)
 
 
 def result_of(
