@@ -469,6 +469,9 @@ def test_other_pictures_need_a_folder_and_a_count(photo: Path, others: Path, tmp
         dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=tmp_path / "nowhere")
     with pytest.raises(dv.AnalysisError, match="whole number of at least 1"):
         dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=others, k=0)
+    session = dv.session(MODEL, device="cpu")
+    with pytest.raises(dv.AnalysisError, match="need the model's preprocessing"):
+        dv.occlusion(session.preprocess(photo), model=session.net.model, size=8, stride=8, data=others)
 
 
 # ------------------------------------------------------------------------------------------ command line
