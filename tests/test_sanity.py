@@ -174,6 +174,33 @@ def test_first_step_equals_projecting_a_hand_randomised_copy(tiny, picture) -> N
     torch.testing.assert_close(mine / mine.abs().max(), theirs / theirs.abs().max(), rtol=0, atol=1e-10)
 
 
+def test_independent_steps_randomise_one_layer_each_as_a_hand_randomised_copy(tiny, picture) -> None:
+    state = ModelState.of(tiny.module)
+    result = dv.sanity(picture, tiny, layer="conv3", method=["deconvnet"], seed=11, mode="independent")
+    state.assert_same(tiny.module)
+    order = ["features.5", "features.2", "features.0"]
+    assert result.mode == "independent"
+    assert result.randomised[1:] == tuple((name,) for name in order)
+    generator = torch.Generator().manual_seed(11)  # the analysis draws the layers' noise in this order
+    drawn = copy.deepcopy(tiny.module)
+    for i, name in enumerate(order, start=1):
+        randomise(dict(drawn.named_modules())[name], generator)
+        twin = copy.deepcopy(tiny.module)  # every layer trained but this one
+        dict(twin.named_modules())[name].load_state_dict(dict(drawn.named_modules())[name].state_dict())
+        p = dv.DeconvNet(twin).project(picture, "features.6", result.channel, position=result.units[i])
+        mine, theirs = result.reconstructions["deconvnet"][i], p.image[0]
+        assert theirs.abs().max() > 0  # something to compare at every step
+        # As above: the seeds differ only in value, and the deconvnet is positively homogeneous in its seed.
+        torch.testing.assert_close(mine / mine.abs().max(), theirs / theirs.abs().max(), rtol=0, atol=1e-10)
+    cascading = dv.sanity(picture, tiny, layer="conv3", method=["deconvnet"], seed=11)
+    assert torch.equal(cascading.reconstructions["deconvnet"][1], result.reconstructions["deconvnet"][1])
+    assert result._manifest()["mode"] == "independent"
+    assert "alone randomised changes it most" in result.summary()
+    assert "independent randomisation" in result.figure()[0]._suptitle.get_text()
+    with pytest.raises(dv.AnalysisError, match="mode must be"):
+        dv.sanity(picture, tiny, layer="conv3", mode="random")
+
+
 def test_randomisation_is_reproducible_with_a_seed(tiny, picture) -> None:
     one = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=5)
     two = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=5)
@@ -224,6 +251,13 @@ def test_cli_writes_and_refuses_in_one_line(photo: Path, tmp_path: Path) -> None
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     assert "deconvnet: all 3 layers randomised" in result.stdout
+    one = tmp_path / "one"
+    args = ["sanity", str(photo), "--model", MODEL, "--layer", "conv3", "--independent", "-o", str(one)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "alone randomised changes it most" in result.stdout
+    manifest = json.loads((one / "manifest.json").read_text())
+    assert manifest["mode"] == manifest["arguments"]["mode"] == "independent"
     for args, message in ((["--method", "nope"], "nope"), (["--channel", "99"], "out of range")):
         bad = tmp_path / "bad"
         result = CliRunner().invoke(app, ["sanity", str(photo), "--model", MODEL, "-l", "conv3", "-o", str(bad), *args])

@@ -1,11 +1,12 @@
-"""Do the pictures depend on the model? Cascading randomisation (Adebayo et al., NeurIPS 2018).
+"""Do the pictures depend on the model? Cascading and independent randomisation (Adebayo et al., NeurIPS 2018).
 
 Adebayo et al. ("Sanity Checks for Saliency Maps") and Nie et al. (ICML 2018) showed that guided backprop
 and deconvnet pictures can look almost the same when a network's top layers are re-initialised: such
 pictures partly reconstruct the image rather than explain the unit. This check makes that visible for a
 user's own model and image. On a copy of the model (the caller's is never touched), the weights of the
 layers that feed the chosen unit are replaced by random ones, one layer at a time from the top down, and
-after each step the same unit is projected again with each reverse pass. Each reconstruction is compared
+after each step the same unit is projected again with each reverse pass (``mode="independent"``: one layer
+randomised at a time, the others trained, so each layer's own share shows). Each reconstruction is compared
 with the one from the trained model:
 
 * Spearman rank correlation of the absolute values (summed over colour channels), as in the paper;
@@ -157,8 +158,9 @@ class SanityResult(AnalysisResult):
         channel: the projected unit's channel; ``position`` its ``(row, col)``; ``value`` its activation in the
             trained model (the seed's value at every step).
         methods: the reverse passes, one row each.
-        steps: a label per column: ``"trained"``, then the layer randomised at that step (cumulative).
-        randomised: per step, every module randomised so far (top down).
+        steps: a label per column: ``"trained"``, then the layer randomised at that step (cumulative in the
+            cascading mode, that layer alone in the independent one).
+        randomised: per step, every module random at that step (top down).
         units: per step, the ``(row, col)`` projected: the trained unit's, or where randomisation has
             silenced it (activation 0), the nearest unit of the same channel that is still active.
         reconstructions: per method, ``(steps, C, H, W)`` reconstructions in the model's input space.
@@ -173,6 +175,8 @@ class SanityResult(AnalysisResult):
             the reverse passes (their receptive fields together); the scores compare the reconstructions there,
             and the figure shows that part. None: the whole picture.
         seed: the random seed of the new weights.
+        mode: ``"cascading"`` (from the top layer down, each step keeping the layers above random) or
+            ``"independent"`` (one layer at a time).
         input: the image as the model saw it, ``(H, W, 3)`` uint8.
         channel_order: the model's colour order, for display.
     """
@@ -199,6 +203,7 @@ class SanityResult(AnalysisResult):
     channel_order: str = "RGB"
     box: tuple[int, int, int, int] | None = None
     signed: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    mode: str = "cascading"
 
     def _manifest(self) -> dict[str, Any]:
         def number(v: float) -> float | None:
@@ -212,6 +217,7 @@ class SanityResult(AnalysisResult):
             "position": None if self.position is None else list(self.position),
             "value": self.value,
             "seed": self.seed,
+            "mode": self.mode,
             "box": None if self.box is None else list(self.box),
             "scores": "spearman: rank correlation of |values| (summed over colour); signed: rank correlation of the "
             "values (summed over colour, signs kept); ssim: Gaussian 11x11, sigma 1.5; all within box (the units' "
@@ -239,21 +245,31 @@ class SanityResult(AnalysisResult):
         }
 
     def summary(self) -> str:
-        """One line per method: the scores once every layer is randomised, and the channels' correlation."""
+        """One line per method: the scores at the step that changes the picture most, and the channels' correlation.
+
+        Cascading: the last step, every layer random. Independent: the layer whose randomisation alone changes the
+        picture most (a blank picture first, then the lowest rank correlation).
+        """
         lines = []
         for method in self.methods:
-            rho, s = float(self.spearman[method][-1]), float(self.ssim[method][-1])
+            rank = [float(v) for v in self.spearman[method]]
+            step = len(rank) - 1
+            if self.mode == "independent" and len(rank) > 1:
+                step = min(range(1, len(rank)), key=lambda i: (not math.isnan(rank[i]), rank[i], i))
+            rho, s = rank[step], float(self.ssim[method][step])
             r = self.channel_correlation.get(method, math.nan)
-            signs = f" (signs kept {float(self.signed[method][-1]):.2f})" if method in self.signed else ""
-            last = (
+            signs = f" (signs kept {float(self.signed[method][step]):.2f})" if method in self.signed else ""
+            scores = (
                 "blank (no signal reaches the input)"
                 if math.isnan(rho)
                 else f"rank correlation {rho:.2f}{signs}, SSIM {s:.2f}"
             )
-            lines.append(
-                f"{method}: all {len(self.steps) - 1} layers randomised: {last}; "
-                f"channels' mean pairwise correlation {r:.2f}"
+            which = (
+                f"all {len(self.steps) - 1} layers randomised"
+                if self.mode == "cascading"
+                else f"{self.steps[step]} alone randomised changes it most"
             )
+            lines.append(f"{method}: {which}: {scores}; channels' mean pairwise correlation {r:.2f}")
         return "\n".join(lines)
 
 
@@ -281,6 +297,13 @@ def randomise(module: nn.Module, generator: torch.Generator) -> None:
             p.copy_(noise.to(dtype=p.dtype, device=p.device))
 
 
+def _restore(module: nn.Module, weights: list[Tensor]) -> None:
+    """Put a module's own parameters back as they were before :func:`randomise`."""
+    with torch.no_grad():
+        for p, kept in zip(module.parameters(recurse=False), weights, strict=True):
+            p.copy_(kept)
+
+
 def sanity(
     image: str | os.PathLike[str] | Any,
     model: str | LoadedModel | Session = "vgg16",
@@ -293,8 +316,9 @@ def sanity(
     device: str | None = "auto",
     progress: ProgressOption = None,
     methods: Sequence[str] | str | None = None,
+    mode: str = "cascading",
 ) -> SanityResult:
-    """Cascading randomisation of the weights under one unit, and how much its reconstruction changes.
+    """Cascading (or independent) randomisation of the weights under one unit, and how its reconstruction changes.
 
     The unit is the chosen channel's strongest activation in the trained model (default: the strongest
     channel). At every step the same unit is projected, seeded with its trained activation value, so only the
@@ -318,6 +342,8 @@ def sanity(
             comparison, the trained model, then each layer randomised), ``"bar"`` for a tqdm bar, or None
             (see :mod:`deconvviz.analysis.progress`).
         methods: the earlier spelling of ``method`` (warns once).
+        mode: ``"cascading"``: layer after layer from the top down, the layers above staying random (Adebayo et
+            al.'s main test); ``"independent"``: one layer at a time, every other layer trained.
 
     Returns:
         A :class:`SanityResult`.
@@ -341,6 +367,8 @@ def sanity(
         raise AnalysisError(f"seed must be a whole number, got {seed!r}")
     if isinstance(compare_channels, bool) or not isinstance(compare_channels, int) or compare_channels < 2:
         raise AnalysisError(f"compare_channels must be at least 2, got {compare_channels!r}")
+    if mode not in ("cascading", "independent"):
+        raise AnalysisError(f"mode must be 'cascading' or 'independent', got {mode!r}")
     current = session(model, device=device)
     x = current.preprocess(image)
     net = current.net
@@ -387,10 +415,15 @@ def sanity(
         images: dict[str, list[Tensor]] = {m: [twin.project_seeds(x, target, seeds, method=m)[0].cpu()] for m in names}
         units: list[tuple[int, int] | None] = [position]
         report(2, total, "trained")
+        trained: dict[str, list[Tensor]] = {}  # independent mode: the trained weights of the layer now random
         for i, name in enumerate(order):
+            if mode == "independent" and i > 0:  # the layer before gets its trained weights back
+                _restore(modules[order[i - 1]], trained.pop(order[i - 1]))
+            if mode == "independent":
+                trained[name] = [p.detach().clone() for p in modules[name].parameters(recurse=False)]
             randomise(modules[name], generator)
             labels.append(_label(name, net.aliases))
-            randomised.append(tuple(order[: i + 1]))
+            randomised.append(tuple(order[: i + 1]) if mode == "cascading" else (name,))
             moved = _nearest_live(twin.activations(x, [target])[target][0, channel], flat, cols)
             step_seeds = torch.zeros_like(seeds)
             step_seeds.view(1, width, -1)[0, channel, moved] = value
@@ -439,6 +472,7 @@ def sanity(
         channel_order=current.channel_order,
         box=box,
         signed=signed,
+        mode=mode,
     )
 
 

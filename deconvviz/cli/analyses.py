@@ -255,12 +255,20 @@ def sanity_command(
         typer.Option("--method", help="A reverse pass (repeat for several). Default: deconvnet, guided, gradient."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    independent: Annotated[
+        bool,
+        typer.Option(
+            "--independent",
+            help="Randomise one layer at a time, the others trained, instead of cascading from the top down.",
+        ),
+    ] = False,
     out: OutOption = Path("sanity"),
     device: DeviceOption = "auto",
     debug: DebugOption = False,
 ) -> None:
     """Sanity check by cascading randomisation (Adebayo et al. 2018): on a copy of the model, randomise the
-    weights from the top layer down and project the same unit after each step with each reverse pass.
+    weights from the top layer down and project the same unit after each step with each reverse pass
+    (--independent: one layer at a time).
 
     Writes OUT/figure.png (rows: reverse passes; columns: the reconstruction after each step, with its rank
     correlation and SSIM to the trained model's, both within the units' receptive fields) and OUT/manifest.json,
@@ -279,6 +287,7 @@ def sanity_command(
                 seed=seed,
                 device=device,
                 progress=progress,
+                mode="independent" if independent else "cascading",
             )
             arguments = {
                 "image": str(image),
@@ -286,7 +295,8 @@ def sanity_command(
                 "layer": result.layer,
                 "channel": result.channel,
             }
-            folder = result.save(out, arguments={**arguments, "methods": list(result.methods), "seed": seed})
+            arguments.update(methods=list(result.methods), seed=seed, mode=result.mode)
+            folder = result.save(out, arguments=arguments)
         typer.echo(f"wrote {folder}/figure.png and manifest.json: {result.layer} channel {result.channel}")
         typer.echo(result.summary())
 

@@ -263,6 +263,11 @@ def sanity_figure(
         for c in range(count):
             if band_start(c, per):
                 axes[r, c].set_ylabel(label, fontsize=7)
-    title = f"{result.model}: {result.layer} ch {result.channel}, cascading randomisation (top layer first)"
+    kind = (
+        "independent randomisation (one layer at a time)"
+        if getattr(result, "mode", "cascading") == "independent"
+        else "cascading randomisation (top layer first)"
+    )
+    title = f"{result.model}: {result.layer} ch {result.channel}, {kind}"
     _frame(fig, title, (width, height), hspace, 0.7, 0.25)
     return fig, axes
