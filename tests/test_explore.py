@@ -419,6 +419,53 @@ def test_a_picture_s_name_works_as_its_id(client: TestClient, explorer: Explorer
     _one_line_error(client.get("/api/image.png", params={"image": "twin.png"}), 404, "2 pictures are named 'twin.png'")
 
 
+def test_occlusion_of_a_channel_equals_re_running_the_model_per_position(
+    client: TestClient, explorer: Explorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deconvviz.core.incremental import occluded_images
+    from deconvviz.explore import occlude
+
+    image = explorer.order[1]
+    maps = client.get("/api/activations", params={"image": image, "layer": "conv3"}).json()
+    channel = maps["channels"][-1]["channel"]  # the weakest: any channel, not only the strongest
+    params = {"image": image, "layer": "conv3", "channel": channel, "size": 8, "stride": 6}
+    found = client.get("/api/occlusion", params=params)
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert (body["size"], body["stride"], body["picture"]) == (8, 6, [32, 32])
+    assert len(body["rows"]) == len(body["cols"]) == 6  # ceil(32 / 6)
+    session = explorer.session
+    x = session.preprocess(explorer.load(image))
+    net = dv.DeconvNet(session.model)
+    for i, rows in enumerate(body["rows"]):
+        for j, cols in enumerate(body["cols"]):
+            hidden = occluded_images(x, [(tuple(rows), tuple(cols))])
+            total = float(net.activations(hidden, ["conv3"])["conv3"][0, channel].double().sum())
+            assert body["totals"][i][j] == pytest.approx(total, rel=1e-5, abs=1e-5)
+    assert body["unoccluded"] == pytest.approx(
+        float(net.activations(x, ["conv3"])["conv3"][0, channel].sum()), rel=1e-5
+    )
+    picture = _png(client.get("/api/occlusion.png", params=params).content)
+    assert picture.shape == (32, 32, 3)
+    totals = np.asarray(body["totals"])
+    low = np.unravel_index(totals.argmin(), totals.shape)
+    high = np.unravel_index(totals.argmax(), totals.shape)
+    if totals.max() > totals.min():  # darkest where hiding lowers the total most, brightest where least
+        darkest, brightest = picture[low[0] * 6, low[1] * 6], picture[high[0] * 6, high[1] * 6]
+        assert darkest.sum() < brightest.sum()
+    # The default occluder: a seventh of the picture's side, moved by half of it.
+    default = client.get("/api/occlusion", params={"image": image, "layer": "conv3", "channel": channel}).json()
+    assert (default["size"], default["stride"]) == (5, 2)
+    # Bad requests: one line each, the model left alone.
+    _one_line_error(client.get("/api/occlusion", params={**params, "layer": "flatten"}), 400, "has none")
+    _one_line_error(client.get("/api/occlusion", params={**params, "channel": 99}), 400, "out of range")
+    _one_line_error(client.get("/api/occlusion", params={**params, "size": 99}), 400, "larger than the 32x32")
+    _one_line_error(client.get("/api/occlusion", params={**params, "stride": 0}), 400, "stride")
+    _one_line_error(client.get("/api/occlusion", params={**params, "stride": "a"}), 400, "whole number")
+    monkeypatch.setattr(occlude, "MOST_POSITIONS", 16)
+    _one_line_error(client.get("/api/occlusion", params={**params, "stride": 4}), 400, "stride of at least 8")
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 
@@ -851,6 +898,24 @@ def test_the_page_in_a_browser(photos: Path, tmp_path: Path) -> None:
         wait.until(lambda d: d.find_element("id", "step-label").text != label)
         driver.find_element("id", "way-down").click()  # and the panel closes
         wait.until(lambda d: "steps" not in address() and not d.find_element("id", "steps-panel").is_displayed())
+        # occlusion of the channel shown: the server's picture, a caption with its numbers; another channel closes it
+        assert not driver.find_element("id", "occlusion-panel").is_displayed()
+        driver.find_element("id", "occlude").click()
+        wait.until(lambda d: d.find_element("id", "occlusion-caption").text.startswith(f"{address()['layer']} ch "))
+        wait.until(lambda d: (d.find_element("id", "occlusion").get_attribute("src") or "").count("occlusion.png"))
+        state = address()
+        occlusion_url = (
+            f"{base}/api/occlusion.png?image={state['image']}&layer={state['layer']}&channel={state['channel']}"
+        )
+        assert np.array_equal(shown("#occlusion"), _png(_get(occlusion_url)[1]))
+        assert "with nothing hidden" in driver.find_element("id", "occlusion-caption").text
+        other = next(
+            a
+            for a in driver.find_elements("css selector", "#grid a")
+            if a.get_attribute("data-channel") != state["channel"]
+        )
+        other.click()
+        wait.until(lambda d: not d.find_element("id", "occlusion-panel").is_displayed())
         assert driver.save_screenshot(str(tmp_path / "explorer.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors

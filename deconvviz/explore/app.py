@@ -378,6 +378,29 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
             return png(await run_in_threadpool(explorer.thumbnail_png, image, size))
         return png(await run_in_threadpool(explorer.input_png, image))
 
+    def occluder(request: Request) -> tuple[str, str, int, int | None, int | None]:
+        image, layer, channel = unit_arguments(request)
+        size, stride = (query(request, name) for name in ("size", "stride"))
+        return (
+            image,
+            layer,
+            channel,
+            parse_int(size, "size") if size else None,
+            parse_int(stride, "stride") if stride else None,
+        )
+
+    async def occlusion(request: Request) -> Response:
+        from deconvviz.explore.occlude import occlusion_map
+
+        arguments = occluder(request)
+        return JSONResponse(await on_model(request, lambda: occlusion_map(explorer, *arguments)))
+
+    async def occlusion_png(request: Request) -> Response:
+        from deconvviz.explore.occlude import occlusion_png
+
+        arguments = occluder(request)
+        return png(await on_model(request, lambda: occlusion_png(explorer, *arguments)))
+
     async def topk(request: Request) -> Response:
         layer = query(request, "layer") or ""
         channel = parse_int(query(request, "channel"), "channel")
@@ -418,6 +441,8 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         Route("/api/steps", answering(steps)),
         Route("/api/steps.png", answering(step_png)),
         Route("/api/image.png", answering(picture)),
+        Route("/api/occlusion", answering(occlusion)),
+        Route("/api/occlusion.png", answering(occlusion_png)),
         Route("/api/topk", answering(topk)),
         Route("/api/status", answering(status)),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

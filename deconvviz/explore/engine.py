@@ -288,7 +288,7 @@ class Explorer:
         if found is None:
             picture = self.load(image)
             picture.thumbnail((size, size), PILImage.Resampling.BILINEAR)
-            found = _png(picture)
+            found = png_bytes(picture)
             self.thumbnails.put(key, found, len(found))
         return found
 
@@ -298,7 +298,7 @@ class Explorer:
 
         captured = self.cache.find(lambda key: key[0] == image)
         x = captured.x if captured is not None else self.session.preprocess(self.load(image))
-        return _png(
+        return png_bytes(
             input_to_pil(x.detach().cpu(), getattr(self.session.model, "to_image", None), self.net.channel_order)
         )
 
@@ -437,7 +437,7 @@ class Explorer:
         values = act[channel].reshape(act.shape[1], -1) if act.dim() == 3 else act[channel].reshape(1, 1)
         scaled = (values.clamp(min=0) / top).numpy() if top > 0 else np.zeros(tuple(values.shape))
         index = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-        return _png(PILImage.fromarray(_heat_table()[index]))
+        return png_bytes(PILImage.fromarray(heat_table()[index]))
 
     def unit(
         self, image: str, layer: str, channel: int, position: tuple[int, int] | None, method: str | None
@@ -513,7 +513,7 @@ class Explorer:
         from deconvviz.viz.scaling import Scaling
 
         chosen = Scaling.of(scale)  # an unknown scale fails before any work
-        return _png(self.projection(image, layer, channel, position, method).to_pil(0, chosen))
+        return png_bytes(self.projection(image, layer, channel, position, method).to_pil(0, chosen))
 
     # ------------------------------------------------------------------------------------------- the way down
 
@@ -617,7 +617,7 @@ class Explorer:
         else:
             picture = colour(plane(signal))
         factor = _enlargement(tuple(found[step].shape))
-        return _png(PILImage.fromarray(np.ascontiguousarray(picture.repeat(factor, 0).repeat(factor, 1))))
+        return png_bytes(PILImage.fromarray(np.ascontiguousarray(picture.repeat(factor, 0).repeat(factor, 1))))
 
     # ---------------------------------------------------------------------------------------------- top-k
 
@@ -664,14 +664,15 @@ def _enlargement(shape: tuple[int, ...]) -> int:
     return max(1, -(-STEP_SIDE // max(sides)))
 
 
-def _png(picture: Image) -> bytes:
+def png_bytes(picture: Image) -> bytes:
+    """A PIL picture as PNG bytes."""
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 @functools.cache
-def _heat_table() -> Any:
+def heat_table() -> Any:
     """256 colours from black through red and orange to pale yellow (a perceptually ordered heat scale)."""
     import numpy as np
 

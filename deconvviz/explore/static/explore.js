@@ -32,6 +32,7 @@
   let gridShown = 0;
   let topkTimer = null;
   let topkKey = null; // the unit whose top-9 hits the panel shows
+  let occlusionKey = null; // the picture, layer and channel the occlusion panel shows (null: closed)
   const GRID_PAGE = 64;
 
   function api(path, params, stale) {
@@ -341,6 +342,7 @@
     topkKey = null;
     $("steps-panel").hidden = true;
     stepsShown = null;
+    closeOcclusion();
     if (all) {
       $("picture").removeAttribute("src");
       $("grid").replaceChildren();
@@ -365,8 +367,51 @@
     const box = body.box ? "  field rows " + body.box[0] + "-" + body.box[2] + ", cols " + body.box[1] + "-" + body.box[3] : "";
     $("unit").textContent = state.layer + " ch " + body.channel + where + "  a=" + number(body.activation) + box + "  (" + state.method + ", " + state.scale + ")";
     $("projection-caption").textContent = state.method + " projection";
+    if (occlusionKey !== null && occlusionKey !== occlusionOf()) closeOcclusion(); // it spoke of another channel
     loadTopk();
     await showSteps(mine);
+  }
+
+  // -------------------------------------------------------------------------------------------- occlusion
+
+  function occlusionOf() {
+    return JSON.stringify({ image: state.image, layer: state.layer, channel: state.channel });
+  }
+
+  function closeOcclusion() {
+    occlusionKey = null;
+    $("occlusion-panel").hidden = true;
+    $("occlusion").removeAttribute("src");
+    $("occlusion-picture").removeAttribute("src");
+    $("occlusion-caption").textContent = "";
+    $("occlusion-status").textContent = "";
+  }
+
+  async function occlude() {
+    if (!state.image || !state.layer || state.channel === null) return;
+    const key = occlusionOf();
+    const params = JSON.parse(key);
+    occlusionKey = key;
+    $("occlusion-panel").hidden = false;
+    $("occlusion").removeAttribute("src");
+    $("occlusion-picture").src = api("/api/image.png", { image: state.image }, false);
+    $("occlusion-caption").textContent = "";
+    $("occlusion-status").textContent = "(sliding the grey square over the picture...)";
+    try {
+      const { body } = await getJSON(api("/api/occlusion", params));
+      if (occlusionKey !== key) return;
+      $("occlusion").src = api("/api/occlusion.png", params, false); // kept by the server: no model work
+      $("occlusion-status").textContent = "(" + body.rows.length + " x " + body.cols.length + " positions)";
+      $("occlusion-caption").textContent = state.layer + " ch " + body.channel + ", a grey " + body.size
+        + "-px square (the mean colour) moved by " + body.stride + " px: darkest where hiding that part lowers the "
+        + "channel's total activation most (to " + number(Math.min(...body.totals.flat())) + "), palest where least ("
+        + number(Math.max(...body.totals.flat())) + "); " + number(body.unoccluded) + " with nothing hidden";
+    } catch (error) {
+      if (occlusionKey !== key) return;
+      $("occlusion-status").textContent = "";
+      if (superseded(error)) { closeOcclusion(); return; }
+      fail(error);
+    }
   }
 
   // ------------------------------------------------------------------------------------------ the way down
@@ -595,6 +640,7 @@
     remember(false);
     showSteps(seq).catch(fail);
   });
+  $("occlude").addEventListener("click", () => { occlude().catch(fail); });
   $("step-prev").addEventListener("click", () => page(-1));
   $("step-next").addEventListener("click", () => page(1));
   document.addEventListener("keydown", (event) => {
