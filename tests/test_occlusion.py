@@ -459,6 +459,9 @@ def test_other_pictures_are_the_map_s_top_k_without_the_picture_itself(photo: Pa
     assert all(ax.get_window_extent().y1 < min(a.get_window_extent().y0 for a in axes) for ax in shown)
     texts = [t.get_text() for t in fig.texts]
     assert any(t.startswith(f"(b) map {result.channel} in other pictures: its 2 strongest") for t in texts)
+    silent = dataclasses.replace(result, others=())  # a map that fires in none of the other pictures
+    texts = [t.get_text() for t in silent.figure()[0].texts]
+    assert f"(b) map {result.channel} does not fire in the 4 other pictures of {others.name}" in texts
     manifest = result._manifest()["others"]
     assert manifest["scanned"] == 4
     assert [h["image"] for h in manifest["hits"]] == [o.image for o in result.others]
