@@ -69,7 +69,7 @@ TESTS = {
     "test_a_scans_pictures_can_go_to_workers_started_by_spawn": "a scan's pictures reach spawned workers (pickled)",
     "test_incremental_occlusion_equals_naive_reinference": "incremental occlusion = naive re-inference "
     "(device and CPU), 4 nets",
-    "test_occlusion_result_equals_the_cpus": "occlusion panels (a)-(d) = CPU",
+    "test_occlusion_result_equals_the_cpus": "occlusion panels (a)-(d) and the map in other pictures = CPU",
     "test_ranks_share_the_gpus_in_turn_and_the_backend_can_be_chosen": "torchrun ranks share the GPUs in turn; "
     "DECONVVIZ_DIST_BACKEND",
     "test_two_processes_on_one_device_give_the_one_process_hits": "two-process torchrun scan on one device = "

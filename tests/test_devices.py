@@ -300,7 +300,7 @@ def test_occlusion_result_equals_the_cpus(device: torch.device, folder: Path) ->
     for where in ("cpu", str(device)):
         loaded = dv.load_model("tiny-device", device=where)
         x = loaded.preprocess(picture).cpu().double()  # a CPU tensor: occlusion moves it to the model
-        results[where] = dv.occlusion(x, model=loaded, layer="conv3", size=8, stride=4, batch_size=7)
+        results[where] = dv.occlusion(x, model=loaded, layer="conv3", size=8, stride=4, batch_size=7, data=folder, k=2)
     a, b = results["cpu"], results[str(device)]
     assert b.activation.device.type == "cpu"  # results hold host tensors, whatever the device
     assert (a.channel, a.target, a.grid) == (b.channel, b.target, b.grid)
@@ -310,6 +310,14 @@ def test_occlusion_result_equals_the_cpus(device: torch.device, folder: Path) ->
     assert a.projection is not None
     assert b.projection is not None
     assert relative_error(b.projection.image, a.projection.image) <= TOLERANCE
+    # the map in other pictures: the same hits, projected on the device, handed back on the host
+    assert len(a.others) == len(b.others) == 2
+    for mine, theirs in zip(b.others, a.others, strict=True):
+        assert (mine.image, mine.position, mine.box) == (theirs.image, theirs.position, theirs.box)
+        assert mine.value == pytest.approx(theirs.value, rel=TOLERANCE)
+        assert mine.reconstruction.device.type == "cpu"
+        assert relative_error(mine.reconstruction, theirs.reconstruction) <= TOLERANCE
+        assert np.array_equal(mine.patch, theirs.patch)
 
 
 # ------------------------------------------------------------------------------------------------ torchrun
