@@ -13,7 +13,12 @@ capture cache is emptied, then, side by side in one run:
 
 Goals: first / project <= 1.3 (the HTTP and server overhead), and second / first <= 0.5 at conv3_3.
 
-Usage: ``python benchmarks/explore.py [--pictures 8] [--device cpu|cuda] [--threads N]``
+Then the **occlude** button's request, ``GET /api/occlusion`` (default occluder: 32 px, stride 16, 196 positions;
+the capture kept, the occlusion not), per position against **naive** re-inference of the occluded pictures up to
+the layer in batches of 16 (the first 32 positions), and the same request again (**kept**: no model work).
+Goal: naive / occlusion per position >= 2.
+
+Usage: ``python benchmarks/explore.py [--pictures 8] [--occluded 2] [--device cpu|cuda] [--threads N]``
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pictures", type=int, default=8, help="pictures per layer (examples/ first, then noise)")
+    parser.add_argument("--occluded", type=int, default=2, help="pictures occluded per layer (0: skip)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -74,8 +80,14 @@ def main() -> None:
     sync = torch.cuda.synchronize if explorer.session.model.device.type == "cuda" else (lambda: None)
 
     def get(path: str) -> bytes:
-        connection.request("GET", path, headers={"Authorization": f"token {token}"})
-        response = connection.getresponse()
+        try:
+            connection.request("GET", path, headers={"Authorization": f"token {token}"})
+            response = connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # the server closed the kept-alive connection while this process worked alone: open it again
+            connection.close()
+            connection.request("GET", path, headers={"Authorization": f"token {token}"})
+            response = connection.getresponse()
         body = response.read()
         assert response.status == 200, body[:200]
         return body
@@ -111,8 +123,42 @@ def main() -> None:
             f"{layer:8} {f * 1e3:10.0f} ms {p * 1e3:6.0f} ms {s * 1e3:11.0f} ms {m * 1e3:5.0f} ms  "
             f"{f / p:13.2f}  {s / f:12.2f}"
         )
+    if args.occluded:
+        occlusion(explorer, get, timed, args.occluded)
     connection.close()
     server.stop()
+
+
+def occlusion(explorer: Explorer, get, timed, pictures: int) -> None:
+    """The occlude request per position against naive re-inference, and the same request kept."""
+    from deconvviz.core.incremental import occluded_images
+
+    net = explorer.net
+    print(f"\nocclusion, {pictures} pictures per layer (ms per occluder position; kept: the whole request again)")
+    print(f"{'layer':8} {'positions':>9} {'occlusion':>10} {'naive':>8} {'kept':>8}  naive/occlusion")
+    for layer in ("conv3_3", "conv5_3"):
+        incremental, naive, kept, positions = [], [], [], 0
+        for image in explorer.order[:pictures]:
+            x = explorer.session.preprocess(explorer.load(image))
+            get(f"/api/activations?image={image}&layer={layer}")  # the capture, as the page has it before a click
+            explorer.steps_kept.clear()
+            url = f"/api/occlusion?image={image}&layer={layer}&channel=3"
+            answer: dict = {}
+            seconds = timed(lambda url=url, answer=answer: answer.update(__import__("json").loads(get(url))))
+            positions = len(answer["rows"]) * len(answer["cols"])
+            incremental.append(seconds / positions)
+            kept.append(timed(functools.partial(get, url)))
+            boxes = [(tuple(r), tuple(c)) for r in answer["rows"] for c in answer["cols"]][:32]
+
+            def rerun(boxes=boxes, x=x, layer=layer) -> None:
+                with torch.inference_mode():
+                    for start in range(0, len(boxes), 16):
+                        hidden = occluded_images(x, boxes[start : start + 16])
+                        net.activations(hidden, [layer])[layer][:, 3].sum(dim=(1, 2))
+
+            naive.append(timed(rerun) / len(boxes))
+        i, n, k = (statistics.median(v) for v in (incremental, naive, kept))
+        print(f"{layer:8} {positions:9d} {i * 1e3:7.1f} ms {n * 1e3:5.1f} ms {k * 1e3:5.1f} ms  {n / i:15.2f}")
 
 
 if __name__ == "__main__":

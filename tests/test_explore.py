@@ -466,6 +466,34 @@ def test_occlusion_of_a_channel_equals_re_running_the_model_per_position(
     _one_line_error(client.get("/api/occlusion", params={**params, "stride": 4}), 400, "stride of at least 8")
 
 
+def test_connections_turn_nagle_off_so_kept_alive_answers_do_not_wait() -> None:
+    import asyncio
+    import socket
+
+    from deconvviz.explore.server import bind
+
+    listening = bind("127.0.0.1", 0)
+    client = socket.create_connection(listening.getsockname()[:2])
+    accepted, _ = listening.accept()
+    try:
+        # asyncio sets TCP_NODELAY on a connection only when its socket says IPPROTO_TCP; a socket made with
+        # protocol 0 kept Nagle's algorithm on, and each answer on a kept-alive connection waited ~40 ms.
+        assert accepted.proto == socket.IPPROTO_TCP
+
+        async def transport_option() -> int:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+            value = transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            transport.close()
+            return value
+
+        assert asyncio.run(transport_option()) != 0
+    finally:
+        client.close()
+        accepted.close()
+        listening.close()
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 
