@@ -517,6 +517,8 @@ def test_cli_shows_the_map_in_other_pictures(photo: Path, others: Path, tmp_path
     assert manifest["arguments"]["k"] == 3
     assert manifest["others"]["scanned"] == 4
     assert len(manifest["others"]["hits"]) == 3
+    names = [Path(h["image"]).name for h in manifest["others"]["hits"]]
+    assert f"in the other pictures: {names[0]} a=" in result.stdout
     missing = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")])
     assert missing.exit_code == 2
     assert len(missing.stderr.strip().splitlines()) == 1

@@ -136,7 +136,7 @@ class OcclusionResult(AnalysisResult):
         return [(int(v), self.label_names.get(int(v), f"class {v}"), int(c)) for v, c in pairs]
 
     def summary(self) -> str:
-        """One line: the image, the strongest map, and the target's probability range."""
+        """One line: the image, the strongest map, the target's probability range, and the map's other pictures."""
         name = Path(self.image).name if self.image else "image"
         text = f"{name}: {self.layer} channel {self.channel}, total activation {self.activation_unoccluded:.4g}"
         if self.probability is not None and self.target is not None:
@@ -144,6 +144,9 @@ class OcclusionResult(AnalysisResult):
             text += f"; p({self.target_label}) {self.probability_unoccluded:.3f} unoccluded, {low:.3f} at the lowest"
         elif self.missing:
             text += f"; {self.missing}"
+        if self.others_folder is not None:
+            found = ", ".join(f"{Path(o.image).name} a={o.value:.3g}" for o in self.others)
+            text += f"; in the other pictures: {found}" if found else "; it fires in none of the other pictures"
         return text
 
     def _files(self) -> dict[str, bytes]:
