@@ -100,6 +100,12 @@ def test_report_contents_and_manifest(report: Path, photos: Path) -> None:
     index = (report / "index.html").read_text()
     assert "tiny-report" in index
     assert "corrupt.jpg" in index
+    # the first layer's filters (the paper's Fig. 2, layer 1), drawn as `deconvviz filters` draws them
+    assert manifest["pages"]["filters"] == "filters.png"
+    assert "filters.png" in _refs(report / "index.html").images
+    assert "conv1 (features.0): 4 filters of 3x3x3" in index
+    expected = dv.filters(MODEL).grid()
+    assert np.array_equal(np.asarray(Image.open(report / "filters.png")), expected)
     assert oct((report).stat().st_mode & 0o777) == oct(0o777 & ~_umask())
 
 

@@ -3,7 +3,9 @@
 The report is a self-contained folder that opens from disk in any browser, no server needed::
 
     report/
-      index.html              model, weights, data set, layers (links), images (links), skipped files
+      index.html              model, weights, the first layer's filters, data set, layers (links), images
+                              (links), skipped files
+      filters.png             the first convolution's filters, as `deconvviz filters` draws them (when drawable)
       layers/<layer>.html     one card per channel: top-k reconstructions beside their image patches,
                               each with its activation and source image
       layers/<layer>/*.png    the cropped reconstructions and patches
@@ -330,6 +332,7 @@ ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thum
 .hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
 .hit img{width:200px;height:200px;object-fit:contain;background:#808080;display:block}
 .hit p{margin:4px 0;flex-basis:100%}
+img.filters{image-rendering:pixelated;background:#fff;width:min(100%,360px)}
 """
 
 
@@ -361,6 +364,8 @@ class _Writer:
     """One file name per layer, distinct over the report."""
     thumbnails: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     """Each layer -> its (channel, picture, page) thumbnails."""
+    filters_file: str | None = None
+    """The first layer's filters picture, when the model has one to draw."""
 
     def _source(self, image: str) -> str:
         """The preprocessed view of a source image, written once under ``sources/``."""
@@ -543,6 +548,7 @@ class _Writer:
             f"<tr><th>name</th><td>{text(self.current.name)}</td></tr>"
             f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr>"
             f"<tr><th>pictures</th><td>projected by {_by(result.method)}, {text(self.scale)} scale</td></tr></table>",
+            self.filters(),
             "<h2>data set</h2><table>"
             f"<tr><th>folder</th><td>{text(result.folder)}</td></tr>"
             f"<tr><th>images</th><td>{len(result.images)}, of which {len(result.images) - len(result.skipped)} "
@@ -568,6 +574,29 @@ class _Writer:
             _page(f"deconvviz report: {self.current.name}", "".join(parts), ""), encoding="utf-8"
         )
 
+    def filters(self) -> str:
+        """The first convolution's filters (the paper's Fig. 2, layer 1) as ``filters.png``, and their section.
+
+        Empty where the model has no convolution whose filters are pictures (one that sees the colours).
+        """
+        from PIL import Image
+
+        from deconvviz.viz.filters import layer_filters
+
+        try:
+            found = layer_filters(self.current.net)
+        except DeconvVizError:
+            return ""
+        Image.fromarray(found.grid()).save(self.root / "filters.png")
+        self.filters_file = "filters.png"
+        count, inputs, kh, kw = (int(n) for n in found.weight.shape)
+        return (
+            f"<h2>first-layer filters</h2><p><img class='filters' src='filters.png' "
+            f"alt='the {count} filters of {text(found.layer)}'></p><p class='muted'>{text(found.layer)} "
+            f"({text(found.module)}): {count} filters of {kh}x{kw}x{inputs}, each scaled on its own: zero is mid-grey, "
+            "its largest |weight| black or white</p>"
+        )
+
     def manifest(self, arguments: dict[str, Any], image_pages: Sequence[tuple[str, str]]) -> None:
         """``manifest.json``: what was run, with what, and what came out.
 
@@ -582,6 +611,7 @@ class _Writer:
             "preprocessing": preprocessing_record(self.current.model),
             "pages": {
                 "index": "index.html",
+                "filters": self.filters_file,
                 "layers": self.layer_files,
                 "images": {name: page for name, page in image_pages},
             },
