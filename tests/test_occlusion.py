@@ -258,6 +258,26 @@ def test_panels_match_a_brute_force_loop(photo: Path) -> None:
         model.float()
 
 
+def test_a_chosen_channel_is_followed_instead_of_the_strongest(photo: Path) -> None:
+    session = dv.session(MODEL, device="cpu")
+    x = session.preprocess(photo)
+    strongest = dv.occlusion(x, model=session, layer="conv3", size=8, stride=8)
+    chosen = (strongest.channel + 1) % 8
+    result = dv.occlusion(x, model=session, layer="conv3", size=8, stride=8, channel=chosen)
+    assert result.channel == chosen
+    assert result.projection is not None and result.projection.channels == (chosen,)
+    rows, cols = occluder_grid(32, 32, 8, 8)
+    net = dv.DeconvNet(session.net.model)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            hidden = occluded_images(x, [(r, c)])
+            total = float(net.activations(hidden, ["features.6"])["features.6"][0, chosen].double().sum())
+            assert float(result.activation[i, j]) == pytest.approx(total, rel=1e-5, abs=1e-5)
+    for bad in (8, -1, True, 1.5):
+        with pytest.raises(OcclusionError, match="out of range for layer 'conv3', which has 8 channels"):
+            dv.occlusion(x, model=session, layer="conv3", size=8, stride=8, channel=bad)
+
+
 def test_a_given_class_by_index_or_name(photo: Path) -> None:
     by_index = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target=3)
     by_name = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target="class 3")
@@ -544,6 +564,7 @@ def test_cli_method_is_passed_to_panel_b_and_recorded(photo: Path, tmp_path: Pat
         (["--class", "7"], "unknown class 7"),
         (["--layer", "conv9"], "unknown layer 'conv9'"),
         (["--method", "nope"], "unknown method 'nope'"),
+        (["--channel", "9"], "channel 9 is out of range"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(

@@ -65,7 +65,7 @@ class OcclusionResult(AnalysisResult):
         model: the model's name.
         layer: the layer as asked for; ``node`` is its qualified node name.
         node: the qualified node name.
-        channel: the strongest feature map of the layer on the unoccluded image.
+        channel: the feature map followed: the layer's strongest on the unoccluded image, unless one was chosen.
         size: the occluder's side in pixels.
         stride: pixels between occluder positions.
         rows: ``[top, bottom)`` of the occluder for each row of the grid (clipped to the image).
@@ -293,6 +293,7 @@ def occlusion(
     progress: ProgressOption = None,
     data: Data | None = None,
     k: int = 3,
+    channel: int | None = None,
 ) -> OcclusionResult:
     """Slide a grey square over an image and record what the network does (the paper's Fig. 7).
 
@@ -316,6 +317,8 @@ def occlusion(
             strongest units among them are projected beside (b), as in the paper (the picture itself, if there,
             is left out).
         k: how many of those are shown.
+        channel: the feature map panels (a) and (b) follow; default: the strongest on the unoccluded picture, as
+            in the paper.
 
     Returns:
         The :class:`OcclusionResult`.
@@ -334,7 +337,7 @@ def occlusion(
     """
     current = session(model, device=device)
     x = current.preprocess(image)
-    job = prepare(current, x, layer=layer, size=size, stride=stride, target=target, method=method)
+    job = prepare(current, x, layer=layer, size=size, stride=stride, target=target, method=method, channel=channel)
     name = _image_name(image)
     if data is None:
         return job.run(batch_size=batch_size, progress=progress, image=name)
@@ -368,6 +371,7 @@ def occlusion_jobs(
     data: Data | None = None,
     k: int = 3,
     progress: ProgressOption = None,
+    channel: int | None = None,
 ) -> Iterator[tuple[Path, Path, OcclusionJob]]:
     """Occlusion sweeps for several pictures, one result folder each (``out/<picture name>``).
 
@@ -395,10 +399,19 @@ def occlusion_jobs(
         folders.append(Path(out) / (stem if used[stem] == 1 else f"{stem}-{used[stem]}"))
     for folder in folders:
         check_result_folder(folder)
-    first = prepare(current, inputs[0], layer=layer, size=size, stride=stride, target=target, method=method)
+    first = prepare(
+        current, inputs[0], layer=layer, size=size, stride=stride, target=target, method=method, channel=channel
+    )
     for x in inputs[1:]:
         occluder_grid(int(x.shape[-2]), int(x.shape[-1]), size, stride)
-    options = {"layer": first.layer, "size": size, "stride": stride, "target": target, "method": first.method}
+    options = {
+        "layer": first.layer,
+        "size": size,
+        "stride": stride,
+        "target": target,
+        "method": first.method,
+        "channel": channel,
+    }
     others = None
     if data is not None:
         with reporting(progress, "other pictures") as report:
@@ -548,6 +561,7 @@ def prepare(
     stride: int = 8,
     target: int | str | None = "auto",
     method: str = "deconvnet",
+    channel: int | None = None,
 ) -> OcclusionJob:
     """Check the options against the model and image and run the unoccluded pass (see :func:`occlusion`).
 
@@ -581,7 +595,14 @@ def prepare(
     if not isinstance(act, torch.Tensor) or act.dim() != 4:
         found = str(tuple(act.shape)) if isinstance(act, torch.Tensor) else type(act).__name__
         raise SeedError(f"layer {layer!r} has no feature maps (output {found}); choose a convolutional layer")
-    channel = int(act[0].flatten(1).amax(1).argmax())
+    width = int(act.shape[1])
+    if channel is None:
+        channel = int(act[0].flatten(1).amax(1).argmax())
+    elif isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < width:
+        raise OcclusionError(
+            f"channel {channel!r} is out of range for layer {layer!r}, which has {width} channels (0-{width - 1}); "
+            "choose one in that range"
+        )
     names = getattr(current.model, "labels", None)
     labels = [str(n) for n in names] if names else None
     missing: str | None = None

@@ -318,6 +318,15 @@ def occlusion_command(
             show_default=False,
         ),
     ] = None,
+    channel: Annotated[
+        int | None,
+        typer.Option(
+            "--channel",
+            "-c",
+            min=0,
+            help="The feature map followed (panels a, b). Default: the layer's strongest on the picture.",
+        ),
+    ] = None,
     size: Annotated[int, typer.Option("--size", help="Side of the grey occluder, in pixels.")] = 32,
     stride: Annotated[int, typer.Option("--stride", help="Pixels between occluder positions.")] = 8,
     target: Annotated[
@@ -367,7 +376,14 @@ def occlusion_command(
     Each picture's folder (occlusion.png, CSV grids, projection.png, manifest.json) appears only when complete.
     """
     with reported(debug):
-        sweep: dict[str, Any] = {"layer": layer, "size": size, "stride": stride, "target": target, "method": method}
+        sweep: dict[str, Any] = {
+            "layer": layer,
+            "channel": channel,
+            "size": size,
+            "stride": stride,
+            "target": target,
+            "method": method,
+        }
         others: dict[str, Any] = {} if data is None else {"data": str(data), "k": top}
         with progress_bar("loading the model", _occluding) as progress:
             jobs = deconvviz.occlusion_jobs(
