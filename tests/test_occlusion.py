@@ -265,7 +265,8 @@ def test_a_chosen_channel_is_followed_instead_of_the_strongest(photo: Path) -> N
     chosen = (strongest.channel + 1) % 8
     result = dv.occlusion(x, model=session, layer="conv3", size=8, stride=8, channel=chosen)
     assert result.channel == chosen
-    assert result.projection is not None and result.projection.channels == (chosen,)
+    assert result.projection is not None
+    assert result.projection.channels == (chosen,)
     rows, cols = occluder_grid(32, 32, 8, 8)
     net = dv.DeconvNet(session.net.model)
     for i, r in enumerate(rows):
