@@ -332,7 +332,7 @@ ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thum
 .hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
 .hit img{width:200px;height:200px;object-fit:contain;background:#808080;display:block}
 .hit p{margin:4px 0;flex-basis:100%}
-img.filters{image-rendering:pixelated;background:#fff;width:min(100%,360px)}
+.filters img{image-rendering:pixelated;background:#fff;width:min(100%,360px)}
 """
 
 
@@ -591,7 +591,7 @@ class _Writer:
         self.filters_file = "filters.png"
         count, inputs, kh, kw = (int(n) for n in found.weight.shape)
         return (
-            f"<h2>first-layer filters</h2><p><img class='filters' src='filters.png' "
+            f"<h2>first-layer filters</h2><p class='filters'><img src='filters.png' "
             f"alt='the {count} filters of {text(found.layer)}'></p><p class='muted'>{text(found.layer)} "
             f"({text(found.module)}): {count} filters of {kh}x{kw}x{inputs}, each scaled on its own: zero is mid-grey, "
             "its largest |weight| black or white</p>"
