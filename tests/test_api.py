@@ -279,3 +279,20 @@ def test_each_layer_summary_is_titled_with_the_picture_and_the_layer(
     for title, layer in zip(titles, ["conv2", "conv3"], strict=True):
         assert title.startswith(f"photo.png: {layer}"), title  # the layer, alias first, then its node
         assert title.count(".png") == 1, title  # not a reconstruction's file name
+
+
+def test_the_analyses_take_a_bare_module_and_preprocessed_tensors(photo: Path) -> None:
+    module = make_tiny_vgg().eval()
+    x = dv.session(MODEL, device="cpu").preprocess(photo)
+    assert dv.session(module).name == "TinyVGG"  # named after its class, as it has no name of its own
+    with pytest.raises(dv.DeconvVizError, match="size= needs a loaded model"):
+        dv.session(dv.session(module), size=64)
+    occluded = dv.occlusion(x, model=module, layer="features.6", size=8, stride=8)
+    assert occluded.model == "TinyVGG"
+    assert occluded.picture.shape == (32, 32, 3)  # drawn without the model's inverse preprocessing
+    assert occluded.figure()[0] is not None
+    assert dv.sanity(x, module, layer="features.6", method="deconvnet").model == "TinyVGG"
+    assert dv.invariance([x], module, layers=["features.6"], steps=3).model == "TinyVGG"
+    parts = {"images": {photo.name: {"eye": [0, 0, 8, 8]}}}
+    with pytest.raises(dv.AnalysisError, match=r"needs the model's preprocessing, and the nn\.Module TinyVGG"):
+        dv.correspondence([photo, photo], parts, model=module)

@@ -515,9 +515,8 @@ class OcclusionJob:
             projection = net.project(self.x, self.layer, self.channel, method=self.method)
         projection = dataclasses.replace(projection, boxes=receptive_boxes(net, projection))
         shown = () if self.others is None else self.others.of(self.channel, method=projection.method, leave_out=image)
-        picture = np.asarray(
-            input_to_pil(self.x.detach().cpu(), self.current.model.to_image, self.current.channel_order)
-        )
+        to_image = getattr(self.current.model, "to_image", None)  # a bare nn.Module has none: min-max instead
+        picture = np.asarray(input_to_pil(self.x.detach().cpu(), to_image, self.current.channel_order))
         label_map = torch.cat(winners).view(shape) if winners else None
         names: dict[int, str] = {}
         if label_map is not None:

@@ -250,6 +250,8 @@ class SanityResult(AnalysisResult):
         Cascading: the last step, every layer random. Independent: the layer whose randomisation alone changes the
         picture most (a blank picture first, then the lowest rank correlation).
         """
+        if len(self.steps) < 2:
+            return f"no layer with weights feeds {self.layer}: nothing to randomise"
         lines = []
         for method in self.methods:
             rank = [float(v) for v in self.spearman[method]]

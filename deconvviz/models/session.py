@@ -76,7 +76,10 @@ class Session:
     @property
     def name(self) -> str:
         """The model's name."""
-        return str(getattr(self.model, "name", type(self.model.module).__name__))
+        found = getattr(self.model, "name", None)
+        if found is not None:
+            return str(found)
+        return type(getattr(self.model, "module", self.model)).__name__  # a bare nn.Module is its own module
 
     @property
     def channel_order(self) -> str:
@@ -147,7 +150,7 @@ def session(
             "choose a smaller --size"
         )
     if isinstance(model, Session):
-        if size is None or size == model.model.preprocessing.size:
+        if size is None or size == getattr(getattr(model.model, "preprocessing", None), "size", None):
             return model
         model = model.model
     if not isinstance(model, str) and not isinstance(model, nn.Module) and not hasattr(model, "preprocess"):
