@@ -136,6 +136,8 @@ def test_bad_checkpoints_and_data_are_refused(data, checkpoints, tmp_path: Path)
         dv.evolution(checkpoints, tmp_path / "empty", MODEL, layer=LAYER)
     with pytest.raises(ValueError, match="conv9"):
         dv.evolution(checkpoints, data, MODEL, layer="conv9")
+    with pytest.raises(dv.AnalysisError, match=r"needs the model's preprocessing, and the nn\.Module TinyVGG"):
+        dv.evolution(checkpoints, data, TinyVGG(), layer="features.6")  # a bare module: pictures need more
 
 
 def _invoke(*args: object) -> tuple[int, str, str]:

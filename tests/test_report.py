@@ -178,6 +178,12 @@ def test_bad_inputs(photos: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_a_bare_module_is_refused_in_one_line(photos: Path, tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"needs the model's preprocessing, and the nn\.Module TinyVGG"):
+        build_report(photos, tmp_path / "r", model=make_tiny_vgg().eval(), device="cpu")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_folder(photos: Path, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
