@@ -354,12 +354,9 @@ def correspondence(
         raise AnalysisError(f"--random must be a whole number of draws (0 for none), got {random!r}")
     table = parts if isinstance(parts, Parts) else load_parts(parts)
     current = session(model, device=device)
-    preprocessing = getattr(current.model, "preprocessing", None)
-    if preprocessing is None:  # the boxes are in picture pixels: the model's resizing and crop place them
-        raise AnalysisError(
-            f"correspondence reads picture files and needs the model's preprocessing, and the nn.Module "
-            f"{current.name} has none; load it with deconvviz.load_model(deconvviz.ModelSpec(...)) to give it one"
-        )
+    # the boxes are in picture pixels: the model's resizing and crop place them
+    current.require_preprocessing("correspondence reads picture files and needs", error=AnalysisError)
+    preprocessing = current.model.preprocessing
 
     # Check every image and box before running anything.
     pictures = []

@@ -212,11 +212,7 @@ def evolution(
     find_images(folder)  # a missing or empty folder fails now, before any checkpoint is read
     current = session(model, device=device, size=size)
     loaded = current.model
-    if not hasattr(loaded, "preprocess"):  # the folder's pictures are read through the model's preprocessing
-        raise AnalysisError(
-            f"evolution reads the pictures of {str(data)!r} and needs the model's preprocessing, and the nn.Module "
-            f"{current.name} has none; load it with deconvviz.load_model(deconvviz.ModelSpec(...)) to give it one"
-        )
+    current.require_preprocessing(f"evolution reads the pictures of {str(data)!r} and needs", error=AnalysisError)
     node = current.net.resolve(layer)  # an unknown layer fails before any work
     states = []
     for checkpoint, label in zip(checkpoints, labels, strict=True):

@@ -70,11 +70,7 @@ class OtherPictures:
 
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise AnalysisError(f"the other pictures shown per map must be a whole number of at least 1, got {k!r}")
-        if not hasattr(current.model, "preprocess"):
-            raise AnalysisError(
-                f"other pictures need the model's preprocessing, and the nn.Module {type(current.model).__name__} "
-                "has none; load it with deconvviz.load_model(deconvviz.ModelSpec(...)) to give it one"
-            )
+        current.require_preprocessing("other pictures need", error=AnalysisError)
         source = image_source(data)  # a missing or empty folder fails here, before any work
         report = None
         if progress is not None:

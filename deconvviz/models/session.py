@@ -86,6 +86,19 @@ class Session:
         """The colour order of the model's input channels (``"RGB"`` unless the preprocessing says otherwise)."""
         return _channel_order(self.model)
 
+    def require_preprocessing(
+        self, why: str, *, instead: str = "", error: type[DeconvVizError] = DeconvVizError
+    ) -> None:
+        """Refuse, in one line, a bare nn.Module (no preprocessing) where picture files are to be read.
+
+        Args:
+            why: the start of the sentence, up to its verb (``"evolution reads the pictures of 'x' and needs"``).
+            instead: another way out, said before the way to give the model its preprocessing.
+            error: the exception class raised.
+        """
+        if not hasattr(self.model, "preprocess"):
+            raise error(f"{why} the model's preprocessing, and the nn.Module {self.name} has none; {instead}{_GIVE}")
+
     def preprocess(self, image: str | os.PathLike[str] | Image | Tensor, *, full_image: bool = False) -> Tensor:
         """A picture (path, PIL image, or an already preprocessed ``(1, C, H, W)`` tensor) as model input."""
         import torch
@@ -99,11 +112,7 @@ class Session:
                     f"{tuple(image.shape)}; pass pictures one at a time, or a batch to DeconvNet.project"
                 )
             return image
-        if not hasattr(self.model, "preprocess"):
-            raise DeconvVizError(
-                f"a picture needs the model's preprocessing, and the nn.Module {type(self.model).__name__} has "
-                f"none; pass a preprocessed (1, C, H, W) tensor, or {_GIVE}"
-            )
+        self.require_preprocessing("a picture needs", instead="pass a preprocessed (1, C, H, W) tensor, or ")
         if isinstance(image, str | os.PathLike):
             image = load_image(image)
         return self.model.preprocess(image, full_image=full_image)

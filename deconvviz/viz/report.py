@@ -186,12 +186,7 @@ def build_report(
     if isinstance(model, str):
         device = distributed.rank_device(resolve_device(device))
     current = session(model, device=device)
-    if not hasattr(current.model, "preprocess"):  # the folder's pictures are read through the model's preprocessing
-        raise ReportError(
-            f"a report reads the pictures of {source.description!r} and needs the model's preprocessing, and the "
-            f"nn.Module {current.name} has none; load it with deconvviz.load_model(deconvviz.ModelSpec(...)) to give "
-            "it one"
-        )
+    current.require_preprocessing(f"a report reads the pictures of {source.description!r} and needs", error=ReportError)
     chosen = _report_layers(current, layers, source)
     arguments = {
         "folder": source.description,
