@@ -417,12 +417,11 @@ def sanity(
         images: dict[str, list[Tensor]] = {m: [twin.project_seeds(x, target, seeds, method=m)[0].cpu()] for m in names}
         units: list[tuple[int, int] | None] = [position]
         report(2, total, "trained")
-        trained: dict[str, list[Tensor]] = {}  # independent mode: the trained weights of the layer now random
         for i, name in enumerate(order):
-            if mode == "independent" and i > 0:  # the layer before gets its trained weights back
-                _restore(modules[order[i - 1]], trained.pop(order[i - 1]))
-            if mode == "independent":
-                trained[name] = [p.detach().clone() for p in modules[name].parameters(recurse=False)]
+            # independent mode: this layer's trained weights, put back once its step is projected
+            trained = (
+                [p.detach().clone() for p in modules[name].parameters(recurse=False)] if mode == "independent" else None
+            )
             randomise(modules[name], generator)
             labels.append(_label(name, net.aliases))
             randomised.append(tuple(order[: i + 1]) if mode == "cascading" else (name,))
@@ -432,6 +431,8 @@ def sanity(
             units.append((moved // cols, moved % cols) if spatial else None)
             for m in names:
                 images[m].append(twin.project_seeds(x, target, step_seeds, method=m)[0].cpu())
+            if trained is not None:
+                _restore(modules[name], trained)
             report(i + 3, total, f"randomised {labels[-1]}")
     stacks = {m: torch.stack(images[m]) for m in names}
     # Outside the units' receptive fields every reconstruction is 0: compared there, two blank borders would
