@@ -67,8 +67,7 @@ def filters_command(
                 save_figure(fig, target)
             except FileNotFoundError as exc:
                 raise usage(f"cannot write {str(target)!r}: its folder does not exist; create it first") from exc
-        count, inputs, kh, kw = (int(n) for n in found.weight.shape)
-        typer.echo(f"{current.name} {layer} ({found.module}): {count} filters of {kh}x{kw}x{inputs} -> {target}")
+        typer.echo(f"{current.name} {found.description} -> {target}")
 
 
 def _parse_range(text: str, name: str) -> tuple[float, float] | None:

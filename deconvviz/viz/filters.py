@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from torch import Tensor, nn
@@ -43,6 +43,15 @@ class Filters:
     weight: Tensor
     channel_order: str = "RGB"
 
+    SCALING: ClassVar[str] = "each filter scaled on its own: zero is mid-grey, its largest |weight| black or white"
+    """How the filters are drawn, for a caption."""
+
+    @property
+    def description(self) -> str:
+        """``conv1_1 (features.0): 64 filters of 3x3x3``: the layer, its convolution and the filters' shape."""
+        out, inputs, kh, kw = (int(n) for n in self.weight.shape)
+        return f"{self.layer} ({self.module}): {out} filters of {kh}x{kw}x{inputs}"
+
     def grid(self, *, columns: int | None = None, cell: int = 24) -> np.ndarray:
         """All filters as one ``(H, W, 3)`` uint8 picture, ``columns`` per row (default: about square)."""
         check_layout(columns)
@@ -64,11 +73,8 @@ class Filters:
         ax = fig.subplots()
         ax.imshow(picture, interpolation="nearest")
         ax.axis("off")
-        out, inputs, kh, kw = (int(n) for n in self.weight.shape)
-        fig.suptitle(f"{self.layer} ({self.module}): {out} filters of {kh}x{kw}x{inputs}", fontsize=10)
-        fig.supxlabel(
-            "each filter scaled on its own: zero is mid-grey, its largest |weight| black or white", fontsize=7
-        )
+        fig.suptitle(self.description, fontsize=10)
+        fig.supxlabel(self.SCALING, fontsize=7)
         return fig, ax
 
     def _repr_png_(self) -> bytes:

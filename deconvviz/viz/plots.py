@@ -265,7 +265,7 @@ def sanity_figure(
                 axes[r, c].set_ylabel(label, fontsize=7)
     kind = (
         "independent randomisation (one layer at a time)"
-        if getattr(result, "mode", "cascading") == "independent"
+        if result.mode == "independent"
         else "cascading randomisation (top layer first)"
     )
     title = f"{result.model}: {result.layer} ch {result.channel}, {kind}"

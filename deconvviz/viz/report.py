@@ -314,6 +314,9 @@ def _report_layers(current: Session, layers: str | Sequence[str] | None, source:
 # -------------------------------------------------------------------------------------------------- pages
 
 
+FILTERS = "filters.png"
+"""The first layer's filters, on the report's front page (when the model has such filters to draw)."""
+
 _STYLE = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f5f5f7}
 header{background:#1d1d1f;color:#f5f5f7;padding:14px 24px}header a{color:#9cf}
@@ -365,8 +368,6 @@ class _Writer:
     """One file name per layer, distinct over the report."""
     thumbnails: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     """Each layer -> its (channel, picture, page) thumbnails."""
-    filters_file: str | None = None
-    """The first layer's filters picture, when the model has one to draw."""
 
     def _source(self, image: str) -> str:
         """The preprocessed view of a source image, written once under ``sources/``."""
@@ -588,14 +589,11 @@ class _Writer:
             found = layer_filters(self.current.net)
         except DeconvVizError:
             return ""
-        Image.fromarray(found.grid()).save(self.root / "filters.png")
-        self.filters_file = "filters.png"
-        count, inputs, kh, kw = (int(n) for n in found.weight.shape)
+        Image.fromarray(found.grid()).save(self.root / FILTERS)
         return (
-            f"<h2>first-layer filters</h2><p class='filters'><img src='filters.png' "
-            f"alt='the {count} filters of {text(found.layer)}'></p><p class='muted'>{text(found.layer)} "
-            f"({text(found.module)}): {count} filters of {kh}x{kw}x{inputs}, each scaled on its own: zero is mid-grey, "
-            "its largest |weight| black or white</p>"
+            f"<h2>first-layer filters</h2><p class='filters'><img src='{FILTERS}' "
+            f"alt='the {int(found.weight.shape[0])} filters of {text(found.layer)}'></p>"
+            f"<p class='muted'>{text(found.description)}, {text(found.SCALING)}</p>"
         )
 
     def manifest(self, arguments: dict[str, Any], image_pages: Sequence[tuple[str, str]]) -> None:
@@ -612,7 +610,7 @@ class _Writer:
             "preprocessing": preprocessing_record(self.current.model),
             "pages": {
                 "index": "index.html",
-                "filters": self.filters_file,
+                "filters": FILTERS if (self.root / FILTERS).is_file() else None,
                 "layers": self.layer_files,
                 "images": {name: page for name, page in image_pages},
             },
