@@ -216,6 +216,27 @@ def _grid_csv(rows: list[list[Any]]) -> bytes:
 # ---------------------------------------------------------------------------------------- geometry
 
 
+def positions_per_batch(x: Tensor) -> int:
+    """The occluder positions one pass takes by default: 64 on a GPU, 16 on the CPU."""
+    return 64 if x.device.type == "cuda" else 16
+
+
+def sweep(
+    engine: IncrementalOcclusion, grid: Sequence[tuple[int, int]], batch_size: int
+) -> Iterator[tuple[int, list[tuple[int, int]], dict[Any, Any]]]:
+    """Run the occluder over ``grid`` (``(row, col)`` positions) ``batch_size`` at a time.
+
+    Yields:
+        ``(done, chunk, values)`` per batch: the positions done so far, the batch's positions and
+        :meth:`IncrementalOcclusion.run`'s values for it. Freed memory is given back every 4 batches.
+    """
+    for n, start in enumerate(range(0, len(grid), batch_size)):
+        chunk = list(grid[start : start + batch_size])
+        yield min(start + batch_size, len(grid)), chunk, engine.run(chunk)
+        if n % 4 == 3:
+            _give_back_freed_memory()
+
+
 def _give_back_freed_memory() -> None:
     """Return the C heap's freed memory to the system (glibc's ``malloc_trim``).
 
@@ -474,7 +495,7 @@ class OcclusionJob:
         from deconvviz.viz.render import input_to_pil
 
         if batch_size is None:
-            batch_size = 64 if self.x.device.type == "cuda" else 16
+            batch_size = positions_per_batch(self.x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OcclusionError(f"batch_size must be a positive integer, got {batch_size!r}")
         grid = [(i, j) for i in range(len(self.rows)) for j in range(len(self.cols))]
@@ -489,17 +510,13 @@ class OcclusionJob:
             reporting(progress, f"occluding {what}") as report,
         ):
             report(0, len(grid), what)
-            for start in range(0, len(grid), batch_size):
-                chunk = grid[start : start + batch_size]
-                values = engine.run(chunk)
+            for done, chunk, values in sweep(engine, grid, batch_size):
                 totals.append(engine.channel_totals(self.node, values[self.node], self.channel).double().cpu())
                 if self.output is not None and self.target is not None:
                     p = engine.full(self.output, values[self.output], len(chunk)).double().softmax(1)
                     probs.append(p[:, self.target].clone().cpu())  # not a view that keeps every class
                     winners.append(p.argmax(1).cpu())
-                report(min(start + batch_size, len(grid)), len(grid), what)
-                if (start // batch_size) % 4 == 3:
-                    _give_back_freed_memory()
+                report(done, len(grid), what)
             unoccluded = engine.cached[self.node][0, self.channel].double().sum().item()
             p0 = (
                 engine.cached[self.output].double().softmax(1)[0, self.target].item()
@@ -668,5 +685,7 @@ __all__ = [
     "occluder_grid",
     "occlusion",
     "occlusion_jobs",
+    "positions_per_batch",
     "prepare",
+    "sweep",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.analysis.occlusion import occluder_grid
+from deconvviz.analysis.occlusion import occluder_grid, positions_per_batch, sweep
 from deconvviz.core.graph import evaluating
 from deconvviz.core.incremental import IncrementalOcclusion
 from deconvviz.explore.engine import ExploreError, heat_table, png_bytes
@@ -78,12 +78,10 @@ def occlusion_map(
     net = explorer.net
     node = net.graph.node(captured.node_name, net.aliases)
     grid = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-    batch = 64 if x.device.type == "cuda" else 16
     totals = []
     with torch.inference_mode(), evaluating(net.model):
         engine = IncrementalOcclusion(net.graph, x.detach(), [node], rows, cols)
-        for start in range(0, len(grid), batch):
-            values = engine.run(grid[start : start + batch])
+        for _, _, values in sweep(engine, grid, positions_per_batch(x)):
             totals.append(engine.channel_totals(node, values[node], channel).double().cpu())
         unoccluded = float(engine.cached[node][0, channel].double().sum())
     answer = {
