@@ -73,13 +73,16 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
     width = size * panels + 1.2 + key
     from deconvviz.viz.canvas import Figure
 
-    band = _others_band(result, min(width, WIDTH), size)
-    if width <= WIDTH:
+    one_row = width <= WIDTH
+    if not one_row:  # two rows; (d)'s legend takes the cell after it
+        width = size * 3 + 1.2 + max(0.0, key - size)
+    cell = _others_cell(result, width, size)  # the band of other pictures, sized by the figure's own width
+    band = 0.0 if result.others_folder is None else cell + 0.7
+    if one_row:
         fig = Figure(figsize=(width, size * 1.45 + band))
         axes = fig.subplots(1, panels, squeeze=False)[0]
         edge = 1 - (key + 0.1) / width
-    else:  # two rows; (d)'s legend takes the cell after it
-        width = size * 3 + 1.2 + max(0.0, key - size)
+    else:
         fig = Figure(figsize=(width, size * 2.6 + band))
         grid = fig.subplots(2, 3, squeeze=False)
         axes = np.array([*grid[0], *grid[1, : panels - 3]], dtype=object)
@@ -160,7 +163,7 @@ def occlusion_figure(result: OcclusionResult, *, size: float = 2.6, legend: int 
         left=0.02, right=edge, top=1 - 0.75 / height, bottom=(band + 0.05) / height, wspace=0.3, hspace=0.3
     )
     if band:
-        _draw_others(fig, result, size)
+        _draw_others(fig, result, cell)
     return fig, axes
 
 
@@ -168,19 +171,12 @@ _GAP = 0.3  # inches between two of the other pictures
 
 
 def _others_cell(result: OcclusionResult, width: float, size: float) -> float:
-    """The side, in inches, of each picture in the band of other pictures."""
+    """The side, in inches, of each picture in the band of other pictures (0 without any)."""
     count = len(result.others)
-    return min(size * 0.6, (width - 0.3 - _GAP * (count - 1)) / (2 * count))
+    return min(size * 0.6, (width - 0.3 - _GAP * (count - 1)) / (2 * count)) if count else 0.0
 
 
-def _others_band(result: OcclusionResult, width: float, size: float) -> float:
-    """Inches of the band under the panels that shows the other pictures (0 without any)."""
-    if result.others_folder is None:
-        return 0.0
-    return (_others_cell(result, width, size) if result.others else 0.0) + 0.7
-
-
-def _draw_others(fig: Figure, result: OcclusionResult, size: float) -> None:
+def _draw_others(fig: Figure, result: OcclusionResult, cell: float) -> None:
     """The band of other pictures: per picture, the map's strongest unit there projected, beside its patch."""
     from deconvviz.viz.scaling import to_rgb
 
@@ -194,7 +190,6 @@ def _draw_others(fig: Figure, result: OcclusionResult, size: float) -> None:
         if count
         else f"(b) map {result.channel} does not fire in the {result.others_scanned} other pictures of {folder}"
     )
-    cell = _others_cell(result, width, size) if count else 0.0
     fig.text(0.15 / width, (cell + 0.5) / height, title, fontsize=9, va="bottom")
     for i, other in enumerate(result.others):
         left = 0.15 + i * (2 * cell + _GAP)
