@@ -66,7 +66,7 @@ class Filters:
         """The grid as a matplotlib figure, titled with the layer; returned, never shown."""
         from deconvviz.viz.canvas import Figure
 
-        check_layout(columns, size)
+        check_layout(size=size)  # and the grid checks the columns
         picture = self.grid(columns=columns)
         height, width = picture.shape[:2]
         fig = Figure(figsize=(size, size * height / width + 0.6), layout="constrained")
