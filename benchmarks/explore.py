@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.client
+import json
 import statistics
 import tempfile
 import time
@@ -144,7 +145,7 @@ def occlusion(explorer: Explorer, get, timed, pictures: int) -> None:
             explorer.steps_kept.clear()
             url = f"/api/occlusion?image={image}&layer={layer}&channel=3"
             answer: dict = {}
-            seconds = timed(lambda url=url, answer=answer: answer.update(__import__("json").loads(get(url))))
+            seconds = timed(lambda url=url, answer=answer: answer.update(json.loads(get(url))))
             positions = len(answer["rows"]) * len(answer["cols"])
             incremental.append(seconds / positions)
             kept.append(timed(functools.partial(get, url)))
