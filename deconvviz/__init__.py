@@ -75,6 +75,8 @@ _EXPORTS: dict[str, str] = {
     "correspondence": "deconvviz.analysis.correspondence",
     "CorrespondenceResult": "deconvviz.analysis.correspondence",
     "load_parts": "deconvviz.analysis.correspondence",
+    "discrimination": "deconvviz.analysis.discrimination",
+    "DiscriminationResult": "deconvviz.analysis.discrimination",
     "explore": "deconvviz.explore.server",
     "filters": "deconvviz.viz.filters",
     "Filters": "deconvviz.viz.filters",
@@ -90,6 +92,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.correspondence import CorrespondenceResult as CorrespondenceResult
     from deconvviz.analysis.correspondence import correspondence as correspondence
     from deconvviz.analysis.correspondence import load_parts as load_parts
+    from deconvviz.analysis.discrimination import DiscriminationResult as DiscriminationResult
+    from deconvviz.analysis.discrimination import discrimination as discrimination
     from deconvviz.analysis.evolution import EvolutionResult as EvolutionResult
     from deconvviz.analysis.evolution import evolution as evolution
     from deconvviz.analysis.invariance import InvarianceResult as InvarianceResult

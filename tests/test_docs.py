@@ -219,6 +219,13 @@ def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         small.save(work / "photos" / f"{name}.jpg")
     for alias, name in (("photo", "cat"), ("a", "coffee"), ("b", "rocket")):
         shutil.copy(work / f"{name}.jpg", work / f"{alias}.jpg")
+    # Labelled pictures, one folder per class, as the discrimination page's examples expect.
+    for label, names in (("animals", ("cat", "raccoon")), ("objects", ("coffee", "rocket"))):
+        (work / "pictures" / label).mkdir(parents=True)
+        for name in names:
+            small = Image.open(work / "photos" / f"{name}.jpg")
+            small.save(work / "pictures" / label / f"{name}.jpg")
+            small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(work / "pictures" / label / f"{name}-mirrored.jpg")
     (work / "examples").symlink_to(examples, target_is_directory=True)
     # What examples/digits_evolution.py writes, at a glance's size: pictures and two checkpoints.
     digits = work / "out" / "digits"

@@ -16,6 +16,7 @@ import typer
 import deconvviz
 from deconvviz.cli.analyses import (
     correspondence_command,
+    discrimination_command,
     evolution_command,
     filters_command,
     invariance_command,
@@ -72,6 +73,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "sanity": sanity_command,
     "occlusion": occlusion_command,
     "correspondence": correspondence_command,
+    "discrimination": discrimination_command,
     "steps": steps_command,
     "explore": explore_command,
 }

@@ -1,4 +1,6 @@
-"""The analyses of the paper and after: filters, invariance, evolution, sanity, occlusion, correspondence."""
+"""The analyses of the paper and after: filters, invariance, evolution, sanity, occlusion, correspondence,
+discrimination.
+"""
 
 from __future__ import annotations
 
@@ -449,3 +451,86 @@ def correspondence_command(
             folder = result.save(out, arguments={"parts": str(parts), **model.arguments(), **options})
         typer.echo(result.table())
         typer.echo(f"wrote {folder}")
+
+
+class Linear(StrEnum):
+    """The linear model of the discrimination analysis."""
+
+    softmax = "softmax"
+    svm = "svm"
+
+
+@model_options
+def discrimination_command(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA",
+            help="A folder with one sub-folder of pictures per class (or a text file of picture paths, each "
+            "picture's class being the folder it lies in).",
+            show_default=False,
+        ),
+    ],
+    model: ModelChoice = DEFAULT_MODEL,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", "-l", help="Comma-separated aliases or node names. Default: the default layers."),
+    ] = None,
+    linear: Annotated[
+        Linear, typer.Option("--linear", help="softmax (the paper's Softmax) or svm (linear SVMs, one per class).")
+    ] = Linear.softmax,
+    train: Annotated[
+        int | None,
+        typer.Option(
+            "--train", min=1, help="Training pictures per class; the rest test. Default: half the smallest class."
+        ),
+    ] = None,
+    splits: Annotated[int, typer.Option("--splits", min=1, help="Random train/test splits averaged over.")] = 5,
+    grid: Annotated[
+        int, typer.Option("--grid", min=1, help="Each feature map is averaged over GRID x GRID cells.")
+    ] = 2,
+    l2: Annotated[
+        float | None,
+        typer.Option(
+            "--l2", help="The L2 penalty. Default: chosen per split by cross-validation on the training pictures."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the splits and the cross-validation folds.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 16,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The result folder to create.")] = Path(
+        "deconvviz-discrimination"
+    ),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """How discriminative each layer's features are (the paper's Table 7): a linear softmax or SVM trained on
+    each layer's features of a few pictures per class, and its accuracy on the others.
+
+    Scores are the mean over classes of each class's held-out accuracy, averaged over the splits. Writes
+    table.txt, accuracy.csv, discrimination.png and manifest.json into OUT, and prints the table.
+    """
+    with reported(debug):
+        deconvviz.check_result_folder(out)
+        with progress_bar("loading the model", _discriminating) as progress:
+            options: dict[str, Any] = {
+                "layers": layers,
+                "linear": linear.value,
+                "train": train,
+                "splits": splits,
+                "grid": grid,
+                "l2": l2,
+                "seed": seed,
+            }
+            loaded = model.load(device)
+            result = deconvviz.discrimination(
+                data, loaded, device=device, batch_size=batch_size, progress=progress, **options
+            )
+            folder = result.save(out, arguments={"data": str(data), **model.arguments(), **options})
+        typer.echo(result.table())
+        typer.echo(result.summary())
+        typer.echo(f"wrote {folder}")
+
+
+def _discriminating(what: str) -> str:
+    """The bar's text: the pictures being read, then the layer whose linear models are being fitted."""
+    return what if what.startswith("fitting at ") else "reading the pictures"

@@ -14,6 +14,7 @@ import numpy as np
 from deconvviz.viz.wrap import WIDTH, band_start, bands_of, check_layout, columns_that_fit, wrapped_axes
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.analysis.discrimination import DiscriminationResult
     from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
     from deconvviz.analysis.sanity import SanityResult
@@ -271,3 +272,44 @@ def sanity_figure(
     title = f"{result.model}: {result.layer} ch {result.channel}, {kind}"
     _frame(fig, title, (width, height), hspace, 0.7, 0.25)
     return fig, axes
+
+
+def discrimination_figure(result: DiscriminationResult, *, size: float | None = None) -> tuple[Figure, Any]:
+    """Held-out accuracy per layer (the paper's Table 7 as a curve): mean ± std over the splits, and chance.
+
+    Args:
+        result: the discrimination result.
+        size: the plot's height in inches; default 3.2 (its width follows the number of layers, up to
+            :data:`~deconvviz.viz.wrap.WIDTH`).
+
+    Returns:
+        ``(figure, axis)``.
+    """
+    from deconvviz.viz.canvas import Figure
+
+    height = 3.2 if size is None else size
+    width = min(WIDTH, max(4.5, 1.1 + 0.75 * len(result.layers)))
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    x = np.arange(len(result.layers))
+    means = np.array([100 * result.mean(layer) for layer in result.layers])
+    stds = np.array([100 * result.std(layer) for layer in result.layers])
+    name = "softmax" if result.linear == "softmax" else "linear SVMs"
+    ax.errorbar(x, means, yerr=stds, color="C0", marker="o", markersize=4, capsize=3, linewidth=1.2, label=name)
+    ax.axhline(100 * result.chance, color="0.45", linestyle="--", linewidth=1, label="chance")
+    for i, value in enumerate(means):
+        ax.annotate(f"{value:.0f}", (x[i], value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xticks(x, result.layers, fontsize=7, rotation=30 if len(result.layers) > 6 else 0)
+    ax.set_ylim(0, 110)  # room above 100 for the values' labels
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel("held-out accuracy (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(
+        f"{result.model}: a {name} on each layer's features\n{len(result.classes)} classes, {result.train} training "
+        f"pictures each, {result.splits} split{'s' if result.splits != 1 else ''}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig, ax

@@ -1,0 +1,616 @@
+"""How discriminative each layer's features are (Zeiler & Fergus, Section 5.3 and Table 7).
+
+The paper keeps the ImageNet model's first ``n`` layers, puts a linear SVM or a softmax on top, trains it on
+a few pictures per class of another data set (Caltech-101 and -256) and reports the accuracy on the rest: it
+rises steadily with depth, "as the feature hierarchies become deeper, they learn increasingly powerful
+features".
+
+Here the same is done on any labelled pictures (one folder per class, as ImageNet's and ImageFolder's):
+
+1. one forward pass per picture keeps every chosen layer's features, each feature map averaged over a
+   ``grid x grid`` pattern of cells (``adaptive_avg_pool2d``), so that a 224-pixel VGG16's ``conv1_2`` gives
+   64 x 4 features rather than 3.2 million (the paper trains on whole maps; a small grid keeps the measure
+   affordable at every depth and keeps where in the picture a feature fired, coarsely);
+2. for each of ``splits`` random splits, ``train`` pictures of each class train the linear model and the rest
+   test it; features are standardised with the training pictures' mean and deviation;
+3. the linear model is a multinomial softmax (cross-entropy) or one linear SVM per class against the rest
+   (squared hinge, as LIBLINEAR's default), with an L2 penalty on the weights, fitted to convergence by
+   L-BFGS in float64 (both losses are convex, so the fit has one optimum); the penalty is chosen per split by
+   cross-validation on the training pictures alone unless it is given;
+4. the score is the mean over classes of each class's test accuracy (the paper's measure on Caltech), with
+   its mean and standard deviation over the splits.
+
+The chance level is ``1 / classes``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.progress import ProgressOption, reporting
+from deconvviz.core.graph import evaluating
+from deconvviz.core.layers import choose_layers
+from deconvviz.io.sources import image_source
+from deconvviz.models.session import session
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from torch import Tensor
+
+    from deconvviz.io.sources import ImageSource
+
+LINEAR = ("softmax", "svm")
+"""The linear models: a multinomial softmax, or one squared-hinge SVM per class against the rest."""
+
+PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+"""The L2 penalties tried by cross-validation (on the mean loss, with standardised features)."""
+
+
+class LabelError(AnalysisError):
+    """Pictures whose classes cannot be told, or too few pictures per class to train and test."""
+
+
+# -------------------------------------------------------------------------------------------- fitting
+
+
+def fit_linear(
+    x: Tensor,
+    y: Tensor,
+    classes: int,
+    *,
+    linear: str = "softmax",
+    l2: float = 1e-2,
+    iterations: int = 1000,
+    tolerance: float = 1e-7,
+    start: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Fit a linear model ``scores = x @ weight + bias`` by L-BFGS, in float64.
+
+    The loss is the mean over pictures of the softmax cross-entropy (``"softmax"``) or of the squared hinge
+    ``sum_c max(0, 1 - t_c * score_c) ** 2`` with ``t_c = +1`` for the picture's class and ``-1`` for the others
+    (``"svm"``, one SVM per class against the rest), plus ``l2 / 2 * ||weight||^2`` (the bias is not penalised);
+    :func:`objective` computes it. Both are convex and, with ``l2 > 0``, strictly so in the weights: the fit is
+    that one optimum.
+
+    Args:
+        x: ``(N, D)`` features.
+        y: ``(N,)`` class indices in ``[0, classes)``.
+        classes: how many classes.
+        linear: ``"softmax"`` or ``"svm"``.
+        l2: the penalty (> 0).
+        iterations: the most L-BFGS iterations.
+        tolerance: the fit ends where no derivative of the loss exceeds this (or after ``iterations``); at the
+            default, far below what moves a class score past another.
+        start: ``(weight, bias)`` to start from (a fit with a nearby penalty converges in fewer steps); zeros
+            by default.
+
+    Returns:
+        ``(weight (D, classes), bias (classes,))`` in float64, on ``x``'s device.
+    """
+    import numpy as np
+    import torch
+
+    if linear not in LINEAR:
+        raise AnalysisError(f"unknown linear model {linear!r}; choose one of {', '.join(LINEAR)}")
+    data = x.detach().double().cpu().numpy()
+    labels = y.detach().cpu().numpy()
+    n = data.shape[0]
+    # The fit runs on other coordinates, with the same optimum. The optimum lies in the span of the pictures
+    # (the loss's gradient in the weights is x.T @ g, the penalty's l2 * weight), so with x = U S V^T (thin SVD)
+    # weight = V @ (scale * z): (N, classes) unknowns rather than (D, classes) when there are more features than
+    # pictures, and, with scale = 1 / sqrt(s^2 / N + l2), each coordinate's curvature about one.
+    _, singular, vh = np.linalg.svd(data, full_matrices=False)
+    scale = 1.0 / np.sqrt(singular**2 / n + l2)
+    basis = vh.T * scale  # (D, r): weight = basis @ z
+    inputs = data @ basis
+    rank = basis.shape[1]
+    signs = -np.ones((n, classes))
+    signs[np.arange(n), labels] = 1.0
+    penalty = l2 * scale[:, None] ** 2
+
+    def loss(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        z, bias = flat[: rank * classes].reshape(rank, classes), flat[rank * classes :]
+        scores = inputs @ z + bias
+        if linear == "softmax":
+            top = scores.max(1, keepdims=True)
+            exp = np.exp(scores - top)
+            total = exp.sum(1, keepdims=True)
+            value = float((top[:, 0] + np.log(total[:, 0]) - scores[np.arange(n), labels]).mean())
+            grad = exp / total
+            grad[np.arange(n), labels] -= 1.0
+            grad /= n
+        else:
+            margin = np.maximum(0.0, 1.0 - signs * scores)
+            value = float((margin**2).sum() / n)
+            grad = -2.0 * margin * signs / n
+        value += 0.5 * float((penalty * z * z).sum())
+        return value, np.concatenate([(inputs.T @ grad + penalty * z).ravel(), grad.sum(0)])
+
+    initial = np.zeros(rank * classes + classes)
+    if start is not None:
+        weight0, bias0 = (t.detach().double().cpu().numpy() for t in start)
+        initial = np.concatenate([((vh @ weight0) / scale[:, None]).ravel(), bias0])
+    found = minimise(loss, initial, iterations=iterations, tolerance=tolerance)
+    weight = basis @ found[: rank * classes].reshape(rank, classes)
+    return torch.from_numpy(weight).to(x.device), torch.from_numpy(found[rank * classes :].copy()).to(x.device)
+
+
+def minimise(
+    loss: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    start: np.ndarray,
+    *,
+    iterations: int,
+    tolerance: float,
+    history: int = 10,
+) -> np.ndarray:
+    """Minimise a smooth convex ``loss`` (which returns its value and gradient) by L-BFGS with an Armijo search.
+
+    NumPy rather than :class:`torch.optim.LBFGS`: the problems are small (a few thousand unknowns), where each
+    step's cost is the bookkeeping around the arithmetic, several times less in NumPy.
+
+    Returns:
+        The point where no derivative exceeds ``tolerance``, where a step no longer lowers the loss, or the last
+        of ``iterations``.
+    """
+    import numpy as np
+
+    point = start.astype(np.float64, copy=True)
+    value, grad = loss(point)
+    steps: list[tuple[np.ndarray, np.ndarray, float]] = []
+    for _ in range(iterations):
+        if np.abs(grad).max() <= tolerance:
+            break
+        direction = -grad
+        alphas = []
+        for s, t, rho in reversed(steps):
+            alpha = rho * float(s @ direction)
+            direction = direction - alpha * t
+            alphas.append(alpha)
+        if steps:
+            s, t, _ = steps[-1]
+            direction = direction * (float(s @ t) / float(t @ t))
+            for (s, t, rho), alpha in zip(steps, reversed(alphas), strict=True):
+                direction = direction + s * (alpha - rho * float(t @ direction))
+        slope = float(grad @ direction)
+        if slope >= 0:  # not a descent direction: start the memory again
+            steps.clear()
+            direction, slope = -grad, -float(grad @ grad)
+        length = 1.0 if steps else min(1.0, 1.0 / float(np.abs(grad).sum()))
+        while True:
+            trial = point + length * direction
+            trial_value, trial_grad = loss(trial)
+            if trial_value <= value + 1e-4 * length * slope or length < 1e-20:
+                break
+            length *= 0.5
+        if not trial_value < value:
+            break
+        change = trial - point
+        turn = trial_grad - grad
+        curvature = float(change @ turn)
+        if curvature > 1e-12 * float(turn @ turn):
+            steps.append((change, turn, 1.0 / curvature))
+            del steps[:-history]
+        point, value, grad = trial, trial_value, trial_grad
+    return point
+
+
+def objective(x: Tensor, y: Tensor, signs: Tensor, weight: Tensor, bias: Tensor, linear: str, l2: float) -> Tensor:
+    """The penalised mean loss that :func:`fit_linear` minimises (``signs``: +1 at each picture's class, else -1)."""
+    import torch
+
+    scores = x @ weight + bias
+    if linear == "softmax":
+        data = torch.nn.functional.cross_entropy(scores, y)
+    else:
+        data = torch.relu(1.0 - signs * scores).square().sum(1).mean()
+    return data + 0.5 * l2 * weight.square().sum()
+
+
+def class_accuracies(scores: Tensor, y: Tensor, classes: int) -> Tensor:
+    """Each class's accuracy: the share of its pictures whose highest score is their class (float64)."""
+    import torch
+
+    hits = (scores.argmax(1) == y).double()
+    total = torch.zeros(classes, dtype=torch.float64).index_add_(0, y.cpu(), torch.ones_like(hits).cpu())
+    right = torch.zeros(classes, dtype=torch.float64).index_add_(0, y.cpu(), hits.cpu())
+    return right / total.clamp(min=1)
+
+
+def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
+    """``train`` and ``others`` in float64, less the training mean, over the training deviation (1 where it is 0)."""
+    train = train.double()
+    mean = train.mean(0)
+    std = train.std(0, correction=0)
+    std = std.where(std > 0, std.new_ones(()))
+    return [(t.double() - mean) / std for t in (train, *others)]
+
+
+def choose_penalty(x: Tensor, y: Tensor, classes: int, linear: str, folds: int, generator: Any) -> float:
+    """The penalty of :data:`PENALTIES` with the best mean class accuracy over ``folds``-fold cross-validation.
+
+    Folds are drawn within each class; ties go to the larger penalty (the simpler model). The penalties are
+    tried from the largest down, each fit starting from the one before on the same fold.
+    """
+    import torch
+
+    fold = torch.empty(len(y), dtype=torch.long)
+    for c in range(classes):
+        members = (y == c).nonzero().flatten().cpu()
+        order = members[torch.randperm(len(members), generator=generator)]
+        fold[order] = torch.arange(len(order)) % folds
+    best, best_score = PENALTIES[-1], -math.inf
+    held = [(fold == k).to(y.device) for k in range(folds)]
+    parts = [standardise(x[~h], x[h]) for h in held]
+    fits: list[tuple[Tensor, Tensor] | None] = [None] * folds
+    for l2 in reversed(PENALTIES):
+        scores = []
+        for k, ((train, test), h) in enumerate(zip(parts, held, strict=True)):
+            fits[k] = weight, bias = fit_linear(train, y[~h], classes, linear=linear, l2=l2, start=fits[k])
+            scores.append(float(class_accuracies(test @ weight + bias, y[h], classes).mean()))
+        score = sum(scores) / folds
+        if score > best_score + 1e-12:
+            best, best_score = l2, score
+    return best
+
+
+# --------------------------------------------------------------------------------------------- labels
+
+
+def labels_of(source: ImageSource, data: Any, labels: Sequence[Any] | None) -> list[str]:
+    """Each picture's class: as given, a data set's targets, or the name of the folder the picture lies in.
+
+    Raises:
+        LabelError: labels of the wrong length, or a picture in no class folder.
+    """
+    if labels is not None:
+        if len(labels) != len(source):
+            raise LabelError(f"{len(labels)} labels for {len(source)} pictures; give one label per picture")
+        return [str(label) for label in labels]
+    if source.paths is None:  # a data set: its targets
+        targets = getattr(data, "targets", None)
+        if targets is None:
+            items = (data[i] for i in range(len(source)))
+            targets = [item[1] if isinstance(item, tuple | list) and len(item) > 1 else None for item in items]
+        if any(t is None for t in targets):
+            raise LabelError(
+                "the data set's items carry no class: give (image, target) items, a .targets list, or labels="
+            )
+        names = getattr(data, "classes", None)
+        return [str(names[int(t)]) if names is not None else str(int(t)) for t in targets]
+    if not Path(source.description).is_dir():  # a list of paths: the folder each picture lies in
+        return [path.parent.name for path in source.paths]
+    found = []
+    for name in source.names:
+        parts = PurePosixPath(name).parts
+        if len(parts) < 2:
+            raise LabelError(
+                f"picture {name!r} lies at the top of {source.description!r}, in no class: put each class's "
+                "pictures in a folder named after the class"
+            )
+        found.append(parts[0])
+    return found
+
+
+# --------------------------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class DiscriminationResult(AnalysisResult):
+    """The paper's Table 7 for one model and one labelled set of pictures: held-out accuracy per layer.
+
+    Attributes:
+        model: the model's name.
+        data: where the pictures came from.
+        classes: the class names, in index order.
+        counts: the pictures of each class.
+        layers: the layers, shallow to deep as given.
+        features: the features per picture at each layer.
+        linear: ``"softmax"`` or ``"svm"``.
+        train: training pictures per class in each split (the rest test).
+        grid: each feature map is averaged over ``grid x grid`` cells.
+        seed: the seed of the splits and folds.
+        accuracies: layer -> ``(splits, classes)`` each class's test accuracy in each split.
+        penalties: layer -> the L2 penalty used in each split.
+    """
+
+    kind: ClassVar[str] = "discrimination"
+
+    model: str
+    data: str
+    classes: tuple[str, ...]
+    counts: tuple[int, ...]
+    layers: tuple[str, ...]
+    features: Mapping[str, int]
+    linear: str
+    train: int
+    grid: int
+    seed: int
+    accuracies: Mapping[str, Tensor] = field(repr=False)
+    penalties: Mapping[str, tuple[float, ...]] = field(repr=False)
+
+    @property
+    def splits(self) -> int:
+        """How many random train / test splits."""
+        return int(self.accuracies[self.layers[0]].shape[0])
+
+    @property
+    def chance(self) -> float:
+        """The accuracy of guessing: one over the number of classes."""
+        return 1.0 / len(self.classes)
+
+    def scores(self, layer: str) -> Tensor:
+        """The score of each split at ``layer``: the mean over classes of each class's accuracy."""
+        return self.accuracies[layer].mean(1)
+
+    def mean(self, layer: str) -> float:
+        """The score at ``layer``, averaged over the splits."""
+        return float(self.scores(layer).mean())
+
+    def std(self, layer: str) -> float:
+        """The standard deviation of the score over the splits."""
+        return float(self.scores(layer).std(correction=0))
+
+    @property
+    def best(self) -> str:
+        """The layer with the highest mean score (the shallowest of equals)."""
+        return max(self.layers, key=lambda layer: (self.mean(layer), -self.layers.index(layer)))
+
+    def table(self) -> str:
+        """One row per layer: features, accuracy mean ± std over the splits (in %), the penalty."""
+        name = "Softmax" if self.linear == "softmax" else "SVM"
+        head = ["layer", "features", f"{name} accuracy %", "L2"]
+        body = [
+            [
+                layer,
+                str(self.features[layer]),
+                f"{100 * self.mean(layer):.1f} ± {100 * self.std(layer):.1f}",
+                _penalty(self.penalties[layer]),
+            ]
+            for layer in self.layers
+        ]
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
+        chance = f"chance {100 * self.chance:.1f} %: {len(self.classes)} classes, {self.train} training pictures each"
+        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], chance])
+
+    def summary(self) -> str:
+        """One line: the best layer and its score against chance."""
+        return (
+            f"{self.best} separates the {len(self.classes)} classes best: {100 * self.mean(self.best):.1f} % "
+            f"(chance {100 * self.chance:.1f} %)"
+        )
+
+    def to_csv(self) -> str:
+        """Every class's accuracy: ``layer,split,class,accuracy,l2``."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["layer", "split", "class", "accuracy", "l2"])
+        for layer in self.layers:
+            for split, row in enumerate(self.accuracies[layer].tolist()):
+                for name, value in zip(self.classes, row, strict=True):
+                    writer.writerow([layer, split, name, repr(value), repr(self.penalties[layer][split])])
+        return buffer.getvalue()
+
+    def _files(self) -> dict[str, bytes]:
+        return {
+            "table.txt": (self.table() + "\n").encode("utf-8"),
+            "accuracy.csv": self.to_csv().encode("utf-8"),
+            "discrimination.png": figure_bytes(self.figure()[0]),
+        }
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "classes": dict(zip(self.classes, self.counts, strict=True)),
+            "linear": self.linear,
+            "train_per_class": self.train,
+            "splits": self.splits,
+            "grid": self.grid,
+            "seed": self.seed,
+            "chance": self.chance,
+            "layers": {
+                layer: {
+                    "features": self.features[layer],
+                    "mean": self.mean(layer),
+                    "std": self.std(layer),
+                    "l2": list(self.penalties[layer]),
+                }
+                for layer in self.layers
+            },
+            "best": self.best,
+            "files": {"table": "table.txt", "csv": "accuracy.csv", "figure": "discrimination.png"},
+        }
+
+
+def _penalty(values: Sequence[float]) -> str:
+    """The penalty, or the range of those the splits chose."""
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+# ------------------------------------------------------------------------------------------- analysis
+
+
+def discrimination(
+    data: Any,
+    model: str | Any = "vgg16",
+    *,
+    layers: str | Sequence[str] | None = None,
+    labels: Sequence[Any] | None = None,
+    linear: str = "softmax",
+    train: int | None = None,
+    splits: int = 5,
+    grid: int = 2,
+    l2: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | None = "auto",
+    progress: ProgressOption = None,
+) -> DiscriminationResult:
+    """How well a linear model on each layer's features tells labelled pictures apart (the paper's Table 7).
+
+    Args:
+        data: a folder with one sub-folder of pictures per class, a text file of picture paths (each picture's
+            class: the folder it lies in), or a ``torch.utils.data.Dataset`` of ``(image, target)`` items.
+        model: a model name, a loaded model, or a session.
+        layers: layer aliases or node names (a list, or comma-separated); default the model's default layers.
+        labels: one class per picture, in the order of the pictures (sorted paths), instead of the folders.
+        linear: ``"softmax"`` (multinomial logistic regression) or ``"svm"`` (linear SVMs, one per class).
+        train: training pictures per class in each split; the rest test. Default: half the smallest class.
+        splits: how many random train / test splits the score is averaged over.
+        grid: each feature map is averaged over ``grid x grid`` cells (1: one number per channel).
+        l2: the L2 penalty; default chosen per split by 3-fold cross-validation on the training pictures.
+        seed: the seed of the splits and of the cross-validation folds.
+        batch_size: pictures per forward pass.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
+        progress: ``progress(done, total, what)`` over the pictures (``what``: the last one read), then the layers
+            (``"fitting at LAYER"``); ``"bar"``; or None.
+
+    Returns:
+        The :class:`DiscriminationResult`.
+
+    Raises:
+        LabelError: pictures in no class folder, fewer than two classes, a class too small to train and test.
+        AnalysisError: a bad option (``linear``, ``train``, ``splits``, ``grid``, ``l2``).
+        LayerNotFoundError: an unknown layer.
+
+    Example:
+        >>> result = dv.discrimination("pictures/", model="vgg16", linear="svm")  # doctest: +SKIP
+        >>> print(result.table())  # doctest: +SKIP
+    """
+    import torch
+
+    if linear not in LINEAR:
+        raise AnalysisError(f"unknown linear model {linear!r}; choose softmax or svm")
+    _positive("splits", splits)
+    _positive("grid", grid)
+    _positive("batch size", batch_size)
+    if train is not None:
+        _positive("train", train)
+    if l2 is not None and (isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 > 0 or l2 == math.inf):
+        raise AnalysisError(f"the L2 penalty must be a positive number, got {l2!r} (leave it out to cross-validate)")
+    source = image_source(data)
+    names = labels_of(source, data, None if labels is None else list(labels))
+    classes = tuple(sorted(set(names)))
+    if len(classes) < 2:
+        raise LabelError(
+            f"all {len(names)} pictures are of one class ({classes[0]!r}); give pictures of two classes or more, "
+            "one folder per class"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    y = torch.tensor([index[name] for name in names])
+    counts = tuple(int((y == c).sum()) for c in range(len(classes)))
+    smallest = min(counts)
+    if smallest < 2:
+        raise LabelError(
+            f"class {classes[counts.index(smallest)]!r} has one picture; each class needs two or more, one to train "
+            "and one to test"
+        )
+    per_class = max(1, smallest // 2) if train is None else train
+    if per_class >= smallest:
+        raise LabelError(
+            f"class {classes[counts.index(smallest)]!r} has {smallest} pictures: --train {per_class} leaves none to "
+            f"test; give --train {smallest - 1} or fewer, or more pictures"
+        )
+
+    current = session(model, device=device)
+    if source.paths is not None:
+        current.require_preprocessing("discrimination reads picture files and needs", error=AnalysisError)
+    first = source.prepare(0, current.preprocess)[None]
+    chosen = choose_layers(current.net, layers, first)
+    steps = len(source) + len(chosen)
+    kept: dict[str, list[Tensor]] = {layer: [] for layer in chosen}
+    with reporting(progress, "discrimination") as report:
+        report(0, steps, "starting")
+        with torch.inference_mode(), evaluating(current.net.model):
+            for start in range(0, len(source), batch_size):
+                stop = min(start + batch_size, len(source))
+                batch = torch.stack([source.prepare(i, current.preprocess) for i in range(start, stop)])
+                for layer, value in current.net.activations(batch, chosen).items():
+                    kept[layer].append(_pooled(value, grid).float().cpu())
+                report(stop, steps, source.names[stop - 1])
+
+        accuracies: dict[str, Tensor] = {}
+        penalties: dict[str, tuple[float, ...]] = {}
+        features: dict[str, int] = {}
+        for done, layer in enumerate(chosen, start=1):
+            x = torch.cat(kept.pop(layer))
+            features[layer] = int(x.shape[1])
+            accuracies[layer], penalties[layer] = _scores(x, y, len(classes), per_class, splits, linear, l2, seed)
+            report(len(source) + done, steps, f"fitting at {layer}")
+    return DiscriminationResult(
+        model=current.name,
+        data=source.description,
+        classes=classes,
+        counts=counts,
+        layers=tuple(chosen),
+        features=features,
+        linear=linear,
+        train=per_class,
+        grid=grid,
+        seed=seed,
+        accuracies=accuracies,
+        penalties=penalties,
+    )
+
+
+def _scores(
+    x: Tensor, y: Tensor, classes: int, train: int, splits: int, linear: str, l2: float | None, seed: int
+) -> tuple[Tensor, tuple[float, ...]]:
+    """Each split's class accuracies at one layer, and the penalty used in each (the same splits at every layer)."""
+    import torch
+
+    rows, used = [], []
+    for split in range(splits):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + split)
+        learn = torch.zeros(len(y), dtype=torch.bool)
+        for c in range(classes):
+            members = (y == c).nonzero().flatten()
+            learn[members[torch.randperm(len(members), generator=generator)[:train]]] = True
+        penalty = l2
+        if penalty is None:
+            folds = min(3, train)
+            penalty = choose_penalty(x[learn], y[learn], classes, linear, folds, generator) if folds > 1 else 1e-2
+        fitted, tested = standardise(x[learn], x[~learn])
+        weight, bias = fit_linear(fitted, y[learn], classes, linear=linear, l2=penalty)
+        rows.append(class_accuracies(tested @ weight + bias, y[~learn], classes))
+        used.append(float(penalty))
+    return torch.stack(rows), tuple(used)
+
+
+def _pooled(value: Any, grid: int) -> Tensor:
+    """One row of features per picture: a map averaged over ``grid x grid`` cells, anything else flattened."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise AnalysisError("a chosen layer gives no single tensor; choose a layer that gives a feature map")
+    if value.dim() == 4:
+        value = torch.nn.functional.adaptive_avg_pool2d(value, grid)
+    return value.flatten(1)
+
+
+def _positive(what: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AnalysisError(f"{what} must be a positive whole number, got {value!r}")
+
+
+__all__ = [
+    "LINEAR",
+    "PENALTIES",
+    "DiscriminationResult",
+    "LabelError",
+    "class_accuracies",
+    "discrimination",
+    "fit_linear",
+    "labels_of",
+    "objective",
+    "standardise",
+]
