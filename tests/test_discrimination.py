@@ -296,3 +296,21 @@ def test_the_shipped_digits_example_runs(tmp_path: Path) -> None:
     assert manifest["classes"] == {str(d): 4 for d in range(10)}
     assert manifest["train_per_class"] == 2
     assert "separates the 10 classes best" in done.stdout
+
+
+def test_per_class_keeps_a_seeded_choice_of_each_class(colours: Path) -> None:
+    def read(seed: int) -> tuple[list[str], dv.DiscriminationResult]:
+        seen: list[str] = []
+        options = {"layers": "conv1", "per_class": 4, "splits": 1, "l2": 0.1, "batch_size": 1, "seed": seed}
+        result = dv.discrimination(colours, MODEL, progress=lambda d, t, what: seen.append(what), **options)
+        return [w for w in seen if w.endswith(".png")], result
+
+    pictures, one = read(0)
+    again, _ = read(0)
+    other, _ = read(1)
+    assert one.counts == (4, 4, 4)
+    assert one.train == 2
+    assert sorted({p.split("/")[0] for p in pictures}) == list(COLOURS)
+    assert all(sum(p.startswith(c + "/") for p in pictures) == 4 for c in COLOURS)
+    assert pictures == again
+    assert pictures != other

@@ -447,6 +447,7 @@ def discrimination(
     labels: Sequence[Any] | None = None,
     linear: str = "softmax",
     train: int | None = None,
+    per_class: int | None = None,
     splits: int = 5,
     grid: int = 2,
     l2: float | None = None,
@@ -465,6 +466,8 @@ def discrimination(
         labels: one class per picture, in the order of the pictures (sorted paths), instead of the folders.
         linear: ``"softmax"`` (multinomial logistic regression) or ``"svm"`` (linear SVMs, one per class).
         train: training pictures per class in each split; the rest test. Default: half the smallest class.
+        per_class: use at most this many pictures of each class (a random choice drawn with ``seed``, the same
+            on every run); default all. The paper trains on 15 to 60 and tests on up to 50 per class.
         splits: how many random train / test splits the score is averaged over.
         grid: each feature map is averaged over ``grid x grid`` cells (1: one number per channel).
         l2: the L2 penalty; default chosen per split by 3-fold cross-validation on the training pictures.
@@ -507,6 +510,15 @@ def discrimination(
         )
     index = {name: i for i, name in enumerate(classes)}
     y = torch.tensor([index[name] for name in names])
+    if per_class is not None:
+        _positive("per class", per_class)
+        generator = torch.Generator().manual_seed(seed)
+        keep: list[int] = []
+        for c in range(len(classes)):
+            members = (y == c).nonzero().flatten()
+            keep += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
+        keep.sort()
+        source, y = source.subset(keep), y[keep]
     counts = tuple(int((y == c).sum()) for c in range(len(classes)))
     smallest = min(counts)
     if smallest < 2:
@@ -514,10 +526,10 @@ def discrimination(
             f"class {classes[counts.index(smallest)]!r} has one picture; each class needs two or more, one to train "
             "and one to test"
         )
-    per_class = max(1, smallest // 2) if train is None else train
-    if per_class >= smallest:
+    training = max(1, smallest // 2) if train is None else train
+    if training >= smallest:
         raise LabelError(
-            f"class {classes[counts.index(smallest)]!r} has {smallest} pictures: --train {per_class} leaves none to "
+            f"class {classes[counts.index(smallest)]!r} has {smallest} pictures: --train {training} leaves none to "
             f"test; give --train {smallest - 1} or fewer, or more pictures"
         )
 
@@ -544,7 +556,7 @@ def discrimination(
         for done, layer in enumerate(chosen, start=1):
             x = torch.cat(kept.pop(layer))
             features[layer] = int(x.shape[1])
-            accuracies[layer], penalties[layer] = _scores(x, y, len(classes), per_class, splits, linear, l2, seed)
+            accuracies[layer], penalties[layer] = _scores(x, y, len(classes), training, splits, linear, l2, seed)
             report(len(source) + done, steps, f"fitting at {layer}")
     return DiscriminationResult(
         model=current.name,
@@ -554,7 +566,7 @@ def discrimination(
         layers=tuple(chosen),
         features=features,
         linear=linear,
-        train=per_class,
+        train=training,
         grid=grid,
         seed=seed,
         accuracies=accuracies,

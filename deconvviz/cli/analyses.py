@@ -485,6 +485,12 @@ def discrimination_command(
             "--train", min=1, help="Training pictures per class; the rest test. Default: half the smallest class."
         ),
     ] = None,
+    per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--per-class", min=1, help="Use at most this many pictures of each class (a seeded random choice)."
+        ),
+    ] = None,
     splits: Annotated[int, typer.Option("--splits", min=1, help="Random train/test splits averaged over.")] = 5,
     grid: Annotated[
         int, typer.Option("--grid", min=1, help="Each feature map is averaged over GRID x GRID cells.")
@@ -516,6 +522,7 @@ def discrimination_command(
                 "layers": layers,
                 "linear": linear.value,
                 "train": train,
+                "per_class": per_class,
                 "splits": splits,
                 "grid": grid,
                 "l2": l2,
