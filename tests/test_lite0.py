@@ -193,3 +193,6 @@ def test_real_weights_classify_the_example_photos(lite0_cache: Path, monkeypatch
     # trained first-layer filters are smooth: neighbouring taps correlate (random ones do not)
     w = m.module.features[0].conv.weight.detach()
     assert torch.corrcoef(torch.stack([w[..., :-1].reshape(-1), w[..., 1:].reshape(-1)]))[0, 1] > 0.1
+    # four of the 32 stem filters are dead (zero weights): the paper's Fig. 6 diagnosis finds them
+    assert dv.filters(m).dead() == [11, 16, 28, 31]
+    assert torch.equal(w[[11, 16, 28, 31]].abs().amax((1, 2, 3)) < 1e-6, torch.ones(4, dtype=torch.bool))

@@ -53,7 +53,9 @@ def filters_command(
 ) -> None:
     """Draw a first layer's learned filters as an image grid (the paper's Fig. 2, layer 1).
 
-    Each filter is scaled on its own: zero is mid-grey, its largest |weight| black or white.
+    Each filter is scaled on its own: zero is mid-grey, its largest |weight| black or white. A second line says
+    what the paper reads off them (Fig. 6): dead or dominating filters, how their peak frequencies spread, and the
+    share of their power the convolution's stride aliases.
     """
     with reported(debug):
         with progress_bar("loading the model"):
@@ -70,6 +72,7 @@ def filters_command(
             except FileNotFoundError as exc:
                 raise usage(f"cannot write {str(target)!r}: its folder does not exist; create it first") from exc
         typer.echo(f"{current.name} {found.description} -> {target}")
+        typer.echo(found.summary())
 
 
 def _parse_range(text: str, name: str) -> tuple[float, float] | None:

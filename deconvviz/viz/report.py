@@ -593,7 +593,8 @@ class _Writer:
         return (
             f"<h2>first-layer filters</h2><p class='filters'><img src='{FILTERS}' "
             f"alt='the {int(found.weight.shape[0])} filters of {text(found.layer)}'></p>"
-            f"<p class='muted'>{text(found.description)}, {text(found.SCALING)}</p>"
+            f"<p class='muted'>{text(found.description)}, {text(found.SCALING)}; dead filters flat grey: "
+            f"{text(found.diagnosis())}.</p>"
         )
 
     def manifest(self, arguments: dict[str, Any], image_pages: Sequence[tuple[str, str]]) -> None:
