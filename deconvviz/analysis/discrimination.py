@@ -53,6 +53,10 @@ PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 """The L2 penalties tried by cross-validation (on the mean loss, with standardised features)."""
 
 
+CHOOSING = 1e-5
+"""The tolerance of the cross-validation's fits: their accuracies, not their weights, are what is used."""
+
+
 class LabelError(AnalysisError):
     """Pictures whose classes cannot be told, or too few pictures per class to train and test."""
 
@@ -70,6 +74,7 @@ def fit_linear(
     iterations: int = 1000,
     tolerance: float = 1e-7,
     start: tuple[Tensor, Tensor] | None = None,
+    decomposition: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fit a linear model ``scores = x @ weight + bias`` by L-BFGS, in float64.
 
@@ -90,6 +95,8 @@ def fit_linear(
             default, far below what moves a class score past another.
         start: ``(weight, bias)`` to start from (a fit with a nearby penalty converges in fewer steps); zeros
             by default.
+        decomposition: ``x``'s thin SVD ``(u, s, vh)`` in float64 NumPy (:func:`decompose`), when several fits
+            share ``x``.
 
     Returns:
         ``(weight (D, classes), bias (classes,))`` in float64, on ``x``'s device.
@@ -102,18 +109,20 @@ def fit_linear(
     data = x.detach().double().cpu().numpy()
     labels = y.detach().cpu().numpy()
     n = data.shape[0]
-    # The fit runs on other coordinates, with the same optimum. The optimum lies in the span of the pictures
-    # (the loss's gradient in the weights is x.T @ g, the penalty's l2 * weight), so with x = U S V^T (thin SVD)
-    # weight = V @ (scale * z): (N, classes) unknowns rather than (D, classes) when there are more features than
-    # pictures, and, with scale = 1 / sqrt(s^2 / N + l2), each coordinate's curvature about one.
-    _, singular, vh = np.linalg.svd(data, full_matrices=False)
-    scale = 1.0 / np.sqrt(singular**2 / n + l2)
-    basis = vh.T * scale  # (D, r): weight = basis @ z
-    inputs = data @ basis
-    rank = basis.shape[1]
+    # With more features than pictures the fit runs on other coordinates, with the same optimum. The optimum
+    # lies in the span of the pictures (the loss's gradient in the weights is x.T @ g, the penalty's
+    # l2 * weight), so with x = U S V^T (thin SVD) weight = V @ z: (N, classes) unknowns rather than
+    # (D, classes), the same penalty (V's columns are orthonormal) and the same steps. With fewer than twice as
+    # many features as pictures, the SVD would cost more than it saves (:func:`decompose`).
+    reduced = decomposition if decomposition is not None else decompose(x)
+    if reduced is None:
+        vh, inputs = None, data
+    else:
+        u, singular, vh = reduced
+        inputs = u * singular  # = data @ vh.T
+    rank = inputs.shape[1]
     signs = -np.ones((n, classes))
     signs[np.arange(n), labels] = 1.0
-    penalty = l2 * scale[:, None] ** 2
 
     def loss(flat: np.ndarray) -> tuple[float, np.ndarray]:
         z, bias = flat[: rank * classes].reshape(rank, classes), flat[rank * classes :]
@@ -130,16 +139,32 @@ def fit_linear(
             margin = np.maximum(0.0, 1.0 - signs * scores)
             value = float((margin**2).sum() / n)
             grad = -2.0 * margin * signs / n
-        value += 0.5 * float((penalty * z * z).sum())
-        return value, np.concatenate([(inputs.T @ grad + penalty * z).ravel(), grad.sum(0)])
+        value += 0.5 * l2 * float((z * z).sum())
+        return value, np.concatenate([(inputs.T @ grad + l2 * z).ravel(), grad.sum(0)])
 
     initial = np.zeros(rank * classes + classes)
     if start is not None:
         weight0, bias0 = (t.detach().double().cpu().numpy() for t in start)
-        initial = np.concatenate([((vh @ weight0) / scale[:, None]).ravel(), bias0])
+        initial = np.concatenate([(weight0 if vh is None else vh @ weight0).ravel(), bias0])
     found = minimise(loss, initial, iterations=iterations, tolerance=tolerance)
-    weight = basis @ found[: rank * classes].reshape(rank, classes)
+    weight = found[: rank * classes].reshape(rank, classes)
+    if vh is not None:
+        weight = vh.T @ weight
     return torch.from_numpy(weight).to(x.device), torch.from_numpy(found[rank * classes :].copy()).to(x.device)
+
+
+def decompose(x: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The thin SVD ``(u, s, vh)`` of ``x`` in float64 NumPy, on which :func:`fit_linear` fits.
+
+    None where ``x`` has fewer than twice as many features (columns) as pictures (rows): the SVD would cost more
+    than the smaller problem saves, and the features are fitted on as they are.
+    """
+    import numpy as np
+
+    if x.shape[1] < 2 * x.shape[0]:
+        return None
+    u, singular, vh = np.linalg.svd(x.detach().double().cpu().numpy(), full_matrices=False)
+    return u, singular, vh
 
 
 def minimise(
@@ -183,13 +208,19 @@ def minimise(
             steps.clear()
             direction, slope = -grad, -float(grad @ grad)
         length = 1.0 if steps else min(1.0, 1.0 / float(np.abs(grad).sum()))
+        steepest = float(np.abs(grad).max())
         while True:
             trial = point + length * direction
             trial_value, trial_grad = loss(trial)
-            if trial_value <= value + 1e-4 * length * slope or length < 1e-20:
+            if trial_value <= value + 1e-4 * length * slope:
+                break
+            # Near the optimum the loss changes by less than its rounding: a step that keeps the value (to
+            # rounding) and flattens the gradient is progress all the same.
+            level = trial_value <= value + 1e-14 * max(1.0, abs(value))
+            if (level and float(np.abs(trial_grad).max()) < steepest) or length < 1e-20:
                 break
             length *= 0.5
-        if not trial_value < value:
+        if not (trial_value < value or float(np.abs(trial_grad).max()) < steepest):
             break
         change = trial - point
         turn = trial_grad - grad
@@ -236,7 +267,8 @@ def choose_penalty(x: Tensor, y: Tensor, classes: int, linear: str, folds: int, 
     """The penalty of :data:`PENALTIES` with the best mean class accuracy over ``folds``-fold cross-validation.
 
     Folds are drawn within each class; ties go to the larger penalty (the simpler model). The penalties are
-    tried from the largest down, each fit starting from the one before on the same fold.
+    tried from the largest down, each fit starting from the one before on the same fold, and fitted to
+    :data:`CHOOSING`.
     """
     import torch
 
@@ -248,11 +280,21 @@ def choose_penalty(x: Tensor, y: Tensor, classes: int, linear: str, folds: int, 
     best, best_score = PENALTIES[-1], -math.inf
     held = [(fold == k).to(y.device) for k in range(folds)]
     parts = [standardise(x[~h], x[h]) for h in held]
+    decompositions = [decompose(train) for train, _ in parts]
     fits: list[tuple[Tensor, Tensor] | None] = [None] * folds
     for l2 in reversed(PENALTIES):
         scores = []
         for k, ((train, test), h) in enumerate(zip(parts, held, strict=True)):
-            fits[k] = weight, bias = fit_linear(train, y[~h], classes, linear=linear, l2=l2, start=fits[k])
+            fits[k] = weight, bias = fit_linear(
+                train,
+                y[~h],
+                classes,
+                linear=linear,
+                l2=l2,
+                tolerance=CHOOSING,
+                start=fits[k],
+                decomposition=decompositions[k],
+            )
             scores.append(float(class_accuracies(test @ weight + bias, y[h], classes).mean()))
         score = sum(scores) / folds
         if score > best_score + 1e-12:
