@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 
 import deconvviz as dv
 from deconvviz.analysis.discrimination import (
+    LabelError,
     class_accuracies,
     fit_linear,
     objective,
+    read_labels,
     standardise,
 )
 from deconvviz.cli import app
@@ -314,3 +316,47 @@ def test_per_class_keeps_a_seeded_choice_of_each_class(colours: Path) -> None:
     assert all(sum(p.startswith(c + "/") for p in pictures) == 4 for c in COLOURS)
     assert pictures == again
     assert pictures != other
+
+
+def test_a_labels_file_names_pictures_by_path_or_file_name(colours: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    lines = ["picture\tclass"]  # a header names no picture
+    for c in ("red", "blue"):
+        for i in range(4):
+            (flat / f"{c}{i}.png").write_bytes((colours / c / f"{i}.png").read_bytes())
+            lines.append(f"{c}{i}.png\t{c} things")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("\n".join(lines) + "\n")
+    result = dv.discrimination(flat, MODEL, layers="conv1", labels=labels, splits=1, l2=0.1)
+    assert result.classes == ("blue things", "red things")
+    assert result.counts == (4, 4)
+    mapped = dv.discrimination(flat, MODEL, layers="conv1", labels=read_labels(labels), splits=1, l2=0.1)
+    assert torch.equal(mapped.accuracies["conv1"], result.accuracies["conv1"])
+    # by path relative to the folder, comma-separated, with CSV quoting
+    by_path = tmp_path / "by-path.csv"
+    by_path.write_text("".join(f'{c}/{i}.png,"{c}, {i % 2}"\n' for c in COLOURS for i in range(6)))
+    parity = dv.discrimination(colours, MODEL, layers="conv1", labels=by_path, splits=1, l2=0.1)
+    assert parity.classes == tuple(f"{c}, {p}" for c in COLOURS for p in (0, 1))
+
+    (flat / "stray.png").write_bytes((colours / "red" / "5.png").read_bytes())
+    with pytest.raises(LabelError, match=r"no class for picture 'stray\.png' in the labels; add a line"):
+        dv.discrimination(flat, MODEL, labels=labels)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("a.png,red\nb.png\n")
+    with pytest.raises(LabelError, match="line 2: expected 'picture,class'"):
+        read_labels(broken)
+    with pytest.raises(LabelError, match="does not exist"):
+        read_labels(tmp_path / "missing.csv")
+
+
+def test_the_command_reads_a_labels_file(colours: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{c}/{i}.png,{'warm' if c == 'red' else 'cold'}\n" for c in COLOURS for i in range(6)))
+    out = tmp_path / "out"
+    arguments = ["discrimination", str(colours), "-m", MODEL, "-l", "conv1", "--labels", str(labels), "--splits", "1"]
+    done = CliRunner().invoke(app, [*arguments, "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == {"cold": 12, "warm": 6}
+    assert manifest["arguments"]["labels"] == str(labels)

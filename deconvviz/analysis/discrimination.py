@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -305,12 +306,27 @@ def choose_penalty(x: Tensor, y: Tensor, classes: int, linear: str, folds: int, 
 # --------------------------------------------------------------------------------------------- labels
 
 
-def labels_of(source: ImageSource, data: Any, labels: Sequence[Any] | None) -> list[str]:
+Labels = Sequence[Any] | Mapping[str, Any] | str | os.PathLike[str]
+"""What ``labels=`` takes: one class per picture in order, picture name -> class, or a labels file."""
+
+
+def labels_of(source: ImageSource, data: Any, labels: Labels | None) -> list[str]:
     """Each picture's class: as given, a data set's targets, or the name of the folder the picture lies in.
 
+    Args:
+        source: the pictures.
+        data: what they came from (a data set's ``targets`` and ``classes`` are read).
+        labels: one class per picture, in the pictures' order; a mapping from a picture's name (its path
+            relative to the folder, or its file name) to its class; or a labels file of such pairs
+            (:func:`read_labels`). None: the data set's targets, or the folder each picture lies in.
+
     Raises:
-        LabelError: labels of the wrong length, or a picture in no class folder.
+        LabelError: labels of the wrong length, a picture without a class, or a picture in no class folder.
     """
+    if isinstance(labels, str | os.PathLike):
+        labels = read_labels(labels)
+    if isinstance(labels, Mapping):
+        return _looked_up(source, labels)
     if labels is not None:
         if len(labels) != len(source):
             raise LabelError(f"{len(labels)} labels for {len(source)} pictures; give one label per picture")
@@ -337,6 +353,49 @@ def labels_of(source: ImageSource, data: Any, labels: Sequence[Any] | None) -> l
                 "pictures in a folder named after the class"
             )
         found.append(parts[0])
+    return found
+
+
+def read_labels(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A labels file: one picture and its class a line, separated by a comma or a tab (CSV quoting allowed).
+
+    The picture is named by its path relative to the folder (as the folder lists it) or by its file name;
+    blank lines and lines starting with ``#`` are skipped. A header such as ``picture,class`` names no picture
+    and so does no harm.
+
+    Raises:
+        LabelError: the file cannot be read, or a line is not two fields.
+    """
+    where = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelError(f"labels file {where!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"cannot read labels file {where!r} ({exc}); give a UTF-8 text file") from None
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    delimiter = "\t" if lines and "\t" in lines[0] else ","
+    found: dict[str, str] = {}
+    for number, row in enumerate(csv.reader(lines, delimiter=delimiter), start=1):
+        cells = [cell.strip() for cell in row]
+        if len(cells) != 2 or not all(cells):
+            raise LabelError(
+                f"labels file {where!r}, line {number}: expected 'picture,class', got {delimiter.join(row)!r}"
+            )
+        found[cells[0]] = cells[1]
+    if not found:
+        raise LabelError(f"labels file {where!r} names no pictures; write one 'picture,class' a line")
+    return found
+
+
+def _looked_up(source: ImageSource, labels: Mapping[str, Any]) -> list[str]:
+    """Each picture's class from ``labels``, by its name, else by its file name."""
+    found = []
+    for name in source.names:
+        label = labels.get(name, labels.get(PurePosixPath(name).name))
+        if label is None:
+            raise LabelError(f"no class for picture {name!r} in the labels; add a line '{name},CLASS'")
+        found.append(str(label))
     return found
 
 
@@ -486,7 +545,7 @@ def discrimination(
     model: str | Any = "vgg16",
     *,
     layers: str | Sequence[str] | None = None,
-    labels: Sequence[Any] | None = None,
+    labels: Labels | None = None,
     linear: str = "softmax",
     train: int | None = None,
     per_class: int | None = None,
@@ -505,7 +564,9 @@ def discrimination(
             class: the folder it lies in), or a ``torch.utils.data.Dataset`` of ``(image, target)`` items.
         model: a model name, a loaded model, or a session.
         layers: layer aliases or node names (a list, or comma-separated); default the model's default layers.
-        labels: one class per picture, in the order of the pictures (sorted paths), instead of the folders.
+        labels: instead of the folders: one class per picture, in the order of the pictures (sorted paths); a
+            mapping from a picture's name (path relative to the folder, or file name) to its class; or a labels
+            file of ``picture,class`` lines (:func:`read_labels`).
         linear: ``"softmax"`` (multinomial logistic regression) or ``"svm"`` (linear SVMs, one per class).
         train: training pictures per class in each split; the rest test. Default: half the smallest class.
         per_class: use at most this many pictures of each class (a random choice drawn with ``seed``, the same
@@ -543,7 +604,8 @@ def discrimination(
     if l2 is not None and (isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 > 0 or l2 == math.inf):
         raise AnalysisError(f"the L2 penalty must be a positive number, got {l2!r} (leave it out to cross-validate)")
     source = image_source(data)
-    names = labels_of(source, data, None if labels is None else list(labels))
+    given = labels if labels is None or isinstance(labels, str | os.PathLike | Mapping) else list(labels)
+    names = labels_of(source, data, given)
     classes = tuple(sorted(set(names)))
     if len(classes) < 2:
         raise LabelError(
@@ -666,5 +728,6 @@ __all__ = [
     "fit_linear",
     "labels_of",
     "objective",
+    "read_labels",
     "standardise",
 ]

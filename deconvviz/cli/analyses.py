@@ -479,6 +479,15 @@ def discrimination_command(
         str | None,
         typer.Option("--layers", "-l", help="Comma-separated aliases or node names. Default: the default layers."),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="A file of 'picture,class' lines (picture: its path in DATA or its file name), instead of the "
+            "class folders.",
+            show_default=False,
+        ),
+    ] = None,
     linear: Annotated[
         Linear, typer.Option("--linear", help="softmax (the paper's Softmax) or svm (linear SVMs, one per class).")
     ] = Linear.softmax,
@@ -523,6 +532,7 @@ def discrimination_command(
         with progress_bar("loading the model", _discriminating) as progress:
             options: dict[str, Any] = {
                 "layers": layers,
+                "labels": labels,
                 "linear": linear.value,
                 "train": train,
                 "per_class": per_class,
@@ -535,7 +545,8 @@ def discrimination_command(
             result = deconvviz.discrimination(
                 data, loaded, device=device, batch_size=batch_size, progress=progress, **options
             )
-            folder = result.save(out, arguments={"data": str(data), **model.arguments(), **options})
+            recorded = {**options, "labels": None if labels is None else str(labels)}
+            folder = result.save(out, arguments={"data": str(data), **model.arguments(), **recorded})
         typer.echo(result.table())
         typer.echo(result.summary())
         typer.echo(f"wrote {folder}")
