@@ -15,8 +15,8 @@ test pictures that sit on a decision boundary). Goal: torch / fits >= 1.5 on the
 training pictures each, the size of the digits example) and on the large one (Caltech-101's size: 100 classes,
 30 training pictures each; timed against torch only with ``--torch-large``, which takes a while).
 
-Measured on 2 CPU cores, 2048 features: small 0.40 s against 0.98 s (2.5x), large 4.5 s against 8.4 s (1.9x),
-with the same accuracies.
+Measured on 2 CPU cores, 2048 features: small 0.34-0.40 s against 0.62-0.98 s (1.8-2.5x over four runs),
+large 4.5 s against 8.4 s (1.9x), with the same accuracies.
 
 Usage: ``python benchmarks/discrimination.py [--features 2048] [--torch-large]``
 """
@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from deconvviz.analysis import discrimination as d
+from deconvviz.analysis import discrimination
+from deconvviz.analysis import linear as d
 
 
 def problem(classes: int, per_class: int, features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +100,7 @@ def main() -> None:
     for classes, train, test in ((10, 10, 10), (100, 30, 10)):
         x, y = problem(classes, train + test, args.features)
         started = time.perf_counter()
-        ours, _ = d._scores(x, y, classes, train, 1, "softmax", None, 0)
+        ours, _ = discrimination._scores(x, y, classes, train, 1, "softmax", None, 0)
         fits = time.perf_counter() - started
         name = f"{classes} classes x {train} training pictures"
         if classes <= 10 or args.torch_large:

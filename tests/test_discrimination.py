@@ -13,14 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import deconvviz as dv
-from deconvviz.analysis.discrimination import (
-    LabelError,
-    class_accuracies,
-    fit_linear,
-    objective,
-    read_labels,
-    standardise,
-)
+from deconvviz.analysis.discrimination import LabelError, read_labels
+from deconvviz.analysis.linear import class_accuracies, fit_linear, objective, standardise
 from deconvviz.cli import app
 from deconvviz.io.atomic import MARKER
 

@@ -52,6 +52,8 @@ TOPICS: dict[str, list[str]] = {
         "InvarianceResult",
         "evolution",
         "EvolutionResult",
+        "discrimination",
+        "DiscriminationResult",
         "sanity",
         "SanityResult",
         "check_result_folder",
