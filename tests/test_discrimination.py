@@ -238,6 +238,13 @@ def test_the_result_folder(colours: Path, tmp_path: Path) -> None:
     assert len(rows) == 1 + 2 * 2 * 3
     assert Image.open(folder / "discrimination.png").size[0] > 300
     assert result._repr_png_().startswith(b"\x89PNG")
+    fig, (curve, classes) = result.figure()
+    assert fig.get_size_inches()[0] <= 10.0  # a notebook's width
+    chance = [line.get_ydata()[0] for line in curve.get_lines() if line.get_label() == "chance"]
+    assert chance == [pytest.approx(100 / 3)]
+    cells = np.asarray(classes.get_images()[0].get_array())
+    assert cells.shape == (3, 2)  # classes x layers
+    assert cells[:, 0].tolist() == pytest.approx((100 * result.accuracies["conv1"].mean(0)).tolist())
 
 
 def test_command_line(colours: Path, tmp_path: Path) -> None:
@@ -354,3 +361,28 @@ def test_the_command_reads_a_labels_file(colours: Path, tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == {"cold": 12, "warm": 6}
     assert manifest["arguments"]["labels"] == str(labels)
+
+
+def test_many_classes_are_drawn_as_the_curve_alone() -> None:
+    layers = ("a", "b")
+    classes = tuple(f"class {i}" for i in range(41))
+    accuracies = {layer: torch.full((2, 41), 0.5, dtype=torch.float64) for layer in layers}
+    result = dv.DiscriminationResult(
+        model="m",
+        data="d",
+        classes=classes,
+        counts=(4,) * 41,
+        layers=layers,
+        features=dict.fromkeys(layers, 8),
+        linear="svm",
+        train=2,
+        grid=2,
+        seed=0,
+        accuracies=accuracies,
+        penalties=dict.fromkeys(layers, (1.0, 1.0)),
+    )
+    _, (curve, per_class) = result.figure()
+    assert per_class is None
+    assert curve.get_lines()
+    assert result.table().splitlines()[2].split()[:3] == ["a", "8", "50.0"]
+    assert result.best == "a"  # the shallowest of equals

@@ -275,22 +275,30 @@ def sanity_figure(
 
 
 def discrimination_figure(result: DiscriminationResult, *, size: float | None = None) -> tuple[Figure, Any]:
-    """Held-out accuracy per layer (the paper's Table 7 as a curve): mean ± std over the splits, and chance.
+    """Held-out accuracy per layer (the paper's Table 7 as a curve), and each class's beside it.
+
+    Left: the score per layer, mean ± std over the splits, against chance. Right, for up to
+    :data:`CLASSES_SHOWN` classes: each class's accuracy per layer (averaged over the splits) as a grid of
+    cells, which shows the classes that need depth and those any layer tells apart.
 
     Args:
         result: the discrimination result.
-        size: the plot's height in inches; default 3.2 (its width follows the number of layers, up to
-            :data:`~deconvviz.viz.wrap.WIDTH`).
+        size: the plots' height in inches; default 3.2, or taller for many classes (the width follows the
+            number of layers, up to :data:`~deconvviz.viz.wrap.WIDTH`).
 
     Returns:
-        ``(figure, axis)``.
+        ``(figure, axes)``: the curve's axis, and the classes' axis (None when there are too many classes).
     """
     from deconvviz.viz.canvas import Figure
 
-    height = 3.2 if size is None else size
-    width = min(WIDTH, max(4.5, 1.1 + 0.75 * len(result.layers)))
-    fig = Figure(figsize=(width, height))
-    ax = fig.subplots()
+    count = len(result.classes)
+    per_class = count <= CLASSES_SHOWN
+    height = size if size is not None else max(3.2, 0.9 + 0.17 * count) if per_class else 3.2
+    curve = min(WIDTH, max(4.5, 1.1 + 0.75 * len(result.layers)))
+    grid = 1.3 + 0.42 * len(result.layers) if per_class else 0.0
+    fig = Figure(figsize=(min(WIDTH, curve + grid), height))
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [curve, grid]}) if per_class else [fig.subplots()]
+    ax = axes[0]
     x = np.arange(len(result.layers))
     means = np.array([100 * result.mean(layer) for layer in result.layers])
     stds = np.array([100 * result.std(layer) for layer in result.layers])
@@ -306,10 +314,33 @@ def discrimination_figure(result: DiscriminationResult, *, size: float | None = 
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(
-        f"{result.model}: a {name} on each layer's features\n{len(result.classes)} classes, {result.train} training "
+    ax.set_title(f"mean over the {count} classes", fontsize=8)
+    classes_axis = None
+    if per_class:
+        classes_axis = axes[1]
+        table = np.array(
+            [[100 * float(result.accuracies[layer][:, c].mean()) for layer in result.layers] for c in range(count)]
+        )
+        classes_axis.imshow(table, cmap="viridis", vmin=0, vmax=100, aspect="auto", interpolation="nearest")
+        if count <= 15:
+            for (r, c), value in np.ndenumerate(table):
+                colour = "black" if value > 60 else "white"
+                classes_axis.text(c, r, f"{value:.0f}", ha="center", va="center", fontsize=6.5, color=colour)
+        classes_axis.set_xticks(x, result.layers, fontsize=7, rotation=90)
+        classes_axis.set_yticks(np.arange(count), [_shortened(n) for n in result.classes], fontsize=7)
+        classes_axis.set_title("each class (%)", fontsize=8)
+    fig.suptitle(
+        f"{result.model}: a {name} on each layer's features, {count} classes, {result.train} training "
         f"pictures each, {result.splits} split{'s' if result.splits != 1 else ''}",
         fontsize=9,
     )
     fig.tight_layout()
-    return fig, ax
+    return fig, (ax, classes_axis)
+
+
+CLASSES_SHOWN = 40
+"""The most classes whose accuracies the discrimination figure shows one by one."""
+
+
+def _shortened(name: str, most: int = 18) -> str:
+    return name if len(name) <= most else name[: most - 1] + "…"
