@@ -1,9 +1,9 @@
 """The shape every analysis result shares: a frozen dataclass with a figure, a saved folder and a manifest.
 
-An analysis (occlusion, correspondence, invariance, evolution, sanity) is a function that takes a model, its
-input(s) and options and returns a result. Results are data: detached CPU tensors, numbers and metadata.
-They know how to draw themselves only through a plotting function imported when ``figure()`` is called, so
-importing a result never imports matplotlib.
+An analysis (occlusion, correspondence, invariance, evolution, discrimination, sanity) is a function that
+takes a model, its input(s) and options and returns a result. Results are data: detached CPU tensors, numbers
+and metadata. They know how to draw themselves only through a plotting function imported when ``figure()`` is
+called, so importing a result never imports matplotlib.
 
 A result class subclasses :class:`AnalysisResult` (as a frozen dataclass) and provides:
 

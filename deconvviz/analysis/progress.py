@@ -1,7 +1,8 @@
 """How an analysis reports its progress: one callback shape for all of them.
 
 Every analysis (:func:`~deconvviz.sanity`, :func:`~deconvviz.invariance`, :func:`~deconvviz.evolution`,
-:func:`~deconvviz.occlusion`, :func:`~deconvviz.correspondence`) takes ``progress=``, either
+:func:`~deconvviz.occlusion`, :func:`~deconvviz.correspondence`, :func:`~deconvviz.discrimination`) takes
+``progress=``, either
 
 * a callable ``progress(done, total, what)``: called once with ``done == 0`` before the work starts, then after
   each step, with the same ``total`` every time (the number of steps is known before the first) and ``done``
