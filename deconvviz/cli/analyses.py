@@ -469,8 +469,8 @@ def discrimination_command(
         Path,
         typer.Argument(
             metavar="DATA",
-            help="A folder with one sub-folder of pictures per class (or a text file of picture paths, each "
-            "picture's class being the folder it lies in).",
+            help="A folder with one sub-folder of pictures per class, any folder of pictures with --labels, or a "
+            "text file of picture paths (each picture's class: the folder it lies in).",
             show_default=False,
         ),
     ],
