@@ -322,7 +322,8 @@ def discrimination(
             on every run); default all. The paper trains on 15 to 60 and tests on up to 50 per class.
         splits: how many random train / test splits the score is averaged over.
         grid: each feature map is averaged over ``grid x grid`` cells (1: one number per channel).
-        l2: the L2 penalty; default chosen per split by 3-fold cross-validation on the training pictures.
+        l2: the L2 penalty; default chosen per split by cross-validation on the training pictures (3 folds, or
+            2 with 2 training pictures per class; with one, which leaves nothing to cross-validate, 0.01).
         seed: the seed of the splits and of the cross-validation folds.
         batch_size: pictures per forward pass.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, when ``model`` is a name.
