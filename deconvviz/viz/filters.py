@@ -8,8 +8,8 @@ is output channel ``i``).
 The paper also reads what is wrong with a first layer off its filters (Section 4.1, Fig. 6): "a mix of
 extremely high and low frequency information, with little coverage of the mid frequencies", "dead" filters,
 and, from the large stride, aliasing in the layer above. :meth:`Filters.summary` measures the same: each
-filter's norm against the median (dead, or dominating), its mean spatial frequency (power-weighted, over its
-zero-padded Fourier transform, the colour channels' power summed), and the share of the filters' power above
+filter's norm against the median (dead, or dominating), its peak spatial frequency (where the power of its
+zero-padded Fourier transform, the colour channels' summed, is highest), and the share of the filters' power above
 the Nyquist frequency of the convolution's stride, which the stride folds back onto lower frequencies.
 """
 
@@ -120,16 +120,20 @@ class Filters:
 
     def aliased(self) -> Tensor:
         """Each filter's share of power above the Nyquist frequency of the stride (0 at stride 1; NaN for zero)."""
-        power, fy, fx = self.power()
-        above = (fy.abs() > 0.5 / self.stride[0])[:, None] | (fx.abs() > 0.5 / self.stride[1])[None, :]
-        return (power * above).sum((1, 2)) / power.sum((1, 2))
+        power, folded = self._folded()
+        return folded.sum((1, 2)) / power.sum((1, 2))
 
     def aliasing(self) -> float:
         """The share of all the filters' power above the Nyquist frequency of the stride."""
+        power, folded = self._folded()
+        total = float(power.sum())
+        return float(folded.sum()) / total if total > 0 else 0.0
+
+    def _folded(self) -> tuple[Tensor, Tensor]:
+        """:meth:`power`, and the part of it above the Nyquist frequency of the stride along either axis."""
         power, fy, fx = self.power()
         above = (fy.abs() > 0.5 / self.stride[0])[:, None] | (fx.abs() > 0.5 / self.stride[1])[None, :]
-        total = float(power.sum())
-        return float((power * above).sum()) / total if total > 0 else 0.0
+        return power, power * above
 
     def summary(self) -> str:
         """What the paper reads off a first layer (Fig. 6), in one line: ``64 filters: `` and :meth:`diagnosis`."""
