@@ -35,7 +35,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
-from deconvviz.analysis.linear import LINEAR, choose_penalty, class_accuracies, fit_linear, standardise
+from deconvviz.analysis.linear import (
+    LINEAR,
+    choose_penalty,
+    class_accuracies,
+    fit_linear,
+    shuffled_classes,
+    standardise,
+)
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.graph import evaluating
 from deconvviz.core.layers import choose_layers
@@ -366,12 +373,8 @@ def discrimination(
     y = torch.tensor([index[name] for name in names])
     if per_class is not None:
         _positive("per class", per_class)
-        generator = torch.Generator().manual_seed(seed)
-        keep: list[int] = []
-        for c in range(len(classes)):
-            members = (y == c).nonzero().flatten()
-            keep += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
-        keep.sort()
+        drawn = shuffled_classes(y, len(classes), torch.Generator().manual_seed(seed))
+        keep = sorted(i for members in drawn for i in members[:per_class].tolist())
         source, y = source.subset(keep), y[keep]
     counts = tuple(int((y == c).sum()) for c in range(len(classes)))
     smallest = min(counts)
@@ -438,9 +441,8 @@ def _scores(
     for split in range(splits):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + split)
         learn = torch.zeros(len(y), dtype=torch.bool)
-        for c in range(classes):
-            members = (y == c).nonzero().flatten()
-            learn[members[torch.randperm(len(members), generator=generator)[:train]]] = True
+        for members in shuffled_classes(y, classes, generator):
+            learn[members[:train]] = True
         penalty = l2
         if penalty is None:
             folds = min(3, train)

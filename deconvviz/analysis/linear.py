@@ -228,6 +228,20 @@ def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     return [(t.double() - mean) / std for t in (train, *others)]
 
 
+def shuffled_classes(y: Tensor, classes: int, generator: Any) -> list[Tensor]:
+    """Each class's members (indices into ``y``, on the CPU) in a random order drawn with ``generator``.
+
+    Classes in index order: the one draw behind the splits, the folds and a choice of pictures per class.
+    """
+    import torch
+
+    shuffled = []
+    for c in range(classes):
+        members = (y == c).nonzero().flatten().cpu()
+        shuffled.append(members[torch.randperm(len(members), generator=generator)])
+    return shuffled
+
+
 def choose_penalty(x: Tensor, y: Tensor, classes: int, linear: str, folds: int, generator: Any) -> float:
     """The penalty of :data:`PENALTIES` with the best mean class accuracy over ``folds``-fold cross-validation.
 
@@ -238,9 +252,7 @@ def choose_penalty(x: Tensor, y: Tensor, classes: int, linear: str, folds: int, 
     import torch
 
     fold = torch.empty(len(y), dtype=torch.long)
-    for c in range(classes):
-        members = (y == c).nonzero().flatten().cpu()
-        order = members[torch.randperm(len(members), generator=generator)]
+    for order in shuffled_classes(y, classes, generator):
         fold[order] = torch.arange(len(order)) % folds
     best, best_score = PENALTIES[-1], -math.inf
     held = [(fold == k).to(y.device) for k in range(folds)]
@@ -277,5 +289,6 @@ __all__ = [
     "fit_linear",
     "minimise",
     "objective",
+    "shuffled_classes",
     "standardise",
 ]
