@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -386,3 +387,5 @@ def test_many_classes_are_drawn_as_the_curve_alone() -> None:
     assert curve.get_lines()
     assert result.table().splitlines()[2].split()[:3] == ["a", "8", "50.0"]
     assert result.best == "a"  # the shallowest of equals
+    assert result.setting == "41 classes, 2 training pictures each"
+    assert dataclasses.replace(result, train=1).setting == "41 classes, 1 training picture each"

@@ -198,6 +198,11 @@ class DiscriminationResult(AnalysisResult):
         return int(self.accuracies[self.layers[0]].shape[0])
 
     @property
+    def setting(self) -> str:
+        """``10 classes, 10 training pictures each``: what the table and the figure say the score is over."""
+        return f"{len(self.classes)} classes, {self.train} training picture{'s' if self.train != 1 else ''} each"
+
+    @property
     def chance(self) -> float:
         """The accuracy of guessing: one over the number of classes."""
         return 1.0 / len(self.classes)
@@ -234,7 +239,7 @@ class DiscriminationResult(AnalysisResult):
         ]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
-        chance = f"chance {100 * self.chance:.1f} %: {len(self.classes)} classes, {self.train} training pictures each"
+        chance = f"chance {100 * self.chance:.1f} %: {self.setting}"
         return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], chance])
 
     def summary(self) -> str:

@@ -330,8 +330,8 @@ def discrimination_figure(result: DiscriminationResult, *, size: float | None = 
         classes_axis.set_yticks(np.arange(count), [_shortened(n) for n in result.classes], fontsize=7)
         classes_axis.set_title("each class (%)", fontsize=8)
     fig.suptitle(
-        f"{result.model}: a {name} on each layer's features, {count} classes, {result.train} training "
-        f"pictures each, {result.splits} split{'s' if result.splits != 1 else ''}",
+        f"{result.model}: a {name} on each layer's features, {result.setting}, "
+        f"{result.splits} split{'s' if result.splits != 1 else ''}",
         fontsize=9,
     )
     fig.tight_layout()
