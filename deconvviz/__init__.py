@@ -77,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "load_parts": "deconvviz.analysis.correspondence",
     "discrimination": "deconvviz.analysis.discrimination",
     "DiscriminationResult": "deconvviz.analysis.discrimination",
+    "DiscriminationCurve": "deconvviz.analysis.discrimination",
     "explore": "deconvviz.explore.server",
     "filters": "deconvviz.viz.filters",
     "Filters": "deconvviz.viz.filters",
@@ -92,6 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from deconvviz.analysis.correspondence import CorrespondenceResult as CorrespondenceResult
     from deconvviz.analysis.correspondence import correspondence as correspondence
     from deconvviz.analysis.correspondence import load_parts as load_parts
+    from deconvviz.analysis.discrimination import DiscriminationCurve as DiscriminationCurve
     from deconvviz.analysis.discrimination import DiscriminationResult as DiscriminationResult
     from deconvviz.analysis.discrimination import discrimination as discrimination
     from deconvviz.analysis.evolution import EvolutionResult as EvolutionResult

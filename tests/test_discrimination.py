@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import deconvviz as dv
-from deconvviz.analysis.discrimination import LabelError, read_labels
+from deconvviz.analysis.labels import LabelError, read_labels
 from deconvviz.analysis.linear import class_accuracies, fit_linear, objective, standardise
 from deconvviz.cli import app
 from deconvviz.io.atomic import MARKER
@@ -389,3 +389,85 @@ def test_many_classes_are_drawn_as_the_curve_alone() -> None:
     assert result.best == "a"  # the shallowest of equals
     assert result.setting == "41 classes, 2 training pictures each"
     assert dataclasses.replace(result, train=1).setting == "41 classes, 1 training picture each"
+
+
+def test_a_curve_tests_every_size_on_the_same_pictures(colours: Path) -> None:
+    options = {"layers": "conv1,conv3", "splits": 2, "linear": "svm"}
+    curve = dv.discrimination(colours, MODEL, train=[3, 1, 1, 2], **options)  # type: ignore[arg-type]
+    assert isinstance(curve, dv.DiscriminationCurve)
+    assert curve.sizes == (1, 2, 3)
+    assert curve.tested == (3, 3, 3)
+    assert [r.train for r in curve.results] == [1, 2, 3]
+    # the largest size is the single run of that size (the same splits, folds and penalties) ...
+    single = dv.discrimination(colours, MODEL, train=3, **options)  # type: ignore[arg-type]
+    for layer in curve.layers:
+        assert torch.equal(curve.result(3).accuracies[layer], single.accuracies[layer])
+        assert curve.result(3).penalties[layer] == single.penalties[layer]
+    # ... and every size is tested on the 3 pictures per class beyond it: accuracies in thirds, where a single run
+    # with one training picture tests on five
+    for result in curve.results:
+        thirds = 3 * result.accuracies["conv1"]
+        assert torch.equal(thirds, thirds.round())
+    fifths = 5 * dv.discrimination(colours, MODEL, train=1, **options).accuracies["conv1"]  # type: ignore[arg-type]
+    assert torch.equal(fifths, fifths.round())
+    with pytest.raises(dv.DeconvVizError, match="no result with 4 training pictures per class; the sizes are 1,2,3"):
+        curve.result(4)
+
+
+def test_a_curve_s_table_files_and_figure(colours: Path, tmp_path: Path) -> None:
+    curve = dv.discrimination(colours, MODEL, layers="conv1,conv3", train=[1, 2], splits=2, l2=0.1)
+    lines = curve.table().splitlines()
+    assert lines[0] == "Softmax accuracy % by training pictures per class"
+    assert lines[1].split() == ["layer", "features", "1", "2"]
+    assert lines[3].split()[:3] == ["conv1", "16", f"{100 * curve.result(1).mean('conv1'):.1f}"]
+    assert lines[-1] == "chance 33.3 %: 3 classes, every size tested on the same 4 pictures per class"
+    assert curve.summary().startswith("1 training picture per class: conv")
+    folder = curve.save(tmp_path / "curve")
+    rows = (folder / "accuracy.csv").read_text().splitlines()
+    assert rows[0] == "train,layer,split,class,accuracy,l2"
+    assert len(rows) == 1 + 2 * 2 * 2 * 3  # sizes x layers x splits x classes
+    assert rows[1].startswith("1,conv1,0,blue,")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["kind"] == "discrimination-curve"
+    assert manifest["train_per_class"] == [1, 2]
+    assert manifest["tested_per_class"] == {"blue": 4, "green": 4, "red": 4}
+    assert manifest["layers"]["conv3"]["mean"] == [curve.result(n).mean("conv3") for n in (1, 2)]
+    _fig, ax = curve.figure()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["conv1", "conv3", "chance"]
+    drawn = next(c for c in ax.containers if c.get_label() == "conv3")
+    assert drawn.lines[0].get_ydata().tolist() == pytest.approx([100 * curve.result(n).mean("conv3") for n in (1, 2)])
+    assert curve._repr_png_().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ([1, 6], "--train 1,6 leaves none to test beyond 6; give --train 5 or fewer"),
+        ([], "train must name one size or more"),
+        ([0, 2], "each training size must be a positive whole number, got 0"),
+        ("2", "train must be a positive whole number, got '2'"),
+    ],
+)
+def test_bad_training_sizes_are_one_clear_error(colours: Path, train: object, message: str) -> None:
+    with pytest.raises(dv.DeconvVizError) as caught:
+        dv.discrimination(colours, MODEL, train=train)  # type: ignore[call-overload]
+    assert message in str(caught.value)
+
+
+def test_the_command_draws_a_curve(colours: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    runner = CliRunner()
+    arguments = ["discrimination", str(colours), "-m", MODEL, "-l", "conv1", "--splits", "1", "--l2", "0.1"]
+    done = runner.invoke(app, [*arguments, "--train", "1,3", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0] == "Softmax accuracy % by training pictures per class"
+    assert lines[-2].startswith("1 training picture per class: conv1 ")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arguments"]["train"] == [1, 3]
+    for bad in ("0", "1,x", ""):
+        failed = runner.invoke(app, [*arguments, "--train", bad, "-o", str(tmp_path / "bad")])
+        assert failed.exit_code == 2, failed.output
+        assert "--train takes training pictures per class" in failed.output
+        assert len(failed.output.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists()

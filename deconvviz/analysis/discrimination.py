@@ -31,10 +31,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.labels import LabelError, Labels, labels_of
 from deconvviz.analysis.linear import (
     LINEAR,
     choose_penalty,
@@ -51,111 +51,6 @@ from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
-
-    from deconvviz.io.sources import ImageSource
-
-
-class LabelError(AnalysisError):
-    """Pictures whose classes cannot be told, or too few pictures per class to train and test."""
-
-
-# --------------------------------------------------------------------------------------------- labels
-
-
-Labels = Sequence[Any] | Mapping[str, Any] | str | os.PathLike[str]
-"""What ``labels=`` takes: one class per picture in order, picture name -> class, or a labels file."""
-
-
-def labels_of(source: ImageSource, data: Any, labels: Labels | None) -> list[str]:
-    """Each picture's class: as given, a data set's targets, or the name of the folder the picture lies in.
-
-    Args:
-        source: the pictures.
-        data: what they came from (a data set's ``targets`` and ``classes`` are read).
-        labels: one class per picture, in the pictures' order; a mapping from a picture's name (its path
-            relative to the folder, or its file name) to its class; or a labels file of such pairs
-            (:func:`read_labels`). None: the data set's targets, or the folder each picture lies in.
-
-    Raises:
-        LabelError: labels of the wrong length, a picture without a class, or a picture in no class folder.
-    """
-    if isinstance(labels, str | os.PathLike):
-        labels = read_labels(labels)
-    if isinstance(labels, Mapping):
-        return _looked_up(source, labels)
-    if labels is not None:
-        if len(labels) != len(source):
-            raise LabelError(f"{len(labels)} labels for {len(source)} pictures; give one label per picture")
-        return [str(label) for label in labels]
-    if source.paths is None:  # a data set: its targets
-        targets = getattr(data, "targets", None)
-        if targets is None:
-            items = (data[i] for i in range(len(source)))
-            targets = [item[1] if isinstance(item, tuple | list) and len(item) > 1 else None for item in items]
-        if any(t is None for t in targets):
-            raise LabelError(
-                "the data set's items carry no class: give (image, target) items, a .targets list, or labels="
-            )
-        names = getattr(data, "classes", None)
-        return [str(names[int(t)]) if names is not None else str(int(t)) for t in targets]
-    if not Path(source.description).is_dir():  # a list of paths: the folder each picture lies in
-        return [path.parent.name for path in source.paths]
-    found = []
-    for name in source.names:
-        parts = PurePosixPath(name).parts
-        if len(parts) < 2:
-            raise LabelError(
-                f"picture {name!r} lies at the top of {source.description!r}, in no class: put each class's "
-                "pictures in a folder named after the class"
-            )
-        found.append(parts[0])
-    return found
-
-
-def read_labels(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A labels file: one picture and its class a line, separated by a comma or a tab (CSV quoting allowed).
-
-    The picture is named by its path relative to the folder (as the folder lists it) or by its file name;
-    blank lines and lines starting with ``#`` are skipped. A header such as ``picture,class`` names no picture
-    and so does no harm.
-
-    Raises:
-        LabelError: the file cannot be read, or a line is not two fields.
-    """
-    where = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LabelError(f"labels file {where!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelError(f"cannot read labels file {where!r} ({exc}); give a UTF-8 text file") from None
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    delimiter = "\t" if lines and "\t" in lines[0] else ","
-    found: dict[str, str] = {}
-    for number, row in enumerate(csv.reader(lines, delimiter=delimiter), start=1):
-        cells = [cell.strip() for cell in row]
-        if len(cells) != 2 or not all(cells):
-            raise LabelError(
-                f"labels file {where!r}, line {number}: expected 'picture,class', got {delimiter.join(row)!r}"
-            )
-        found[cells[0]] = cells[1]
-    if not found:
-        raise LabelError(f"labels file {where!r} names no pictures; write one 'picture,class' a line")
-    return found
-
-
-def _looked_up(source: ImageSource, labels: Mapping[str, Any]) -> list[str]:
-    """Each picture's class from ``labels``, by its name, else by its file name."""
-    found = []
-    for name in source.names:
-        label = labels.get(name, labels.get(PurePosixPath(name).name))
-        if label is None:
-            raise LabelError(f"no class for picture {name!r} in the labels; add a line '{name},CLASS'")
-        found.append(str(label))
-    return found
-
-
-# --------------------------------------------------------------------------------------------- result
 
 
 @dataclass(frozen=True)
@@ -298,9 +193,144 @@ def _penalty(values: Sequence[float]) -> str:
     return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
+@dataclass(frozen=True)
+class DiscriminationCurve(AnalysisResult):
+    """The paper's Fig. 9 for one model: held-out accuracy per layer as the training pictures per class grow.
+
+    In each split every size is tested on the same pictures (each class's pictures beyond the largest size),
+    and a smaller size trains on the first of the larger size's training pictures, so that the sizes differ in
+    the training pictures alone.
+
+    Attributes:
+        results: one :class:`DiscriminationResult` per training size, smallest first.
+    """
+
+    kind: ClassVar[str] = "discrimination-curve"
+
+    results: tuple[DiscriminationResult, ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The training pictures per class, smallest first."""
+        return tuple(result.train for result in self.results)
+
+    @property
+    def first(self) -> DiscriminationResult:
+        """The result of the smallest size (model, data, classes, layers and options are the same in all)."""
+        return self.results[0]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The layers, shallow to deep as given."""
+        return self.first.layers
+
+    @property
+    def chance(self) -> float:
+        """The accuracy of guessing: one over the number of classes."""
+        return self.first.chance
+
+    @property
+    def tested(self) -> tuple[int, ...]:
+        """The test pictures of each class in each split (the same for every size)."""
+        return tuple(count - self.sizes[-1] for count in self.first.counts)
+
+    @property
+    def setting(self) -> str:
+        """``10 classes, each size tested on the same 10-15 pictures per class``: what the score is over."""
+        low, high = min(self.tested), max(self.tested)
+        many = f"{low}" if low == high else f"{low}-{high}"
+        return f"{len(self.first.classes)} classes, every size tested on the same {many} pictures per class"
+
+    def result(self, train: int) -> DiscriminationResult:
+        """The result with ``train`` training pictures per class.
+
+        Raises:
+            AnalysisError: a size that was not run.
+        """
+        for result in self.results:
+            if result.train == train:
+                return result
+        raise AnalysisError(f"no result with {train} training pictures per class; the sizes are {_listed(self.sizes)}")
+
+    def table(self) -> str:
+        """One row per layer: features, then the accuracy mean ± std over the splits (in %) at each size."""
+        name = "Softmax" if self.first.linear == "softmax" else "SVM"
+        head = ["layer", "features", *(str(n) for n in self.sizes)]
+        body = [
+            [
+                layer,
+                str(self.first.features[layer]),
+                *(f"{100 * r.mean(layer):.1f} ± {100 * r.std(layer):.1f}" for r in self.results),
+            ]
+            for layer in self.layers
+        ]
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
+        return "\n".join(
+            [
+                f"{name} accuracy % by training pictures per class",
+                lines[0],
+                "  ".join("-" * w for w in widths),
+                *lines[1:],
+                f"chance {100 * self.chance:.1f} %: {self.setting}",
+            ]
+        )
+
+    def summary(self) -> str:
+        """One line: the best layer and its score at the smallest and the largest size, against chance."""
+        low, high = self.results[0], self.results[-1]
+        return (
+            f"{low.train} training picture{'s' if low.train != 1 else ''} per class: {low.best} "
+            f"{100 * low.mean(low.best):.1f} %; {high.train}: {high.best} {100 * high.mean(high.best):.1f} % "
+            f"(chance {100 * self.chance:.1f} %)"
+        )
+
+    def to_csv(self) -> str:
+        """Every class's accuracy: ``train,layer,split,class,accuracy,l2``."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["train", "layer", "split", "class", "accuracy", "l2"])
+        for result in self.results:
+            for row in csv.reader(io.StringIO(result.to_csv())):
+                if row[0] != "layer":
+                    writer.writerow([result.train, *row])
+        return buffer.getvalue()
+
+    def _files(self) -> dict[str, bytes]:
+        return {
+            "table.txt": (self.table() + "\n").encode("utf-8"),
+            "accuracy.csv": self.to_csv().encode("utf-8"),
+            "discrimination.png": figure_bytes(self.figure()[0]),
+        }
+
+    def _manifest(self) -> dict[str, Any]:
+        first = self.first._manifest()
+        return {
+            **{key: first[key] for key in ("model", "data", "classes", "linear", "splits", "grid", "seed", "chance")},
+            "train_per_class": list(self.sizes),
+            "tested_per_class": dict(zip(self.first.classes, self.tested, strict=True)),
+            "layers": {
+                layer: {
+                    "features": self.first.features[layer],
+                    "mean": [r.mean(layer) for r in self.results],
+                    "std": [r.std(layer) for r in self.results],
+                    "l2": [list(r.penalties[layer]) for r in self.results],
+                }
+                for layer in self.layers
+            },
+            "best": {str(r.train): r.best for r in self.results},
+            "files": first["files"],
+        }
+
+
+def _listed(sizes: Sequence[int]) -> str:
+    return ",".join(str(n) for n in sizes)
+
+
 # ------------------------------------------------------------------------------------------- analysis
 
 
+@overload
 def discrimination(
     data: Any,
     model: str | Any = "vgg16",
@@ -317,8 +347,50 @@ def discrimination(
     batch_size: int = 16,
     device: str | None = "auto",
     progress: ProgressOption = None,
-) -> DiscriminationResult:
+) -> DiscriminationResult: ...
+
+
+@overload
+def discrimination(
+    data: Any,
+    model: str | Any = "vgg16",
+    *,
+    layers: str | Sequence[str] | None = None,
+    labels: Labels | None = None,
+    linear: str = "softmax",
+    train: Sequence[int],
+    per_class: int | None = None,
+    splits: int = 5,
+    grid: int = 2,
+    l2: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | None = "auto",
+    progress: ProgressOption = None,
+) -> DiscriminationCurve: ...
+
+
+def discrimination(
+    data: Any,
+    model: str | Any = "vgg16",
+    *,
+    layers: str | Sequence[str] | None = None,
+    labels: Labels | None = None,
+    linear: str = "softmax",
+    train: int | Sequence[int] | None = None,
+    per_class: int | None = None,
+    splits: int = 5,
+    grid: int = 2,
+    l2: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | None = "auto",
+    progress: ProgressOption = None,
+) -> DiscriminationResult | DiscriminationCurve:
     """How well a linear model on each layer's features tells labelled pictures apart (the paper's Table 7).
+
+    With several training sizes (``train=[1, 5, 10]``) the result is the paper's Fig. 9 instead: how the
+    accuracy at each layer grows with the training pictures per class, every size tested on the same pictures.
 
     Args:
         data: a folder with one sub-folder of pictures per class, a text file of picture paths (each picture's
@@ -329,7 +401,9 @@ def discrimination(
             mapping from a picture's name (path relative to the folder, or file name) to its class; or a labels
             file of ``picture,class`` lines (:func:`read_labels`).
         linear: ``"softmax"`` (multinomial logistic regression) or ``"svm"`` (linear SVMs, one per class).
-        train: training pictures per class in each split; the rest test. Default: half the smallest class.
+        train: training pictures per class in each split; the rest test. Default: half the smallest class. A
+            list of sizes gives a :class:`DiscriminationCurve`, each split testing every size on the pictures
+            beyond the largest.
         per_class: use at most this many pictures of each class (a random choice drawn with ``seed``, the same
             on every run); default all. The paper trains on 15 to 60 and tests on up to 50 per class.
         splits: how many random train / test splits the score is averaged over.
@@ -343,7 +417,7 @@ def discrimination(
             (``"fitting at LAYER"``); ``"bar"``; or None.
 
     Returns:
-        The :class:`DiscriminationResult`.
+        The :class:`DiscriminationResult`, or with a list of sizes the :class:`DiscriminationCurve`.
 
     Raises:
         LabelError: pictures in no class folder, fewer than two classes, a class too small to train and test.
@@ -361,8 +435,7 @@ def discrimination(
     _positive("splits", splits)
     _positive("grid", grid)
     _positive("batch size", batch_size)
-    if train is not None:
-        _positive("train", train)
+    sizes = _train_sizes(train)
     if l2 is not None and (isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 > 0 or l2 == math.inf):
         raise AnalysisError(f"the L2 penalty must be a positive number, got {l2!r} (leave it out to cross-validate)")
     source = image_source(data)
@@ -388,11 +461,12 @@ def discrimination(
             f"class {classes[counts.index(smallest)]!r} has one picture; each class needs two or more, one to train "
             "and one to test"
         )
-    training = max(1, smallest // 2) if train is None else train
-    if training >= smallest:
+    sizes = sizes or (max(1, smallest // 2),)
+    if sizes[-1] >= smallest:
+        beyond = "" if len(sizes) == 1 else f" beyond {sizes[-1]}"
         raise LabelError(
-            f"class {classes[counts.index(smallest)]!r} has {smallest} pictures: --train {training} leaves none to "
-            f"test; give --train {smallest - 1} or fewer, or more pictures"
+            f"class {classes[counts.index(smallest)]!r} has {smallest} pictures: --train {_listed(sizes)} leaves "
+            f"none to test{beyond}; give --train {smallest - 1} or fewer, or more pictures"
         )
 
     current = session(model, device=device)
@@ -412,51 +486,106 @@ def discrimination(
                     kept[layer].append(_pooled(value, grid).float().cpu())
                 report(stop, steps, source.names[stop - 1])
 
-        accuracies: dict[str, Tensor] = {}
-        penalties: dict[str, tuple[float, ...]] = {}
+        fits: dict[int, dict[str, tuple[Tensor, tuple[float, ...]]]] = {n: {} for n in sizes}
         features: dict[str, int] = {}
         for done, layer in enumerate(chosen, start=1):
             x = torch.cat(kept.pop(layer))
             features[layer] = int(x.shape[1])
-            accuracies[layer], penalties[layer] = _scores(x, y, len(classes), training, splits, linear, l2, seed)
+            for n, scored in _scores(x, y, len(classes), sizes, splits, linear, l2, seed).items():
+                fits[n][layer] = scored
             report(len(source) + done, steps, f"fitting at {layer}")
-    return DiscriminationResult(
-        model=current.name,
-        data=source.description,
-        classes=classes,
-        counts=counts,
-        layers=tuple(chosen),
-        features=features,
-        linear=linear,
-        train=training,
-        grid=grid,
-        seed=seed,
-        accuracies=accuracies,
-        penalties=penalties,
+    results = tuple(
+        DiscriminationResult(
+            model=current.name,
+            data=source.description,
+            classes=classes,
+            counts=counts,
+            layers=tuple(chosen),
+            features=features,
+            linear=linear,
+            train=n,
+            grid=grid,
+            seed=seed,
+            accuracies={layer: accuracy for layer, (accuracy, _) in fits[n].items()},
+            penalties={layer: used for layer, (_, used) in fits[n].items()},
+        )
+        for n in sizes
     )
+    return results[0] if train is None or isinstance(train, int) else DiscriminationCurve(results)
+
+
+def train_sizes(text: str) -> int | list[int]:
+    """``--train``: one size (``"10"``), or several for a curve (``"1,5,10"``).
+
+    Raises:
+        AnalysisError: anything but positive whole numbers.
+    """
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(value < 1 for value in values):
+        raise AnalysisError(
+            f"--train takes training pictures per class, a positive whole number or several comma-separated "
+            f"(1,5,10), got {text!r}"
+        )
+    return values[0] if len(values) == 1 else values
+
+
+def _train_sizes(train: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The training sizes, smallest first, each once (empty: the default)."""
+    if train is None:
+        return ()
+    if isinstance(train, str) or not isinstance(train, Sequence):
+        _positive("train", train)
+        return (int(train),)
+    if not train:
+        raise AnalysisError("train must name one size or more, e.g. [1, 5, 10]")
+    for value in train:
+        _positive("each training size", value)
+    return tuple(sorted(set(train)))
 
 
 def _scores(
-    x: Tensor, y: Tensor, classes: int, train: int, splits: int, linear: str, l2: float | None, seed: int
-) -> tuple[Tensor, tuple[float, ...]]:
-    """Each split's class accuracies at one layer, and the penalty used in each (the same splits at every layer)."""
+    x: Tensor,
+    y: Tensor,
+    classes: int,
+    sizes: Sequence[int],
+    splits: int,
+    linear: str,
+    l2: float | None,
+    seed: int,
+) -> dict[int, tuple[Tensor, tuple[float, ...]]]:
+    """Each size's class accuracies per split at one layer, and the penalty used in each.
+
+    The splits are the same at every layer; within a split every size trains on the first of each class's
+    shuffled pictures and tests on those beyond the largest size.
+    """
     import torch
 
-    rows, used = [], []
+    rows: dict[int, list[Tensor]] = {n: [] for n in sizes}
+    used: dict[int, list[float]] = {n: [] for n in sizes}
     for split in range(splits):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + split)
-        learn = torch.zeros(len(y), dtype=torch.bool)
-        for members in shuffled_classes(y, classes, generator):
-            learn[members[:train]] = True
-        penalty = l2
-        if penalty is None:
-            folds = min(3, train)
-            penalty = choose_penalty(x[learn], y[learn], classes, linear, folds, generator) if folds > 1 else 1e-2
-        fitted, tested = standardise(x[learn], x[~learn])
-        weight, bias = fit_linear(fitted, y[learn], classes, linear=linear, l2=penalty)
-        rows.append(class_accuracies(tested @ weight + bias, y[~learn], classes))
-        used.append(float(penalty))
-    return torch.stack(rows), tuple(used)
+        order = shuffled_classes(y, classes, generator)
+        drawn = generator.get_state()  # each size's folds start from the same state
+        test = torch.zeros(len(y), dtype=torch.bool)
+        for members in order:
+            test[members[sizes[-1] :]] = True
+        for n in sizes:
+            learn = torch.zeros(len(y), dtype=torch.bool)
+            for members in order:
+                learn[members[:n]] = True
+            penalty = l2
+            if penalty is None:
+                folds = min(3, n)
+                generator.set_state(drawn)
+                penalty = choose_penalty(x[learn], y[learn], classes, linear, folds, generator) if folds > 1 else 1e-2
+            fitted, tested = standardise(x[learn], x[test])
+            weight, bias = fit_linear(fitted, y[learn], classes, linear=linear, l2=penalty)
+            rows[n].append(class_accuracies(tested @ weight + bias, y[test], classes))
+            used[n].append(float(penalty))
+    return {n: (torch.stack(rows[n]), tuple(used[n])) for n in sizes}
 
 
 def _pooled(value: Any, grid: int) -> Tensor:
@@ -476,9 +605,8 @@ def _positive(what: str, value: Any) -> None:
 
 
 __all__ = [
+    "DiscriminationCurve",
     "DiscriminationResult",
-    "LabelError",
     "discrimination",
-    "labels_of",
-    "read_labels",
+    "train_sizes",
 ]

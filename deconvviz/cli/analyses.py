@@ -492,9 +492,12 @@ def discrimination_command(
         Linear, typer.Option("--linear", help="softmax (the paper's Softmax) or svm (linear SVMs, one per class).")
     ] = Linear.softmax,
     train: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            "--train", min=1, help="Training pictures per class; the rest test. Default: half the smallest class."
+            "--train",
+            help="Training pictures per class; the rest test. Default: half the smallest class. Several, "
+            "comma-separated (1,5,10), draw accuracy against them (the paper's Fig. 9), tested on the same pictures.",
+            show_default=False,
         ),
     ] = None,
     per_class: Annotated[
@@ -525,16 +528,20 @@ def discrimination_command(
     each layer's features of a few pictures per class, and its accuracy on the others.
 
     Scores are the mean over classes of each class's held-out accuracy, averaged over the splits. Writes
-    table.txt, accuracy.csv, discrimination.png and manifest.json into OUT, and prints the table.
+    table.txt, accuracy.csv, discrimination.png and manifest.json into OUT, and prints the table. With several
+    --train sizes, the table and the figure show each layer's accuracy at each size.
     """
     with reported(debug):
+        from deconvviz.analysis.discrimination import train_sizes
+
+        sizes = None if train is None else train_sizes(train)
         deconvviz.check_result_folder(out)
         with progress_bar("loading the model", _discriminating) as progress:
             options: dict[str, Any] = {
                 "layers": layers,
                 "labels": labels,
                 "linear": linear.value,
-                "train": train,
+                "train": sizes,
                 "per_class": per_class,
                 "splits": splits,
                 "grid": grid,

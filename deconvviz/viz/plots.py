@@ -14,7 +14,7 @@ import numpy as np
 from deconvviz.viz.wrap import WIDTH, band_start, bands_of, check_layout, columns_that_fit, wrapped_axes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.analysis.discrimination import DiscriminationResult
+    from deconvviz.analysis.discrimination import DiscriminationCurve, DiscriminationResult
     from deconvviz.analysis.evolution import EvolutionResult
     from deconvviz.analysis.invariance import InvarianceResult
     from deconvviz.analysis.sanity import SanityResult
@@ -336,6 +336,64 @@ def discrimination_figure(result: DiscriminationResult, *, size: float | None = 
     )
     fig.tight_layout()
     return fig, (ax, classes_axis)
+
+
+def discrimination_curve_figure(result: DiscriminationCurve, *, size: float | None = None) -> tuple[Figure, Any]:
+    """Held-out accuracy against the training pictures per class, one line per layer (the paper's Fig. 9).
+
+    Each point is the score (the mean over classes of each class's accuracy), mean ± std over the splits; the
+    dashed line is chance. The horizontal axis is logarithmic when the sizes span more than ten times.
+
+    Args:
+        result: the curve.
+        size: the plot's height in inches (default 3.6).
+
+    Returns:
+        ``(figure, axis)``; one line per layer, labelled with the layer.
+    """
+    from matplotlib import colormaps
+
+    from deconvviz.viz.canvas import Figure
+
+    height = size if size is not None else 3.6
+    fig = Figure(figsize=(min(WIDTH, height * 1.5 + 1.6), height))
+    ax = fig.subplots()
+    sizes = np.array(result.sizes, dtype=float)
+    colours = colormaps["viridis"](np.linspace(0.0, 0.85, len(result.layers)))
+    for layer, colour in zip(result.layers, colours, strict=True):
+        means = np.array([100 * r.mean(layer) for r in result.results])
+        stds = np.array([100 * r.std(layer) for r in result.results])
+        ax.errorbar(sizes, means, yerr=stds, color=colour, marker="o", markersize=3.5, capsize=2.5, label=layer)
+    ax.axhline(100 * result.chance, color="0.45", linestyle="--", linewidth=1, label="chance")
+    if len(sizes) > 1 and sizes[-1] > 10 * sizes[0]:
+        ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in result.sizes], fontsize=7)
+    ax.minorticks_off()
+    ax.set_ylim(0, 102)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xlabel("training pictures per class", fontsize=8)
+    ax.set_ylabel("held-out accuracy (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    order = [labels.index(name) for name in [*result.layers, "chance"]]  # shallow to deep, then chance
+    ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+    )
+    first = result.first
+    name = "softmax" if first.linear == "softmax" else "linear SVMs"
+    fig.suptitle(
+        f"{first.model}: a {name} on each layer's features, {result.setting}, "
+        f"{first.splits} split{'s' if first.splits != 1 else ''}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig, ax
 
 
 CLASSES_SHOWN = 40

@@ -16,7 +16,13 @@ from deconvviz.viz.figures import figure_png
 from deconvviz.viz.html import topk_overview
 from deconvviz.viz.part_plots import correspondence_figure, occlusion_figure
 from deconvviz.viz.pictures import input_to_pil
-from deconvviz.viz.plots import discrimination_figure, evolution_figure, invariance_figure, sanity_figure
+from deconvviz.viz.plots import (
+    discrimination_curve_figure,
+    discrimination_figure,
+    evolution_figure,
+    invariance_figure,
+    sanity_figure,
+)
 from deconvviz.viz.scaling import to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +63,7 @@ FIGURES: dict[str, Callable[..., tuple[Any, Any]]] = {
     "evolution": evolution_figure,
     "sanity": sanity_figure,
     "discrimination": discrimination_figure,
+    "discrimination-curve": discrimination_curve_figure,
     "topk": topk_figure,
 }
 """The drawing of each kind of result (``result.kind``)."""

@@ -54,6 +54,7 @@ TOPICS: dict[str, list[str]] = {
         "EvolutionResult",
         "discrimination",
         "DiscriminationResult",
+        "DiscriminationCurve",
         "sanity",
         "SanityResult",
         "check_result_folder",
