@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -156,3 +157,53 @@ def test_a_layer_whose_fields_nearly_fill_the_picture_shows_each_channels_strong
     from deconvviz.viz.figures import label
 
     assert any(label(p, i).endswith(" edge") for i in range(len(p.channels)))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"top": 3},
+        {"top": 99},  # clamped to each layer's channel count
+        {"channel": [2, 0]},
+        {"channel": [1], "inside": True},
+        {"top": 2, "inside": False},
+        {"top": 2, "mode": "map"},
+        {"channel": 1, "position": (1, 1)},
+        {"top": 2, "method": "guided"},
+        {"top": 2, "method": "gradient"},
+    ],
+)
+def test_one_pass_for_several_layers_gives_each_layer_s_own_projection(options: dict[str, object]) -> None:
+    from deconvviz.analysis.choose import project, project_layers
+
+    loaded = dv.load_model(MODEL, device="cpu")
+    current = dv.session(dataclasses.replace(loaded, module=loaded.module.double()))
+    # at 12 pixels conv1 and pool1 have units inside the picture, features.5 and conv3 too few of them
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    layers = ["conv3", "conv1", "pool1", "features.5"]  # any order, aliases and node names
+    together = project_layers(current, x, layers, **options)  # type: ignore[arg-type]
+    assert [p.layer for p in together] == layers
+    for layer, joint in zip(layers, together, strict=True):
+        alone = project(current, x, layer, **options)  # type: ignore[arg-type]
+        assert torch.equal(joint.image, alone.image)
+        assert joint.image.dtype == torch.float64
+        assert torch.equal(joint.activations, alone.activations)
+        for name in ("node", "channels", "positions", "boxes", "inside", "prefer_inside", "mode", "method"):
+            assert getattr(joint, name) == getattr(alone, name), name
+    if options == {"top": 3}:  # both choices occur
+        assert [p.prefer_inside for p in together] == [False, True, True, False]
+
+
+def test_one_capture_serves_each_layer_as_its_own_capture_would() -> None:
+    net = dv.DeconvNet(make_tiny_vgg().double().eval())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    shared = net.capture_layers(x, ["features.6", "features.1"])
+    assert shared["features.6"].capture is shared["features.1"].capture  # one forward pass
+    for layer, captured in shared.items():
+        own = net.capture(x, layer)
+        assert torch.equal(captured.activation, own.activation)
+        assert torch.equal(captured.project(top=2).image, own.project(top=2).image)
+        units = [(0, 1, 2, 3), (0, 0, 4, 4)]
+        assert torch.equal(captured.project_units(units), net.project_units(x, layer, units))
+    with pytest.raises(dv.DeconvVizError, match="conv9"):
+        net.capture_layers(x, ["features.1", "conv9"])

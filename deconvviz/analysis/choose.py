@@ -24,13 +24,13 @@ from torch import Tensor
 
 from deconvviz.core.projection import Projection
 from deconvviz.core.receptive import receptive_fields
-from deconvviz.core.seeds import SeedError
+from deconvviz.core.seeds import SeedError, check_mode
 from deconvviz.core.steps import StepsChoice, chosen_seeds, join_steps
 from deconvviz.errors import DeconvVizError
 from deconvviz.methods import get_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deconvviz.core.deconvnet import DeconvNet
+    from deconvviz.core.deconvnet import Captured, DeconvNet
     from deconvviz.core.projection import Projection
     from deconvviz.methods import RuleSet
     from deconvviz.models.session import Session
@@ -88,6 +88,7 @@ def project_inside(
     top: int | None,
     *,
     method: str | RuleSet | None = None,
+    captured: Captured | None = None,
 ) -> Projection | None:
     """Project each channel's strongest unit among those whose field lies inside the picture.
 
@@ -100,6 +101,8 @@ def project_inside(
         top: how many channels when ``channels`` is None.
         method: the reverse pass (``"deconvnet"``, the default; ``"guided"``; ``"gradient"``; see
             :meth:`deconvviz.DeconvNet.project`).
+        captured: the picture's capture at ``layer`` for ``method``, when already made
+            (:meth:`deconvviz.DeconvNet.capture`); default: one is made.
 
     Returns:
         The projection (``prefer_inside=True``), or None when the layer has no spatial map, its units see the
@@ -107,8 +110,10 @@ def project_inside(
         the honest choice).
     """
     net = current.net
-    node = net.resolve(layer)
-    act = net.activations(x, [layer])[layer]
+    if captured is None:
+        captured = net.capture(x, layer, method=method)
+    node = captured.node_name
+    act = captured.activation
     if act.dim() != 4:
         return None
     try:
@@ -126,10 +131,11 @@ def project_inside(
         chosen = [int(c) for c in torch.sort(values, descending=True, stable=True).indices[:count]]
     else:
         chosen = [int(c) for c in channels]
+        check_channels({layer: int(act.shape[1])}, chosen)
     width = int(act.shape[3])
     positions = [(int(flat[c]) // width, int(flat[c]) % width) for c in chosen]
     units = [(0, c, row, col) for c, (row, col) in zip(chosen, positions, strict=True)]
-    image = net.project_units(x, layer, units, method=method).detach().cpu()
+    image = captured.project_units(units).detach().cpu()
     picked = torch.tensor(chosen, device=act.device)
     seeded = act[0].reshape(act.shape[1], -1)[picked, flat.to(act.device)[picked]].detach().cpu()
     return Projection(
@@ -138,7 +144,7 @@ def project_inside(
         node=node,
         channels=tuple(chosen),
         positions=tuple(positions),
-        activations=seeded,
+        activations=seeded.clone(),
         mode="max",
         input=x.detach().cpu(),
         to_image=getattr(current.model, "to_image", None),
@@ -290,6 +296,8 @@ def project(
 ) -> Projection:
     """Project one layer for a session, with the model's colour order and the seeded units' boxes filled in.
 
+    One forward pass (a capture) serves the choice of units and their reverse passes.
+
     Args:
         current: the session.
         x: ``(1, C, H, W)`` preprocessed picture.
@@ -298,7 +306,7 @@ def project(
         channel: instead of ``top``, the channel(s) to project.
         mode: ``"max"`` or ``"map"``.
         position: ``(row, col)`` to seed instead of the strongest unit.
-        width: the layer's channel count, if already known (saves a forward pass when clamping ``top``).
+        width: unused (the capture knows the layer's channel count); kept for earlier callers.
         inside: seed each channel's strongest unit among those whose receptive field lies wholly inside the
             picture (and rank ``top`` by them), see :mod:`deconvviz.analysis.choose`. None: on for ``top``, off for
             chosen channels; never for ``position`` or ``mode="map"``.
@@ -310,34 +318,66 @@ def project(
     Returns:
         The :class:`~deconvviz.core.projection.Projection`; ``prefer_inside`` says whether units were chosen inside.
     """
+    check_mode(mode, position)  # before the forward pass
+    captured = current.net.capture(x, layer, method=method)
+    return _project_captured(current, captured, x, top, channel, mode, position, inside, method, steps)
+
+
+def project_layers(
+    current: Session,
+    x: Tensor,
+    layers: Sequence[str],
+    *,
+    top: int | None = None,
+    channel: int | Sequence[int] | None = None,
+    mode: str = "max",
+    position: tuple[int, int] | None = None,
+    inside: bool | None = None,
+    method: str | RuleSet | None = None,
+) -> list[Projection]:
+    """:func:`project` at several layers of one picture, from one forward pass that all of them share.
+
+    Each projection is exactly what :func:`project` gives at that layer (arguments as there); the pass runs up
+    to the deepest layer once instead of once per layer.
+
+    Returns:
+        One projection per layer, in the order given.
+    """
+    check_mode(mode, position)
+    captures = current.net.capture_layers(x, layers, method=method)
+    return [
+        _project_captured(current, captures[layer], x, top, channel, mode, position, inside, method, False)
+        for layer in layers
+    ]
+
+
+def _project_captured(
+    current: Session,
+    captured: Captured,
+    x: Tensor,
+    top: int | None,
+    channel: int | Sequence[int] | None,
+    mode: str,
+    position: tuple[int, int] | None,
+    inside: bool | None,
+    method: str | RuleSet | None,
+    steps: StepsChoice,
+) -> Projection:
+    """:func:`project` from the picture's capture at the layer."""
     if channel is None and top is None:
         top = DEFAULT_TOP
     if top is not None and channel is None and isinstance(top, int) and not isinstance(top, bool) and top > 0:
-        if width is None:
-            width = channel_widths(current.net, x, [layer])[layer]
-        if width:
-            top = min(top, width)
+        top = min(top, int(captured.activation.shape[1]))
     prefer = (channel is None) if inside is None else inside
     result = None
     if prefer and mode == "max" and position is None:
         chosen = None if channel is None else ([channel] if isinstance(channel, int) else list(channel))
         if chosen is None or all(isinstance(c, int) and not isinstance(c, bool) for c in chosen):
-            if chosen is not None:  # the same one-line error as the plain path's
-                check_channels({layer: width or channel_widths(current.net, x, [layer])[layer]}, chosen)
-            result = project_inside(current, x, layer, chosen, top, method=method)
+            result = project_inside(current, x, captured.layer, chosen, top, method=method, captured=captured)
             if result is not None and steps is not False:
                 result = _with_steps(current, x, result, steps)
     if result is None:
-        result = current.net.project(
-            x,
-            layer,
-            channel,
-            mode=mode,  # type: ignore[arg-type]
-            position=position,
-            top=top,
-            method=method,
-            steps=steps,
-        )
+        result = captured.project(channel, mode=mode, position=position, top=top, steps=steps)  # type: ignore[arg-type]
     found = _geometry(current.net, result)
     if found is None:
         return result

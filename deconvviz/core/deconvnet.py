@@ -367,10 +367,36 @@ class DeconvNet:
             MethodError: an unknown method.
             UnsupportedOpError: an op between the input and the layer has no mirror rule.
         """
-        captured, act = self._capture_layer(x, layer, method, single=True)
-        if act.dim() < 2:
-            raise SeedError(f"layer {layer!r} has no channel dimension to seed")
-        return captured
+        return self.capture_layers(x, [layer], method=method)[layer]
+
+    def capture_layers(self, x: Tensor, layers: Sequence[str], *, method: Method | None = None) -> dict[str, Captured]:
+        """:meth:`capture` at several layers of one picture from one forward pass, which the captures share.
+
+        Each capture projects exactly what :meth:`capture` at its layer alone would; the pass runs up to the
+        deepest of them, so it costs one capture of that layer.
+
+        Args:
+            x: one preprocessed image, ``(1, C, H, W)``.
+            layers: qualified node names or aliases.
+            method: the reverse pass the captures record for.
+
+        Returns:
+            Per layer as given, its :class:`Captured`.
+
+        Raises:
+            As :meth:`capture`.
+        """
+        rules = get_method(method)
+        graph = self._graph_for(rules)
+        nodes = {layer: self._target(graph, layer, rules) for layer in layers}
+        x = self._input(x, single=True)
+        targets = list(dict.fromkeys(nodes.values()))
+        with torch.inference_mode(), evaluating(self.model):
+            cap = _capture.run(graph, x, targets, self._forward_rules(graph, targets, rules))
+        for layer, node in nodes.items():
+            if self._tensor_at(graph, node, cap.activations[node], layer).dim() < 2:
+                raise SeedError(f"layer {layer!r} has no channel dimension to seed")
+        return {layer: Captured(self, graph, rules, node, layer, x, cap) for layer, node in nodes.items()}
 
     def _capture_layer(self, x: Tensor, layer: str, method: Method | None, *, single: bool) -> tuple[Captured, Tensor]:
         """A forward pass of ``x`` up to ``layer``, recorded for ``method``, and the layer's activation."""
@@ -471,17 +497,29 @@ class DeconvNet:
             targets = list(dict.fromkeys(nodes.values()))
             cap = _capture.run(graph, x, targets, self._forward_rules(graph, targets, rules))
             for layer, node in nodes.items():
-                wanted = list(units[layer])
-                act = self._tensor_at(graph, node, cap.activations[node], layer)
-                for unit in wanted:
-                    _seeds.check_unit(act, unit, layer)
-                chunk = self._chunk(act.device)
-                chunks = [
-                    self._mirror_units(graph, cap, node, act, wanted[i : i + chunk], "max", rules)
-                    for i in range(0, len(wanted), chunk)
-                ]
-                out[layer] = torch.cat(chunks).detach() if chunks else x.new_zeros((0, *x.shape[1:]))
+                out[layer] = self._units_captured(graph, cap, node, layer, rules, x, list(units[layer]))
         return {layer: _plain(images) for layer, images in out.items()}
+
+    def _units_captured(
+        self,
+        graph: Graph,
+        cap: _capture.Capture,
+        node: fx.Node,
+        layer: str,
+        rules: RuleSet,
+        x: Tensor,
+        units: list[Unit],
+    ) -> Tensor:
+        """Single units of a captured layer, each seeded with its own value, mirrored in chunks (inference mode)."""
+        act = self._tensor_at(graph, node, cap.activations[node], layer)
+        for unit in units:
+            _seeds.check_unit(act, unit, layer)
+        chunk = self._chunk(act.device)
+        chunks = [
+            self._mirror_units(graph, cap, node, act, units[i : i + chunk], "max", rules)
+            for i in range(0, len(units), chunk)
+        ]
+        return torch.cat(chunks).detach() if chunks else x.new_zeros((0, *x.shape[1:]))
 
     def project_seeds(
         self,
@@ -633,6 +671,18 @@ class Captured:
     ) -> Projection:
         """Project units of the captured layer (arguments as :meth:`DeconvNet.project`)."""
         return self.net._project_captured(self, channel, mode, position, top, steps)
+
+    def project_units(self, units: Sequence[Unit]) -> Tensor:
+        """Project single units ``(0, channel, row, col)`` of the captured layer, as :meth:`DeconvNet.project_units`.
+
+        Returns:
+            ``(len(units), C, H, W)`` reconstructions, detached, on the model's device.
+        """
+        with torch.inference_mode(), evaluating(self.net.model):
+            images = self.net._units_captured(
+                self.graph, self.capture, self.node, self.layer, self.rules, self.x, list(units)
+            )
+        return _plain(images)
 
 
 def _plain(t: Any) -> Any:

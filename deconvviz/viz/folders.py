@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.analysis.choose import DEFAULT_TOP, channel_widths, check_channels, project, project_class, resolve_class
+from deconvviz.analysis.choose import (
+    DEFAULT_TOP,
+    channel_widths,
+    check_channels,
+    project_class,
+    project_layers,
+    resolve_class,
+)
 from deconvviz.core.layers import choose_layers
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.atomic import OutputError, check_target, stage_folders
@@ -157,7 +164,6 @@ def _render_one(
     final: Path,
     options: dict[str, Any],
     look: RenderOptions,
-    widths: dict[str, int],
     step: Callable[[str], None],
 ) -> tuple[RenderedImage, dict[str, Any]]:
     from deconvviz.viz import render as _render
@@ -167,23 +173,24 @@ def _render_one(
     projections: list[Projection] = []
     views: list[list[list[int] | None]] = []
     targets: list[str | None] = [*layers, *([None] if options.get("class") is not None else [])]
-    for layer in targets:
+    projected = project_layers(  # one forward pass serves every layer
+        current,
+        x,
+        layers,
+        top=options["top"],
+        channel=options["channels"],
+        mode=options["mode"],
+        inside=options["inside"],
+        method=options["method"],
+    )
+    for layer, given in zip(targets, [*projected, None][: len(targets)], strict=True):
         if layer is None:  # the class score, after the layers
             result = project_class(current, x, options["class"], method=options["method"])
             layer = "class"
             name = result.label or layer
         else:
-            result = project(
-                current,
-                x,
-                layer,
-                top=options["top"],
-                channel=options["channels"],
-                mode=options["mode"],
-                width=widths[layer],
-                inside=options["inside"],
-                method=options["method"],
-            )
+            assert given is not None
+            result = given
             name = result.layer if result.layer == result.node else f"{result.layer} ({result.node})"
         folder = staging / _render.safe_name(layer)
         folder.mkdir()
@@ -345,6 +352,6 @@ def render_images(
             progress(0, total, "starting")
         results = []
         for path, x, staging, final in zip(paths, inputs, stagings, finals, strict=True):
-            result, _ = _render_one(current, path, x, chosen, staging, final, arguments, look, widths, step)
+            result, _ = _render_one(current, path, x, chosen, staging, final, arguments, look, step)
             results.append(result)
     return results
