@@ -495,6 +495,7 @@ def discrimination_command(
         str | None,
         typer.Option(
             "--train",
+            metavar="N[,N...]",
             help="Training pictures per class; the rest test. Default: half the smallest class. Several, "
             "comma-separated (1,5,10), draw accuracy against them (the paper's Fig. 9), tested on the same pictures.",
             show_default=False,
