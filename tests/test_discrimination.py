@@ -471,3 +471,29 @@ def test_the_command_draws_a_curve(colours: Path, tmp_path: Path) -> None:
         assert "--train takes training pictures per class" in failed.output
         assert len(failed.output.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def test_unreadable_pictures_are_left_out_and_listed(colours: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for p in sorted(colours.glob("*/*.png")):
+        (data / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (data / p.parent.name / p.name).write_bytes(p.read_bytes())
+    (data / "blue" / "0.png").write_bytes(b"not a picture")  # the very first picture: the layers are checked on another
+    (data / "red" / "9.png").write_bytes(b"")
+    result = dv.discrimination(data, MODEL, layers="conv1", splits=2, l2=0.1, batch_size=4)
+    assert result.counts == (5, 6, 6)
+    assert [name for name, _ in result.skipped] == ["blue/0.png", "red/9.png"]
+    assert all("not a picture Pillow can read" in error for _, error in result.skipped)
+    assert result.train == 2  # half the smallest class as read
+    assert result.table().splitlines()[-1] == "2 unreadable pictures left out: blue/0.png, red/9.png"
+    assert result.mean("conv1") == 1.0
+    manifest = json.loads((result.save(tmp_path / "out") / "manifest.json").read_text())
+    assert [s["picture"] for s in manifest["skipped"]] == ["blue/0.png", "red/9.png"]
+    curve = dv.discrimination(data, MODEL, layers="conv1", splits=1, l2=0.1, train=[1, 2])
+    assert curve.tested == (3, 4, 4)
+    assert curve.table().splitlines()[-1].startswith("2 unreadable pictures left out")
+    # a class that reading leaves too small is one clear error, after the reading
+    for i in range(1, 6):
+        (data / "blue" / f"{i}.png").write_bytes(b"")
+    with pytest.raises(LabelError, match=r"class 'blue' has 0 pictures once 7 unreadable pictures skipped; each"):
+        dv.discrimination(data, MODEL, layers="conv1", splits=1)

@@ -46,11 +46,14 @@ from deconvviz.analysis.linear import (
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.graph import evaluating
 from deconvviz.core.layers import choose_layers
+from deconvviz.io.images import ImageError
 from deconvviz.io.sources import image_source
 from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
+
+    from deconvviz.io.sources import ImageSource
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class DiscriminationResult(AnalysisResult):
         seed: the seed of the splits and folds.
         accuracies: layer -> ``(splits, classes)`` each class's test accuracy in each split.
         penalties: layer -> the L2 penalty used in each split.
+        skipped: ``(picture, error)`` for each picture that could not be read (left out of the classes).
     """
 
     kind: ClassVar[str] = "discrimination"
@@ -86,6 +90,7 @@ class DiscriminationResult(AnalysisResult):
     seed: int
     accuracies: Mapping[str, Tensor] = field(repr=False)
     penalties: Mapping[str, tuple[float, ...]] = field(repr=False)
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def splits(self) -> int:
@@ -135,7 +140,7 @@ class DiscriminationResult(AnalysisResult):
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
         chance = f"chance {100 * self.chance:.1f} %: {self.setting}"
-        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], chance])
+        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], chance, *_left_out(self.skipped)])
 
     def summary(self) -> str:
         """One line: the best layer and its score against chance."""
@@ -183,6 +188,7 @@ class DiscriminationResult(AnalysisResult):
                 for layer in self.layers
             },
             "best": self.best,
+            "skipped": [{"picture": name, "error": error} for name, error in self.skipped],
             "files": {"table": "table.txt", "csv": "accuracy.csv", "figure": "discrimination.png"},
         }
 
@@ -273,6 +279,7 @@ class DiscriminationCurve(AnalysisResult):
                 "  ".join("-" * w for w in widths),
                 *lines[1:],
                 f"chance {100 * self.chance:.1f} %: {self.setting}",
+                *_left_out(self.first.skipped),
             ]
         )
 
@@ -319,8 +326,18 @@ class DiscriminationCurve(AnalysisResult):
                 for layer in self.layers
             },
             "best": {str(r.train): r.best for r in self.results},
+            "skipped": first["skipped"],
             "files": first["files"],
         }
+
+
+def _left_out(skipped: Sequence[tuple[str, str]], shown: int = 3) -> list[str]:
+    """The table's line on unreadable pictures (none when all were read)."""
+    if not skipped:
+        return []
+    names = ", ".join(name for name, _ in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return [f"{len(skipped)} unreadable picture{'s' if len(skipped) != 1 else ''} left out: {names}{more}"]
 
 
 def _listed(sizes: Sequence[int]) -> str:
@@ -455,36 +472,38 @@ def discrimination(
         keep = sorted(i for members in drawn for i in members[:per_class].tolist())
         source, y = source.subset(keep), y[keep]
     counts = tuple(int((y == c).sum()) for c in range(len(classes)))
-    smallest = min(counts)
-    if smallest < 2:
-        raise LabelError(
-            f"class {classes[counts.index(smallest)]!r} has one picture; each class needs two or more, one to train "
-            "and one to test"
-        )
-    sizes = sizes or (max(1, smallest // 2),)
-    if sizes[-1] >= smallest:
-        beyond = "" if len(sizes) == 1 else f" beyond {sizes[-1]}"
-        raise LabelError(
-            f"class {classes[counts.index(smallest)]!r} has {smallest} pictures: --train {_listed(sizes)} leaves "
-            f"none to test{beyond}; give --train {smallest - 1} or fewer, or more pictures"
-        )
+    asked = sizes
+    sizes = _checked_sizes(classes, counts, asked)
 
     current = session(model, device=device)
     if source.paths is not None:
         current.require_preprocessing("discrimination reads picture files and needs", error=AnalysisError)
-    first = source.prepare(0, current.preprocess)[None]
-    chosen = choose_layers(current.net, layers, first)
+    chosen = choose_layers(current.net, layers, _first_readable(source, current.preprocess))
     steps = len(source) + len(chosen)
     kept: dict[str, list[Tensor]] = {layer: [] for layer in chosen}
+    readable: list[int] = []
+    skipped: list[tuple[str, str]] = []
     with reporting(progress, "discrimination") as report:
         report(0, steps, "starting")
         with torch.inference_mode(), evaluating(current.net.model):
             for start in range(0, len(source), batch_size):
                 stop = min(start + batch_size, len(source))
-                batch = torch.stack([source.prepare(i, current.preprocess) for i in range(start, stop)])
-                for layer, value in current.net.activations(batch, chosen).items():
-                    kept[layer].append(_pooled(value, grid).float().cpu())
+                pictures = []
+                for i in range(start, stop):
+                    try:
+                        pictures.append(source.prepare(i, current.preprocess))
+                    except ImageError as error:  # skipped and listed, as the report does
+                        skipped.append((source.names[i], str(error)))
+                    else:
+                        readable.append(i)
+                if pictures:
+                    for layer, value in current.net.activations(torch.stack(pictures), chosen).items():
+                        kept[layer].append(_pooled(value, grid).float().cpu())
                 report(stop, steps, source.names[stop - 1])
+        if skipped:
+            y = y[readable]
+            counts = tuple(int((y == c).sum()) for c in range(len(classes)))
+            sizes = _checked_sizes(classes, counts, asked, len(skipped))
 
         fits: dict[int, dict[str, tuple[Tensor, tuple[float, ...]]]] = {n: {} for n in sizes}
         features: dict[str, int] = {}
@@ -508,10 +527,50 @@ def discrimination(
             seed=seed,
             accuracies={layer: accuracy for layer, (accuracy, _) in fits[n].items()},
             penalties={layer: used for layer, (_, used) in fits[n].items()},
+            skipped=tuple(skipped),
         )
         for n in sizes
     )
     return results[0] if train is None or isinstance(train, int) else DiscriminationCurve(results)
+
+
+def _checked_sizes(
+    classes: Sequence[str], counts: Sequence[int], sizes: tuple[int, ...], skipped: int = 0
+) -> tuple[int, ...]:
+    """The training sizes (default: half the smallest class), checked to leave every class pictures to test.
+
+    Raises:
+        LabelError: a class of fewer than two pictures, or a size that leaves one nothing to test.
+    """
+    smallest = min(counts)
+    name = classes[counts.index(smallest)]
+    why = f" once {skipped} unreadable picture{'s' if skipped != 1 else ''} skipped" if skipped else ""
+    if smallest < 2:
+        has = "one picture" if smallest == 1 else f"{smallest} pictures"
+        raise LabelError(f"class {name!r} has {has}{why}; each class needs two or more, one to train and one to test")
+    sizes = sizes or (max(1, smallest // 2),)
+    if sizes[-1] >= smallest:
+        beyond = "" if len(sizes) == 1 else f" beyond {sizes[-1]}"
+        raise LabelError(
+            f"class {name!r} has {smallest} pictures{why}: --train {_listed(sizes)} leaves none to test{beyond}; "
+            f"give --train {smallest - 1} or fewer, or more pictures"
+        )
+    return sizes
+
+
+def _first_readable(source: ImageSource, preprocess: Any) -> Tensor:
+    """The first picture that reads, as a ``(1, C, H, W)`` input (to check the layers on).
+
+    Raises:
+        ImageError: no picture reads (the last one's error).
+    """
+    for i in range(len(source)):
+        try:
+            return source.prepare(i, preprocess)[None]
+        except ImageError as error:
+            if i == len(source) - 1:
+                raise ImageError(f"none of the {len(source)} pictures reads; the last: {error}") from error
+    raise ImageError("no pictures")  # pragma: no cover - a source is never empty here
 
 
 def train_sizes(text: str) -> int | list[int]:

@@ -144,6 +144,34 @@ class Capture:
     batch: int
     input_shape: tuple[int, ...]
 
+    def nbytes(self, model: nn.Module, x: Tensor) -> int:
+        """The memory the pass holds of its own with its input ``x``: not ``model``'s weights and buffers."""
+        shared = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        shared |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+        seen: set[int] = set()
+        total = 0
+
+        def visit(value: Any) -> None:
+            nonlocal total
+            if isinstance(value, Tensor):
+                storage = value.untyped_storage()
+                key = storage.data_ptr()
+                if key not in seen and key not in shared:
+                    seen.add(key)
+                    total += storage.nbytes()
+            elif isinstance(value, tuple | list):
+                for item in value:
+                    visit(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    visit(item)
+
+        visit(x)
+        visit(list(self.activations.values()))
+        for record in self.records.values():
+            visit([record.args, record.kwargs, record.saved, record.values])
+        return total
+
 
 def run(
     graph: Graph,

@@ -384,7 +384,9 @@ class DeconvNet:
             Per layer as given, its :class:`Captured`.
 
         Raises:
-            As :meth:`capture`.
+            LayerNotFoundError: an unknown layer.
+            SeedError: a malformed input, or a layer with no channel dimension.
+            UnsupportedOpError: an op between the input and a layer has no mirror rule.
         """
         rules = get_method(method)
         graph = self._graph_for(rules)
@@ -634,31 +636,7 @@ class Captured:
 
     def nbytes(self) -> int:
         """The memory this capture holds of its own (activations, switches, saved values; not the weights)."""
-        shared = {p.untyped_storage().data_ptr() for p in self.net.model.parameters()}
-        shared |= {b.untyped_storage().data_ptr() for b in self.net.model.buffers()}
-        seen: set[int] = set()
-        total = 0
-
-        def visit(value: Any) -> None:
-            nonlocal total
-            if isinstance(value, Tensor):
-                storage = value.untyped_storage()
-                key = storage.data_ptr()
-                if key not in seen and key not in shared:
-                    seen.add(key)
-                    total += storage.nbytes()
-            elif isinstance(value, tuple | list):
-                for item in value:
-                    visit(item)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    visit(item)
-
-        visit(self.x)
-        visit(list(self.capture.activations.values()))
-        for record in self.capture.records.values():
-            visit([record.args, record.kwargs, record.saved, record.values])
-        return total
+        return self.capture.nbytes(self.net.model, self.x)
 
     def project(
         self,
