@@ -23,6 +23,7 @@ from deconvviz.viz.scaling import Scaling
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
     from deconvviz.core.projection import Projection
 
@@ -194,14 +195,75 @@ def _show(ax: Axes, picture: np.ndarray) -> None:
     ax.imshow(picture, interpolation="nearest")
 
 
-def _caption(fig: Figure, projection: Projection | None, options: RenderOptions, *, key: bool = True) -> None:
+def _caption(fig: Figure, projection: Projection | None, options: RenderOptions, *, key: bool = True) -> Text:
     """The line under a figure; ``key``: explain the panels' labels (a, unit), for figures whose titles show them."""
     text = f"grey = 0; {options.scaling.name} scale"
     if key and (projection is None or any(p is not None for p in projection.positions)):
         text = f"{LABEL_KEY}; {text}"
     if projection is not None and projection.prefer_inside:
         text += "; units chosen with their receptive field inside the picture"
-    fig.supxlabel(text, fontsize=7, color="#555555")
+    return fig.supxlabel(text, fontsize=7, color="#555555")
+
+
+def _room(lines: int, points: float, pad: float = 0.0) -> float:
+    """Inches of height for ``lines`` lines of ``points``-point text and ``pad`` points beside them."""
+    return (lines * points * 1.2 + pad) / 72 if lines else 0.0
+
+
+def _lines(text: str) -> int:
+    return text.count("\n") + 1 if text else 0
+
+
+def _panels(
+    fig: Figure,
+    rows: Sequence[tuple[float, float]],
+    columns: int,
+    *,
+    title: Text | None,
+    caption: Text | None,
+    left: float = 0.0,
+    gap: float = 0.08,
+    side: float = 0.08,
+) -> np.ndarray:
+    """Axes for a grid of panels placed by hand, row by row from the top, below the title and above the caption.
+
+    Figures of many panels are laid out here rather than by matplotlib's constrained layout, which would take as
+    long as drawing them: every panel's size follows from the figure's and from the room its text takes.
+
+    Args:
+        fig: the figure.
+        rows: per row, the room above its panels for their titles (inches) and the row's share of the height
+            left to the panels.
+        columns: panels per row.
+        title: the figure's title, already set (it takes the room its lines need), or None.
+        caption: the figure's caption, already set, or None.
+        left: inches left of the first column (for row labels).
+        gap: inches between panels.
+        side: the margin at the left and the right.
+
+    Returns:
+        A ``(len(rows), columns)`` array of axes.
+    """
+    width, height = (float(v) for v in fig.get_size_inches())
+    top = bottom = side
+    if title is not None:  # a fixed margin above the title, whatever the figure's height
+        title.set_y(1 - side / height)
+        top += _room(_lines(title.get_text()), float(title.get_fontsize()), 6)
+    if caption is not None:
+        caption.set_y(side / 2 / height)
+        bottom += _room(_lines(caption.get_text()), float(caption.get_fontsize()), 6)
+    panel = max(0.05, (width - left - 2 * side - gap * (columns - 1)) / columns)
+    free = height - top - bottom - sum(room for room, _ in rows) - gap * (len(rows) - 1)
+    unit = max(0.05, free) / max(1e-9, sum(share for _, share in rows))
+    axes = np.empty((len(rows), columns), dtype=object)
+    y = height - top
+    for r, (room, share) in enumerate(rows):
+        y -= room + share * unit
+        for c in range(columns):
+            x = side + left + c * (panel + gap)
+            axes[r, c] = fig.add_axes((x / width, y / height, panel / width, share * unit / height))
+        y -= gap
+    return axes
 
 
 def projection_figure(
@@ -246,8 +308,19 @@ def projection_figure(
     rows = -(-count // columns)
     per_cell = 2 if cropping else 1
     height = size * rows * per_cell * (0.8 if cropping else 1.0)
-    fig = Figure(figsize=(size * columns, height + 0.6), layout="constrained")
-    axes = fig.subplots(rows * per_cell, columns, squeeze=False)
+    fig = Figure(figsize=(size * columns, height + 0.6))
+    if title is None:
+        title = projection.layer if projection.layer == projection.node else f"{projection.layer} ({projection.node})"
+        if projection.label:
+            title = f"{projection.label} (class score, projected from {projection.node})"
+        elif projection.mode == "map":
+            title += ", whole feature maps"
+    heading = fig.suptitle(title, fontsize=10)
+    caption = _caption(fig, projection, options)
+    labels = [label(projection, i) for i in range(len(projection))]
+    lines = max([1 if base is not None else 0, *(_lines(text) for text in labels)])
+    layout = [(_room(lines, 8, 8), 1.0), *([(0.0, 1.0)] if cropping else [])] * rows
+    axes = _panels(fig, layout, columns, title=heading, caption=caption)
     for ax in axes.flat:
         ax.axis("off")
     cells = [(r * per_cell, c) for r in range(rows) for c in range(columns)]
@@ -269,15 +342,7 @@ def projection_figure(
             found = field_box(projection, i)
             if found is not None:
                 _draw_box(ax, found)
-        ax.set_title(label(projection, i), fontsize=8)
-    if title is None:
-        title = projection.layer if projection.layer == projection.node else f"{projection.layer} ({projection.node})"
-        if projection.label:
-            title = f"{projection.label} (class score, projected from {projection.node})"
-        elif projection.mode == "map":
-            title += ", whole feature maps"
-    fig.suptitle(title, fontsize=10)
-    _caption(fig, projection, options)
+        ax.set_title(labels[i], fontsize=8)
     return fig, axes
 
 
@@ -320,9 +385,12 @@ def layers_figure(
     columns = 1 + min(per_layer, max(len(p) for p in projections))
     cuts = [[view_box(p, i, options) for i in range(min(len(p), columns - 1))] for p in projections]
     doubled = [any(box is not None for box in cut) for cut in cuts]
-    ratios = [r for d in doubled for r in ((1.0, 1.0) if d else (1.0,))]
-    fig = Figure(figsize=(size * columns + 0.6, size * len(ratios) * 0.95 + 0.6), layout="constrained")
-    axes = fig.subplots(len(ratios), columns, squeeze=False, gridspec_kw={"height_ratios": ratios})
+    titled = _room(1, 7, 5)
+    layout = [row for d in doubled for row in (((titled, 1.0), (0.0, 1.0)) if d else ((titled, 1.0),))]
+    fig = Figure(figsize=(size * columns + 0.6, size * len(layout) * 0.95 + 0.6))
+    heading = fig.suptitle(title, fontsize=11) if title is not None else None
+    caption = _caption(fig, None, options, key=False)  # its panels are titled by channel alone
+    axes = _panels(fig, layout, columns, title=heading, caption=caption, left=_room(1, 10, 6))
     for ax in axes.flat:
         _blank(ax)
     row = 0
@@ -358,9 +426,6 @@ def layers_figure(
                 else:
                     below[i + 1].axis("off")
         row += 2 if twice else 1
-    if title is not None:
-        fig.suptitle(title, fontsize=11)
-    _caption(fig, None, options, key=False)  # its panels are titled by channel alone
     return fig, axes
 
 
