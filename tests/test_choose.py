@@ -207,3 +207,19 @@ def test_one_capture_serves_each_layer_as_its_own_capture_would() -> None:
         assert torch.equal(captured.project_units(units), net.project_units(x, layer, units))
     with pytest.raises(dv.DeconvVizError, match="conv9"):
         net.capture_layers(x, ["features.1", "conv9"])
+
+
+def test_one_pass_serves_the_layers_of_a_residual_net() -> None:
+    import torchvision
+
+    from deconvviz.analysis.choose import project, project_layers
+
+    torch.manual_seed(0)
+    current = dv.session(torchvision.models.resnet18(weights=None).double().eval())
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    layers = dv.default_layers(current.net, x)
+    assert len(layers) >= 4  # a stem and residual stages, on the trunk and inside blocks
+    for joint, layer in zip(project_layers(current, x, layers, top=2), layers, strict=True):
+        alone = project(current, x, layer, top=2)
+        assert torch.equal(joint.image, alone.image)
+        assert (joint.channels, joint.positions) == (alone.channels, alone.positions)
