@@ -527,9 +527,11 @@ class OcclusionJob:
         net = self.current.net
         # (b) as render draws it: the map's strongest unit whose receptive field lies inside the picture, so
         # that the projection is not a speck in a corner (the strongest anywhere when no unit lies inside)
-        projection = project_inside(self.current, self.x, self.layer, [self.channel], None, method=self.method)
-        if projection is None:
-            projection = net.project(self.x, self.layer, self.channel, method=self.method)
+        captured = net.capture(self.x, self.layer, method=self.method)  # one forward pass serves either choice
+        found = project_inside(
+            self.current, self.x, self.layer, [self.channel], None, method=self.method, captured=captured
+        )
+        projection = found if found is not None else captured.project(self.channel)
         projection = dataclasses.replace(projection, boxes=receptive_boxes(net, projection))
         shown = () if self.others is None else self.others.of(self.channel, method=projection.method, leave_out=image)
         to_image = getattr(self.current.model, "to_image", None)  # a bare nn.Module has none: min-max instead
