@@ -971,7 +971,7 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
     from selenium.webdriver.support.ui import WebDriverWait
 
     from deconvviz.explore import app as app_module
-    from deconvviz.explore.engine import ExploreError
+    from deconvviz.explore.pictures import ExploreError
 
     monkeypatch.setattr(app_module, "PAGE_SIZE", 2)  # 4 pictures: two pages in the strip
     driver = chromium(tmp_path / "chromium", window="1280,1000")

@@ -5,7 +5,8 @@ command line uses: pictures addressed by ids the server gives, one capture per p
 byte-bounded cache, the model on one worker, stale requests dropped, the folder's top-k scanned in the
 background. It binds 127.0.0.1 with a per-launch token and a Host check, as Jupyter's server does.
 
-Modules: :mod:`~deconvviz.explore.engine` (the answers, as plain Python), :mod:`~deconvviz.explore.app` (the
+Modules: :mod:`~deconvviz.explore.engine` (the answers, as plain Python), :mod:`~deconvviz.explore.pictures`
+(the pictures it knows and the errors a request can cause), :mod:`~deconvviz.explore.app` (the
 HTTP app), :mod:`~deconvviz.explore.server` (uvicorn in this process; :func:`~deconvviz.explore.server.explore`
 is ``dv.explore``), :mod:`~deconvviz.explore.command` (the command line). Nothing is imported here, so that the
 command line's ``--help`` stays fast.

@@ -33,7 +33,8 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.explore.engine import ExploreError, Explorer, UploadTooLargeError, mebibytes
+from deconvviz.explore.engine import Explorer
+from deconvviz.explore.pictures import ExploreError, UploadTooLargeError, mebibytes
 from deconvviz.explore.topk import topk_status
 from deconvviz.explore.worker import Busy, Stopped, Superseded
 from deconvviz.methods import get_method

@@ -83,7 +83,8 @@ def explore_command(
             )
         if token is not None and len(token) < 8:
             raise ValueError("--token must be at least 8 characters; leave it out for a random one")
-        from deconvviz.explore.engine import Explorer, picture_source
+        from deconvviz.explore.engine import Explorer
+        from deconvviz.explore.pictures import picture_source
         from deconvviz.explore.server import Server
 
         source = picture_source(list(images)) if images else None  # a bad path fails before the model loads

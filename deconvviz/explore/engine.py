@@ -9,25 +9,32 @@ first line is what the command line would print.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
 import math
 import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.core.receptive import receptive_fields
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.cache import ByteCache, default_cache_bytes
+from deconvviz.explore.pictures import (
+    ExploreError,
+    Picture,
+    UnknownPictureError,
+    UploadTooLargeError,
+    digest,
+    heat_table,
+    mebibytes,
+    picture_source,
+    png_bytes,
+)
 from deconvviz.explore.topk import TOP_K, Scanner, check_channel, read_report, topk_answer
 from deconvviz.explore.worker import ModelWorker
 from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, decode_image, load_image
-from deconvviz.io.sources import ImageSource, image_source
+from deconvviz.io.sources import ImageSource
 from deconvviz.methods import get_method
 from deconvviz.models.session import resolve_device, session
 from deconvviz.models.zoo import load_model
@@ -50,76 +57,6 @@ STEP_SIDE = 224
 """A step's picture is enlarged by a whole factor until its longer side reaches this many pixels (as the CLI's)."""
 STEPS_KEPT = 512 << 20
 """The most bytes of projection steps kept (at most the capture cache's size), so that paging runs no model."""
-
-
-class ExploreError(DeconvVizError, ValueError):
-    """A request the explorer cannot answer as asked (HTTP 400 unless ``status`` says otherwise)."""
-
-    status = 400
-
-
-class UnknownPictureError(ExploreError):
-    """A picture id the server never gave (HTTP 404)."""
-
-    status = 404
-
-
-class UploadTooLargeError(ExploreError):
-    """An upload over the size limit (HTTP 413)."""
-
-    status = 413
-
-
-@dataclass
-class Picture:
-    """One picture the explorer knows, addressed by the id it gave.
-
-    Attributes:
-        id: the id (``p`` + a hash of the name for the folder's pictures, ``u`` + a hash of the bytes for uploads).
-        name: the name shown (the path relative to the folder, as given, or the upload's file name).
-        path: where its file is (an upload's copy lives in the temporary folder).
-        index: its place in the scanned folder (None for uploads).
-    """
-
-    id: str
-    name: str
-    path: Path
-    index: int | None = None
-    size: tuple[int, int] | None = field(default=None, repr=False)
-
-    def entry(self) -> dict[str, Any]:
-        """``{"id", "name", "width", "height"}`` (the size read from the file's header once)."""
-        if self.size is None:
-            from PIL import Image as PILImage
-
-            try:
-                with PILImage.open(self.path) as opened:
-                    self.size = opened.size
-            except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):
-                self.size = (0, 0)  # an unreadable file still gets its entry; opening it reports the error
-        return {"id": self.id, "name": self.name, "width": self.size[0], "height": self.size[1]}
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=6).hexdigest()
-
-
-def picture_source(images: str | Path | Sequence[str | Path]) -> ImageSource:
-    """A folder or a text file of paths (as ``report`` takes), or picture files given one by one."""
-    items = [Path(images)] if isinstance(images, str | Path) else [Path(i) for i in images]
-    if len(items) == 1 and (items[0].is_dir() or items[0].suffix.lower() not in IMAGE_SUFFIXES):
-        return image_source(items[0])
-    for path in items:
-        if not path.exists():
-            raise ImageError(f"image file not found: {str(path)!r}; check the path")
-        if path.is_dir():
-            raise ImageError(f"{str(path)!r} is a folder; give one folder, or picture files")
-    names = [str(p) for p in items]
-
-    def opener(i: int) -> Any:
-        return load_image(items[i])
-
-    return ImageSource(names, f"{len(items)} picture file(s)", opener, items)
 
 
 class Explorer:
@@ -179,7 +116,7 @@ class Explorer:
         if self.source is not None:
             assert self.source.paths is not None
             for index, (name, path) in enumerate(zip(self.source.names, self.source.paths, strict=True)):
-                self._add(Picture(self._free_id("p" + _digest(name.encode())), name, path, index))
+                self._add(Picture(self._free_id("p" + digest(name.encode())), name, path, index))
         self._layers: list[dict[str, Any]] | None = None
         self._fields: dict[tuple[str, str], Any] = {}  # (method, node) -> receptive field
         self.scanner = Scanner(self, Path(state_root) if state_root is not None else None)
@@ -259,7 +196,7 @@ class Explorer:
             if not isinstance(exc.__cause__, PILImage.DecompressionBombError):
                 raise
             raise ImageError(f"{exc} and upload it again") from exc
-        identity = "u" + _digest(data)
+        identity = "u" + digest(data)
         with self._lock:
             if identity in self.pictures:
                 return self.pictures[identity].entry()
@@ -651,48 +588,10 @@ class Explorer:
         self.close()
 
 
-def mebibytes(count: int) -> str:
-    """A size in bytes in the unit ``--upload-limit`` takes: ``32 MiB``, ``33.6 MiB``, ``0.191 MiB``."""
-    value = count / (1 << 20)
-    text = f"{value:.1f}".removesuffix(".0") if value >= 1 else f"{value:.3g}"
-    return f"{text} MiB"
-
-
 def _enlargement(shape: tuple[int, ...]) -> int:
     """The whole factor a step's picture is enlarged by: its longer side reaches :data:`STEP_SIDE` pixels."""
     sides = shape[-2:] if len(shape) in (2, 3) else (1, max(1, int(math.prod(shape))))
     return max(1, -(-STEP_SIDE // max(sides)))
 
 
-def png_bytes(picture: Image) -> bytes:
-    """A PIL picture as PNG bytes."""
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@functools.cache
-def heat_table() -> Any:
-    """256 colours from black through red and orange to pale yellow (a perceptually ordered heat scale)."""
-    import numpy as np
-
-    anchors = np.array(
-        [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39]],
-        dtype=np.float64,
-    )
-    anchors = np.vstack([anchors, [252, 255, 164]])
-    steps = np.linspace(0, len(anchors) - 1, 256)
-    low = np.floor(steps).astype(int).clip(0, len(anchors) - 2)
-    t = (steps - low)[:, None]
-    return np.rint(anchors[low] * (1 - t) + anchors[low + 1] * t).astype(np.uint8)
-
-
-__all__ = [
-    "TOP_K",
-    "ExploreError",
-    "Explorer",
-    "Picture",
-    "UnknownPictureError",
-    "UploadTooLargeError",
-    "picture_source",
-]
+__all__ = ["TOP_K", "Explorer"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from deconvviz.analysis.occlusion import occluder_grid, positions_per_batch, sweep
 from deconvviz.core.graph import evaluating
 from deconvviz.core.incremental import IncrementalOcclusion
-from deconvviz.explore.engine import ExploreError, heat_table, png_bytes
+from deconvviz.explore.pictures import ExploreError, heat_table, png_bytes
 from deconvviz.explore.topk import check_channel
 
 if TYPE_CHECKING:  # pragma: no cover
