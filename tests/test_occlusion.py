@@ -22,7 +22,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import deconvviz as dv
-from deconvviz.analysis.occlusion import OcclusionError, occluder_grid
+from deconvviz.analysis.occluder import OcclusionError, occluder_grid
 from deconvviz.cli import app
 from deconvviz.core.graph import trace
 from deconvviz.core.incremental import IncrementalOcclusion, occluded_images, run_graph

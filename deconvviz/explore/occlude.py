@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.analysis.occlusion import occluder_grid, positions_per_batch, sweep
+from deconvviz.analysis.occluder import occluder_grid, positions_per_batch, sweep
 from deconvviz.core.graph import evaluating
 from deconvviz.core.incremental import IncrementalOcclusion
 from deconvviz.explore.pictures import ExploreError, heat_table, png_bytes
