@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -134,6 +134,13 @@ def figure_bytes(fig: Figure, dpi: float = 100) -> bytes:
     return viz().png_of(fig, dpi)
 
 
+def text_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """A table's lines as the analyses print them: columns padded to their widest cell, a rule under the head."""
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` with tuples as lists and tensors / NumPy scalars as Python numbers or lists."""
     if isinstance(value, Mapping):
@@ -183,6 +190,7 @@ __all__ = [
     "check_result_folder",
     "figure_bytes",
     "is_result_folder",
+    "text_table",
     "viz",
     "write_result_folder",
 ]

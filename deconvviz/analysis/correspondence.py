@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes, text_table
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.graph import evaluating
 from deconvviz.core.layers import choose_layers, default_layers
@@ -266,9 +266,7 @@ class CorrespondenceResult(AnalysisResult):
             [row, *(f"{self.mean(row, layer):.3f} ± {self.std(row, layer):.3f}" for layer in self.layers)]
             for row in self.rows
         ]
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
-        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+        return "\n".join(text_table(head, body))
 
     def to_csv(self) -> str:
         """The table as CSV: ``part,layer,mean,std,pairs``."""

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes
+from deconvviz.analysis.base import AnalysisError, AnalysisResult, figure_bytes, text_table
 from deconvviz.analysis.labels import LabelError, Labels, labels_of
 from deconvviz.analysis.linear import (
     LINEAR,
@@ -137,10 +137,8 @@ class DiscriminationResult(AnalysisResult):
             ]
             for layer in self.layers
         ]
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
         chance = f"chance {100 * self.chance:.1f} %: {self.setting}"
-        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], chance, *_left_out(self.skipped)])
+        return "\n".join([*text_table(head, body), chance, *_left_out(self.skipped)])
 
     def summary(self) -> str:
         """One line: the best layer and its score against chance."""
@@ -270,14 +268,10 @@ class DiscriminationCurve(AnalysisResult):
             ]
             for layer in self.layers
         ]
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
         return "\n".join(
             [
                 f"{name} accuracy % by training pictures per class",
-                lines[0],
-                "  ".join("-" * w for w in widths),
-                *lines[1:],
+                *text_table(head, body),
                 f"chance {100 * self.chance:.1f} %: {self.setting}",
                 *_left_out(self.first.skipped),
             ]
