@@ -149,21 +149,19 @@ class DiscriminationResult(AnalysisResult):
 
     def to_csv(self) -> str:
         """Every class's accuracy: ``layer,split,class,accuracy,l2``."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["layer", "split", "class", "accuracy", "l2"])
-        for layer in self.layers:
-            for split, row in enumerate(self.accuracies[layer].tolist()):
-                for name, value in zip(self.classes, row, strict=True):
-                    writer.writerow([layer, split, name, repr(value), repr(self.penalties[layer][split])])
-        return buffer.getvalue()
+        return _csv(["layer", "split", "class", "accuracy", "l2"], self._rows())
+
+    def _rows(self) -> list[list[Any]]:
+        """The CSV's rows: one per layer, split and class."""
+        return [
+            [layer, split, name, repr(value), repr(self.penalties[layer][split])]
+            for layer in self.layers
+            for split, row in enumerate(self.accuracies[layer].tolist())
+            for name, value in zip(self.classes, row, strict=True)
+        ]
 
     def _files(self) -> dict[str, bytes]:
-        return {
-            "table.txt": (self.table() + "\n").encode("utf-8"),
-            "accuracy.csv": self.to_csv().encode("utf-8"),
-            "discrimination.png": figure_bytes(self.figure()[0]),
-        }
+        return _folder(self)
 
     def _manifest(self) -> dict[str, Any]:
         return {
@@ -288,21 +286,11 @@ class DiscriminationCurve(AnalysisResult):
 
     def to_csv(self) -> str:
         """Every class's accuracy: ``train,layer,split,class,accuracy,l2``."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["train", "layer", "split", "class", "accuracy", "l2"])
-        for result in self.results:
-            for row in csv.reader(io.StringIO(result.to_csv())):
-                if row[0] != "layer":
-                    writer.writerow([result.train, *row])
-        return buffer.getvalue()
+        head = ["train", "layer", "split", "class", "accuracy", "l2"]
+        return _csv(head, [[result.train, *row] for result in self.results for row in result._rows()])
 
     def _files(self) -> dict[str, bytes]:
-        return {
-            "table.txt": (self.table() + "\n").encode("utf-8"),
-            "accuracy.csv": self.to_csv().encode("utf-8"),
-            "discrimination.png": figure_bytes(self.figure()[0]),
-        }
+        return _folder(self)
 
     def _manifest(self) -> dict[str, Any]:
         first = self.first._manifest()
@@ -323,6 +311,23 @@ class DiscriminationCurve(AnalysisResult):
             "skipped": first["skipped"],
             "files": first["files"],
         }
+
+
+def _csv(head: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(head)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _folder(result: DiscriminationResult | DiscriminationCurve) -> dict[str, bytes]:
+    """The result folder's files but the manifest: the table, the accuracies, the figure."""
+    return {
+        "table.txt": (result.table() + "\n").encode("utf-8"),
+        "accuracy.csv": result.to_csv().encode("utf-8"),
+        "discrimination.png": figure_bytes(result.figure()[0]),
+    }
 
 
 def _left_out(skipped: Sequence[tuple[str, str]], shown: int = 3) -> list[str]:
