@@ -572,24 +572,6 @@ def _first_readable(source: ImageSource, preprocess: Any) -> Tensor:
     raise ImageError("no pictures")  # pragma: no cover - a source is never empty here
 
 
-def train_sizes(text: str) -> int | list[int]:
-    """``--train``: one size (``"10"``), or several for a curve (``"1,5,10"``).
-
-    Raises:
-        AnalysisError: anything but positive whole numbers.
-    """
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(value < 1 for value in values):
-        raise AnalysisError(
-            f"--train takes training pictures per class, a positive whole number or several comma-separated "
-            f"(1,5,10), got {text!r}"
-        )
-    return values[0] if len(values) == 1 else values
-
-
 def _train_sizes(train: int | Sequence[int] | None) -> tuple[int, ...]:
     """The training sizes, smallest first, each once (empty: the default)."""
     if train is None:
@@ -666,5 +648,4 @@ __all__ = [
     "DiscriminationCurve",
     "DiscriminationResult",
     "discrimination",
-    "train_sizes",
 ]

@@ -25,6 +25,7 @@ from deconvviz.cli.options import (
     StdOption,
     model_options,
     parse_channels,
+    parse_train,
     progress_bar,
     reported,
     usage,
@@ -533,9 +534,7 @@ def discrimination_command(
     --train sizes, the table and the figure show each layer's accuracy at each size.
     """
     with reported(debug):
-        from deconvviz.analysis.discrimination import train_sizes
-
-        sizes = None if train is None else train_sizes(train)
+        sizes = parse_train(train)
         deconvviz.check_result_folder(out)
         with progress_bar("loading the model", _discriminating) as progress:
             options: dict[str, Any] = {

@@ -389,6 +389,22 @@ def parse_position(text: str | None) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
+def parse_train(text: str | None) -> int | list[int] | None:
+    """``--train``: one size of training pictures per class (``10``), or several for a curve (``1,5,10``)."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(value < 1 for value in values):
+        raise usage(
+            f"--train takes training pictures per class, a positive whole number or several comma-separated "
+            f"(1,5,10), got {text!r}"
+        )
+    return values[0] if len(values) == 1 else values
+
+
 def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:
     """``--channels``: ``N``, ``all``, or a comma-separated list of channel indices.
 
