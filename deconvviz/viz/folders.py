@@ -317,9 +317,8 @@ def render_images(
     current = session(model, device=device, size=size)
     inputs = [current.preprocess(picture, full_image=full_image) for picture in pictures]
     chosen = choose_layers(current.net, layers, inputs[0])
-    widths = channel_widths(current.net, inputs[0], chosen)
-    if channels is not None:
-        check_channels(widths, [int(c) for c in channels])
+    if channels is not None:  # a channel out of range fails before anything is written
+        check_channels(channel_widths(current.net, inputs[0], chosen), [int(c) for c in channels])
     arguments: dict[str, Any] = {
         "model": current.name,
         "layers": chosen,
