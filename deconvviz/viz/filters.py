@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -91,8 +92,15 @@ class Filters:
 
         The filter (its taps spread by the dilation) is zero-padded to ``n x n`` (at least 64, and four times
         its extent) before the 2-D Fourier transform; ``fy`` and ``fx`` are the frequencies of the rows and
-        columns of ``power`` in cycles per pixel, in ``[-0.5, 0.5)``.
+        columns of ``power`` in cycles per pixel, in ``[-0.5, 0.5)``. Computed once per ``Filters`` (the
+        diagnosis reads it twice); each call returns copies.
         """
+        power, fy, fx = self._spectrum
+        return power.clone(), fy.clone(), fx.clone()
+
+    @cached_property
+    def _spectrum(self) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`power`, computed once."""
         import torch
 
         weight = self.weight.double()
