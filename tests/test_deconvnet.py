@@ -575,18 +575,42 @@ def test_one_layer_name_alone_is_one_layer() -> None:
 def test_seed_arguments_of_the_wrong_kind_and_the_models_return_are_one_line(tmp_path) -> None:
     net = dv.DeconvNet(make_tiny_vgg())
     x = torch.randn(1, 3, 32, 32)
-    layer = net.layers[-1]
+    layer = net.layers[-1]  # the classifier: no map
+    conv = [name for name, act in net.activations(x, net.layers).items() if act.dim() == 4][-1]
+    with pytest.raises(SeedError, match=r"position= seeds a unit of a 2-D map, and layer .* has none; leave it out"):
+        net.project(x, layer, channel=0, position=(0, 0))
     for kwargs, said in (
         ({"channel": 1.5}, "channel= takes a channel index or a list of them, got 1.5"),
         ({"channel": "a"}, "channel= takes a channel index or a list of them, got 'a'"),
-        ({"channel": 0, "position": 3}, "position= takes (row, col) of a unit in the layer's map, got 3"),
+        ({"channel": 0, "position": 3}, "position= takes two numbers, (row, col) of a unit in the layer's map, got 3"),
+        (
+            {"channel": 0, "position": (1, 2, 3)},
+            "position= takes two numbers, (row, col) of a unit in the layer's map, got (1, 2, 3)",
+        ),
+        ({"channel": 0, "position": (1.5, 2)}, "position= takes whole numbers (row, col), got (1.5, 2)"),
+        ({"channel": [0, 2.0]}, "channel= takes whole channel indices, got 2.0; give an int or a list of ints"),
+        ({"channel": torch.tensor(99)}, f"channel 99 is out of range for layer {layer!r}"),
     ):
         with pytest.raises(SeedError) as info:
-            net.project(x, layer, **kwargs)
-        assert str(info.value) == said
+            net.project(x, conv, **kwargs)
+        assert str(info.value).startswith(said.replace(repr(layer), repr(conv)))
+    # a tensor or NumPy index (``acts.argmax()``) is a channel, a tensor pair a position
+    act = net.activations(x, conv)[conv]
+    strongest = act[0].amax(dim=(1, 2)).argmax()
+    assert net.project(x, conv, channel=strongest).channels == (int(strongest),)
+    assert net.project(x, conv, channel=strongest.numpy()).channels == (int(strongest),)
+    assert net.project(x, conv, channel=torch.tensor([2, 0])).channels == (2, 0)
+    assert net.project(x, conv, channel=0, position=torch.tensor([1, 0])).positions == ((1, 0),)
+    for name, said in ((None, "got None: give one name"), (3, "got 3: write '3'"), ([layer], "give one name")):
+        with pytest.raises(LayerNotFoundError, match="a layer is named by a string") as info:
+            net.project(x, name, top=1)  # type: ignore[arg-type]
+        assert said in str(info.value)
     with pytest.raises(LayerNotFoundError, match="the model's input and its return are not layers"):
         net.project(x, "output", channel=0)
     in_the_way = tmp_path / "file"
     in_the_way.write_text("x")
     with pytest.raises(dv.OutputError, match=r"is a file, not a folder; choose a folder"):
         net.project(x, layer, top=1).save(in_the_way)
+    with pytest.raises(dv.OutputError) as info:  # the file in the way is named, not the folder below it
+        net.project(x, layer, top=1).save(in_the_way / "below")
+    assert f"{str(in_the_way)!r} is a file, not a folder" in str(info.value)

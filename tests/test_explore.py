@@ -803,6 +803,27 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
     assert "not found" in result.stderr
     assert "checkpoint" not in result.stderr
+    # picture files given one by one are checked at launch (their headers), not when the page picks them
+    (tmp_path / "notes.md").write_text("# not a picture")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    shown = tmp_path / "shown.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(shown)
+    for odd in ("notes.md", "empty.jpg"):
+        result = CliRunner().invoke(app, ["explore", str(shown), str(tmp_path / odd), "--model", MODEL])
+        assert result.exit_code == 2
+        said = f"{str(tmp_path / odd)!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
+        assert result.stderr == f"error: {said}\n"
+
+
+def test_dv_explore_refuses_a_module_without_preprocessing(photos: Path) -> None:
+    from conftest import make_tiny_vgg
+
+    from deconvviz.explore.pictures import ExploreError
+
+    before = set(threading.enumerate())
+    with pytest.raises(ExploreError, match="the explorer reads pictures and needs the model's preprocessing"):
+        dv.explore(make_tiny_vgg(), photos, device="cpu")
+    assert set(threading.enumerate()) <= before  # refused before a scan, a worker or a server started
 
 
 def test_dv_explore_serves_on_a_thread_and_shows_inline(photos: Path) -> None:
@@ -1030,9 +1051,22 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
         driver.find_element("id", "way-down").click()
         wait.until(lambda d: "steps" not in query(d.current_url))
 
+        # a permalink to a unit outside the map: a notice, and the channel's strongest unit, as for a channel;
+        # the unit line gives the field's first and last rows and columns
+        driver.get(f"{server.url}&{urlencode({'image': ids[0], 'layer': 'conv3', 'channel': '1', 'unit': '99,99'})}")
+        wait.until(lambda d: "unit 99,99" in text("notice") and text("unit").startswith("conv3 ch 1 unit"))
+        assert "outside the" in text("notice")
+        assert "showing the channel's strongest unit" in text("notice")
+        assert "unit" not in query(driver.current_url)
+        assert not driver.find_element("id", "error").is_displayed()
+        box = explorer.unit(ids[0], "conv3", 1, None, None)["box"]
+        assert f"field rows {box[0]}-{box[2] - 1}, cols {box[1]}-{box[3] - 1}" in text("unit")
+        assert text("map-caption") == "activation map: click a unit"
+
         # a layer without a 2-D map: the top-9 hits ask for no position, their reconstructions load, a click works
         driver.find_element("css selector", '#layers a[data-name="flatten"]').click()
         wait.until(lambda d: text("unit").startswith("flatten ch "))
+        assert text("map-caption") == "this layer has no map: one value per channel"
         wait.until(lambda d: d.find_elements("css selector", "#topk a[href]"))
         backgrounds = driver.execute_script(
             "return [...document.querySelectorAll('#topk .crop')].map((e) => e.style.backgroundImage);"

@@ -133,6 +133,12 @@ class Graph:
         Raises:
             LayerNotFoundError: the name is unknown; the message lists the closest names.
         """
+        if not isinstance(name, str):  # None, an index, a list: named here rather than failing in a lookup
+            hint = f"write {str(name)!r}" if isinstance(name, int) and not isinstance(name, bool) else "give one name"
+            raise LayerNotFoundError(
+                f"a layer is named by a string (a node name such as 'features.29' or an alias such as 'conv5_3'), "
+                f"got {name!r}: {hint} (`deconvviz layers` or `DeconvNet.layers` lists every layer)"
+            )
         aliases = aliases or {}
         target = aliases.get(name, name)
         found = self._by_name.get(target, self.containers.get(target))

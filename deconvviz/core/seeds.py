@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -61,19 +61,40 @@ def channels(act: Tensor, channel: int | Sequence[int] | None, top: int | None, 
         return [int(c) for c in order]
     if channel is None:
         raise SeedError("choose what to project: channel=<index or list> or top=<count>")
-    if isinstance(channel, str) or not isinstance(channel, numbers.Integral | Sequence | torch.Tensor):
+    channel = _plain(channel)  # a tensor or NumPy index (``acts.argmax()``) as Python numbers
+    if isinstance(channel, str) or not isinstance(channel, numbers.Integral | Sequence):
         raise SeedError(f"channel= takes a channel index or a list of them, got {channel!r}")
     chosen = [channel] if isinstance(channel, numbers.Integral) else list(channel)
     chosen = [int(c) if isinstance(c, numbers.Integral) and not isinstance(c, bool) else c for c in chosen]
     if not chosen:
         raise SeedError("channel= is an empty list")
     for c in chosen:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < count:
-            raise SeedError(
-                f"channel {c!r} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
-                "choose one in that range"
-            )
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise SeedError(f"channel= takes whole channel indices, got {c!r}; give an int or a list of ints")
+        if not 0 <= c < count:
+            raise SeedError(channel_outside(c, count, layer))
     return chosen
+
+
+def channel_outside(channel: int, count: int, layer: str) -> str:
+    """The one line for a channel outside ``0..count-1``, said the same way by every front."""
+    return (
+        f"channel {channel!r} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
+        "choose one in that range"
+    )
+
+
+def position_outside(position: tuple[int, int], height: int, width: int, layer: str) -> str:
+    """The one line for a unit's ``(row, col)`` outside a ``height x width`` map."""
+    return (
+        f"position {tuple(position)} is outside the {height}x{width} map of layer {layer!r}; "
+        f"choose rows 0-{height - 1} and columns 0-{width - 1}"
+    )
+
+
+def no_map(layer: str) -> str:
+    """The one line for a position given on a layer without a 2-D map."""
+    return f"position= seeds a unit of a 2-D map, and layer {layer!r} has none; leave it out"
 
 
 def units(
@@ -90,22 +111,29 @@ def units(
     height, width = ((*spatial, 1, 1))[:2] if spatial else (1, 1)
     planes = act[0, list(channels)].reshape(len(channels), -1)
     if position is not None:
-        if not isinstance(position, Sequence) or isinstance(position, str):
-            raise SeedError(f"position= takes (row, col) of a unit in the layer's map, got {position!r}")
-        if len(position) != 2 or not spatial:
-            raise SeedError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
+        position = _plain(position)
+        if not isinstance(position, Sequence) or isinstance(position, str) or len(position) != 2:
+            raise SeedError(f"position= takes two numbers, (row, col) of a unit in the layer's map, got {position!r}")
+        if not spatial:
+            raise SeedError(no_map(layer))
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in position):
+            raise SeedError(f"position= takes whole numbers (row, col), got {tuple(position)!r}")
         row, col = int(position[0]), int(position[1])
         if not (0 <= row < height and 0 <= col < width):
-            raise SeedError(
-                f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}; "
-                f"choose rows 0-{height - 1} and columns 0-{width - 1}"
-            )
+            raise SeedError(position_outside((row, col), height, width, layer))
         flat = torch.full((len(channels),), row * width + col, dtype=torch.long, device=act.device)
         values = planes.gather(1, flat[:, None])[:, 0]
     else:  # the strongest unit of each channel (for mode="map", where its value labels the map)
         values, flat = planes.max(dim=1)
     units = [(0, int(c), int(f) // width, int(f) % width) for c, f in zip(channels, flat.tolist(), strict=True)]
     return units, values
+
+
+def _plain(value: Any) -> Any:
+    """A tensor or NumPy array or scalar as the Python number or list of its values; anything else as it is."""
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        return value.tolist()
+    return value
 
 
 def check_unit(act: Tensor, unit: Unit, layer: str) -> None:

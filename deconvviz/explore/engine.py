@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.core.receptive import receptive_fields
+from deconvviz.core.seeds import no_map, position_outside
 from deconvviz.errors import DeconvVizError
 from deconvviz.explore.cache import ByteCache, default_cache_bytes
 from deconvviz.explore.pictures import (
@@ -102,6 +103,9 @@ class Explorer:
                 raise ExploreError("checkpoint= goes with a model name; load your model with it instead")
             model = load_model(model, device=resolve_device(device), checkpoint=checkpoint)
         self.session: Session = session(model, device=device)
+        self.session.require_preprocessing(
+            "the explorer reads pictures and needs", error=ExploreError
+        )  # a bare nn.Module could show nothing: refused before any server starts
         self.net = self.session.net
         self.upload_limit = int(upload_limit)
         self.cache = ByteCache(default_cache_bytes() if cache_bytes is None else int(cache_bytes))
@@ -388,7 +392,7 @@ class Explorer:
         check_channel(channel, int(act.shape[0]), layer)
         if act.dim() != 3:
             if position is not None:
-                raise ExploreError(f"position must be (row, col) on a layer with a 2-D map; layer {layer!r} has none")
+                raise ExploreError(no_map(layer))
             return {
                 "channel": channel,
                 "position": None,
@@ -402,7 +406,7 @@ class Explorer:
             position = divmod(flat, width)
         row, col = position
         if not (0 <= row < height and 0 <= col < width):
-            raise ExploreError(f"position {(row, col)} is outside the {height}x{width} map of layer {layer!r}")
+            raise ExploreError(position_outside((row, col), height, width, layer))
         box = None
         try:
             found = self._field(captured.node_name, method)
@@ -434,7 +438,7 @@ class Explorer:
         if position is not None and act.dim() == 4:
             height, width = int(act.shape[2]), int(act.shape[3])
             if not (0 <= position[0] < height and 0 <= position[1] < width):
-                raise ExploreError(f"position {position} is outside the {height}x{width} map of layer {layer!r}")
+                raise ExploreError(position_outside(position, height, width, layer))
         return captured
 
     def projection_png(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.errors import DeconvVizError
-from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, load_image
+from deconvviz.io.images import IMAGE_SUFFIXES, ImageError, check_image, load_image
 from deconvviz.io.sources import ImageSource, image_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,6 +85,7 @@ def picture_source(images: str | Path | Sequence[str | Path]) -> ImageSource:
             raise ImageError(f"image file not found: {str(path)!r}; check the path")
         if path.is_dir():
             raise ImageError(f"{str(path)!r} is a folder; give one folder, or picture files")
+        check_image(path)  # its header: a file that is no picture is refused at launch, not when it is picked
     names = [str(p) for p in items]
 
     def opener(i: int) -> Any:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from deconvviz.analysis.topk.scan import _device_of
 from deconvviz.analysis.topk.scan import scan as scan_folder
 from deconvviz.analysis.topk.state import StateError
+from deconvviz.core.seeds import channel_outside
 from deconvviz.errors import DeconvVizError
 from deconvviz.models.weights.sources import cache_dir
 
@@ -39,10 +40,7 @@ class TopKError(DeconvVizError, ValueError):
 def check_channel(channel: int, count: int, layer: str) -> None:
     """Refuse a channel outside ``0..count-1`` in the words ``deconvviz render`` uses."""
     if not 0 <= channel < count:
-        raise TopKError(
-            f"channel {channel} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
-            "choose a smaller channel number"
-        )
+        raise TopKError(channel_outside(channel, count, layer))
 
 
 def scan_hits(

@@ -22,6 +22,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".
 """File suffixes (lower case) that deconvviz treats as pictures when it looks through a folder."""
 
 
+_NOT_A_PICTURE = "{!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
+
+
 class ImageError(DeconvVizError, ValueError):
     """A path that does not lead to a readable picture."""
 
@@ -48,7 +51,23 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         >>> img.mode, img.size  # doctest: +SKIP
         ('RGB', (451, 300))
     """
-    p = Path(path)
+    image = _read(Path(path), decode=True)
+    assert image is not None  # decoded
+    return image
+
+
+def check_image(path: str | os.PathLike[str]) -> None:
+    """Check that a file is a picture from its header alone, without decoding it (fast over many files).
+
+    Raises:
+        ImageError: what :func:`load_image` raises for a missing, unreadable or non-picture file (a corrupt body
+            shows only when the picture is decoded).
+    """
+    _read(Path(path), decode=False)
+
+
+def _read(p: Path, *, decode: bool) -> Image.Image | None:
+    """The picture at ``p`` (``decode``), or None once its header reads; the errors of :func:`load_image`."""
     if not p.exists():
         raise ImageError(f"image file not found: {str(p)!r}; check the path")
     if p.is_dir():
@@ -63,7 +82,13 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         with open(descriptor, "rb") as handle:  # noqa: PTH123 - a file object over the descriptor checked above
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                 raise ImageError(f"{str(p)!r} is not a regular file (a pipe, socket or device); pass a picture file")
-            return _decode(handle, str(p))
+            if decode:
+                return _decode(handle, str(p))
+            try:
+                Image.open(handle).close()
+            except UnidentifiedImageError as exc:
+                raise ImageError(_NOT_A_PICTURE.format(str(p))) from exc
+            return None
     except ImageError:
         raise
     except PermissionError as exc:
@@ -97,9 +122,7 @@ def _decode(handle: BinaryIO, label: str) -> Image.Image:
                 opened.load()
                 image = as_rgb(ImageOps.exif_transpose(opened) or opened)
     except UnidentifiedImageError as exc:
-        raise ImageError(
-            f"{label!r} is not a picture Pillow can read; use a JPEG, PNG, WebP, BMP or TIFF file"
-        ) from exc
+        raise ImageError(_NOT_A_PICTURE.format(label)) from exc
     except Image.DecompressionBombError as exc:
         most = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses pictures over twice its limit
         raise ImageError(

@@ -300,7 +300,7 @@ def resolve_spec(name: str) -> ModelSpec:
         return _user_spec(name)
     if name.endswith(".py") or (colon and not function_name and module_name.endswith(".py")):
         raise UnknownModelError(_file_without_function(module_name if colon and not function_name else name))
-    candidates = [*_REGISTRY, *(f"{n}:torchvision" for n in _torchvision_names())]
+    candidates = list(dict.fromkeys([*_REGISTRY, *(f"{n}:torchvision" for n in _torchvision_names())]))
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(_REGISTRY)}"
     raise UnknownModelError(

@@ -126,8 +126,10 @@ def save_projection(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
+        blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
         raise OutputError(
-            f"cannot write into {str(directory)!r}: {str(exc.filename)!r} is a file, not a folder; choose a folder"
+            f"cannot write into {str(directory)!r}: {str(blocking or exc.filename)!r} is a file, not a folder; "
+            "choose a folder"
         ) from exc
     layer = safe_name(projection.layer)
     base = base_picture(projection) if options.overlay else None

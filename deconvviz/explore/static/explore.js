@@ -314,6 +314,14 @@
         state.unit = null;
         remember(true);
       }
+      const [, rows, cols] = activations.shape;
+      const flat = activations.shape.length !== 3;
+      if (state.unit && (flat || state.unit[0] >= rows || state.unit[1] >= cols)) {
+        const map = flat ? "layer " + state.layer + " has no map" : "it is outside the " + rows + "x" + cols + " map of layer " + state.layer;
+        notice("unit " + state.unit.join(",") + ": " + map + "; showing the channel's strongest unit");
+        state.unit = null;
+        remember(true);
+      }
       markGrid();
       await showUnit(mine);
     } catch (error) {
@@ -364,7 +372,9 @@
     drawPatch(body.box, size);
     drawMarker(body.position);
     const where = body.position ? " unit (" + body.position.join(", ") + ")" : "";
-    const box = body.box ? "  field rows " + body.box[0] + "-" + body.box[2] + ", cols " + body.box[1] + "-" + body.box[3] : "";
+    // The field's last row and column, not one past them: a 3-pixel field reads "rows 122-124".
+    const box = body.box ? "  field rows " + body.box[0] + "-" + (body.box[2] - 1) + ", cols " + body.box[1] + "-" + (body.box[3] - 1) : "";
+    $("map-caption").textContent = body.position ? "activation map: click a unit" : "this layer has no map: one value per channel";
     $("unit").textContent = state.layer + " ch " + body.channel + where + "  a=" + number(body.activation) + box + "  (" + state.method + ", " + state.scale + ")";
     $("projection-caption").textContent = state.method + " projection";
     if (occlusionKey !== null && occlusionKey !== occlusionOf()) closeOcclusion(); // it spoke of another channel
@@ -442,7 +452,7 @@
       remember(true);
     }
     const step = steps[state.steps];
-    $("step-count").textContent = "(step " + step.index + " of " + (steps.length - 1) + ": seed first, pixels last)";
+    $("step-count").textContent = "(step " + step.index + " of 0-" + (steps.length - 1) + ": seed first, pixels last)";
     $("step-prev").disabled = state.steps === 0;
     $("step-next").disabled = state.steps === steps.length - 1;
     const undid = step.ops.length ? " undoing " + step.ops.join(" + ") : "";
