@@ -459,10 +459,15 @@ def test_render_and_report_take_the_reverse_pass(runner: CliRunner, photos: list
     manifest = json.loads((out / photos[0].stem / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["arguments"]["method"] == "guided"
     report = tmp_path / "report"
-    args = ["report", str(photos[0].parent), "--model", MODEL, "--device", "cpu", "-l", "conv2", "-c", "2"]
-    result = runner.invoke(app, [*args, "--top", "1", "--out", str(report), "--method", "gradient"])
+    args = ["report", str(photos[0].parent), "--model", MODEL, "--device", "cpu", "-l", "conv1", "-l", "conv2"]
+    result = runner.invoke(app, [*args, "-c", "2", "--top", "1", "--out", str(report), "--method", "gradient"])
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((report / "manifest.json").read_text(encoding="utf-8"))
+    assert list(manifest["pages"]["layers"]) == ["conv1", "conv2"]  # a repeated -l adds a layer
+    again = runner.invoke(app, [*args, "--out", str(report)])  # refused before any work, the report kept
+    assert again.exit_code == 2
+    assert "already exists; pass --overwrite" in again.stderr
+    assert json.loads((report / "manifest.json").read_text(encoding="utf-8")) == manifest
     assert manifest["arguments"]["method"] == "gradient"
     assert manifest["topk"]["method"] == "gradient"
     code, _, stderr = render(runner, photos[0], "--out", tmp_path / "bad", "--method", "nope")

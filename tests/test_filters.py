@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import register_tiny_model
+from PIL import Image
 from typer.testing import CliRunner
 
 import deconvviz as dv
@@ -89,3 +90,32 @@ def test_the_command_prints_the_diagnosis(tmp_path) -> None:
     assert lines[0].startswith(f"{MODEL} conv1 (features.0): 4 filters of 3x3x3")
     assert lines[1].startswith("4 filters: 0 dead, 0 dominating")
     assert lines[1].endswith("stride 1 keeps every position, so nothing aliases")
+
+
+def test_the_command_replaces_only_its_own_figure(tmp_path) -> None:
+    register_tiny_model(MODEL)
+    figure = tmp_path / "f.png"
+    for _ in range(2):  # a second run replaces the first run's figure
+        result = CliRunner().invoke(app, ["filters", "-m", MODEL, "-o", str(figure)])
+        assert result.exit_code == 0, result.stderr
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(photo)
+    notes = tmp_path / "notes.md"
+    notes.write_text("# notes")
+    kept = {path: path.read_bytes() for path in (photo, notes)}
+    for out, said in (
+        (photo, "exists and is not a figure deconvviz wrote; choose another --out, or remove it first"),
+        (notes, "--out writes a PNG; give a file name ending in .png"),
+        (tmp_path / "f.jpg", "--out writes a PNG; give a file name ending in .png"),
+        (tmp_path, "is a folder; give the PNG's file name"),
+    ):
+        result = CliRunner().invoke(app, ["filters", "-m", MODEL, "-o", str(out)])
+        assert result.exit_code == 2
+        assert said in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert not (tmp_path / "f.jpg").exists()
+    for layers in (["-l", "conv1", "-l", "conv2"], ["--layers", "conv1,conv2"]):
+        result = CliRunner().invoke(app, ["filters", "-m", MODEL, *layers, "-o", str(tmp_path / "g.png")])
+        assert result.exit_code == 2
+        assert result.stderr == "error: filters draws one layer, got conv1, conv2; run it once per layer\n"

@@ -276,10 +276,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_cli_writes_the_figure_and_manifest(photos, tmp_path: Path) -> None:
     out = tmp_path / "inv"
     args = ["invariance", *map(str, photos), "--model", MODEL, "--device", "cpu", "--steps", "3", "-o", str(out)]
-    result = CliRunner().invoke(app, [*args, "--translate", "-4:4", "--rotate", "off"])
+    result = CliRunner().invoke(app, [*args, "--translate", "-4:4", "--rotate", "off", "-l", "conv1", "-l", "conv2"])
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert [layer["layer"] for layer in manifest["layers"]] == ["conv1", "conv2"]  # a repeated -l adds a layer
     assert list(manifest["transforms"]) == ["translate", "scale"]
     assert manifest["transforms"]["translate"]["values"] == [-4.0, 0.0, 4.0]
     assert "translate:" in result.stdout

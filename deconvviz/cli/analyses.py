@@ -23,6 +23,7 @@ from deconvviz.cli.options import (
     OutOption,
     SizeOption,
     StdOption,
+    joined,
     model_options,
     parse_channels,
     parse_train,
@@ -35,7 +36,7 @@ from deconvviz.cli.options import (
 @model_options
 def filters_command(
     layer: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--layer",
             "--layers",
@@ -59,14 +60,22 @@ def filters_command(
     share of their power the convolution's stride aliases.
     """
     with reported(debug):
+        from deconvviz.viz.render import replaceable_figure, safe_name, save_figure
+
+        named = [name.strip() for name in (joined(layer) or "").split(",") if name.strip()]
+        if len(named) > 1:
+            raise usage(f"filters draws one layer, got {', '.join(named)}; run it once per layer")
+
+        if out is not None:
+            _check_figure_path(out)
         with progress_bar("loading the model"):
             from deconvviz.viz.filters import layer_filters
-            from deconvviz.viz.render import safe_name, save_figure
 
             current = deconvviz.session(model.load(), device="cpu")
-            found = layer_filters(current.net, layer)
-            layer = found.layer
-            target = out if out is not None else Path(f"{safe_name(layer)}_filters.png")
+            found = layer_filters(current.net, named[0] if named else None)
+            target = out if out is not None else Path(f"{safe_name(found.layer)}_filters.png")
+            if not replaceable_figure(target):
+                _check_figure_path(target)
             fig, _ = found.figure(columns=columns)
             try:
                 save_figure(fig, target)
@@ -74,6 +83,20 @@ def filters_command(
                 raise usage(f"cannot write {str(target)!r}: its folder does not exist; create it first") from exc
         typer.echo(f"{current.name} {found.description} -> {target}")
         typer.echo(found.summary())
+
+
+def _check_figure_path(path: Path) -> None:
+    """Refuse, before any work, a figure's path that is not a ``.png``, is a folder, or holds a file of another's."""
+    from deconvviz.viz.render import replaceable_figure
+
+    if path.is_dir():
+        raise usage(f"--out {str(path)!r} is a folder; give the PNG's file name (e.g. {str(path / 'filters.png')!r})")
+    if path.suffix.lower() != ".png":
+        raise usage(f"--out writes a PNG; give a file name ending in .png, not {str(path)!r}")
+    if not replaceable_figure(path):
+        raise usage(
+            f"{str(path)!r} exists and is not a figure deconvviz wrote; choose another --out, or remove it first"
+        )
 
 
 def _parse_range(text: str, name: str) -> tuple[float, float] | None:
@@ -120,12 +143,13 @@ def invariance_command(
     ],
     model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--layers",
+            "--layer",
             "-l",
-            help="Comma-separated layers to compare, low to high. Default: the first of the model's default "
-            "layers and its output (e.g. conv1 and the class scores for squeezenet1_1).",
+            help="Layers to compare, low to high, comma-separated or repeated. Default: the first of the model's "
+            "default layers and its output (e.g. conv1 and the class scores for squeezenet1_1).",
             show_default=False,
         ),
     ] = None,
@@ -137,7 +161,11 @@ def invariance_command(
     steps: Annotated[int, typer.Option(min=2, max=1000, help="Values per transformation, both ends included.")] = 13,
     target: Annotated[
         str | None,
-        typer.Option(help="The true class (index or name) for every picture. Default: each picture's top-1."),
+        typer.Option(
+            "--class",
+            "--target",
+            help="The true class (index or name) for every picture. Default: each picture's top-1.",
+        ),
     ] = None,
     normalize: Annotated[
         Distance,
@@ -165,7 +193,7 @@ def invariance_command(
             result = deconvviz.invariance(
                 images,
                 model.load(device),
-                layers=layers,
+                layers=joined(layers),
                 steps=steps,
                 target=int(target) if target is not None and target.strip().isdigit() else target,
                 normalize=normalize.value,
@@ -425,18 +453,19 @@ def correspondence_command(
     ],
     model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            "--layers", "-l", help="Comma-separated aliases or node names. Default: the two deepest default layers."
+            "--layers",
+            "--layer",
+            "-l",
+            help="Aliases or node names, comma-separated or repeated. Default: the two deepest default layers.",
         ),
     ] = None,
     random: Annotated[
         int, typer.Option("--random", help="Random boxes of each part's size drawn per image for the baseline.")
     ] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the random boxes.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The result folder to create.")] = Path(
-        "deconvviz-correspondence"
-    ),
+    out: OutOption = Path("deconvviz-correspondence"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     debug: DebugOption = False,
 ) -> None:
@@ -449,7 +478,7 @@ def correspondence_command(
     with reported(debug):
         deconvviz.check_result_folder(out)
         with progress_bar("loading the model", lambda what: "occluding parts") as progress:
-            options: dict[str, Any] = {"layers": layers, "random": random, "seed": seed}
+            options: dict[str, Any] = {"layers": joined(layers), "random": random, "seed": seed}
             loaded = model.load(device)
             result = deconvviz.correspondence(images, parts, loaded, device=device, progress=progress, **options)
             folder = result.save(out, arguments={"parts": str(parts), **model.arguments(), **options})
@@ -477,8 +506,13 @@ def discrimination_command(
     ],
     model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
-        str | None,
-        typer.Option("--layers", "-l", help="Comma-separated aliases or node names. Default: the default layers."),
+        list[str] | None,
+        typer.Option(
+            "--layers",
+            "--layer",
+            "-l",
+            help="Aliases or node names, comma-separated or repeated. Default: the default layers.",
+        ),
     ] = None,
     labels: Annotated[
         Path | None,
@@ -520,9 +554,7 @@ def discrimination_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the splits and the cross-validation folds.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per forward pass.")] = 16,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The result folder to create.")] = Path(
-        "deconvviz-discrimination"
-    ),
+    out: OutOption = Path("deconvviz-discrimination"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     debug: DebugOption = False,
 ) -> None:
@@ -538,7 +570,7 @@ def discrimination_command(
         deconvviz.check_result_folder(out)
         with progress_bar("loading the model", _discriminating) as progress:
             options: dict[str, Any] = {
-                "layers": layers,
+                "layers": joined(layers),
                 "labels": labels,
                 "linear": linear.value,
                 "train": sizes,

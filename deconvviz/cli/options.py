@@ -10,6 +10,7 @@ import contextlib
 import functools
 import inspect
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from deconvviz.errors import DeconvVizError
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""The reader of the output went away (128 + SIGPIPE, as a shell tool killed by it)."""
 
 
 # typer ships its own copy of click; its exception base is found from a public class rather than a private module
@@ -195,6 +198,10 @@ def reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         say("interrupted; nothing was left half-written")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # the reader of the output went away (`| head -1`): stop quietly, as shell tools do
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except (DeconvVizError, ValueError, OSError) as exc:
         if debug:
             raise
@@ -205,6 +212,11 @@ def reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
             raise
         say(f"error: {_first_line(exc)} (run `deconvviz --debug ...` for the traceback)")
         raise typer.Exit(EXIT_FAILED) from None
+
+
+def joined(values: list[str] | None) -> str | None:
+    """A repeatable option's values as one comma-separated list (``-l a -l b,c``: ``"a,b,c"``); None if absent."""
+    return ",".join(values) if values else None
 
 
 class UsageError(ValueError):

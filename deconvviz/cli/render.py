@@ -20,6 +20,7 @@ from deconvviz.cli.options import (
     ScaleOption,
     SizeOption,
     err,
+    joined,
     model_options,
     parse_channels,
     progress_bar,
@@ -183,13 +184,13 @@ def report_command(
     ],
     model: ModelChoice = DEFAULT_MODEL,
     layers: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--layers",
             "--layer",
             "-l",
-            help="Comma-separated aliases or node names, or `all`. Default: conv2_2,conv3_3,conv4_3,conv5_3 "
-            "where the model has them, else one layer per resolution.",
+            help="Aliases or node names, comma-separated or repeated, or `all`. Default: conv2_2,conv3_3,conv4_3,"
+            "conv5_3 where the model has them, else one layer per resolution.",
             show_default=False,
         ),
     ] = None,
@@ -204,7 +205,9 @@ def report_command(
         ),
     ] = "16",
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The report folder to create.")] = Path("report"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The report folder (an earlier report is replaced with --overwrite).")
+    ] = Path("report"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")] = "auto",
     per_image: Annotated[
         bool, typer.Option("--per-image", help="Also render every picture's per-layer reconstructions.")
@@ -254,6 +257,8 @@ def report_command(
     """
     from deconvviz.analysis.topk import distributed
 
+    chosen = joined(layers)
+
     if workers > 1 and not distributed.launched():
         with reported(debug):
             from deconvviz.io.sources import image_source
@@ -262,7 +267,7 @@ def report_command(
             from deconvviz.analysis.topk.options import ScanOptions
 
             scanning = ScanOptions.of(
-                None if layers is None else [layers],
+                None if chosen is None else [chosen],
                 k=top,
                 batch_size=batch_size,
                 limit=limit,
@@ -280,7 +285,10 @@ def report_command(
     try:
         with reported(debug, quiet=not lead):
             chosen_channels = parse_channels(channels, ranked=True)
-            from deconvviz.viz.report import build_report, scan_state_folder
+            from deconvviz.io.atomic import check_target
+            from deconvviz.viz.report import ReportError, build_report, scan_state_folder
+
+            check_target(out, replace=overwrite, error=ReportError)  # before the model loads, as build_report would
 
             if resume and lead and (overwrite or not out.exists()):  # else the refusal of the folder says it all
                 saved = scan_state_folder(out)
@@ -305,7 +313,7 @@ def report_command(
                         folder,
                         out,
                         model=model.load(device),
-                        layers=layers,
+                        layers=chosen,
                         channels=chosen_channels,
                         k=top,
                         device=device,

@@ -429,8 +429,12 @@ def layers_figure(
     return fig, axes
 
 
+SOFTWARE = "deconvviz"
+"""The PNG ``Software`` text every figure carries: how a later run knows a file in its way is one of its own."""
+
+
 def figure_png(fig: Figure, dpi: float = 100) -> bytes:
-    """Encode a figure as PNG bytes."""
+    """Encode a figure as PNG bytes (marked ``Software: deconvviz``)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": SOFTWARE})
     return buffer.getvalue()

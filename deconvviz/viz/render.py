@@ -67,6 +67,25 @@ def save_figure(fig: Figure, path: str | Path, dpi: float = 100) -> Path:
     return path
 
 
+def replaceable_figure(path: str | Path) -> bool:
+    """Whether a file may be written at ``path``: nothing is there, or a figure deconvviz wrote (its PNG mark).
+
+    A photo, a document or a figure of another tool at a figure's path is never replaced.
+    """
+    from PIL import Image as PILImage
+
+    from deconvviz.viz.figures import SOFTWARE
+
+    path = Path(path)
+    if not path.exists():
+        return True
+    try:
+        with PILImage.open(path) as found:
+            return found.format == "PNG" and getattr(found, "text", {}).get("Software") == SOFTWARE
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def save_image(picture: Image | np.ndarray, path: str | Path) -> Path:
     """Write a PIL image or an ``(H, W, 3)`` uint8 array as a PNG (atomically); return the path."""
     from PIL import Image as PILImage
