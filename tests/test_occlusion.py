@@ -287,7 +287,12 @@ def test_a_given_class_by_index_or_name(photo: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "message"), [(5, "unknown class 5"), ("zebra", "unknown class 'zebra'"), (-1, "unknown class -1")]
+    ("target", "message"),
+    [
+        (5, r"class 5 is out of range: 'tiny-occlusion' has 5 classes \(0-4\)"),  # as render and invariance say it
+        ("zebra", "unknown class 'zebra'"),
+        (-1, "class -1 is out of range"),
+    ],
 )
 def test_unknown_class(photo: Path, target: object, message: str) -> None:
     with pytest.raises(OcclusionError, match=message):
@@ -562,7 +567,7 @@ def test_cli_method_is_passed_to_panel_b_and_recorded(photo: Path, tmp_path: Pat
     [
         (["--size", "64"], "larger than the 32x32 image"),
         (["--stride", "0"], "stride"),
-        (["--class", "7"], "unknown class 7"),
+        (["--class", "7"], "class 7 is out of range"),
         (["--layer", "conv9"], "unknown layer 'conv9'"),
         (["--method", "nope"], "unknown method 'nope'"),
         (["--channel", "9"], "channel 9 is out of range"),
@@ -579,3 +584,29 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_default_layer_is_the_deepest_of_features_not_the_class_score_maps() -> None:
+    from deconvviz.core.layers import default_layers, score_maps
+
+    torch.manual_seed(0)
+    model = nn.Sequential(  # a fully convolutional classifier of 5 classes, as SqueezeNet's conv10
+        nn.Conv2d(3, 5, 3, padding=1),  # 0: 5 channels too, but weights follow: features
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(5, 8, 3, padding=1),
+        nn.ReLU(),  # 4: the deepest features
+        nn.Conv2d(8, 5, 1),
+        nn.ReLU(),  # 6: one map per class, reaching the scores through pooling alone
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    net = dv.DeconvNet(model)
+    x = torch.rand(1, 3, 32, 32)
+    assert default_layers(net, x) == ["1", "6"]
+    assert score_maps(net, ["1", "4", "6"], 5, {"1": 5, "4": 8, "6": 5}) == ["6"]
+    assert default_layers(net, x, classes=5) == ["1", "4"]
+    result = dv.occlusion(x, model=model, size=8, stride=8)
+    assert result.layer == "4"
+    assert result.probability is not None  # the class scores still give panels (c) and (d)
+    assert dv.occlusion(x, model=model, layer="6", size=8, stride=8).layer == "6"  # named, it is followed

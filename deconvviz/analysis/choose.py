@@ -196,32 +196,63 @@ def resolve_class(current: Session, x: Tensor, which: str | int | None = "auto")
         raise _no_classifier(current.name)
     if labels and len(labels) != count:
         labels = []  # names that do not match the output: go by index
-    if which is None or (isinstance(which, str) and which.strip().lower() == "auto"):
+    index = class_index(which, labels, count, current.name, ClassError)
+    if index is None:
         output = current.net.layers[-1]
         index = int(current.net.activations(x, [output])[output][0].argmax())
-        return index, labels[index] if labels else f"class {index}"
-    if isinstance(which, int) or (isinstance(which, str) and which.strip().isdigit()):
-        index = int(which)
-        if not 0 <= index < count:
-            raise ClassError(f"class {index} is out of range: {current.name!r} has {count} classes (0-{count - 1})")
-        return index, labels[index] if labels else f"class {index}"
+    return index, labels[index] if labels else f"class {index}"
+
+
+def class_index(
+    which: str | int | None,
+    labels: Sequence[str] | None,
+    count: int,
+    model: str,
+    error: type[DeconvVizError],
+) -> int | None:
+    """A class given by index or name as its index; None for ``"auto"`` (or None), the top-1 prediction.
+
+    Every analysis names classes this way: an index ``0..count-1`` (an int or its digits), or a class name,
+    matched case-insensitively, whole or as the only class name that contains it.
+
+    Args:
+        which: the class as given.
+        labels: the model's class names (empty or None: by index only).
+        count: how many class scores the model gives.
+        model: the model's name, for messages.
+        error: the exception class raised.
+
+    Raises:
+        error: an index out of range, a name the model does not have (close names listed), or a name for a
+            model without class names.
+    """
+    if which is None or (isinstance(which, str) and which.strip().lower() == "auto"):
+        return None
+    if isinstance(which, str) and which.strip().lstrip("-").isdigit():
+        which = int(which.strip())
+    if isinstance(which, int) and not isinstance(which, bool):
+        if not 0 <= which < count:
+            raise error(f"class {which} is out of range: {model!r} has {count} classes (0-{count - 1})")
+        return which
+    if not isinstance(which, str):
+        raise error(f"a class is an index (0-{count - 1}), a class name or 'auto', got {which!r}")
     if not labels:
-        raise ClassError(
-            f"model {current.name!r} has no class names, so {which!r} names no class; give the class's index "
+        raise error(
+            f"model {model!r} has no class names, so {which!r} names no class; give the class's index "
             f"(0-{count - 1}) or 'auto'"
         )
-    wanted = str(which).strip().lower()
+    labels = list(labels)
+    wanted = which.strip().lower()
     lowered = [label.lower() for label in labels]
     if wanted in lowered:
-        index = lowered.index(wanted)
-        return index, labels[index]
+        return lowered.index(wanted)
     containing = [i for i, label in enumerate(lowered) if wanted in label]
     if len(containing) == 1:
-        return containing[0], labels[containing[0]]
+        return containing[0]
     close = difflib.get_close_matches(wanted, lowered, n=3) or [lowered[i] for i in containing[:3]]
     hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
     several = f" ({len(containing)} class names contain it)" if len(containing) > 1 else ""
-    raise ClassError(f"unknown class {which!r} for {current.name!r}{several}{hint} (or give its index, or 'auto')")
+    raise error(f"unknown class {which!r} for {model!r}{several}{hint} (or give its index, or 'auto')")
 
 
 def project_class(

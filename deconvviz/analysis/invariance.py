@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from deconvviz.analysis.base import AnalysisError, AnalysisResult
-from deconvviz.analysis.choose import class_count
+from deconvviz.analysis.choose import class_count, class_index
 from deconvviz.analysis.progress import ProgressOption, reporting
 from deconvviz.core.layers import choose_layers, default_layers
 from deconvviz.models.session import session
@@ -234,21 +234,6 @@ def _labels(loaded: Any) -> list[str] | None:
     return list(labels) if labels else None
 
 
-def _class_of(target: int | str, labels: list[str] | None, count: int) -> int:
-    if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
-        if labels is None or target not in labels:
-            close = [name for name in labels or [] if target.lower() in name.lower()][:5]
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise AnalysisError(
-                f"unknown class {target!r}{hint}; give one of the model's class names or an index 0..{count - 1}"
-            )
-        return labels.index(target)
-    index = int(target)
-    if not 0 <= index < count:
-        raise AnalysisError(f"class {index} is out of range: the model has {count} classes (0-{count - 1})")
-    return index
-
-
 def invariance(
     images: ImageInput | Sequence[ImageInput],
     model: str | LoadedModel | Session = "vgg16",
@@ -422,7 +407,8 @@ def invariance(
         classified = True
     if classified:
         count = int(first.numel())  # type: ignore[union-attr]
-        targets = _targets(target, len(inputs), labels, count, [logits[(i, None, 0)] for i in range(len(inputs))])
+        originals = [logits[(i, None, 0)] for i in range(len(inputs))]
+        targets = _targets(target, len(inputs), labels, count, originals, current.name)
         classes = tuple((t, labels[t] if labels else f"class {t}") for t in targets)
         probabilities = {}
         for name, vals in values.items():
@@ -453,15 +439,19 @@ def _targets(
     labels: list[str] | None,
     classes: int,
     originals: Sequence[Tensor],
+    model: str,
 ) -> list[int]:
-    if target is None:
-        return [int(out.argmax()) for out in originals]
-    if isinstance(target, int | str):
-        return [_class_of(target, labels, classes)] * count
-    chosen = list(target)
+    """Each picture's class: the one given for all, one per picture, or (None, ``"auto"``) its top-1."""
+    chosen: list[int | str | None] = (
+        [target] * count if target is None or isinstance(target, int | str) else list(target)
+    )
     if len(chosen) != count:
         raise AnalysisError(f"give one target class for all images or one per image ({count}), got {len(chosen)}")
-    return [_class_of(t, labels, classes) for t in chosen]
+    found = []
+    for which, out in zip(chosen, originals, strict=True):
+        index = class_index(which, labels, classes, model, AnalysisError)
+        found.append(int(out.argmax()) if index is None else index)
+    return found
 
 
 def _as_list(images: Any) -> list[Any]:

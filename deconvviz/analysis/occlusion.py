@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deconvviz.analysis.base import AnalysisResult, check_result_folder, figure_bytes
-from deconvviz.analysis.choose import project_inside, receptive_boxes
+from deconvviz.analysis.choose import class_index, project_inside, receptive_boxes
 from deconvviz.analysis.occluder import OcclusionError, occluder_grid, positions_per_batch, sweep
 from deconvviz.analysis.others import OtherPicture, OtherPictures
 from deconvviz.analysis.progress import ProgressOption, reporting
@@ -39,6 +39,7 @@ from deconvviz.core.deconvnet import SeedError
 from deconvviz.core.graph import evaluating
 from deconvviz.core.incremental import IncrementalOcclusion
 from deconvviz.core.layers import default_layers
+from deconvviz.core.seeds import channel_outside
 from deconvviz.methods import get_method
 from deconvviz.models.session import session
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
     from torch import Tensor
 
+    from deconvviz.core.deconvnet import DeconvNet
     from deconvviz.core.projection import Projection
     from deconvviz.io.sources import Data
     from deconvviz.models.session import Session
@@ -234,7 +236,8 @@ def occlusion(
         image: a picture file, a PIL image, or a preprocessed ``(1, C, H, W)`` tensor in the model's input space.
         model: a model name (see :func:`deconvviz.list_models`), a loaded model, or a session.
         layer: the layer whose strongest feature map panel (a) follows; default: the model's deepest default
-            layer (``conv5_3`` for VGG16).
+            layer of features (``conv5_3`` for VGG16; ``fire9`` for SqueezeNet, whose ``conv10`` maps are its
+            class scores).
         size: the occluder's side in pixels.
         stride: pixels between occluder positions (the grid has ``ceil(H / stride)`` rows).
         target: the correct class for panel (c): an index, an exact class name, or ``"auto"`` / None for the
@@ -509,8 +512,8 @@ def prepare(
     if reference is not None and reference.is_floating_point():
         x = x.to(device=reference.device, dtype=reference.dtype)
     rows, cols = occluder_grid(int(x.shape[-2]), int(x.shape[-1]), size, stride)
-    if layer is None:
-        layer = default_layers(net, x)[-1]
+    if layer is None:  # the deepest feature maps, as the paper's layer 5; not a layer of class-score maps
+        layer = _default_layer(net, x)
     graph = net.graph
     node = graph.node(layer, net.aliases)
     if node not in graph.carries or node is graph.input:
@@ -529,10 +532,7 @@ def prepare(
     if channel is None:
         channel = int(act[0].flatten(1).amax(1).argmax())
     elif isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < width:
-        raise OcclusionError(
-            f"channel {channel!r} is out of range for layer {layer!r}, which has {width} channels (0-{width - 1}); "
-            "choose one in that range"
-        )
+        raise OcclusionError(channel_outside(channel, width, layer))
     names = getattr(current.model, "labels", None)
     labels = [str(n) for n in names] if names else None
     missing: str | None = None
@@ -548,7 +548,12 @@ def prepare(
         if target not in (None, "auto"):
             raise OcclusionError(f"--class {target} needs a classifier head, and {current.name} has none")
     else:
-        chosen = _target_class(target, labels, int(logits.shape[1]), int(logits[0].argmax()))
+        classes = int(logits.shape[1])
+        chosen = class_index(
+            target, labels if labels and len(labels) == classes else None, classes, current.name, OcclusionError
+        )
+        if chosen is None:
+            chosen = int(logits[0].argmax())
     return OcclusionJob(
         current=current,
         x=x,
@@ -568,28 +573,14 @@ def prepare(
     )
 
 
-def _target_class(target: int | str | None, labels: Sequence[str] | None, classes: int, top1: int) -> int:
-    """The class index for panel (c): ``"auto"`` -> the unoccluded top-1, a number, or an exact class name."""
-    if target is None or (isinstance(target, str) and target.strip().lower() == "auto"):
-        return top1
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
-        target = int(target.strip())
-    if isinstance(target, int) and not isinstance(target, bool):
-        if not 0 <= target < classes:
-            raise OcclusionError(f"unknown class {target}: the model has classes 0..{classes - 1}")
-        return target
-    if isinstance(target, str) and labels:
-        matches = [i for i, name in enumerate(labels) if name.lower() == target.strip().lower()]
-        if matches:
-            return matches[0]
-        import difflib
+def _default_layer(net: DeconvNet, x: Tensor) -> str:
+    """The deepest of the default layers whose maps are features rather than the class scores (:func:`score_maps`)."""
+    import torch
 
-        close = difflib.get_close_matches(target, labels, n=3)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        raise OcclusionError(
-            f"unknown class {target!r}: {hint}give one of the model's class names, an index 0..{classes - 1} or 'auto'"
-        )
-    raise OcclusionError(f"unknown class {target!r}: give a class index 0..{classes - 1} or 'auto'")
+    with torch.inference_mode(), evaluating(net.model):
+        output = net.model(x)
+    classes = int(output.shape[1]) if isinstance(output, torch.Tensor) and output.dim() == 2 else None
+    return default_layers(net, x, classes=classes)[-1]
 
 
 __all__ = [

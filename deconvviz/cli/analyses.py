@@ -347,7 +347,7 @@ def occlusion_command(
             "--layer",
             "-l",
             help="The layer whose strongest feature map is followed (panels a, b). Default: the model's deepest "
-            "default layer (conv5_3 for VGG16).",
+            "default layer of features (conv5_3 for VGG16, fire9 for squeezenet1_1, not its class-score maps).",
             show_default=False,
         ),
     ] = None,

@@ -54,7 +54,7 @@ def layer_names(net: DeconvNet) -> list[str]:
     return result
 
 
-def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
+def default_layers(net: DeconvNet, x: Tensor, limit: int = 6, *, classes: int | None = None) -> list[str]:
     """A sensible set of layers to look at: the last non-pooling layer at each resolution.
 
     For VGG16 with its aliases this is ``conv1_2, conv2_2, conv3_3, conv4_3, conv5_3``, the five blocks'
@@ -64,6 +64,8 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
         net: the deconvnet.
         x: a ``(1, C, H, W)`` input, used to learn each layer's output size.
         limit: the most layers returned (the deepest are kept).
+        classes: the width of the model's class scores, to leave out layers whose maps are those scores
+            (:func:`score_maps`: SqueezeNet's ``conv10``), so that its deepest layer of features is chosen.
     """
     # a gate's output (a sigmoid or softmax held at its forward value) projects to nothing under deconvnet
     held = set(net.held_layers())
@@ -76,6 +78,9 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
     found = net.activations(x, candidates)
     shapes = {name: tuple(act.shape) if hasattr(act, "shape") else () for name, act in found.items()}
     spatial = [name for name in candidates if len(shapes[name]) == 4]
+    if classes is not None:
+        scores = set(score_maps(net, spatial, classes, {name: shapes[name][1] for name in spatial}))
+        spatial = [name for name in spatial if name not in scores] or spatial
     if not spatial:
         return candidates[-1:]
     chosen: list[str] = []
@@ -83,6 +88,39 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6) -> list[str]:
         if following is None or shapes[following][2:] != shapes[name][2:]:
             chosen.append(name)
     return chosen[-limit:]
+
+
+def score_maps(net: DeconvNet, names: Sequence[str], classes: int, channels: dict[str, int]) -> list[str]:
+    """The layers among ``names`` whose channels are the model's class scores, one map per class.
+
+    A layer is one when it has ``classes`` channels and reaches the model's output through parameter-free ops
+    alone (pooling, flattening, activations): SqueezeNet's ``conv10``, the last convolution of a fully
+    convolutional classifier. The paper's feature maps are below it.
+
+    Args:
+        net: the deconvnet.
+        names: the layers to look at.
+        classes: the width of the model's class-score output.
+        channels: each layer's channel count.
+    """
+    graph = net.graph
+    found = []
+    for name in names:
+        if channels.get(name) != classes:
+            continue
+        start = graph.node(name, net.aliases)
+        seen, todo, pure = {start}, list(start.users), True
+        while todo and pure:
+            node = todo.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            module = graph.module(node)
+            pure = module is None or next(module.parameters(recurse=True), None) is None
+            todo.extend(node.users)
+        if pure:
+            found.append(name)
+    return found
 
 
 SCAN_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")

@@ -52,6 +52,7 @@ class RenderedLayer:
         activations: the seeded activation of each.
         files: the reconstruction PNGs.
         summary: the summary figure PNG.
+        label: for the class score projected (``--class``), the class (``class 285: Egyptian cat``); else None.
     """
 
     layer: str
@@ -60,6 +61,7 @@ class RenderedLayer:
     activations: tuple[float, ...]
     files: tuple[Path, ...]
     summary: Path
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,11 @@ class RenderedImage:
         count = sum(len(layer.channels) for layer in self.layers)
         text = f"{self.image.name}: {len(self.layers)} layer(s), {count} reconstruction(s) -> {self.folder}"
         deepest = self.layers[-1] if self.layers else None
-        if deepest is not None and deepest.channels:  # channels given with -c keep their order: find the strongest
+        if deepest is not None and deepest.label is not None:
+            text += f"; {deepest.label}, score {deepest.activations[0]:.3g}, projected"
+        elif deepest is not None and len(deepest.channels) == 1:
+            text += f"; {deepest.layer} ch {deepest.channels[0]} (a={deepest.activations[0]:.3g})"
+        elif deepest is not None and deepest.channels:  # channels given with -c keep their order: find the strongest
             i = max(range(len(deepest.channels)), key=lambda j: deepest.activations[j])
             text += f"; {deepest.layer} strongest ch {deepest.channels[i]} (a={deepest.activations[i]:.3g})"
         if self.prediction is not None:
@@ -210,6 +216,7 @@ def _render_one(
                 activations=tuple(float(a) for a in result.activations),
                 files=tuple(final / f.relative_to(staging) for f in files),
                 summary=final / summary.relative_to(staging),
+                label=result.label,
             )
         )
         projections.append(result)
