@@ -394,6 +394,7 @@ def test_every_commands_help_shows_every_word_of_its_options_help(runner: CliRun
         result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "500", "NO_COLOR": "1"}, terminal_width=500)
         assert result.exit_code == 0, name
         shown = " ".join(result.stdout.split())
+        assert "<bool>" not in shown, f"deconvviz {name} --help labels a flag as taking a value"
         texts = [(f"{name}'s description", command.help or "")]
         texts += [(f"{param.name}'s help", getattr(param, "help", None) or "") for param in command.params]
         for what, text in texts:

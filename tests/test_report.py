@@ -97,6 +97,11 @@ def test_report_contents_and_manifest(report: Path, photos: Path) -> None:
     assert "projected to pixels by the deconvnet" in (report / "layers" / "conv3.html").read_text()
     channel_page = next((report / "layers" / "conv3").glob("ch*.html")).read_text()
     assert f"(up to 4 kept), over {readable} images; each reconstruction (the deconvnet)" in channel_page
+    # a field's rows and columns are its first and last: the box's end is one past them
+    hit = next(iter(layers["conv3"]["channels"].values()))[0]
+    top, left, bottom, right = hit["box"]
+    shown = f"rows {top}-{bottom - 1}, columns {left}-{right - 1} ({bottom - top} x {right - left} px)"
+    assert shown in "".join(page.read_text() for page in (report / "layers" / "conv3").glob("ch*.html"))
     index = (report / "index.html").read_text()
     assert "tiny-report" in index
     assert "corrupt.jpg" in index
@@ -396,3 +401,13 @@ def test_the_index_says_which_pictures_a_sample_took(photos: Path, tmp_path: Pat
     whole = tmp_path / "whole"
     build_report(photos, whole, model=MODEL, layers="conv2", channels=2, k=2, device="cpu")
     assert "<th>chosen</th>" not in (whole / "index.html").read_text()
+
+
+def test_the_index_shows_a_path_under_home_with_a_tilde(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from deconvviz.viz.report import _home_as_tilde
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    weights = tmp_path / ".cache" / "deconvviz" / "weights" / "vgg16.pt"
+    assert _home_as_tilde(str(weights)) == "~/.cache/deconvviz/weights/vgg16.pt"
+    assert _home_as_tilde("/srv/models/vgg16.pt") == "/srv/models/vgg16.pt"
+    assert _home_as_tilde(str(tmp_path) + "-other/w.pt") == str(tmp_path) + "-other/w.pt"

@@ -51,6 +51,7 @@ class OneLineErrors(typer.core.TyperGroup):
         """Run the command; a usage error or an interrupt ends in one line on stderr and its exit status."""
         import sys
 
+        _no_flag_types(self)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except _ClickException as exc:
@@ -68,6 +69,26 @@ class OneLineErrors(typer.core.TyperGroup):
         if standalone_mode and isinstance(code, int) and code:
             sys.exit(code)
         return code
+
+
+def _no_flag_types(command: Any) -> None:
+    """Leave a flag's type out of the help (typer labels every flag ``<bool>``, as if it took a value)."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    made = getattr(command, "get_help_option", None)
+    if made is not None and not getattr(made, "quiet", False):  # --help, which click makes per command
+
+        def help_option(ctx: Any) -> Any:
+            option = made(ctx)
+            if option is not None and option.metavar is None:
+                option.metavar = ""
+            return option
+
+        help_option.quiet = True  # type: ignore[attr-defined]
+        command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _no_flag_types(sub)
 
 
 class Scale(StrEnum):
@@ -312,10 +333,7 @@ class ModelChoice:
         from deconvviz.models.session import resolve_device
         from deconvviz.models.zoo import load_model
 
-        if (self.mean is None) != (self.std is None):  # half a normalisation: say which half is the model's
-            given, kept = ("--mean", "std") if self.std is None else ("--std", "mean")
-            warnings.warn(f"{given} without --{kept}: the model's own {kept} is kept; give both", stacklevel=2)
-        return load_model(
+        loaded = load_model(
             self.name,
             checkpoint=self.checkpoint,
             device=resolve_device(device),
@@ -323,6 +341,10 @@ class ModelChoice:
             mean=_numbers("--mean", self.mean),
             std=_numbers("--std", self.std),
         )
+        if (self.mean is None) != (self.std is None):  # half a normalisation: say which half is the model's
+            given, kept = ("--mean", "std") if self.std is None else ("--std", "mean")
+            warnings.warn(f"{given} without --{kept}: the model's own {kept} is kept; give both", stacklevel=2)
+        return loaded
 
     def arguments(self) -> dict[str, str]:
         """The options as a result's manifest records them (those given)."""

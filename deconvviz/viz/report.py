@@ -20,6 +20,7 @@ leaves no half report, and an existing report is only replaced when asked (``ove
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -452,8 +453,8 @@ class _Writer:
                 f"<img src='{url(f'{stem}_patch.png')}' alt='patch {rank + 1}'></a>"
                 f"<p><b>#{rank + 1}</b> activation {activation_text(hit.value)}<br>"
                 f"<a href='{url('../../' + source)}'>{label}</a><br>"
-                f"unit (row {hit.position[0]}, col {hit.position[1]}), receptive field rows {top}-{bottom}, "
-                f"columns {left}-{right} ({bottom - top} x {right - left} px)</p></div>"
+                f"unit (row {hit.position[0]}, col {hit.position[1]}), receptive field rows {top}-{bottom - 1}, "
+                f"columns {left}-{right - 1} ({bottom - top} x {right - left} px)</p></div>"
             )
         count = f"{len(real)} hit{'s' if len(real) != 1 else ''} (up to {result.k} kept)" if real else "no hits"
         empty = "<p class='muted'>no image activates this channel above 0</p>" if not real else ""
@@ -548,7 +549,7 @@ class _Writer:
         parts = [
             "<h2>model</h2><table>"
             f"<tr><th>name</th><td>{text(self.current.name)}</td></tr>"
-            f"<tr><th>weights</th><td>{text(str(getattr(model, 'weights', '')))}</td></tr>"
+            f"<tr><th>weights</th><td>{text(_home_as_tilde(str(getattr(model, 'weights', ''))))}</td></tr>"
             f"<tr><th>pictures</th><td>projected by {_by(result.method)}, {text(self.scale)} scale</td></tr></table>",
             self.filters(),
             "<h2>data set</h2><table>"
@@ -627,6 +628,12 @@ class _Writer:
 
 def _skipped(count: int) -> str:
     return "none" if count == 0 else f"{count} unreadable (listed below)"
+
+
+def _home_as_tilde(path: str) -> str:
+    """A local path as the page shows it: the home folder as ``~`` (a shared report names no user's home)."""
+    home = str(Path.home())
+    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + os.sep) else path
 
 
 def _by(method: str) -> str:
