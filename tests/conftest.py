@@ -171,3 +171,24 @@ def chromium(profile: Path, *, window: str = "1280,900", extra: Sequence[str] = 
     if logs:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+class ChannelsLastBlock(nn.Module):
+    """A ConvNeXt-style block: a depthwise convolution, then LayerNorm and a Linear over (N, H, W, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.mlp = nn.Linear(8, 8)
+        self.act = nn.GELU()
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.act(self.mlp(self.norm(y)))
+        x = x + torch.permute(y, [0, 3, 1, 2])
+        return self.head(self.pool(x)).flatten(1)

@@ -614,3 +614,18 @@ def test_seed_arguments_of_the_wrong_kind_and_the_models_return_are_one_line(tmp
     with pytest.raises(dv.OutputError) as info:  # the file in the way is named, not the folder below it
         net.project(x, layer, top=1).save(in_the_way / "below")
     assert f"{str(in_the_way)!r} is a file, not a folder" in str(info.value)
+
+
+def test_layers_that_hold_their_channels_last_are_not_offered() -> None:
+    from conftest import ChannelsLastBlock
+
+    from deconvviz.core.layers import channels_last, default_layers, layer_names
+
+    net = dv.DeconvNet(ChannelsLastBlock().eval())
+    last = channels_last(net)
+    assert last == {"permute", "norm", "mlp", "act"}
+    assert set(net.layers) >= last  # still projectable by node name, as the tensor's dimension 1
+    assert not set(layer_names(net)) & last
+    x = torch.rand(1, 3, 16, 16)
+    assert default_layers(net, x) == ["add", "head"]  # the block's output, channels first again
+    assert net.activations(x, ["add"])["add"].shape == (1, 8, 16, 16)

@@ -1259,3 +1259,18 @@ def test_dv_explore_in_a_kernel_shows_inline_and_the_kernel_shuts_down_by_itself
         kc.stop_channels()
         if km.is_alive():
             km.shutdown_kernel(now=True)
+
+
+def test_the_explorer_lists_no_layer_that_holds_its_channels_last(tmp_path: Path) -> None:
+    from conftest import ChannelsLastBlock
+
+    loaded = dv.load_model(
+        dv.ModelSpec(name="channels-last", builder=ChannelsLastBlock), mean=(0.5,) * 3, std=(0.25,) * 3, size=16
+    )
+    explorer = Explorer(loaded, None, device="cpu", state_root=tmp_path / "state")
+    try:
+        nodes = [layer["node"] for layer in explorer.layers()]
+    finally:
+        explorer.close()
+    assert "add" in nodes
+    assert not {"permute", "norm", "mlp", "act"} & set(nodes)

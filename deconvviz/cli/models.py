@@ -56,19 +56,26 @@ def layers_command(
         measured = set(net.measured())
         mirrors = net.mirrors()
         aliases: dict[str, list[str]] = {}
-        from deconvviz.core.layers import alias_nodes
+        from deconvviz.core.layers import alias_nodes, channels_last
 
         for alias, node in alias_nodes(net).items():
             aliases.setdefault(node, []).append(alias)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("alias", "node", "output", "receptive field", "mirror"):
             table.add_column(column)
+        last = channels_last(net)
         for node in nodes:
             field = f"{fields[node]} (measured)" if node in measured else fields[node]
-            table.add_row(", ".join(aliases.get(node, [])), node, shapes[node], field, mirrors.get(node, "rule"))
+            shape = f"{shapes[node]} (channels last)" if node in last else shapes[node]
+            table.add_row(", ".join(aliases.get(node, [])), node, shape, field, mirrors.get(node, "rule"))
         fallback = sum(1 for kind in mirrors.values() if kind == "autograd")
         typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
         console().print(table)
+        if last:
+            typer.echo(
+                f"{len(last)} layer(s) hold their channels last (HxWxC, inside a block): a channel there is its "
+                "dimension 1, a row, so they are left out of defaults and the explorer; project the block's output"
+            )
         if fallback:
             typer.echo(
                 f"{fallback} layer(s) without a mirror rule are mirrored by autograd over that op (exact, slower); "

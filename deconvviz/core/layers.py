@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from deconvviz.core.graph import LayerNotFoundError
 
@@ -35,12 +35,54 @@ def alias_nodes(net: DeconvNet) -> dict[str, str]:
     return found
 
 
+_TO_LAST, _TO_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
+_LAYOUT_ENDS = frozenset({"flatten", "reshape", "view", "mean", "sum", "amax", "squeeze", "unsqueeze"})
+
+
+def _permutation(node: Any) -> tuple[int, ...] | None:
+    """The dimensions of a ``permute`` node (``x.permute(0, 2, 3, 1)``, ``torch.permute(x, [0, 2, 3, 1])``)."""
+    target = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function") or target != "permute":
+        return None
+    given = node.args[1:] or tuple(node.kwargs.get("dims", ()))
+    dims = given[0] if len(given) == 1 and isinstance(given[0], list | tuple) else given
+    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+
+def channels_last(net: DeconvNet) -> set[str]:
+    """The layers whose output holds its channels in the last dimension, ``(N, H, W, C)``.
+
+    Found from the graph alone: a ``permute(0, 2, 3, 1)`` of a channels-first map starts such a stretch (a
+    ConvNeXt block's LayerNorm and pointwise Linears), ``permute(0, 3, 1, 2)`` ends it; ops in between keep
+    the layout, and a reshape, flatten or reduction ends what can be said of it. Seeds take dimension 1 as the
+    channels, so these layers are not offered by name (:func:`layer_names`) or chosen by default; the block's
+    output, back in channels-first order, is.
+    """
+    graph = net.graph
+    last: set[Any] = set()
+    for node in graph.nodes:
+        if node not in graph.carries or node is graph.input or node.op == "output":
+            continue
+        inherited = any(parent in last for parent in graph.signal_inputs.get(node, []))
+        dims = _permutation(node)
+        if dims is not None:
+            if (dims == _TO_LAST and not inherited) or (inherited and dims == (0, 1, 2, 3)):
+                last.add(node)
+            continue
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if inherited and name not in _LAYOUT_ENDS:
+            last.add(node)
+    return {graph.names[node] for node in last}
+
+
 def layer_names(net: DeconvNet) -> list[str]:
     """The layers worth offering by name, input to output: aliases if the model has them, else node names.
 
-    Only projectable layers are listed; an alias is listed once even when several aliases name one node.
+    Only projectable layers are listed, not those that hold their channels last (:func:`channels_last`); an
+    alias is listed once even when several aliases name one node.
     """
-    projectable = net.layers
+    hidden = channels_last(net)
+    projectable = [name for name in net.layers if name not in hidden]
     if not net.aliases:
         return projectable
     order = {name: i for i, name in enumerate(projectable)}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deconvviz.core.layers import channels_last
 from deconvviz.core.receptive import receptive_fields
 from deconvviz.core.seeds import no_map, position_outside
 from deconvviz.errors import DeconvVizError
@@ -249,7 +250,7 @@ class Explorer:
         """Every projectable layer, input to output: ``{"name", "node", "shape", "receptive_field"}`` (on the worker).
 
         A node that returns a tuple (multi-head attention, ``torch.max`` over a dimension) is left out: its items
-        are layers of their own.
+        are layers of their own; so are nodes that hold their channels last (``core.layers.channels_last``).
 
         ``name`` is the layer's first alias (else its node name); ``shape`` is its output for the model's input
         size without the batch dimension; ``receptive_field`` is ``{"size", "stride", "whole_image"}`` (None
@@ -269,9 +270,11 @@ class Explorer:
 
         net = self.net
         size = int(self.session.model.preprocessing.size) if hasattr(self.session.model, "preprocessing") else 224
-        found = net.activations(torch.zeros(1, 3, size, size), net.layers)
+        hidden = channels_last(net)  # (N, H, W, C) inside a block: a "channel" there would be a row
+        offered = [node for node in net.layers if node not in hidden]
+        found = net.activations(torch.zeros(1, 3, size, size), offered)
         shapes = {n: list(a.shape[1:]) for n, a in found.items() if isinstance(a, torch.Tensor)}
-        nodes = [node for node in net.layers if node in shapes]
+        nodes = [node for node in offered if node in shapes]
         fields: dict[str, Any] = {}
         for node in nodes:
             try:
