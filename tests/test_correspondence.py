@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,13 @@ def test_table_mean_and_std_by_hand() -> None:
     assert "random" in result.table().splitlines()[-1]
     assert result.to_csv().splitlines()[0] == "part,layer,mean,std,pairs"
     assert result.to_csv().splitlines()[1].endswith(",3")
+    pair = dataclasses.replace(  # two pictures: one pair, one value, no spread to show
+        result, images=("a", "b"), distances={("eye", "l5"): d[:1], ("random", "l5"): d[1:2]}
+    )
+    lines = pair.table().splitlines()
+    assert "±" not in "".join(lines[:-1])
+    assert "0.500" in lines[2]
+    assert lines[-1] == "a value of one image pair has no spread: give three or more pictures for mean ± std"
 
 
 def test_box_follows_the_resize_and_centre_crop() -> None:
@@ -78,6 +87,38 @@ def test_box_follows_the_resize_and_centre_crop() -> None:
     # 80 x 40 -> 64 x 32, crop 16 px off the left: x 20..40 -> 16..32 -> 0..16.
     assert map_box((20, 0, 40, 10), (80, 40), pre) == (0, 0, 16, 8)
     assert map_box((0, 0, 10, 10), (80, 40), pre) == (0, 0, 0, 8)  # wholly in the cropped-away margin
+
+
+def test_a_box_the_crop_cuts_is_occluded_inside_it_with_a_warning(tmp_path: Path) -> None:
+    from deconvviz.analysis.correspondence import PartCutWarning
+
+    pre = dv.Preprocessing(size=32)
+    assert map_box((10, 0, 30, 10), (80, 40), pre, clip=False) == (-8, 0, 8, 8)
+    assert map_box((10, 0, 30, 10), (80, 40), pre) == (0, 0, 8, 8)
+    rng = np.random.default_rng(1)
+    wide = []
+    for i in range(2):  # 80 x 40: the model's 32 x 32 centre crop leaves 16 px off each side, once resized
+        wide.append(tmp_path / f"wide{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)).save(wide[-1])
+    boxes = {"eye": [10, 0, 30, 10], "nose": [36, 20, 44, 28]}
+    parts = dv.load_parts({"parts": ["eye", "nose"], "images": {p.name: boxes for p in wide}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dv.correspondence(wide, parts, model=MODEL, device="cpu", random=0)
+    said = [str(w.message) for w in caught if issubclass(w.category, PartCutWarning)]
+    assert said == [
+        f"box 'eye' of 'wide{i}.png' reaches past the centre crop the model sees: only 50% of it is occluded; "
+        "move the part into the middle of the picture or crop it first"
+        for i in range(2)
+    ]
+    assert result.boxes["wide0.png"]["eye"] == (0, 0, 8, 8)
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "wide0.png").write_bytes(wide[0].read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PartCutWarning)
+        with pytest.raises(dv.AnalysisError, match=r"two pictures are named 'wide0\.png'; .* so rename one"):
+            dv.correspondence([wide[0], twin / "wide0.png"], parts, model=MODEL, device="cpu", random=0)
 
 
 def test_delta_matches_a_direct_computation(photos: list[Path], tmp_path: Path) -> None:

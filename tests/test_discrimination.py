@@ -362,6 +362,13 @@ def test_the_command_reads_a_labels_file(colours: Path, tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == {"cold": 12, "warm": 6}
     assert manifest["arguments"]["labels"] == str(labels)
+    # one split has no spread: the score alone, and a line that says so
+    row = next(line for line in done.stdout.splitlines() if line.startswith("conv1 "))
+    assert "±" not in row
+    assert "one split, so no spread: --splits N (splits=N) averages N random splits" in done.stdout
+    one = CliRunner().invoke(app, ["discrimination", str(colours), "-m", MODEL, "--per-class", "1", "-o", str(out)])
+    assert one.exit_code == 2
+    assert "--per-class 1 (per_class=1) keeps one picture of each class" in one.stderr
 
 
 def test_many_classes_are_drawn_as_the_curve_alone() -> None:

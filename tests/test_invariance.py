@@ -78,6 +78,11 @@ def test_scaling_keeps_the_centre_and_fills_with_zero() -> None:
 
 def test_sweep_includes_both_ends_and_refuses_empty_ranges() -> None:
     assert sweep(-60, 60, 5) == (-60.0, -30.0, 0.0, 30.0, 60.0)
+    # the original is always among the values where the range holds it, so every curve passes through 0
+    assert sweep(0.5, 1.7, 5, "scale") == (0.5, 0.8, 1.0, 1.1, 1.4, 1.7)
+    assert sweep(-60, 60, 4, "translate") == (-60.0, -20.0, 0.0, 20.0, 60.0)
+    assert sweep(10, 60, 3, "translate") == (10.0, 35.0, 60.0)  # no original inside: nothing added
+    assert sweep(0, 360, 4, "rotate") == (0.0, 120.0, 240.0, 360.0)
     with pytest.raises(dv.AnalysisError, match="empty"):
         sweep(5, 5, 3, "translate")
     with pytest.raises(dv.AnalysisError, match="empty"):

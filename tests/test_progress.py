@@ -65,8 +65,9 @@ def test_sanity_counts_the_comparison_the_trained_model_and_each_layer(photos: l
 def test_invariance_counts_every_transformed_picture(photos: list[Path]) -> None:
     calls, progress = _recorder()
     dv.invariance(photos[:2], MODEL, steps=3, batch_size=4, device="cpu", progress=progress)
-    _check(calls, 2 * (1 + 3 * 3))  # per picture: the original and 3 transformations of 3 steps
-    assert len(calls) == 1 + 5  # the start, then 20 runs in batches of 4
+    # per picture: the original and 3 transformations of 3 steps, the scale's with 1 added (0.5, 1, 1.1, 1.7)
+    _check(calls, 2 * (1 + 3 + 4 + 3))
+    assert len(calls) == 1 + 6  # the start, then 22 runs in batches of 4
 
 
 def test_evolution_counts_checkpoints(photos: list[Path], tmp_path: Path) -> None:

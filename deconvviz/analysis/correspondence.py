@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,22 @@ def _box(value: Any, what: str) -> Box:
     return (left, top, right, bottom)
 
 
-def map_box(box: Box, picture_size: tuple[int, int], preprocessing: Preprocessing, *, full_image: bool = False) -> Box:
+class PartCutWarning(UserWarning):
+    """A part's box that the model's centre crop cuts: only its part inside the crop is occluded."""
+
+
+def _area(box: Box) -> int:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def map_box(
+    box: Box,
+    picture_size: tuple[int, int],
+    preprocessing: Preprocessing,
+    *,
+    full_image: bool = False,
+    clip: bool = True,
+) -> Box:
     """A box in a picture's pixels, in the model input's pixels (the preprocessing's resize and centre crop).
 
     Args:
@@ -163,6 +179,7 @@ def map_box(box: Box, picture_size: tuple[int, int], preprocessing: Preprocessin
         picture_size: the picture's ``(width, height)``.
         preprocessing: the model's preprocessing (its ``fit`` geometry is followed).
         full_image: the picture is kept whole (no crop).
+        clip: clip the box to the input (else it may reach past it, or have negative corners).
 
     Returns:
         The box in input pixels, widened to whole pixels and clipped to the input.
@@ -186,6 +203,8 @@ def map_box(box: Box, picture_size: tuple[int, int], preprocessing: Preprocessin
         math.ceil(right * sx) - off_x,
         math.ceil(bottom * sy) - off_y,
     )
+    if not clip:
+        return mapped
     return (
         min(max(mapped[0], 0), out_w),
         min(max(mapped[1], 0), out_h),
@@ -262,11 +281,16 @@ class CorrespondenceResult(AnalysisResult):
     def table(self) -> str:
         """The table as text: one row per part (and random), one column per layer, ``mean ± std``."""
         head = ["part", *self.layers]
-        body = [
-            [row, *(f"{self.mean(row, layer):.3f} ± {self.std(row, layer):.3f}" for layer in self.layers)]
-            for row in self.rows
-        ]
-        return "\n".join(text_table(head, body))
+        single = any(self.distances[(row, layer)].numel() < 2 for row in self.rows for layer in self.layers)
+        body = [[row, *(self._cell(row, layer) for layer in self.layers)] for row in self.rows]
+        note = ["a value of one image pair has no spread: give three or more pictures for mean ± std"] if single else []
+        return "\n".join([*text_table(head, body), *note])
+
+    def _cell(self, part: str, layer: str) -> str:
+        """``mean ± std``, or the mean alone where one pair gives it (no spread to show)."""
+        if self.distances[(part, layer)].numel() < 2:
+            return f"{self.mean(part, layer):.3f}"
+        return f"{self.mean(part, layer):.3f} ± {self.std(part, layer):.3f}"
 
     def to_csv(self) -> str:
         """The table as CSV: ``part,layer,mean,std,pairs``."""
@@ -378,9 +402,20 @@ def correspondence(
                     f"box {part!r} of {Path(image).name!r} falls outside the centre crop the model sees; move the "
                     "part into the middle of the picture or crop the picture first"
                 )
+            whole = map_box(boxes[part], (width, height), preprocessing, clip=False)
+            kept = _area(mapped[part]) / _area(whole)
+            if kept < 1:  # the crop cuts the part: what is occluded is less than what was marked
+                warnings.warn(
+                    f"box {part!r} of {Path(image).name!r} reaches past the centre crop the model sees: only "
+                    f"{kept:.0%} of it is occluded; move the part into the middle of the picture or crop it first",
+                    PartCutWarning,
+                    stacklevel=2,
+                )
         name = Path(image).name
         if name in input_boxes:
-            raise AnalysisError(f"image {name!r} is given twice")
+            raise AnalysisError(
+                f"two pictures are named {name!r}; the parts file names pictures by file name, so rename one"
+            )
         names.append(name)
         input_boxes[name] = mapped
         pictures.append(picture)
@@ -447,6 +482,7 @@ def _layers(
 __all__ = [
     "RANDOM",
     "CorrespondenceResult",
+    "PartCutWarning",
     "Parts",
     "PartsError",
     "correspondence",

@@ -132,13 +132,13 @@ class DiscriminationResult(AnalysisResult):
             [
                 layer,
                 str(self.features[layer]),
-                f"{100 * self.mean(layer):.1f} ± {100 * self.std(layer):.1f}",
+                _spread(self, layer),
                 _penalty(self.penalties[layer]),
             ]
             for layer in self.layers
         ]
         chance = f"chance {100 * self.chance:.1f} %: {self.setting}"
-        return "\n".join([*text_table(head, body), chance, *_left_out(self.skipped)])
+        return "\n".join([*text_table(head, body), chance, *_one_split(self), *_left_out(self.skipped)])
 
     def summary(self) -> str:
         """One line: the best layer and its score against chance."""
@@ -262,7 +262,7 @@ class DiscriminationCurve(AnalysisResult):
             [
                 layer,
                 str(self.first.features[layer]),
-                *(f"{100 * r.mean(layer):.1f} ± {100 * r.std(layer):.1f}" for r in self.results),
+                *(_spread(r, layer) for r in self.results),
             ]
             for layer in self.layers
         ]
@@ -271,6 +271,7 @@ class DiscriminationCurve(AnalysisResult):
                 f"{name} accuracy % by training pictures per class",
                 *text_table(head, body),
                 f"chance {100 * self.chance:.1f} %: {self.setting}",
+                *_one_split(self.first),
                 *_left_out(self.first.skipped),
             ]
         )
@@ -328,6 +329,17 @@ def _folder(result: DiscriminationResult | DiscriminationCurve) -> dict[str, byt
         "accuracy.csv": result.to_csv().encode("utf-8"),
         "discrimination.png": figure_bytes(result.figure()[0]),
     }
+
+
+def _spread(result: DiscriminationResult, layer: str) -> str:
+    """A layer's score in %, ``mean ± std`` over the splits (the mean alone for one split, which has no spread)."""
+    mean = f"{100 * result.mean(layer):.1f}"
+    return mean if result.splits == 1 else f"{mean} ± {100 * result.std(layer):.1f}"
+
+
+def _one_split(result: DiscriminationResult) -> list[str]:
+    """The table's line saying one split gives no spread (none for several)."""
+    return ["one split, so no spread: --splits N (splits=N) averages N random splits"] if result.splits == 1 else []
 
 
 def _left_out(skipped: Sequence[tuple[str, str]], shown: int = 3) -> list[str]:
@@ -467,6 +479,11 @@ def discrimination(
     y = torch.tensor([index[name] for name in names])
     if per_class is not None:
         _positive("per class", per_class)
+        if per_class < 2:
+            raise LabelError(
+                "--per-class 1 (per_class=1) keeps one picture of each class, and each class needs two or more, one "
+                "to train and one to test; give 2 or more"
+            )
         drawn = shuffled_classes(y, len(classes), torch.Generator().manual_seed(seed))
         keep = sorted(i for members in drawn for i in members[:per_class].tolist())
         source, y = source.subset(keep), y[keep]

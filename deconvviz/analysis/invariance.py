@@ -25,7 +25,7 @@ from torch import Tensor
 from deconvviz.analysis.base import AnalysisError, AnalysisResult
 from deconvviz.analysis.choose import class_count, class_index
 from deconvviz.analysis.progress import ProgressOption, reporting
-from deconvviz.core.layers import choose_layers, default_layers
+from deconvviz.core.layers import alias_nodes, choose_layers, default_layers
 from deconvviz.models.session import session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,8 +50,15 @@ Distance = Literal["unit", "relative", "none"]
 _DISTANCES = ("unit", "relative", "none")
 
 
+IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
+"""Each transformation's value that leaves the picture as it is."""
+
+
 def sweep(start: float, stop: float, steps: int, name: str = "range") -> tuple[float, ...]:
-    """``steps`` evenly spaced values from ``start`` to ``stop``, both included.
+    """``steps`` evenly spaced values from ``start`` to ``stop``, both included, and the original in between.
+
+    Where the range holds the transformation's identity (a shift or a rotation of 0, a scale of 1) and the
+    steps miss it, it is added, so that every curve passes through the original picture (a distance of 0).
 
     Raises:
         AnalysisError: an empty range (``start >= stop``), fewer than two steps, or values that are not finite
@@ -65,7 +72,11 @@ def sweep(start: float, stop: float, steps: int, name: str = "range") -> tuple[f
         raise AnalysisError(f"the {name} range {start:g}:{stop:g} is empty; give START:END with START below END")
     if name == "scale" and start <= 0:
         raise AnalysisError(f"the scale range {start:g}:{stop:g} must be positive (1 is the original size)")
-    return tuple(start + (stop - start) * i / (steps - 1) for i in range(steps))
+    values = [start + (stop - start) * i / (steps - 1) for i in range(steps)]
+    identity = IDENTITY.get(name)
+    if identity is not None and start < identity < stop and all(abs(v - identity) > 1e-9 for v in values):
+        values = sorted([*values, identity])
+    return tuple(values)
 
 
 def _matrix(kind: str, value: float) -> tuple[Tensor, Tensor]:
@@ -225,7 +236,8 @@ def _output_node(net: Any) -> str | None:
     output = next((n for n in graph.nodes if n.op == "output"), None)
     arg = None if output is None or not output.args else output.args[0]
     if isinstance(arg, torch.fx.Node) and arg in graph.carries and arg is not graph.input:
-        return str(graph.names[arg])
+        node = str(graph.names[arg])
+        return next((alias for alias, named in alias_nodes(net).items() if named == node), node)  # VGG16: pool5
     return None
 
 
@@ -278,7 +290,8 @@ def invariance(
             to skip it.
         scale: ``(start, end)`` scale factors about the centre (1 is the original size), or None.
         rotate: ``(start, end)`` counter-clockwise rotation in degrees about the centre, or None.
-        steps: values per transformation, evenly spaced, both ends included.
+        steps: values per transformation, evenly spaced, both ends included; the original (a shift or rotation
+            of 0, a scale of 1) is added where the range holds it and the steps miss it.
         target: the true class (an index or a class name), one for all images or one per image; default: each
             untransformed image's top-1 class. Ignored when the model has no classifier.
         normalize: ``"unit"``, ``"relative"`` or ``"none"`` (see above).
@@ -313,7 +326,7 @@ def invariance(
         if span is None:
             continue
         if len(span) != 2:
-            raise AnalysisError(f"the {name} range must be (start, end), got {span!r}")
+            raise AnalysisError(f"the {name} range must be (start, end), or None to skip it, got {span!r}")
         values[name] = sweep(float(span[0]), float(span[1]), steps, name)
     if not values:
         raise AnalysisError("no transformation to sweep; give at least one of translate, scale and rotate")

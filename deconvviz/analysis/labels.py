@@ -68,7 +68,7 @@ def labels_of(source: ImageSource, data: Any, labels: Labels | None) -> list[str
         if len(parts) < 2:
             raise LabelError(
                 f"picture {name!r} lies at the top of {source.description!r}, in no class: put each class's "
-                "pictures in a folder named after the class"
+                "pictures in a folder named after the class, or name each picture's class in a --labels file"
             )
         found.append(parts[0])
     return found

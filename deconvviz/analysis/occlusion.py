@@ -71,7 +71,7 @@ class OcclusionResult(AnalysisResult):
         activation: ``(R, C)`` (a): the feature map's total activation per occluder position.
         activation_unoccluded: that total without an occluder.
         projection: (b): the feature map's strongest unit projected to pixels (among the units whose field lies
-            inside the picture, when any does: ``projection.prefer_inside``).
+            inside the picture, unless fewer than a quarter of the layer's units do: ``projection.prefer_inside``).
         method: the reverse pass that made (b): ``"deconvnet"`` (the paper's), ``"guided"``, ``"gradient"``, or
             another registered name.
         target: the class whose probability (c) shows, or None without a classifier.
@@ -441,7 +441,7 @@ class OcclusionJob:
         shape = (len(self.rows), len(self.cols))
         net = self.current.net
         # (b) as render draws it: the map's strongest unit whose receptive field lies inside the picture, so
-        # that the projection is not a speck in a corner (the strongest anywhere when no unit lies inside)
+        # that the projection is not a speck in a corner (the strongest anywhere when under a quarter lie inside)
         captured = net.capture(self.x, self.layer, method=self.method)  # one forward pass serves either choice
         found = project_inside(
             self.current, self.x, self.layer, [self.channel], None, method=self.method, captured=captured

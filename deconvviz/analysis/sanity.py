@@ -267,7 +267,7 @@ class SanityResult(AnalysisResult):
                 else f"rank correlation {rho:.2f}{signs}, SSIM {s:.2f}"
             )
             which = (
-                f"all {len(self.steps) - 1} layers randomised"
+                ("the one layer randomised" if len(self.steps) == 2 else f"all {len(self.steps) - 1} layers randomised")
                 if self.mode == "cascading"
                 else f"{self.steps[step]} alone randomised changes it most"
             )
@@ -364,7 +364,7 @@ def sanity(
     chosen = list(PRESETS) if method is None else [method] if isinstance(method, str) else list(method)
     if not chosen:
         raise AnalysisError("no methods given; choose from deconvnet, guided and gradient")
-    names = [get_method(m).name for m in chosen]  # an unknown method fails here, before any work
+    names = list(dict.fromkeys(get_method(m).name for m in chosen))  # unknown: fails here; a repeat counts once
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise AnalysisError(f"seed must be a whole number, got {seed!r}")
     if isinstance(compare_channels, bool) or not isinstance(compare_channels, int) or compare_channels < 2:

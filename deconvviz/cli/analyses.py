@@ -158,7 +158,12 @@ def invariance_command(
     ] = "-60:60",
     scale: Annotated[str, typer.Option(help="Scale START:END about the centre (1 = original), or off.")] = "0.5:1.7",
     rotate: Annotated[str, typer.Option(help="Rotation START:END in degrees, counter-clockwise, or off.")] = "0:360",
-    steps: Annotated[int, typer.Option(min=2, max=1000, help="Values per transformation, both ends included.")] = 13,
+    steps: Annotated[
+        int,
+        typer.Option(
+            min=2, max=1000, help="Values per transformation, both ends included (and the original, if missed)."
+        ),
+    ] = 13,
     target: Annotated[
         str | None,
         typer.Option(

@@ -71,7 +71,8 @@ class Filters:
     def description(self) -> str:
         """``conv1_1 (features.0): 64 filters of 3x3x3``: the layer, its convolution and the filters' shape."""
         out, inputs, kh, kw = (int(n) for n in self.weight.shape)
-        return f"{self.layer} ({self.module}): {out} filters of {kh}x{kw}x{inputs}"
+        named = self.layer if self.layer == self.module else f"{self.layer} ({self.module})"
+        return f"{named}: {out} filters of {kh}x{kw}x{inputs}"
 
     def norms(self) -> Tensor:
         """Each filter's L2 norm (float64)."""
@@ -270,7 +271,8 @@ def layer_filters(net: DeconvNet, layer: str | None = None) -> Filters:
     if inputs not in (1, 3):
         raise RenderError(
             f"the filters of {layer!r} ({name}) see {inputs} feature maps, not the picture's colours, so they are "
-            "not pictures; draw a first-layer convolution (e.g. conv1_1) or project this layer with `render`"
+            f"not pictures; draw a first-layer convolution (this model's is {first_convolution(net)!r}) or project "
+            "this layer with `render`"
         )
     return Filters(
         layer=layer,

@@ -245,7 +245,10 @@ def correspondence_figure(result: CorrespondenceResult, *, size: float = 1.0) ->
     palette = matplotlib.colormaps["tab10"]
     for i, part in enumerate(rows):
         means = [result.mean(part, layer) for layer in layers]
-        stds = [result.std(part, layer) for layer in layers]
+        # no error bar where one image pair gives the value: it has no spread to show
+        stds = [
+            result.std(part, layer) if result.distances[(part, layer)].numel() > 1 else float("nan") for layer in layers
+        ]
         positions = np.arange(len(layers)) + (i - (len(rows) - 1) / 2) * width
         colour = (0.6, 0.6, 0.6, 1.0) if part == "random" else palette(i % 10)
         ax.bar(

@@ -56,7 +56,10 @@ def invariance_figure(result: InvarianceResult, *, size: float | None = None) ->
     widths = ([1.3] if with_examples else []) + [1.0] * (columns - int(with_examples))
     if size is None:
         size = min(2.6, max(1.8, (WIDTH - 0.6) / sum(widths)))
-    fig = Figure(figsize=(size * sum(widths) + 0.6, size * 0.8 * rows + 0.9))
+    across = min(3, len(result.images))
+    key = 0.22 * -(-len(result.images) // across) + 0.1  # the legend's inches, below the plots
+    height = size * 0.8 * rows + 0.9 + key
+    fig = Figure(figsize=(size * sum(widths) + 0.6, height))
     axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"width_ratios": widths})
     colours = [f"C{i}" for i in range(len(result.images))]
     for r, name in enumerate(result.transforms):
@@ -90,14 +93,14 @@ def invariance_figure(result: InvarianceResult, *, size: float | None = None) ->
             ax.set_xlabel(UNITS.get(name, name), fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    legend_axis = axes[0, -1]
-    legend_axis.legend(fontsize=6, loc="best")
+    handles, labels = axes[0, -1].get_legend_handles_labels()  # below the plots, where it hides no curve
+    fig.legend(handles, labels, loc="lower center", ncol=across, fontsize=7, frameon=False)
     distance = {"unit": "between unit-length feature vectors", "relative": "relative to the original's length"}
     fig.suptitle(
         f"{result.model}: invariance (Euclidean distance {distance.get(result.normalize, 'unnormalised')})",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, key / height, 1, 0.97))
     return fig, axes
 
 
@@ -301,12 +304,12 @@ def discrimination_figure(result: DiscriminationResult, *, size: float | None = 
     ax = axes[0]
     x = np.arange(len(result.layers))
     means = np.array([100 * result.mean(layer) for layer in result.layers])
-    stds = np.array([100 * result.std(layer) for layer in result.layers])
-    name = "softmax" if result.linear == "softmax" else "linear SVMs"
+    stds = np.array([100 * result.std(layer) for layer in result.layers]) if result.splits > 1 else None
+    name = "softmax" if result.linear == "softmax" else "linear SVM"
     ax.errorbar(x, means, yerr=stds, color="C0", marker="o", markersize=4, capsize=3, linewidth=1.2, label=name)
     ax.axhline(100 * result.chance, color="0.45", linestyle="--", linewidth=1, label="chance")
-    for i, value in enumerate(means):
-        ax.annotate(f"{value:.0f}", (x[i], value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    for i, value in enumerate(means):  # beside the point, clear of its error bar
+        ax.annotate(f"{value:.0f}", (x[i], value), textcoords="offset points", xytext=(5, 3), ha="left", fontsize=7)
     ax.set_xticks(x, result.layers, fontsize=7, rotation=30 if len(result.layers) > 6 else 0)
     ax.set_ylim(0, 110)  # room above 100 for the values' labels
     ax.set_yticks(range(0, 101, 20))
@@ -362,7 +365,7 @@ def discrimination_curve_figure(result: DiscriminationCurve, *, size: float | No
     colours = colormaps["viridis"](np.linspace(0.0, 0.85, len(result.layers)))
     for layer, colour in zip(result.layers, colours, strict=True):
         means = np.array([100 * r.mean(layer) for r in result.results])
-        stds = np.array([100 * r.std(layer) for r in result.results])
+        stds = np.array([100 * r.std(layer) for r in result.results]) if result.first.splits > 1 else None
         ax.errorbar(sizes, means, yerr=stds, color=colour, marker="o", markersize=3.5, capsize=2.5, label=layer)
     ax.axhline(100 * result.chance, color="0.45", linestyle="--", linewidth=1, label="chance")
     if len(sizes) > 1 and sizes[-1] > 10 * sizes[0]:
@@ -386,7 +389,7 @@ def discrimination_curve_figure(result: DiscriminationCurve, *, size: float | No
         frameon=False,
     )
     first = result.first
-    name = "softmax" if first.linear == "softmax" else "linear SVMs"
+    name = "softmax" if first.linear == "softmax" else "linear SVM"
     fig.suptitle(
         f"{first.model}: a {name} on each layer's features, {result.setting}, "
         f"{first.splits} split{'s' if first.splits != 1 else ''}",
