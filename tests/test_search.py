@@ -336,3 +336,18 @@ def test_progress_bar_and_a_session_as_the_other_analyses_take_them(stand, folde
     assert "top-k scan" in capsys.readouterr().err  # tqdm draws on stderr outside a notebook
     with pytest.raises(dv.DeconvVizError, match=r"progress takes a callable \(stage, done, total\), 'bar' or None"):
         dv.top_k(folder, stand, layers=["conv2"], k=1, channels=[1], progress="bars")
+
+
+def test_a_choice_of_channels_reads_the_same_everywhere() -> None:
+    from deconvviz.analysis.topk.options import channel_spec
+
+    assert channel_spec("first3") == (3, None)
+    assert channel_spec("strongest4") == (None, 4)
+    assert channel_spec(" 5 ") == (None, 5)
+    assert channel_spec("all") == (None, None)
+    assert channel_spec([7, 2]) == ((7, 2), None)
+    for none in ("first0", "strongest0", "0"):
+        with pytest.raises(SearchError, match=f"channels {none!r} chooses no channel; give a count of at least 1"):
+            channel_spec(none)
+    with pytest.raises(SearchError, match="channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list"):
+        channel_spec("foo")

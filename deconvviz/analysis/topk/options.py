@@ -125,6 +125,8 @@ def channel_spec(
             return (int(number), None) if spec.startswith("first") else (None, int(number))
         if spec.isdigit() and int(spec) >= 1:
             return None, int(spec)
+        if number.isdigit():  # first0, strongest0, 0: a count of none
+            raise error(f"channels {channels!r} chooses no channel; give a count of at least 1")
         raise error(f"channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list; got {channels!r}")
     if channels is None:
         return None, None
