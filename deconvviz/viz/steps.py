@@ -291,12 +291,14 @@ def steps_figure(
         signal = step.signal[seed]
         spatial = signal.dim() == 3
         box = scaled(area, source, tuple(signal.shape[-2:])) if area is not None and spatial else None  # type: ignore[arg-type]
+        window = detail_window(step, seed) if detail else None
+        if box is not None and window is not None:  # the part shown holds the whole close-up, so its outline does
+            box = (min(box[0], window[1]), min(box[1], window[2]), max(box[2], window[3]), max(box[3], window[4]))
         top, left = (box[0], box[1]) if box is not None else (0, 0)
 
         def cut(picture: Any, box: tuple[int, int, int, int] | None = box) -> Any:
             return picture if box is None else picture[box[0] : box[2], box[1] : box[3]]
 
-        window = detail_window(step, seed) if detail else None
         if k == count - 1 and spatial and signal.shape[0] in (1, 3):
             ax.imshow(cut(_reconstruction(steps, seed, scale)), interpolation="nearest")
             ax.set_title(title(steps, step, seed) + "\nas rendered", fontsize=7)
@@ -304,7 +306,8 @@ def steps_figure(
             values = plane(signal)
             ax.imshow(colour(cut(values), limit(values)), interpolation="nearest", aspect=None if spatial else "auto")
             ax.set_title(title(steps, step, seed), fontsize=7)
-            if window is not None:
+            shown = box if box is not None else (0, 0, *(int(n) for n in signal.shape[-2:]))
+            if window is not None and tuple(window[1:]) != tuple(shown):  # no outline where it is the whole panel
                 _, w_top, w_left, w_bottom, w_right = window
                 ax.add_patch(
                     Rectangle(
