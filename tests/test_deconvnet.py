@@ -559,6 +559,16 @@ def test_deconvnet_of_something_else_than_a_module_is_one_line(model: object) ->
         assert "deconvviz.DeconvNet(deconvviz.load_model('vgg16'))" in str(info.value)
 
 
+def test_an_unknown_layer_is_named_with_the_models_name() -> None:
+    from conftest import register_tiny_model
+
+    register_tiny_model("tiny-named")
+    with pytest.raises(LayerNotFoundError, match=r"unknown layer 'conv9' for tiny-named: did you mean"):
+        dv.DeconvNet(dv.load_model("tiny-named")).project(torch.rand(1, 3, 32, 32), "conv9", top=1)
+    with pytest.raises(LayerNotFoundError, match=r"unknown layer 'conv9' for TinyVGG: "):  # a bare module: its class
+        dv.DeconvNet(make_tiny_vgg()).project(torch.rand(1, 3, 32, 32), "conv9", top=1)
+
+
 def test_one_layer_name_alone_is_one_layer() -> None:
     from deconvviz.analysis.topk.options import ScanOptions
 

@@ -59,9 +59,11 @@ class DeconvNet:
     def __init__(self, model: Any, *, aliases: Mapping[str, str] | None = None, max_batch: int | None = None) -> None:
         to_image: Callable[[Tensor], Any] | None = None
         channel_order = "RGB"
+        self._label = ""  # how messages name the model: a loaded model's name, else its class
         if not isinstance(model, nn.Module) and isinstance(getattr(model, "module", None), nn.Module):
             loaded = model
             model = loaded.module
+            self._label = str(getattr(loaded, "name", "") or "")
             aliases = {**dict(getattr(loaded, "layers", {}) or {}), **dict(aliases or {})}
             to_image = getattr(loaded, "to_image", None)
             order = getattr(getattr(loaded, "preprocessing", None), "channel_order", "RGB")
@@ -111,6 +113,7 @@ class DeconvNet:
         graph = self._graphs.get(leaves)
         if graph is None:
             graph = self._graphs[leaves] = trace(self.model, sorted(leaves, key=lambda t: t.__qualname__))
+            graph.label = self._label
         return graph
 
     def _missing_rule(self, graph: Graph, node: fx.Node, rules: RuleSet) -> UnsupportedOpError:

@@ -85,6 +85,7 @@ class Graph:
         opaque: qualified names of submodules that torch.fx could not trace into; each is one node.
         containers: qualified name of every submodule traced through -> the node computing its output, so a
             container's own name (``features.0`` for a ``Conv2dNormActivation``) still names a layer.
+        label: how messages name the model (its registered name; empty: its class).
     """
 
     model: nn.Module
@@ -95,6 +96,7 @@ class Graph:
     signal_inputs: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
     opaque: set[str] = field(default_factory=set)
     containers: dict[str, fx.Node] = field(default_factory=dict)
+    label: str = ""
     _by_name: dict[str, fx.Node] = field(default_factory=dict, repr=False)
     _modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
@@ -150,7 +152,7 @@ class Graph:
         if found is not None:  # the model's input or its return: not a layer of its own
             hint = "the model's input and its return are not layers; give the node that computes it"
         raise LayerNotFoundError(
-            f"unknown layer {name!r} for {type(self.model).__name__}: {hint} "
+            f"unknown layer {name!r} for {self.label or type(self.model).__name__}: {hint} "
             "(`deconvviz layers` or `DeconvNet.layers` lists every layer)"
         )
 
