@@ -639,3 +639,43 @@ def test_layers_that_hold_their_channels_last_are_not_offered() -> None:
     x = torch.rand(1, 3, 16, 16)
     assert default_layers(net, x) == ["add", "head"]  # the block's output, channels first again
     assert net.activations(x, ["add"])["add"].shape == (1, 8, 16, 16)
+
+
+class _GatedNet(nn.Module):
+    """Two stages, each a convolution and a squeeze-and-excitation gate, then a classifier on a pooled 1x1 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.squeeze = nn.AdaptiveAvgPool2d(1)
+        self.excite = nn.Conv2d(8, 8, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.norm = nn.BatchNorm2d(8)  # on the 1x1 map below the pooling, as ConvNeXt's head normalises
+        self.fc = nn.Linear(8, 3)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.excite(self.squeeze(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gate(torch.relu(self.conv1(x)))
+        x = self.gate(torch.relu(self.conv2(x)))
+        return self.fc(self.norm(self.pool(x)).flatten(1))
+
+
+def test_default_layers_end_stages_and_skip_gates_branches_and_pooled_maps() -> None:
+    from conftest import ChannelsLastBlock
+
+    from deconvviz.core.layers import after_global_pool, default_layers, through_layers
+
+    block = dv.DeconvNet(ChannelsLastBlock().eval())
+    # the skip connection bypasses the block's inside: only the stem, the sum and what follows are on every path
+    assert through_layers(block) == {"stem", "add", "pool", "head", "flatten"}
+    gated = dv.DeconvNet(_GatedNet().eval())
+    x = torch.rand(1, 3, 16, 16)
+    through = through_layers(gated)
+    assert {"mul", "mul_1", "relu", "relu_1"} <= through
+    assert not {"excite", "sigmoid", "squeeze"} & through  # a gate's branch is one of two paths
+    assert {"norm", "flatten", "fc"} <= after_global_pool(gated)
+    assert "mul" not in after_global_pool(gated)  # the gated map itself is not pooled
+    # without these rules the 1x1 maps of the gates and of the head would alternate with the 8x8 ones
+    assert default_layers(gated, x) == ["mul", "mul_1"]

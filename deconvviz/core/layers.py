@@ -96,11 +96,80 @@ def layer_names(net: DeconvNet) -> list[str]:
     return result
 
 
+def through_layers(net: DeconvNet) -> set[str]:
+    """The layers every path from the image to the model's output passes through (the graph's cut points).
+
+    A chain's every layer is one; in a residual, branching or gated block only the block's output is (the
+    skip connection bypasses the convolutions inside it, a squeeze-and-excitation gate or an Inception branch
+    is one of several paths), so these are where a stage ends. Empty when the output cannot be found.
+    """
+    graph = net.graph
+    signal = [node for node in graph.nodes if node in graph.carries or node is graph.input]
+    known = set(signal)
+    parents = {node: [p for p in graph.signal_inputs.get(node, []) if p in known] for node in signal}
+    output = next((node for node in graph.nodes if node.op == "output"), None)
+    if output is None:
+        return set()
+    ends = [p for p in (graph.signal_inputs.get(output) or output.all_input_nodes) if p in known]
+    ahead: dict[Any, int] = {graph.input: 1}  # paths from the image to each node
+    for node in signal:
+        if node is not graph.input:
+            ahead[node] = sum(ahead.get(p, 0) for p in parents[node])
+    behind: dict[Any, int] = dict.fromkeys(signal, 0)  # paths from each node to the output
+    for node in ends:
+        behind[node] += 1
+    for node in reversed(signal):
+        for p in parents[node]:
+            behind[p] += behind[node]
+    total = sum(ahead.get(node, 0) for node in ends)
+    if total == 0:
+        return set()
+    return {graph.names[node] for node in signal if node is not graph.input and ahead[node] * behind[node] == total}
+
+
+def _global_pool(net: DeconvNet, node: Any) -> bool:
+    """Whether a node pools each map to one value (``AdaptiveAvgPool2d(1)``, ``x.mean((2, 3), keepdim=True)``)."""
+    from torch import nn
+
+    module = net.graph.module(node)
+    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+        size = module.output_size
+        return all(s == 1 for s in (size if isinstance(size, tuple) else (size,)))
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size == 1 or (isinstance(size, list | tuple) and all(s == 1 for s in size))
+    if name in ("mean", "amax", "sum"):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return isinstance(dims, list | tuple) and {d % 4 for d in dims if isinstance(d, int)} == {2, 3}
+    return False
+
+
+def after_global_pool(net: DeconvNet) -> set[str]:
+    """The layers whose every input was pooled to one value per map: 1x1 maps, no longer feature maps.
+
+    The layers after a classifier's global average pooling are; a squeeze-and-excitation gate's own 1x1 branch
+    is too, but not the map it multiplies.
+    """
+    graph = net.graph
+    below: set[Any] = set()
+    for node in graph.nodes:
+        if node not in graph.carries or node is graph.input:
+            continue
+        parents = graph.signal_inputs.get(node, [])
+        # every input pooled: a gate's pooled branch (squeeze-and-excitation) does not pool what it multiplies
+        if parents and all(p in below or _global_pool(net, p) for p in parents):
+            below.add(node)
+    return {graph.names[node] for node in below}
+
+
 def default_layers(net: DeconvNet, x: Tensor, limit: int = 6, *, classes: int | None = None) -> list[str]:
-    """A sensible set of layers to look at: the last non-pooling layer at each resolution.
+    """A sensible set of layers to look at: the last non-pooling layer at each resolution that ends a stage.
 
     For VGG16 with its aliases this is ``conv1_2, conv2_2, conv3_3, conv4_3, conv5_3``, the five blocks'
-    last (rectified) convolutions; other models get the end of each of their stages.
+    last (rectified) convolutions; other models get the end of each of their stages: of the layers every path
+    through the model passes (:func:`through_layers`: a residual block's output, not a convolution inside it,
+    nor a squeeze-and-excitation gate's 1x1 map or an Inception branch), the last at each resolution.
 
     Args:
         net: the deconvnet.
@@ -120,6 +189,9 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6, *, classes: int | 
     found = net.activations(x, candidates)
     shapes = {name: tuple(act.shape) if hasattr(act, "shape") else () for name, act in found.items()}
     spatial = [name for name in candidates if len(shapes[name]) == 4]
+    through, pooled = through_layers(net), after_global_pool(net)
+    spatial = [name for name in spatial if net.resolve(name) not in pooled] or spatial
+    spatial = [name for name in spatial if net.resolve(name) in through] or spatial
     if classes is not None:
         scores = set(score_maps(net, spatial, classes, {name: shapes[name][1] for name in spatial}))
         spatial = [name for name in spatial if name not in scores] or spatial
