@@ -679,3 +679,30 @@ def test_default_layers_end_stages_and_skip_gates_branches_and_pooled_maps() -> 
     assert "mul" not in after_global_pool(gated)  # the gated map itself is not pooled
     # without these rules the 1x1 maps of the gates and of the head would alternate with the 8x8 ones
     assert default_layers(gated, x) == ["mul", "mul_1"]
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def test_a_stage_ends_at_its_own_output_not_at_the_next_stages_expansion() -> None:
+    from deconvviz.core.layers import default_layers
+
+    features = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),  # 0: the stem, 16x16
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),  # 1: the first stage's output, 16x16
+        nn.Sequential(  # 2: an inverted residual's expansion (still 16x16), then its strided depthwise convolution
+            nn.Conv2d(4, 12, 1), nn.ReLU(), nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12), nn.Conv2d(12, 8, 1)
+        ),
+        _Residual(8),  # 3: the second stage's output, 8x8
+        nn.Conv2d(8, 8, 3),  # 4: an unpadded convolution trims 8x8 to 6x6 without a stride: the same stage
+    )
+    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    net = dv.DeconvNet(model)
+    # the expansion (0.2.1) is the last layer at 16x16, but the first stage's own output (0.1.1) ends that stage
+    assert default_layers(net, torch.rand(1, 3, 16, 16)) == ["0.1.1", "0.4"]

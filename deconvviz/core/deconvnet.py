@@ -60,10 +60,12 @@ class DeconvNet:
         to_image: Callable[[Tensor], Any] | None = None
         channel_order = "RGB"
         self._label = ""  # how messages name the model: a loaded model's name, else its class
+        self.classes: int | None = None  # how many class names the model has (a loaded model's labels)
         if not isinstance(model, nn.Module) and isinstance(getattr(model, "module", None), nn.Module):
             loaded = model
             model = loaded.module
             self._label = str(getattr(loaded, "name", "") or "")
+            self.classes = len(getattr(loaded, "labels", None) or []) or None
             aliases = {**dict(getattr(loaded, "layers", {}) or {}), **dict(aliases or {})}
             to_image = getattr(loaded, "to_image", None)
             order = getattr(getattr(loaded, "preprocessing", None), "channel_order", "RGB")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -192,16 +193,39 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6, *, classes: int | 
     through, pooled = through_layers(net), after_global_pool(net)
     spatial = [name for name in spatial if net.resolve(name) not in pooled] or spatial
     spatial = [name for name in spatial if net.resolve(name) in through] or spatial
+    classes = classes if classes is not None else getattr(net, "classes", None)
     if classes is not None:
         scores = set(score_maps(net, spatial, classes, {name: shapes[name][1] for name in spatial}))
         spatial = [name for name in spatial if name not in scores] or spatial
     if not spatial:
         return candidates[-1:]
-    chosen: list[str] = []
-    for name, following in zip(spatial, [*spatial[1:], None], strict=True):
-        if following is None or shapes[following][2:] != shapes[name][2:]:
-            chosen.append(name)
-    return chosen[-limit:]
+    # a stage is a downsampling step (an unpadded convolution that trims a map by a few pixels starts none)
+    stages: dict[tuple[int, int], list[str]] = {}
+    for name in spatial:
+        ratios = (int(x.shape[-2]) / shapes[name][2], int(x.shape[-1]) / shapes[name][3])
+        stages.setdefault(tuple(round(math.log2(r)) for r in ratios), []).append(name)  # type: ignore[arg-type]
+    depth = _depths(net)
+    chosen = []
+    for names in stages.values():  # the stage's end: the last of its outermost modules' outputs
+        shallowest = min(depth.get(net.resolve(name), 99) for name in names)
+        chosen.append([name for name in names if depth.get(net.resolve(name), 99) == shallowest][-1])
+    order = {name: i for i, name in enumerate(spatial)}
+    return sorted(chosen, key=order.__getitem__)[-limit:]
+
+
+def _depths(net: DeconvNet) -> dict[str, int]:
+    """Each node's depth in the module tree: that of the outermost module whose output it computes.
+
+    A ResNet's ``layer1.2.relu_2`` computes ``layer1``'s output (depth 1), MobileNetV2's ``features.1.conv.2``
+    that of ``features.1`` (depth 2), while the expansion ``features.2.conv.0.2`` is only ``features.2.conv.0``'s
+    (depth 4): at one resolution, the stage's own output is the shallowest.
+    """
+    graph = net.graph
+    found = {name: name.count(".") + 1 for name in graph.names.values()}
+    for container, node in graph.containers.items():
+        name = graph.names[node]
+        found[name] = min(found.get(name, 99), container.count(".") + 1)
+    return found
 
 
 def score_maps(net: DeconvNet, names: Sequence[str], classes: int, channels: dict[str, int]) -> list[str]:
