@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -191,8 +192,12 @@ def _mark_empty(ax: Axes, projection: Projection, i: int) -> None:
 
 
 def _show(ax: Axes, picture: np.ndarray) -> None:
-    # nearest: a cut-out of a few pixels stays a few sharp squares instead of a blur
-    ax.imshow(picture, interpolation="nearest")
+    # enlarged, nearest: a cut-out of a few pixels stays a few sharp squares instead of a blur; shrunk, smoothed:
+    # nearest would drop pixels, and a fine checkerboard would show as coarse blocks (aliasing)
+    size = getattr(ax.figure, "get_size_inches", None)  # a subfigure has none: keep the sharp squares
+    dpi = float(getattr(ax.figure, "dpi", 100.0))
+    shown = ax.get_position().width * float(size()[0]) * dpi if size is not None else math.inf
+    ax.imshow(picture, interpolation="antialiased" if picture.shape[1] > shown else "nearest")
 
 
 def _caption(fig: Figure, projection: Projection | None, options: RenderOptions, *, key: bool = True) -> Text:
