@@ -7,6 +7,7 @@ import re
 import sys
 import textwrap
 import urllib.error
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -578,11 +579,16 @@ def test_a_model_spec_in_a_user_module_is_named_like_a_function(user_module: Pat
 
 
 def test_user_model_without_checkpoint_keeps_its_own_weights(user_module: Path) -> None:
-    m = dv.load_model("dv_user_nets:build")
+    with pytest.warns(UserWarning, match="brings no preprocessing of its own, so ImageNet's mean and std are assumed"):
+        m = dv.load_model("dv_user_nets:build")
     torch.manual_seed(0)
     expected = nn.Conv2d(3, 4, 3, padding=1).weight
     assert torch.equal(m.module[0].weight, expected)
     assert m.preprocessing == specs.Preprocessing()
+    with warnings.catch_warnings():  # given its normalisation, or a ModelSpec bringing its own: nothing to say
+        warnings.simplefilter("error")
+        dv.load_model("dv_user_nets:build", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        dv.load_model("dv_user_nets:SPEC")
 
 
 @pytest.mark.parametrize(

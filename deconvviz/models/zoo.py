@@ -26,6 +26,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -194,7 +195,12 @@ def _user_spec(name: str) -> ModelSpec:
             raise ModelError(f"{name}() returned {type(built).__name__}, expected a torch.nn.Module")
         return built
 
+    _ASSUMED.add(name)
     return ModelSpec(name=name, builder=build, description=f"user model {name}")
+
+
+_ASSUMED: set[str] = set()
+"""Models named by a function, which brings no preprocessing: ImageNet's normalisation is assumed for them."""
 
 
 def _file_without_function(name: str) -> str:
@@ -359,6 +365,12 @@ def load_model(
         >>> m.classify("examples/cat.jpg", top=3)  # doctest: +SKIP
     """
     spec = name if isinstance(name, ModelSpec) else resolve_spec(name)
+    if spec.name in _ASSUMED and mean is None and std is None:
+        warnings.warn(
+            f"model {spec.name!r} brings no preprocessing of its own, so ImageNet's mean and std are assumed; give "
+            "--mean and --std (mean=, std=) if it was trained with others",
+            stacklevel=2,
+        )
     target = _device(device)
     preprocessing = _override(spec.preprocessing, mean, std, scale, size, resize, channel_order)
     if checkpoint is not None:
