@@ -408,7 +408,12 @@ def layers_figure(
             for box in cut:
                 if box is not None:
                     _draw_box(top[0], box)
-        top[0].set_ylabel("class" if projection.label else projection.layer, fontsize=10)
+        name = "class" if projection.label else projection.layer
+        # a long node name shrinks to the row's height rather than run into the next row's
+        room = top[0].get_position().height * float(fig.get_size_inches()[1]) * 72 * (2 if twice else 1)
+        top[0].set_ylabel(name, fontsize=max(5.5, min(10.0, room / (0.62 * max(1, len(name))))))
+        if twice:
+            top[0].yaxis.set_label_coords(-0.08, 0.0)  # centred on the row and the patches below it
         if below is not None:
             below[0].axis("off")
         for i in range(columns - 1):
