@@ -60,7 +60,7 @@ def filters_command(
     share of their power the convolution's stride aliases.
     """
     with reported(debug):
-        from deconvviz.viz.render import replaceable_figure, safe_name, save_figure
+        from deconvviz.viz.render import safe_name, save_figure
 
         named = [name.strip() for name in (joined(layer) or "").split(",") if name.strip()]
         if len(named) > 1:
@@ -74,8 +74,7 @@ def filters_command(
             current = deconvviz.session(model.load(), device="cpu")
             found = layer_filters(current.net, named[0] if named else None)
             target = out if out is not None else Path(f"{safe_name(found.layer)}_filters.png")
-            if not replaceable_figure(target):
-                _check_figure_path(target)
+            _check_figure_path(target)  # the default name too; and --out again, after the model's loading
             fig, _ = found.figure(columns=columns)
             try:
                 save_figure(fig, target)

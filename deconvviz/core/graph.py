@@ -186,6 +186,11 @@ class Graph:
         return [n for n in self.graph.nodes if n in needed]
 
 
+def op_name(node: fx.Node) -> str:
+    """The bare name of a node's op: a tensor method's (``"permute"``) or a function's (``"adaptive_avg_pool2d"``)."""
+    return str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+
+
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode for the block and restore every submodule's own flag afterwards."""

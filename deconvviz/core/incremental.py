@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from deconvviz.core.graph import Graph
+from deconvviz.core.graph import Graph, op_name
 from deconvviz.ops.geometry import GEOMETRIES, pointwise
 from deconvviz.ops.window import WindowError, window_of
 
@@ -101,7 +101,7 @@ def _may_write_input(node: fx.Node, module: nn.Module | None, kwargs: dict[str, 
         return bool(getattr(module, "inplace", False))
     if kwargs.get("inplace"):
         return True
-    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    name = op_name(node)
     return (name.endswith("_") and not name.endswith("__")) or node.target in (
         operator.iadd,
         operator.isub,

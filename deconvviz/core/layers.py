@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.core.graph import LayerNotFoundError
+from deconvviz.core.graph import LayerNotFoundError, op_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -36,14 +36,13 @@ def alias_nodes(net: DeconvNet) -> dict[str, str]:
     return found
 
 
-_TO_LAST, _TO_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
+_TO_LAST = (0, 2, 3, 1)
 _LAYOUT_ENDS = frozenset({"flatten", "reshape", "view", "mean", "sum", "amax", "squeeze", "unsqueeze"})
 
 
 def _permutation(node: Any) -> tuple[int, ...] | None:
     """The dimensions of a ``permute`` node (``x.permute(0, 2, 3, 1)``, ``torch.permute(x, [0, 2, 3, 1])``)."""
-    target = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
-    if node.op not in ("call_method", "call_function") or target != "permute":
+    if node.op not in ("call_method", "call_function") or op_name(node) != "permute":
         return None
     given = node.args[1:] or tuple(node.kwargs.get("dims", ()))
     dims = given[0] if len(given) == 1 and isinstance(given[0], list | tuple) else given
@@ -70,8 +69,7 @@ def channels_last(net: DeconvNet) -> set[str]:
             if (dims == _TO_LAST and not inherited) or (inherited and dims == (0, 1, 2, 3)):
                 last.add(node)
             continue
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        if inherited and name not in _LAYOUT_ENDS:
+        if inherited and op_name(node) not in _LAYOUT_ENDS:
             last.add(node)
     return {graph.names[node] for node in last}
 
@@ -136,7 +134,7 @@ def _global_pool(net: DeconvNet, node: Any) -> bool:
     if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
         size = module.output_size
         return all(s == 1 for s in (size if isinstance(size, tuple) else (size,)))
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    name = op_name(node)
     if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size == 1 or (isinstance(size, list | tuple) and all(s == 1 for s in size))
@@ -193,7 +191,7 @@ def default_layers(net: DeconvNet, x: Tensor, limit: int = 6, *, classes: int | 
     through, pooled = through_layers(net), after_global_pool(net)
     spatial = [name for name in spatial if net.resolve(name) not in pooled] or spatial
     spatial = [name for name in spatial if net.resolve(name) in through] or spatial
-    classes = classes if classes is not None else getattr(net, "classes", None)
+    classes = classes if classes is not None else net.classes
     if classes is not None:
         scores = set(score_maps(net, spatial, classes, {name: shapes[name][1] for name in spatial}))
         spatial = [name for name in spatial if name not in scores] or spatial

@@ -428,6 +428,11 @@ class _Transaction:
                 parent.rmdir()  # only if still empty
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (not a folder) at ``folder`` or at one of its parents, which keeps it from being made; None."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def _make_parents(folder: Path) -> list[Path]:
     """``mkdir -p folder``; returns the folders it made, outermost first."""
     missing = []
@@ -489,7 +494,7 @@ def stage_folders(
     except OSError as exc:
         transaction.discard()
         where = targets[len(transaction.stages)] if len(transaction.stages) < len(targets) else targets[-1]
-        blocking = next((p for p in where.parents if p.exists() and not p.is_dir()), None)
+        blocking = file_in_the_way(where.parent)
         if blocking is not None:  # a file where the folder of results goes (--out afile)
             raise error(f"{str(blocking)!r} exists and is not a folder; choose another folder (--out)") from None
         raise error(
@@ -521,6 +526,7 @@ __all__ = [
     "clean_stale",
     "clean_stale_temporaries",
     "exchange",
+    "file_in_the_way",
     "mark",
     "owned",
     "remove_owned",

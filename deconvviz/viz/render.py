@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deconvviz.errors import RenderError
-from deconvviz.io.atomic import OutputError, write_file
+from deconvviz.io.atomic import OutputError, file_in_the_way, write_file
 from deconvviz.io.names import clean_name
 from deconvviz.viz.figures import (
     RenderOptions,
@@ -145,9 +145,9 @@ def save_projection(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
         raise OutputError(
-            f"cannot write into {str(directory)!r}: {str(blocking or exc.filename)!r} is a file, not a folder; "
+            f"cannot write into {str(directory)!r}: {str(file_in_the_way(directory) or exc.filename)!r} is a file, "
+            "not a folder; "
             "choose a folder"
         ) from exc
     layer = safe_name(projection.layer)
