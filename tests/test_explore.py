@@ -464,6 +464,13 @@ def test_occlusion_of_a_channel_equals_re_running_the_model_per_position(
     _one_line_error(client.get("/api/occlusion", params={**params, "stride": "a"}), 400, "whole number")
     monkeypatch.setattr(occlude, "MOST_POSITIONS", 16)
     _one_line_error(client.get("/api/occlusion", params={**params, "stride": 4}), 400, "stride of at least 8")
+    # A sweep stops between its batches when its page asks for something newer, and keeps nothing.
+    monkeypatch.undo()
+    monkeypatch.setattr(explorer.worker, "stale", lambda: True)
+    moved_on = {**params, "stride": 5, "client": "page", "seq": 3}
+    _one_line_error(client.get("/api/occlusion", params=moved_on), 429, "sweep was stopped")
+    monkeypatch.undo()
+    assert client.get("/api/occlusion", params=moved_on).status_code == 200
 
 
 def test_connections_turn_nagle_off_so_kept_alive_answers_do_not_wait() -> None:
@@ -696,6 +703,32 @@ def test_the_worker_drops_stale_requests_and_refuses_past_its_queue() -> None:
         assert other.result(5) == "other"
     finally:
         gate.set()
+        worker.stop()
+
+
+def test_a_running_job_learns_that_its_page_asked_for_something_newer() -> None:
+    worker = ModelWorker()
+    started, go = threading.Event(), threading.Event()
+
+    def long() -> bool:
+        started.set()
+        go.wait(5)
+        return worker.stale()
+
+    try:
+        job = worker.submit(long, client="page", seq=1)
+        assert started.wait(5)
+        worker.submit(lambda: "other page", client="other page", seq=9)
+        assert not worker.stale()  # another page's request does not stop this one
+        worker.submit(lambda: "same seq", client="page", seq=1)
+        assert not worker.stale()  # nor does the same view's
+        worker.submit(lambda: "newer", client="page", seq=2)
+        assert worker.stale()
+        go.set()
+        assert job.result(5) is True
+        assert worker.call(worker.stale) is False  # a request without a page never goes stale
+    finally:
+        go.set()
         worker.stop()
 
 

@@ -164,6 +164,28 @@ def test_fewer_images_than_k(stand, tmp_path) -> None:
     result.figure("conv1", 0)
 
 
+def test_the_figure_shows_only_hits_that_fired_and_labels_each(stand, folder) -> None:
+    import dataclasses
+
+    result = top_k(folder, stand, layers=["conv2"], k=4, channels="first1")
+    hits = result.hits["conv2"][0]
+    assert len(hits) == 4
+    assert all(hit.value > 0 for hit in hits)
+    fig, axes = result.figure("conv2", 0)
+    assert fig._suptitle.get_text().endswith(f"top 4 of {len(result.images)} images")
+    assert axes[0, 0].get_title().startswith("a=")
+    assert axes[0, 2].get_title() == hits[0].image.rsplit("/", 1)[-1]
+    # A channel's map of zeros still has a position of its maximum: that is not a hit, and is not drawn.
+    result.hits["conv2"][0] = (*hits[:2], *(dataclasses.replace(hit, value=0.0) for hit in hits[2:]))
+    fig, axes = result.figure("conv2", 0)
+    assert sum(1 for ax in axes.flat if ax.images) == 4
+    assert f"top 2 of {len(result.images)} images (it fires on no other)" in fig._suptitle.get_text()
+    result.hits["conv2"][0] = tuple(dataclasses.replace(hit, value=0.0) for hit in hits)
+    fig, axes = result.figure("conv2", 0)
+    assert not any(ax.images for ax in axes.flat)
+    assert f"fires on none of the {len(result.images)} images" in fig._suptitle.get_text()
+
+
 def test_bad_folders_and_choices(stand, tmp_path) -> None:
     with pytest.raises(SearchError, match="folder not found"):
         top_k(tmp_path / "missing", stand)

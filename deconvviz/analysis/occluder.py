@@ -90,8 +90,8 @@ def occluder_grid(
             raise OcclusionError(f"the occluder {name} must be a positive number of pixels, got {value!r}")
     if size > min(height, width):
         raise OcclusionError(
-            f"the occluder ({size} px) is larger than the {height}x{width} image; choose --size {min(height, width)} "
-            "or less"
+            f"the occluder ({size} px) is larger than the {height}x{width} image; choose an occluder size of "
+            f"{min(height, width)} px or less"
         )
 
     def spans(length: int) -> list[tuple[int, int]]:

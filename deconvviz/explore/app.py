@@ -424,7 +424,9 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
         return Response(status_code=204)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(f"no such address: {request.url.path}; the API is under /api/ (see docs/explorer.md)", 404)
+        path = request.url.path
+        shown = path if len(path) <= 120 else path[:100] + "..."  # a long address is not echoed whole
+        return _error(f"no such address: {shown}; the API is under /api/ (see docs/explorer.md)", 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(f"{request.method} is not allowed on {request.url.path}", 405)

@@ -16,6 +16,7 @@ from deconvviz.core.graph import evaluating
 from deconvviz.core.incremental import IncrementalOcclusion
 from deconvviz.explore.pictures import ExploreError, heat_table, png_bytes
 from deconvviz.explore.topk import check_channel
+from deconvviz.explore.worker import Superseded
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.explore.engine import Explorer
@@ -43,12 +44,14 @@ def occlusion_map(
         ``picture`` the model input's ``[height, width]``, ``rows`` and ``cols`` the occluder's ``[start, end)``
         per grid row and column, ``totals`` the grid of totals.
 
-    Must run on the model worker, like :meth:`~deconvviz.explore.engine.Explorer.captured`.
+    Must run on the model worker, like :meth:`~deconvviz.explore.engine.Explorer.captured`; a newer request of
+    the same page stops the sweep between batches.
 
     Raises:
         ExploreError: a layer without feature maps, or more than :data:`MOST_POSITIONS` positions.
         OcclusionError: an occluder larger than the picture, a size or stride below 1.
         TopKError: a channel out of range.
+        Superseded: the page asked for something else while the sweep ran.
     """
     import torch
 
@@ -83,6 +86,8 @@ def occlusion_map(
         engine = IncrementalOcclusion(net.graph, x.detach(), [node], rows, cols)
         for _, _, values in sweep(engine, grid, positions_per_batch(x)):
             totals.append(engine.channel_totals(node, values[node], channel).double().cpu())
+            if explorer.worker.stale():  # the page moved on: its next view waits for no sweep
+                raise Superseded("a newer request from this page came; the occlusion sweep was stopped")
         unoccluded = float(engine.cached[node][0, channel].double().sum())
     answer = {
         "layer": layer,

@@ -53,7 +53,7 @@ class ModelWorker:
         """Held while the model runs (by this worker's jobs and by the background scan's batches)."""
         self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()
-        self._running = False
+        self._running: _Job | None = None
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="deconvviz-explore-model", daemon=True)
         self._thread.start()
@@ -98,15 +98,29 @@ class ModelWorker:
         """Run ``run()`` on the worker and wait for it (for callers on other threads)."""
         return self.submit(run).result()
 
+    def stale(self) -> bool:
+        """Whether a newer request of the page whose job runs now is waiting.
+
+        A long job (an occlusion sweep) asks between its batches, and gives up with :class:`Superseded` rather than
+        hold the page's next view back.
+        """
+        with self._cond:
+            job = self._running
+            return (
+                job is not None
+                and job.client is not None
+                and any(waiting.client == job.client and waiting.seq > job.seq for waiting in self._pending)
+            )
+
     def pause_for_requests(self) -> None:
         """Called by a long task that holds :attr:`model` (the scan, between batches): let waiting requests run."""
         with self._cond:
-            if not self._pending and not self._running:
+            if not self._pending and self._running is None:
                 return
         self.model.release()
         try:
             with self._cond:
-                while (self._pending or self._running) and not self._stopped:
+                while (self._pending or self._running is not None) and not self._stopped:
                     self._cond.wait(0.5)
         finally:
             self.model.acquire()
@@ -119,7 +133,7 @@ class ModelWorker:
                 if self._stopped and not self._pending:
                     return
                 job = self._pending.popleft()
-                self._running = True
+                self._running = job
             try:
                 if job.future.set_running_or_notify_cancel():
                     with self.model:
@@ -131,7 +145,7 @@ class ModelWorker:
                             job.future.set_result(result)
             finally:
                 with self._cond:
-                    self._running = False
+                    self._running = None
                     self._cond.notify_all()
 
     def stop(self, timeout: float = 10.0) -> None:

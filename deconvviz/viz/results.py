@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.viz.figures import figure_png
-from deconvviz.viz.html import topk_overview
+from deconvviz.viz.html import activation_text, topk_overview
 from deconvviz.viz.part_plots import correspondence_figure, occlusion_figure
 from deconvviz.viz.pictures import input_to_pil
 from deconvviz.viz.plots import (
@@ -38,22 +38,38 @@ def topk_figure(
     from deconvviz.viz.canvas import Figure
 
     hits = result.channel_hits(layer, channel)
+    fired = [hit for hit in hits if hit.value > 0]  # a map of zeros has an argmax too: that is no hit
     side = result.grid_side
-    rows = max(1, math.ceil(result.k / side))
-    fig = Figure(figsize=(size * 2 * side + 0.3, size * rows + 0.5))
+    rows = max(1, math.ceil(len(fired) / side))
+    fig = Figure(figsize=(size * 2 * side + 0.3, (size + 0.18) * rows + 0.5))
     axes = fig.subplots(
         rows, 2 * side + 1, squeeze=False, gridspec_kw={"width_ratios": [1] * side + [0.15] + [1] * side}
     )
     for ax in axes.flat:
         ax.axis("off")
-    for rank, _hit in enumerate(hits):
+    for rank, hit in enumerate(fired):
         r, c = divmod(rank, side)
         axes[r, c].imshow(result.reconstruction_rgb(layer, channel, rank, scale))
+        axes[r, c].set_title(f"a={activation_text(hit.value)}", fontsize=6, pad=2)
         axes[r, side + 1 + c].imshow(result.patch_pil(layer, channel, rank))
-    fig.suptitle(f"{layer} channel {channel}: top {len(hits)} of {len(result.images)} images", fontsize=9)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.9)
+        axes[r, side + 1 + c].set_title(_short_name(hit.image), fontsize=6, pad=2)
+    images = len(result.images)
+    if not fired:
+        title = f"{layer} channel {channel} fires on none of the {images} images"
+    elif len(fired) < len(hits):
+        title = f"{layer} channel {channel}: top {len(fired)} of {images} images (it fires on no other)"
+    else:
+        title = f"{layer} channel {channel}: top {len(fired)} of {images} images"
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.2, left=0.01, right=0.99, bottom=0.01, top=0.9)
     keep = [c for c in range(2 * side + 1) if c != side]
     return fig, axes[:, keep]
+
+
+def _short_name(name: str, most: int = 18) -> str:
+    """A picture's file name for a panel's label: the name without its folders, its middle cut when long."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base if len(base) <= most else base[: most // 2 - 1] + "..." + base[-(most // 2 - 2) :]
 
 
 FIGURES: dict[str, Callable[..., tuple[Any, Any]]] = {

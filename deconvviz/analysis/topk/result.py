@@ -114,8 +114,13 @@ class TopKResult:
     def figure(self, layer: str, channel: int, *, scale: str | None = None, size: float = 1.3) -> tuple[Figure, Any]:
         """The paper's layout for one channel: a grid of reconstructions beside a grid of the image patches.
 
+        Each reconstruction is labelled with its activation, each patch with its picture's file name. Only hits
+        where the channel fires are drawn: on a picture where its map is all zero, the position of the maximum
+        is no hit (:attr:`hits` keeps them, with a value of 0).
+
         Returns:
-            ``(figure, axes)`` with axes of shape ``(rows, 2 * columns)``; the figure is not shown.
+            ``(figure, axes)`` with axes of shape ``(rows, 2 * columns)``, as many rows as the hits drawn need;
+            the figure is not shown.
         """
         return viz().topk_figure(self, layer, channel, scale=scale, size=size)
 
