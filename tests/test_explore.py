@@ -1022,6 +1022,7 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
 ) -> None:
     from urllib.parse import parse_qsl, urlencode, urlparse
 
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     from deconvviz.explore import app as app_module
@@ -1096,6 +1097,27 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
         assert f"field rows {box[0]}-{box[2] - 1}, cols {box[1]}-{box[3] - 1}" in text("unit")
         assert text("map-caption") == "activation map: click a unit"
 
+        # a focused map moves the unit with the arrow keys
+        unit = query(driver.current_url).get("unit")
+        shown_unit = re.search(r"unit \((\d+), (\d+)\)", text("unit")).groups()
+        driver.find_element("id", "map").send_keys(Keys.ARROW_DOWN if shown_unit[0] == "0" else Keys.ARROW_UP)
+        wait.until(lambda d: query(d.current_url).get("unit") not in (unit, None))
+        row = int(shown_unit[0]) + (1 if shown_unit[0] == "0" else -1)
+        assert query(driver.current_url)["unit"] == f"{row},{shown_unit[1]}"
+        wait.until(lambda d: text("unit").startswith(f"conv3 ch 1 unit ({row}, {shown_unit[1]})"))
+
+        # a layer named by its node: the list marks it by its name; a step past the last: the last, and a notice
+        steps = len(explorer.worker.call(lambda: explorer.steps_list(ids[0], "conv3", 1)["steps"]))
+        driver.get(f"{server.url}&{urlencode({'image': ids[0], 'layer': 'features.6', 'channel': '1', 'steps': 99})}")
+        wait.until(lambda d: query(d.current_url).get("steps") == str(steps - 1))
+        assert query(driver.current_url)["layer"] == "conv3"
+        assert [a.get_attribute("data-name") for a in driver.find_elements("css selector", "#layers a.current")] == [
+            "conv3"
+        ]
+        assert f"step 99 is past the way down's last ({steps - 1})" in text("notice")
+        wait.until(lambda d: " at the input " in text("step-label"))
+        driver.find_element("id", "way-down").click()
+
         # a layer without a 2-D map: the top-9 hits ask for no position, their reconstructions load, a click works
         driver.find_element("css selector", '#layers a[data-name="flatten"]').click()
         wait.until(lambda d: text("unit").startswith("flatten ch "))
@@ -1156,6 +1178,8 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
         assert driver.find_element("id", "picture").get_attribute("src") is None
         assert not driver.find_element("id", "picture").is_displayed()
         assert not driver.find_elements("css selector", "#grid a")
+        assert not driver.find_element("id", "occlude").is_enabled()  # nothing to act on: the buttons wait
+        assert not driver.find_element("id", "way-down").is_enabled()
         assert driver.save_screenshot(str(tmp_path / "unknown-picture.png"))
     finally:
         driver.quit()
@@ -1164,10 +1188,12 @@ def test_the_page_links_whole_views_and_shows_no_stale_or_broken_panels(
 
 def _dead_channel_net() -> torch.nn.Module:
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
-    with torch.no_grad():  # channel 0 never fires: its reconstruction is all zero
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():  # channel 0 never fires; channel 2 fires everywhere, from its bias alone
         conv.weight[0] = 0
         conv.bias[0] = -1
+        conv.weight[2] = 0
+        conv.bias[2] = 1
     return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.MaxPool2d(2))
 
 
@@ -1188,7 +1214,7 @@ def test_a_projection_that_is_all_zero_says_so(photos: Path, tmp_path: Path) -> 
         assert server.wait_started()
         wait = WebDriverWait(driver, 30)
         caption = {}
-        for channel in (1, 0):
+        for channel in (1, 2, 0):  # the dead channel last: its top-9 panel is checked below
             driver.get(f"{server.url}&{urlencode({'image': explorer.order[0], 'layer': '1', 'channel': channel})}")
             wait.until(lambda d, c=channel: d.find_element("id", "unit").text.startswith(f"1 ch {c} "))
             shown = driver.find_element("id", "projection").get_attribute("src")
@@ -1198,7 +1224,10 @@ def test_a_projection_that_is_all_zero_says_so(photos: Path, tmp_path: Path) -> 
             )
             caption[channel] = driver.find_element("id", "projection-caption").text
         assert caption[1] == "deconvnet projection"
-        assert caption[0].startswith("deconvnet projection: all zero, nothing reaches the input from this unit")
+        assert caption[0] == (
+            "deconvnet projection: all zero, this unit does not fire here (a=0), so there is nothing to project"
+        )
+        assert caption[2].startswith("deconvnet projection: all zero, nothing reaches the input from this unit")
         # the top-9 panel of a channel that never fired says so, instead of staying empty
         assert explorer.scanner.wait(60)
         dead = explorer.topk("1", 0)

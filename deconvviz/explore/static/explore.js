@@ -4,6 +4,7 @@
 (function () {
   const config = JSON.parse(document.body.dataset.config);
   const $ = (id) => document.getElementById(id);
+  const { number, mebibytes, thumbnail, describeLayer, drawBox, crop, oneColour } = window.deconvvizDraw;
   const client = Math.random().toString(36).slice(2, 12); // this page, for the server's stale-request dropping
   let seq = 0; // the view's number: a newer view makes this page's older queued requests stale
   let token = null;
@@ -33,6 +34,8 @@
   let topkTimer = null;
   let topkKey = null; // the unit whose top-9 hits the panel shows
   let occlusionKey = null; // the picture, layer and channel the occlusion panel shows (null: closed)
+  let shownActivation = null; // the activation of the unit whose projection is on screen
+  let lastUnit = null; // its position on the map (the arrow keys move from there)
   const GRID_PAGE = 64;
 
   function api(path, params, stale) {
@@ -55,14 +58,6 @@
       throw error;
     }
     return { body, response };
-  }
-
-  function number(value) {
-    // Activations: whole numbers from 100 up, three significant digits below.
-    const size = Math.abs(value);
-    if (size >= 100) return String(Math.round(value));
-    if (size >= 1) return value.toPrecision(3);
-    return size === 0 ? "0" : value.toPrecision(2);
   }
 
   function showError(message) {
@@ -104,17 +99,17 @@
       notice(name + "=" + text + " is not " + instead);
       return null;
     };
-    const whole = (text) => /^\d+$/.test(text);
+    const whole = (text) => /^\d{1,9}$/.test(text); // longer: out of any range, and past exact parsing
     state.image = p.get("image") || null;
     state.layer = p.get("layer") || null;
-    const channel = given("channel", whole, "a channel number; showing the strongest channel");
+    const channel = given("channel", whole, "a channel of this layer; showing the strongest channel");
     state.channel = channel === null ? null : parseInt(channel, 10);
-    const unit = given("unit", (t) => /^\d+,\d+$/.test(t), "ROW,COL; showing the channel's strongest unit");
+    const unit = given("unit", (t) => /^\d{1,9},\d{1,9}$/.test(t), "ROW,COL; showing the channel's strongest unit");
     state.unit = unit === null ? null : unit.split(",").map(Number);
     const known = (values) => (text) => values.includes(text);
     state.method = given("method", known(config.methods), "one of " + config.methods.join(", ") + "; showing deconvnet") || "deconvnet";
     state.scale = given("scale", known(config.scales), "one of " + config.scales.join(", ") + "; showing robust") || "robust";
-    const steps = given("steps", whole, "a step number; the way down is closed");
+    const steps = given("steps", whole, "a step of the way down; it is closed");
     state.steps = steps === null ? null : parseInt(steps, 10);
   }
 
@@ -161,14 +156,6 @@
     }
   }
 
-  function thumbnail(src, alt) {
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.alt = alt;
-    img.src = src;
-    return img;
-  }
-
   async function loadStrip(around) {
     // around: a picture's id, to open the strip on the page that holds it (an unknown id: the current page)
     let found = null;
@@ -207,12 +194,6 @@
     for (const a of $("strip").children) a.classList.toggle("current", a.dataset.id === state.image);
   }
 
-  function mebibytes(count) {
-    // As the server says sizes: 32 MiB, 33.6 MiB, 0.191 MiB.
-    const value = count / 1048576;
-    return (value >= 1 ? value.toFixed(1).replace(/\.0$/, "") : String(Number(value.toPrecision(3)))) + " MiB";
-  }
-
   async function upload(file) {
     if (!file) return;
     if (file.size > config.uploadLimit) {
@@ -231,12 +212,6 @@
   }
 
   // ---------------------------------------------------------------------------------------------- layers
-
-  function describeLayer(layer) {
-    const field = layer.receptive_field;
-    const rf = !field ? "field ?" : field.whole_image ? "whole image" : "field " + field.size.join("x") + " /" + field.stride[0];
-    return layer.shape.join("x") + " · " + rf;
-  }
 
   function drawLayers() {
     const nav = $("layers");
@@ -292,6 +267,7 @@
     }
     seq += 1;
     const mine = seq;
+    busy(true);
     const key = state.image + "\u0000" + state.layer;
     let stage = "picture"; // what a failure leaves on screen: nothing of the view ("picture") or its grid ("unit")
     $("picture").src = api("/api/image.png", { image: state.image }, false);
@@ -324,8 +300,10 @@
       }
       markGrid();
       await showUnit(mine);
+      if (mine === seq) busy(false);
     } catch (error) {
       if (mine !== seq || superseded(error)) return;
+      busy(false);
       // The new view could not be shown: leave nothing of the previous one beside it.
       blank(stage === "picture");
       if (error.status === 404 && stage === "picture") {
@@ -337,8 +315,15 @@
     }
   }
 
+  function busy(on) {
+    // While a view is on its way the panels on screen are the last one's: dimmed, and the unit line says so.
+    $("view").classList.toggle("busy", on);
+    $("unit-busy").hidden = !on;
+  }
+
   function blank(all) {
-    // Clear the unit's panels (and with `all` the picture, the grid and the channel's number) after a failure.
+    // Clear the unit's panels (and with `all` the picture, the grid and the channel's number) after a failure;
+    // the buttons that act on the unit wait for one.
     for (const id of ["projection", "map"]) $(id).removeAttribute("src");
     for (const id of ["box", "marker", "step-box"]) $(id).hidden = true;
     const patch = $("patch");
@@ -351,6 +336,7 @@
     $("steps-panel").hidden = true;
     stepsShown = null;
     closeOcclusion();
+    $("occlude").disabled = $("way-down").disabled = true;
     if (all) {
       $("picture").removeAttribute("src");
       $("grid").replaceChildren();
@@ -365,12 +351,15 @@
     const { body } = await getJSON(api("/api/unit", params));
     if (mine !== seq) return;
     showError("");
+    $("occlude").disabled = $("way-down").disabled = false;
+    shownActivation = body.activation;
     $("map").src = api("/api/activations.png", { image: state.image, layer: state.layer, channel: state.channel }, false);
     $("projection").src = api("/api/projection.png", { ...params, scale: state.scale });
     const size = body.size || [224, 224];
     drawBox($("box"), body.box, size);
     drawPatch(body.box, size);
     drawMarker(body.position);
+    lastUnit = body.position || null;
     const where = body.position ? " unit (" + body.position.join(", ") + ")" : "";
     // The field's last row and column, not one past them: a 3-pixel field reads "rows 122-124".
     const box = body.box ? "  field rows " + body.box[0] + "-" + (body.box[2] - 1) + ", cols " + body.box[1] + "-" + (body.box[3] - 1) : "";
@@ -448,6 +437,7 @@
     }
     const steps = stepsShown.body.steps;
     if (state.steps >= steps.length) {
+      notice("step " + state.steps + " is past the way down's last (" + (steps.length - 1) + "); showing the last");
       state.steps = steps.length - 1;
       remember(true);
     }
@@ -456,7 +446,8 @@
     $("step-prev").disabled = state.steps === 0;
     $("step-next").disabled = state.steps === steps.length - 1;
     const undid = step.ops.length ? " undoing " + step.ops.join(" + ") : "";
-    $("step-label").textContent = step.kind + undid + "  at " + step.name + (step.name !== step.node ? " (" + step.node + ")" : "") + "  " + step.shape.join("x");
+    const at = state.steps === steps.length - 1 ? "the input" : step.name + (step.name !== step.node ? " (" + step.node + ")" : "");
+    $("step-label").textContent = step.kind + undid + "  at " + at + "  " + step.shape.join("x");
     const last = state.steps === steps.length - 1 && step.shape.length === 3 && (step.shape[0] === 3 || step.shape[0] === 1);
     $("step-caption").textContent = last
       ? "the reconstruction, as the projection shows it (" + state.scale + ")"
@@ -481,39 +472,13 @@
     showSteps(seq).catch(fail);
   }
 
-  function drawBox(el, box, size) {
-    if (!box) { el.hidden = true; return; }
-    el.hidden = false;
-    el.style.top = (100 * box[0] / size[0]) + "%";
-    el.style.left = (100 * box[1] / size[1]) + "%";
-    el.style.height = (100 * (box[2] - box[0]) / size[0]) + "%";
-    el.style.width = (100 * (box[3] - box[1]) / size[1]) + "%";
-  }
-
-  function crop(el, url, box, size, side) {
-    // Show url's region box (top, left, bottom, right of a size[0] x size[1] picture) in a side x side square.
-    const [top, left, bottom, right] = box || [0, 0, size[0], size[1]];
-    const scale = side / Math.max(bottom - top, right - left, 1);
-    el.style.backgroundImage = "url(\"" + url + "\")";
-    el.style.backgroundSize = (size[1] * scale) + "px " + (size[0] * scale) + "px";
-    el.style.backgroundPosition = (-left * scale) + "px " + (-top * scale) + "px";
-    el.style.width = ((right - left) * scale) + "px";
-    el.style.height = ((bottom - top) * scale) + "px";
-  }
-
   function drawPatch(box, size) {
     crop($("patch"), api("/api/image.png", { image: state.image }, false), box, size, 224);
   }
 
   function drawMarker(position) {
-    const marker = $("marker");
-    if (!position || !activations || activations.shape.length !== 3) { marker.hidden = true; return; }
-    const [, h, w] = activations.shape;
-    marker.hidden = false;
-    marker.style.top = (100 * position[0] / h) + "%";
-    marker.style.left = (100 * position[1] / w) + "%";
-    marker.style.height = (100 / h) + "%";
-    marker.style.width = (100 / w) + "%";
+    const map = activations && activations.shape.length === 3 ? activations.shape.slice(1) : null;
+    drawBox($("marker"), position && map ? [position[0], position[1], position[0] + 1, position[1] + 1] : null, map);
   }
 
   function drawGrid(fresh) {
@@ -569,19 +534,31 @@
       status.textContent = "scanning the folder: " + body.done + " of " + body.total + " pictures";
       topkTimer = setTimeout(loadTopk, 1500);
     } else {
-      status.textContent = body.message || (body.source === "report" ? "(from the report)" : "");
+      // One hit per picture, where the channel fires: fewer than k when it fires on fewer pictures.
+      const fewer = body.hits.length && body.hits.length < Math.min(body.k, body.total) ? "(it fires on " + body.hits.length + " of the " + body.total + " pictures)" : "";
+      status.textContent = body.message || [body.source === "report" ? "(from the report)" : "", fewer].filter(Boolean).join(" ");
     }
     panel.replaceChildren();
     for (const hit of body.hits) {
       // A hit on a layer without a 2-D map has no position: its unit is the channel itself.
       const target = { image: hit.image, layer: state.layer, channel: state.channel, unit: hit.position };
       const a = hit.image ? chooser(target) : document.createElement("a");
+      a.addEventListener("click", (event) => { // the view changes up there: bring it into sight
+        if (event.defaultPrevented) $("view").scrollIntoView({ block: "nearest" });
+      });
+      const mark = hit.image === state.image && (!state.unit || JSON.stringify(hit.position) === JSON.stringify(state.unit));
+      a.classList.toggle("current", mark);
       const pair = document.createElement("div");
       pair.className = "pair";
       const rec = document.createElement("div");
       const patch = document.createElement("div");
       rec.className = patch.className = "crop";
-      pair.append(rec, patch);
+      for (const part of [rec, patch]) { // a field cut at the picture's edge is smaller: centred in its square
+        const frame = document.createElement("div");
+        frame.className = "crop-frame";
+        frame.appendChild(part);
+        pair.appendChild(frame);
+      }
       const label = document.createElement("div");
       label.textContent = "a=" + number(hit.value) + " " + hit.name;
       a.append(pair, label);
@@ -618,6 +595,18 @@
     render();
   }
 
+  $("map").tabIndex = 0;
+  $("map").addEventListener("keydown", (event) => {
+    // The arrow keys move the unit on a focused map, as a click would choose it.
+    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    if (!(event.key in moves) || !activations || activations.shape.length !== 3 || !lastUnit) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const [, h, w] = activations.shape;
+    const [dr, dc] = moves[event.key];
+    const unit = [Math.min(h - 1, Math.max(0, lastUnit[0] + dr)), Math.min(w - 1, Math.max(0, lastUnit[1] + dc))];
+    if (unit[0] !== lastUnit[0] || unit[1] !== lastUnit[1]) { lastUnit = unit; choose({ unit }); }
+  });
   $("map").addEventListener("click", (event) => {
     if (!activations || activations.shape.length !== 3) return;
     const rect = event.target.getBoundingClientRect();
@@ -629,19 +618,11 @@
   $("projection").addEventListener("load", () => {
     // A reconstruction of one grey is all zero: say so, so that it does not read as a picture of grey.
     const img = $("projection");
-    const canvas = document.createElement("canvas");
-    canvas.width = img.naturalWidth;
-    canvas.height = img.naturalHeight;
-    const context = canvas.getContext("2d");
-    context.drawImage(img, 0, 0);
-    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-    let flat = data.length > 0;
-    for (let i = 4; flat && i < data.length; i += 4) {
-      flat = data[i] === data[0] && data[i + 1] === data[1] && data[i + 2] === data[2];
-    }
-    $("projection-caption").textContent = state.method + " projection" + (flat
-      ? ": all zero, nothing reaches the input from this unit (the way down shows where the signal stops)"
-      : "");
+    const flat = oneColour(img);
+    const why = shownActivation === 0
+      ? ": all zero, this unit does not fire here (a=0), so there is nothing to project"
+      : ": all zero, nothing reaches the input from this unit (the way down shows where the signal stops)";
+    $("projection-caption").textContent = state.method + " projection" + (flat ? why : "");
     $("projection-caption").dataset.checked = img.src; // which picture the caption speaks of
   });
   $("more").addEventListener("click", () => drawGrid(false));
@@ -678,6 +659,16 @@
     render();
   });
 
+  async function folderStatus() {
+    // The folder, and how far its scan for the top-9 panels is, from the start (the view may wait for the scan).
+    let scan = null;
+    try { scan = (await getJSON(api("/api/status", {}, false))).body.scan; } catch (error) { scan = null; }
+    const scanning = scan && scan.state === "scanning";
+    const folder = config.folder ? "folder: " + config.folder : "";
+    $("status").textContent = folder + (scanning ? " · scanning " + scan.done + " of " + scan.total + " pictures" : "");
+    if (scanning) setTimeout(folderStatus, 1500);
+  }
+
   async function start() {
     for (const [id, values] of [["method", config.methods], ["scale", config.scales]]) {
       for (const value of values) {
@@ -691,15 +682,17 @@
       layers = (await getJSON(api("/api/layers", {}, false))).body;
       layerInfo = Object.fromEntries(layers.map((l) => [l.name, l]));
       drawLayers();
-      const unknown = state.layer && !layerInfo[state.layer] && !layers.some((l) => l.node === state.layer) ? state.layer : null;
+      const byNode = layers.find((l) => l.node === state.layer && !layerInfo[state.layer]);
+      if (byNode) state.layer = byNode.name; // a node name in the address: the layer as the list names it
+      const unknown = state.layer && !layerInfo[state.layer] ? state.layer : null;
       if (unknown) state.layer = null;
       if (!state.layer) state.layer = defaultLayer();
       if (unknown) notice("layer=" + unknown + " is not a layer of this model; showing " + state.layer);
       const first = await loadStrip(state.image);
       if (!state.image && first.length) state.image = first[0].id;
       remember(true);
+      folderStatus();
       await render();
-      $("status").textContent = config.folder ? "folder: " + config.folder : "";
     } catch (error) { fail(error); }
   }
 
