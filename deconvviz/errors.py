@@ -16,7 +16,13 @@ class TraceError(DeconvVizError):
 
 
 class UnsupportedOpError(DeconvVizError):
-    """An op on the path from the input to the requested layer has no mirror rule."""
+    """An op on the path from the input to the requested layer has no mirror rule.
+
+    Attributes:
+        node: the node the reverse pass stopped at, where known (set by the walk down the graph).
+    """
+
+    node: str | None = None
 
 
 class ForwardError(DeconvVizError, ValueError):

@@ -56,10 +56,11 @@ def layers_command(
         measured = set(net.measured())
         mirrors = net.mirrors()
         aliases: dict[str, list[str]] = {}
-        from deconvviz.core.layers import alias_nodes, channels_last
+        from deconvviz.core.layers import alias_nodes, channels_last, reverse_stops
 
         for alias, node in alias_nodes(net).items():
             aliases.setdefault(node, []).append(alias)
+        stops = reverse_stops(net, x)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("alias", "node", "output", "receptive field", "mirror"):
             table.add_column(column)
@@ -67,14 +68,23 @@ def layers_command(
         for node in nodes:
             field = f"{fields[node]} (measured)" if node in measured else fields[node]
             shape = f"{shapes[node]} (channels last)" if node in last else shapes[node]
-            table.add_row(", ".join(aliases.get(node, [])), node, shape, field, mirrors.get(node, "rule"))
-        fallback = sum(1 for kind in mirrors.values() if kind == "autograd")
-        typer.echo(f"{current.name}: {len(nodes)} projectable layers for a {size}x{size} input")
+            mirror = "none" if node in stops else mirrors.get(node, "rule")
+            table.add_row(", ".join(aliases.get(node, [])), node, shape, field, mirror)
+        fallback = sum(1 for node, kind in mirrors.items() if kind == "autograd" and node not in stops)
+        more = f", and {len(stops)} that cannot be (marked none)" if stops else ""
+        typer.echo(f"{current.name}: {len(nodes) - len(stops)} projectable layers for a {size}x{size} input{more}")
         console().print(table)
         if last:
             typer.echo(
                 f"{len(last)} layer(s) hold their channels last (HxWxC, inside a block): a channel there is its "
                 "dimension 1, a row, so they are left out of defaults and the explorer; project the block's output"
+            )
+        if stops:
+            first = next(iter(stops.values()))
+            typer.echo(
+                f"{len(stops)} layer(s) marked 'none' cannot be projected: their reverse pass meets an op that "
+                f"neither a rule nor autograd mirrors (the first: {first}); choose a layer below it, or register a "
+                "mirror rule for its module"
             )
         if fallback:
             typer.echo(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,96 @@ def channels_last(net: DeconvNet) -> set[str]:
         if inherited and op_name(node) not in _LAYOUT_ENDS:
             last.add(node)
     return {graph.names[node] for node in last}
+
+
+def reverse_stops(net: DeconvNet, x: Tensor, layers: Sequence[str] | None = None) -> dict[str, str]:
+    """The layers whose reverse pass cannot reach the picture, each with why (one line naming the op).
+
+    A layer's pass goes down through every op between the picture and it, so it stops where any of them can be
+    mirrored neither by a rule nor by autograd (attention that regroups the batch into windows, a reshape that
+    mixes the batch into the features). Passes are run from the deepest layer not yet settled, and each settles
+    the layers it goes through on its way down. A plain CNN needs one pass, a CNN with gates a few per block, a
+    transformer about one per layer above its first attention (each short: it stops at that attention).
+
+    Args:
+        net: the network.
+        x: one preprocessed picture, ``(1, C, H, W)``, on the model's device.
+        layers: the layers to settle (default: :attr:`DeconvNet.layers`).
+
+    Returns:
+        Layer -> the error's first line, for the layers that cannot be projected; empty when all can.
+    """
+    import torch
+
+    from deconvviz.core import walk
+    from deconvviz.errors import DeconvVizError, UnsupportedOpError
+
+    graph = net.graph
+    names = list(net.layers if layers is None else layers)
+    below: dict[str, set[Any]] = {}
+
+    def under(name: str) -> set[Any]:  # the ops the layer's pass goes through (the picture itself aside)
+        if name not in below:
+            found = graph.ancestors([graph.node(name, net.aliases)])
+            below[name] = {node for node in found if node in graph.carries and node is not graph.input}
+        return below[name]
+
+    reached: set[str] = set()
+    stops: dict[str, str] = {}
+    found = net.activations(x, names)
+    for name in names:
+        value = found.get(name)
+        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+            stops[name] = f"layer {name!r} has no map of channels to seed (its output is a tuple or a vector)"
+    captures = net.capture_layers(x, [name for name in names if name not in stops])  # one forward pass for all
+    if captures:
+        graph = next(iter(captures.values())).graph  # the graph the reverse pass walks (leaves kept whole differ)
+    for name in reversed(names):
+        if name in reached or name in stops:
+            continue
+        captured = captures[name]
+        seen: set[Any] = set()
+        stopped = None
+        try:
+            with torch.inference_mode():
+                walk.mirror(
+                    captured.graph,
+                    captured.capture,
+                    captured.node,
+                    torch.ones(
+                        (1, *captured.activation.shape[1:]), dtype=captured.activation.dtype, device=captured.x.device
+                    ),
+                    torch.zeros(1, dtype=torch.long, device=captured.x.device),
+                    captured.rules,
+                    functools.partial(_visited, seen),
+                )
+        except UnsupportedOpError as exc:
+            stops[name] = _first_line(exc)
+            stopped = graph.node(exc.node) if exc.node is not None else captured.node
+        except DeconvVizError as exc:
+            stops[name] = _first_line(exc)
+            continue
+        # A layer the pass went through has the rest of this pass as its own (which ops pass no signal down, a
+        # held attention map or gate, does not depend on the values): it is settled with it, unless the op the
+        # pass stopped at lies below it, when its own pass says whether it gets there. A layer the pass did not
+        # go through (inside such a held branch) gets a pass of its own too.
+        reached.update(
+            other
+            for other in names
+            if other not in stops
+            and graph.node(other, net.aliases) in seen
+            and (stopped is None or stopped not in under(other))
+        )
+    return {name: stops[name] for name in names if name in stops}
+
+
+def _visited(seen: set[Any], node: Any, _signal: Any) -> None:
+    seen.add(node)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def layer_names(net: DeconvNet) -> list[str]:

@@ -14,7 +14,7 @@ from torch import Tensor, fx
 
 from deconvviz.core.capture import Capture, TensorMeta, TupleMeta
 from deconvviz.core.graph import Graph
-from deconvviz.errors import UnsupportedOpError
+from deconvviz.errors import DeconvVizError, UnsupportedOpError
 from deconvviz.ops.base import MirrorContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,26 +85,55 @@ def mirror(
         if current is graph.input:
             result = signal
             continue
-        record = capture.records[current]
-        rule = rules.for_node(current, graph.module(current))
-        if rule is None:
-            raise UnsupportedOpError(f"no mirror rule for node {graph.names[current]!r} in rule set {rules.name!r}")
-        ctx = context(graph, capture, current, sample)
-        outputs = list(rule.mirror(ctx, signal))
-        if len(outputs) != len(record.inputs):
-            raise UnsupportedOpError(
-                f"the mirror rule {type(rule).__name__} returned {len(outputs)} signals for node "
-                f"{ctx.name!r}, which has {len(record.inputs)} input(s) that depend on the image"
+        try:
+            _step(graph, rules, capture, current, signal, sample, signals, seeds.shape[0])
+        except UnsupportedOpError as exc:
+            if exc.node is None:  # where the pass stopped, for those who look for the layers it cannot reach
+                exc.node = graph.names[current]
+            raise
+        except (RuntimeError, ValueError, IndexError) as exc:  # a rule met a case it was not written for
+            if isinstance(exc, DeconvVizError):
+                raise
+            text = str(exc).strip()
+            failed = UnsupportedOpError(
+                f"cannot mirror node {graph.names[current]!r}: its mirror rule failed here "
+                f"({type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}); register a mirror rule "
+                "for the module that holds it (deconvviz.register_rule), or project a layer before it"
             )
-        count = seeds.shape[0]
-        for parent, meta, out in zip(record.input_nodes, record.inputs, outputs, strict=True):
-            if out is None:
-                continue
-            _check(rule, ctx.name, meta, out, count)
-            signals[parent] = _add(signals.get(parent), out)
+            failed.node = graph.names[current]
+            raise failed from exc
     if result is None:  # no path carried any signal (every seed was zero or blocked)
         result = seeds.new_zeros((seeds.shape[0], *capture.input_shape[1:]))
     return result
+
+
+def _step(
+    graph: Graph,
+    rules: RuleSet,
+    capture: Capture,
+    current: fx.Node,
+    signal: Any,
+    sample: Tensor,
+    signals: dict[fx.Node, Any],
+    count: int,
+) -> None:
+    """Mirror one node: its signal goes down to its inputs' entries in ``signals``."""
+    record = capture.records[current]
+    rule = rules.for_node(current, graph.module(current))
+    if rule is None:
+        raise UnsupportedOpError(f"no mirror rule for node {graph.names[current]!r} in rule set {rules.name!r}")
+    ctx = context(graph, capture, current, sample)
+    outputs = list(rule.mirror(ctx, signal))
+    if len(outputs) != len(record.inputs):
+        raise UnsupportedOpError(
+            f"the mirror rule {type(rule).__name__} returned {len(outputs)} signals for node "
+            f"{ctx.name!r}, which has {len(record.inputs)} input(s) that depend on the image"
+        )
+    for parent, meta, out in zip(record.input_nodes, record.inputs, outputs, strict=True):
+        if out is None:
+            continue
+        _check(rule, ctx.name, meta, out, count)
+        signals[parent] = _add(signals.get(parent), out)
 
 
 def _check(rule: Any, name: str, meta: TensorMeta | TupleMeta, out: Any, count: int) -> None:

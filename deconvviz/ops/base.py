@@ -71,7 +71,19 @@ class MirrorContext:
         return local_vjp(self.op, self.args, self.kwargs, [self.value(i) for i in range(len(self.inputs))], signal)
 
     def per_seed(self, tensor: Tensor) -> Tensor:
-        """Pick, for every seed, the row of a capture-batch tensor that seed belongs to."""
+        """Pick, for every seed, the row of a capture-batch tensor that seed belongs to.
+
+        Raises:
+            UnsupportedOpError: the tensor's first dimension is not the batch (an op on a batch regrouped into
+                windows, as Swin's and MaxViT's attention do), so no row belongs to one seed.
+        """
+        if tensor.dim() == 0 or tensor.shape[0] != self._capture_batch:
+            rows = tensor.shape[0] if tensor.dim() else "no"
+            raise self.unsupported(
+                f"its forward value has {rows} rows where the batch has {self._capture_batch} (the op works on the "
+                "batch regrouped, as windowed attention does); register a mirror rule for the module that holds "
+                "it (deconvviz.register_rule), or project a layer before it"
+            )
         if self._capture_batch == 1:
             return tensor.expand(self.sample.shape[0], *tensor.shape[1:])
         return tensor.index_select(0, self.sample)

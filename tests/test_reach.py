@@ -1,0 +1,113 @@
+"""Which layers a reverse pass can reach the picture from, found by running passes, as ``deconvviz layers`` marks them.
+
+A window attention of the Swin kind regroups the batch into windows, which no rule mirrors (a seed's row of the
+batch is no longer one row): every layer above it is marked with the op it stops at, every layer below stays
+projectable, and a plain or gated CNN (whose gates pass no signal down under the deconvnet) has none marked and
+needs few passes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import deconvviz as dv
+from deconvviz.cli import app
+from deconvviz.core import walk
+from deconvviz.core.layers import reverse_stops
+from deconvviz.errors import UnsupportedOpError
+
+
+class Windows(nn.Module):
+    """Attention inside 2x2 windows of the map, the windows stacked along the batch (as Swin's blocks do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        windows = x.reshape(n, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(n * 4, c, h // 2, w // 2)
+        tokens = windows.flatten(2)
+        weights = torch.softmax(tokens.transpose(1, 2) @ tokens, dim=-1)
+        mixed = (tokens @ weights).reshape(n, 2, 2, c, h // 2, w // 2)
+        return mixed.permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+class Gate(nn.Module):
+    """A squeeze-and-excitation gate: under the deconvnet no signal goes down its branch."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def _net(middle: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), middle, nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+    ).double()
+
+
+def _x() -> torch.Tensor:
+    return torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def test_the_layers_above_an_op_no_pass_mirrors_are_marked_with_it() -> None:
+    net = dv.DeconvNet(_net(Windows()).eval())
+    stops = reverse_stops(net, _x())
+    assert {"0", "1"}.isdisjoint(stops)  # below the windows: projectable
+    assert {"3", "4"} <= set(stops)
+    reasons = {stops["3"], stops["4"]}
+    assert len(reasons) == 1
+    assert reasons.pop().startswith("cannot mirror node '2.")  # the op inside the window block it stopped at
+    for layer in net.layers:  # what the marks say is what projecting them does
+        act = net.activations(_x(), [layer])[layer]
+        if layer in stops:
+            with pytest.raises(UnsupportedOpError, match="cannot mirror node"):
+                net.project_seeds(_x(), layer, torch.ones((1, *act.shape[1:]), dtype=act.dtype))
+        else:
+            net.project_seeds(_x(), layer, torch.ones((1, *act.shape[1:]), dtype=act.dtype))
+    assert "2.softmax" not in stops  # inside the block, but its pass is held at the weights: it projects (zero)
+
+
+def test_a_gated_cnn_has_no_layer_marked_and_takes_few_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    passes = []
+    real = walk.mirror
+
+    def counted(*args, **kwargs):
+        passes.append(args[0].names[args[2]])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(walk, "mirror", counted)
+    net = dv.DeconvNet(_net(Gate(4)).eval())
+    assert reverse_stops(net, _x()) == {}
+    # The deepest layer's pass settles every layer it goes through; the gate's branch, which it does not enter
+    # under the deconvnet, takes passes of its own.
+    assert passes[0] == "4"
+    assert len(passes) < len(net.layers) // 2
+
+
+def test_the_layers_command_marks_them_none_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    dv.register_model(
+        dv.ModelSpec(
+            name="tiny-windows", builder=lambda: _net(Windows()).float(), preprocessing=dv.Preprocessing(size=8)
+        ),
+        replace=True,
+    )
+    result = CliRunner().invoke(app, ["layers", "--model", "tiny-windows"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    net = dv.DeconvNet(_net(Windows()).eval())
+    stops = reverse_stops(net, _x())
+    reach = len(net.layers) - len(stops)
+    assert (
+        lines[0]
+        == f"tiny-windows: {reach} projectable layers for a 8x8 input, and {len(stops)} that cannot be (marked none)"
+    )
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.strip() and not line[0].isdigit()}
+    assert rows["0"][-1] == "rule"
+    assert rows["4"][-1] == "none"
+    assert "marked 'none' cannot be projected" in result.stdout
+    assert "the first: cannot mirror node '2." in result.stdout
