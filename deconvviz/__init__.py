@@ -163,4 +163,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names and the subpackages loaded so far, not the names this module imports for itself."""
+    loaded = {k for k, v in globals().items() if getattr(v, "__name__", "").startswith("deconvviz.") and k[0] != "_"}
+    return sorted(set(__all__) | {"__version__"} | {k for k in loaded if type(globals()[k]).__name__ == "module"})

@@ -36,6 +36,19 @@ class RenderError(DeconvVizError, ValueError):
 _WARNED: set[str] = set()
 
 
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn, pointing at the first line outside deconvviz that led here (the user's, not the library's)."""
+    import sys
+    import warnings
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and here in Path(frame.f_code.co_filename).resolve().parents:
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level)
+
+
 def deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
     """Say once per process, in one line, that the spelling ``old`` gives way to ``new``.
 

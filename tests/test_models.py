@@ -579,8 +579,12 @@ def test_a_model_spec_in_a_user_module_is_named_like_a_function(user_module: Pat
 
 
 def test_user_model_without_checkpoint_keeps_its_own_weights(user_module: Path) -> None:
-    with pytest.warns(UserWarning, match="brings no preprocessing of its own, so ImageNet's mean and std are assumed"):
+    with pytest.warns(
+        UserWarning, match="brings no preprocessing of its own, so ImageNet's mean and std are assumed"
+    ) as told:
         m = dv.load_model("dv_user_nets:build")
+    assert told[0].filename == __file__  # the warning points at the caller's line, not the library's
+    assert "mean= and std= in Python" in str(told[0].message)
     torch.manual_seed(0)
     expected = nn.Conv2d(3, 4, 3, padding=1).weight
     assert torch.equal(m.module[0].weight, expected)

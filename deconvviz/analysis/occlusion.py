@@ -115,6 +115,14 @@ class OcclusionResult(AnalysisResult):
     others_folder: str | None = None
     others_scanned: int = 0
 
+    def __repr__(self) -> str:
+        rows, cols = self.grid
+        target = "" if self.target is None else f", target={self.target} ({self.target_label})"
+        return (
+            f"OcclusionResult(model={self.model!r}, layer={self.layer!r}, channel={self.channel}, "
+            f"size={self.size}, stride={self.stride}, grid={rows}x{cols}{target}, image={self.image!r})"
+        )
+
     @property
     def grid(self) -> tuple[int, int]:
         """``(rows, cols)`` of occluder positions."""

@@ -205,6 +205,12 @@ class SanityResult(AnalysisResult):
     signed: dict[str, Tensor] = field(default_factory=dict, repr=False)
     mode: str = "cascading"
 
+    def __repr__(self) -> str:
+        return (
+            f"SanityResult(model={self.model!r}, layer={self.layer!r}, channel={self.channel}, "
+            f"position={self.position}, methods={list(self.methods)}, steps={len(self.steps)}, mode={self.mode!r})"
+        )
+
     def _manifest(self) -> dict[str, Any]:
         def number(v: float) -> float | None:
             return None if math.isnan(v) else v

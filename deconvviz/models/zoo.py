@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import os
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deconvviz.errors import warn_caller
 from deconvviz.models.architectures import (
     EFFICIENTNET_LITE0_ALIASES,
     SQUEEZENET1_1_ALIASES,
@@ -366,10 +366,10 @@ def load_model(
     """
     spec = name if isinstance(name, ModelSpec) else resolve_spec(name)
     if spec.name in _ASSUMED and mean is None and std is None:
-        warnings.warn(
-            f"model {spec.name!r} brings no preprocessing of its own, so ImageNet's mean and std are assumed; give "
-            "--mean and --std (mean=, std=) if it was trained with others",
-            stacklevel=2,
+        warn_caller(
+            f"model {spec.name!r} brings no preprocessing of its own, so ImageNet's mean and std are assumed; if it "
+            "was trained with others, give them (mean= and std= in Python, --mean and --std on the command line), "
+            "or name a ModelSpec in that file instead of a function"
         )
     target = _device(device)
     preprocessing = _override(spec.preprocessing, mean, std, scale, size, resize, channel_order)

@@ -67,6 +67,9 @@ class Filters:
     SCALING: ClassVar[str] = "each filter scaled on its own: zero is mid-grey, its largest |weight| black or white"
     """How the filters are drawn, for a caption."""
 
+    def __repr__(self) -> str:
+        return f"Filters({self.description})"
+
     @property
     def description(self) -> str:
         """``conv1_1 (features.0): 64 filters of 3x3x3``: the layer, its convolution and the filters' shape."""
