@@ -281,7 +281,7 @@ def test_a_state_from_other_arguments_or_another_model_is_refused(photos, tmp_pa
         top_k(photos, MODEL, layers=["conv2"], k=4, channels="first2", state=state, resume=True)
     message = str(refused.value)
     assert "\n" not in message
-    assert "is from another scan (k: 3 there, 4 now); run without --resume to start again" in message
+    assert "is from another scan (k: 3 there, 4 now); give that scan's arguments to go on from it" in message
     with pytest.raises(StateError, match="layers"):
         top_k(photos, MODEL, layers=["conv3"], k=3, channels="first2", state=state, resume=True)
     with pytest.raises(StateError, match="images"):
@@ -353,8 +353,15 @@ def test_report_command_resume_messages(photos, tmp_path) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"error: the saved scan state {str(state_file(state, 0, 1))!r} is from another scan (k: 9 there, 3 now); "
-        "run without --resume to start again"
+        "give that scan's arguments to go on from it, or remove it to start again"
     ]
+    result = CliRunner().invoke(app, [*base, "--top", "3", "--out", str(out)])  # a saved scan is never dropped unasked
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: an interrupted run's scan is saved in {str(state)!r}; add --resume (resume=True) to go on from it, "
+        "or --overwrite (overwrite=True) to start again"
+    )
+    assert any(state.iterdir())
     result = CliRunner().invoke(app, [*base, "--out", str(out), "--resume", "--limit", "30", "--sample", "21"])
     assert result.exit_code == 2
     assert "images: " in result.stderr

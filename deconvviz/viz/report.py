@@ -156,7 +156,8 @@ def build_report(
         limit: report on the first ``limit`` images only.
         sample: report on a random ``sample`` of the images, drawn with ``seed``.
         seed: the seed of ``sample``.
-        resume: go on from the saved state of an interrupted run with the same arguments.
+        resume: go on from the saved state of an interrupted run with the same arguments. Without it, a saved
+            state is refused (a run would start again from nothing), unless ``overwrite`` says to start again.
         save_every: seconds between two saves of the scan state.
         method: the reverse pass that projects the hits, by its registered name: ``"deconvnet"`` (the default),
             ``"guided"`` or ``"gradient"``; recorded in the manifest.
@@ -180,6 +181,12 @@ def build_report(
     )
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
+    saved = scan_state_folder(target)
+    if not resume and not overwrite and saved.is_dir() and any(saved.iterdir()):  # hours of scanning: never dropped
+        raise ReportError(
+            f"an interrupted run's scan is saved in {str(saved)!r}; add --resume (resume=True) to go on from it, or "
+            "--overwrite (overwrite=True) to start again"
+        )
     # bad input fails before the model loads
     source = image_source(folder, limit=options.limit, sample=options.sample, seed=options.seed)
     if per_image and source.paths is None:

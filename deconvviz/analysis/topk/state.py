@@ -102,7 +102,7 @@ def load_state(path: Path, expected: dict[str, Any]) -> ScanState | None:
         if saved.get(key) != value:
             raise StateError(
                 f"the saved scan state {str(path)!r} is from another scan ({key}: {_short(saved.get(key))} there, "
-                f"{_short(value)} now); run without --resume to start again"
+                f"{_short(value)} now); give that scan's arguments to go on from it, or remove it to start again"
             )
     return ScanState(
         fingerprint=saved,
