@@ -111,3 +111,35 @@ def test_the_layers_command_marks_them_none_and_says_why(monkeypatch: pytest.Mon
     assert rows["4"][-1] == "none"
     assert "marked 'none' cannot be projected" in result.stdout
     assert "the first: cannot mirror node '2." in result.stdout
+
+
+class Through(nn.Module):
+    """A map read back from a tuple or a complex value: ``torch.sort(...).values``, ``torch.max(x, 1).values``,
+    ``torch.fft.fft2(x).real``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sort":
+            return torch.sort(x, dim=1).values
+        if self.kind == "max":
+            return torch.max(x, dim=1, keepdim=True).values.expand_as(x)
+        return torch.fft.fft2(x).real
+
+
+@pytest.mark.parametrize("kind", ["sort", "max", "fft"])
+def test_layers_after_values_or_real_are_layers_and_project_exactly(kind: str) -> None:
+    model = _net(Through(kind)).eval()
+    net = dv.DeconvNet(model)
+    assert {"3", "4"} <= set(net.layers)  # the layers after `.values` / `.real` depend on the picture
+    x = _x()
+    assert reverse_stops(net, x, ["3", "4"]) == {}
+    act = net.activations(x, ["4"])["4"]
+    seeds = torch.zeros_like(act)
+    seeds[0, 1, 3, 4] = 1.0
+    found = net.project_seeds(x, "4", seeds, method="gradient")
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(leaf)[0, 1, 3, 4], leaf)
+    assert torch.allclose(found, expected, rtol=1e-9, atol=1e-12)

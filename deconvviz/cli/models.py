@@ -51,7 +51,9 @@ def layers_command(
         size = int(getattr(current.model, "input_size", 224))
         x = torch.zeros(1, 3, size, size)
         nodes = net.layers
-        shapes = {name: _shape_text(a) for name, a in net.activations(x, nodes).items()}
+        found = net.activations(x, nodes)
+        shapes = {name: _shape_text(a) for name, a in found.items()}
+        tuples = {name for name, a in found.items() if isinstance(a, tuple | list)}  # their items are the layers
         fields = _fields(net, nodes)
         measured = set(net.measured())
         mirrors = net.mirrors()
@@ -60,7 +62,7 @@ def layers_command(
 
         for alias, node in alias_nodes(net).items():
             aliases.setdefault(node, []).append(alias)
-        stops = reverse_stops(net, x)
+        stops = {node: why for node, why in reverse_stops(net, x).items() if node not in tuples}
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("alias", "node", "output", "receptive field", "mirror"):
             table.add_column(column)
@@ -68,11 +70,12 @@ def layers_command(
         for node in nodes:
             field = f"{fields[node]} (measured)" if node in measured else fields[node]
             shape = f"{shapes[node]} (channels last)" if node in last else shapes[node]
-            mirror = "none" if node in stops else mirrors.get(node, "rule")
+            mirror = "items" if node in tuples else "none" if node in stops else mirrors.get(node, "rule")
             table.add_row(", ".join(aliases.get(node, [])), node, shape, field, mirror)
         fallback = sum(1 for node, kind in mirrors.items() if kind == "autograd" and node not in stops)
         more = f", and {len(stops)} that cannot be (marked none)" if stops else ""
-        typer.echo(f"{current.name}: {len(nodes) - len(stops)} projectable layers for a {size}x{size} input{more}")
+        count = len(nodes) - len(stops) - len(tuples)
+        typer.echo(f"{current.name}: {count} projectable layers for a {size}x{size} input{more}")
         console().print(table)
         if last:
             typer.echo(
@@ -85,6 +88,11 @@ def layers_command(
                 f"{len(stops)} layer(s) marked 'none' cannot be projected: their reverse pass meets an op that "
                 f"neither a rule nor autograd mirrors (the first: {first}); choose a layer below it, or register a "
                 "mirror rule for its module"
+            )
+        if tuples:
+            typer.echo(
+                f"{len(tuples)} node(s) marked 'items' return a tuple (a chunk, torch.sort): each of their items is a "
+                "layer of its own, listed after them"
             )
         if fallback:
             typer.echo(

@@ -578,6 +578,8 @@ class DeconvNet:
 
     def _tensor_at(self, graph: Graph, node: fx.Node, value: Any, layer: str) -> Tensor:
         """The activation of a layer, or a one-line error naming its items when it returns a tuple."""
+        if isinstance(value, Tensor) and value.is_complex():
+            raise SeedError(f"layer {layer!r} holds complex values (an FFT's); project one that reads .real or .abs()")
         if isinstance(value, Tensor):
             return value
         items = [graph.names[u] for u in node.users if u in graph.carries]

@@ -32,6 +32,8 @@ class LayerNotFoundError(DeconvVizError, ValueError):
 # Ops that read metadata off a tensor (its shape, its rank): no signal flows through them.
 _METADATA_METHODS = frozenset({"size", "dim", "numel", "ndimension", "nelement", "type", "get_device"})
 _METADATA_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({getattr, len, torch.numel})
+_VALUE_ATTRS = frozenset({"values", "indices", "real", "imag", "T", "mT", "H", "mH"})
+"""Attributes that are a tensor's (or a named tuple's) values, not its metadata, as ``getattr`` nodes read them."""
 
 # Arguments an op reads only for their shape, dtype or device (by position): no signal flows through them.
 _SHAPE_ONLY_METHODS: dict[str, tuple[int, ...]] = {
@@ -254,6 +256,8 @@ def _hashable(value: Any) -> bool:
 def _is_metadata(node: fx.Node) -> bool:
     if node.op == "call_method" and node.target in _METADATA_METHODS:
         return True
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] in _VALUE_ATTRS:
+        return False  # torch.sort(x).values, torch.fft.fft2(x).real: the values themselves
     if node.op == "call_function" and node.target in _METADATA_FUNCTIONS:
         return True
     # getitem on something that carries no tensor signal (``x.shape[0]``) is metadata too; getitem on a

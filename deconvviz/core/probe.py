@@ -116,7 +116,7 @@ class Probe:
         generator = torch.Generator().manual_seed(1)
         seed = torch.zeros((1, *out[1:]), dtype=torch.float64)
         seed[0, :, rows // 2, cols // 2] = torch.randn(out[1], generator=generator, dtype=torch.float64)
-        like = next(iter(capture.activations.values()))
+        like = next((v for v in capture.activations.values() if isinstance(v, Tensor)), seed)  # not a tuple's
         seed = seed.to(device=like.device, dtype=like.dtype)
         signal: Any = seed
         if isinstance(record.output, TupleMeta):

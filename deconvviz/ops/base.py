@@ -77,6 +77,8 @@ class MirrorContext:
             UnsupportedOpError: the tensor's first dimension is not the batch (an op on a batch regrouped into
                 windows, as Swin's and MaxViT's attention do), so no row belongs to one seed.
         """
+        if isinstance(tensor, tuple):  # a tuple of tensors (torch.sort's values and indices): item by item
+            return rebuilt(tensor, [self.per_seed(item) if isinstance(item, Tensor) else item for item in tensor])
         if tensor.dim() == 0 or tensor.shape[0] != self._capture_batch:
             rows = tensor.shape[0] if tensor.dim() else "no"
             raise self.unsupported(
@@ -242,11 +244,26 @@ def fill_metas(structure: Any, values: Iterator[Any]) -> Any:
     return structure
 
 
+def rebuilt(value: tuple[Any, ...], items: Sequence[Any]) -> Any:
+    """A tuple of ``items`` of ``value``'s kind.
+
+    A named tuple stays one, as torch.sort's ``(values, indices)`` does, so that ``.values`` still reads it.
+    """
+    kind = type(value)
+    if hasattr(kind, "n_fields"):  # torch.return_types
+        return kind(list(items))
+    if hasattr(value, "_fields"):  # collections.namedtuple
+        return kind(*items)
+    return tuple(items)
+
+
 def _leaf(value: Any) -> Any:
     """A fresh autograd leaf for a forward value (item by item for a tuple of tensors)."""
-    if isinstance(value, tuple | list):
-        return type(value)(_leaf(v) for v in value) if isinstance(value, list) else tuple(_leaf(v) for v in value)
-    if isinstance(value, Tensor) and value.is_floating_point():
+    if isinstance(value, list):
+        return [_leaf(v) for v in value]
+    if isinstance(value, tuple):
+        return rebuilt(value, [_leaf(v) for v in value])
+    if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
         return value.detach().clone().requires_grad_(True)
     return value
 
@@ -254,7 +271,7 @@ def _leaf(value: Any) -> Any:
 def _copy(value: Any) -> Any:
     """A copy of a leaf (an op that works in place then cannot touch the leaf)."""
     if isinstance(value, tuple):
-        return tuple(_copy(v) for v in value)
+        return rebuilt(value, [_copy(v) for v in value])
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value.clone() if isinstance(value, Tensor) else value
