@@ -143,3 +143,13 @@ def test_layers_after_values_or_real_are_layers_and_project_exactly(kind: str) -
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(model(leaf)[0, 1, 3, 4], leaf)
     assert torch.allclose(found, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_an_unknown_name_suggests_one_in_another_case_and_an_alias_of_nothing_says_so() -> None:
+    net = dv.DeconvNet(_net(nn.Identity()).eval())
+    net.aliases.update({"conv1": "0", "stage0": "stem"})
+    with pytest.raises(dv.DeconvVizError, match="did you mean 'conv1'"):
+        net.resolve("CONV1")
+    with pytest.raises(dv.DeconvVizError, match="it is an alias of 'stem', which the traced model has no") as told:
+        net.resolve("stage0")
+    assert "'stage0'?" not in str(told.value)  # the name refused is not offered back

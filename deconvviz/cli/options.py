@@ -151,7 +151,9 @@ StdOption = Annotated[
 ]
 SizeOption = Annotated[
     int | None,
-    typer.Option(min=8, max=8192, help="Resize and centre-crop pictures to N x N pixels (default: the model's size)."),
+    typer.Option(
+        min=8, help="Resize and centre-crop pictures to N x N pixels, at most 2048 (default: the model's size)."
+    ),
 ]
 OutOption = Annotated[
     Path, typer.Option("--out", "-o", help="The result folder (an earlier deconvviz result there is replaced).")

@@ -148,9 +148,14 @@ class Graph:
         found = self._by_name.get(target, self.containers.get(target))
         if found is not None and found.op not in ("placeholder", "output"):
             return found
-        candidates = [*aliases, *(n for n, node in self._by_name.items() if node.op not in ("placeholder", "output"))]
-        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+        resolved = [a for a, t in aliases.items() if a != name and (t in self._by_name or t in self.containers)]
+        candidates = [*resolved, *(n for n, node in self._by_name.items() if node.op not in ("placeholder", "output"))]
+        lower = {c.lower(): c for c in reversed(candidates)}  # a name in another case first (FIRE9: fire9)
+        matches = difflib.get_close_matches(name.lower(), list(lower), n=5, cutoff=0.5)
+        close = list(dict.fromkeys(lower[c] for c in matches))
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "none is close"
+        if name in aliases:  # an alias the model's spec gives, for a part its traced graph does not have
+            hint = f"it is an alias of {target!r}, which the traced model has no node or module of; {hint}"
         if found is not None:  # the model's input or its return: not a layer of its own
             hint = "the model's input and its return are not layers; give the node that computes it"
         raise LayerNotFoundError(
