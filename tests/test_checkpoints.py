@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +297,25 @@ def test_a_torchvision_checkpoint_for_other_classes_says_so(tmp_path: Path) -> N
         f"weights from checkpoint {path} fit ResNet but for 'fc', with 10 outputs there, 1000 here: a classifier "
         "for other classes? build one in a model file (--model f.py:build)"
     )
+
+
+def test_another_first_layer_names_its_shapes_and_a_torchscript_file_is_named(tmp_path: Path) -> None:
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["conv1.weight"] = torch.zeros(32, 3, 7, 7)
+    path = tmp_path / "wide.pt"
+    torch.save(state, path)
+    with pytest.raises(WeightsFormatError) as info:  # not "a classifier for other classes?": it is the first layer
+        dv.load_model("resnet18:torchvision", checkpoint=path)
+    assert "conv1.weight is 32x3x7x7 there, 64x3x7x7 here" in str(info.value)
+    assert "classifier" not in str(info.value)
+    scripted = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's own deprecation notes
+        torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3))), scripted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before torch.load could warn about it
+        with pytest.raises(WeightsFormatError, match="is a TorchScript archive, not a state dict; save its weights"):
+            dv.load_model("resnet18:torchvision", checkpoint=scripted)
 
 
 USER_MODULE = """

@@ -129,7 +129,8 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     heads = {k.rpartition(".")[0] for k in wrong}
     ours, theirs = (own[wrong[0]].shape, state[wrong[0]].shape) if wrong else (torch.Size(), torch.Size())
-    if not missing and not unexpected and len(heads) == 1 and ours[1:] == theirs[1:]:  # one module's outputs
+    last = next((k.rpartition(".")[0] for k in reversed(own) if not k.endswith("num_batches_tracked")), None)
+    if not missing and not unexpected and heads == {last} and ours[1:] == theirs[1:]:  # the last module's outputs
         raise WeightsFormatError(
             f"weights from {origin} fit {type(module).__name__} but for {heads.pop()!r}, with {theirs[0]} outputs "
             f"there, {ours[0]} here: a classifier for other classes? build one in a model file (--model f.py:build)"
@@ -140,6 +141,9 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
             if keys:
                 more = ", ..." if len(keys) > 3 else ""
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+        if wrong:
+            shape = "x".join(map(str, theirs)) or "scalar"
+            parts.append(f"{wrong[0]} is {shape} there, {'x'.join(map(str, ours)) or 'scalar'} here")
         raise WeightsFormatError(
             f"weights from {origin} do not fit {type(module).__name__} ({'; '.join(parts)}); "
             "check that the checkpoint was saved from this architecture"
@@ -644,6 +648,11 @@ def _read_torch(path: Path) -> Any:
     # timm's training script stores its arguments (an argparse.Namespace, plain data) beside the weights
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     allowed = safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
+    if _torchscript(path):  # torch.load would warn, then refuse it in a paragraph
+        raise WeightsFormatError(
+            f"{str(path)!r} is a TorchScript archive, not a state dict; save its weights with "
+            "torch.save(torch.jit.load(path).state_dict(), 'weights.pt') and give that file"
+        )
     try:
         with allowed:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -658,6 +667,20 @@ def _read_torch(path: Path) -> Any:
             f"cannot read checkpoint {str(path)!r} as a state dict ({_torch_load_reason(exc)}); "
             "save it with torch.save(model.state_dict(), path)"
         ) from exc
+
+
+def _torchscript(path: Path) -> bool:
+    """Whether a file is a TorchScript archive (``torch.jit.save``): a zip holding ``constants.pkl`` and ``code/``."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def _torch_load_reason(exc: BaseException) -> str:
