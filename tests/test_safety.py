@@ -328,6 +328,31 @@ def test_an_interrupted_render_leaves_no_folder_it_made(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+def test_sigterm_is_handled_as_ctrl_c_with_its_own_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    picture = _picture(tmp_path / "a.png")
+    out = tmp_path / "o"
+    real = dv.render_images
+
+    def killed(*args: object, **kwargs: object) -> object:
+        def kill(done: int, total: int, what: str) -> None:
+            if done:
+                os.kill(os.getpid(), signal.SIGTERM)  # a kill arrives while the model works
+
+        return real(*args, **{**kwargs, "progress": kill})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dv, "render_images", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(
+        app, ["render", str(picture), "--model", MODEL, "--device", "cpu", "--layer", "conv1", "--out", str(out)]
+    )
+    assert result.exit_code == 143, result.output
+    assert result.stderr.strip() == "interrupted; nothing was left half-written"
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the command leaves the process's handler as it found it
+
+
 def test_a_very_large_picture_warns_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     picture = _picture(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 36 = 1,440 pixels: over the warning's limit

@@ -25,6 +25,28 @@ from deconvviz.errors import DeconvVizError
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+"""Stopped by SIGTERM (128 + 15), after the same clean-up as for Ctrl-C."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a kill, a batch system's time limit), raised where the program is.
+
+    It is handled as Ctrl-C is: nothing half-written is left, a report keeps its scan, the explorer removes its
+    uploads; the exit status is 143.
+    """
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    state.terminated = True
+    raise Terminated
+
+
+def interrupted_status() -> int:
+    """The exit status of an interrupted command: 143 after SIGTERM, else 130 (Ctrl-C)."""
+    return EXIT_TERMINATED if state.terminated else EXIT_INTERRUPTED
+
+
 EXIT_BROKEN_PIPE = 141
 """The reader of the output went away (128 + SIGPIPE, as a shell tool killed by it)."""
 
@@ -48,10 +70,35 @@ class OneLineErrors(typer.core.TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
-        """Run the command; a usage error or an interrupt ends in one line on stderr and its exit status."""
-        import sys
+        """Run the command; a usage error or an interrupt ends in one line on stderr and its exit status.
+
+        SIGTERM is handled as Ctrl-C is while the command runs (:class:`Terminated`).
+        """
+        import signal
+        import threading
 
         _no_flag_types(self)
+        before = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            before = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return self._run(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        finally:
+            if before is not None:  # a command run inside another program (a test, a notebook) leaves it as it was
+                signal.signal(signal.SIGTERM, before)
+
+    def _run(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        standalone_mode: bool,
+        windows_expand_args: bool,
+        **extra: Any,
+    ) -> Any:
+        import sys
+
+        state.terminated = False
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except _ClickException as exc:
@@ -65,7 +112,7 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(int(getattr(exc, "exit_code", EXIT_BAD_INPUT)))
         except typer.Abort:
             err("interrupted; nothing was left half-written")
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(interrupted_status())
         if standalone_mode and isinstance(code, int) and code:
             sys.exit(code)
         return code
@@ -172,6 +219,7 @@ class State:
     """What the top-level options set for every command (``deconvviz --debug ...``)."""
 
     debug = False
+    terminated = False
 
 
 state = State()
@@ -220,7 +268,7 @@ def reported(debug: bool, *, quiet: bool = False) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         say("interrupted; nothing was left half-written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(interrupted_status()) from None
     except BrokenPipeError:  # the reader of the output went away (`| head -1`): stop quietly, as shell tools do
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit

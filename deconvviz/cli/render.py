@@ -12,7 +12,6 @@ import typer
 import deconvviz
 from deconvviz.cli.options import (
     DEFAULT_MODEL,
-    EXIT_INTERRUPTED,
     DebugOption,
     MethodOption,
     ModelChoice,
@@ -20,6 +19,7 @@ from deconvviz.cli.options import (
     ScaleOption,
     SizeOption,
     err,
+    interrupted_status,
     joined,
     model_options,
     parse_channels,
@@ -333,7 +333,7 @@ def report_command(
                     state = scan_state_folder(out)
                     if state.is_dir() and any(state.iterdir()):
                         err(f"interrupted; the scan so far is kept in {str(state)!r}: add --resume to go on")
-                        raise typer.Exit(EXIT_INTERRUPTED) from None
+                        raise typer.Exit(interrupted_status()) from None
                     raise
         if lead:
             typer.echo(report.summary())
