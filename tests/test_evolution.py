@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,16 @@ def test_grid_equals_a_brute_force_search_per_checkpoint(data: Path, checkpoints
             torch.testing.assert_close(
                 hit.reconstruction, reconstruction, rtol=1e-4, atol=1e-5 * float(reconstruction.abs().max())
             )
+
+
+def test_unreadable_pictures_are_named_as_left_out(data, checkpoints, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    (folder / "broken.png").write_bytes(b"not a picture")
+    result = dv.evolution(checkpoints[:1], folder, MODEL, layer=LAYER, channels="first2", device="cpu")
+    assert [Path(image).name for image, _ in result.skipped] == ["broken.png"]
+    assert "1 unreadable picture(s) left out (" in result.summary()
+    assert result._manifest()["skipped"][0]["error"]
 
 
 def test_checkpoints_really_differ_and_k_hits_come_from_different_images(data, checkpoints) -> None:

@@ -443,6 +443,18 @@ def others(tmp_path_factory: pytest.TempPathFactory, photo: Path) -> Path:
     return folder
 
 
+def test_unreadable_other_pictures_are_named_as_left_out(photo: Path, others: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "with-a-bad-one"
+    folder.mkdir()
+    for path in others.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a picture")
+    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=folder, k=2)
+    assert [image for image, _ in result.others_skipped] == ["broken.png"]
+    assert "(1 unreadable left out: broken.png)" in result.summary()
+    assert result._manifest()["others"]["skipped"][0]["image"] == "broken.png"
+
+
 def test_other_pictures_are_the_map_s_top_k_without_the_picture_itself(photo: Path, others: Path) -> None:
     calls: list[tuple[int, int, str]] = []
     result = dv.occlusion(

@@ -51,6 +51,7 @@ class EvolutionResult(AnalysisResult):
         hits: ``hits[checkpoint][channel]``: the ``k`` strongest hits (value, image, unit, receptive-field box,
             cropped reconstruction and image patch), strongest first.
         to_image: the model's input-space -> picture conversion, for display.
+        skipped: ``(picture, why)`` for each picture of ``data`` that could not be read (left out of the scan).
     """
 
     kind: ClassVar[str] = "evolution"
@@ -65,6 +66,7 @@ class EvolutionResult(AnalysisResult):
     k: int
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = field(repr=False)
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
+    skipped: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def _manifest(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,7 @@ class EvolutionResult(AnalysisResult):
             "node": self.node,
             "data": self.data,
             "images": self.images,
+            "skipped": [{"image": image, "error": error} for image, error in self.skipped],
             "k": self.k,
             "channels": list(self.channels),
             "checkpoints": [
@@ -92,9 +95,13 @@ class EvolutionResult(AnalysisResult):
 
     def summary(self) -> str:
         """One line: what was scanned and shown."""
+        left_out = ""
+        if self.skipped:
+            more = ", ..." if len(self.skipped) > 1 else ""
+            left_out = f"; {len(self.skipped)} unreadable picture(s) left out ({self.skipped[0][0]}{more})"
         return (
             f"{self.layer}: {len(self.channels)} channel(s) x {len(self.checkpoints)} checkpoint(s) "
-            f"({', '.join(self.checkpoints)}), strongest of {self.images} image(s) each"
+            f"({', '.join(self.checkpoints)}), strongest of {self.images} image(s) each{left_out}"
         )
 
 
@@ -224,6 +231,7 @@ def evolution(
     hits: dict[str, dict[int, tuple[TopKHit, ...]]] = {}
     shown: tuple[int, ...] = ()
     scanned = 0
+    skipped: tuple[tuple[str, str], ...] = ()
     following: int | str | Sequence[int] | None = channels
     if channel_spec(channels)[1] is not None:
         # "the n strongest" are those of the trained model: the last checkpoint is scanned first, and the
@@ -243,6 +251,7 @@ def evolution(
             following = shown = tuple(per_channel)
             hits[label] = dict(per_channel)
             scanned = len(found.images) - len(found.skipped)
+            skipped = tuple((str(image), str(error)) for image, error in found.skipped)
             report(done, len(states), label)
     hits = {label: hits[label] for label in labels}  # in training order
     return EvolutionResult(
@@ -256,6 +265,7 @@ def evolution(
         k=k,
         hits=hits,
         to_image=getattr(loaded, "to_image", None),
+        skipped=skipped,
     )
 
 

@@ -84,6 +84,7 @@ class OcclusionResult(AnalysisResult):
         image: where the picture came from, if a file.
         others: the map's strongest units in other pictures (``data=``), strongest first, projected with
             ``method``; empty without ``data``.
+        others_skipped: ``(picture, why)`` for each picture there that could not be read (left out).
         others_folder: the folder (or list file) those came from; ``others_scanned`` how many pictures it held
             besides this one.
     """
@@ -114,6 +115,7 @@ class OcclusionResult(AnalysisResult):
     others: tuple[OtherPicture, ...] = field(default=(), repr=False)
     others_folder: str | None = None
     others_scanned: int = 0
+    others_skipped: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __repr__(self) -> str:
         rows, cols = self.grid
@@ -153,6 +155,9 @@ class OcclusionResult(AnalysisResult):
         if self.others_folder is not None:
             found = ", ".join(f"{Path(o.image).name} a={o.value:.3g}" for o in self.others)
             text += f"; in the other pictures: {found}" if found else "; it fires in none of the other pictures"
+            if self.others_skipped:
+                more = ", ..." if len(self.others_skipped) > 1 else ""
+                text += f" ({len(self.others_skipped)} unreadable left out: {self.others_skipped[0][0]}{more})"
         return text
 
     def _files(self) -> dict[str, bytes]:
@@ -196,6 +201,7 @@ class OcclusionResult(AnalysisResult):
             else {
                 "folder": self.others_folder,
                 "scanned": self.others_scanned,
+                "skipped": [{"image": image, "error": error} for image, error in self.others_skipped],
                 "hits": [
                     {"image": o.image, "value": o.value, "position": list(o.position), "box": list(o.box)}
                     for o in self.others
@@ -490,6 +496,7 @@ class OcclusionJob:
             others=shown,
             others_folder=None if self.others is None else self.others.folder,
             others_scanned=0 if self.others is None else self.others.besides(image),
+            others_skipped=() if self.others is None else tuple(self.others.found.skipped),
         )
 
 
