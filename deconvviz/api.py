@@ -33,7 +33,7 @@ def visualize(
     model: str | LoadedModel | Session = DEFAULT_MODEL,
     layer: str | None = None,
     *,
-    top: int | None = DEFAULT_TOP,
+    top: int | None = None,
     channel: int | Sequence[int] | None = None,
     mode: str = "max",
     position: tuple[int, int] | None = None,
@@ -57,8 +57,8 @@ def visualize(
         model: a model name (see :func:`deconvviz.list_models`), a loaded model, or a :class:`Session`.
         layer: layer alias or node name; default: the deepest of :func:`default_layers`
             (``conv5_3`` for VGG16).
-        top: the number of strongest channels to project (clamped to the layer's channel count).
-        channel: instead of ``top``, the channel(s) to project.
+        top: the number of strongest channels to project (clamped to the layer's channel count); default 9.
+        channel: instead of ``top``, the channel(s) to project (giving both is refused).
         mode: ``"max"`` (each channel's strongest unit) or ``"map"`` (its whole feature map).
         position: ``(row, col)`` of the unit to seed in each channel, instead of the strongest.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` when ``model`` is a name.
@@ -97,8 +97,10 @@ def visualize(
             raise DeconvVizError("steps are kept for a layer's channels, not for a class score; give a layer instead")
         return project_class(current, x, target, method=method)
     chosen = layer if layer is not None else default_layers(current.net, x)[-1]
-    if channel is not None:
-        top = None
+    if channel is not None and top is not None:
+        raise DeconvVizError(f"give either top= or channel=, not both (top={top!r}, channel={channel!r})")
+    if channel is None and top is None:
+        top = DEFAULT_TOP
     return project(
         current,
         x,

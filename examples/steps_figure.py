@@ -167,7 +167,9 @@ def main() -> None:
     args = parser.parse_args()
 
     session = dv.session("vgg16", device="cpu")
-    p = dv.visualize(args.photo, session, "conv3_3", top=1, channel=args.channel, steps=True)
+    p = dv.visualize(
+        args.photo, session, "conv3_3", top=None if args.channel is not None else 1, channel=args.channel, steps=True
+    )
     steps = p.steps
     assert steps is not None
     print(steps)

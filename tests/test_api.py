@@ -296,3 +296,8 @@ def test_the_analyses_take_a_bare_module_and_preprocessed_tensors(photo: Path) -
     parts = {"images": {photo.name: {"eye": [0, 0, 8, 8]}}}
     with pytest.raises(dv.AnalysisError, match=r"needs the model's preprocessing, and the nn\.Module TinyVGG"):
         dv.correspondence([photo, photo], parts, model=module)
+
+
+def test_visualize_refuses_top_and_channel_together() -> None:
+    with pytest.raises(dv.DeconvVizError, match=r"give either top= or channel=, not both \(top=3, channel=5\)"):
+        dv.visualize(Image.new("RGB", (32, 32)), MODEL, "conv1", top=3, channel=5, device="cpu")

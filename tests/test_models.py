@@ -668,3 +668,19 @@ def test_a_model_file_without_its_function_names_the_function_to_give(tmp_path: 
         with pytest.raises(dv.DeconvVizError) as info:
             dv.load_model(name)
         assert str(info.value) == f"give the function that builds the model after a colon: '{path}:build'"
+
+
+def test_a_model_file_imports_its_neighbours_and_a_failed_build_says_only_why(tmp_path: Path) -> None:
+    (tmp_path / "dv_parts_here.py").write_text(
+        "from torch import nn\n\n\ndef block():\n    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())\n"
+    )
+    (tmp_path / "net.py").write_text(
+        "from dv_parts_here import block\n\n\ndef build():\n    return block()\n\n\n"
+        "def boom():\n    raise RuntimeError('no')\n"
+    )
+    loaded = dv.load_model(f"{tmp_path / 'net.py'}:build", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert isinstance(loaded.module[0], nn.Conv2d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about the normalisation of a model that was never built
+        with pytest.raises(dv.DeconvVizError, match=r"calling .*net\.py:boom\(\) failed: RuntimeError: no"):
+            dv.load_model(f"{tmp_path / 'net.py'}:boom")

@@ -68,7 +68,7 @@ def steps_command(
                 image,
                 model.load(device),
                 layer,
-                top=1,
+                top=None if channel is not None else 1,
                 channel=channel,
                 position=unit,
                 device=device,

@@ -252,6 +252,9 @@ def _import_user_module(module_name: str, name: str) -> Any:
             raise ModelError(f"cannot import {module_name!r} as a Python module (from model {name!r})")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[unique] = module
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:  # its neighbours import as they do when the file is run (after what is installed)
+            sys.path.append(folder)
         try:
             loader_spec.loader.exec_module(module)
         except Exception as exc:  # the user's module may raise anything while it is imported
@@ -365,12 +368,6 @@ def load_model(
         >>> m.classify("examples/cat.jpg", top=3)  # doctest: +SKIP
     """
     spec = name if isinstance(name, ModelSpec) else resolve_spec(name)
-    if spec.name in _ASSUMED and mean is None and std is None:
-        warn_caller(
-            f"model {spec.name!r} brings no preprocessing of its own, so ImageNet's mean and std are assumed; if it "
-            "was trained with others, give them (mean= and std= in Python, --mean and --std on the command line), "
-            "or name a ModelSpec in that file instead of a function"
-        )
     target = _device(device)
     preprocessing = _override(spec.preprocessing, mean, std, scale, size, resize, channel_order)
     if checkpoint is not None:
@@ -392,6 +389,12 @@ def load_model(
             f"cannot move model {spec.name!r} to device {str(target)!r} "
             f"({first_line(str(exc))[:160]}); use --device cpu, or a device this torch was built for"
         ) from exc
+    if spec.name in _ASSUMED and mean is None and std is None:  # said once the model is there: a failure says it all
+        warn_caller(
+            f"model {spec.name!r} brings no preprocessing of its own, so ImageNet's mean and std are assumed; if it "
+            "was trained with others, give them (mean= and std= in Python, --mean and --std on the command line), "
+            "or name a ModelSpec in that file instead of a function"
+        )
     class_names = [str(label) for label in labels] if labels is not None else spec.class_names()
     if labels is None and class_names is not None and spec.classifier:
         if classes_in(module.state_dict(), spec.classifier) != len(class_names):  # a checkpoint's own classes
