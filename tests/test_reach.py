@@ -153,3 +153,25 @@ def test_an_unknown_name_suggests_one_in_another_case_and_an_alias_of_nothing_sa
     with pytest.raises(dv.DeconvVizError, match="it is an alias of 'stem', which the traced model has no") as told:
         net.resolve("stage0")
     assert "'stage0'?" not in str(told.value)  # the name refused is not offered back
+
+
+class Floor(nn.Module):
+    """An op whose gradient is zero wherever it is defined: nothing comes back through it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(x * 4) / 4
+
+
+def test_a_unit_that_fires_but_sends_nothing_back_is_named(tmp_path) -> None:
+    from PIL import Image
+
+    dv.register_model(
+        dv.ModelSpec(name="tiny-floor", builder=lambda: _net(Floor()).float(), preprocessing=dv.Preprocessing(size=8)),
+        replace=True,
+    )
+    picture = tmp_path / "a.png"
+    Image.fromarray((torch.rand(8, 8, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy()).save(
+        picture
+    )
+    with pytest.warns(UserWarning, match=r"a\.png: 4 ch .*: the unit fires but its reconstruction is all zero"):
+        dv.render_images([picture], tmp_path / "out", model="tiny-floor", layers="4", top=2, device="cpu")

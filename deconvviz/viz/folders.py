@@ -18,7 +18,7 @@ from deconvviz.analysis.choose import (
     resolve_class,
 )
 from deconvviz.core.layers import choose_layers
-from deconvviz.errors import DeconvVizError, deprecated
+from deconvviz.errors import DeconvVizError, deprecated, warn_caller
 from deconvviz.io.atomic import OutputError, check_target, stage_folders
 from deconvviz.io.images import load_image
 from deconvviz.io.manifest import MANIFEST, header, preprocessing_record
@@ -161,6 +161,22 @@ def _manifest(
     }
 
 
+def _say_if_nothing_came_back(picture: str, name: str, result: Projection) -> None:
+    """Warn where a unit fires but its reconstruction is all zero: an op on the way down passed nothing back."""
+    silent = [
+        c
+        for c, a, image in zip(result.channels, result.activations, result.image, strict=True)
+        if float(a) > 0 and not bool(image.abs().max() > 0)
+    ]
+    if silent:
+        listed = ", ".join(map(str, silent[:5])) + (", ..." if len(silent) > 5 else "")
+        warn_caller(
+            f"{picture}: {name} ch {listed}: the unit fires but its reconstruction is all zero, so an op on its way "
+            "down passes nothing back (a gradient of zero, such as torch.floor's, or a held gate); "
+            "`deconvviz steps` shows where the signal stops"
+        )
+
+
 def _render_one(
     current: Session,
     image: Path,
@@ -221,6 +237,7 @@ def _render_one(
         )
         projections.append(result)
         views.append(boxes)
+        _say_if_nothing_came_back(image.name, name, result)
         step(f"{image.name} {layer}")
     if result_input := (projections[0].input_pil() if projections else None):
         _render.save_image(result_input, staging / "input.png")
