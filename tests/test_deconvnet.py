@@ -639,6 +639,10 @@ def test_layers_that_hold_their_channels_last_are_not_offered() -> None:
     x = torch.rand(1, 3, 16, 16)
     assert default_layers(net, x) == ["add", "head"]  # the block's output, channels first again
     assert net.activations(x, ["add"])["add"].shape == (1, 8, 16, 16)
+    from deconvviz.core.layers import choose_layers
+
+    with pytest.warns(UserWarning, match="layer 'norm' holds its channels last .* project the block's output"):
+        assert choose_layers(net, "add,norm", x) == ["add", "norm"]  # named: given, and told what it is
 
 
 class _GatedNet(nn.Module):

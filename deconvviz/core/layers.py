@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.core.graph import LayerNotFoundError, op_name
+from deconvviz.errors import warn_caller
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -393,4 +394,11 @@ def choose_layers(net: DeconvNet, layers: str | Sequence[str] | None, x: Tensor)
         return [name for name, act in net.activations(x, names).items() if hasattr(act, "shape")]
     for name in flat:
         net.resolve(name)
+    last = channels_last(net)
+    for name in dict.fromkeys(flat):
+        if net.resolve(name) in last:
+            warn_caller(
+                f"layer {name!r} holds its channels last (HxWxC, inside a block): a 'channel' there is a row of the "
+                "map; project the block's output, where the channels are first"
+            )
     return list(dict.fromkeys(flat))
