@@ -658,7 +658,7 @@ def test_tuple_outputs_without_a_rule_are_mirrored_through_their_indexing() -> N
 
 def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> None:
     from deconvviz.analysis.choose import channel_widths
-    from deconvviz.core.layers import choose_layers, default_layers
+    from deconvviz.core.layers import channels_last, choose_layers, default_layers
 
     model, x = net_and_input
     net = dv.DeconvNet(model)
@@ -672,7 +672,9 @@ def test_asking_for_a_tuple_valued_layer_by_name_is_one_line(net_and_input) -> N
     assert "cbam.channel.sigmoid" in net.held_layers()
     every = choose_layers(net, "all", x)  # what render --layers all draws: the tensor layers, the tuples' items
     assert not {"attn.mha", "cbam.spatial.max"} & set(every)
-    assert set(every) == {n for n, a in net.activations(x, net.layers).items() if isinstance(a, torch.Tensor)}
+    tokens = {"attn.transpose", "attn.mha", "attn.getitem_4", "attn.getitem_5"}  # (N, positions, C): channels last
+    assert channels_last(net) == tokens
+    assert set(every) == {n for n, a in net.activations(x, net.layers).items() if isinstance(a, torch.Tensor)} - tokens
 
 
 def test_the_explorer_gives_each_method_its_own_receptive_field_boxes(

@@ -42,6 +42,14 @@ _TO_LAST = (0, 2, 3, 1)
 _LAYOUT_ENDS = frozenset({"flatten", "reshape", "view", "mean", "sum", "amax", "squeeze", "unsqueeze"})
 
 
+def _token_swap(node: Any) -> bool:
+    """A ``transpose(1, 2)`` (or ``-1, -2``) of a map flattened to ``(N, C, L)``: a swap of channels and tokens."""
+    if node.op not in ("call_method", "call_function") or op_name(node) != "transpose":
+        return False
+    dims = node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
+    return {d % 3 if isinstance(d, int) else None for d in dims} == {1, 2}
+
+
 def _permutation(node: Any) -> tuple[int, ...] | None:
     """The dimensions of a ``permute`` node (``x.permute(0, 2, 3, 1)``, ``torch.permute(x, [0, 2, 3, 1])``)."""
     if node.op not in ("call_method", "call_function") or op_name(node) != "permute":
@@ -52,10 +60,11 @@ def _permutation(node: Any) -> tuple[int, ...] | None:
 
 
 def channels_last(net: DeconvNet) -> set[str]:
-    """The layers whose output holds its channels in the last dimension, ``(N, H, W, C)``.
+    """The layers whose output holds its channels in the last dimension, ``(N, H, W, C)`` or tokens ``(N, L, C)``.
 
     Found from the graph alone: a ``permute(0, 2, 3, 1)`` of a channels-first map starts such a stretch (a
-    ConvNeXt block's LayerNorm and pointwise Linears), ``permute(0, 3, 1, 2)`` ends it; ops in between keep
+    ConvNeXt block's LayerNorm and pointwise Linears), ``permute(0, 3, 1, 2)`` ends it, and so do a
+    ``transpose(1, 2)`` of a flattened map and the one back (a ViT's tokens); ops in between keep
     the layout, and a reshape, flatten or reduction ends what can be said of it. Seeds take dimension 1 as the
     channels, so these layers are not offered by name (:func:`layer_names`) or chosen by default; the block's
     output, back in channels-first order, is.
@@ -66,6 +75,10 @@ def channels_last(net: DeconvNet) -> set[str]:
         if node not in graph.carries or node is graph.input or node.op == "output":
             continue
         inherited = any(parent in last for parent in graph.signal_inputs.get(node, []))
+        if _token_swap(node):  # (N, C, H*W) -> (N, H*W, C), as a ViT's patch embedding: tokens, channels last
+            if not inherited and any(op_name(p) == "flatten" for p in graph.signal_inputs.get(node, [])):
+                last.add(node)
+            continue  # inherited: back to channels first
         dims = _permutation(node)
         if dims is not None:
             if (dims == _TO_LAST and not inherited) or (inherited and dims == (0, 1, 2, 3)):
