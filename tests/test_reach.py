@@ -175,3 +175,26 @@ def test_a_unit_that_fires_but_sends_nothing_back_is_named(tmp_path) -> None:
     )
     with pytest.warns(UserWarning, match=r"a\.png: 4 ch .*: the unit fires but its reconstruction is all zero"):
         dv.render_images([picture], tmp_path / "out", model="tiny-floor", layers="4", top=2, device="cpu")
+
+
+def test_the_explorer_offers_only_layers_whose_pass_reaches_the_picture(tmp_path) -> None:
+    pytest.importorskip("starlette")
+    from PIL import Image
+
+    from deconvviz.explore.engine import Explorer
+
+    dv.register_model(
+        dv.ModelSpec(
+            name="tiny-windows", builder=lambda: _net(Windows()).float(), preprocessing=dv.Preprocessing(size=8)
+        ),
+        replace=True,
+    )
+    Image.new("RGB", (8, 8), (90, 30, 200)).save(tmp_path / "a.png")
+    explorer = Explorer("tiny-windows", tmp_path, device="cpu", scan=False, state_root=tmp_path / "state")
+    try:
+        offered = {layer["node"] for layer in explorer.worker.call(explorer.layers)}
+    finally:
+        explorer.close()
+    stops = reverse_stops(dv.DeconvNet(_net(Windows()).eval()), _x())
+    assert {"0", "1"} <= offered
+    assert not offered & set(stops)

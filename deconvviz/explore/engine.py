@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconvviz.core.layers import channels_last
+from deconvviz.core.layers import channels_last, reverse_stops
 from deconvviz.core.receptive import receptive_fields
 from deconvviz.core.seeds import no_map, position_outside
 from deconvviz.errors import DeconvVizError
@@ -250,7 +250,8 @@ class Explorer:
         """Every projectable layer, input to output: ``{"name", "node", "shape", "receptive_field"}`` (on the worker).
 
         A node that returns a tuple (multi-head attention, ``torch.max`` over a dimension) is left out: its items
-        are layers of their own; so are nodes that hold their channels last (``core.layers.channels_last``).
+        are layers of their own; so are nodes that hold their channels last (``core.layers.channels_last``) and
+        those whose reverse pass cannot reach the picture (``core.layers.reverse_stops``).
 
         ``name`` is the layer's first alias (else its node name); ``shape`` is its output for the model's input
         size without the batch dimension; ``receptive_field`` is ``{"size", "stride", "whole_image"}`` (None
@@ -272,9 +273,12 @@ class Explorer:
         size = int(self.session.model.preprocessing.size) if hasattr(self.session.model, "preprocessing") else 224
         hidden = channels_last(net)  # (N, H, W, C) inside a block: a "channel" there would be a row
         offered = [node for node in net.layers if node not in hidden]
-        found = net.activations(torch.zeros(1, 3, size, size), offered)
+        probe = torch.zeros(1, 3, size, size)
+        found = net.activations(probe, offered)
         shapes = {n: list(a.shape[1:]) for n, a in found.items() if isinstance(a, torch.Tensor)}
-        nodes = [node for node in offered if node in shapes]
+        tensors = [node for node in offered if node in shapes]
+        stops = reverse_stops(net, probe, tensors)  # above an op nothing mirrors: a click could show nothing
+        nodes = [node for node in tensors if node not in stops]
         fields: dict[str, Any] = {}
         for node in nodes:
             try:
