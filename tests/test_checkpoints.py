@@ -295,7 +295,7 @@ def test_a_torchvision_checkpoint_for_other_classes_says_so(tmp_path: Path) -> N
         dv.load_model("resnet18:torchvision", checkpoint=path)
     assert str(info.value) == (
         f"weights from checkpoint {path} fit ResNet but for 'fc', with 10 outputs there, 1000 here: a classifier "
-        "for other classes? build one in a model file (--model f.py:build)"
+        "for other classes? build one in a model file (the model f.py:build)"
     )
 
 

@@ -161,11 +161,11 @@ def _no_classifier(name: str) -> ClassError:
     if name == "vgg16":
         return ClassError(
             "the offline vgg16 is VGG16's convolutional base only (no classifier, so no class scores); for a class "
-            "use --model squeezenet1_1 (offline) or vgg16:torchvision (needs the network once)"
+            "use the model squeezenet1_1 (offline) or vgg16:torchvision (needs the network once)"
         )
     return ClassError(
         f"model {name!r} has no classifier (its output is not one score per class), so there is no class score "
-        "to project; project a layer, or use a classifier such as --model squeezenet1_1"
+        "to project; project a layer, or use a classifier such as squeezenet1_1"
     )
 
 

@@ -349,7 +349,8 @@ def invariance(
     if target is not None and (out_node is None or not class_count(current, inputs[0])):
         raise AnalysisError(
             f"model {current.name!r} gives no class scores, so there is no class for the target to follow; "
-            "leave the target out, or use a classifier such as squeezenet1_1"
+            "leave the class out (target= in Python, --class on the command line), or use a classifier such as "
+            "squeezenet1_1"
         )
     wanted = list(chosen) + ([out_node] if out_node is not None else [])
 

@@ -123,7 +123,7 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> 
     if not missing and not unexpected and heads == {last} and ours[1:] == theirs[1:]:  # the last module's outputs
         raise WeightsFormatError(
             f"weights from {origin} fit {type(module).__name__} but for {heads.pop()!r}, with {theirs[0]} outputs "
-            f"there, {ours[0]} here: a classifier for other classes? build one in a model file (--model f.py:build)"
+            f"there, {ours[0]} here: a classifier for other classes? build one in a model file (the model f.py:build)"
         )
     if missing or unexpected or wrong:
         parts = []
