@@ -273,7 +273,9 @@ def sanity_figure(
         else "cascading randomisation (top layer first)"
     )
     title = f"{result.model}: {result.layer} ch {result.channel}, {kind}"
-    _frame(fig, title, (width, height), hspace, 0.7, 0.25)
+    height += 0.2  # the last row's two lines of scores, under panels that a tall crop makes taller than wide
+    fig.set_figheight(height)
+    _frame(fig, title, (width, height), hspace, 0.7, 0.45)
     return fig, axes
 
 
