@@ -112,11 +112,11 @@ class DiscriminationResult(AnalysisResult):
         return self.accuracies[layer].mean(1)
 
     def mean(self, layer: str) -> float:
-        """The score at ``layer``, averaged over the splits."""
+        """The score at ``layer``, averaged over the splits: a fraction (0.8), which :meth:`table` prints as 80.0 %."""
         return float(self.scores(layer).mean())
 
     def std(self, layer: str) -> float:
-        """The standard deviation of the score over the splits."""
+        """The standard deviation of the score over the splits, a fraction as :meth:`mean` is."""
         return float(self.scores(layer).std(correction=0))
 
     @property
