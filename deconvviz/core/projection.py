@@ -171,6 +171,9 @@ class Projection:
         Returns:
             The paths written.
         """
+        from deconvviz.io.atomic import OutputError
         from deconvviz.viz.render import save_projection
 
+        if not str(directory).strip():  # Path("") is the current folder: say which folder, rather than guess
+            raise OutputError('an empty folder name: give the folder to write into ("." for the current one)')
         return save_projection(self, Path(directory), options, summary=summary)

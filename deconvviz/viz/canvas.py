@@ -27,6 +27,14 @@ class Figure(_Figure):
         super().__init__(*args, **kwargs)
         FigureCanvasAgg(self)
 
+    def draw(self, renderer: Any) -> Any:
+        """Draw; a file name in a script the font lacks (Chinese, say) shows as boxes, without a warning per glyph."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+            return super().draw(renderer)
+
     def suptitle(self, t: str, **kwargs: Any) -> Any:
         """The figure's title, broken into lines that fit its width (a long title is not cut at the edges)."""
         return super().suptitle(self._fit(t, kwargs, "figure.titlesize"), **kwargs)
