@@ -353,6 +353,18 @@ def test_sigterm_is_handled_as_ctrl_c_with_its_own_status(tmp_path: Path, monkey
     assert signal.getsignal(signal.SIGTERM) == before  # the command leaves the process's handler as it found it
 
 
+def test_an_earlier_result_that_cannot_be_removed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deconvviz.io import atomic
+
+    picture = _picture(tmp_path / "a.png")
+    out = tmp_path / "o"
+    dv.render_images([picture], out, model=MODEL, layers="conv1", top=1, device="cpu")
+    monkeypatch.setattr(atomic, "_remove_marked", lambda folder: None)  # as a read-only folder refuses it
+    with pytest.warns(UserWarning, match=r"the earlier result replaced at .* could not be removed and is left at"):
+        dv.render_images([picture], out, model=MODEL, layers="conv1", top=1, device="cpu")
+    assert (out / "a" / "manifest.json").is_file()
+
+
 def test_a_very_large_picture_warns_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     picture = _picture(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 36 = 1,440 pixels: over the warning's limit

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, warn_caller
 
 MARKER = ".deconvviz-result"
 """The file that marks a folder as written by deconvviz; nothing else writes a file of that name."""
@@ -375,6 +375,11 @@ class _Transaction:
             raise
         for stage in self.stages:  # every result is in place: now the earlier ones can go
             _remove_marked(stage.path)
+            if os.path.lexists(stage.path):  # the earlier result could not be removed (a read-only folder)
+                warn_caller(
+                    f"the earlier result replaced at {str(stage.target)!r} could not be removed and is left at "
+                    f"{str(stage.path)!r}; remove it by hand"
+                )
 
     def _commit_one(self, stage: _Stage) -> None:
         target = stage.target
