@@ -281,6 +281,25 @@ def test_the_figure_draws_every_step(tiny_vgg, image_16) -> None:
     assert p.steps._repr_png_().startswith(b"\x89PNG")
 
 
+def test_the_figure_draws_only_the_kinds_asked_for(tiny_vgg, image_16) -> None:
+    p = dv.DeconvNet(tiny_vgg, aliases=TINY_ALIASES).project(image_16, "conv3", channel=2, steps=True)
+    assert p.steps is not None
+    fig, axes = p.steps.figure(only=["unpool"], detail=False)
+    titles = [ax.get_title() for ax in axes.flat if ax.get_title()]
+    assert len(titles) == 3  # the seed, the one unpooling, the reconstruction
+    assert titles[0].startswith("seed")
+    assert titles[1].startswith("unpool")
+    assert titles[2].endswith("as rendered")
+    assert f"(3 of its {len(p.steps)} steps: unpool)" in fig._suptitle.get_text()
+    _fig, axes = p.steps.figure(only=["RECTIFY", "transposed"], detail=False)  # any case, any word of a kind
+    kinds = [t.split("\n")[0] for t in (ax.get_title() for ax in axes.flat) if t]
+    assert set(kinds[1:-1]) <= {"rectify", "transposed convolution"}
+    with pytest.raises(RenderError, match=r"no step of this projection is of the kind\(s\) 'banana'; its kinds: "):
+        p.steps.figure(only=["banana"])
+    with pytest.raises(RenderError, match="only= takes words of step kinds"):
+        p.steps.figure(only="unpool")  # type: ignore[arg-type]
+
+
 def test_saved_folder_has_the_figure_a_picture_per_step_and_a_manifest(tiny_vgg, image_16, tmp_path: Path) -> None:
     p = dv.DeconvNet(tiny_vgg, aliases=TINY_ALIASES).project(image_16, "conv3", channel=2, steps=True)
     assert p.steps is not None
@@ -336,6 +355,19 @@ def test_cli_writes_the_figure_the_steps_and_a_manifest(photo: Path, tmp_path: P
     code, _stdout, stderr = steps_cli(photo, "--layer", "conv2", "--method", "guided", "--out", out)
     assert code == 0, stderr  # an earlier result folder is replaced
     assert json.loads((out / "manifest.json").read_text())["steps"]["method"] == "guided"
+
+
+def test_cli_only_draws_those_kinds_and_writes_every_step(photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _stdout, stderr = steps_cli(photo, "--layer", "conv3", "--channel", "5", "--only", "unpool", "--out", out)
+    assert code == 0, stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arguments"]["only"] == ["unpool"]
+    assert len(list((out / "steps").glob("*.png"))) == len(manifest["steps"]["steps"])
+    code, _stdout, stderr = steps_cli(photo, "--layer", "conv3", "--only", "banana", "--out", tmp_path / "none")
+    assert code == 2
+    assert stderr.startswith("error: no step of this projection is of the kind(s) 'banana'; its kinds: ")
+    assert not (tmp_path / "none").exists()
 
 
 def test_cli_seeds_the_unit_given_by_its_position(photo: Path, tmp_path: Path) -> None:

@@ -46,6 +46,15 @@ def steps_command(
     show_channels: Annotated[
         int, typer.Option("--show-channels", min=0, max=8, help="Also draw each step's N strongest channels.")
     ] = 0,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="Draw only the steps of these kinds in the figure, comma-separated words such as "
+            "unpool,transposed (with the seed and the reconstruction); every step's picture is written all the same.",
+            show_default=False,
+        ),
+    ] = None,
     scale: ScaleOption = Scale.robust,
     out: OutOption = Path("steps"),
     device: DeviceOption = "auto",
@@ -60,6 +69,9 @@ def steps_command(
     """
     with reported(debug):
         unit = parse_position(position)
+        kinds = None if only is None else [word.strip() for word in only.split(",") if word.strip()]
+        if kinds is not None and not kinds:
+            raise usage("--only takes step kinds, comma-separated, such as unpool,transposed")
         from deconvviz.analysis.base import check_result_folder
 
         check_result_folder(out)  # refused before any work when it holds something deconvviz did not write
@@ -91,8 +103,9 @@ def steps_command(
                 "method": result.method,
                 "show_channels": show_channels,
                 "scale": scale.value,
+                "only": kinds,
             }
-            folder = steps.save(out, scale=scale.value, channels=show_channels, arguments=arguments)
+            folder = steps.save(out, scale=scale.value, channels=show_channels, arguments=arguments, only=kinds)
         counts: dict[str, int] = {}
         for step in steps:
             counts[step.kind] = counts.get(step.kind, 0) + 1

@@ -195,7 +195,7 @@ class ProjectionSteps:
         Args:
             directory: the result folder (an earlier deconvviz result there is replaced).
             arguments: how the steps were asked for, recorded in the manifest.
-            **options: ``seed``, ``scale``, ``channels``, ``columns`` (see
+            **options: ``seed``, ``scale``, ``channels``, ``columns``, ``only`` (see
                 :func:`deconvviz.viz.steps.save_steps`).
 
         Returns:

@@ -30,6 +30,8 @@ from deconvviz.viz.scaling import to_rgb
 from deconvviz.viz.wrap import check_layout
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -242,6 +244,7 @@ def steps_figure(
     size: float = 1.5,
     scale: str | None = None,
     title_text: str | None = None,
+    only: Sequence[str] | None = None,
 ) -> tuple[Figure, Any]:
     """Draw the steps of one kept seed left to right, seed first, the reconstruction last.
 
@@ -256,6 +259,8 @@ def steps_figure(
         size: panel size in inches.
         scale: the display scaling of the reconstruction (see :mod:`deconvviz.viz.scaling`).
         title_text: the figure's title (default: layer, channel, unit and method).
+        only: draw only the steps of these kinds (words of a step's kinds, ``["unpool", "transposed"]``), and
+            the seed and the reconstruction; a deep network's hundreds of steps shrink to the ones asked for.
 
     Returns:
         ``(figure, axes)``, axes a 2-D array: per band a row of summed maps, then ``channels`` rows, then the
@@ -272,17 +277,27 @@ def steps_figure(
     check_layout(columns, size)
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 0:
         raise RenderError(f"channels must be a whole number of at least 0, got {channels!r}")
-    count = len(steps)
+    drawn = shown_steps(steps, only)
+    count = len(drawn)
     per_band = count if columns is None else min(columns, count)
     bands = -(-count // per_band)
     rows_per_band = 1 + channels + (1 if detail else 0)
-    fig = Figure(figsize=(size * per_band, size * 1.45 * rows_per_band * bands + 0.5), layout="constrained")
-    axes = fig.subplots(rows_per_band * bands, per_band, squeeze=False)
+
+    def has_detail(step: Step) -> bool:
+        before = steps.before(step)
+        cut = step.kind in RECTIFYING and before is not None and before.shape == step.shape
+        return detail_window(step, seed) is not None or cut
+
+    # a band without a close-up keeps only a sliver of its detail row, not a blank row of panels
+    details = [any(has_detail(s) for s in drawn[b * per_band : (b + 1) * per_band]) for b in range(bands)]
+    ratios = [r for d in details for r in [1.0] * (1 + channels) + ([1.0 if d else 0.05] if detail else [])]
+    fig = Figure(figsize=(size * per_band, size * 1.45 * sum(ratios) + 0.5), layout="constrained")
+    axes = fig.subplots(rows_per_band * bands, per_band, squeeze=False, gridspec_kw={"height_ratios": ratios})
     for ax in axes.flat:
         ax.axis("off")
     area = region(steps, seed) if zoom else None
     source = tuple(steps.steps[-1].shape[-2:])
-    for k, step in enumerate(steps):
+    for k, step in enumerate(drawn):
         band, col = divmod(k, per_band)
         row = band * rows_per_band
         ax = axes[row, col]
@@ -342,6 +357,8 @@ def steps_figure(
         unit = "" if position is None else f" unit ({position[0]}, {position[1]})"
         layer = steps.layer if steps.layer == steps.node else f"{steps.layer} ({steps.node})"
         title_text = f"The way down: {layer} channel {steps.channels[seed]}{unit}, {steps.method}"
+        if count < len(steps):
+            title_text += f" ({count} of its {len(steps)} steps: {', '.join(only or [])})"
     fig.suptitle(title_text, fontsize=10)
     fig.supxlabel(
         "each column: the signal after one mirrored op, summed over channels, at its own resolution and scale; "
@@ -350,6 +367,28 @@ def steps_figure(
         color="#555555",
     )
     return fig, axes
+
+
+def shown_steps(steps: ProjectionSteps, only: Sequence[str] | None) -> list[Step]:
+    """The steps ``only`` asks for (a step whose kinds hold one of its words), with the seed and the last.
+
+    Raises:
+        RenderError: ``only`` that is no list of words, or words that match no step (the kinds there are named).
+    """
+    listed = list(steps)
+    if only is None:
+        return listed
+    if isinstance(only, str) or not all(isinstance(word, str) and word.strip() for word in only) or not only:
+        raise RenderError(f"only= takes words of step kinds such as ['unpool', 'transposed'], got {only!r}")
+    words = [word.strip().lower() for word in only]
+    wanted = [k for k, step in enumerate(listed) if any(w in kind.lower() for kind in step.kinds for w in words)]
+    if not [k for k in wanted if 0 < k < len(listed) - 1]:
+        kinds = sorted({kind for step in listed[1:-1] for kind in step.kinds})
+        raise RenderError(
+            f"no step of this projection is of the kind(s) {', '.join(words)!r}; its kinds: {', '.join(kinds)}"
+        )
+    keep = sorted({0, len(listed) - 1, *wanted})
+    return [listed[k] for k in keep]
 
 
 def _png(picture: np.ndarray) -> bytes:
@@ -392,10 +431,17 @@ class StepsFolder(AnalysisResult):
     scale: str | None = None
     channels: int = 0
     columns: int | None = COLUMNS
+    only: tuple[str, ...] | None = None
 
     def figure(self, **kwargs: Any) -> tuple[Figure, Any]:
         """The steps figure (see :func:`steps_figure`)."""
-        options = {"seed": self.seed, "scale": self.scale, "channels": self.channels, "columns": self.columns}
+        options = {
+            "seed": self.seed,
+            "scale": self.scale,
+            "channels": self.channels,
+            "columns": self.columns,
+            "only": self.only,
+        }
         return steps_figure(self.steps, **{**options, **kwargs})
 
     def _pictures(self) -> list[tuple[np.ndarray, int, float | None]]:
@@ -441,6 +487,7 @@ def save_steps(
     channels: int = 0,
     columns: int | None = COLUMNS,
     arguments: dict[str, Any] | None = None,
+    only: Sequence[str] | None = None,
 ) -> Path:
     """Write ``steps`` (one kept seed) as a result folder, atomically (see :class:`StepsFolder`).
 
@@ -452,15 +499,30 @@ def save_steps(
         channels: also draw each step's strongest ``channels`` channels in the figure.
         columns: steps per band of the figure.
         arguments: how the steps were asked for, recorded in the manifest.
+        only: draw only the steps of these kinds in the figure (see :func:`steps_figure`); every step's
+            picture is written all the same.
 
     Returns:
         The folder's path.
 
     Raises:
         ResultFolderError: ``directory`` holds something deconvviz did not write.
+        RenderError: ``only`` matches no step.
     """
     _check_seed(steps, seed)
-    return StepsFolder(steps, seed, scale, channels, columns).save(directory, arguments=arguments)
+    chosen = None if only is None else tuple(only)
+    shown_steps(steps, chosen)  # refused before anything is written
+    return StepsFolder(steps, seed, scale, channels, columns, chosen).save(directory, arguments=arguments)
 
 
-__all__ = ["StepsFolder", "colour", "limit", "plane", "save_steps", "step_file", "steps_figure", "strongest_channels"]
+__all__ = [
+    "StepsFolder",
+    "colour",
+    "limit",
+    "plane",
+    "save_steps",
+    "shown_steps",
+    "step_file",
+    "steps_figure",
+    "strongest_channels",
+]
