@@ -198,3 +198,14 @@ def test_the_explorer_offers_only_layers_whose_pass_reaches_the_picture(tmp_path
     stops = reverse_stops(dv.DeconvNet(_net(Windows()).eval()), _x())
     assert {"0", "1"} <= offered
     assert not offered & set(stops)
+
+
+def test_the_layers_command_says_autograd_in_its_table_not_in_a_warning_per_op() -> None:
+    dv.register_model(
+        dv.ModelSpec(name="tiny-floor", builder=lambda: _net(Floor()).float(), preprocessing=dv.Preprocessing(size=8)),
+        replace=True,
+    )
+    result = CliRunner().invoke(app, ["layers", "--model", "tiny-floor"])
+    assert result.exit_code == 0, result.stderr
+    assert "has no mirror rule" not in result.stderr
+    assert "autograd" in result.stdout

@@ -43,9 +43,15 @@ def layers_command(
 ) -> None:
     """List every projectable layer: alias, node name, output shape, receptive-field size and how it is mirrored."""
     with reported(debug):
+        import warnings
+
         import torch
         from rich.table import Table
 
+        from deconvviz.ops.fallback import FallbackWarning
+
+        # the table's mirror column says which ops autograd mirrors: no warning per op besides
+        warnings.filterwarnings("ignore", category=FallbackWarning)
         current = deconvviz.session(model.load(device), device=device)
         net = current.net
         size = int(getattr(current.model, "input_size", 224))
