@@ -209,3 +209,30 @@ def test_the_layers_command_says_autograd_in_its_table_not_in_a_warning_per_op()
     assert result.exit_code == 0, result.stderr
     assert "has no mirror rule" not in result.stderr
     assert "autograd" in result.stdout
+
+
+class Fuse(nn.Module):
+    """A high-resolution branch and an upsampled low-resolution one, added (as HRNet's fusions are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hi = nn.Conv2d(3, 4, 3, padding=1)
+        self.lo = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.out = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = torch.nn.functional.interpolate(torch.relu(self.lo(x)), scale_factor=2.0)
+        return self.out(torch.relu(self.hi(x)) + low)
+
+
+def test_the_layers_command_says_what_a_field_of_question_mark_means() -> None:
+    dv.register_model(
+        dv.ModelSpec(name="tiny-fuse", builder=Fuse, preprocessing=dv.Preprocessing(size=16)), replace=True
+    )
+    result = CliRunner().invoke(app, ["layers", "--model", "tiny-fuse"])
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:] if line.startswith(" ")}
+    assert rows["add"][2] == "?"
+    assert "2 layer(s) with receptive field '?': it cannot be worked out there (maps of different strides" in (
+        " ".join(result.stdout.split())
+    )

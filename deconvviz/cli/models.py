@@ -95,6 +95,13 @@ def layers_command(
                 f"neither a rule nor autograd mirrors (the first: {first}); choose a layer below it, or register a "
                 "mirror rule for its module"
             )
+        unknown = sum(1 for node in nodes if fields[node] == "?")
+        if unknown:
+            typer.echo(
+                f"{unknown} layer(s) with receptive field '?': it cannot be worked out there (maps of different "
+                "strides merged, as HRNet's branches are, or an op whose geometry neither a rule nor a probe gives); "
+                "they project all the same, drawn without a field box"
+            )
         if tuples:
             typer.echo(
                 f"{len(tuples)} node(s) marked 'items' return a tuple (a chunk, torch.sort): each of their items is a "
