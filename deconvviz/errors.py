@@ -36,6 +36,12 @@ class RenderError(DeconvVizError, ValueError):
 _WARNED: set[str] = set()
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's message for a one-line report: its first line, stripped, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """Warn, pointing at the first line outside deconvviz that led here (the user's, not the library's)."""
     import sys

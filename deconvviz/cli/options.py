@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -233,9 +233,7 @@ def err(message: str) -> None:
 def _first_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None and exc.strerror:
         return _os_error(exc)
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line
+    return first_line(exc)
 
 
 def _os_error(exc: OSError) -> str:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from deconvviz.core.graph import Graph, evaluating
-from deconvviz.errors import DeconvVizError, ForwardError
+from deconvviz.errors import DeconvVizError, ForwardError, first_line
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def run(
                 )
                 raise ForwardError(
                     f"the model's forward pass fails at node {graph.names[node]!r} on an input of shape "
-                    f"{tuple(x.shape)} ({_first_line(exc)[:200]}); {fix}"
+                    f"{tuple(x.shape)} ({first_line(exc)[:200]}); {fix}"
                 ) from exc
             if rule is not None and record:
                 env[node] = output
@@ -299,11 +299,6 @@ def _smallest_side(model: nn.Module, x: Tensor, largest: int = 1024) -> int | No
         else:
             low = middle
     return high
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _reusable(

@@ -22,7 +22,7 @@ import torchvision
 from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-from deconvviz.errors import DeconvVizError, TraceError
+from deconvviz.errors import DeconvVizError, TraceError, first_line
 
 
 class LayerNotFoundError(DeconvVizError, ValueError):
@@ -346,7 +346,7 @@ def trace(model: nn.Module, leaf_types: Sequence[type[nn.Module]] = ()) -> Graph
             warnings.filterwarnings("ignore", message=r"'has_\w+' is deprecated", category=UserWarning)
             graph = tracer.trace(model)
     except Exception as exc:  # fx raises many kinds of errors for untraceable code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx ({first}); its own forward must be traceable "
             "(move data-dependent code into a submodule, which is then mirrored whole, or register a mirror "

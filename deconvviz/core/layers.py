@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from deconvviz.core.graph import LayerNotFoundError, op_name
-from deconvviz.errors import warn_caller
+from deconvviz.errors import first_line, warn_caller
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -151,10 +151,10 @@ def reverse_stops(net: DeconvNet, x: Tensor, layers: Sequence[str] | None = None
                     functools.partial(_visited, seen),
                 )
         except UnsupportedOpError as exc:
-            stops[name] = _first_line(exc)
+            stops[name] = first_line(exc)
             stopped = graph.node(exc.node) if exc.node is not None else captured.node
         except DeconvVizError as exc:
-            stops[name] = _first_line(exc)
+            stops[name] = first_line(exc)
             continue
         # A layer the pass went through has the rest of this pass as its own (which ops pass no signal down, a
         # held attention map or gate, does not depend on the values): it is settled with it, unless the op the
@@ -172,11 +172,6 @@ def reverse_stops(net: DeconvNet, x: Tensor, layers: Sequence[str] | None = None
 
 def _visited(seen: set[Any], node: Any, _signal: Any) -> None:
     seen.add(node)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def layer_names(net: DeconvNet) -> list[str]:

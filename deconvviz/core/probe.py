@@ -25,6 +25,7 @@ from deconvviz.core import capture as _capture
 from deconvviz.core import walk as _walk
 from deconvviz.core.capture import TensorMeta, TupleMeta
 from deconvviz.core.graph import Graph
+from deconvviz.errors import first_line
 from deconvviz.ops.geometry import ReceptiveField, UnknownGeometryError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,7 +103,7 @@ class Probe:
         try:
             capture = self._run()
         except Exception as exc:  # the model does not run on the probe: say so in one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UnknownGeometryError(
                 f"cannot measure the receptive field at node {self.graph.names[node]!r}: the model does not run on "
                 f"a probe of shape {tuple(self._input_shape)} ({first}); register a geometry for the op with "

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, first_line
 from deconvviz.explore.engine import Explorer
 from deconvviz.explore.pictures import ExploreError, UploadTooLargeError, mebibytes
 from deconvviz.explore.topk import topk_status
@@ -111,11 +111,6 @@ def _split_host(header: str) -> tuple[str | None, int | None]:
 
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Guard:
@@ -219,20 +214,20 @@ def create_app(explorer: Explorer, settings: Settings | None = None) -> Starlett
             try:
                 return await handler(request)
             except Superseded as exc:
-                return _error(_first_line(exc), 429)
+                return _error(first_line(exc), 429)
             except (Busy, Stopped) as exc:
-                response = _error(_first_line(exc), 503)
+                response = _error(first_line(exc), 503)
                 response.headers["retry-after"] = "1"
                 return response
             except (DeconvVizError, ValueError) as exc:
-                return _error(_first_line(exc), int(getattr(exc, "status", 400)))
+                return _error(first_line(exc), int(getattr(exc, "status", 400)))
             except MemoryError:
                 return _error("out of memory; close other work or start the explorer with a smaller --cache", 503)
             except Exception as exc:  # torch's own failures (out of memory on a GPU, ...): not the request's fault
                 import traceback
 
                 traceback.print_exc()  # on the server's stderr; the page gets one line
-                return _error(f"the server failed: {_first_line(exc)}", 500)
+                return _error(f"the server failed: {first_line(exc)}", 500)
 
         return wrapped
 

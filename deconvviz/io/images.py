@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deconvviz.errors import DeconvVizError
+from deconvviz.errors import DeconvVizError, first_line
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 """File suffixes (lower case) that deconvviz treats as pictures when it looks through a folder."""
@@ -94,7 +94,7 @@ def _read(p: Path, *, decode: bool) -> Image.Image | None:
     except PermissionError as exc:
         raise ImageError(f"cannot read image {str(p)!r}: permission denied") from exc
     except OSError as exc:
-        raise ImageError(f"image {str(p)!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
+        raise ImageError(f"image {str(p)!r} is corrupt or truncated ({first_line(exc)}); re-export it") from exc
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:
@@ -126,12 +126,12 @@ def _decode(handle: BinaryIO, label: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         most = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses pictures over twice its limit
         raise ImageError(
-            f"image {label!r} is too large to open safely ({_first_line(exc)}); resize it below {most:.3g} megapixels"
+            f"image {label!r} is too large to open safely ({first_line(exc)}); resize it below {most:.3g} megapixels"
         ) from exc
     except PermissionError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as any of these
-        raise ImageError(f"image {label!r} is corrupt or truncated ({_first_line(exc)}); re-export it") from exc
+        raise ImageError(f"image {label!r} is corrupt or truncated ({first_line(exc)}); re-export it") from exc
     for warning in caught:
         if issubclass(warning.category, Image.DecompressionBombWarning):
             megapixels = image.width * image.height / 1e6
@@ -143,11 +143,6 @@ def _decode(handle: BinaryIO, label: str) -> Image.Image:
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return image
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def as_rgb(image: Image.Image) -> Image.Image:

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from typing_extensions import override
 
 from deconvviz.core.capture import Call
+from deconvviz.errors import first_line
 from deconvviz.ops.base import MirrorContext, Rule, local_vjp
 from deconvviz.ops.registry import OPS
 
@@ -270,7 +271,7 @@ class FallbackRule(Rule):
             grads = local_vjp(ctx.op, ctx.args, ctx.kwargs, values, signal, mode=self.mode())
         except Exception as exc:  # autograd cannot differentiate it: one line naming the node and the op
             what, spelled = describe_op(ctx.op)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ctx.unsupported(
                 f"{what} has no mirror rule and autograd cannot mirror it ({first}); register one with "
                 f"deconvviz.register_rule({spelled}, rule)"
