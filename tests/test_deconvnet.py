@@ -354,6 +354,20 @@ def test_bad_seeds_are_value_errors(tiny_vgg, image_16, kwargs, message) -> None
         dv.DeconvNet(tiny_vgg).project(image_16, layer="features.7", **kwargs)
 
 
+def test_raw_pixels_and_non_finite_inputs_are_refused_in_one_line(tiny_vgg, image_16) -> None:
+    net = dv.DeconvNet(tiny_vgg)
+    raw = (image_16.clamp(0, 1) * 255).to(torch.uint8)
+    with pytest.raises(SeedError, match=r"^expected a preprocessed float input, got a uint8 tensor .*preprocess"):
+        net.project(raw, "features.7", top=1)
+    for bad in (float("nan"), float("inf")):
+        x = image_16.clone()
+        x[0, 1, 3, 4] = bad
+        with pytest.raises(SeedError, match=r"^the input holds NaN or infinite values"):
+            net.project(x, "features.7", top=1)
+        with pytest.raises(SeedError, match="NaN or infinite"):
+            net.activations(x.expand(2, -1, -1, -1), ["features.7"])
+
+
 class Erf(nn.Module):
     """An activation written with an op deconvviz has no rule for."""
 

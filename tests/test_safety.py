@@ -179,6 +179,19 @@ def test_colliding_names_give_one_result_folder_per_picture(tmp_path: Path) -> N
     assert images == {str(p) for p in pictures}  # each picture's own result, none overwritten by another
 
 
+def test_a_picture_given_twice_is_rendered_once_with_a_warning(tmp_path: Path) -> None:
+    cat = _picture(tmp_path / "cat.png", 1)
+    other = _picture(tmp_path / "dog.png", 2)
+    out = tmp_path / "o"
+    again = tmp_path / "x" / ".." / "cat.png"
+    (tmp_path / "x").mkdir()
+    args = [str(cat), str(other), str(again), "--model", MODEL, "--device", "cpu", "-l", "conv1", "--top", "1"]
+    result = CliRunner().invoke(app, ["render", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert f"warning: {str(again)!r} is given more than once; it is rendered once" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cat", "dog"]
+
+
 @pytest.mark.slow  # a whole report with a page per picture: some 3 s
 def test_colliding_names_in_a_per_image_report(tmp_path: Path) -> None:
     photos = tmp_path / "photos"

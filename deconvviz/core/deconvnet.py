@@ -250,6 +250,14 @@ class DeconvNet:
         if x.dim() != 4 or (single and x.shape[0] != 1):
             want = "(1, C, H, W)" if single else "(N, C, H, W)"
             raise SeedError(f"expected one preprocessed image batch of shape {want}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise SeedError(
+                f"expected a preprocessed float input, got a {str(x.dtype).removeprefix('torch.')} tensor (raw pixel "
+                "values?); normalise it first, as model.preprocess(picture) does"
+            )
+        # Checked where it costs no device synchronisation: a picture on its way from the host, or one input.
+        if (single or x.device.type == "cpu") and not bool(torch.isfinite(x).all()):
+            raise SeedError("the input holds NaN or infinite values; every reconstruction would be NaN")
         reference: Tensor | None = next(iter(self.model.parameters()), None)
         if reference is None:
             reference = next(iter(self.model.buffers()), None)

@@ -256,6 +256,20 @@ def _render_one(
     return done, manifest
 
 
+def _once(paths: list[Path]) -> list[Path]:
+    """``paths`` with a file given again (by any spelling of its path) left out, with a warning naming it."""
+    seen: set[Path] = set()
+    kept: list[Path] = []
+    for path in paths:
+        key = path.resolve() if path.exists() else path
+        if key in seen:
+            warn_caller(f"{str(path)!r} is given more than once; it is rendered once")
+            continue
+        seen.add(key)
+        kept.append(path)
+    return kept
+
+
 def render_images(
     images: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -285,9 +299,9 @@ def render_images(
     ``manifest.json`` (which also says how the pictures were scaled).
     Each folder is staged next to its target and all are moved into place together only when every picture
     is done (see :mod:`deconvviz.io.atomic`), so a failure leaves no partial results. Pictures with the same
-    name get distinct folders (``cat``, ``cat-2``, ...). A result folder written earlier by deconvviz is
-    replaced; any other folder of that name, there at the start or made while the run goes on, is left
-    alone and the run is refused.
+    name get distinct folders (``cat``, ``cat-2``, ...); a file given twice is rendered once (with a
+    warning). A result folder written earlier by deconvviz is replaced; any other folder of that name, there
+    at the start or made while the run goes on, is left alone and the run is refused.
 
     Args:
         images: picture files.
@@ -332,7 +346,7 @@ def render_images(
         channels = None
     if mode not in ("max", "map"):
         raise DeconvVizError(f"mode must be 'max' or 'map', got {mode!r}")
-    paths = [Path(image) for image in images]
+    paths = _once([Path(image) for image in images])
     pictures = [load_image(path) for path in paths]  # every picture is checked before anything is written
     out_path = Path(out)
     finals = _targets(paths, out_path)
