@@ -1,9 +1,10 @@
-"""Rendering: the paper's max scaling, colour order, overlays, figures and files (robust scaling: test_viz)."""
+"""Rendering: max scaling, colour order, overlays, figures and files (robust scaling: test_viz)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 import deconvviz as dv
 from deconvviz.viz import render
+from deconvviz.viz.html import activation_text
 from deconvviz.viz.render import RenderError
 
 
@@ -154,7 +156,7 @@ def test_figure_has_the_input_and_every_reconstruction_labelled(projection: dv.P
     assert titles[0] == "input"
     for i, title in enumerate(titles[1:]):
         assert f"ch {projection.channels[i]}" in title
-        assert f"a={float(projection.activations[i]):.3g}" in title
+        assert f"a={activation_text(float(projection.activations[i]))}" in title
     shown = [ax.get_images()[0].get_array() for ax in axes.flat]
     assert np.array_equal(np.asarray(shown[1]), projection.rgb(0))
     assert fig._suptitle is not None
@@ -278,8 +280,13 @@ def test_layers_figure_has_a_row_per_layer(projection: dv.Projection, tiny_vgg: 
     assert axes.shape == (2, 4)
     caption = fig._supxlabel.get_text().replace("\n", " ")  # type: ignore[attr-defined]
     assert "grey = 0" in caption
-    assert "a: the seeded activation" not in caption  # its panels are titled "ch N" alone: nothing to explain
-    assert all(ax.get_title().startswith("ch ") for ax in axes[:, 1:].flat if ax.get_title())
+    assert "deconvnet projection" in caption  # the reverse pass is named on the figure, not only in a manifest
+    assert "a: the seeded activation; the first 3 of up to 4 per layer" in caption  # says it shows a part
+    assert "unit (row, col)" not in caption  # its panels name no unit: nothing to explain
+    titles = [ax.get_title() for ax in axes[:, 1:].flat if ax.get_title()]
+    assert titles
+    assert all(re.fullmatch(r"ch \d+ a=\S+", t) for t in titles)
+    assert titles[0] == f"ch {shallow.channels[0]} a={activation_text(float(shallow.activations[0]))}"
     assert [row[0].get_ylabel() for row in axes] == ["features.1", "features.6"]
     assert np.array_equal(np.asarray(axes[1, 2].get_images()[0].get_array()), projection.rgb(1))
     boxed = dataclasses.replace(projection, boxes=((0, 0, 5, 6), (2, 3, 9, 9), (4, 4, 12, 10)))

@@ -180,6 +180,8 @@ def test_the_figure_shows_only_hits_that_fired_and_labels_each(stand, folder) ->
     fig, axes = result.figure("conv2", 0)
     assert sum(1 for ax in axes.flat if ax.images) == 4
     assert f"top 2 of {len(result.images)} images (it fires on no other)" in fig._suptitle.get_text()
+    listed = result.to_dict()["layers"][0]["channels"]["0"]  # topk.json and a report's manifest list hits only
+    assert [h["value"] for h in listed] == [hits[0].value, hits[1].value]
     result.hits["conv2"][0] = tuple(dataclasses.replace(hit, value=0.0) for hit in hits)
     fig, axes = result.figure("conv2", 0)
     assert not any(ax.images for ax in axes.flat)

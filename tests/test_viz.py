@@ -54,7 +54,7 @@ def test_one_extreme_pixel_does_not_grey_out_the_rest() -> None:
     typical_robust = np.abs(viz.to_rgb(image).astype(int) - 128)[5:, 5:].min()
     typical_max = np.abs(viz.to_rgb(image, "max").astype(int) - 128)[5:, 5:].max()
     assert typical_robust == 127  # at the robust scale the typical pixels are as bright as they can be
-    assert typical_max == 0  # the paper's scaling shows them as grey
+    assert typical_max == 0  # max scaling shows them as grey
 
 
 def test_robust_scale_keeps_zero_grey_and_ignores_power_of_two_factors() -> None:

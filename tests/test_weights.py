@@ -563,3 +563,76 @@ def test_vgg16_activations_are_plausible(use_real_cache: Path) -> None:
     other = max(cos(code[a], code[b]) for a in photos for b in photos if a < b)
     assert same > 0.9
     assert same - other > 0.3, (same, other)
+
+
+# Published values of the ImageNet VGG16 (Simonyan & Zisserman) from copies made apart from the wheel, as printed
+# in public code and notes: the first weight and bias of every conv layer in MatConvNet's imagenet-vgg-verydeep-16
+# (Oxford's own conversion, RGB input), first-layer values of Keras' vgg16 .h5 (BGR input, like Caffe's), probes of
+# a Caffe-derived copy (HWIO, BGR), and whole-tensor statistics of Keras' block1_conv1 and block5_conv3. A layer
+# fine-tuned for the wheel's tumour classifier would differ at all of them; the conv base was frozen there.
+_VGG16_FIRST = {  # layer: (weight[0, 0, 0, 0] with RGB input, bias[0])
+    "conv1_1": ("0.4800154", "0.73429835"),
+    "conv1_2": ("0.16621928", "-0.30912212"),
+    "conv2_1": ("-0.008902963", "-0.04577766"),
+    "conv2_2": ("-0.0023012366", "-0.06418542"),
+    "conv3_1": ("0.002486315", "-0.074358866"),
+    "conv3_2": ("-0.0103266295", "0.019675018"),
+    "conv3_3": ("0.0024918285", "0.035415243"),
+    "conv4_1": ("-0.012453815", "0.013485669"),
+    "conv4_2": ("0.007116542", "0.023680462"),
+    "conv4_3": ("-0.0041355654", "0.03757768"),
+    "conv5_1": ("-0.0006068934", "0.09722325"),
+    "conv5_2": ("-0.0011261065", "0.21327873"),
+    "conv5_3": ("0.00040788297", "0.18837857"),
+}
+_VGG16_KERAS_CONV1_1 = (  # filter 0 with BGR input: channel 0 row by row, then channel 1 at (0, 0); 10 biases
+    ("0.42947057", "0.373467", "-0.061360113", "0.27476987", "0.038680777", "-0.36722335", "-0.05746817",
+     "-0.26224968", "-0.35009676", "0.55037946"),
+    ("0.73429835", "0.093403675", "0.06775674", "0.8862966", "0.25994542", "0.66426694", "-0.015828926",
+     "0.3249065", "0.68600726", "0.062479325"),
+)  # fmt: skip
+_VGG16_PROBES = (  # layer, weight (h, w, in, out) with BGR input or bias index, value
+    ("conv1_2", (2, 2, 63, 63), "0.016082443"),
+    ("conv2_1", 1, "0.06440781"),
+    ("conv5_1", (1, 0, 63, 269), "-0.011236359"),
+    ("conv5_2", 510, "0.23517226"),
+    ("conv5_3", (0, 2, 0, 400), "-0.008714244"),
+)
+_VGG16_STATS = {  # (layer, weight or bias): (min, max, mean, std)
+    ("conv1_1", "weight"): ("-0.67140007", "0.6085159", -0.0024379087, 0.20669945),
+    ("conv1_1", "bias"): ("-0.015828926", "2.064037", 0.5013912, 0.32847992),
+    ("conv5_3", "weight"): ("-0.09288482", "0.28699666", -0.0010818949, 0.008478405),
+    ("conv5_3", "bias"): ("-0.50036746", "9.431553", 0.14986369, 0.4928213),
+}
+
+
+@pytest.mark.network
+def test_offline_vgg16_is_the_published_imagenet_vgg16(use_real_cache: Path) -> None:
+    import numpy as np
+
+    state = converters.OXFORD_VGG16.load()
+    names = [f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)]
+    index = dict(zip(names, converters.VGG16_CONV_INDICES, strict=True))
+
+    def tensor(layer: str, kind: str) -> np.ndarray:
+        value = state[f"features.{index[layer]}.{kind}"].numpy()
+        return value[:, ::-1] if layer == "conv1_1" and kind == "weight" else value  # back to BGR input
+
+    exact = np.float32
+    for layer, (weight, bias) in _VGG16_FIRST.items():  # every layer, to the last bit of float32
+        assert state[f"features.{index[layer]}.weight"][0, 0, 0, 0].item() == exact(weight), layer
+        assert state[f"features.{index[layer]}.bias"][0].item() == exact(bias), layer
+    first = tensor("conv1_1", "weight")[0]
+    assert [*first[0].reshape(-1), first[1, 0, 0]] == [exact(v) for v in _VGG16_KERAS_CONV1_1[0]]
+    assert list(tensor("conv1_1", "bias")[:10]) == [exact(v) for v in _VGG16_KERAS_CONV1_1[1]]
+    for layer, where, value in _VGG16_PROBES:
+        if isinstance(where, tuple):
+            h, w, i, o = where
+            assert tensor(layer, "weight")[o, i, h, w] == exact(value), (layer, where)
+        else:
+            assert tensor(layer, "bias")[where] == exact(value), (layer, where)
+    for (layer, kind), (low, high, mean, std) in _VGG16_STATS.items():
+        values = tensor(layer, kind).astype(np.float64)
+        assert (values.min(), values.max()) == (exact(low), exact(high)), (layer, kind)
+        assert values.mean() == pytest.approx(mean, rel=1e-5), (layer, kind)
+        assert values.std() == pytest.approx(std, rel=1e-5), (layer, kind)

@@ -148,7 +148,7 @@ class Scale(StrEnum):
 
 _SCALE_HELP = (
     "Display scaling. robust: zero is grey, a high percentile of |value| over the reconstruction reaches "
-    "black/white (about 3% saturates); max: the paper's, the largest |value| reaches black/white; minmax: "
+    "black/white (about 3% saturates); max: each picture's largest |value| reaches black/white; minmax: "
     "a plain stretch."
 )
 ScaleOption = Annotated[Scale, typer.Option("--scale", "--normalize", help=_SCALE_HELP)]

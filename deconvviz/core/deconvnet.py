@@ -341,8 +341,9 @@ class DeconvNet:
             position: ``(row, col)`` to seed that unit of each channel instead of the strongest.
             top: instead of ``channel``, the ``top`` channels with the strongest activations, strongest first.
             method: the reverse pass: ``"deconvnet"`` (Zeiler & Fergus, the default), ``"guided"`` (guided
-                backpropagation), ``"gradient"`` (the unit's gradient times nothing else), another registered
-                name, or a :class:`~deconvviz.methods.RuleSet`.
+                backpropagation), ``"gradient"`` (the unit's exact gradient with respect to the input, times the
+                seeded activation as every pass seeds it), another registered name, or a
+                :class:`~deconvviz.methods.RuleSet`.
             steps: also keep the signal after every mirrored op (:attr:`Projection.steps`, a
                 :class:`~deconvviz.core.steps.ProjectionSteps`): True for the first seed's steps only (they take
                 tens of MB per seed at mid layers of VGG16), ``"all"`` or seed indices for more. Kept on the CPU.

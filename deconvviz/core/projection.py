@@ -113,7 +113,7 @@ class Projection:
 
         Args:
             i: which reconstruction (0 is the first seed, for ``top=`` the strongest).
-            scale: ``"robust"`` (default), ``"max"`` (the paper's) or ``"minmax"``.
+            scale: ``"robust"`` (default), ``"max"`` (each picture by its largest value) or ``"minmax"``.
 
         Returns:
             ``(H, W, 3)`` uint8 array.

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deconvviz.errors import RenderError
+from deconvviz.viz.html import activation_text
 from deconvviz.viz.pictures import Box, crop, overlay
 from deconvviz.viz.scaling import Scaling
 
@@ -40,8 +41,8 @@ class RenderOptions:
     """How projections are drawn: one object for every figure, file and notebook picture.
 
     Attributes:
-        scale: the display scaling: ``"robust"`` (default), ``"max"`` (the paper's), ``"minmax"`` or a
-            :class:`~deconvviz.viz.Scaling` (see :mod:`deconvviz.viz.scaling`).
+        scale: the display scaling: ``"robust"`` (default), ``"max"`` (each picture by its largest value),
+            ``"minmax"`` or a :class:`~deconvviz.viz.Scaling` (see :mod:`deconvviz.viz.scaling`).
         overlay: draw each reconstruction over a dimmed grey copy of the input.
         box: outline each seeded unit's receptive field on full-size views.
         crop: cut each reconstruction to its unit's receptive field and show the image patch that unit saw
@@ -153,7 +154,7 @@ def label(projection: Projection, i: int) -> str:
     """
     if projection.label:
         return f"{projection.label}\nscore={float(projection.activations[i]):.3g}"
-    text = f"ch {projection.channels[i]}  a={float(projection.activations[i]):.3g}"
+    text = f"ch {projection.channels[i]}  a={activation_text(float(projection.activations[i]))}"
     position = projection.positions[i] if i < len(projection.positions) else None
     if position is not None:
         text += f"\nunit ({position[0]}, {position[1]})"
@@ -200,13 +201,29 @@ def _show(ax: Axes, picture: np.ndarray) -> None:
     ax.imshow(picture, interpolation="antialiased" if picture.shape[1] > shown else "nearest")
 
 
-def _caption(fig: Figure, projection: Projection | None, options: RenderOptions, *, key: bool = True) -> Text:
-    """The line under a figure; ``key``: explain the panels' labels (a, unit), for figures whose titles show them."""
+def _caption(
+    fig: Figure,
+    projection: Projection | None,
+    options: RenderOptions,
+    *,
+    key: bool = True,
+    method: str | None = None,
+    extra: str = "",
+) -> Text:
+    """The line under a figure: the reverse pass, what grey means, the scale.
+
+    ``key``: explain the panels' labels (a, unit), for figures whose titles show them; ``extra``: a last clause.
+    """
+    method = method if method is not None else (projection.method if projection is not None else None)
     text = f"grey = 0; {options.scaling.name} scale"
+    if method:
+        text = f"{method} projection; {text}"
     if key and (projection is None or any(p is not None for p in projection.positions)):
         text = f"{LABEL_KEY}; {text}"
     if projection is not None and projection.prefer_inside:
         text += "; units chosen with their receptive field inside the picture"
+    if extra:
+        text += f"; {extra}"
     return fig.supxlabel(text, fontsize=7, color="#555555")
 
 
@@ -394,7 +411,21 @@ def layers_figure(
     layout = [row for d in doubled for row in (((titled, 1.0), (0.0, 1.0)) if d else ((titled, 1.0),))]
     fig = Figure(figsize=(size * columns + 0.6, size * len(layout) * 0.95 + 0.6))
     heading = fig.suptitle(title, fontsize=11) if title is not None else None
-    caption = _caption(fig, None, options, key=False)  # its panels are titled by channel alone
+    methods = {p.method for p in projections}
+    most = max(len(p) for p in projections)
+    # its panels are titled by channel and activation, whose key is a's alone
+    caption = _caption(
+        fig,
+        None,
+        options,
+        key=False,
+        method=methods.pop() if len(methods) == 1 else None,
+        extra=(
+            f"a: the seeded activation; the first {columns - 1} of up to {most} per layer"
+            if most > columns - 1
+            else "a: the seeded activation"
+        ),
+    )
     axes = _panels(fig, layout, columns, title=heading, caption=caption, left=_room(1, 10, 6))
     for ax in axes.flat:
         _blank(ax)
@@ -424,7 +455,9 @@ def layers_figure(
                 continue
             _show(top[i + 1], view(projection, i, options, base))
             _mark_empty(top[i + 1], projection, i)
-            heading = projection.label or f"ch {projection.channels[i]}"
+            heading = (
+                projection.label or f"ch {projection.channels[i]} a={activation_text(float(projection.activations[i]))}"
+            )
             top[i + 1].set_title(heading, fontsize=7, pad=2)
             if cut[i] is None and options.box:
                 found = field_box(projection, i)

@@ -25,6 +25,7 @@ from deconvviz.io.manifest import MANIFEST, header, preprocessing_record
 from deconvviz.io.names import NameMap
 from deconvviz.methods import get_method
 from deconvviz.models.session import DEFAULT_MODEL, Session, session
+from deconvviz.viz.html import activation_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -90,10 +91,12 @@ class RenderedImage:
         if deepest is not None and deepest.label is not None:
             text += f"; {deepest.label}, score {deepest.activations[0]:.3g}, projected"
         elif deepest is not None and len(deepest.channels) == 1:
-            text += f"; {deepest.layer} ch {deepest.channels[0]} (a={deepest.activations[0]:.3g})"
+            text += f"; {deepest.layer} ch {deepest.channels[0]} (a={activation_text(deepest.activations[0])})"
         elif deepest is not None and deepest.channels:  # channels given with -c keep their order: find the strongest
             i = max(range(len(deepest.channels)), key=lambda j: deepest.activations[j])
-            text += f"; {deepest.layer} strongest ch {deepest.channels[i]} (a={deepest.activations[i]:.3g})"
+            text += (
+                f"; {deepest.layer} strongest ch {deepest.channels[i]} (a={activation_text(deepest.activations[i])})"
+            )
         if self.prediction is not None:
             text += f"; predicted {self.prediction[0]!r} ({self.prediction[1]:.0%})"
         return text

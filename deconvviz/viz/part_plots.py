@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.correspondence import CorrespondenceResult
     from deconvviz.analysis.occlusion import OcclusionResult
 
+from deconvviz.viz.html import activation_text
 from deconvviz.viz.wrap import WIDTH
 
 _OTHER = (0.75, 0.75, 0.75, 1.0)
@@ -199,7 +200,7 @@ def _draw_others(fig: Figure, result: OcclusionResult, cell: float) -> None:
             ax.set_anchor("E" if j == 0 else "W")  # a field cut by the border: the pair still meets in the middle
             ax.set_xticks([])
             ax.set_yticks([])
-        caption = f"{_short(Path(other.image).name)}  a={other.value:.3g}"
+        caption = f"{_short(Path(other.image).name)}  a={activation_text(other.value)}"
         fig.text((left + cell) / width, 0.3 / height, caption, fontsize=7, ha="center", va="top")
 
 

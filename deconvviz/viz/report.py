@@ -150,8 +150,8 @@ def build_report(
         per_image: also render every image's per-layer reconstructions (as the render command does).
         overwrite: replace an existing report folder.
         batch_size: images per forward pass.
-        scale: the display scaling: ``"robust"`` (default), ``"max"`` (the paper's) or ``"minmax"``
-            (see :mod:`deconvviz.viz.scaling`).
+        scale: the display scaling: ``"robust"`` (default), ``"max"`` (each picture by its largest value) or
+            ``"minmax"`` (see :mod:`deconvviz.viz.scaling`).
         progress: called as work advances.
         limit: report on the first ``limit`` images only.
         sample: report on a random ``sample`` of the images, drawn with ``seed``.

@@ -8,7 +8,7 @@ times the 99.5th percentile). Three scalings are offered, by name:
   of the per-pixel magnitude (the largest ``|value|`` over the colour channels) taken over the
   reconstruction's *support* (the pixels that are not zero). About 3 % of the support saturates; the rest
   keeps its contrast instead of being squeezed towards grey by a few extreme pixels.
-- ``"max"``: the paper's per-image contrast normalisation: zero is mid-grey and the single largest magnitude
+- ``"max"``: per-picture contrast normalisation: zero is mid-grey and the single largest magnitude
   reaches black or white (nothing saturates; deep layers come out mostly grey).
 - ``"minmax"``: a plain linear stretch of the smallest value to black and the largest to white (zero is not
   kept at grey).
@@ -40,7 +40,7 @@ _ALIASES = {"contrast": "max"}
 _DESCRIPTIONS = {
     "robust": "zero is mid-grey; the {p:g}th percentile of |value| over the reconstruction's support reaches "
     "black or white (about {s:g}% of the support saturates)",
-    "max": "zero is mid-grey; the largest |value| reaches black or white (the paper's contrast normalisation)",
+    "max": "zero is mid-grey; the largest |value| reaches black or white (nothing saturates)",
     "minmax": "the smallest value is black, the largest white (a linear stretch; zero is not kept at grey)",
 }
 
@@ -57,7 +57,7 @@ class Scaling:
     Example:
         >>> Scaling.of("robust").name
         'robust'
-        >>> Scaling.of("contrast").name  # the old name of the paper's scaling
+        >>> Scaling.of("contrast").name  # the old name of "max"
         'max'
     """
 
@@ -153,7 +153,8 @@ def to_rgb(image: Tensor, scale: str | Scaling | None = None, channel_order: str
 
     Args:
         image: ``(C, H, W)`` reconstruction (1 or 3 channels; other counts show their mean).
-        scale: ``"robust"`` (default), ``"max"`` (the paper's), ``"minmax"``, or a :class:`Scaling`.
+        scale: ``"robust"`` (default), ``"max"`` (each picture by its largest value), ``"minmax"``, or a
+            :class:`Scaling`.
         channel_order: the model's colour order (``"RGB"`` or ``"BGR"``); the result is always RGB.
 
     Returns:

@@ -129,7 +129,7 @@ class TopKResult:
         return viz().topk_overview(self)
 
     def to_dict(self, *, stream: bool = False) -> dict[str, Any]:
-        """Everything but the pixels, JSON-ready.
+        """Everything but the pixels, JSON-ready; per channel, the hits where it fires (an activation above 0).
 
         Args:
             stream: give the large parts (the layers' hits, the images, the skipped ones) as :class:`Streamed`
@@ -144,6 +144,7 @@ class TopKResult:
                     [
                         {"value": h.value, "image": h.image, "position": list(h.position), "box": list(h.box)}
                         for h in kept
+                        if h.value > 0  # a map of zeros has an argmax too: that is no hit
                     ],
                 )
 
