@@ -15,6 +15,7 @@ from conftest import TINY_ALIASES, chromium, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
+from deconvviz.analysis.topk.options import RandomChannels
 from deconvviz.analysis.topk.scan import scan
 from deconvviz.viz.report import ReportError, build_report
 
@@ -92,6 +93,8 @@ def test_report_contents_and_manifest(report: Path, photos: Path) -> None:
         pictures = sorted(p.name for p in (report / "layers" / layer).glob("*.png"))
         assert len(pictures) == 2 * positive  # (reconstruction, patch) per real hit, none for the others
         assert len(list((report / "layers" / layer).glob("ch*.html"))) == 3  # a page per channel
+        edges = sum(hit["edge"] for hits in layers[layer]["channels"].values() for hit in hits)
+        assert (report / "layers" / f"{layer}.html").read_text().count("class='edge'") == edges  # marked on cards
     readable = len(manifest["topk"]["images"]) - len(manifest["errors"])  # the corrupt file is not counted
     assert "4 hits (up to 4 kept)" in (report / "layers" / "conv3.html").read_text()
     assert "projected to pixels by the deconvnet" in (report / "layers" / "conv3.html").read_text()
@@ -276,6 +279,16 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     shown = json.loads((tmp_path / "first" / "manifest.json").read_text())["topk"]["layers"][0]["channels"]
     assert sorted(shown) == ["0", "1"]
+    drawn = runner.invoke(
+        app, [*args[:-4], "--channels", "random2", "--seed", "3", "--out", str(tmp_path / "rnd"), "--device", "cpu"]
+    )
+    assert drawn.exit_code == 0, drawn.output
+    manifest = json.loads((tmp_path / "rnd" / "manifest.json").read_text())
+    assert manifest["arguments"]["ranking"].startswith("Channels: 2 of each layer drawn at random with seed 3")
+    assert "drawn at random with seed 3" in (tmp_path / "rnd" / "layers" / "pool2.html").read_text()
+    for entry in manifest["topk"]["layers"]:
+        width = 4 if entry["layer"] == "conv1" else 8
+        assert [int(c) for c in entry["channels"]] == RandomChannels(2).draw(width, entry["node"], 3)
 
     again = runner.invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 2

@@ -145,6 +145,22 @@ def test_crops_are_the_projection_inside_the_receptive_field(stand, folder) -> N
         assert torch.equal(hit.patch, x[0, :, top:bottom, left:right])
 
 
+def test_hits_whose_field_reaches_into_the_padding_are_marked_edge(stand, folder) -> None:
+    result = top_k(folder, stand, layers=["conv2"], k=9, channels="all")
+    field_ = dv.receptive_field(dv.DeconvNet(stand.module, aliases=stand.layers), "conv2")
+    hits = [hit for kept in result.hits["conv2"].values() for hit in kept]
+    flags = {hit.edge for hit in hits}
+    assert flags == {True, False}  # both kinds occur among the hits on 16 px pictures
+    for hit in hits:
+        top, left, bottom, right = field_.box(*hit.position, (16, 16), clip=False)
+        assert hit.edge == (top < 0 or left < 0 or bottom > 16 or right > 16)
+    listed = result.to_dict()["layers"][0]["channels"]
+    assert [h["edge"] for c in listed for h in listed[c]] == [h.edge for h in hits if h.value > 0]
+    channel, rank = next((c, r) for c, kept in result.hits["conv2"].items() for r, h in enumerate(kept) if h.edge)
+    _fig, axes = result.figure("conv2", channel)
+    assert axes[rank // result.grid_side, rank % result.grid_side].get_title().endswith(" edge")
+
+
 def test_figure_has_the_papers_layout_and_save_writes_everything(stand, folder, tmp_path) -> None:
     result = top_k(folder, stand, layers=["conv2"], k=9, channels="first2")
     _fig, axes = result.figure("conv2", 1)
@@ -336,8 +352,29 @@ def test_a_count_of_channels_means_the_strongest_and_first_n_the_first(stand, fo
     assert top_k(folder, stand, layers=["conv2"], k=1, channels=3).channels("conv2") == strongest
     assert top_k(folder, stand, layers=["conv2"], k=1, channels="strongest3").channels("conv2") == strongest
     assert top_k(folder, stand, layers=["conv2"], k=1, channels="first3").channels("conv2") == [0, 1, 2]
-    with pytest.raises(SearchError, match="'first<N>', 'strongest<N>'"):
+    with pytest.raises(SearchError, match="'first<N>', 'strongest<N>', 'random<N>'"):
         top_k(folder, stand, layers=["conv2"], channels="most3")
+
+
+def test_random_channels_are_a_seeded_draw_the_same_in_every_run(stand, folder) -> None:
+    every = top_k(folder, stand, layers=["conv1", "conv2"], k=2, channels="all")
+    draws = {
+        seed: top_k(folder, stand, layers=["conv1", "conv2"], k=2, channels="random3", seed=seed) for seed in range(6)
+    }
+    for seed, found in draws.items():
+        for layer in ("conv1", "conv2"):
+            chosen = found.channels(layer)
+            assert len(chosen) == 3
+            assert chosen == sorted(set(chosen))  # by index, no channel twice
+            for c in chosen:  # only the choice of channels differs
+                assert [(h.value, h.image, h.position) for h in found.hits[layer][c]] == [
+                    (h.value, h.image, h.position) for h in every.hits[layer][c]
+                ]
+        again = top_k(folder, stand, layers=["conv1", "conv2"], k=2, channels="random3", seed=seed)
+        assert again.channels("conv2") == found.channels("conv2")
+    assert len({tuple(found.channels("conv2")) for found in draws.values()}) > 1  # the seed draws another subset
+    assert any(found.channels("conv1") != found.channels("conv2") for found in draws.values())  # drawn per layer
+    assert top_k(folder, stand, layers=["conv1"], k=1, channels="random99").channels("conv1") == list(range(4))
 
 
 def test_the_earlier_argument_order_still_works_and_warns_once(stand, folder) -> None:
@@ -363,15 +400,18 @@ def test_progress_bar_and_a_session_as_the_other_analyses_take_them(stand, folde
 
 
 def test_a_choice_of_channels_reads_the_same_everywhere() -> None:
-    from deconvviz.analysis.topk.options import channel_spec
+    from deconvviz.analysis.topk.options import RandomChannels, channel_spec
 
     assert channel_spec("first3") == (3, None)
     assert channel_spec("strongest4") == (None, 4)
     assert channel_spec(" 5 ") == (None, 5)
     assert channel_spec("all") == (None, None)
+    assert channel_spec("Random6") == (RandomChannels(6), None)
     assert channel_spec([7, 2]) == ((7, 2), None)
-    for none in ("first0", "strongest0", "0"):
+    for none in ("first0", "strongest0", "random0", "0"):
         with pytest.raises(SearchError, match=f"channels {none!r} chooses no channel; give a count of at least 1"):
             channel_spec(none)
-    with pytest.raises(SearchError, match="channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list"):
+    with pytest.raises(
+        SearchError, match="channels must be a count, 'first<N>', 'strongest<N>', 'random<N>', 'all' or a list"
+    ):
         channel_spec("foo")

@@ -490,17 +490,17 @@ def parse_train(text: str | None) -> int | list[int] | None:
 def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:
     """``--channels``: ``N``, ``all``, or a comma-separated list of channel indices.
 
-    With ``ranked`` (the report's) also ``firstN`` and ``strongestN``.
+    With ``ranked`` (the report's) also ``firstN``, ``strongestN`` and ``randomN``.
     """
     value = text.strip().lower()
     if value == "all":
         return None
-    if ranked and value.startswith(("first", "strongest")):
+    if ranked and value.startswith(("first", "strongest", "random")):
         return value  # the report checks the count, before any work
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts or not all(part.isdigit() for part in parts):
         forms = (
-            "a count (16), firstN (first16), a list (0,5,7) or 'all'"
+            "a count (16), firstN (first16), randomN (random16), a list (0,5,7) or 'all'"
             if ranked
             else "a count (16), a list (0,5,7) or 'all'"
         )

@@ -201,7 +201,8 @@ def report_command(
             "--channel",
             "-c",
             help="N: the N channels of each layer with the strongest activations over the data set, strongest first; "
-            "firstN: the first N by index; a list of channel indices (0,5,7; one channel: 12,); or `all`.",
+            "firstN: the first N by index; randomN: N drawn at random with --seed (the paper's Fig. 2 choice); a "
+            "list of channel indices (0,5,7; one channel: 12,); or `all`.",
         ),
     ] = "16",
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,
@@ -227,7 +228,7 @@ def report_command(
             show_default=False,
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="The seed of --sample.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="The seed of --sample and of randomN channels.")] = 0,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Go on from the saved scan state of an interrupted run of the same command."),

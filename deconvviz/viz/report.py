@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.keep import keep_strongest
-from deconvviz.analysis.topk.options import ScanOptions, channel_spec
+from deconvviz.analysis.topk.options import RandomChannels, ScanOptions, channel_spec
 from deconvviz.analysis.topk.scan import (
     default_scan_layers,
     first_readable,
@@ -144,7 +144,8 @@ def build_report(
             (``conv2_2, conv3_3, conv4_3, conv5_3`` where the model has them, else one layer per resolution).
         channels: ``n`` (the default 16): the ``n`` channels of every layer whose strongest activation over the
             data set is highest, strongest first; ``"first<n>"`` (``"first16"``): the first ``n`` channels by index;
-            a list of channels; or None (``"all"``) for all of them. The page states the choice.
+            ``"random<n>"``: ``n`` drawn at random with ``seed`` (the paper's Fig. 2 choice); a list of channels;
+            or None (``"all"``) for all of them. The page states the choice.
         k: activations shown per channel.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (under torchrun, ``cuda`` is each process's own GPU).
         per_image: also render every image's per-layer reconstructions (as the render command does).
@@ -155,7 +156,7 @@ def build_report(
         progress: called as work advances.
         limit: report on the first ``limit`` images only.
         sample: report on a random ``sample`` of the images, drawn with ``seed``.
-        seed: the seed of ``sample``.
+        seed: the seed of ``sample`` and of ``"random<n>"`` channels.
         resume: go on from the saved state of an interrupted run with the same arguments. Without it, a saved
             state is refused (a run would start again from nothing), unless ``overwrite`` says to start again.
         save_every: seconds between two saves of the scan state.
@@ -175,7 +176,7 @@ def build_report(
 
     scaling = Scaling.of(scale)  # a bad name fails before any work
     method = get_method(method).name  # as does an unknown method
-    tracked, strongest, ranking = _channel_choice(channels)
+    tracked, strongest, ranking = _channel_choice(channels, seed)
     options = ScanOptions.of(
         k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
     )
@@ -244,7 +245,12 @@ def build_report(
     return _summary(target, result, 1 + len(result.layers) + cards + len(image_pages), cards, census)
 
 
-def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | list[int] | None, int | None, str]:
+_EDGE = " <span class='edge' title=\"the unit's receptive field reaches past the picture\">edge</span>"
+
+
+def _channel_choice(
+    channels: int | str | Sequence[int] | None, seed: int = 0
+) -> tuple[int | list[int] | RandomChannels | None, int | None, str]:
     """``(channels to scan, how many strongest to keep, the sentence the pages state)``."""
     tracked, strongest = channel_spec(channels, ReportError)
     if strongest is not None:
@@ -254,6 +260,11 @@ def _channel_choice(channels: int | str | Sequence[int] | None) -> tuple[int | l
         )
     elif isinstance(tracked, int):
         sentence = f"Channels: the first {tracked} of each layer (all of a layer that has fewer), by index."
+    elif isinstance(tracked, RandomChannels):
+        sentence = (
+            f"Channels: {tracked.count} of each layer drawn at random with seed {seed} (all of a layer that has "
+            "fewer), by index, as the paper's Fig. 2 shows a random subset."
+        )
     elif tracked is None:
         sentence = "Channels: all of them, by index."
     else:
@@ -338,7 +349,7 @@ table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bot
 .cell a{color:#555;text-decoration:none;display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .figs img{max-width:100%;background:#fff;margin:6px 0;border-radius:4px}.muted{color:#777}
 ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thumbs img{height:96px;display:block}
-.hit img{image-rendering:pixelated}
+.hit img{image-rendering:pixelated}.edge{color:#b36b00}
 .strip{white-space:nowrap}.strip img{width:56px;height:56px;object-fit:contain;background:#808080;margin-right:3px}
 .hits{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
 .hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
@@ -414,8 +425,9 @@ class _Writer:
                 f"{result.readable} images (up to {result.k}; an activation of 0 or less is no hit and is not "
                 f"shown), each projected to pixels by {_by(result.method)} (left, labelled with the activation; "
                 f"{text(self.scale)} scale, grey = 0) beside the image patch it came from (right). Patches are the "
-                "units' receptive fields, clipped to the image. Click a channel's name or a picture for the "
-                "channel's own page.</p>"
+                "units' receptive fields, clipped to the image; a hit marked edge comes from a unit whose field "
+                "reaches past the picture into the zero padding, which it may be answering rather than the picture. "
+                "Click a channel's name or a picture for the channel's own page.</p>"
             )
             page = _page(
                 f"{self.current.name}: {title}", intro + f"<div class='cards'>{''.join(sections)}</div>", "../"
@@ -445,7 +457,7 @@ class _Writer:
             link = url(page, f"hit{rank + 1}")
             recon_cells.append(
                 f"<div class='cell'><a href='{link}'><img loading='lazy' src='{url(f'{slug}/{stem}_rec.png')}' "
-                f"alt='reconstruction {rank + 1}'></a>{activation_text(hit.value)}</div>"
+                f"alt='reconstruction {rank + 1}'></a>{activation_text(hit.value)}{_EDGE if hit.edge else ''}</div>"
             )
             patch_cells.append(
                 f"<div class='cell'><a href='{link}' title='{label}'>"
@@ -461,7 +473,8 @@ class _Writer:
                 f"<p><b>#{rank + 1}</b> activation {activation_text(hit.value)}<br>"
                 f"<a href='{url('../../' + source)}'>{label}</a><br>"
                 f"unit (row {hit.position[0]}, col {hit.position[1]}), receptive field rows {top}-{bottom - 1}, "
-                f"columns {left}-{right - 1} ({bottom - top} x {right - left} px)</p></div>"
+                f"columns {left}-{right - 1} ({bottom - top} x {right - left} px)"
+                f"{', clipped: it reaches past the picture' + _EDGE if hit.edge else ''}</p></div>"
             )
         count = f"{len(real)} hit{'s' if len(real) != 1 else ''} (up to {result.k} kept)" if real else "no hits"
         empty = "<p class='muted'>no image activates this channel above 0</p>" if not real else ""

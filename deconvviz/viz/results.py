@@ -50,7 +50,7 @@ def topk_figure(
     for rank, hit in enumerate(fired):
         r, c = divmod(rank, side)
         axes[r, c].imshow(result.reconstruction_rgb(layer, channel, rank, scale))
-        axes[r, c].set_title(f"a={activation_text(hit.value)}", fontsize=6, pad=2)
+        axes[r, c].set_title(f"a={activation_text(hit.value)}{' edge' if hit.edge else ''}", fontsize=6, pad=2)
         axes[r, side + 1 + c].imshow(result.patch_pil(layer, channel, rank))
         axes[r, side + 1 + c].set_title(_short_name(hit.image), fontsize=6, pad=2)
     images = len(result.images)

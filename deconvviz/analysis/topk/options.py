@@ -6,11 +6,31 @@ it on to every process it starts under ``torchrun``).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from deconvviz.io.sources import SearchError
+
+
+@dataclass(frozen=True)
+class RandomChannels:
+    """``"random<n>"``: ``n`` channels of each layer drawn at random, by index.
+
+    The paper's Fig. 2 shows "a random subset of feature maps". The draw is the same for a given ``seed`` and layer
+    (node) in every run and every process.
+    """
+
+    count: int
+
+    def __str__(self) -> str:
+        return f"random{self.count}"
+
+    def draw(self, channels: int, node: str, seed: int) -> list[int]:
+        """The channels of a layer (its node name) of ``channels`` channels that ``seed`` picks (all when fewer)."""
+        rng = random.Random(f"deconvviz channels {seed} {node}")  # a str seed hashes the same in every process
+        return sorted(rng.sample(range(channels), min(self.count, channels)))
 
 
 @dataclass(frozen=True)
@@ -21,13 +41,14 @@ class ScanOptions:
         layers: layer names or aliases; None for the defaults (see :func:`deconvviz.core.layers.scan_layers`).
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` or ``"strongest<n>"`` (the ``n`` whose strongest activation over
-            the data set is highest), ``"first<n>"`` (the first ``n`` by index), a list of indices, or None or
-            ``"all"`` for all of them (see :func:`channel_spec`).
+            the data set is highest), ``"first<n>"`` (the first ``n`` by index), ``"random<n>"`` (``n`` drawn
+            with ``seed``, the paper's choice), a list of indices, or None or ``"all"`` for all of them (see
+            :func:`channel_spec`).
         batch_size: images per forward pass.
         workers: DataLoader worker processes that read and preprocess images.
         limit: scan only the first ``limit`` images.
         sample: scan a random ``sample`` of the images, drawn with ``seed`` (kept in their order).
-        seed: the seed of ``sample``.
+        seed: the seed of ``sample`` and of ``"random<n>"`` channels.
         resume: go on from the saved state of an interrupted scan with the same options.
         save_every: seconds between two saves of the scan state (0: after every batch).
     """
@@ -71,8 +92,8 @@ class ScanOptions:
         )
 
     @property
-    def tracked(self) -> int | tuple[int, ...] | None:
-        """The channels the scan tracks: the first ``n`` (a count), those listed, or None for all."""
+    def tracked(self) -> int | tuple[int, ...] | RandomChannels | None:
+        """The channels the scan tracks: the first ``n`` (a count), those listed, a random draw, or None for all."""
         return channel_spec(self.channels)[0]
 
     @property
@@ -100,34 +121,40 @@ class ScanOptions:
 
 def channel_spec(
     channels: int | str | Sequence[int] | None, error: type[Exception] = SearchError
-) -> tuple[int | tuple[int, ...] | None, int | None]:
+) -> tuple[int | tuple[int, ...] | RandomChannels | None, int | None]:
     """What a choice of channels means, the same everywhere (``top_k``, ``scan``, the report, the command line).
 
     Args:
         channels: a count ``n`` or ``"strongest<n>"``: the ``n`` channels of each layer whose strongest activation
-            over the data set is highest, strongest first; ``"first<n>"``: the first ``n`` by index; a list of
+            over the data set is highest, strongest first; ``"first<n>"``: the first ``n`` by index;
+            ``"random<n>"``: ``n`` drawn at random with the scan's seed (the paper's Fig. 2), by index; a list of
             indices, in the order given; None or ``"all"``: every channel, by index.
         error: the exception class raised for a bad choice.
 
     Returns:
-        ``(tracked, strongest)``: the channels a scan tracks (the first ``n``, a tuple of indices or None for
-        all) and how many of them are kept afterwards, strongest first (None: all that were tracked).
+        ``(tracked, strongest)``: the channels a scan tracks (the first ``n``, a tuple of indices, a
+        :class:`RandomChannels` or None for all) and how many of them are kept afterwards, strongest first (None:
+        all that were tracked).
 
     Raises:
         SearchError: (or ``error``) a count below 1 or a string that is none of the above.
     """
     if isinstance(channels, str):
         spec = channels.strip().lower()
-        number = spec.removeprefix("first").removeprefix("strongest")
+        number = spec.removeprefix("first").removeprefix("strongest").removeprefix("random")
         if spec == "all":
             return None, None
         if spec != number and number.isdigit() and int(number) >= 1:
+            if spec.startswith("random"):
+                return RandomChannels(int(number)), None
             return (int(number), None) if spec.startswith("first") else (None, int(number))
         if spec.isdigit() and int(spec) >= 1:
             return None, int(spec)
-        if number.isdigit():  # first0, strongest0, 0: a count of none
+        if number.isdigit():  # first0, strongest0, random0, 0: a count of none
             raise error(f"channels {channels!r} chooses no channel; give a count of at least 1")
-        raise error(f"channels must be a count, 'first<N>', 'strongest<N>', 'all' or a list; got {channels!r}")
+        raise error(
+            f"channels must be a count, 'first<N>', 'strongest<N>', 'random<N>', 'all' or a list; got {channels!r}"
+        )
     if channels is None:
         return None, None
     if isinstance(channels, bool) or (isinstance(channels, int) and channels < 1):

@@ -34,6 +34,8 @@ class TopKHit:
         box: ``(top, left, bottom, right)`` of its receptive field in the preprocessed image, clipped.
         reconstruction: ``(C, h, w)`` projection cropped to ``box``, input space.
         patch: ``(C, h, w)`` the preprocessed image cropped to ``box``, input space.
+        edge: the unit's receptive field reaches past the picture, into the padding (``box`` is clipped); such
+            a unit may answer the picture's border rather than anything in it. Figures and pages mark it ``edge``.
     """
 
     value: float
@@ -42,6 +44,7 @@ class TopKHit:
     box: tuple[int, int, int, int]
     reconstruction: Tensor = field(repr=False)
     patch: Tensor = field(repr=False)
+    edge: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,13 @@ class TopKResult:
                 yield (
                     str(channel),
                     [
-                        {"value": h.value, "image": h.image, "position": list(h.position), "box": list(h.box)}
+                        {
+                            "value": h.value,
+                            "image": h.image,
+                            "position": list(h.position),
+                            "box": list(h.box),
+                            "edge": h.edge,
+                        }
                         for h in kept
                         if h.value > 0  # a map of zeros has an argmax too: that is no hit
                     ],

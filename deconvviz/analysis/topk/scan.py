@@ -33,7 +33,7 @@ from deconvviz.analysis.progress import staged
 from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.keep import keep_strongest
-from deconvviz.analysis.topk.options import ScanOptions
+from deconvviz.analysis.topk.options import RandomChannels, ScanOptions
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
 from deconvviz.analysis.topk.state import ScanState, load_state, parameters_digest, save_state, state_file
 from deconvviz.analysis.topk.tracker import TopKTracker
@@ -187,7 +187,7 @@ def _fingerprint(
         "parameters": parameters_digest(loaded.module),
         "layers": list(nodes),
         "k": k,
-        "channels": channels if channels is None or isinstance(channels, int) else list(channels),
+        "channels": channels if channels is None or isinstance(channels, int | str) else list(channels),
         "batch size": batch_size,
         "images": f"{len(source)} from {source.description} ({source.digest()})",
         "processes": ranks.world,
@@ -261,7 +261,8 @@ def run_scan(
     skipped: list[tuple[int, str]] = []
     start = 0
     path = state_file(state, ranks.rank, ranks.world) if state is not None else None
-    fingerprint = _fingerprint(loaded, nodes, k, channels, batch_size, source, ranks) if path is not None else {}
+    choice = f"{channels} (seed {options.seed})" if isinstance(channels, RandomChannels) else channels
+    fingerprint = _fingerprint(loaded, nodes, k, choice, batch_size, source, ranks) if path is not None else {}
     if path is not None and options.resume:
         saved = load_state(path, fingerprint)
         if saved is not None:
@@ -285,7 +286,9 @@ def run_scan(
 
     def track(layer: str, act: Tensor, index: Tensor) -> None:
         if layer not in trackers:
-            selected[layer] = _select_channels(channels, act.shape[1], layer)
+            # a random draw is keyed by the node, so that a layer named by alias or by node gets the same channels
+            node = nodes[chosen_layers.index(layer)]
+            selected[layer] = _select_channels(channels, act.shape[1], layer, options.seed, node)
             trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:], device=act.device)
         chosen = selected[layer]
         if len(chosen) != act.shape[1] or chosen != list(range(act.shape[1])):  # no copy when all are kept
@@ -417,8 +420,9 @@ def top_k(
             aliases (VGG16), else the deepest four of :func:`deconvviz.core.layers.default_layers` (as the report).
         k: activations kept per channel (9 in the paper).
         channels: which channels: a count ``n`` or ``"strongest<n>"`` (the ``n`` whose strongest activation over
-            the data set is highest, strongest first), ``"first<n>"`` (the first ``n`` by index), a list of
-            indices, or None or ``"all"`` for every channel.
+            the data set is highest, strongest first), ``"first<n>"`` (the first ``n`` by index), ``"random<n>"``
+            (``n`` drawn with ``seed``, by index: the paper's Fig. 2 shows a random subset), a list of indices, or
+            None or ``"all"`` for every channel.
         batch_size: images per forward pass.
         device: where to run (default: where the model is).
         workers: DataLoader worker processes that read and preprocess images.
@@ -426,7 +430,7 @@ def top_k(
             or ``"bar"`` for a progress bar per stage (tqdm).
         limit: scan only the first ``limit`` images.
         sample: scan a random ``sample`` of the images, drawn with ``seed`` (kept in their order).
-        seed: the seed of ``sample``.
+        seed: the seed of ``sample`` and of ``"random<n>"`` channels.
         state: a folder for the resumable scan state (one file per process), written once the scan has run
             ``save_every`` seconds, then every ``save_every`` seconds and when it is done; None keeps no state.
         resume: go on from the state saved in ``state`` (the result is exactly that of an uninterrupted run).
@@ -559,9 +563,13 @@ def _loaded(model: Any, device: str | torch.device | None) -> Any:
     return dataclasses.replace(model, module=copy.deepcopy(original).to(target), device=target)
 
 
-def _select_channels(channels: int | Sequence[int] | None, count: int, layer: str) -> list[int]:
+def _select_channels(
+    channels: int | Sequence[int] | RandomChannels | None, count: int, layer: str, seed: int = 0, node: str = ""
+) -> list[int]:
     if channels is None:
         return list(range(count))
+    if isinstance(channels, RandomChannels):
+        return channels.draw(count, node or layer, seed)
     if isinstance(channels, int):
         if channels < 1:
             raise SearchError(f"channels must be at least 1, got {channels}")
@@ -627,6 +635,7 @@ def project_hits(
             for (local, image, slot, channel, rank), unit, recon in zip(meta[layer], units[layer], recons, strict=True):
                 row, col = unit[2], unit[3]
                 top, left, bottom, right = fields[layer].box(row, col, x_cpu.shape[-2:])
+                whole = fields[layer].box(row, col, x_cpu.shape[-2:], clip=False)
                 hit = TopKHit(
                     value=float(values[layer][slot, rank]),
                     image=source.names[image],
@@ -634,6 +643,7 @@ def project_hits(
                     box=(top, left, bottom, right),
                     reconstruction=recon[:, top:bottom, left:right].clone(),
                     patch=x_cpu[local, :, top:bottom, left:right].clone(),
+                    edge=whole != (top, left, bottom, right),
                 )
                 mine[layer].append((channel, rank, hit))
             done += len(units[layer])
