@@ -10,9 +10,11 @@ about 1e-15 relative; the tolerances leave a wide margin and still catch any wro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -338,6 +340,12 @@ def test_ranks_share_the_gpus_in_turn_and_the_backend_can_be_chosen(monkeypatch)
     monkeypatch.delenv(distributed.BACKEND_VARIABLE, raising=False)
     assert distributed.backend_for("cuda:0") == "nccl"
     assert distributed.backend_for("cpu") == "gloo"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three processes on two GPUs: NCCL would refuse the third
+    monkeypatch.setenv("RANK", "0")
+    with pytest.warns(UserWarning, match="3 processes share 2 GPU.s. on this machine .* gloo gathers the results"):
+        assert distributed.backend_for("cuda:0") == "gloo"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.backend_for("cuda:0") == "nccl"
     monkeypatch.setenv(distributed.BACKEND_VARIABLE, " Gloo ")
     assert distributed.backend_for("cuda:0") == "gloo"
     monkeypatch.setenv(distributed.BACKEND_VARIABLE, "nccl")
@@ -375,16 +383,50 @@ _SCAN = textwrap.dedent(
 )
 
 
+_CAUSES = ("Duplicate GPU", "ncclInvalidUsage", "NCCL error", "DistBackendError", "ProcessGroupNCCL")
+"""Words of the line that says why a process group failed, among torchrun's own lines about its errors."""
+
+
+def _why(stderr: str) -> str:
+    """The line of a failed run's stderr that says what went wrong (not torchrun's pointer to its error docs)."""
+    lines = [line.strip() for line in stderr.splitlines() if "errors.html" not in line and line.strip()]
+    for words in (_CAUSES, ("Error", "error")):
+        found = [line for line in lines if any(word in line for word in words)]
+        if found:
+            return found[-1]
+    return stderr.strip()[-300:]
+
+
+def test_a_failed_runs_reason_is_its_cause_not_torchruns_pointer_to_its_docs() -> None:
+    stderr = "\n".join(
+        [
+            "[rank1]: torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, invalid usage",
+            "[rank1]: ncclInvalidUsage: Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 1000",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+            "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
+        ]
+    )
+    assert _why(stderr).endswith("Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 1000")
+    assert _why("ValueError: bad thing\n") == "ValueError: bad thing"
+    assert _why("something else") == "something else"
+
+
 def _run_scan(
     command: list[str], out: Path, env: dict[str, str], timeout: int = 240
 ) -> tuple[dict[str, object] | None, str]:
+    # a session of its own, so that a timeout ends torchrun's processes too (they would hold the GPU)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        _, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         return None, f"timed out after {timeout} s"
-    if done.returncode != 0 or not out.exists():
-        tail = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
-        return None, (tail[-1] if tail else done.stderr.strip()[-300:]).strip()
+    if process.returncode != 0 or not out.exists():
+        return None, _why(stderr)
     return json.loads(out.read_text()), ""
 
 
@@ -418,17 +460,14 @@ def test_two_processes_on_one_device_give_the_one_process_hits(
         "127.0.0.1",
         "--nproc-per-node=2",
     ]
-    two, why = _run_scan(  # NCCL on CUDA: a bounded wait, in case two ranks on one GPU hang rather than fail
-        [*run, str(script), str(folder), where, str(tmp_path / "two.json")], tmp_path / "two.json", env, timeout=120
-    )
-    note = ""
-    if two is None and where == "cuda":  # NCCL refuses two processes on one GPU: the same scan over gloo
-        note = f"NCCL failed ({why[:160]}); gloo used"
-        two, why = _run_scan(
-            [*run, str(script), str(folder), where, str(tmp_path / "two.json")],
-            tmp_path / "two.json",
-            {**env, "DECONVVIZ_DIST_BACKEND": "gloo"},
-        )
+    command = [*run, str(script), str(folder), where, str(tmp_path / "two.json")]
+    note, two = "", None
+    if where == "cuda":  # NCCL asked for by name: a bounded wait, in case two ranks on one GPU hang rather than fail
+        two, why = _run_scan(command, tmp_path / "two.json", {**env, "DECONVVIZ_DIST_BACKEND": "nccl"}, timeout=120)
+        if two is None:
+            note = f"NCCL failed ({why[:160]}); deconvviz's own choice then"
+    if two is None:  # deconvviz's own choice: gloo on the CPU, and on a GPU shared by both processes
+        two, why = _run_scan(command, tmp_path / "two.json", env)
     assert two is not None, why
     record_property("backend", f"{two['backend']}{'; ' + note if note else ''}")
     assert two["world"] == 2

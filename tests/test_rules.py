@@ -234,3 +234,19 @@ def test_cropped_transposed_convolution_equals_the_full_one(monkeypatch, geometr
     assert torch.allclose(
         (forward * signal).sum(dim=(1, 2, 3)), (probe * cropped).sum(dim=(1, 2, 3)), rtol=1e-10, atol=1e-10
     )
+
+
+def test_the_support_is_the_smallest_box_holding_every_non_zero() -> None:
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(300):
+        height, width = (int(n) for n in torch.randint(1, 12, (2,), generator=generator))
+        signal = torch.zeros(2, 3, height, width)
+        points = [
+            tuple(int(torch.randint(0, n, (1,), generator=generator)) for n in (2, 3, height, width))
+            for _ in range(int(torch.randint(0, 4, (1,), generator=generator)))
+        ]
+        for point in points:
+            signal[point] = -1.5  # negative values count as much as positive ones
+        rows, cols = [p[2] for p in points], [p[3] for p in points]
+        expected = (min(rows), max(rows) + 1, min(cols), max(cols) + 1) if points else None
+        assert conv._support(signal) == expected

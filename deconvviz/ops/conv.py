@@ -48,11 +48,21 @@ _CROP_BELOW = 0.75
 def _support(signal: Tensor) -> tuple[int, int, int, int] | None:
     """``(top, bottom, left, right)`` of the smallest box holding every non-zero of ``(K, C, H, W)``; None if none."""
     mask = signal.abs().amax(dim=(0, 1)) > 0
-    rows = torch.nonzero(mask.any(dim=1)).flatten()
-    if rows.numel() == 0:
-        return None
-    cols = torch.nonzero(mask.any(dim=0)).flatten()
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    rows, cols = mask.any(dim=1), mask.any(dim=0)
+    height, width = rows.numel(), cols.numel()
+    r = torch.arange(height, device=mask.device)
+    c = torch.arange(width, device=mask.device)
+    # the four ends in one tensor, read in one transfer: on a GPU each read of a value waits for the device
+    ends = torch.stack(
+        [
+            torch.where(rows, r, height).amin(),
+            torch.where(rows, r, -1).amax(),
+            torch.where(cols, c, width).amin(),
+            torch.where(cols, c, -1).amax(),
+        ]
+    )
+    top, bottom, left, right = (int(v) for v in ends.tolist())
+    return None if bottom < 0 else (top, bottom + 1, left, right + 1)
 
 
 def conv2d_transpose(

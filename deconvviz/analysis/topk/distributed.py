@@ -14,6 +14,7 @@ Outside torchrun, everything here is the one-process case: rank 0 of 1, and the 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,8 +78,21 @@ BACKEND_VARIABLE = "DECONVVIZ_DIST_BACKEND"
 """Environment variable naming the process group's backend (``nccl`` or ``gloo``) instead of the device's."""
 
 
+def _sharing_gpus() -> tuple[int, int] | None:
+    """``(processes, GPUs)`` on this machine when torchrun started more processes here than it has GPUs."""
+    try:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return (processes, count) if count and processes > count else None
+
+
 def backend_for(device: torch.device | str) -> str:
     """The backend of the process group: ``$DECONVVIZ_DIST_BACKEND`` if set, else NCCL on CUDA and gloo elsewhere.
+
+    NCCL refuses two processes on one GPU, so with more processes than GPUs on the machine (``rank_device`` then
+    shares them in turn) gloo is chosen on CUDA too, with a warning from the first process.
 
     Raises:
         ValueError: the variable names another backend, or NCCL for a scan on the CPU.
@@ -86,7 +100,18 @@ def backend_for(device: torch.device | str) -> str:
     device = torch.device(device)
     chosen = os.environ.get(BACKEND_VARIABLE, "").strip().lower()
     if not chosen:
-        return "nccl" if device.type == "cuda" else "gloo"
+        if device.type != "cuda":
+            return "gloo"
+        shared = _sharing_gpus()
+        if shared is None:
+            return "nccl"
+        if os.environ.get("RANK", "0") == "0":
+            warnings.warn(
+                f"{shared[0]} processes share {shared[1]} GPU(s) on this machine and NCCL takes one process per GPU; "
+                f"gloo gathers the results instead (set {BACKEND_VARIABLE}=nccl to try NCCL all the same)",
+                stacklevel=2,
+            )
+        return "gloo"
     if chosen not in ("nccl", "gloo"):
         raise ValueError(f"{BACKEND_VARIABLE}={chosen!r} is not a backend: use nccl or gloo")
     if chosen == "nccl" and device.type != "cuda":
