@@ -16,6 +16,7 @@ accuracies per class and split, the figure and ``manifest.json``). The same from
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     count = write_classes(args.out / "images", args.per_class)
-    result = dv.discrimination(args.out / "images", args.model, linear=args.linear, progress="bar")
+    bar = importlib.util.find_spec("tqdm") is not None  # a progress bar where tqdm is installed
+    result = dv.discrimination(args.out / "images", args.model, linear=args.linear, progress="bar" if bar else None)
     folder = result.save(args.out / "discrimination")
     print(result.table())
     took = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Feature evolution over training (Zeiler & Fergus, Fig. 4) on a small CNN, offline, in a few minutes on a CPU.
+"""Feature evolution over training (Zeiler & Fergus, Fig. 4) on a small CNN, offline, in under a minute on a CPU.
 
 Trains a three-layer CNN on scikit-learn's 8x8 handwritten digits (upsampled to 32x32 and saved as PNGs),
 saves a checkpoint after a few of the epochs, and draws how the strongest activation of each of the first

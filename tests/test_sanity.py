@@ -294,3 +294,15 @@ def test_the_earlier_methods_spelling_still_works_and_warns_once(picture, tiny) 
     new = dv.sanity(picture, tiny, layer="conv2", method="guided", seed=5)
     assert old.methods == new.methods == ("guided",)
     assert torch.equal(old.spearman["guided"], new.spearman["guided"])
+
+
+def test_the_summary_says_when_its_step_projected_another_unit(tiny, picture) -> None:
+    import dataclasses
+
+    result = dv.sanity(picture, tiny, layer="conv3", method=["deconvnet"], seed=11)
+    last = len(result.steps) - 1
+    other = (0, 0) if result.units[0] != (0, 0) else (1, 1)
+    moved = dataclasses.replace(result, units=(*result.units[:last], other))
+    assert f"(of unit {other}: randomisation silenced the trained one)" in moved.summary()
+    kept = dataclasses.replace(result, units=(result.units[0],) * len(result.steps))
+    assert "silenced" not in kept.summary()

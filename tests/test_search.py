@@ -96,8 +96,8 @@ def _brute_force(stand: Stand, folder: Path, layer: str, k: int) -> dict[int, li
             per_channel.setdefault(channel, []).append(
                 (float(flat[where]), path.relative_to(folder).as_posix(), divmod(where, width))
             )
-    # Strongest first; ties keep scan order (Python's sort is stable).
-    return {c: sorted(hits, key=lambda h: -h[0])[:k] for c, hits in per_channel.items()}
+    # Strongest first; ties keep scan order (Python's sort is stable); an activation of 0 or less is no hit.
+    return {c: [h for h in sorted(hits, key=lambda h: -h[0])[:k] if h[0] > 0] for c, hits in per_channel.items()}
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 32])

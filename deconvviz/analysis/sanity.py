@@ -277,7 +277,10 @@ class SanityResult(AnalysisResult):
                 if self.mode == "cascading"
                 else f"{self.steps[step]} alone randomised changes it most"
             )
-            lines.append(f"{method}: {which}: {scores}; channels' mean pairwise correlation {r:.2f}")
+            moved, unit = "", self.units[step]
+            if unit is not None and unit != self.units[0]:
+                moved = f" (of unit ({unit[0]}, {unit[1]}): randomisation silenced the trained one)"
+            lines.append(f"{method}: {which}: {scores}{moved}; channels' mean pairwise correlation {r:.2f}")
         return "\n".join(lines)
 
 

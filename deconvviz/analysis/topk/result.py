@@ -59,8 +59,8 @@ class TopKResult:
         k: hits kept per channel.
         images: the name of every image that was scanned (relative to ``folder``, or ``#index`` in a data set).
         skipped: ``(image, error)`` for every file that could not be read.
-        hits: ``hits[layer][channel]``: the hits of that channel, strongest first (fewer than ``k`` when the
-            folder has fewer readable images).
+        hits: ``hits[layer][channel]``: the hits of that channel, strongest first: its activations above 0, one
+            per picture (fewer than ``k`` when it fires on fewer pictures; none for a channel that never fires).
         to_image: the model's input-space -> PIL conversion, for display.
         source: the scanned images (to read an image again by its name).
         method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).

@@ -590,7 +590,7 @@ _Want = tuple[str, int, int, int, int]  # (layer, tracker row, channel, flat pos
 def project_hits(
     found: ScanResult, batch_size: int, progress: Progress | None = None, *, method: str | None = None
 ) -> dict[str, dict[int, tuple[TopKHit, ...]]]:
-    """Project every kept activation from its own image with ``method``, and crop it to the unit's receptive field.
+    """Project every kept activation above 0 from its own image with ``method``; crop it to the unit's field.
 
     The images holding kept hits are taken in index order in batches of ``batch_size``; each batch is
     captured once for all the layers it has hits at. Under torch.distributed, batch ``b`` is projected by
@@ -601,21 +601,22 @@ def project_hits(
     # only these: geometry elsewhere in the model does not matter; fields follow the method's reverse pass
     fields = receptive_fields(net, layers, method=method)
     wanted: dict[int, list[_Want]] = {}  # image -> what to project from it
+    values = {layer: trackers[layer].values.to("cpu") for layer in layers}
     for layer in layers:
         tracker = trackers[layer]
-        images, positions = tracker.images.to("cpu"), tracker.positions.to("cpu")
+        images, positions = tracker.images.to("cpu").tolist(), tracker.positions.to("cpu").tolist()
+        fired = (values[layer] > 0).tolist()  # a map of zeros has an argmax too: that is no hit, and not projected
         for slot, channel in enumerate(selected[layer]):
             for rank in range(tracker.k):
-                image = int(images[slot, rank])
-                if image >= 0:
-                    wanted.setdefault(image, []).append((layer, slot, channel, int(positions[slot, rank]), rank))
+                image = images[slot][rank]
+                if image >= 0 and fired[slot][rank]:
+                    wanted.setdefault(image, []).append((layer, slot, channel, positions[slot][rank], rank))
     ordered = sorted(wanted)
     chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)][ranks.rank :: ranks.world]
     total = sum(len(wanted[i]) for chunk in chunks for i in chunk)
     where = _device_of(loaded)
     on_gpu = where.type == "cuda"
     prepare = host_preprocess(loaded)
-    values = {layer: trackers[layer].values.to("cpu") for layer in layers}
     mine: dict[str, list[tuple[int, int, TopKHit]]] = {layer: [] for layer in layers}  # (channel, rank, hit)
     done = 0
     for chunk in chunks:
