@@ -298,6 +298,8 @@ def test_topk_are_the_strongest_over_the_folder(client: TestClient, explorer: Ex
         assert hit["value"] == pytest.approx(value, rel=1e-5)
         box = dv.receptive_field(explorer.net, "conv3").box(*hit["position"], (32, 32))
         assert hit["box"] == [int(v) for v in box]
+        whole = dv.receptive_field(explorer.net, "conv3").box(*hit["position"], (32, 32), clip=False)
+        assert hit["edge"] == (tuple(whole) != tuple(box))  # marked as in the report
 
 
 def test_a_second_launch_reuses_the_saved_scan(

@@ -73,6 +73,7 @@ def scan_hits(
             continue
         position = divmod(int(flat), width)
         box = None if field_.whole_image else [int(v) for v in field_.box(*position, (size, size))]
+        edge = box is not None and list(field_.box(*position, (size, size), clip=False)) != box
         picture = self.pictures[self.order[index]] if index < len(self.order) else None
         hits.append(
             {
@@ -82,6 +83,7 @@ def scan_hits(
                 "name": found.source.names[index],
                 "position": list(position) if spatial else None,
                 "box": box,
+                "edge": edge,
             }
         )
     return hits
@@ -115,6 +117,7 @@ def report_hits(
             "name": hit["image"],
             "position": list(hit["position"]) if spatial else None,
             "box": list(hit["box"]),
+            "edge": bool(hit.get("edge", False)),  # reports written before edges were marked have none
         }
         for rank, hit in enumerate(kept)
         if float(hit["value"]) > 0

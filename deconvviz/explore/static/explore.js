@@ -560,9 +560,9 @@
         pair.appendChild(frame);
       }
       const label = document.createElement("div");
-      label.textContent = "a=" + number(hit.value) + " " + hit.name;
+      label.textContent = "a=" + number(hit.value) + (hit.edge ? " edge " : " ") + hit.name;
       a.append(pair, label);
-      a.title = hit.name + (hit.position ? ", unit (" + hit.position.join(", ") + ")" : "");
+      a.title = hit.name + (hit.position ? ", unit (" + hit.position.join(", ") + ")" : "") + (hit.edge ? ", its field reaching past the picture" : "");
       if (hit.image) {
         const size = layerSize();
         const params = { image: hit.image, layer: state.layer, channel: state.channel, method: state.method, scale: state.scale };
