@@ -66,6 +66,8 @@ TESTS = {
     "test_projections_equal_the_autograd_oracle": "3 methods x 5 nets = the CPU's autograd oracle",
     "test_batched_units_use_each_images_own_switches": "batched units of 3 images, each through its own switches",
     "test_streaming_top_k_equals_the_cpu_brute_force": "streaming top-k hits and crops = brute-force CPU search",
+    "test_index_tensors_reach_the_device_without_waiting_for_it": "index tensors sent through page-locked memory "
+    "arrive whole and in order",
     "test_loader_workers_read_pictures_on_the_host": "scan with DataLoader workers = scan without",
     "test_a_scans_pictures_can_go_to_workers_started_by_spawn": "a scan's pictures reach spawned workers (pickled)",
     "test_incremental_occlusion_equals_naive_reinference": "incremental occlusion = naive re-inference "

@@ -211,6 +211,19 @@ def test_streaming_top_k_equals_the_cpu_brute_force(device: torch.device, folder
                 assert relative_error(hit.reconstruction, full[:, top:bottom, left:right]) <= TOLERANCE
 
 
+def test_index_tensors_reach_the_device_without_waiting_for_it(device: torch.device) -> None:
+    from deconvviz.core.seeds import index_tensor
+
+    work = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(0))
+    queued = work.to(device) * 2 + 1  # still running on a GPU when the indices are sent
+    index = index_tensor([5, 0, 3], device)
+    assert index.device.type == device.type
+    assert index.dtype == torch.long
+    assert index.tolist() == [5, 0, 3]
+    expected = (work * 2 + 1).index_select(0, torch.tensor([5, 0, 3]))  # exact: elementwise, rounded alike
+    assert torch.equal(queued.index_select(0, index).cpu(), expected)
+
+
 def test_loader_workers_read_pictures_on_the_host(device: torch.device, folder: Path) -> None:
     # A loaded model's preprocess puts a picture on its device; the scan's DataLoader workers (forked processes,
     # where CUDA cannot start) must prepare pictures on the host instead, and the batch crosses to the device once.

@@ -575,7 +575,7 @@ class DeconvNet:
                 raise SeedError(f"sample must give one image index in 0..{act.shape[0] - 1} per seed, got {list(rows)}")
             seeds = seeds.to(device=act.device, dtype=act.dtype)
             chunk = self._chunk(act.device)
-            index = torch.tensor(rows, dtype=torch.long, device=act.device)
+            index = _seeds.index_tensor(rows, act.device)
             chunks = [
                 _walk.mirror(graph, cap, node, seeds[i : i + chunk], index[i : i + chunk], rules)
                 for i in range(0, seeds.shape[0], chunk)
@@ -608,7 +608,7 @@ class DeconvNet:
         start: int = 0,
     ) -> Tensor:
         seeds = _seeds.seed_tensor(act, units, mode)
-        sample = torch.tensor([u[0] for u in units], dtype=torch.long, device=act.device)
+        sample = _seeds.index_tensor([u[0] for u in units], act.device)
         observe = recorder.observer(start, sample) if recorder is not None else None
         return _walk.mirror(graph, cap, node, seeds, sample, rules, observe)
 

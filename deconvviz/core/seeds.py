@@ -58,7 +58,7 @@ def channels(act: Tensor, channel: int | Sequence[int] | None, top: int | None, 
         strength = act[0].reshape(count, -1).amax(dim=1)
         # A stable sort keeps equal activations in channel order, so results are reproducible.
         order = torch.sort(strength, descending=True, stable=True).indices[:top]
-        return [int(c) for c in order]
+        return [int(c) for c in order.tolist()]  # one read from the device, not one per channel
     if channel is None:
         raise SeedError("choose what to project: channel=<index or list> or top=<count>")
     channel = _plain(channel)  # a tensor or NumPy index (``acts.argmax()``) as Python numbers
@@ -157,3 +157,16 @@ def seed_tensor(act: Tensor, units: Sequence[Unit], mode: Mode) -> Tensor:
             index = row * (act.shape[3] if act.dim() == 4 else 1) + col
             flat[i, channel, index] = source[sample, channel, index]
     return seeds
+
+
+def index_tensor(values: Sequence[int], device: torch.device | str) -> Tensor:
+    """``values`` as a long tensor on ``device``, copied there without waiting for the device.
+
+    A copy to a GPU from ordinary host memory waits until the work already queued on the stream is done; from
+    page-locked memory it joins the queue, so that the host can go on queueing the next batch's work.
+    """
+    index = torch.tensor(list(values), dtype=torch.long)
+    where = torch.device(device)
+    if where.type != "cuda":
+        return index.to(where)
+    return index.pin_memory().to(where, non_blocking=True)

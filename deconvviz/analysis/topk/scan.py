@@ -40,6 +40,7 @@ from deconvviz.analysis.topk.tracker import TopKTracker
 from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.core.layers import SCAN_LAYERS, scan_layers
 from deconvviz.core.receptive import receptive_fields
+from deconvviz.core.seeds import index_tensor
 from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.sources import Data, ImageSource, SearchError, image_source
 from deconvviz.methods import get_method
@@ -284,6 +285,8 @@ def run_scan(
 
     prepare = host_preprocess(loaded)
 
+    picks: dict[str, Tensor] = {}  # per layer, its selected channels on the device, made once
+
     def track(layer: str, act: Tensor, index: Tensor) -> None:
         if layer not in trackers:
             # a random draw is keyed by the node, so that a layer named by alias or by node gets the same channels
@@ -292,7 +295,9 @@ def run_scan(
             trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:], device=act.device)
         chosen = selected[layer]
         if len(chosen) != act.shape[1] or chosen != list(range(act.shape[1])):  # no copy when all are kept
-            act = act.index_select(1, torch.tensor(chosen, device=act.device))
+            if layer not in picks:
+                picks[layer] = index_tensor(chosen, act.device)
+            act = act.index_select(1, picks[layer])
         trackers[layer].update(act, index)
 
     on_gpu = where.type == "cuda"
@@ -310,7 +315,7 @@ def run_scan(
         skipped.extend(bad)
         done += len(indices) + len(bad)
         if batch is not None:
-            index = torch.tensor(indices, device=where)
+            index = index_tensor(indices, where)
             x = batch.to(where, non_blocking=on_gpu)
 
             def visit(layer: str, act: Tensor, index: Tensor = index) -> None:
