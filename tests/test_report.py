@@ -289,6 +289,20 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
     for entry in manifest["topk"]["layers"]:
         width = 4 if entry["layer"] == "conv1" else 8
         assert [int(c) for c in entry["channels"]] == RandomChannels(2).draw(width, entry["node"], 3)
+    inside = runner.invoke(app, [*args, "--inside", "--out", str(tmp_path / "inside"), "--device", "cpu"])
+    assert inside.exit_code == 0, inside.output
+    manifest = json.loads((tmp_path / "inside" / "manifest.json").read_text())
+    assert "never fired inside the picture" in inside.stdout or "never fired" not in inside.stdout
+    assert manifest["arguments"]["inside"] is True
+    assert manifest["topk"]["inside"] is True
+    assert not any(h["edge"] for e in manifest["topk"]["layers"] for hits in e["channels"].values() for h in hits)
+    for entry in manifest["topk"]["layers"]:
+        page = (tmp_path / "inside" / "layers" / f"{entry['layer']}.html").read_text()
+        if entry["layer"] in manifest["topk"]["everywhere"]:
+            assert "all were ranked" in page
+        else:
+            assert "Only units whose receptive field lies wholly inside the picture were ranked" in page
+            assert "scanned fired at a unit whose field lies inside the picture on these" in page
 
     again = runner.invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 2

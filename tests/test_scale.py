@@ -19,8 +19,8 @@ from conftest import TINY_ALIASES, make_tiny_vgg, register_tiny_model
 from PIL import Image
 
 import deconvviz as dv
-from deconvviz.analysis.topk.distributed import Ranks
-from deconvviz.analysis.topk.scan import _batches, result_of, scan, top_k
+from deconvviz.analysis.topk.distributed import Ranks, batches
+from deconvviz.analysis.topk.scan import result_of, scan, top_k
 from deconvviz.analysis.topk.state import StateError, load_state, state_file
 from deconvviz.analysis.topk.tracker import TopKTracker
 from deconvviz.io.atomic import MARKER
@@ -141,9 +141,9 @@ def test_limit_and_seeded_sample(photos: Path) -> None:
 
 
 def test_shards_hold_the_same_batches_whatever_the_number_of_processes() -> None:
-    one = _batches(23, 4, Ranks())
+    one = batches(23, 4, Ranks())
     for world in (2, 3, 7):
-        shards = [_batches(23, 4, Ranks(rank=r, world=world)) for r in range(world)]
+        shards = [batches(23, 4, Ranks(rank=r, world=world)) for r in range(world)]
         together = sorted((b for shard in shards for b in shard), key=lambda b: b[0])
         assert together == one
 
@@ -286,6 +286,10 @@ def test_a_state_from_other_arguments_or_another_model_is_refused(photos, tmp_pa
         top_k(photos, MODEL, layers=["conv3"], k=3, channels="first2", state=state, resume=True)
     with pytest.raises(StateError, match="images"):
         top_k(photos, MODEL, layers=["conv2"], k=3, channels="first2", state=state, resume=True, limit=5)
+    with pytest.raises(StateError, match="inside"):  # ranked over other units
+        top_k(photos, MODEL, layers=["conv2"], k=3, channels="first2", state=state, resume=True, inside=True)
+    with pytest.raises(StateError, match="channels"):  # another draw of channels
+        top_k(photos, MODEL, layers=["conv2"], k=3, channels="random2", state=state, resume=True)
 
     other = "tiny-scale-other"
     dv.register_model(

@@ -100,6 +100,47 @@ def _brute_force(stand: Stand, folder: Path, layer: str, k: int) -> dict[int, li
     return {c: [h for h in sorted(hits, key=lambda h: -h[0])[:k] if h[0] > 0] for c, hits in per_channel.items()}
 
 
+def test_inside_ranks_only_units_whose_field_lies_in_the_picture(stand, folder) -> None:
+    result = top_k(folder, stand, layers=["conv1", "conv2", "pool2"], k=4, channels="all", inside=True)
+    assert result.inside
+    assert result.everywhere == ()
+    net = dv.DeconvNet(stand.module, aliases=stand.layers)
+    for layer in ("conv1", "conv2", "pool2"):
+        field_ = dv.receptive_field(net, layer)
+        per_channel: dict[int, list[tuple[float, str, tuple[int, int]]]] = {}
+        for path in find_images(folder):
+            try:
+                x = stand.preprocess(Image.open(path))
+            except OSError:
+                continue
+            act = net.activations(x, [layer])[layer][0]
+            height, width = act.shape[-2:]
+            for channel in range(act.shape[0]):
+                seen = []
+                for row in range(height):
+                    for col in range(width):
+                        top, left, bottom, right = field_.box(row, col, (16, 16), clip=False)
+                        if top >= 0 and left >= 0 and bottom <= 16 and right <= 16:
+                            seen.append((float(act[channel, row, col]), (row, col)))
+                value, where = max(seen, key=lambda v: v[0])  # the first of equals, in row-major order
+                per_channel.setdefault(channel, []).append((value, path.relative_to(folder).as_posix(), where))
+        for channel, hits in per_channel.items():
+            expected = [h for h in sorted(hits, key=lambda h: -h[0])[:4] if h[0] > 0]
+            got = [(h.value, h.image, h.position) for h in result.hits[layer][channel]]
+            assert [g[1:] for g in got] == [e[1:] for e in expected], (layer, channel)
+            assert np.allclose([g[0] for g in got], [e[0] for e in expected], rtol=1e-12, atol=0)
+            assert not any(h.edge for h in result.hits[layer][channel])  # no hit reaches into the padding
+    assert result.to_dict()["inside"] is True
+    # 8 px pictures: no unit of conv2 or pool2 sees only the picture, so those layers rank all their units
+    small = Stand(stand.module, side=8)
+    found = top_k(folder, small, layers=["conv1", "conv2", "pool2"], k=2, channels="first2", inside=True)
+    assert found.everywhere == ("conv2", "pool2")
+    anywhere = top_k(folder, small, layers=["conv2"], k=2, channels="first2")
+    assert [(h.image, h.position) for h in found.hits["conv2"][0]] == [
+        (h.image, h.position) for h in anywhere.hits["conv2"][0]
+    ]
+
+
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_equals_brute_force(stand, folder, batch_size) -> None:
     result = top_k(folder, stand, layers=["conv2", "pool2"], k=4, batch_size=batch_size)
@@ -336,6 +377,7 @@ def test_scan_options_are_checked_once_and_give_the_command_line_flags() -> None
         "--layers", "conv2,conv3", "--channels", "1,2", "--limit", "10", "--resume",
     ]  # fmt: skip
     assert options.but(limit=None).limit is None
+    assert options.but(inside=True, channels="random3", limit=None).argv()[-3:] == ["random3", "--resume", "--inside"]
     for bad, words in (({"k": 0}, "k must be"), ({"batch_size": 0}, "batch_size"), ({"save_every": -1}, "save_every")):
         with pytest.raises(SearchError, match=words):
             ScanOptions.of(**bad)

@@ -247,6 +247,14 @@ def report_command(
         ),
     ] = 1,
     method: MethodOption = "deconvnet",
+    inside: Annotated[
+        bool,
+        typer.Option(
+            "--inside",
+            help="Rank only units whose receptive field lies wholly inside the picture, so that no hit answers "
+            "the zero padding at its border (a layer with no such unit keeps them all, and its page says so).",
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Build a static HTML report over a folder: for each layer and channel, the strongest activations across the
@@ -276,6 +284,7 @@ def report_command(
                 seed=seed,
                 resume=resume,
                 save_every=save_every,
+                inside=inside,
             )
         argv = ["report", str(folder), *model.argv(), "--channels", channels, "--out", str(out)]
         argv += ["--device", device, "--scale", scale.value, "--method", method, *scanning.argv()]
@@ -329,6 +338,7 @@ def report_command(
                         resume=resume,
                         save_every=save_every,
                         method=method,
+                        inside=inside,
                     )
                 except KeyboardInterrupt:
                     state = scan_state_folder(out)

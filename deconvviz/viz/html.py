@@ -1,4 +1,4 @@
-"""Results shown as HTML: a notebook's inline overview of a top-k search, and activations as labels."""
+"""Results shown as HTML: a notebook's inline overview of a top-k search, activations as labels, report pages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from deconvviz.io.web import text
+from deconvviz.io.web import text, url
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.topk.result import TopKResult
@@ -71,3 +71,39 @@ def topk_overview(result: TopKResult) -> str:
 
 
 __all__ = ["OVERVIEW_CHANNELS", "THUMBNAIL", "activation_text", "png_data_uri", "topk_overview"]
+
+
+# ------------------------------------------------------------------------------------------- report pages
+
+REPORT_STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f5f5f7}
+header{background:#1d1d1f;color:#f5f5f7;padding:14px 24px}header a{color:#9cf}
+main{padding:16px 24px}h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}
+table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
+.cards{display:flex;flex-wrap:wrap;gap:14px}
+.card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
+.card h3{font-size:13px;margin:0 0 6px}.pair{display:flex;gap:10px}
+.grid{display:grid;gap:3px}.cell{width:var(--cell);text-align:center;font-size:10px;color:#555}
+.cell img{width:var(--cell);height:var(--cell);object-fit:contain;background:#808080;display:block}
+.cell a{color:#555;text-decoration:none;display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.figs img{max-width:100%;background:#fff;margin:6px 0;border-radius:4px}.muted{color:#777}
+ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thumbs img{height:96px;display:block}
+.hit img{image-rendering:pixelated}.edge{color:#b36b00}
+.strip{white-space:nowrap}.strip img{width:56px;height:56px;object-fit:contain;background:#808080;margin-right:3px}
+.hits{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
+.hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
+.hit img{width:200px;height:200px;object-fit:contain;background:#808080;display:block}
+.hit p{margin:4px 0;flex-basis:100%}
+.filters img{image-rendering:pixelated;background:#fff;width:min(100%,360px)}
+"""
+
+
+def report_page(title: str, body: str, root: str) -> str:
+    """A whole page; ``root`` leads from it to the report's folder (``""``: the index, with no link to itself)."""
+    back = f"<a href='{url(root + 'index.html')}'>report index</a>" if root else ""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{text(title)}</title>"
+        f"<style>{REPORT_STYLE}</style></head><body><header><h1>{text(title)}</h1>"
+        f"{back}</header><main>{body}</main></body></html>\n"
+    )

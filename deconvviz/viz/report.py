@@ -47,7 +47,7 @@ from deconvviz.io.sources import image_source
 from deconvviz.io.web import text, url
 from deconvviz.methods import get_method
 from deconvviz.models.session import resolve_device, session
-from deconvviz.viz.html import activation_text
+from deconvviz.viz.html import activation_text, report_page
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.analysis.topk.result import TopKHit, TopKResult
@@ -85,6 +85,7 @@ class Report:
         pages: HTML pages written.
         scanned: per layer, how many channels were scanned.
         silent: per layer, the scanned channels that never fired on the images (no activation above 0).
+        inside: whether only units whose receptive field lies inside the picture were ranked (and counted).
     """
 
     path: Path
@@ -96,11 +97,13 @@ class Report:
     pages: int
     scanned: dict[str, int] = field(default_factory=dict)
     silent: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    inside: bool = False
 
     def summary(self) -> str:
         """One line with the counts and where the report is."""
         silent, scanned = sum(map(len, self.silent.values())), sum(self.scanned.values())
-        never = f"; {silent:,} of {scanned:,} channels scanned never fired" if silent else ""
+        where = " inside the picture" if self.inside else ""
+        never = f"; {silent:,} of {scanned:,} channels scanned never fired{where}" if silent else ""
         return (
             f"report of {self.images} image(s) ({self.skipped} skipped), {len(self.layers)} layer(s), "
             f"{self.channels} channel(s), {self.pages} page(s){never}: {self.index}"
@@ -127,6 +130,7 @@ def build_report(
     resume: bool = False,
     save_every: float = 60.0,
     method: str | None = None,
+    inside: bool = False,
 ) -> Report:
     """Scan ``folder`` and write the HTML report to ``out``.
 
@@ -162,6 +166,8 @@ def build_report(
         save_every: seconds between two saves of the scan state.
         method: the reverse pass that projects the hits, by its registered name: ``"deconvnet"`` (the default),
             ``"guided"`` or ``"gradient"``; recorded in the manifest.
+        inside: rank only units whose receptive field lies wholly inside the picture, so that no hit answers the
+            zero padding at its border (a layer none of whose units lies inside keeps them all, and says so).
 
     Returns:
         The :class:`Report`.
@@ -178,7 +184,14 @@ def build_report(
     method = get_method(method).name  # as does an unknown method
     tracked, strongest, ranking = _channel_choice(channels, seed)
     options = ScanOptions.of(
-        k=k, batch_size=batch_size, limit=limit, sample=sample, seed=seed, resume=resume, save_every=save_every
+        k=k,
+        batch_size=batch_size,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        resume=resume,
+        save_every=save_every,
+        inside=inside,
     )
     target = Path(out)
     check_target(target, replace=overwrite, error=ReportError)
@@ -211,6 +224,7 @@ def build_report(
         "limit": limit,
         "sample": sample,
         "seed": seed,
+        "inside": inside,
     }
     state = scan_state_folder(target)
     ranks = distributed.setup(_model_device(current))
@@ -221,7 +235,9 @@ def build_report(
     scanning = options.but(layers=tuple(chosen), channels=channels, limit=None, sample=None)
     found = run_scan(current.model, source, scanning, progress=progress, state=state)
     census = _Census(
-        scanned={layer: len(found.selected[layer]) for layer in found.layers}, silent=silent_channels(found)
+        scanned={layer: len(found.selected[layer]) for layer in found.layers},
+        silent=silent_channels(found),
+        inside=frozenset(layer for layer in found.layers if found.inside and layer not in found.everywhere),
     )
     if strongest is not None:
         found = keep_strongest(found, strongest)
@@ -272,6 +288,15 @@ def _channel_choice(
     return (list(tracked) if isinstance(tracked, tuple) else tracked), strongest, sentence
 
 
+def _where(result: TopKResult, layer: str) -> str:
+    """The sentence on which units of ``layer`` were ranked, when only some were."""
+    if not result.inside:
+        return ""
+    if layer in result.everywhere:
+        return " None of this layer's units sees only the picture (each field reaches past it): all were ranked."
+    return " Only units whose receptive field lies wholly inside the picture were ranked."
+
+
 def scan_state_folder(target: str | Path) -> Path:
     """Where the resumable scan state of the report ``target`` is kept: ``.<name>.scan/`` beside it."""
     path = Path(target)
@@ -291,6 +316,7 @@ class _Census:
 
     scanned: dict[str, int]
     silent: dict[str, list[int]]
+    inside: frozenset[str] = frozenset()  # the layers ranked only over units that see nothing but the picture
 
     def fired(self, layer: str) -> int:
         return self.scanned[layer] - len(self.silent[layer])
@@ -298,12 +324,14 @@ class _Census:
     def sentence(self, layer: str, images: int) -> str:
         """What the layer page says of it."""
         silent, scanned = self.silent[layer], self.scanned[layer]
+        where = " at a unit whose field lies inside the picture" if layer in self.inside else ""
         if not silent:
-            return f"All {scanned} channels scanned fired on these {images} images."
+            return f"All {scanned} channels scanned fired{where} on these {images} images."
         listed = ", ".join(str(c) for c in silent[:SILENT_LISTED]) + (", ..." if len(silent) > SILENT_LISTED else "")
         return (
-            f"{self.fired(layer)} of the {scanned} channels scanned fired on these {images} images; "
-            f"{len(silent)} never did (no activation above 0 anywhere: {listed}; the manifest lists them all)."
+            f"{self.fired(layer)} of the {scanned} channels scanned fired{where} on these {images} images; "
+            f"{len(silent)} never did (no activation above 0 {'there' if where else 'anywhere'}: {listed}; the "
+            "manifest lists them all)."
         )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -321,6 +349,7 @@ def _summary(target: Path, result: TopKResult, pages: int, cards: int, census: _
         pages=pages,
         scanned=dict(census.scanned),
         silent={layer: tuple(channels) for layer, channels in census.silent.items()},
+        inside=result.inside,
     )
 
 
@@ -335,39 +364,6 @@ def _report_layers(current: Session, layers: str | Sequence[str] | None, source:
 
 FILTERS = "filters.png"
 """The first layer's filters, on the report's front page (when the model has such filters to draw)."""
-
-_STYLE = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f5f5f7}
-header{background:#1d1d1f;color:#f5f5f7;padding:14px 24px}header a{color:#9cf}
-main{padding:16px 24px}h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}
-table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
-.cards{display:flex;flex-wrap:wrap;gap:14px}
-.card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
-.card h3{font-size:13px;margin:0 0 6px}.pair{display:flex;gap:10px}
-.grid{display:grid;gap:3px}.cell{width:var(--cell);text-align:center;font-size:10px;color:#555}
-.cell img{width:var(--cell);height:var(--cell);object-fit:contain;background:#808080;display:block}
-.cell a{color:#555;text-decoration:none;display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.figs img{max-width:100%;background:#fff;margin:6px 0;border-radius:4px}.muted{color:#777}
-ul.thumbs{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:10px}ul.thumbs img{height:96px;display:block}
-.hit img{image-rendering:pixelated}.edge{color:#b36b00}
-.strip{white-space:nowrap}.strip img{width:56px;height:56px;object-fit:contain;background:#808080;margin-right:3px}
-.hits{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
-.hit{background:#fff;border-radius:8px;padding:10px;display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
-.hit img{width:200px;height:200px;object-fit:contain;background:#808080;display:block}
-.hit p{margin:4px 0;flex-basis:100%}
-.filters img{image-rendering:pixelated;background:#fff;width:min(100%,360px)}
-"""
-
-
-def _page(title: str, body: str, root: str) -> str:
-    """A whole page; ``root`` leads from it to the report's folder (``""``: the index, with no link to itself)."""
-    back = f"<a href='{url(root + 'index.html')}'>report index</a>" if root else ""
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{text(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><header><h1>{text(title)}</h1>"
-        f"{back}</header><main>{body}</main></body></html>\n"
-    )
 
 
 @dataclass(eq=False)
@@ -421,7 +417,8 @@ class _Writer:
                     self.progress("write", done, total)
             intro = (
                 f"<p class='census'>{text(self.census.sentence(layer, result.readable))}</p>"
-                f"<p class='muted'>{text(ranking)} For each channel: its strongest activations over "
+                f"<p class='muted'>{text(ranking)}{text(_where(result, layer))} For each channel: its strongest "
+                "activations over "
                 f"{result.readable} images (up to {result.k}; an activation of 0 or less is no hit and is not "
                 f"shown), each projected to pixels by {_by(result.method)} (left, labelled with the activation; "
                 f"{text(self.scale)} scale, grey = 0) beside the image patch it came from (right). Patches are the "
@@ -429,7 +426,7 @@ class _Writer:
                 "reaches past the picture into the zero padding, which it may be answering rather than the picture. "
                 "Click a channel's name or a picture for the channel's own page.</p>"
             )
-            page = _page(
+            page = report_page(
                 f"{self.current.name}: {title}", intro + f"<div class='cards'>{''.join(sections)}</div>", "../"
             )
             (self.root / "layers" / f"{slug}.html").write_text(page, encoding="utf-8")
@@ -485,7 +482,7 @@ class _Writer:
             f"{empty}<div class='hits'>{''.join(rows)}</div>"
         )
         (self.root / "layers" / page).write_text(
-            _page(f"{self.current.name}: {title}, channel {channel}", body, "../../"), encoding="utf-8"
+            report_page(f"{self.current.name}: {title}, channel {channel}", body, "../../"), encoding="utf-8"
         )
         self.thumbnails.setdefault(layer, [])
         if real:
@@ -546,7 +543,7 @@ class _Writer:
                 prediction = f"<p>predicted: <b>{text(item.prediction[0])}</b> ({item.prediction[1]:.0%})</p>"
             body = prediction + f"<div class='figs'>{''.join(figures)}</div>"
             page = f"images/{folder}.html"
-            (self.root / page).write_text(_page(f"{self.current.name}: {name}", body, "../"), encoding="utf-8")
+            (self.root / page).write_text(report_page(f"{self.current.name}: {name}", body, "../"), encoding="utf-8")
             pages.append((name, page))
         return pages
 
@@ -594,7 +591,7 @@ class _Writer:
         created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         parts.append(f"<p class='muted'>made with deconvviz on {created}</p>")
         (self.root / "index.html").write_text(
-            _page(f"deconvviz report: {self.current.name}", "".join(parts), ""), encoding="utf-8"
+            report_page(f"deconvviz report: {self.current.name}", "".join(parts), ""), encoding="utf-8"
         )
 
     def filters(self) -> str:

@@ -227,3 +227,13 @@ __all__ = [
     "setup",
     "shutdown",
 ]
+
+
+def batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
+    """This process's batches: batch ``b`` of the whole scan goes to rank ``b % world``.
+
+    Every batch holds the same images whatever the number of processes, so each image's activations are
+    computed exactly as in a one-process scan.
+    """
+    starts = range(ranks.rank * batch_size, count, ranks.world * batch_size)
+    return [list(range(start, min(start + batch_size, count))) for start in starts]

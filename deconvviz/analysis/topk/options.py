@@ -51,6 +51,8 @@ class ScanOptions:
         seed: the seed of ``sample`` and of ``"random<n>"`` channels.
         resume: go on from the saved state of an interrupted scan with the same options.
         save_every: seconds between two saves of the scan state (0: after every batch).
+        inside: rank only units whose receptive field lies wholly inside the picture, so that no hit answers the
+            zero padding at its border (a layer none of whose units lies inside keeps them all).
     """
 
     layers: tuple[str, ...] | None = None
@@ -63,6 +65,7 @@ class ScanOptions:
     seed: int = 0
     resume: bool = False
     save_every: float = 60.0
+    inside: bool = False
 
     def __post_init__(self) -> None:
         if self.layers is not None:  # one name alone is one layer, not its letters
@@ -116,6 +119,7 @@ class ScanOptions:
         args += ["--limit", str(self.limit)] if self.limit is not None else []
         args += ["--sample", str(self.sample)] if self.sample is not None else []
         args += ["--resume"] if self.resume else []
+        args += ["--inside"] if self.inside else []
         return args
 
 
@@ -162,3 +166,29 @@ def channel_spec(
     if isinstance(channels, int):
         return None, channels
     return tuple(int(c) for c in channels), None
+
+
+def select_channels(
+    channels: int | Sequence[int] | RandomChannels | None, count: int, layer: str, seed: int = 0, node: str = ""
+) -> list[int]:
+    """The channels a scan tracks in a layer of ``count`` channels, for ``channels`` as :func:`channel_spec` gives it.
+
+    Raises:
+        SearchError: a count below 1, or a listed channel the layer does not have.
+    """
+    if channels is None:
+        return list(range(count))
+    if isinstance(channels, RandomChannels):
+        return channels.draw(count, node or layer, seed)
+    if isinstance(channels, int):
+        if channels < 1:
+            raise SearchError(f"channels must be at least 1, got {channels}")
+        return list(range(min(channels, count)))
+    chosen = list(channels)
+    bad = [c for c in chosen if not 0 <= c < count]
+    if bad:
+        raise SearchError(
+            f"channel {bad[0]} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
+            "choose channels in that range"
+        )
+    return chosen

@@ -64,6 +64,8 @@ class TopKResult:
         to_image: the model's input-space -> PIL conversion, for display.
         source: the scanned images (to read an image again by its name).
         method: the reverse pass that made the reconstructions (``"deconvnet"``, ``"guided"``, ``"gradient"``).
+        inside: whether only units whose receptive field lies wholly inside the picture were ranked.
+        everywhere: with ``inside``, the layers none of whose units lies inside, ranked over all their units.
     """
 
     model: str
@@ -77,6 +79,8 @@ class TopKResult:
     to_image: Callable[[Tensor], Any] | None = field(default=None, repr=False, compare=False)
     source: ImageSource | None = field(default=None, repr=False, compare=False)
     method: str = "deconvnet"
+    inside: bool = False
+    everywhere: tuple[str, ...] = ()
 
     kind: ClassVar[str] = "topk"
 
@@ -176,6 +180,8 @@ class TopKResult:
             "folder": self.folder,
             "k": self.k,
             "method": self.method,
+            "inside": self.inside,
+            "everywhere": list(self.everywhere),
             **{name: part if stream else part.materialize() for name, part in parts.items()},
         }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +30,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from deconvviz.analysis.choose import inside_mask
 from deconvviz.analysis.progress import staged
 from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.keep import keep_strongest
-from deconvviz.analysis.topk.options import RandomChannels, ScanOptions
+from deconvviz.analysis.topk.options import RandomChannels, ScanOptions, select_channels
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
-from deconvviz.analysis.topk.state import ScanState, load_state, parameters_digest, save_state, state_file
+from deconvviz.analysis.topk.state import ScanState, load_state, save_state, scan_fingerprint, state_file
 from deconvviz.analysis.topk.tracker import TopKTracker
 from deconvviz.core.deconvnet import DeconvNet
 from deconvviz.core.layers import SCAN_LAYERS, scan_layers
@@ -106,6 +108,9 @@ class ScanResult:
         skipped: ``(image, error)`` for every unreadable image, in scan order.
         resumed: images of this process's shard that were taken from a saved state instead of being read again.
         ranks: this process's place among the scanning processes.
+        inside: whether only units whose receptive field lies wholly inside the picture were ranked.
+        everywhere: with ``inside``, the layers none of whose units lies wholly inside the picture, which were
+            ranked over all their units all the same.
     """
 
     loaded: Any
@@ -118,6 +123,8 @@ class ScanResult:
     skipped: list[tuple[str, str]]
     resumed: int = 0
     ranks: Ranks = field(default_factory=Ranks)
+    inside: bool = False
+    everywhere: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -169,33 +176,6 @@ def unreadable(count: int, description: str, first: str | None) -> str:
     )
 
 
-def _batches(count: int, batch_size: int, ranks: Ranks) -> list[list[int]]:
-    """This process's batches: batch ``b`` of the whole scan goes to rank ``b % world``.
-
-    Every batch holds the same images whatever the number of processes, so each image's activations are
-    computed exactly as in a one-process scan.
-    """
-    starts = range(ranks.rank * batch_size, count, ranks.world * batch_size)
-    return [list(range(start, min(start + batch_size, count))) for start in starts]
-
-
-def _fingerprint(
-    loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
-) -> dict[str, Any]:
-    return {
-        "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
-        "weights": str(getattr(loaded, "weights", "")),
-        "parameters": parameters_digest(loaded.module),
-        "layers": list(nodes),
-        "k": k,
-        "channels": channels if channels is None or isinstance(channels, int | str) else list(channels),
-        "batch size": batch_size,
-        "images": f"{len(source)} from {source.description} ({source.digest()})",
-        "processes": ranks.world,
-        "rank": ranks.rank,
-    }
-
-
 def scan(
     data: Data,
     model: Any = "vgg16",
@@ -213,6 +193,7 @@ def scan(
     state: str | Path | None = None,
     resume: bool = False,
     save_every: float = 60.0,
+    inside: bool = False,
 ) -> ScanResult:
     """Stream the images through the model and keep each channel's ``k`` strongest activations (no projection).
 
@@ -230,6 +211,7 @@ def scan(
         seed=seed,
         resume=resume,
         save_every=save_every,
+        inside=inside,
     )
     found = run_scan(model, data, options, device=device, progress=progress, state=state)
     return found if options.strongest is None else keep_strongest(found, options.strongest)
@@ -254,7 +236,7 @@ def run_scan(
     net = DeconvNet(loaded)
     chosen_layers = list(layers) if layers else default_scan_layers(net, source, loaded.preprocess)
     nodes = [net.resolve(layer) for layer in chosen_layers]  # unknown names fail here, before any work
-    mine = _batches(len(source), batch_size, ranks)
+    mine = distributed.batches(len(source), batch_size, ranks)
     total = sum(len(b) for b in mine)
 
     trackers: dict[str, TopKTracker] = {}
@@ -263,7 +245,9 @@ def run_scan(
     start = 0
     path = state_file(state, ranks.rank, ranks.world) if state is not None else None
     choice = f"{channels} (seed {options.seed})" if isinstance(channels, RandomChannels) else channels
-    fingerprint = _fingerprint(loaded, nodes, k, choice, batch_size, source, ranks) if path is not None else {}
+    fingerprint = scan_fingerprint(loaded, nodes, k, choice, batch_size, source, ranks) if path is not None else {}
+    if path is not None and options.inside:  # only then: states saved before the option stay resumable
+        fingerprint["inside"] = True
     if path is not None and options.resume:
         saved = load_state(path, fingerprint)
         if saved is not None:
@@ -286,18 +270,31 @@ def run_scan(
     prepare = host_preprocess(loaded)
 
     picks: dict[str, Tensor] = {}  # per layer, its selected channels on the device, made once
+    fields = receptive_fields(net, chosen_layers) if options.inside else {}
+    masks: dict[str, Tensor | None] = {}  # per layer, its units inside the picture (None: every unit counts)
+    image_size: tuple[int, int] = (0, 0)
+
+    def inside(layer: str, map_shape: Sequence[int], size: Sequence[int], device: torch.device) -> Tensor | None:
+        if layer not in masks:
+            mask = inside_mask(fields[layer], map_shape, size) if len(map_shape) == 2 else None
+            masks[layer] = None if mask is None or not bool(mask.any()) else mask.to(device)
+        return masks[layer]
 
     def track(layer: str, act: Tensor, index: Tensor) -> None:
         if layer not in trackers:
             # a random draw is keyed by the node, so that a layer named by alias or by node gets the same channels
             node = nodes[chosen_layers.index(layer)]
-            selected[layer] = _select_channels(channels, act.shape[1], layer, options.seed, node)
+            selected[layer] = select_channels(channels, act.shape[1], layer, options.seed, node)
             trackers[layer] = TopKTracker(len(selected[layer]), k, act.shape[2:], device=act.device)
         chosen = selected[layer]
         if len(chosen) != act.shape[1] or chosen != list(range(act.shape[1])):  # no copy when all are kept
             if layer not in picks:
                 picks[layer] = index_tensor(chosen, act.device)
             act = act.index_select(1, picks[layer])
+        if options.inside:
+            mask = inside(layer, act.shape[2:], image_size, act.device)
+            if mask is not None:  # a unit that sees past the picture never ranks: -inf is no hit
+                act = act.masked_fill(~mask, -math.inf)
         trackers[layer].update(act, index)
 
     on_gpu = where.type == "cuda"
@@ -317,6 +314,7 @@ def run_scan(
         if batch is not None:
             index = index_tensor(indices, where)
             x = batch.to(where, non_blocking=on_gpu)
+            image_size = (int(x.shape[-2]), int(x.shape[-1]))
 
             def visit(layer: str, act: Tensor, index: Tensor = index) -> None:
                 track(layer, act, index)
@@ -338,6 +336,14 @@ def run_scan(
             unreadable(len(source), source.description, f"{source.names[first[0]]}: {first[1]}" if first else None)
         )
     names = source.names
+    everywhere: tuple[str, ...] = ()
+    if options.inside:  # also for a scan resumed after its last batch: the geometry alone decides
+        size = image_size if image_size != (0, 0) else _input_size(loaded)
+        everywhere = tuple(
+            layer
+            for layer in chosen_layers
+            if size is not None and layer in trackers and inside(layer, trackers[layer].map_shape, size, where) is None
+        )
     return ScanResult(
         loaded,
         net,
@@ -349,6 +355,8 @@ def run_scan(
         [(names[i], error) for i, error in sorted(skipped)],
         resumed=resumed,
         ranks=ranks,
+        inside=options.inside,
+        everywhere=everywhere,
     )
 
 
@@ -406,6 +414,7 @@ def top_k(
     resume: bool = False,
     save_every: float = 60.0,
     method: str | None = None,
+    inside: bool = False,
 ) -> TopKResult:
     """Find the ``k`` strongest activations of each channel across a data set and project each one.
 
@@ -443,6 +452,9 @@ def top_k(
         save_every: seconds between two saves of the state (0: after every batch).
         method: the reverse pass that projects the hits, by its registered name: ``"deconvnet"`` (the default),
             ``"guided"`` or ``"gradient"`` (see ``docs/rules.md``). The scan itself does not depend on it.
+        inside: rank only units whose receptive field lies wholly inside the picture (no hit then answers the zero
+            padding at its border); a layer none of whose units lies inside keeps them all
+            (:attr:`TopKResult.everywhere` names it).
 
     Returns:
         A :class:`TopKResult`.
@@ -476,6 +488,7 @@ def top_k(
             state=state,
             resume=resume,
             save_every=save_every,
+            inside=inside,
         )
         return result_of(found, k, batch_size, report, method=method)
 
@@ -528,6 +541,8 @@ def result_of(
         to_image=getattr(loaded, "to_image", None),
         source=found.source,
         method=get_method(method).name,
+        inside=found.inside,
+        everywhere=found.everywhere,
     )
 
 
@@ -568,25 +583,10 @@ def _loaded(model: Any, device: str | torch.device | None) -> Any:
     return dataclasses.replace(model, module=copy.deepcopy(original).to(target), device=target)
 
 
-def _select_channels(
-    channels: int | Sequence[int] | RandomChannels | None, count: int, layer: str, seed: int = 0, node: str = ""
-) -> list[int]:
-    if channels is None:
-        return list(range(count))
-    if isinstance(channels, RandomChannels):
-        return channels.draw(count, node or layer, seed)
-    if isinstance(channels, int):
-        if channels < 1:
-            raise SearchError(f"channels must be at least 1, got {channels}")
-        return list(range(min(channels, count)))
-    chosen = list(channels)
-    bad = [c for c in chosen if not 0 <= c < count]
-    if bad:
-        raise SearchError(
-            f"channel {bad[0]} is out of range for layer {layer!r}, which has {count} channels (0-{count - 1}); "
-            "choose channels in that range"
-        )
-    return chosen
+def _input_size(loaded: Any) -> tuple[int, int] | None:
+    """The side of the model's square input, as its preprocessing makes it (None for a model without one)."""
+    side = getattr(getattr(loaded, "preprocessing", None), "size", None)
+    return None if side is None else (int(side), int(side))
 
 
 _Want = tuple[str, int, int, int, int]  # (layer, tracker row, channel, flat position, rank)

@@ -12,9 +12,10 @@ size, the image list, the process's rank and the number of processes); a state f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,6 +23,10 @@ from torch import Tensor
 from deconvviz.io.atomic import atomic_file, clean_stale_temporaries, mark
 from deconvviz.io.manifest import SCHEMA_VERSION, header, schema_version
 from deconvviz.io.sources import SearchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deconvviz.analysis.topk.distributed import Ranks
+    from deconvviz.io.sources import ImageSource
 
 
 class StateError(SearchError):
@@ -135,6 +140,28 @@ __all__ = [
     "load_state",
     "parameters_digest",
     "save_state",
+    "scan_fingerprint",
     "state_file",
     "tracker_state",
 ]
+
+
+def scan_fingerprint(
+    loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
+) -> dict[str, Any]:
+    """What a saved scan state must match to be resumed.
+
+    The model and its weights, the scan's arguments, the images and the processes.
+    """
+    return {
+        "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
+        "weights": str(getattr(loaded, "weights", "")),
+        "parameters": parameters_digest(loaded.module),
+        "layers": list(nodes),
+        "k": k,
+        "channels": channels if channels is None or isinstance(channels, int | str) else list(channels),
+        "batch size": batch_size,
+        "images": f"{len(source)} from {source.description} ({source.digest()})",
+        "processes": ranks.world,
+        "rank": ranks.rank,
+    }
