@@ -163,6 +163,7 @@ def test_save_writes_table_csv_figure(photos: list[Path], tmp_path: Path) -> Non
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["kind"] == "correspondence"
     assert set(manifest["delta"]) == {"eye", "nose", "random"}
+    assert manifest["box_order"].startswith("left, top, right, bottom")  # the parts file's order, said
 
 
 def test_no_random_draws_leave_the_baseline_out(photos: list[Path], tmp_path: Path) -> None:

@@ -165,6 +165,12 @@ def test_cli_writes_the_grid(data, checkpoints, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "figure.png", "manifest.json"]
     assert "2 channel(s) x 3 checkpoint(s)" in stdout
     assert json.loads((out / "manifest.json").read_text())["channels"] == [0, 2]
+    code, _, stderr = _invoke(*checkpoints, "--data", data, "-l", LAYER, "--model", MODEL, "-c", "3", "-c", "5")
+    assert code == 2  # the second would have replaced the first without a word
+    assert (
+        stderr.strip()
+        == "error: --channels was given 2 times ('3', '5'); give it once, with one list for several: 12,40"
+    )
     code, stdout, stderr = _invoke(
         *checkpoints,
         "--data",

@@ -163,3 +163,21 @@ def test_cli_sanity_bar_has_a_known_total(photos: list[Path], tmp_path: Path, mo
     assert task.completed == task.total == 5  # the comparison, trained, three randomised layers
     assert "5/5" in result.stderr
     assert "/?" not in result.stderr
+
+
+def test_plain_progress_lines_where_no_bar_is_drawn(capsys) -> None:
+    from deconvviz.cli.options import PlainProgress
+
+    now = [0.0]
+    plain = PlainProgress({"scan": "scanning pictures"}, every=30.0, clock=lambda: now[0])
+    for done, at in ((0, 0.0), (100, 10.0), (1200, 31.0), (1300, 40.0), (50_000, 41.0), (50_000, 42.0)):
+        now[0] = at
+        plain("scan", done, 50_000)
+    plain("project", 0, 0)  # a stage of unknown size: no share
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "scanning pictures: 0 of 50,000 (0%)",  # the start
+        "scanning pictures: 1,200 of 50,000 (2%)",  # 30 s later, not before
+        "scanning pictures: 50,000 of 50,000 (100%)",  # the end, once
+        "project: 0 of 0",
+    ]

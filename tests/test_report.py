@@ -270,6 +270,7 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1].endswith(str(out / "index.html"))
     assert "7 image(s) (1 skipped), 2 layer(s), 4 channel(s)" in result.stdout
+    assert "scanning pictures: 7 of 7 (100%)" in result.stderr  # no terminal: plain lines instead of bars
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arguments"]["channels"] == [0, 2]
     assert manifest["arguments"]["layers"] == ["conv1", "pool2"]
@@ -316,6 +317,12 @@ def test_report_command(photos: Path, tmp_path: Path) -> None:
     [
         (["--channels", "many"], "--channels takes a count"),
         (["--channels", "0"], "--channels takes a count of at least 1; for channel 0 alone give a list: --channels 0,"),
+        (
+            ["--channel", "3"],
+            "--channels here chooses which channels to show ('3' would be the 3 strongest); for "
+            "channel 3 alone write --channels 3,",
+        ),
+        (["-c", "12", "-c", "40"], "--channels was given 2 times ('12', '40'); give it once, with one list for"),
         (["--layers", "conv9"], "unknown layer 'conv9'"),
         (["--model", "nosuchnet"], "nosuchnet"),
     ],

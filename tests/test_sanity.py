@@ -258,6 +258,11 @@ def test_cli_writes_and_refuses_in_one_line(photo: Path, tmp_path: Path) -> None
     assert "alone randomised changes it most" in result.stdout
     manifest = json.loads((one / "manifest.json").read_text())
     assert manifest["mode"] == manifest["arguments"]["mode"] == "independent"
+    two = tmp_path / "two"  # several reverse passes: with commas as every other list option, or repeated
+    args = ["sanity", str(photo), "--model", MODEL, "-l", "conv3", "--method", "guided, gradient", "-o", str(two)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((two / "manifest.json").read_text())["arguments"]["methods"] == ["guided", "gradient"]
     for args, message in ((["--method", "nope"], "nope"), (["--channel", "99"], "out of range")):
         bad = tmp_path / "bad"
         result = CliRunner().invoke(app, ["sanity", str(photo), "--model", MODEL, "-l", "conv3", "-o", str(bad), *args])

@@ -141,6 +141,9 @@ def test_kinds_name_the_mirrored_ops() -> None:
     assert set(by_node["pool"].kinds) == {"transposed convolution", "add"}
     assert p.steps.before(by_node["pool"]) is None
     assert p.steps.before(by_node["relu"]) is by_node["pool"]
+    # "sum", as the summary counts these steps, picks them for the figure too
+    fig, _axes = p.steps.figure(only=["sum"], detail=False)
+    assert "(4 of its" in fig._suptitle.get_text()  # the seed, the two sums, the reconstruction
     guided = dv.DeconvNet(model).project(x, "relu3", channel=1, steps=True, method="gradient")
     assert guided.steps is not None
     assert {s.node: s for s in guided.steps}["head"].kinds == ("mask",)

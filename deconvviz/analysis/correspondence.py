@@ -323,6 +323,7 @@ class CorrespondenceResult(AnalysisResult):
                 for row in self.rows
             },
             "boxes": {image: {p: list(b) for p, b in parts.items()} for image, parts in self.boxes.items()},
+            "box_order": "left, top, right, bottom (as in the parts file)",
             "files": {"table": "table.txt", "csv": "delta.csv", "figure": "correspondence.png"},
         }
 

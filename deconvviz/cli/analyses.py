@@ -25,6 +25,7 @@ from deconvviz.cli.options import (
     StdOption,
     joined,
     model_options,
+    once,
     parse_channels,
     parse_train,
     progress_bar,
@@ -122,8 +123,8 @@ def _check_out(out: Path) -> None:
 
 
 _EVOLUTION_CHANNELS = (
-    "The N strongest channels of the trained model (the last checkpoint), firstN for the first N by index, a list "
-    "(0,5,7), or `all`; one row each."
+    "The N strongest channels of the trained model (the last checkpoint), firstN for the first N by index, randomN "
+    "for N drawn at random (seed 0), a list (0,5,7), or `all`; one row each."
 )
 
 
@@ -234,7 +235,12 @@ def evolution_command(
     model: ModelOption = "vgg16",
     mean: MeanOption = None,
     std: StdOption = None,
-    channels: Annotated[str, typer.Option("--channels", "-c", help=_EVOLUTION_CHANNELS)] = "8",
+    channels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channels", "-c", help=_EVOLUTION_CHANNELS + "  [default: 8]", show_default=False, metavar="CHOICE"
+        ),
+    ] = None,
     k: Annotated[
         int, typer.Option("--top", "--k", "-k", min=1, help="Strongest activations per channel and checkpoint.")
     ] = 1,
@@ -251,7 +257,7 @@ def evolution_command(
     OUT/manifest.json with every hit (value, picture, unit, box).
     """
     with reported(debug):
-        chosen = parse_channels(channels, ranked=True)
+        chosen = parse_channels(once(channels, "--channels", "8"), ranked=True)
         choice = ModelChoice(model, mean=mean, std=std)  # no --checkpoint: the checkpoints are the arguments
         _check_out(out)
         with progress_bar("scanning checkpoints", lambda name: f"scanned {name}", len(checkpoints)) as progress:
@@ -289,7 +295,11 @@ def sanity_command(
     channel: ChannelOption = None,
     method: Annotated[
         list[str] | None,
-        typer.Option("--method", help="A reverse pass (repeat for several). Default: deconvnet, guided, gradient."),
+        typer.Option(
+            "--method",
+            help="A reverse pass (several: repeat it, or separate them with commas). Default: deconvnet, guided, "
+            "gradient.",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     independent: Annotated[
@@ -320,7 +330,7 @@ def sanity_command(
                 model.load(device),
                 layer=layer,
                 channel=channel,
-                method=method or None,
+                method=[m.strip() for given in method or () for m in given.split(",") if m.strip()] or None,
                 seed=seed,
                 device=device,
                 progress=progress,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -339,6 +341,32 @@ def progress_bars(transient: bool, enabled: bool = True) -> Any:
     )
 
 
+class PlainProgress:
+    """Progress as plain lines on stderr where no bar is drawn (a log file, a batch job's output).
+
+    A line when a stage starts, then at most one every ``every`` seconds, and one when the stage is done:
+    ``scanning pictures: 1,200 of 50,000 (2%)``.
+    """
+
+    def __init__(
+        self, labels: dict[str, str], every: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.labels, self.every, self.clock = labels, every, clock
+        self.last: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` in ``stage``: printed if it starts or ends the stage, or is due."""
+        now = self.clock()
+        finished = total > 0 and done >= total
+        if stage in self.last and not finished and now - self.last[stage] < self.every:
+            return
+        if stage in self.last and finished and self.last[stage] == math.inf:
+            return  # said once
+        self.last[stage] = math.inf if finished else now
+        share = f" ({done / total:.0%})" if total > 0 else ""
+        err(f"{self.labels.get(stage, stage)}: {done:,} of {total:,}{share}")
+
+
 @contextlib.contextmanager
 def progress_bar(
     start: str, describe: Callable[[str], str] | None = None, total: int | None = None
@@ -485,6 +513,29 @@ def parse_train(text: str | None) -> int | list[int] | None:
             f"(1,5,10), got {text!r}"
         )
     return values[0] if len(values) == 1 else values
+
+
+def once(values: Sequence[str] | None, flag: str, default: str, singular: str | None = None) -> str:
+    """A ranked ``--channels`` given at most once (a count or a choice, not a list to add to), as one text.
+
+    Args:
+        values: each ``--channels`` given, in order.
+        flag: the option's name, for messages.
+        default: the text when it is not given.
+        singular: what a ``--channel`` given instead said (refused: here it would read as a count).
+
+    Raises:
+        UsageError: (exit 2) the option given more than once, or ``--channel``.
+    """
+    if singular is not None:
+        raise usage(
+            f"{flag} here chooses which channels to show ({singular!r} would be the {singular} strongest); for "
+            f"channel {singular} alone write {flag} {singular},"
+        )
+    if values and len(values) > 1:
+        given = ", ".join(repr(v) for v in values)
+        raise usage(f"{flag} was given {len(values)} times ({given}); give it once, with one list for several: 12,40")
+    return values[0] if values else default
 
 
 def parse_channels(text: str, *, ranked: bool = False) -> int | str | list[int] | None:

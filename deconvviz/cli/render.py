@@ -15,6 +15,7 @@ from deconvviz.cli.options import (
     DebugOption,
     MethodOption,
     ModelChoice,
+    PlainProgress,
     Scale,
     ScaleOption,
     SizeOption,
@@ -22,6 +23,7 @@ from deconvviz.cli.options import (
     interrupted_status,
     joined,
     model_options,
+    once,
     parse_channels,
     progress_bar,
     progress_bars,
@@ -195,16 +197,18 @@ def report_command(
         ),
     ] = None,
     channels: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
             "--channels",
-            "--channel",
             "-c",
             help="N: the N channels of each layer with the strongest activations over the data set, strongest first; "
             "firstN: the first N by index; randomN: N drawn at random with --seed (the paper's Fig. 2 choice); a "
-            "list of channel indices (0,5,7; one channel: 12,); or `all`.",
+            "list of channel indices (0,5,7; one channel: 12,); or `all`.  [default: 16]",
+            show_default=False,
+            metavar="CHOICE",
         ),
-    ] = "16",
+    ] = None,
+    channel: Annotated[str | None, typer.Option("--channel", hidden=True)] = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Activations shown per channel.")] = 9,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="The report folder (an earlier report is replaced with --overwrite).")
@@ -267,6 +271,8 @@ def report_command(
     from deconvviz.analysis.topk import distributed
 
     chosen = joined(layers)
+    with reported(debug):
+        picked = once(channels, "--channels", "16", channel)
 
     if workers > 1 and not distributed.launched():
         with reported(debug):
@@ -286,7 +292,7 @@ def report_command(
                 save_every=save_every,
                 inside=inside,
             )
-        argv = ["report", str(folder), *model.argv(), "--channels", channels, "--out", str(out)]
+        argv = ["report", str(folder), *model.argv(), "--channels", picked, "--out", str(out)]
         argv += ["--device", device, "--scale", scale.value, "--method", method, *scanning.argv()]
         flags = {"--per-image": per_image, "--overwrite": overwrite, "--debug": debug}
         argv += [flag for flag, on in flags.items() if on]
@@ -294,7 +300,7 @@ def report_command(
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks to the user
     try:
         with reported(debug, quiet=not lead):
-            chosen_channels = parse_channels(channels, ranked=True)
+            chosen_channels = parse_channels(picked, ranked=True)
             from deconvviz.io.atomic import check_target
             from deconvviz.viz.report import ReportError, build_report, scan_state_folder
 
@@ -312,8 +318,11 @@ def report_command(
             }
             with progress_bars(transient=False, enabled=lead) as bar:
                 tasks: dict[str, Any] = {}
+                plain = PlainProgress(labels) if lead and bar.disable else None  # a log file, a batch job
 
                 def progress(stage: str, done: int, total: int) -> None:
+                    if plain is not None:
+                        plain(stage, done, total)
                     if stage not in tasks:
                         tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
                     bar.update(tasks[stage], completed=done, total=total)
@@ -341,6 +350,7 @@ def report_command(
                         inside=inside,
                     )
                 except KeyboardInterrupt:
+                    bar.stop()  # the bars' last state on its own line, before the message
                     state = scan_state_folder(out)
                     if state.is_dir() and any(state.iterdir()):
                         err(f"interrupted; the scan so far is kept in {str(state)!r}: add --resume to go on")

@@ -370,7 +370,7 @@ def steps_figure(
 
 
 def shown_steps(steps: ProjectionSteps, only: Sequence[str] | None) -> list[Step]:
-    """The steps ``only`` asks for (a step whose kinds hold one of its words), with the seed and the last.
+    """The steps ``only`` asks for (a step whose kinds, or ``sum``, hold one of its words), with the seed and the last.
 
     Raises:
         RenderError: ``only`` that is no list of words, or words that match no step (the kinds there are named).
@@ -381,9 +381,13 @@ def shown_steps(steps: ProjectionSteps, only: Sequence[str] | None) -> list[Step
     if isinstance(only, str) or not all(isinstance(word, str) and word.strip() for word in only) or not only:
         raise RenderError(f"only= takes words of step kinds such as ['unpool', 'transposed'], got {only!r}")
     words = [word.strip().lower() for word in only]
-    wanted = [k for k, step in enumerate(listed) if any(w in kind.lower() for kind in step.kinds for w in words)]
+
+    def named(step: Step) -> set[str]:  # its ops' kinds, and "sum" where branches meet (as the summary counts)
+        return {*step.kinds, step.kind}
+
+    wanted = [k for k, step in enumerate(listed) if any(w in kind.lower() for kind in named(step) for w in words)]
     if not [k for k in wanted if 0 < k < len(listed) - 1]:
-        kinds = sorted({kind for step in listed[1:-1] for kind in step.kinds})
+        kinds = sorted({kind for step in listed[1:-1] for kind in named(step)})
         raise RenderError(
             f"no step of this projection is of the kind(s) {', '.join(words)!r}; its kinds: {', '.join(kinds)}"
         )
