@@ -237,6 +237,47 @@ def test_layers_are_torchvision_node_names_in_order() -> None:
     assert dv.DeconvNet(vgg).layers[:5] == ["features.0", "features.1", "features.2", "features.3", "features.4"]
 
 
+class _Shared(nn.Module):
+    """One module called twice, ops whose names end in digits, and repeats of each: the naming's corner cases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_1 = nn.Conv2d(3, 3, 1)
+        self.act = nn.ReLU()
+        self.body = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+
+    def forward(self, x):
+        a = self.act(self.conv_1(x))
+        b = self.act(self.body(a) + a)  # the same ReLU again, then an add
+        c = torch.relu(b) + torch.relu(a) + torch.relu(b)
+        return torch.cat([c, a], 1).flatten(1)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: torchvision.models.resnet18(weights=None),
+        lambda: torchvision.models.efficientnet_b0(weights=None),  # torchvision.ops' StochasticDepth
+        lambda: torchvision.models.densenet121(weights=None),
+        lambda: torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False),
+        _Shared,
+    ],
+    ids=["resnet18", "efficientnet_b0", "densenet121", "googlenet", "shared"],
+)
+def test_node_names_are_those_torchvisions_tracer_gives(build) -> None:
+    import math
+
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    from deconvviz.core.graph import trace
+
+    ours = trace(build().eval())
+    model = build().eval()  # a fresh one: tracing stores tensor constants on the model it traces
+    tracer = NodePathTracer(autowrap_modules=(math, torchvision.ops))
+    theirs = tracer.trace(model)
+    assert [ours.names[n] for n in ours.graph.nodes] == [tracer.node_to_qualname.get(n, n.name) for n in theirs.nodes]
+
+
 def test_aliases_resolve_like_node_names(tiny_vgg, image_16) -> None:
     net = dv.DeconvNet(tiny_vgg, aliases={"conv2_1": "features.6"})
     assert net.resolve("conv2_1") == "features.6"

@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import math
 import operator
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,9 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torchvision
 from torch import fx, nn
-from torchvision.models.feature_extraction import NodePathTracer
 
 from deconvviz.errors import DeconvVizError, TraceError, first_line
 
@@ -275,8 +274,49 @@ def _is_metadata_source(node: fx.Node) -> bool:
     return isinstance(first, fx.Node) and _is_metadata(first)
 
 
-class _Tracer(NodePathTracer):
-    """torchvision's node naming, plus: a submodule that torch.fx cannot trace into becomes one opaque node."""
+class _NamingTracer(fx.Tracer):
+    """torch.fx tracing that names every node by where it runs, as ``get_graph_node_names`` names them.
+
+    A module's call is named by the module's qualified name (``features.29``); any other op by the name of the
+    module it runs in and its own (``layer4.1.add``); an op's name that already ends in ``_<n>`` loses that
+    ending, and a name already given gets ``_1``, ``_2``, ... in turn (``layer4.1.relu_1``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._within = ""  # the qualified name of the module whose forward is being traced
+        self.node_to_qualname: dict[fx.Node, str] = {}
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        outer, self._within = self._within, self.path_of_module(m)
+        try:
+            if self.is_leaf_module(m, self._within):
+                return self.create_proxy("call_module", self._within, args, kwargs)
+            return forward(*args, **kwargs)
+        finally:
+            self._within = outer
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **more: Any) -> Any:
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **more)
+        self.node_to_qualname[proxy.node] = self._qualname(proxy.node)
+        return proxy
+
+    def _qualname(self, node: fx.Node) -> str:
+        name = self._within
+        if node.op != "call_module":
+            name = f"{name}.{node.name}" if name else node.name
+        if re.fullmatch(r".+_[0-9]+", name):
+            name = name.rsplit("_", 1)[0]
+        repeat = re.compile(rf"{re.escape(name)}(_[0-9]+)?")
+        for given in reversed(self.node_to_qualname.values()):  # the latest of this name says the next number
+            if repeat.fullmatch(given):
+                ending = given[len(name) :]
+                return f"{name}_{int(ending[1:]) + 1 if ending else 1}"
+        return name
+
+
+class _Tracer(_NamingTracer):
+    """The node naming above, plus: a submodule that torch.fx cannot trace into becomes one opaque node."""
 
     def __init__(self, leaf: Callable[[nn.Module], bool], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -336,7 +376,8 @@ def trace(model: nn.Module, leaf_types: Sequence[type[nn.Module]] = ()) -> Graph
     exact = set(leaf_types)
     tracer = _Tracer(
         lambda m: type(m) in exact,
-        autowrap_modules=(math, torchvision.ops),
+        # torchvision's ops stay calls, as in its own tracing; a model that uses them has imported them
+        autowrap_modules=(math, *([sys.modules["torchvision.ops"]] if "torchvision.ops" in sys.modules else [])),
         autowrap_functions=tuple(timm_functions),
     )
     try:
