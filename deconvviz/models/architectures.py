@@ -164,11 +164,65 @@ class EfficientNetLite0(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def build_squeezenet1_1() -> nn.Module:
-    """The SqueezeNet 1.1 architecture of torchvision, without weights."""
-    import torchvision
+class _Fire(nn.Module):
+    """SqueezeNet's Fire module: a 1x1 squeeze, then 1x1 and 3x3 expands side by side, their maps concatenated."""
 
-    return torchvision.models.squeezenet1_1(weights=None)
+    def __init__(self, inplanes: int, squeeze: int, expand1x1: int, expand3x3: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(inplanes, squeeze, kernel_size=1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, kernel_size=1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, kernel_size=3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The two expands of the squeezed map, concatenated along channels."""
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1
+        )
+
+
+class SqueezeNet1_1(nn.Module):
+    """SqueezeNet 1.1 (Iandola et al. 2016, the 1.1 revision), without weights.
+
+    Its modules, parameter names and forward are laid out as torchvision's ``squeezenet1_1``'s, so that state
+    dicts and traced node names are the same; built here so that the offline model does not import torchvision.
+
+    Args:
+        classes: the classifier's outputs.
+    """
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            _Fire(64, 16, 64, 64),
+            _Fire(128, 16, 64, 64),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            _Fire(128, 32, 128, 128),
+            _Fire(256, 32, 128, 128),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            _Fire(256, 48, 192, 192),
+            _Fire(384, 48, 192, 192),
+            _Fire(384, 64, 256, 256),
+            _Fire(512, 64, 256, 256),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=0.5), nn.Conv2d(512, classes, kernel_size=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class scores of an image batch: the classifier's pooled maps, one score per class."""
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def build_squeezenet1_1() -> nn.Module:
+    """The SqueezeNet 1.1 architecture, without weights."""
+    return SqueezeNet1_1()
 
 
 VGG16_ALIASES: dict[str, str] = {

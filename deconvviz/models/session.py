@@ -177,7 +177,7 @@ def session(
         return Session(model=model, net=DeconvNet(model))
 
     resolved = resolve_device(device)
-    spec = next((s for s in _models.list_models() if s.name == model), None)
+    spec = _models.registered(model)  # a model registered again (replace=True) is a new session
     key = (model, resolved, size, id(spec))
     with _SESSIONS_LOCK:
         found = _SESSIONS.get(key)

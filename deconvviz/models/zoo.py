@@ -75,10 +75,9 @@ __all__ = [
 
 
 def _imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
-    import torchvision
-
-    return list(torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names, in class order (the names torchvision's metadata gives them)."""
+    text = (Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 # -------------------------------------------------------------------------------------------- registry
@@ -110,9 +109,26 @@ def register_model(spec: ModelSpec, replace: bool = False) -> ModelSpec:
     return spec
 
 
+_LISTED_TORCHVISION = ("vgg16", "squeezenet1_1", "alexnet", "resnet18")
+"""torchvision models listed among the registered ones (any other works by name, ``NAME:torchvision``)."""
+
+
 def list_models() -> list[ModelSpec]:
-    """The registered models, in registration order."""
+    """The registered models, in registration order, then a few of torchvision's (this imports torchvision)."""
+    for arch in _LISTED_TORCHVISION:
+        if f"{arch}:torchvision" not in _REGISTRY:
+            register_model(torchvision_spec(arch))
     return list(_REGISTRY.values())
+
+
+def registered(name: str) -> ModelSpec | None:
+    """The spec registered under ``name``, if any (nothing is built or imported)."""
+    return _REGISTRY.get(name)
+
+
+def registered_names() -> list[str]:
+    """The names :func:`list_models` gives, without importing torchvision to build its specs."""
+    return list(dict.fromkeys([*_REGISTRY, *(f"{arch}:torchvision" for arch in _LISTED_TORCHVISION)]))
 
 
 def _torchvision_names() -> list[str]:
@@ -156,7 +172,7 @@ def torchvision_spec(arch: str, weights: str = "DEFAULT", name: str | None = Non
         interpolation=str(getattr(transform.interpolation, "value", "bilinear")),
     )
     categories = enum.meta.get("categories")
-    offline = [repr(spec.name) for spec in list_models() if isinstance(spec.weights, WheelSource)]
+    offline = [repr(spec.name) for spec in _REGISTRY.values() if isinstance(spec.weights, WheelSource)]
     if repr(arch) in offline:
         alternative = repr(arch)
     else:
@@ -492,5 +508,3 @@ register_model(
         "weights and 1000-class classifier; offline",
     )
 )
-for _arch in ("vgg16", "squeezenet1_1", "alexnet", "resnet18"):
-    register_model(torchvision_spec(_arch))

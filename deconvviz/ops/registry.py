@@ -12,6 +12,7 @@ activations). A rule set for one call (:class:`deconvviz.methods.RuleSet`) is re
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,32 @@ class OpTable:
         self._entries: dict[Any, OpEntry] = {}
         self._geometry_finders: list[Callable[[nn.Module], Geometry | None]] = []
         self.version = 0  # bumped on every change, so tables derived from the registry know when to re-read it
+        self._deferred: list[tuple[str, Callable[[Any], None]]] = []
+        self._waiting: list[tuple[str, Callable[[Any], None]]] = []
+
+    def defer(self, module: str, define: Callable[[Any], None]) -> None:
+        """Call ``define(the module)`` once the module ``module`` is imported, before the next lookup.
+
+        Rules for an optional library's ops (torchvision's ``StochasticDepth``) are registered this way, so that
+        deconvviz never imports the library itself: a model that uses those ops has imported it.
+        """
+        self._deferred.append((module, define))
+        self._waiting.append((module, define))
+        self._load()
+
+    def _load(self) -> None:
+        """Run the deferred definitions whose modules are now imported."""
+        if not self._waiting:
+            return
+        for item in list(self._waiting):
+            module = sys.modules.get(item[0])
+            if module is None:
+                continue
+            self._waiting.remove(item)
+            try:
+                item[1](module)
+            except AttributeError:  # the module is still being imported: the next lookup tries again
+                self._waiting.append(item)
 
     def _entry(self, target: OpKey) -> OpEntry:
         entry = self._entries.get(target)
@@ -121,6 +148,7 @@ class OpTable:
 
     def entry(self, target: Any) -> OpEntry | None:
         """The entry of ``target``, exactly as registered (no lookup along base classes)."""
+        self._load()
         try:
             return self._entries.get(target)
         except TypeError:  # unhashable target
@@ -128,6 +156,7 @@ class OpTable:
 
     def find(self, target: Any, has: Callable[[OpEntry], bool]) -> tuple[Any, OpEntry] | None:
         """The nearest ``(key, entry)`` for ``target`` that satisfies ``has``, along a module class's bases."""
+        self._load()
         if isinstance(target, type):
             for cls in target.__mro__:
                 found = self._entries.get(cls)
@@ -162,15 +191,18 @@ class OpTable:
 
     def items(self) -> Iterator[tuple[Any, OpEntry]]:
         """Every (key, entry) pair, in registration order."""
+        self._load()
         return iter(list(self._entries.items()))
 
     def snapshot(self) -> dict[Any, OpEntry]:
         """A deep enough copy of the table, for :meth:`restore`."""
+        self._load()
         return {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in self._entries.items()}
 
     def restore(self, entries: dict[Any, OpEntry]) -> None:
         """Put back a table taken by :meth:`snapshot`."""
         self._entries = {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in entries.items()}
+        self._waiting = list(self._deferred)  # defined again on the next lookup if the table held them not
         self.version += 1
 
 

@@ -18,7 +18,7 @@ from typing_extensions import override
 from deconvviz.core.capture import TensorMeta, TupleMeta
 from deconvviz.ops.base import MirrorContext, Rule, local_vjp
 from deconvviz.ops.geometry import GeometryContext, ReceptiveField, keeps_positions, pointwise, single, whole_image
-from deconvviz.ops.registry import define
+from deconvviz.ops.registry import OPS, define
 
 
 class CatRule(Rule):
@@ -272,11 +272,9 @@ define(
 )
 
 
-def _stochastic_depth_rules() -> None:
+def _stochastic_depth_rules(ops: Any) -> None:
     """Torchvision's StochasticDepth is the identity in eval mode (the capture always runs in eval mode)."""
-    from torchvision.ops import StochasticDepth, stochastic_depth
-
-    define([StochasticDepth, stochastic_depth], IdentityRule(), geometry=pointwise)
+    define([ops.StochasticDepth, ops.stochastic_depth], IdentityRule(), geometry=pointwise)
 
 
-_stochastic_depth_rules()
+OPS.defer("torchvision.ops", _stochastic_depth_rules)  # when a model has imported torchvision's ops

@@ -47,7 +47,7 @@ from deconvviz.errors import DeconvVizError, deprecated
 from deconvviz.io.sources import Data, ImageSource, SearchError, image_source
 from deconvviz.methods import get_method
 from deconvviz.models.session import Session
-from deconvviz.models.zoo import LoadedModel, list_models, load_model
+from deconvviz.models.zoo import LoadedModel, load_model, registered_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from deconvviz.core.deconvnet import DeconvNet
@@ -499,7 +499,7 @@ def _looks_like_model(value: Any) -> bool:
     if hasattr(value, "net") and hasattr(value, "model"):  # a session
         return True
     if isinstance(value, str) and not Path(value).exists():
-        return value in {spec.name for spec in list_models()} or ":" in value
+        return value in registered_names() or ":" in value
     return False
 
 
