@@ -287,7 +287,7 @@ def test_the_analyses_take_a_bare_module_and_preprocessed_tensors(photo: Path) -
     assert dv.session(module).name == "TinyVGG"  # named after its class, as it has no name of its own
     with pytest.raises(dv.DeconvVizError, match="size= needs a loaded model"):
         dv.session(dv.session(module), size=64)
-    occluded = dv.occlusion(x, model=module, layer="features.6", size=8, stride=8)
+    occluded = dv.occlusion(x, model=module, layer="features.6", occluder=8, stride=8)
     assert occluded.model == "TinyVGG"
     assert occluded.picture.shape == (32, 32, 3)  # drawn without the model's inverse preprocessing
     assert occluded.figure()[0] is not None

@@ -234,7 +234,7 @@ def test_report_and_occlusion_run_at_the_last_layers(attention_model: str, photo
     build_report(photos, tmp_path / "report", model=attention_model, layers="down,conv_last", channels=2, k=2)
     assert (tmp_path / "report" / "index.html").exists()
     for layer in ("down", "conv_last"):
-        result = dv.occlusion(photos / "photo0.png", model=attention_model, layer=layer, size=8, stride=8)
+        result = dv.occlusion(photos / "photo0.png", model=attention_model, layer=layer, occluder=8, stride=8)
         assert result.projection is not None
         assert result.projection.image.abs().max() > 0
     session = dv.session(attention_model, device="cpu")

@@ -315,7 +315,9 @@ def test_occlusion_result_equals_the_cpus(device: torch.device, folder: Path) ->
     for where in ("cpu", str(device)):
         loaded = dv.load_model("tiny-device", device=where)
         x = loaded.preprocess(picture).cpu().double()  # a CPU tensor: occlusion moves it to the model
-        results[where] = dv.occlusion(x, model=loaded, layer="conv3", size=8, stride=4, batch_size=7, data=folder, k=2)
+        results[where] = dv.occlusion(
+            x, model=loaded, layer="conv3", occluder=8, stride=4, batch_size=7, data=folder, k=2
+        )
     a, b = results["cpu"], results[str(device)]
     assert b.activation.device.type == "cpu"  # results hold host tensors, whatever the device
     assert (a.channel, a.target, a.grid) == (b.channel, b.target, b.grid)

@@ -156,7 +156,7 @@ def test_invariance_and_occlusion_defaults_fit(photos: list[Path]) -> None:
         width, height = _inches(fig, ax)
         assert width >= 1.5
         assert height >= 1.0
-    result = dv.occlusion(photos[0], MODEL, size=8, stride=4, device="cpu")
+    result = dv.occlusion(photos[0], MODEL, occluder=8, stride=4, device="cpu")
     fig, axes = result.figure()
     assert fig.get_size_inches()[0] <= MOST
     assert len(axes) == 5

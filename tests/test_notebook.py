@@ -41,7 +41,7 @@ CELLS = [
     ("p.to_pil(0)", "image/png"),
     ('result = dv.top_k(str(photos), "tiny-notebook", layers=["conv3"], k=2, channels="first3")\nresult', "text/html"),
     ('fig, axes = result.figure("conv3", result.channels("conv3")[0])\nfig', "image/png"),
-    ('r = dv.occlusion(photo, model="tiny-notebook", size=8, stride=8)\nr', "image/png"),
+    ('r = dv.occlusion(photo, model="tiny-notebook", occluder=8, stride=8)\nr', "image/png"),
     ("fig, axes = r.figure()\nfig", "image/png"),
     ('s = dv.sanity(photo, model="tiny-notebook", layer="conv2")\ns', "image/png"),
 ]

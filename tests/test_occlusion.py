@@ -226,7 +226,7 @@ def test_panels_match_a_brute_force_loop(photo: Path) -> None:
     model = session.net.model.double()
     try:
         x = session.preprocess(photo).double()
-        result = dv.occlusion(x, model=session, layer="conv3", size=8, stride=4, batch_size=5)
+        result = dv.occlusion(x, model=session, layer="conv3", occluder=8, stride=4, batch_size=5)
         rows, cols = occluder_grid(32, 32, 8, 4)
         assert result.grid == (8, 8)
         acts = dv.DeconvNet(model).activations(x, ["features.6"])["features.6"][0]
@@ -261,9 +261,9 @@ def test_panels_match_a_brute_force_loop(photo: Path) -> None:
 def test_a_chosen_channel_is_followed_instead_of_the_strongest(photo: Path) -> None:
     session = dv.session(MODEL, device="cpu")
     x = session.preprocess(photo)
-    strongest = dv.occlusion(x, model=session, layer="conv3", size=8, stride=8)
+    strongest = dv.occlusion(x, model=session, layer="conv3", occluder=8, stride=8)
     chosen = (strongest.channel + 1) % 8
-    result = dv.occlusion(x, model=session, layer="conv3", size=8, stride=8, channel=chosen)
+    result = dv.occlusion(x, model=session, layer="conv3", occluder=8, stride=8, channel=chosen)
     assert result.channel == chosen
     assert result.projection is not None
     assert result.projection.channels == (chosen,)
@@ -276,12 +276,12 @@ def test_a_chosen_channel_is_followed_instead_of_the_strongest(photo: Path) -> N
             assert float(result.activation[i, j]) == pytest.approx(total, rel=1e-5, abs=1e-5)
     for bad in (8, -1, True, 1.5):
         with pytest.raises(OcclusionError, match="out of range for layer 'conv3', which has 8 channels"):
-            dv.occlusion(x, model=session, layer="conv3", size=8, stride=8, channel=bad)
+            dv.occlusion(x, model=session, layer="conv3", occluder=8, stride=8, channel=bad)
 
 
 def test_a_given_class_by_index_or_name(photo: Path) -> None:
-    by_index = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target=3)
-    by_name = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target="class 3")
+    by_index = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, target=3)
+    by_name = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, target="class 3")
     assert by_index.target == by_name.target == 3
     assert torch.equal(by_index.probability, by_name.probability)
 
@@ -296,13 +296,13 @@ def test_a_given_class_by_index_or_name(photo: Path) -> None:
 )
 def test_unknown_class(photo: Path, target: object, message: str) -> None:
     with pytest.raises(OcclusionError, match=message):
-        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, target=target)  # type: ignore[arg-type]
+        dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, target=target)  # type: ignore[arg-type]
 
 
 def test_model_without_classifier_gets_a_and_b_and_says_why(photo: Path) -> None:
     loaded = dv.load_model(MODEL, device="cpu")
     headless = dv.session(dataclasses.replace(loaded, module=loaded.module.features, labels=None, layers={}))
-    result = dv.occlusion(photo, model=headless, layer="6", size=8, stride=8)
+    result = dv.occlusion(photo, model=headless, layer="6", occluder=8, stride=8)
     assert result.probability is None
     assert result.labels is None
     assert result.missing is not None
@@ -314,7 +314,7 @@ def test_model_without_classifier_gets_a_and_b_and_says_why(photo: Path) -> None
 
 
 def test_save_writes_the_panels_and_manifest(photo: Path, tmp_path: Path) -> None:
-    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=4)
+    result = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=4)
     folder = result.save(tmp_path / "noise")
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
@@ -338,8 +338,8 @@ def test_save_writes_the_panels_and_manifest(photo: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize("method", ["guided", "gradient"])
 def test_panel_b_uses_the_chosen_reverse_pass(photo: Path, tmp_path: Path, method: str) -> None:
     session = dv.session(MODEL, device="cpu")
-    result = dv.occlusion(photo, model=session, layer="conv3", size=8, stride=8, method=method)
-    default = dv.occlusion(photo, model=session, layer="conv3", size=8, stride=8)
+    result = dv.occlusion(photo, model=session, layer="conv3", occluder=8, stride=8, method=method)
+    default = dv.occlusion(photo, model=session, layer="conv3", occluder=8, stride=8)
     assert result.method == method
     assert default.method == "deconvnet"
     assert result.projection is not None
@@ -367,7 +367,7 @@ def test_panel_b_projects_the_strongest_unit_whose_field_lies_inside(tmp_path: P
     Image.fromarray(picture).save(path)
     session = dv.session(MODEL, device="cpu")
     x = session.preprocess(path)
-    result = dv.occlusion(path, model=session, layer="conv2", size=8, stride=8)
+    result = dv.occlusion(path, model=session, layer="conv2", occluder=8, stride=8)
     assert result.projection is not None
     field = dv.receptive_field(session.net, "conv2")
     anywhere = session.net.project(x, "conv2", result.channel)
@@ -387,11 +387,11 @@ def test_panel_b_projects_the_strongest_unit_whose_field_lies_inside(tmp_path: P
 
 def test_unknown_method_fails_before_any_work(photo: Path) -> None:
     with pytest.raises(dv.MethodError, match="unknown method 'nope'"):
-        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, method="nope")
+        dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, method="nope")
 
 
 def test_every_legend_label_of_panel_d_lies_inside_the_figure(photo: Path) -> None:
-    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=4)
+    result = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=4)
     labels = torch.arange(64).remainder(12).view(8, 8)  # 12 classes: 8 named, the rest "other classes"
     names = {c: f"class {c} with a name as long as a dog breed's" for c in range(12)}
     crowded = dataclasses.replace(result, labels=labels, label_names=names)
@@ -416,7 +416,7 @@ def test_every_legend_label_of_panel_d_lies_inside_the_figure(photo: Path) -> No
 
 
 def test_a_class_that_wins_few_positions_is_not_shown_as_none(photo: Path) -> None:
-    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=1)  # 32 x 32 = 1024 positions
+    result = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=1)  # 32 x 32 = 1024 positions
     labels = torch.zeros(32, 32, dtype=torch.long)
     labels[0, 0] = 1
     _, axes = dataclasses.replace(result, labels=labels, label_names={0: "dog", 1: "cat"}).figure()
@@ -426,9 +426,9 @@ def test_a_class_that_wins_few_positions_is_not_shown_as_none(photo: Path) -> No
 def test_model_is_left_unchanged(photo: Path, unchanged: Callable[[nn.Module], object]) -> None:
     session = dv.session(MODEL, device="cpu")
     state = unchanged(session.net.model)
-    dv.occlusion(photo, model=session, size=8, stride=8)
+    dv.occlusion(photo, model=session, occluder=8, stride=8)
     with pytest.raises(OcclusionError):
-        dv.occlusion(photo, model=session, size=8, stride=8, target=99)
+        dv.occlusion(photo, model=session, occluder=8, stride=8, target=99)
     state.assert_same(session.net.model)  # type: ignore[attr-defined]
 
 
@@ -449,7 +449,7 @@ def test_unreadable_other_pictures_are_named_as_left_out(photo: Path, others: Pa
     for path in others.iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "broken.png").write_bytes(b"not a picture")
-    result = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=folder, k=2)
+    result = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, data=folder, k=2)
     assert [image for image, _ in result.others_skipped] == ["broken.png"]
     assert "(1 unreadable left out: broken.png)" in result.summary()
     assert result._manifest()["others"]["skipped"][0]["image"] == "broken.png"
@@ -461,7 +461,7 @@ def test_other_pictures_are_the_map_s_top_k_without_the_picture_itself(photo: Pa
         others / photo.name,
         model=MODEL,
         device="cpu",
-        size=8,
+        occluder=8,
         stride=8,
         data=others,
         k=2,
@@ -507,12 +507,12 @@ def test_other_pictures_are_the_map_s_top_k_without_the_picture_itself(photo: Pa
 
 def test_other_pictures_need_a_folder_and_a_count(photo: Path, others: Path, tmp_path: Path) -> None:
     with pytest.raises(dv.DeconvVizError, match="folder not found"):
-        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=tmp_path / "nowhere")
+        dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, data=tmp_path / "nowhere")
     with pytest.raises(dv.AnalysisError, match="whole number of at least 1"):
-        dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8, data=others, k=0)
+        dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8, data=others, k=0)
     session = dv.session(MODEL, device="cpu")
     with pytest.raises(dv.AnalysisError, match="need the model's preprocessing"):
-        dv.occlusion(session.preprocess(photo), model=session.net.model, size=8, stride=8, data=others)
+        dv.occlusion(session.preprocess(photo), model=session.net.model, occluder=8, stride=8, data=others)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -529,7 +529,7 @@ def test_cli_writes_one_folder_per_image(photo: Path, tmp_path: Path) -> None:
             MODEL,
             "--device",
             "cpu",
-            "--size",
+            "--occluder",
             "8",
             "--stride",
             "8",
@@ -547,7 +547,7 @@ def test_cli_writes_one_folder_per_image(photo: Path, tmp_path: Path) -> None:
 def test_cli_shows_the_map_in_other_pictures(photo: Path, others: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     picture = others / photo.name  # in the folder: left out of the other pictures
-    args = ["occlusion", str(picture), "--model", MODEL, "--device", "cpu", "--size", "8", "--stride", "8"]
+    args = ["occlusion", str(picture), "--model", MODEL, "--device", "cpu", "--occluder", "8", "--stride", "8"]
     result = CliRunner().invoke(app, [*args, "--data", str(others), "-k", "3", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((out / "noise" / "manifest.json").read_text())
@@ -566,7 +566,7 @@ def test_cli_shows_the_map_in_other_pictures(photo: Path, others: Path, tmp_path
 
 def test_cli_method_is_passed_to_panel_b_and_recorded(photo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["occlusion", str(photo), "--model", MODEL, "--device", "cpu", "--size", "8", "--stride", "8"]
+    args = ["occlusion", str(photo), "--model", MODEL, "--device", "cpu", "--occluder", "8", "--stride", "8"]
     result = CliRunner().invoke(app, [*args, "--method", "guided", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((out / "noise" / "manifest.json").read_text())
@@ -577,7 +577,8 @@ def test_cli_method_is_passed_to_panel_b_and_recorded(photo: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--size", "64"], "larger than the 32x32 image"),
+        (["--occluder", "64"], "larger than the 32x32 image"),
+        (["--occluder", "8", "--size", "16"], "--occluder 8 and --size 16 name the same thing"),
         (["--stride", "0"], "stride"),
         (["--class", "7"], "class 7 is out of range"),
         (["--layer", "conv9"], "unknown layer 'conv9'"),
@@ -618,7 +619,24 @@ def test_the_default_layer_is_the_deepest_of_features_not_the_class_score_maps()
     assert default_layers(net, x) == ["1", "6"]
     assert score_maps(net, ["1", "4", "6"], 5, {"1": 5, "4": 8, "6": 5}) == ["6"]
     assert default_layers(net, x, classes=5) == ["1", "4"]
-    result = dv.occlusion(x, model=model, size=8, stride=8)
+    result = dv.occlusion(x, model=model, occluder=8, stride=8)
     assert result.layer == "4"
     assert result.probability is not None  # the class scores still give panels (c) and (d)
-    assert dv.occlusion(x, model=model, layer="6", size=8, stride=8).layer == "6"  # named, it is followed
+    assert dv.occlusion(x, model=model, layer="6", occluder=8, stride=8).layer == "6"  # named, it is followed
+
+
+def test_the_occluders_earlier_name_still_works_and_warns(photo: Path, tmp_path: Path) -> None:
+    import deconvviz.errors
+
+    deconvviz.errors._WARNED.discard("occlusion(size=...) for the occluder's side")
+    with pytest.deprecated_call(match=r"occlusion\(size=\.\.\.\) for the occluder's side is deprecated"):
+        old = dv.occlusion(photo, model=MODEL, device="cpu", size=8, stride=8)
+    new = dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, stride=8)
+    assert torch.equal(old.activation, new.activation)
+    with pytest.raises(OcclusionError, match="occluder=8 and size=16 name the same thing"):
+        dv.occlusion(photo, model=MODEL, device="cpu", occluder=8, size=16)
+    args = ["occlusion", str(photo), "--model", MODEL, "--device", "cpu", "--size", "8", "--stride", "8"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.stderr
+    assert "warning: occlusion --size is the occluder's side for this release only; write --occluder 8" in result.stderr
+    assert json.loads((tmp_path / "o" / "noise" / "manifest.json").read_text())["arguments"]["occluder"] == 8

@@ -83,7 +83,7 @@ def test_evolution_counts_checkpoints(photos: list[Path], tmp_path: Path) -> Non
 
 def test_occlusion_counts_positions(photos: list[Path]) -> None:
     calls, progress = _recorder()
-    result = dv.occlusion(photos[0], MODEL, size=8, stride=8, batch_size=5, device="cpu", progress=progress)
+    result = dv.occlusion(photos[0], MODEL, occluder=8, stride=8, batch_size=5, device="cpu", progress=progress)
     _check(calls, int(result.activation.numel()))  # one per occluder position
 
 
@@ -100,7 +100,7 @@ def test_correspondence_counts_images(photos: list[Path], tmp_path: Path) -> Non
 def test_a_two_argument_callback_still_works_and_warns(photos: list[Path]) -> None:
     seen: list[tuple[int, int]] = []
     with pytest.warns(DeprecationWarning, match="three"):
-        dv.occlusion(photos[0], MODEL, size=8, stride=16, device="cpu", progress=lambda d, t: seen.append((d, t)))
+        dv.occlusion(photos[0], MODEL, occluder=8, stride=16, device="cpu", progress=lambda d, t: seen.append((d, t)))
     assert seen[0][0] == 0
     assert seen[-1][0] == seen[-1][1]
 

@@ -40,6 +40,7 @@ from deconvviz.core.graph import evaluating
 from deconvviz.core.incremental import IncrementalOcclusion
 from deconvviz.core.layers import default_layers
 from deconvviz.core.seeds import channel_outside
+from deconvviz.errors import deprecated
 from deconvviz.methods import get_method
 from deconvviz.models.session import session
 
@@ -233,7 +234,7 @@ def occlusion(
     model: str | Any = "vgg16",
     *,
     layer: str | None = None,
-    size: int = 32,
+    occluder: int | None = None,
     stride: int = 8,
     target: int | str | None = "auto",
     method: str = "deconvnet",
@@ -243,6 +244,7 @@ def occlusion(
     data: Data | None = None,
     k: int = 3,
     channel: int | None = None,
+    size: int | None = None,
 ) -> OcclusionResult:
     """Slide a grey square over an image and record what the network does (the paper's Fig. 7).
 
@@ -252,7 +254,7 @@ def occlusion(
         layer: the layer whose strongest feature map panel (a) follows; default: the model's deepest default
             layer of features (``conv5_3`` for VGG16; ``fire9`` for SqueezeNet, whose ``conv10`` maps are its
             class scores).
-        size: the occluder's side in pixels.
+        occluder: the occluder's side in pixels (default 32).
         stride: pixels between occluder positions (the grid has ``ceil(H / stride)`` rows).
         target: the correct class for panel (c): an index, an exact class name, or ``"auto"`` / None for the
             unoccluded top-1.
@@ -269,6 +271,7 @@ def occlusion(
         k: how many of those are shown.
         channel: the feature map panels (a) and (b) follow; default: the strongest on the unoccluded picture, as
             in the paper.
+        size: the earlier name of ``occluder`` (warns once; ``size`` is the input picture's side everywhere else).
 
     Returns:
         The :class:`OcclusionResult`.
@@ -285,6 +288,7 @@ def occlusion(
         >>> fig, axes = result.figure()  # doctest: +SKIP
         >>> result.save("out/occlusion/cat")  # doctest: +SKIP
     """
+    size = _occluder(occluder, size, "occlusion")
     current = session(model, device=device)
     x = current.preprocess(image)
     job = prepare(current, x, layer=layer, size=size, stride=stride, target=target, method=method, channel=channel)
@@ -307,13 +311,23 @@ def occlusion(
         )
 
 
+def _occluder(occluder: int | None, size: int | None, function: str) -> int:
+    """The occluder's side from ``occluder=`` or its earlier name ``size=`` (which warns once); 32 by default."""
+    if size is None:
+        return 32 if occluder is None else occluder
+    deprecated(f"{function}(size=...) for the occluder's side", f"{function}(occluder=...)", stacklevel=4)
+    if occluder is not None and occluder != size:
+        raise OcclusionError(f"occluder={occluder} and size={size} name the same thing; give occluder= alone")
+    return size
+
+
 def occlusion_jobs(
     images: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     model: str | Any = "vgg16",
     *,
     layer: str | None = None,
-    size: int = 32,
+    occluder: int | None = None,
     stride: int = 8,
     target: int | str | None = "auto",
     method: str = "deconvnet",
@@ -322,6 +336,7 @@ def occlusion_jobs(
     k: int = 3,
     progress: ProgressOption = None,
     channel: int | None = None,
+    size: int | None = None,
 ) -> Iterator[tuple[Path, Path, OcclusionJob]]:
     """Occlusion sweeps for several pictures, one result folder each (``out/<picture name>``).
 
@@ -336,6 +351,7 @@ def occlusion_jobs(
     Raises:
         OcclusionError, MethodError, LayerNotFoundError, ImageError, ResultFolderError: as for :func:`occlusion`.
     """
+    size = _occluder(occluder, size, "occlusion_jobs")
     paths = [Path(image) for image in images]
     if not paths:
         raise OcclusionError("give at least one picture to occlude")

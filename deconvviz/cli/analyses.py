@@ -4,6 +4,7 @@ discrimination.
 
 from __future__ import annotations
 
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -374,7 +375,10 @@ def occlusion_command(
             help="The feature map followed (panels a, b). Default: the layer's strongest on the picture.",
         ),
     ] = None,
-    size: Annotated[int, typer.Option("--size", help="Side of the grey occluder, in pixels.")] = 32,
+    occluder: Annotated[
+        int | None, typer.Option("--occluder", help="Side of the grey occluder, in pixels.  [default: 32]")
+    ] = None,
+    size: Annotated[int | None, typer.Option("--size", hidden=True)] = None,
     stride: Annotated[int, typer.Option("--stride", help="Pixels between occluder positions.")] = 8,
     target: Annotated[
         str,
@@ -423,10 +427,19 @@ def occlusion_command(
     Each picture's folder (occlusion.png, CSV grids, projection.png, manifest.json) appears only when complete.
     """
     with reported(debug):
+        if size is not None:  # the earlier name; every other command's --size is the input picture's side
+            if occluder is not None and occluder != size:
+                raise usage(f"--occluder {occluder} and --size {size} name the same thing; give --occluder alone")
+            warnings.warn(
+                "occlusion --size is the occluder's side for this release only; write --occluder "
+                f"{size} (--size will be the input picture's side, as in the other commands)",
+                FutureWarning,
+                stacklevel=1,
+            )
         sweep: dict[str, Any] = {
             "layer": layer,
             "channel": channel,
-            "size": size,
+            "occluder": occluder if occluder is not None else (size if size is not None else 32),
             "stride": stride,
             "target": target,
             "method": method,
