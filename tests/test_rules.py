@@ -280,6 +280,16 @@ def test_rules_for_an_optional_librarys_ops_wait_until_a_model_imports_it(monkey
     assert table.entry(Op) is not None  # imported by now: defined before the lookup
     assert table.entry(Op) is not None
     assert defined == [library]  # once
+
+    class Mine(IdentityRule):
+        pass
+
+    fresh = OpTable()  # a registration made once the library is imported comes after the definition, and wins
+    fresh.defer("optional_library_for_a_test", lambda module: fresh.set_rule(module.Op, IdentityRule()))
+    fresh.set_rule(Op, Mine())
+    found = fresh.entry(Op)
+    assert found is not None
+    assert isinstance(next(iter(found.rules.values())), Mine)
     saved = table.snapshot()
     table.restore({})
     assert table.find(Op, lambda e: bool(e.rules)) is not None  # a table put back defines it again

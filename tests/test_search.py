@@ -135,6 +135,8 @@ def test_inside_ranks_only_units_whose_field_lies_in_the_picture(stand, folder) 
     small = Stand(stand.module, side=8)
     found = top_k(folder, small, layers=["conv1", "conv2", "pool2"], k=2, channels="first2", inside=True)
     assert found.everywhere == ("conv2", "pool2")
+    head = top_k(folder, small, layers=["classifier.1"], k=1, channels="first2", inside=True)
+    assert head.everywhere == ()  # its units see the whole picture: nothing to restrict, nothing to say
     anywhere = top_k(folder, small, layers=["conv2"], k=2, channels="first2")
     assert [(h.image, h.position) for h in found.hits["conv2"][0]] == [
         (h.image, h.position) for h in anywhere.hits["conv2"][0]

@@ -41,13 +41,18 @@ def _unimported_version(package: str) -> str:
 
     try:
         spec = importlib.util.find_spec(package)
-        folders = list(spec.submodule_search_locations or []) if spec is not None else []
-        for folder in folders:
+    except (ImportError, ValueError):
+        spec = None
+    for folder in list(spec.submodule_search_locations or []) if spec is not None else []:
+        try:
             found = re.search(r"""__version__\s*=\s*['"]([^'"]+)""", (Path(folder) / "version.py").read_text())
-            if found:
-                return found.group(1)
+        except (OSError, UnicodeDecodeError):
+            continue  # no version.py there: the metadata says it
+        if found:
+            return found.group(1)
+    try:
         return importlib.metadata.version(package)
-    except (OSError, ValueError, importlib.metadata.PackageNotFoundError):
+    except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
 

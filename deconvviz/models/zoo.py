@@ -113,12 +113,16 @@ _LISTED_TORCHVISION = ("vgg16", "squeezenet1_1", "alexnet", "resnet18")
 """torchvision models listed among the registered ones (any other works by name, ``NAME:torchvision``)."""
 
 
+_LISTED: dict[str, ModelSpec] = {}  # torchvision's listed specs, once built
+
+
 def list_models() -> list[ModelSpec]:
     """The registered models, in registration order, then a few of torchvision's (this imports torchvision)."""
     for arch in _LISTED_TORCHVISION:
-        if f"{arch}:torchvision" not in _REGISTRY:
-            register_model(torchvision_spec(arch))
-    return list(_REGISTRY.values())
+        if arch not in _LISTED:
+            _LISTED[arch] = torchvision_spec(arch)
+    listed = [spec for spec in _LISTED.values() if spec.name not in _REGISTRY]
+    return [*_REGISTRY.values(), *listed]
 
 
 def registered(name: str) -> ModelSpec | None:

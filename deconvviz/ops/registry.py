@@ -13,6 +13,7 @@ activations). A rule set for one call (:class:`deconvviz.methods.RuleSet`) is re
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,35 +74,57 @@ class OpTable:
     def __init__(self) -> None:
         self._entries: dict[Any, OpEntry] = {}
         self._geometry_finders: list[Callable[[nn.Module], Geometry | None]] = []
-        self.version = 0  # bumped on every change, so tables derived from the registry know when to re-read it
+        self._version = 0
         self._deferred: list[tuple[str, Callable[[Any], None]]] = []
         self._waiting: list[tuple[str, Callable[[Any], None]]] = []
+        self._loading = threading.RLock()  # the explorer looks ops up from several threads
+        self._running: set[tuple[str, Callable[[Any], None]]] = set()
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change, so tables derived from the registry know when to read it again.
+
+        Reading it first runs the deferred definitions that are due (:meth:`defer`), as every lookup does.
+        """
+        self._load()
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
 
     def defer(self, module: str, define: Callable[[Any], None]) -> None:
-        """Call ``define(the module)`` once the module ``module`` is imported, before the next lookup.
+        """Call ``define(the module)`` once the module ``module`` is imported, before the next lookup or change.
 
         Rules for an optional library's ops (torchvision's ``StochasticDepth``) are registered this way, so that
-        deconvviz never imports the library itself: a model that uses those ops has imported it.
+        deconvviz never imports the library itself: a model that uses those ops has imported it. A rule the user
+        registers for those ops comes after the definition, and wins.
         """
         self._deferred.append((module, define))
         self._waiting.append((module, define))
         self._load()
 
     def _load(self) -> None:
-        """Run the deferred definitions whose modules are now imported."""
+        """Run the deferred definitions whose modules are now imported (one thread at a time, each once)."""
         if not self._waiting:
             return
-        for item in list(self._waiting):
-            module = sys.modules.get(item[0])
-            if module is None:
-                continue
-            self._waiting.remove(item)
-            try:
-                item[1](module)
-            except AttributeError:  # the module is still being imported: the next lookup tries again
-                self._waiting.append(item)
+        with self._loading:  # another thread's lookup waits here until the definition is complete
+            for item in list(self._waiting):
+                module = sys.modules.get(item[0])
+                if module is None or item in self._running or item not in self._waiting:
+                    continue  # not imported yet, or being defined by this very thread (its registrations)
+                self._running.add(item)
+                try:
+                    item[1](module)
+                except AttributeError:  # the module is still being imported: the next lookup tries again
+                    continue
+                else:
+                    self._waiting.remove(item)
+                finally:
+                    self._running.discard(item)
 
     def _entry(self, target: OpKey) -> OpEntry:
+        self._load()  # a registration comes after the deferred definitions due, so that it is not overwritten
         entry = self._entries.get(target)
         if entry is None:
             entry = self._entries[target] = OpEntry()
@@ -141,6 +164,7 @@ class OpTable:
 
     def remove_rules(self, target: OpKey) -> None:
         """Forget every rule of ``target`` (its geometry stays)."""
+        self._load()
         entry = self._entries.get(target)
         if entry is not None:
             entry.rules.clear()
@@ -197,13 +221,35 @@ class OpTable:
     def snapshot(self) -> dict[Any, OpEntry]:
         """A deep enough copy of the table, for :meth:`restore`."""
         self._load()
-        return {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in self._entries.items()}
+        return _Snapshot(
+            {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in self._entries.items()},
+            waiting=list(self._waiting),
+        )
 
     def restore(self, entries: dict[Any, OpEntry]) -> None:
-        """Put back a table taken by :meth:`snapshot`."""
-        self._entries = {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in entries.items()}
-        self._waiting = list(self._deferred)  # defined again on the next lookup if the table held them not
-        self.version += 1
+        """Put back a table taken by :meth:`snapshot` (deferred definitions still waiting then wait again)."""
+        with self._loading:
+            self._entries = {k: OpEntry(dict(e.rules), e.geometry, e.leaf, e.window) for k, e in entries.items()}
+            self._waiting = list(getattr(entries, "waiting", self._deferred))
+            self._version += 1
+
+    def waiting(self) -> list[tuple[str, Callable[[Any], None]]]:
+        """The deferred definitions not run yet (their modules are not imported)."""
+        self._load()
+        return list(self._waiting)
+
+    def wait_again(self, waiting: list[tuple[str, Callable[[Any], None]]]) -> None:
+        """Let these deferred definitions run again at the next lookup (after a part of the table is put back)."""
+        with self._loading:
+            self._waiting = list(dict.fromkeys([*self._waiting, *waiting]))
+
+
+class _Snapshot(dict[Any, Any]):
+    """A snapshot of the table, and the deferred definitions that were still waiting when it was taken."""
+
+    def __init__(self, entries: dict[Any, Any], waiting: list[tuple[str, Callable[[Any], None]]]) -> None:
+        super().__init__(entries)
+        self.waiting = waiting
 
 
 OPS = OpTable()
@@ -229,12 +275,17 @@ class GeometryView:
 
     def snapshot(self) -> dict[Any, Geometry | None]:
         """Every geometry, for :meth:`restore`."""
-        return {k: e.geometry for k, e in OPS.items()}
+        return _Snapshot({k: e.geometry for k, e in OPS.items()}, waiting=OPS.waiting())
 
     def restore(self, saved: dict[Any, Geometry | None]) -> None:
-        """Put back geometries taken by :meth:`snapshot` (and forget those registered since)."""
+        """Put back geometries taken by :meth:`snapshot` (and forget those registered since).
+
+        A deferred definition that ran after the snapshot runs again at the next lookup, so that its geometry is
+        not lost with the ones forgotten.
+        """
         for key, entry in OPS.items():
             entry.geometry = saved.get(key)
+        OPS.wait_again(getattr(saved, "waiting", []))
         OPS.version += 1
 
 

@@ -51,8 +51,9 @@ class ScanOptions:
         seed: the seed of ``sample`` and of ``"random<n>"`` channels.
         resume: go on from the saved state of an interrupted scan with the same options.
         save_every: seconds between two saves of the scan state (0: after every batch).
-        inside: rank only units whose receptive field lies wholly inside the picture, so that no hit answers the
-            zero padding at its border (a layer none of whose units lies inside keeps them all).
+        inside: rank only units whose receptive field (the deconvnet's) lies wholly inside the picture, so that
+            no hit answers the zero padding at its border (a layer none of whose units lies inside keeps them
+            all; a layer whose units see the whole picture, or that has no map, is not restricted).
     """
 
     layers: tuple[str, ...] | None = None

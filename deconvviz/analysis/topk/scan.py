@@ -272,12 +272,16 @@ def run_scan(
     picks: dict[str, Tensor] = {}  # per layer, its selected channels on the device, made once
     fields = receptive_fields(net, chosen_layers) if options.inside else {}
     masks: dict[str, Tensor | None] = {}  # per layer, its units inside the picture (None: every unit counts)
+    outside: set[str] = set()  # layers with a map none of whose units lies inside: every unit counts there
     image_size: tuple[int, int] = (0, 0)
 
     def inside(layer: str, map_shape: Sequence[int], size: Sequence[int], device: torch.device) -> Tensor | None:
+        # judged by the deconvnet's receptive fields, the paper's (a gradient's may be the whole picture)
         if layer not in masks:
             mask = inside_mask(fields[layer], map_shape, size) if len(map_shape) == 2 else None
-            masks[layer] = None if mask is None or not bool(mask.any()) else mask.to(device)
+            if mask is not None and not bool(mask.any()):
+                outside.add(layer)
+            masks[layer] = None if mask is None or layer in outside else mask.to(device)
         return masks[layer]
 
     def track(layer: str, act: Tensor, index: Tensor) -> None:
@@ -339,11 +343,10 @@ def run_scan(
     everywhere: tuple[str, ...] = ()
     if options.inside:  # also for a scan resumed after its last batch: the geometry alone decides
         size = image_size if image_size != (0, 0) else _input_size(loaded)
-        everywhere = tuple(
-            layer
-            for layer in chosen_layers
-            if size is not None and layer in trackers and inside(layer, trackers[layer].map_shape, size, where) is None
-        )
+        for layer in chosen_layers:
+            if size is not None and layer in trackers:
+                inside(layer, trackers[layer].map_shape, size, where)
+        everywhere = tuple(layer for layer in chosen_layers if layer in outside)
     return ScanResult(
         loaded,
         net,
