@@ -114,6 +114,7 @@ _LISTED_TORCHVISION = ("vgg16", "squeezenet1_1", "alexnet", "resnet18")
 
 
 _LISTED: dict[str, ModelSpec] = {}  # torchvision's listed specs, once built
+_BUILT_IN = 0  # how many models deconvviz itself registers (set once they are, below)
 
 
 def list_models() -> list[ModelSpec]:
@@ -122,7 +123,9 @@ def list_models() -> list[ModelSpec]:
         if arch not in _LISTED:
             _LISTED[arch] = torchvision_spec(arch)
     listed = [spec for spec in _LISTED.values() if spec.name not in _REGISTRY]
-    return [*_REGISTRY.values(), *listed]
+    registered = list(_REGISTRY.values())
+    # the built-in models, then torchvision's, then those registered since (in their order)
+    return [*registered[:_BUILT_IN], *listed, *registered[_BUILT_IN:]]
 
 
 def registered(name: str) -> ModelSpec | None:
@@ -512,3 +515,5 @@ register_model(
         "weights and 1000-class classifier; offline",
     )
 )
+
+_BUILT_IN = len(_REGISTRY)
