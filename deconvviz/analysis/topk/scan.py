@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from deconvviz.analysis.choose import inside_mask
+from deconvviz.analysis.choose import inside_flags, inside_mask
 from deconvviz.analysis.progress import staged
 from deconvviz.analysis.topk import distributed
 from deconvviz.analysis.topk.distributed import Ranks
 from deconvviz.analysis.topk.keep import keep_strongest
-from deconvviz.analysis.topk.options import RandomChannels, ScanOptions, select_channels
+from deconvviz.analysis.topk.options import ScanOptions, select_channels
 from deconvviz.analysis.topk.result import TopKHit, TopKResult
 from deconvviz.analysis.topk.state import ScanState, load_state, save_state, scan_fingerprint, state_file
 from deconvviz.analysis.topk.tracker import TopKTracker
@@ -244,10 +244,7 @@ def run_scan(
     skipped: list[tuple[int, str]] = []
     start = 0
     path = state_file(state, ranks.rank, ranks.world) if state is not None else None
-    choice = f"{channels} (seed {options.seed})" if isinstance(channels, RandomChannels) else channels
-    fingerprint = scan_fingerprint(loaded, nodes, k, choice, batch_size, source, ranks) if path is not None else {}
-    if path is not None and options.inside:  # only then: states saved before the option stay resumable
-        fingerprint["inside"] = True
+    fingerprint = scan_fingerprint(loaded, nodes, options, source, ranks) if path is not None else {}
     if path is not None and options.resume:
         saved = load_state(path, fingerprint)
         if saved is not None:
@@ -644,7 +641,6 @@ def project_hits(
             for (local, image, slot, channel, rank), unit, recon in zip(meta[layer], units[layer], recons, strict=True):
                 row, col = unit[2], unit[3]
                 top, left, bottom, right = fields[layer].box(row, col, x_cpu.shape[-2:])
-                whole = fields[layer].box(row, col, x_cpu.shape[-2:], clip=False)
                 hit = TopKHit(
                     value=float(values[layer][slot, rank]),
                     image=source.names[image],
@@ -652,7 +648,7 @@ def project_hits(
                     box=(top, left, bottom, right),
                     reconstruction=recon[:, top:bottom, left:right].clone(),
                     patch=x_cpu[local, :, top:bottom, left:right].clone(),
-                    edge=whole != (top, left, bottom, right),
+                    edge=not inside_flags(fields[layer], [(row, col)], x_cpu.shape)[0],
                 )
                 mine[layer].append((channel, rank, hit))
             done += len(units[layer])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from deconvviz.analysis.topk.options import RandomChannels, ScanOptions
 from deconvviz.io.atomic import atomic_file, clean_stale_temporaries, mark
 from deconvviz.io.manifest import SCHEMA_VERSION, header, schema_version
 from deconvviz.io.sources import SearchError
@@ -147,21 +148,30 @@ __all__ = [
 
 
 def scan_fingerprint(
-    loaded: Any, nodes: Sequence[str], k: int, channels: Any, batch_size: int, source: ImageSource, ranks: Ranks
+    loaded: Any, nodes: Sequence[str], options: ScanOptions, source: ImageSource, ranks: Ranks
 ) -> dict[str, Any]:
     """What a saved scan state must match to be resumed.
 
-    The model and its weights, the scan's arguments, the images and the processes.
+    The model and its weights, the scan's arguments, the images and the processes. ``inside`` is there only when
+    set, so that states saved before the option stay resumable.
     """
-    return {
+    channels = options.tracked
+    if isinstance(channels, RandomChannels):
+        chosen: Any = f"{channels} (seed {options.seed})"  # another seed draws other channels
+    else:
+        chosen = channels if channels is None or isinstance(channels, int) else list(channels)
+    fingerprint = {
         "model": str(getattr(loaded, "name", type(loaded.module).__name__)),
         "weights": str(getattr(loaded, "weights", "")),
         "parameters": parameters_digest(loaded.module),
         "layers": list(nodes),
-        "k": k,
-        "channels": channels if channels is None or isinstance(channels, int | str) else list(channels),
-        "batch size": batch_size,
+        "k": options.k,
+        "channels": chosen,
+        "batch size": options.batch_size,
         "images": f"{len(source)} from {source.description} ({source.digest()})",
         "processes": ranks.world,
         "rank": ranks.rank,
     }
+    if options.inside:
+        fingerprint["inside"] = True
+    return fingerprint
