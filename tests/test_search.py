@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import io
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -80,8 +81,13 @@ def stand() -> Stand:
     return Stand(make_tiny_vgg(dtype=torch.float64))
 
 
-def _brute_force(stand: Stand, folder: Path, layer: str, k: int) -> dict[int, list[tuple[float, str, tuple[int, int]]]]:
+def _brute_force(
+    stand: Stand, folder: Path, layer: str, k: int, *, inside: bool = False
+) -> dict[int, list[tuple[float, str, tuple[int, int]]]]:
+    """Per channel, its top ``k`` (value, picture, unit), one picture at a time; ``inside``: of the units whose
+    whole receptive field lies in the picture only (each checked by its own box)."""
     net = dv.DeconvNet(stand.module, aliases=stand.layers)
+    field_ = dv.receptive_field(net, layer)
     per_channel: dict[int, list[tuple[float, str, tuple[int, int]]]] = {}
     for path in find_images(folder):
         try:
@@ -90,9 +96,14 @@ def _brute_force(stand: Stand, folder: Path, layer: str, k: int) -> dict[int, li
             continue
         act = net.activations(x, [layer])[layer][0]
         width = act.shape[-1]
+        if inside:
+            side = x.shape[-1]
+            boxes = [field_.box(*divmod(i, width), x.shape, clip=False) for i in range(act[0].numel())]
+            seen = torch.tensor([t >= 0 and le >= 0 and b <= side and r <= side for t, le, b, r in boxes])
+            act = act.flatten(1).masked_fill(~seen, -math.inf).view_as(act)
         for channel in range(act.shape[0]):
             flat = act[channel].flatten()
-            where = int(flat.argmax())
+            where = int(flat.argmax())  # the first of equals, in row-major order
             per_channel.setdefault(channel, []).append(
                 (float(flat[where]), path.relative_to(folder).as_posix(), divmod(where, width))
             )
@@ -104,28 +115,8 @@ def test_inside_ranks_only_units_whose_field_lies_in_the_picture(stand, folder) 
     result = top_k(folder, stand, layers=["conv1", "conv2", "pool2"], k=4, channels="all", inside=True)
     assert result.inside
     assert result.everywhere == ()
-    net = dv.DeconvNet(stand.module, aliases=stand.layers)
     for layer in ("conv1", "conv2", "pool2"):
-        field_ = dv.receptive_field(net, layer)
-        per_channel: dict[int, list[tuple[float, str, tuple[int, int]]]] = {}
-        for path in find_images(folder):
-            try:
-                x = stand.preprocess(Image.open(path))
-            except OSError:
-                continue
-            act = net.activations(x, [layer])[layer][0]
-            height, width = act.shape[-2:]
-            for channel in range(act.shape[0]):
-                seen = []
-                for row in range(height):
-                    for col in range(width):
-                        top, left, bottom, right = field_.box(row, col, (16, 16), clip=False)
-                        if top >= 0 and left >= 0 and bottom <= 16 and right <= 16:
-                            seen.append((float(act[channel, row, col]), (row, col)))
-                value, where = max(seen, key=lambda v: v[0])  # the first of equals, in row-major order
-                per_channel.setdefault(channel, []).append((value, path.relative_to(folder).as_posix(), where))
-        for channel, hits in per_channel.items():
-            expected = [h for h in sorted(hits, key=lambda h: -h[0])[:4] if h[0] > 0]
+        for channel, expected in _brute_force(stand, folder, layer, 4, inside=True).items():
             got = [(h.value, h.image, h.position) for h in result.hits[layer][channel]]
             assert [g[1:] for g in got] == [e[1:] for e in expected], (layer, channel)
             assert np.allclose([g[0] for g in got], [e[0] for e in expected], rtol=1e-12, atol=0)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deconvviz.analysis.choose import inside_flags
 from deconvviz.analysis.topk.scan import _device_of
 from deconvviz.analysis.topk.scan import scan as scan_folder
 from deconvviz.analysis.topk.state import StateError
@@ -73,7 +74,7 @@ def scan_hits(
             continue
         position = divmod(int(flat), width)
         box = None if field_.whole_image else [int(v) for v in field_.box(*position, (size, size))]
-        edge = box is not None and list(field_.box(*position, (size, size), clip=False)) != box
+        edge = box is not None and not inside_flags(field_, [position], (size, size))[0]
         picture = self.pictures[self.order[index]] if index < len(self.order) else None
         hits.append(
             {
